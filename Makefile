@@ -1,0 +1,48 @@
+# journeyrec — every target creates .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= ../shared/data
+# the simulator starts 2024-01-01 and runs 120 days: test on the last 20 days
+SIM_SPLIT ?= 2024-04-10
+
+.PHONY: install test lint typecheck check run bench eval clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check models training service journeyrec tests scripts
+	$(BIN)/ruff format --check models training service journeyrec tests scripts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+# Offline evaluations 1-3 of the training issue; JSON + HTML reports under reports/ (git-ignored).
+eval: $(STAMP)
+	mkdir -p reports
+	$(BIN)/journeyrec evaluate --preset uci-online-retail --events $(DATA)/uci-online-retail/by-day \
+		--split-at 2011-07-01 --k 10 --json reports/uci-online-retail.json --report reports/uci-online-retail.html
+	$(BIN)/journeyrec evaluate --preset movielens-100k --train $(DATA)/movielens-100k/ua.base \
+		--test $(DATA)/movielens-100k/ua.test --exclude-seen --k 10 \
+		--json reports/movielens-100k.json --report reports/movielens-100k.html
+	$(BIN)/journeyrec simulate --out reports/sim --visitors 20000 --seed 1
+	$(BIN)/journeyrec evaluate --events reports/sim/events.csv --catalog reports/sim/catalog.csv \
+		--split-at $(SIM_SPLIT) --k 10 --json reports/simulated.json --report reports/simulated.html
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_train.py --visitors 20000 --threads 2
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports

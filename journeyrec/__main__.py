@@ -1,0 +1,5 @@
+import sys
+
+from journeyrec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""Domain vocabulary: journey stages, event names, item kinds, and the boundary Structs (events, catalog).
+
+Timestamps are POSIX seconds (float, UTC) everywhere inside journeyrec; loaders convert on the way in.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class Stage(enum.Enum):
+    """Customer-journey stages, in journey order."""
+
+    AWARENESS = "awareness"
+    CONSIDERATION = "consideration"
+    DECISION = "decision"
+    RETENTION = "retention"
+    ADVOCACY = "advocacy"
+
+    @property
+    def index(self) -> int:
+        return STAGES.index(self)
+
+
+STAGES: tuple[Stage, ...] = tuple(Stage)
+
+
+class EventType(enum.Enum):
+    """The native event vocabulary."""
+
+    PAGE_VIEW = "page_view"
+    CONTENT_VIEW = "content_view"
+    PRODUCT_VIEW = "product_view"
+    SEARCH = "search"
+    COMPARE = "compare"
+    ADD_TO_CART = "add_to_cart"
+    REMOVE_FROM_CART = "remove_from_cart"
+    CHECKOUT = "checkout"
+    PURCHASE = "purchase"
+    CANCEL = "cancel"
+    REVIEW = "review"
+    SHARE = "share"
+    REFERRAL = "referral"
+    WISHLIST = "wishlist"
+
+    @property
+    def code(self) -> int:
+        """Small integer code used in columnar arrays (int8)."""
+        return EVENT_TYPES.index(self)
+
+
+EVENT_TYPES: tuple[EventType, ...] = tuple(EventType)
+EVENT_NAMES: frozenset[str] = frozenset(e.value for e in EventType)
+
+
+class Channel(enum.Enum):
+    """Touchpoint a visit came through."""
+
+    EMAIL = "email"
+    AD = "ad"
+    SEARCH = "search"
+    SOCIAL = "social"
+    DIRECT = "direct"
+    REFERRAL = "referral"
+
+
+class ItemKind(enum.Enum):
+    PRODUCT = "product"
+    CONTENT = "content"
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One interaction of a visitor with an item (native format)."""
+
+    visitor_id: str
+    item_id: str
+    event: EventType
+    timestamp: float
+    # Client-supplied id that makes retries idempotent (service); None in offline files.
+    event_id: str | None = None
+    session_id: str | None = None
+    channel: Channel | None = None
+    quantity: float | None = None
+    value: float | None = None
+    country: str | None = None
+
+
+class CatalogItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One catalog entry. ``stages`` lists the journey stages a content item serves (empty: any)."""
+
+    item_id: str
+    kind: ItemKind = ItemKind.PRODUCT
+    title: str = ""
+    category: str = ""
+    price: float | None = None
+    tags: tuple[str, ...] = ()
+    stages: tuple[Stage, ...] = ()
+    in_stock: bool = True
+    # Repeatable items (consumables) may be recommended again after purchase.
+    repeatable: bool = False

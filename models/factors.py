@@ -1,0 +1,46 @@
+"""Serving maths of the hybrid factorisation model, as plain arrays (no LightFM at serving time).
+
+LightFM scores ``user_repr · item_repr + item_bias (+ user_bias)``, where a representation is the
+feature-weighted sum of feature embeddings. We keep the feature embeddings and precompute item
+representations once, so scoring one visitor against every item is one GEMV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class FactorModel:
+    """Feature-level parameters.
+
+    user_emb   float32 [n_user_features, d]     user_bias  float32 [n_user_features]
+    item_emb   float32 [n_item_features, d]     item_bias  float32 [n_item_features]
+    item_features  csr float32 [n_items, n_item_features]
+    """
+
+    user_emb: np.ndarray
+    user_bias: np.ndarray
+    item_emb: np.ndarray
+    item_bias: np.ndarray
+    item_features: sp.csr_matrix
+
+    def item_representations(self) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [n_items] biases, float32 C-contiguous [n_items, d] embeddings)."""
+        emb = np.ascontiguousarray(self.item_features @ self.item_emb, dtype=np.float32)
+        bias = np.asarray(self.item_features @ self.item_bias, dtype=np.float32).ravel()
+        return bias, emb
+
+    def user_representations(self, user_features: sp.csr_matrix) -> np.ndarray:
+        """float32 [u, d] from csr [u, n_user_features]."""
+        return np.asarray(user_features @ self.user_emb, dtype=np.float32)
+
+
+def zscore_rows(scores: np.ndarray) -> np.ndarray:
+    """float32 [u, n]: each row standardised (so blend weights do not depend on the embedding scale)."""
+    mu = scores.mean(axis=1, keepdims=True)
+    sd = scores.std(axis=1, keepdims=True)
+    return ((scores - mu) / np.maximum(sd, 1e-6)).astype(np.float32)

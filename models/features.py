@@ -1,0 +1,117 @@
+"""Feature vocabularies and sparse feature matrices for the hybrid factorisation model.
+
+Item rows: identity + category + kind + price band + tags. User rows: identity + journey stage + context
+tokens (country, demographics, channel). Rows are L1-normalised so a row's embedding is a weighted mean of
+its feature embeddings, which keeps items with many tags on the same scale as items with few.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import msgspec
+import numpy as np
+import scipy.sparse as sp
+
+from models.domain import STAGES, CatalogItem, Stage
+
+
+class Vocabulary(msgspec.Struct, frozen=True):
+    """Ordered feature names; index in ``names`` = row in the embedding tables."""
+
+    names: list[str]
+
+    def index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+
+def price_band_edges(prices: np.ndarray, bands: int = 8) -> np.ndarray:
+    """float64[bands-1] quantile edges of the known (finite, > 0) prices on a log scale."""
+    p = prices[np.isfinite(prices) & (prices > 0)]
+    if len(p) == 0:
+        return np.zeros(0)
+    return np.unique(np.quantile(np.log(p), np.linspace(0, 1, bands + 1)[1:-1]))
+
+
+def item_tokens(item: CatalogItem, edges: np.ndarray) -> list[str]:
+    """Non-identity feature tokens of one catalog item."""
+    toks = [f"kind:{item.kind.value}"]
+    if item.category:
+        toks.append(f"cat:{item.category.lower()}")
+    if item.price is not None and item.price > 0 and len(edges):
+        toks.append(f"price:{int(np.searchsorted(edges, np.log(item.price)))}")
+    toks.extend(f"tag:{t.lower()}" for t in item.tags)
+    toks.extend(f"serves:{s.value}" for s in item.stages)
+    return toks
+
+
+def build_item_vocabulary(
+    catalog: Sequence[CatalogItem], edges: np.ndarray, min_count: int = 2
+) -> Vocabulary:
+    """Identity features for every item, then every shared token used by at least ``min_count`` items."""
+    counts = Counter(t for it in catalog for t in set(item_tokens(it, edges)))
+    shared = sorted(t for t, c in counts.items() if c >= min_count)
+    return Vocabulary([*(f"id:{it.item_id}" for it in catalog), *shared])
+
+
+def item_feature_matrix(
+    catalog: Sequence[CatalogItem], vocab: Vocabulary, edges: np.ndarray, identity_weight: float = 1.0
+) -> sp.csr_matrix:
+    """csr float32 [n_items, len(vocab)]: identity weight ``identity_weight``, the shared tokens share
+    weight 1, then every row is L1-normalised."""
+    idx = vocab.index()
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    for r, it in enumerate(catalog):
+        toks = [idx[t] for t in set(item_tokens(it, edges)) if t in idx]
+        rows.append(r)
+        cols.append(idx[f"id:{it.item_id}"])
+        vals.append(identity_weight)
+        rows.extend([r] * len(toks))
+        cols.extend(toks)
+        vals.extend([1.0 / len(toks)] * len(toks) if toks else [])
+    return l1_rows(
+        sp.csr_matrix((vals, (rows, cols)), shape=(len(catalog), len(vocab.names)), dtype=np.float32)
+    )
+
+
+def l1_rows(m: sp.csr_matrix) -> sp.csr_matrix:
+    """Divide each row by its sum of absolute values (empty rows stay empty)."""
+    m = m.tocsr().astype(np.float32)
+    s = np.asarray(abs(m).sum(axis=1)).ravel()
+    inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+    return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ m)
+
+
+def stage_token(stage: Stage) -> str:
+    return f"stage:{stage.value}"
+
+
+def build_user_vocabulary(visitor_ids: Sequence[str], context_tokens: Sequence[Sequence[str]]) -> Vocabulary:
+    """Identity features for every visitor, the five stages, then every context token seen."""
+    ctx = sorted({t for toks in context_tokens for t in toks})
+    return Vocabulary([*(f"visitor:{v}" for v in visitor_ids), *(stage_token(s) for s in STAGES), *ctx])
+
+
+def user_feature_rows(
+    vocab_index: dict[str, int],
+    visitors: Sequence[str | None],
+    stages: Sequence[Stage],
+    context_tokens: Sequence[Sequence[str]],
+    n_features: int,
+) -> sp.csr_matrix:
+    """csr float32 [u, n_features]: one row per (visitor, stage, context); unknown tokens are skipped,
+    ``None`` visitors (cold) get no identity feature. Rows are L1-normalised."""
+    rows: list[int] = []
+    cols: list[int] = []
+    for r, (v, s, toks) in enumerate(zip(visitors, stages, context_tokens, strict=True)):
+        names = [stage_token(s), *toks]
+        if v is not None:
+            names.append(f"visitor:{v}")
+        found = [vocab_index[n] for n in names if n in vocab_index]
+        rows.extend([r] * len(found))
+        cols.extend(found)
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(visitors), n_features))
+    return l1_rows(m)

@@ -1,0 +1,70 @@
+"""Human-readable reasons for recommended items, tied to the source and the visitor's stage."""
+
+from __future__ import annotations
+
+from models.domain import Stage
+
+DAY = 86_400.0
+
+
+def ago(seconds: float) -> str:
+    """'3 days ago', '5 h ago', 'just now'."""
+    if seconds < 3600:
+        return "just now" if seconds < 120 else f"{int(seconds // 60)} min ago"
+    if seconds < DAY:
+        return f"{int(seconds // 3600)} h ago"
+    d = int(seconds // DAY)
+    return f"{d} day{'s' if d != 1 else ''} ago"
+
+
+_PERSONALIZED = {
+    Stage.AWARENESS: "a good place to start for shoppers like you",
+    Stage.CONSIDERATION: "matches what you have been comparing",
+    Stage.DECISION: "a strong alternative to what is in your cart",
+    Stage.RETENTION: "picked for you based on your purchases",
+    Stage.ADVOCACY: "you might enjoy this next",
+}
+
+_CONTENT = {
+    Stage.AWARENESS: "guide to get you started",
+    Stage.CONSIDERATION: "helps you compare options",
+    Stage.DECISION: "answers last questions before you buy",
+    Stage.RETENTION: "get the most out of your purchase",
+    Stage.ADVOCACY: "share your experience",
+}
+
+
+def reason_for(
+    source: str, stage: Stage, *, anchor_title: str = "", age_s: float | None = None, count: int = 0
+) -> str:
+    """One sentence explaining why an item is shown. ``anchor_title`` names the item it relates to."""
+    if source == "buy_again":
+        when = f" {ago(age_s)}" if age_s is not None else ""
+        times = f" {count} times" if count > 1 else ""
+        if stage is Stage.RETENTION:
+            return f"you bought this{times}{when} — time to restock?"
+        return f"you bought this before{when}"
+    if source == "complement":
+        where = "in your cart" if stage is Stage.DECISION else "you bought"
+        return f"complements the {anchor_title} {where}" if anchor_title else "goes well with your items"
+    if source == "similar":
+        return (
+            f"similar to the {anchor_title} you looked at"
+            if anchor_title
+            else "similar to what you looked at"
+        )
+    if source == "recently_viewed":
+        when = f" {ago(age_s)}" if age_s is not None else ""
+        if stage is Stage.DECISION:
+            return f"you viewed this{when} — still deciding?"
+        return f"you viewed this{when}"
+    if source == "in_cart":
+        return "waiting in your cart"
+    if source == "trending":
+        return "trending this week"
+    if source == "popular":
+        return "popular with shoppers" if stage is Stage.AWARENESS else "a popular choice"
+    if source == "content":
+        topic = f" about {anchor_title}" if anchor_title else ""
+        return f"{_CONTENT[stage]}{topic}"
+    return _PERSONALIZED[stage]

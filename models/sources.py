@@ -1,0 +1,186 @@
+"""Candidate sources: item-level tables fitted from history, and the per-visitor scores they give.
+
+Every score function takes ``Profiles`` for ``u`` visitors and returns float32 [u, n_items] (dense: the
+blend adds them up per item; ``u`` is a batch, so memory stays bounded by the caller's batch size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.dataset import EventLog
+from models.domain import EventType
+from models.profiles import DAY, Profiles
+from models.weights import EventWeights, positive_codes
+
+
+def top_n_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """Keep the ``n`` largest entries of every row of a csr matrix (vectorised, no loop over rows)."""
+    m = m.tocsr()
+    m.eliminate_zeros()
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    order = np.lexsort((-m.data, rows))
+    rank = np.arange(len(order)) - m.indptr[rows[order]]
+    keep = order[rank < n]
+    out = sp.csr_matrix((m.data[keep], (rows[keep], m.indices[keep])), shape=m.shape, dtype=np.float32)
+    out.sort_indices()
+    return out
+
+
+def row_max_normalise(a: np.ndarray) -> np.ndarray:
+    """Scale every row of float32 [u, n] into [0, 1] by its maximum (rows of zeros stay zero)."""
+    mx = a.max(axis=1, keepdims=True)
+    return np.divide(a, mx, out=np.zeros_like(a), where=mx > 0)
+
+
+def cosine_item_similarity(user_item: sp.csr_matrix, top_n: int, shrink: float = 10.0) -> sp.csr_matrix:
+    """Item-item cosine similarity from a [visitors, items] matrix, shrunk towards 0 for rare pairs and
+    pruned to ``top_n`` neighbours per item. Returns csr float32 [items, items] with a zero diagonal."""
+    x = user_item.tocsc().astype(np.float32)
+    co = (x.T @ x).tocsr()
+    norms = np.sqrt(co.diagonal()).astype(np.float32)
+    co.setdiag(0)
+    co.eliminate_zeros()
+    coo = co.tocoo()
+    denom = norms[coo.row] * norms[coo.col] + shrink
+    sim = sp.csr_matrix((coo.data / denom, (coo.row, coo.col)), shape=co.shape, dtype=np.float32)
+    return top_n_per_row(sim, top_n)
+
+
+def basket_cooccurrence(
+    rows: np.ndarray, items: np.ndarray, n_rows: int, n_items: int, top_n: int
+) -> sp.csr_matrix:
+    """Bought together: P(j in basket | i in basket) from basket x item incidence, zero diagonal,
+    pruned to ``top_n`` per item. rows int[n] basket index, items int[n].
+    Returns csr float32 [items, items]."""
+    b = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, items)), shape=(n_rows, n_items))
+    b.sum_duplicates()
+    b.data[:] = 1.0  # an item twice in one basket counts once
+    co = (b.T @ b).tocsr()
+    support = co.diagonal().astype(np.float32)
+    co.setdiag(0)
+    co.eliminate_zeros()
+    coo = co.tocoo()
+    # conditional probability with a small prior so single co-occurrences of rare items do not dominate
+    cond = coo.data / (support[coo.row] + 5.0)
+    m = sp.csr_matrix((cond, (coo.row, coo.col)), shape=co.shape, dtype=np.float32)
+    return top_n_per_row(m, top_n)
+
+
+@dataclass(frozen=True)
+class ItemTables:
+    """Item-level statistics learned from a training log (all float32, length/shape by ``n_items``).
+
+    popularity    [n_items]  distinct visitors with a positive event
+    trending      [n_items]  positive events in the last ``trend_days`` before ``now``, decayed by age
+    repeat_rate   [n_items]  share of the item's buyers who bought it on two or more distinct days
+    complements   csr [n_items, n_items]  bought/carted together in one basket or session
+    similar       csr [n_items, n_items]  cosine over visitors' interest
+    known         bool[n_items]  the item occurs in the training events
+    """
+
+    popularity: np.ndarray
+    trending: np.ndarray
+    repeat_rate: np.ndarray
+    complements: sp.csr_matrix
+    similar: sp.csr_matrix
+    known: np.ndarray
+
+    @property
+    def n_items(self) -> int:
+        return len(self.popularity)
+
+
+def fit_item_tables(
+    log: EventLog,
+    now: float,
+    weights: EventWeights,
+    positive: frozenset[EventType],
+    *,
+    trend_days: float = 14.0,
+    neighbours: int = 100,
+) -> ItemTables:
+    """Fit the item tables from the events of ``log`` before ``now``."""
+    keep = log.ts < now
+    v, it, ev, ts = log.visitor[keep], log.item[keep], log.event[keep], log.ts[keep]
+    n_items = log.n_items
+    pos = np.isin(ev, positive_codes(positive))
+
+    pairs = np.unique(v[pos].astype(np.int64) * n_items + it[pos])
+    popularity = np.bincount(pairs % n_items, minlength=n_items).astype(np.float32)
+
+    age = (now - ts[pos]) / DAY
+    recent = age <= trend_days
+    trending = np.bincount(
+        it[pos][recent], weights=np.exp(-age[recent] / (trend_days / 2)), minlength=n_items
+    ).astype(np.float32)
+
+    buy = ev == EventType.PURCHASE.code
+    day = np.floor(ts[buy] / DAY).astype(np.int64)
+    vi = v[buy].astype(np.int64) * n_items + it[buy]
+    vid = np.unique(np.stack([vi, day], axis=1), axis=0) if buy.any() else np.zeros((0, 2), np.int64)
+    pair_ids, days_per_pair = np.unique(vid[:, 0], return_counts=True)
+    buyers = np.bincount(pair_ids % n_items, minlength=n_items)
+    repeaters = np.bincount(pair_ids[days_per_pair >= 2] % n_items, minlength=n_items)
+    repeat_rate = np.divide(repeaters, buyers, out=np.zeros(n_items, np.float64), where=buyers > 0).astype(
+        np.float32
+    )
+
+    # baskets: the session when known, else the visitor's calendar day
+    sess = log.session[keep]
+    basket_key = np.where(
+        sess >= 0, sess, -(v.astype(np.int64) * 100_000 + np.floor(ts / DAY).astype(np.int64)) - 2
+    )
+    _, basket = np.unique(basket_key[pos], return_inverse=True)
+    complements = basket_cooccurrence(basket, it[pos], int(basket.max(initial=-1)) + 1, n_items, neighbours)
+
+    w = weights.of(ev)
+    interest = sp.csr_matrix((w, (v, it)), shape=(log.n_visitors, n_items), dtype=np.float32)
+    interest.sum_duplicates()
+    interest.data = np.log1p(np.maximum(interest.data, 0))
+    interest.eliminate_zeros()
+    similar = cosine_item_similarity(interest, neighbours)
+
+    known = np.zeros(n_items, dtype=bool)
+    known[np.unique(it)] = True
+    return ItemTables(popularity, trending, repeat_rate, complements, similar, known)
+
+
+# -- per-visitor scores -------------------------------------------------------------------------------
+
+
+def complement_scores(tables: ItemTables, profiles: Profiles, recency_days: float = 60.0) -> np.ndarray:
+    """float32 [u, n_items]: complements of what the visitor bought or has in the cart, recent items first."""
+    owned = profiles.purchase_age.copy()
+    owned.data = np.exp(-owned.data / recency_days).astype(np.float32)
+    anchors = (owned + profiles.cart).tocsr()
+    return np.asarray((anchors @ tables.complements).todense(), dtype=np.float32)
+
+
+def similar_scores(tables: ItemTables, profiles: Profiles, recency_days: float = 30.0) -> np.ndarray:
+    """float32 [u, n_items]: items similar to what the visitor showed interest in, recent interest first."""
+    rec = profiles.touch_age.copy()
+    rec.data = np.exp(-rec.data / recency_days).astype(np.float32)
+    weights = profiles.interest.multiply(rec).tocsr()
+    weights.data = np.log1p(weights.data)
+    return np.asarray((weights @ tables.similar).todense(), dtype=np.float32)
+
+
+def buy_again_scores(tables: ItemTables, profiles: Profiles) -> np.ndarray:
+    """float32 [u, n_items]: the visitor's own purchases by frequency with popularity as tie-break.
+
+    The tie-break term is < 1 so it never reorders different purchase counts.
+    """
+    counts = np.asarray(profiles.purchases.todense(), dtype=np.float32)
+    pop = tables.popularity / (tables.popularity.max() + 1.0)
+    return counts + (counts > 0) * pop[None, :]
+
+
+def dense_recency(m: sp.csr_matrix, days: float) -> np.ndarray:
+    """float32 [u, n_items]: exp(-age/days) where ``m`` holds ages (days), 0 elsewhere."""
+    out = m.copy()
+    out.data = np.exp(-out.data / days).astype(np.float32)
+    return np.asarray(out.todense(), dtype=np.float32)

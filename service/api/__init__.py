@@ -1,0 +1,1 @@
+"""HTTP controllers of the journeyrec service (all under ``/v1`` except health and metrics)."""

@@ -1,0 +1,87 @@
+"""Shared dependencies of the controllers: the service objects, request filters, limits."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from litestar.params import Parameter
+
+from models.domain import Channel, ItemKind, Stage
+from models.errors import ValidationError
+from models.recommender import Filters, VisitorContext
+from service.model_holder import ModelHolder
+from service.settings import Settings
+from service.store.base import VisitorState, VisitorStore
+
+IdPath = Annotated[str, Parameter(min_length=1, max_length=256, description="visitor or item id")]
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a request handler works with; one instance per app."""
+
+    settings: Settings
+    store: VisitorStore
+    holder: ModelHolder
+
+
+def check_k(k: int, settings: Settings, name: str = "k") -> int:
+    if not 1 <= k <= settings.max_k:
+        raise ValidationError(f"query parameter {name!r}: {k} is out of range; use 1..{settings.max_k}")
+    return k
+
+
+async def provide_filters(
+    category: Annotated[str | None, Parameter(max_length=128, description="only this category")] = None,
+    min_price: Annotated[float | None, Parameter(ge=0, description="lowest price")] = None,
+    max_price: Annotated[float | None, Parameter(ge=0, description="highest price")] = None,
+    in_stock_only: Annotated[bool, Parameter(description="hide out-of-stock items")] = True,
+    kind: Annotated[ItemKind | None, Parameter(description="product or content (item endpoints)")] = None,
+    exclude: Annotated[
+        list[str] | None, Parameter(max_items=500, description="item ids to leave out (repeatable)")
+    ] = None,
+    include_purchased: Annotated[bool, Parameter(description="allow already-bought items")] = False,
+    include_cart: Annotated[bool, Parameter(description="allow items in the cart")] = False,
+) -> Filters:
+    if min_price is not None and max_price is not None and min_price > max_price:
+        raise ValidationError(f"query parameters: min_price {min_price} is above max_price {max_price}")
+    return Filters(
+        category=category,
+        min_price=min_price,
+        max_price=max_price,
+        in_stock_only=in_stock_only,
+        kind=kind,
+        exclude=frozenset(exclude or ()),
+        include_purchased=include_purchased,
+        include_cart=include_cart,
+    )
+
+
+def empty_state(visitor_id: str) -> VisitorState:
+    return VisitorState(visitor_id=visitor_id, events=[], cart={}, purchases={})
+
+
+def context_of(
+    state: VisitorState,
+    *,
+    channel: Channel | None = None,
+    country: str | None = None,
+    current_item: str | None = None,
+    placement: str = "home",
+    stage_override: Stage | None = None,
+) -> VisitorContext:
+    """The model's view of one visitor: stored state plus this request's context."""
+    return VisitorContext(
+        visitor_id=state.visitor_id,
+        events=state.events,
+        cart=state.cart,
+        purchases=state.purchases,
+        now=time.time(),
+        channel=channel,
+        country=country,
+        current_item=current_item,
+        placement=placement,
+        stage_override=stage_override,
+    )

@@ -1,0 +1,50 @@
+"""``POST /v1/events``: ingest one event or a batch; the next recommendation call sees it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar import Controller, Request, post
+from litestar.status_codes import HTTP_200_OK
+
+from models.errors import StoreUnavailableError
+from service import metrics
+from service.api.deps import Services
+from service.auth import Scope, scopes
+from service.ingest import decode_events
+from service.openapi_body import EventsOperation
+from service.schemas import IngestOut
+
+
+class EventsController(Controller):
+    path = "/events"
+    tags = ["events"]  # noqa: RUF012 (Litestar reads a class attribute)
+
+    @post(
+        "/",
+        status_code=HTTP_200_OK,
+        opt=scopes(Scope.INGEST),
+        operation_class=EventsOperation,
+        summary="Ingest one event or a batch",
+        description=(
+            'Body: one event {"event_id", "visitor_id", "item_id", "event", "timestamp", ...} or '
+            '{"events": [...]}. timestamp: ISO-8601 with offset or POSIX seconds; absent = now. '
+            "A repeated event_id is skipped (counted in duplicates), so retries are harmless. "
+            "503 with Retry-After when the store cannot be reached: nothing was stored."
+        ),
+    )
+    async def ingest(self, request: Request[Any, Any, Any], svc: Services) -> IngestOut:
+        # the body is decoded here, not by Litestar, so its depth is checked before msgspec sees it
+        body = await request.body()
+        s = svc.settings
+        events = decode_events(body, now=time.time(), max_batch=s.max_batch, max_depth=s.max_json_depth)
+        try:
+            result = await svc.store.append(events)
+        except StoreUnavailableError:
+            metrics.STORE_ERRORS.inc()
+            metrics.EVENTS.labels("refused").inc(len(events))
+            raise
+        metrics.EVENTS.labels("accepted").inc(result.accepted)
+        metrics.EVENTS.labels("duplicate").inc(result.duplicates)
+        return IngestOut(result.accepted, result.duplicates)

@@ -1,0 +1,67 @@
+"""``POST /v1/retargeting/export``: retargeting lists for many visitors as JSON Lines (email/ad jobs)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+from litestar import Controller, post
+from litestar.response import Stream
+from litestar.status_codes import HTTP_200_OK
+
+from models.errors import StoreUnavailableError, ValidationError
+from models.recommender import Filters, Recommender
+from service import metrics
+from service.api.deps import Services, check_k, context_of
+from service.auth import Scope, scopes
+from service.schemas import ExportIn, ExportLine, items_out
+
+NDJSON = "application/x-ndjson"
+
+
+async def _lines(svc: Services, model: Recommender, req: ExportIn) -> AsyncIterator[bytes]:
+    """One JSON line per visitor, in request order. A visitor the store fails on gets an ``error`` line;
+    the status line has long been sent, so the failure is reported where it happened."""
+    encoder = msgspec.json.Encoder()
+    filters = Filters(category=req.category, exclude=frozenset(req.exclude))
+    for visitor_id in dict.fromkeys(req.visitor_ids):
+        try:
+            state = await svc.store.visitor(visitor_id, req.campaign)
+            items = model.retargeting(context_of(state), req.k, filters, state.sent)
+            if req.campaign is not None and req.mark_sent and items:
+                await svc.store.mark_sent(visitor_id, req.campaign, [r.item_id for r in items])
+            line = ExportLine(visitor_id, items_out(items))
+        except StoreUnavailableError as e:
+            metrics.STORE_ERRORS.inc()
+            line = ExportLine(visitor_id, [], error=str(e))
+        metrics.RECOMMENDATIONS.labels("retargeting_export", "false").inc()
+        yield encoder.encode(line) + b"\n"
+
+
+class ExportController(Controller):
+    path = "/retargeting/export"
+    tags = ["retargeting"]  # noqa: RUF012 (Litestar reads a class attribute)
+
+    @post(
+        "/",
+        status_code=HTTP_200_OK,
+        opt=scopes(Scope.READ),
+        media_type=NDJSON,
+        summary="Retargeting lists for many visitors (JSON Lines)",
+        description=(
+            'Body {"visitor_ids": [...], "k", "campaign", "mark_sent", "category", "exclude"}. Answers '
+            'one line {"visitor_id", "items"} per visitor (or {"visitor_id", "items": [], "error"}).'
+        ),
+    )
+    async def export(self, svc: Services, data: ExportIn) -> Stream:
+        check_k(data.k, svc.settings, "body field 'k'")
+        limit = svc.settings.max_export_visitors
+        if len(data.visitor_ids) > limit:
+            raise ValidationError(
+                f"body field 'visitor_ids': {len(data.visitor_ids)} visitors; at most {limit} per request"
+            )
+        model = svc.holder.require()  # one model version for the whole export
+        # fail before the 200 is sent when the store is down: the caller retries the whole batch
+        if not await svc.store.ping():
+            raise StoreUnavailableError("the visitor store is unavailable; retry later")
+        return Stream(_lines(svc, model, data), media_type=NDJSON)

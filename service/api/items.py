@@ -1,0 +1,73 @@
+"""Item-to-item endpoints: similar items and complements, for one item or a list (a cart)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from models.errors import NotFoundError
+from models.recommender import Filters, Recommender
+from service import metrics
+from service.api.deps import IdPath, Services, check_k, provide_filters
+from service.auth import Scope, scopes
+from service.schemas import RelatedOut, items_out
+
+ItemIds = Annotated[
+    list[str],
+    Parameter(min_items=1, max_items=100, description="anchor item ids, repeatable: ?item_id=a&item_id=b"),
+]
+
+
+def _related(svc: Services, item_ids: list[str], k: int, filters: Filters, which: str) -> RelatedOut:
+    check_k(k, svc.settings)
+    model: Recommender = svc.holder.require()
+    anchors = list(dict.fromkeys(item_ids))  # dedupe, keep order
+    known = [i for i in anchors if model.has_item(i)]
+    unknown = [i for i in anchors if not model.has_item(i)]
+    if not known:
+        names = ", ".join(repr(i) for i in unknown[:5])
+        raise NotFoundError(f"unknown item{'s' if len(unknown) > 1 else ''} {names} (model {model.version})")
+    items = model.similar(known, k, filters) if which == "similar" else model.complements(known, k, filters)
+    metrics.RECOMMENDATIONS.labels(which, "false").inc()
+    return RelatedOut(item_ids=known, items=items_out(items), unknown=unknown, model_version=model.version)
+
+
+class ItemsController(Controller):
+    path = "/items"
+    tags = ["items"]  # noqa: RUF012 (Litestar reads a class attribute)
+    dependencies = {"filters": Provide(provide_filters)}  # noqa: RUF012
+
+    @get("/{item_id:str}/similar", opt=scopes(Scope.READ), summary="Items similar to one item")
+    async def similar_one(self, svc: Services, filters: Filters, item_id: IdPath, k: int = 10) -> RelatedOut:
+        return _related(svc, [item_id], k, filters, "similar")
+
+    @get("/{item_id:str}/complements", opt=scopes(Scope.READ), summary="Complements of one item")
+    async def complements_one(
+        self, svc: Services, filters: Filters, item_id: IdPath, k: int = 10
+    ) -> RelatedOut:
+        return _related(svc, [item_id], k, filters, "complement")
+
+    @get(
+        "/similar",
+        opt=scopes(Scope.READ),
+        summary="Items similar to a list of items",
+        description="Anchors the model does not know are listed in `unknown`; 404 if it knows none.",
+    )
+    async def similar_many(
+        self, svc: Services, filters: Filters, item_id: ItemIds, k: int = 10
+    ) -> RelatedOut:
+        return _related(svc, item_id, k, filters, "similar")
+
+    @get(
+        "/complements",
+        opt=scopes(Scope.READ),
+        summary="Complements of a list of items (e.g. the cart)",
+        description="Anchors the model does not know are listed in `unknown`; 404 if it knows none.",
+    )
+    async def complements_many(
+        self, svc: Services, filters: Filters, item_id: ItemIds, k: int = 10
+    ) -> RelatedOut:
+        return _related(svc, item_id, k, filters, "complement")

@@ -1,0 +1,49 @@
+"""``GET /v1/models`` and ``POST /v1/models/reload`` (admin): versions and hot reload of ``latest``."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.status_codes import HTTP_200_OK
+
+from models.errors import ArtifactError
+from service import metrics
+from service.api.deps import Services
+from service.auth import Scope, scopes
+from service.schemas import ModelInfo, ModelsOut, ReloadOut
+
+
+class ModelsController(Controller):
+    path = "/models"
+    tags = ["models"]  # noqa: RUF012 (Litestar reads a class attribute)
+
+    @get("/", opt=scopes(Scope.READ, Scope.ADMIN), summary="The live model and the published versions")
+    async def list_models(self, svc: Services) -> ModelsOut:
+        holder = svc.holder
+        model = holder.current
+        live = (
+            ModelInfo(model.version, holder.loaded_at, msgspec.to_builtins(model.manifest))
+            if model is not None
+            else None
+        )
+        return ModelsOut(
+            live=live, latest=holder.latest_name(), versions=holder.versions(), last_error=holder.last_error
+        )
+
+    @post(
+        "/reload",
+        status_code=HTTP_200_OK,
+        opt=scopes(Scope.ADMIN),
+        summary="Load and verify the `latest` artifact, then swap it in",
+        description="A bad artifact is refused (422) and the live model keeps serving.",
+    )
+    async def reload(self, svc: Services) -> ReloadOut:
+        try:
+            result = await svc.holder.reload()
+        except ArtifactError:
+            metrics.MODEL_RELOADS.labels("refused").inc()
+            raise
+        metrics.MODEL_RELOADS.labels("changed" if result.changed else "unchanged").inc()
+        if svc.holder.loaded_at is not None:
+            metrics.MODEL_LOADED.set(svc.holder.loaded_at)
+        return ReloadOut(result.version, result.previous, result.changed)

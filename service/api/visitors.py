@@ -1,0 +1,158 @@
+"""Per-visitor endpoints: recommendations, retargeting, journey, erase (GDPR)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, delete, get
+from litestar.di import Provide
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK
+
+from models.domain import Channel, Stage
+from models.errors import StoreUnavailableError
+from models.recommender import Filters
+from service import metrics
+from service.api.deps import IdPath, Services, check_k, context_of, empty_state, provide_filters
+from service.auth import Scope, scopes
+from service.schemas import (
+    ErasedOut,
+    JourneyOut,
+    RecommendationsOut,
+    RetargetingOut,
+    StageOut,
+    items_out,
+    touchpoint,
+)
+
+Placement = Annotated[
+    str,
+    Parameter(
+        pattern=r"^[a-z][a-z_]{0,31}$",
+        description="page or channel asking: home, product, cart, checkout, email, ad, ...",
+    ),
+]
+Country = Annotated[str | None, Parameter(min_length=2, max_length=64, description="visitor's country")]
+
+
+class VisitorsController(Controller):
+    path = "/visitors/{visitor_id:str}"
+    tags = ["visitors"]  # noqa: RUF012 (Litestar reads a class attribute)
+    dependencies = {"filters": Provide(provide_filters)}  # noqa: RUF012
+
+    @get(
+        "/recommendations",
+        opt=scopes(Scope.READ),
+        summary="Stage-aware products and content for a visitor",
+        description=(
+            "Unknown visitors get a cold-start answer from context and stage. When the state store is "
+            "unreachable the answer is non-personalized and flagged fallback=true."
+        ),
+    )
+    async def recommendations(
+        self,
+        svc: Services,
+        filters: Filters,
+        visitor_id: IdPath,
+        k: Annotated[int, Parameter(description="number of products")] = 10,
+        n_content: Annotated[int, Parameter(ge=0, le=50, description="number of content items")] = 3,
+        placement: Placement = "home",
+        item_id: Annotated[str | None, Parameter(max_length=256, description="item on screen")] = None,
+        channel: Annotated[Channel | None, Parameter(description="touchpoint of this visit")] = None,
+        country: Country = None,
+        stage: Annotated[Stage | None, Parameter(description="override the inferred stage")] = None,
+    ) -> RecommendationsOut:
+        check_k(k, svc.settings)
+        model = svc.holder.require()  # read once: a concurrent reload cannot change it mid-request
+        try:
+            state = await svc.store.visitor(visitor_id)
+            personalized = True
+        except StoreUnavailableError:
+            metrics.STORE_ERRORS.inc()
+            state, personalized = empty_state(visitor_id), False
+        ctx = context_of(
+            state,
+            channel=channel,
+            country=country,
+            current_item=item_id,
+            placement=placement,
+            stage_override=stage,
+        )
+        if personalized:
+            rec = model.recommend(ctx, k, filters, n_content)
+        else:
+            rec = model.fallback(ctx, k, filters, n_content)
+        metrics.RECOMMENDATIONS.labels("recommendations", str(rec.fallback).lower()).inc()
+        return RecommendationsOut(
+            visitor_id=visitor_id,
+            stage=StageOut.of(rec.stage),
+            products=items_out(rec.products),
+            content=items_out(rec.content),
+            model_version=rec.model_version,
+            fallback=rec.fallback,
+        )
+
+    @get(
+        "/retargeting",
+        opt=scopes(Scope.READ),
+        summary="Items to bring a visitor back (abandoned cart, browsed, complements)",
+        description=(
+            "Deduplicated against purchases, out-of-stock items and what `campaign` already sent. "
+            "With mark_sent=true (and a campaign) the returned items are remembered as sent."
+        ),
+    )
+    async def retargeting(
+        self,
+        svc: Services,
+        filters: Filters,
+        visitor_id: IdPath,
+        k: int = 10,
+        campaign: Annotated[str | None, Parameter(min_length=1, max_length=128)] = None,
+        mark_sent: Annotated[bool, Parameter(description="remember the items as sent by campaign")] = False,
+    ) -> RetargetingOut:
+        check_k(k, svc.settings)
+        model = svc.holder.require()
+        try:
+            state = await svc.store.visitor(visitor_id, campaign)
+        except StoreUnavailableError:
+            metrics.STORE_ERRORS.inc()
+            raise
+        items = model.retargeting(context_of(state), k, filters, state.sent)
+        if campaign is not None and mark_sent and items:
+            await svc.store.mark_sent(visitor_id, campaign, [r.item_id for r in items])
+        metrics.RECOMMENDATIONS.labels("retargeting", "false").inc()
+        return RetargetingOut(visitor_id, campaign, items_out(items), model.version)
+
+    @get("/journey", opt=scopes(Scope.READ), summary="Journey stage, signals and recent touchpoints")
+    async def journey(
+        self,
+        svc: Services,
+        visitor_id: IdPath,
+        limit: Annotated[int, Parameter(ge=0, le=500, description="touchpoints, newest first")] = 20,
+    ) -> JourneyOut:
+        model = svc.holder.require()
+        try:
+            state = await svc.store.visitor(visitor_id)
+        except StoreUnavailableError:
+            metrics.STORE_ERRORS.inc()
+            raise
+        result = model.stage_of(context_of(state))
+        recent = state.events[::-1][:limit]
+        return JourneyOut(
+            visitor_id=visitor_id,
+            stage=StageOut.of(result),
+            touchpoints=[touchpoint(e) for e in recent],
+            cart=sorted(state.cart, key=lambda i: -state.cart[i]),
+            purchases=sorted(state.purchases, key=lambda i: -state.purchases[i]),
+            model_version=model.version,
+        )
+
+    @delete(
+        "/",
+        status_code=HTTP_200_OK,
+        opt=scopes(Scope.ADMIN),
+        summary="Erase everything held about a visitor (GDPR)",
+    )
+    async def erase(self, svc: Services, visitor_id: IdPath) -> ErasedOut:
+        removed = await svc.store.erase(visitor_id)
+        return ErasedOut(visitor_id=visitor_id, erased=True, records_removed=removed)

@@ -1,0 +1,170 @@
+"""The Litestar application: ``create_app(settings, store=..., model_holder=...)``.
+
+Layout: ``/v1/...`` API (API-key scopes per route), ``/health/live`` and ``/health/ready`` (no key),
+``/metrics`` (Prometheus, no key: bind it to a private network), OpenAPI at ``/schema``.
+Body limits: the ingest and export routes accept ``settings.max_body_bytes``; everything else 64 KiB.
+Every JSON body's nesting depth is checked before msgspec decodes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Litestar, Request, Router
+from litestar.config.app import AppConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.logging import LoggingConfig
+from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.types import Middleware
+
+from models.errors import ArtifactError
+from service import metrics
+from service.api.deps import Services
+from service.api.events import EventsController
+from service.api.export import ExportController
+from service.api.health import HealthController
+from service.api.items import ItemsController
+from service.api.model_versions import ModelsController
+from service.api.visitors import VisitorsController
+from service.auth import API_KEY_HEADER, Authenticator, check_auth_configured
+from service.errors import EXCEPTION_HANDLERS
+from service.json_guard import check_json_depth
+from service.model_holder import ModelHolder
+from service.openapi_body import event_body_components
+from service.settings import Settings, settings_for_worker
+from service.store.base import VisitorStore
+
+log = logging.getLogger("journeyrec.service")
+
+SMALL_BODY_BYTES = 64 * 1024
+API_VERSION = "1"
+
+
+class GuardedRequest(Request[Any, Any, Any]):
+    """Checks the JSON nesting depth before Litestar hands the body to msgspec (see json_guard)."""
+
+    async def json(self) -> Any:
+        body = await self.body()
+        settings: Settings = self.app.state.settings
+        check_json_depth(body, settings.max_json_depth)
+        return await super().json()
+
+
+def build_store(settings: Settings) -> VisitorStore:
+    """Redis when a URL is configured, else the embedded in-process store (one process only)."""
+    if settings.redis_url:
+        from service.store.redis_store import RedisStore
+
+        return RedisStore.from_url(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            visitor_ttl=settings.visitor_ttl,
+            recent_events=settings.recent_events,
+            stream_maxlen=settings.stream_maxlen,
+            socket_timeout=settings.redis_socket_timeout,
+        )
+    from service.store.memory_store import MemoryStore
+
+    return MemoryStore(
+        visitor_ttl=settings.visitor_ttl,
+        recent_events=settings.recent_events,
+        stream_maxlen=settings.stream_maxlen,
+    )
+
+
+def create_app(
+    settings: Settings, *, store: VisitorStore | None = None, model_holder: ModelHolder | None = None
+) -> Litestar:
+    """The service app. A store or holder passed in is used as is (and the store is not closed on
+    shutdown: its owner closes it); otherwise they are built from ``settings``. Raises ValidationError when
+    no API keys are configured and auth was not switched off."""
+    check_auth_configured(settings.api_keys, settings.insecure_no_auth)
+    if settings.insecure_no_auth:
+        log.warning("API keys are OFF (--insecure-no-auth): for a local demo only")
+    owns_store = store is None
+    the_store = store if store is not None else build_store(settings)
+    holder = model_holder if model_holder is not None else ModelHolder(settings.models_path)
+    services = Services(settings=settings, store=the_store, holder=holder)
+
+    async def load_model_on_startup() -> None:
+        if holder.current is not None or holder.models_dir is None:
+            return
+        try:
+            await holder.reload()
+            if holder.loaded_at is not None:
+                metrics.MODEL_LOADED.set(holder.loaded_at)
+        except ArtifactError:
+            # serve anyway (the holder logged why): /health/ready says 503 until a model is reloaded
+            log.warning("serving without a model until one is published and POST /v1/models/reload")
+
+    async def close_store() -> None:
+        if owns_store:
+            await the_store.close()
+
+    def provide_services() -> Services:
+        return services
+
+    prometheus = PrometheusConfig(
+        app_name="journeyrec",
+        prefix="journeyrec_http",
+        group_path=True,  # label by route template: no visitor ids in metric labels
+        exclude=["/metrics", "/health"],
+    )
+    middleware: list[Middleware] = [prometheus.middleware]
+    if settings.rate_limit_per_minute > 0:
+        limiter = RateLimitConfig(
+            rate_limit=("minute", settings.rate_limit_per_minute),
+            exclude=["/health", "/metrics", "/schema"],
+        )
+        middleware.append(limiter.middleware)
+
+    api = Router(
+        path="/v1",
+        route_handlers=[VisitorsController, ItemsController, ModelsController],
+    )
+    bulk = Router(
+        path="/v1",
+        route_handlers=[EventsController, ExportController],
+        request_max_body_size=settings.max_body_bytes,
+    )
+    openapi = OpenAPIConfig(
+        title="journeyrec",
+        version=API_VERSION,
+        description="Journey-stage-aware recommendations from live visitor state.",
+        path="/schema",
+        components=Components(
+            schemas=event_body_components(),
+            security_schemes={
+                "ApiKey": SecurityScheme(type="apiKey", name=API_KEY_HEADER, security_scheme_in="header")
+            },
+        ),
+        security=[{"ApiKey": []}],
+    )
+    config = AppConfig(
+        route_handlers=[api, bulk, HealthController, PrometheusController],
+        dependencies={"svc": Provide(provide_services, sync_to_thread=False)},
+        guards=[Authenticator(settings.api_keys, enabled=settings.auth_enabled)],
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        middleware=middleware,
+        request_class=GuardedRequest,
+        request_max_body_size=SMALL_BODY_BYTES,
+        openapi_config=openapi,
+        state=State({"settings": settings}),
+        on_startup=[load_model_on_startup],
+        on_shutdown=[close_store],
+        logging_config=LoggingConfig(
+            root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
+            log_exceptions="debug",
+        ),
+    )
+    return Litestar.from_config(config)
+
+
+def app_from_environment() -> Litestar:
+    """Factory for Granian/Uvicorn workers: the settings the ``serve`` command validated."""
+    return create_app(settings_for_worker())

@@ -1,0 +1,129 @@
+"""API keys with scopes, sent as the ``X-API-Key`` header.
+
+Keys are configured as ``JOURNEYREC_API_KEYS="<key>:<scope>+<scope>;<key>:<scope>"`` (scopes: ``ingest``,
+``read``, ``admin``). Only the sha256 digest of each key is kept in memory and in the settings handed to
+worker processes; a presented key is hashed and compared against every configured digest with
+``hmac.compare_digest`` (constant time; every key is compared, so timing does not reveal which matched).
+
+Scopes do not imply each other: an ``admin`` key may reload models and erase visitors but not ingest, so a
+leaked storefront key (ingest+read) can never erase data or swap the model.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from typing import Any
+
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+
+from models.errors import ValidationError
+
+API_KEY_HEADER = "X-API-Key"
+MIN_KEY_LENGTH = 16
+SCOPE_OPT = "scopes"  # route handler ``opt`` key: the scopes any one of which grants access
+
+
+class Scope(enum.Enum):
+    INGEST = "ingest"
+    READ = "read"
+    ADMIN = "admin"
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    """One configured key: a label for logs (never the key), its sha256 digest, and its scopes."""
+
+    name: str
+    digest: bytes
+    scopes: frozenset[Scope]
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def parse_api_keys(spec: str, *, source: str = "JOURNEYREC_API_KEYS") -> tuple[ApiKey, ...]:
+    """Parse ``"k1:ingest+read;k2:admin"`` into keys. Raises ValidationError naming the bad entry."""
+    keys: list[ApiKey] = []
+    seen: set[bytes] = set()
+    for n, raw in enumerate((p.strip() for p in spec.split(";")), start=1):
+        if not raw:
+            continue
+        key, sep, scope_part = raw.rpartition(":")
+        key = key.strip()
+        if not sep or not key:
+            raise ValidationError(f"{source}: entry {n} must look like '<key>:<scope>+<scope>'")
+        if len(key) < MIN_KEY_LENGTH:
+            raise ValidationError(
+                f"{source}: key of entry {n} has {len(key)} characters; use at least {MIN_KEY_LENGTH} "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            )
+        scopes: set[Scope] = set()
+        for name in scope_part.split("+"):
+            try:
+                scopes.add(Scope(name.strip().lower()))
+            except ValueError:
+                allowed = ", ".join(s.value for s in Scope)
+                raise ValidationError(
+                    f"{source}: entry {n} has unknown scope {name.strip()!r} (allowed: {allowed})"
+                ) from None
+        d = digest(key)
+        if d in seen:
+            raise ValidationError(f"{source}: entry {n} repeats a key given before")
+        seen.add(d)
+        keys.append(ApiKey(name=f"key{n}", digest=d, scopes=frozenset(scopes)))
+    return tuple(keys)
+
+
+def check_auth_configured(api_keys: tuple[ApiKey, ...], insecure_no_auth: bool) -> None:
+    """The server refuses to start without keys unless auth was switched off explicitly."""
+    if not api_keys and not insecure_no_auth:
+        raise ValidationError(
+            "no API keys configured: set JOURNEYREC_API_KEYS='<key>:ingest+read;<key>:admin' "
+            "or pass --insecure-no-auth (local demo only)"
+        )
+
+
+def match_key(presented: str, api_keys: tuple[ApiKey, ...]) -> ApiKey | None:
+    """The configured key equal to ``presented``, compared in constant time against all keys."""
+    d = digest(presented)
+    found: ApiKey | None = None
+    for k in api_keys:
+        # no early exit: every comparison runs so the time taken does not depend on which key matched
+        if hmac.compare_digest(d, k.digest):
+            found = k
+    return found
+
+
+class Authenticator:
+    """A Litestar guard: checks ``X-API-Key`` against the route's scopes (``opt={"scopes": {...}}``)."""
+
+    def __init__(self, api_keys: tuple[ApiKey, ...], *, enabled: bool) -> None:
+        self.api_keys = api_keys
+        self.enabled = enabled
+
+    def __call__(self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        required: frozenset[Scope] | None = handler.opt.get(SCOPE_OPT)
+        if not self.enabled or required is None:
+            return
+        presented = connection.headers.get(API_KEY_HEADER)
+        if not presented:
+            raise NotAuthorizedException(
+                f"missing {API_KEY_HEADER} header", headers={"WWW-Authenticate": API_KEY_HEADER}
+            )
+        key = match_key(presented, self.api_keys)
+        if key is None:
+            raise NotAuthorizedException("invalid API key", headers={"WWW-Authenticate": API_KEY_HEADER})
+        if not key.scopes & required:
+            need = " or ".join(sorted(s.value for s in required))
+            raise PermissionDeniedException(f"this API key lacks the {need} scope")
+        connection.state.api_key = key.name
+
+
+def scopes(*required: Scope) -> dict[str, Any]:
+    """Route ``opt`` naming the scopes, any one of which grants access."""
+    return {SCOPE_OPT: frozenset(required)}

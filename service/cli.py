@@ -1,0 +1,165 @@
+"""``journeyrec serve`` and ``journeyrec export-events``: the operator's commands.
+
+Every option also comes from the environment (``JOURNEYREC_*``, see ``service.settings``). Options are
+taken as text and validated in one place (``load_settings``), so any bad value is reported as one line
+naming the flag and the variable, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from models.errors import JourneyrecError, ValidationError
+from service.auth import check_auth_configured
+from service.settings import ENV, Settings, export_for_workers, load_settings
+
+APP_FACTORY = "service.app:app_from_environment"
+
+
+class OneLineError(click.ClickException):
+    """Printed as one line ``Error: ...``; exit status 2 like every journeyrec CLI error."""
+
+    exit_code = 2
+
+
+class OneLineCommand(click.Command):
+    """Click's own usage errors (unknown option, missing value) as one line and exit 2 too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise OneLineError(f"{ctx.command_path}: {e.format_message()}") from None
+
+
+def _opt(flag: str, field: str, help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(flag, field, default=None, metavar="VALUE", help=f"{help_text} [env {ENV[field]}]")
+
+
+def _settings(flags: dict[str, Any]) -> Settings:
+    try:
+        return load_settings(flags)
+    except JourneyrecError as e:
+        raise OneLineError(str(e)) from None
+
+
+@click.command("serve", cls=OneLineCommand)
+@_opt("--models", "models_dir", "Models directory (with a `latest` pointer).")
+@_opt("--redis-url", "redis_url", "Redis URL; without it the embedded one-process store is used.")
+@_opt("--host", "host", "Address to bind (default 127.0.0.1).")
+@_opt("--port", "port", "Port (default 8000).")
+@_opt("--workers", "workers", "Worker processes (default 1; more than 1 needs Redis).")
+@_opt("--server", "server", "granian (default) or uvicorn.")
+@_opt("--log-level", "log_level", "debug, info, warning or error.")
+@click.option(
+    "--insecure-no-auth",
+    "insecure_no_auth",
+    is_flag=True,
+    default=None,
+    help=f"Serve without API keys (local demo only). [env {ENV['insecure_no_auth']}]",
+)
+def serve(**flags: Any) -> None:
+    """Serve the recommendation API (keys from JOURNEYREC_API_KEYS, e.g. 'k1:ingest+read;k2:admin')."""
+    settings = _settings(flags)
+    try:
+        check_serve_settings(settings)
+    except JourneyrecError as e:
+        raise OneLineError(str(e)) from None
+    store = settings.redis_url or "embedded in-process store"
+    click.echo(
+        f"journeyrec serving http://{settings.host}:{settings.port} "
+        f"(models {settings.models_dir}, {store}, {settings.workers} worker(s), {settings.server})",
+        err=True,
+    )
+    export_for_workers(settings)
+    run_server(settings)
+
+
+def check_serve_settings(settings: Settings) -> None:
+    """Refuse settings the server cannot run with, before any worker starts."""
+    check_auth_configured(settings.api_keys, settings.insecure_no_auth)
+    if not settings.models_dir:
+        raise ValidationError(f"--models / {ENV['models_dir']}: a models directory is required")
+    if not Path(settings.models_dir).is_dir():
+        raise ValidationError(f"--models / {ENV['models_dir']}: {settings.models_dir} is not a directory")
+    if settings.workers > 1 and not settings.redis_url:
+        raise ValidationError(
+            f"--workers {settings.workers} needs --redis-url: the embedded store lives in one process"
+        )
+
+
+def run_server(settings: Settings) -> None:
+    """Run Granian or Uvicorn; every worker builds the app with ``app_from_environment``."""
+    if settings.server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            proxy_headers=False,  # never trust X-Forwarded-For unless a proxy is configured for it
+        )
+        return
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+
+    Granian(
+        APP_FACTORY,
+        address=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        interface=Interfaces.ASGI,
+        factory=True,
+        log_level=LogLevels(settings.log_level),
+    ).serve()
+
+
+@click.command("export-events", cls=OneLineCommand)
+@_opt("--redis-url", "redis_url", "Redis URL holding the event stream.")
+@_opt("--redis-prefix", "redis_prefix", "Key prefix (default journeyrec).")
+@click.option(
+    "--out", "out", required=True, metavar="FILE", help="JSON Lines file to write (training input)."
+)
+@click.option("--after", default="0", show_default=True, metavar="ID", help="Export stream entries after ID.")
+def export_events_command(redis_url: str | None, redis_prefix: str | None, out: str, after: str) -> None:
+    """Turn the service's event stream into a training file (closing the loop)."""
+    settings = _settings({"redis_url": redis_url, "redis_prefix": redis_prefix})
+    if not settings.redis_url:
+        raise OneLineError(f"--redis-url / {ENV['redis_url']}: required to export the event stream")
+    import asyncio
+
+    from service.export import export_events
+
+    try:
+        summary = asyncio.run(export_events(settings, Path(out), after=after))
+    except JourneyrecError as e:
+        raise OneLineError(str(e)) from None
+    click.echo(str(summary), err=True)
+
+
+@click.group("service")
+def cli() -> None:
+    """journeyrec service commands."""
+
+
+cli.add_command(serve)
+cli.add_command(export_events_command)
+COMMANDS: Sequence[click.Command] = (serve, export_events_command)
+
+
+def main() -> None:  # pragma: no cover - thin entry point
+    cli(prog_name="journeyrec")
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

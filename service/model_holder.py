@@ -1,0 +1,107 @@
+"""Holds the live model and swaps it without downtime.
+
+Request handlers read ``holder.current`` once per request and use that object for the whole request, so a
+reload that lands mid-request changes nothing for it. A reload loads and verifies the new ``latest`` in a
+worker thread beside the live model (the event loop keeps serving), then replaces the reference in one
+assignment; if the new artifact is bad the old model keeps serving and the error is reported. Reloads are
+serialized with an ``asyncio.Lock`` so two concurrent reloads cannot race each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from models.artifact import list_versions, resolve_latest
+from models.errors import ArtifactError
+from models.recommender import Recommender
+from service.errors import NotReadyError
+
+log = logging.getLogger("journeyrec.service")
+
+Loader = Callable[[Path], Recommender]
+
+
+class ReloadResult(msgspec.Struct, frozen=True):
+    version: str
+    previous: str | None
+    changed: bool
+    directory: str
+
+
+class ModelHolder:
+    """The live ``Recommender`` of one process (``None`` until the first successful load)."""
+
+    def __init__(self, models_dir: Path | None, *, loader: Loader = Recommender.load) -> None:
+        self.models_dir = models_dir
+        self._loader = loader
+        self._current: Recommender | None = None
+        self._current_dir: Path | None = None
+        self._lock = asyncio.Lock()
+        self.loaded_at: float | None = None
+        self.last_error: str | None = None
+
+    @classmethod
+    def with_model(cls, recommender: Recommender, models_dir: Path | None = None) -> ModelHolder:
+        """A holder already serving ``recommender`` (tests, embedding)."""
+        holder = cls(models_dir)
+        holder._current = recommender
+        holder._current_dir = recommender.bundle.directory.resolve()
+        holder.loaded_at = time.time()
+        return holder
+
+    @property
+    def current(self) -> Recommender | None:
+        return self._current
+
+    def require(self) -> Recommender:
+        """The live model, or NotReadyError (503) while none is loaded."""
+        model = self._current
+        if model is None:
+            reason = f": {self.last_error}" if self.last_error else ""
+            raise NotReadyError(f"no model loaded yet{reason}")
+        return model
+
+    def versions(self) -> list[str]:
+        return list_versions(self.models_dir) if self.models_dir is not None else []
+
+    def latest_name(self) -> str | None:
+        if self.models_dir is None:
+            return None
+        try:
+            return resolve_latest(self.models_dir).name
+        except ArtifactError:
+            return None
+
+    async def reload(self) -> ReloadResult:
+        """Load ``latest``, verify it, swap it in. Raises ArtifactError (old model kept) if it is bad."""
+        if self.models_dir is None:
+            raise ArtifactError("no models directory configured (--models / JOURNEYREC_MODELS)")
+        models_dir = self.models_dir
+        async with self._lock:
+            previous = self._current
+            try:
+                target = await asyncio.to_thread(resolve_latest, models_dir)
+                target = target.resolve()
+                if previous is not None and target == self._current_dir:
+                    return ReloadResult(previous.version, previous.version, False, str(target))
+                # hashing + loading arrays is CPU/disk work: off the event loop, beside the live model
+                model = await asyncio.to_thread(self._loader, target)
+            except ArtifactError as e:
+                self.last_error = str(e)
+                kept = f"; still serving {previous.version}" if previous is not None else ""
+                log.error("model reload refused: %s%s", e, kept)  # noqa: TRY400 (no traceback needed)
+                raise ArtifactError(f"reload refused: {e}{kept}") from None
+            # one reference assignment: requests already running keep the object they read
+            self._current = model
+            self._current_dir = target
+            self.loaded_at = time.time()
+            self.last_error = None
+            old = previous.version if previous is not None else None
+            log.info("model %s loaded from %s (previous: %s)", model.version, target, old)
+            return ReloadResult(model.version, old, model.version != old, str(target))

@@ -1,0 +1,216 @@
+"""Request and response bodies of the HTTP API (msgspec Structs; Litestar derives the OpenAPI from them)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+
+from models.domain import Channel, Event, EventType
+from models.errors import ValidationError
+
+if TYPE_CHECKING:
+    from models.journey import StageResult
+
+    from models.recommender import RecommendedItem
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# events far in the future would dominate every recency weight; allow a little clock skew
+MAX_CLOCK_SKEW_S = 86_400.0
+
+
+class EventIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One event as a client sends it. ``timestamp``: ISO-8601 with offset, or POSIX seconds; absent = now."""
+
+    visitor_id: Id
+    item_id: Id
+    event: EventType
+    timestamp: float | str | None = None
+    event_id: ShortText | None = None
+    session_id: ShortText | None = None
+    channel: Channel | None = None
+    quantity: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
+    value: Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)] | None = None
+    country: Annotated[str, msgspec.Meta(min_length=2, max_length=64)] | None = None
+
+
+class EventBatchIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A batch of events: ``{"events": [...]}``."""
+
+    events: Annotated[list[EventIn], msgspec.Meta(min_length=1)]
+
+
+def parse_timestamp(value: float | str | None, now: float, where: str) -> float:
+    """POSIX seconds (UTC) from POSIX seconds, an ISO-8601 string with a UTC offset, or None (= now)."""
+    if value is None:
+        return now
+    if isinstance(value, str):
+        try:
+            t = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValidationError(
+                f"{where}: {value!r} is not an ISO-8601 timestamp or POSIX seconds"
+            ) from None
+        if t.tzinfo is None:
+            raise ValidationError(f"{where}: {value!r} has no UTC offset (add 'Z' or '+00:00')")
+        ts = t.timestamp()
+    else:
+        ts = float(value)
+    if not math.isfinite(ts) or ts < 0:
+        raise ValidationError(f"{where}: {value!r} is not a valid time")
+    if ts > now + MAX_CLOCK_SKEW_S:
+        raise ValidationError(f"{where}: {value!r} lies more than a day in the future")
+    return ts
+
+
+def to_event(e: EventIn, now: float, timestamp_field: str = "timestamp") -> Event:
+    """The domain Event of one validated client event; ``timestamp_field`` names it in error messages."""
+    return Event(
+        visitor_id=e.visitor_id,
+        item_id=e.item_id,
+        event=e.event,
+        timestamp=parse_timestamp(e.timestamp, now, f"body field {timestamp_field!r}"),
+        event_id=e.event_id,
+        session_id=e.session_id,
+        channel=e.channel,
+        quantity=e.quantity,
+        value=e.value,
+        country=e.country,
+    )
+
+
+class IngestOut(msgspec.Struct, frozen=True):
+    """accepted: newly stored; duplicates: already stored before under the same event_id (skipped)."""
+
+    accepted: int
+    duplicates: int
+
+
+class StageOut(msgspec.Struct, frozen=True):
+    name: str
+    confidence: float
+    signals: list[str]
+
+    @classmethod
+    def of(cls, s: StageResult) -> StageOut:
+        return cls(s.stage.value, round(float(s.confidence), 4), list(s.signals))
+
+
+class ItemOut(msgspec.Struct, frozen=True):
+    item_id: str
+    score: float
+    source: str
+    reason: str
+
+    @classmethod
+    def of(cls, r: RecommendedItem) -> ItemOut:
+        return cls(r.item_id, r.score, r.source, r.reason)
+
+
+def items_out(items: list[RecommendedItem]) -> list[ItemOut]:
+    return [ItemOut.of(r) for r in items]
+
+
+class RecommendationsOut(msgspec.Struct, frozen=True):
+    visitor_id: str
+    stage: StageOut
+    products: list[ItemOut]
+    content: list[ItemOut]
+    model_version: str
+    fallback: bool
+
+
+class RelatedOut(msgspec.Struct, frozen=True):
+    """Items related to ``item_ids`` (similar or complements).
+
+    ``unknown``: requested anchors the model does not know (skipped)."""
+
+    item_ids: list[str]
+    items: list[ItemOut]
+    unknown: list[str]
+    model_version: str
+
+
+class RetargetingOut(msgspec.Struct, frozen=True):
+    visitor_id: str
+    campaign: str | None
+    items: list[ItemOut]
+    model_version: str
+
+
+class ExportIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Batch retargeting export.
+
+    ``mark_sent``: remember the items as sent by ``campaign`` so the next export skips them."""
+
+    visitor_ids: Annotated[list[Id], msgspec.Meta(min_length=1)]
+    k: Annotated[int, msgspec.Meta(ge=1)] = 10
+    campaign: ShortText | None = None
+    mark_sent: bool = True
+    category: ShortText | None = None
+    exclude: list[Id] = msgspec.field(default_factory=list)
+
+
+class ExportLine(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One line of the JSON Lines export; ``error`` set (and ``items`` empty) when this visitor failed."""
+
+    visitor_id: str
+    items: list[ItemOut]
+    error: str | None = None
+
+
+class TouchpointOut(msgspec.Struct, frozen=True):
+    event: str
+    item_id: str
+    timestamp: float
+    time: str
+    channel: str | None
+
+
+class JourneyOut(msgspec.Struct, frozen=True):
+    visitor_id: str
+    stage: StageOut
+    touchpoints: list[TouchpointOut]
+    cart: list[str]
+    purchases: list[str]
+    model_version: str
+
+
+def touchpoint(e: Event) -> TouchpointOut:
+    iso = dt.datetime.fromtimestamp(e.timestamp, dt.UTC).isoformat(timespec="seconds")
+    return TouchpointOut(e.event.value, e.item_id, e.timestamp, iso, e.channel.value if e.channel else None)
+
+
+class ErasedOut(msgspec.Struct, frozen=True):
+    visitor_id: str
+    erased: bool
+    records_removed: int
+
+
+class ModelInfo(msgspec.Struct, frozen=True):
+    version: str
+    loaded_at: float | None
+    manifest: dict[str, Any]
+
+
+class ModelsOut(msgspec.Struct, frozen=True):
+    live: ModelInfo | None
+    latest: str | None
+    versions: list[str]
+    last_error: str | None
+
+
+class ReloadOut(msgspec.Struct, frozen=True):
+    version: str
+    previous: str | None
+    changed: bool
+
+
+class HealthOut(msgspec.Struct, frozen=True, omit_defaults=True):
+    status: str
+    model_version: str | None = None
+    store: str | None = None
+    detail: str | None = None

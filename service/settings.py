@@ -1,0 +1,182 @@
+"""Service settings: a frozen struct read once at start-up from command-line flags and the environment.
+
+This is the only module of journeyrec that touches ``os.environ``. Precedence: a flag given on the command
+line, then the ``JOURNEYREC_*`` environment variable, then the default. Bad values raise
+``models.errors.ValidationError`` naming the flag and the variable.
+
+Worker processes (Granian/Uvicorn with ``--workers N``) import the app factory afresh; the parent process
+hands them the exact settings it validated through one environment variable (``JOURNEYREC_SETTINGS_JSON``,
+API keys as sha256 digests only) instead of re-parsing flags it no longer has.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from models.errors import ValidationError
+from service.auth import ApiKey, parse_api_keys
+
+WORKER_SETTINGS_ENV = "JOURNEYREC_SETTINGS_JSON"
+_DAY = 86_400
+
+# field -> environment variable; the flag is ``--`` + the field name with dashes (see FLAGS for exceptions)
+ENV: dict[str, str] = {
+    "models_dir": "JOURNEYREC_MODELS",
+    "redis_url": "JOURNEYREC_REDIS_URL",
+    "api_keys": "JOURNEYREC_API_KEYS",
+    "insecure_no_auth": "JOURNEYREC_INSECURE_NO_AUTH",
+    "host": "JOURNEYREC_HOST",
+    "port": "JOURNEYREC_PORT",
+    "workers": "JOURNEYREC_WORKERS",
+    "server": "JOURNEYREC_SERVER",
+    "log_level": "JOURNEYREC_LOG_LEVEL",
+    "max_body_bytes": "JOURNEYREC_MAX_BODY_BYTES",
+    "max_batch": "JOURNEYREC_MAX_BATCH",
+    "max_json_depth": "JOURNEYREC_MAX_JSON_DEPTH",
+    "max_k": "JOURNEYREC_MAX_K",
+    "max_export_visitors": "JOURNEYREC_MAX_EXPORT_VISITORS",
+    "redis_prefix": "JOURNEYREC_REDIS_PREFIX",
+    "visitor_ttl": "JOURNEYREC_VISITOR_TTL",
+    "recent_events": "JOURNEYREC_RECENT_EVENTS",
+    "stream_maxlen": "JOURNEYREC_STREAM_MAXLEN",
+    "redis_socket_timeout": "JOURNEYREC_REDIS_SOCKET_TIMEOUT",
+    "rate_limit_per_minute": "JOURNEYREC_RATE_LIMIT_PER_MINUTE",
+    "retry_after": "JOURNEYREC_RETRY_AFTER",
+}
+FLAGS: dict[str, str] = {"models_dir": "--models"}
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
+def flag_name(field: str) -> str:
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the service is configured with. Construct through ``load_settings``."""
+
+    models_dir: str | None = None
+    redis_url: str | None = None  # None: the embedded in-process store (one process only)
+    api_keys: tuple[ApiKey, ...] = ()
+    insecure_no_auth: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    server: Literal["granian", "uvicorn"] = "granian"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # request limits: ingest body bytes (other endpoints have a small fixed limit), events per batch,
+    # JSON nesting depth checked before decoding, recommendation list length, visitors per export call
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    max_json_depth: Annotated[int, msgspec.Meta(ge=4, le=256)] = 32
+    max_k: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    max_export_visitors: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    # Redis state
+    redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "journeyrec"
+    visitor_ttl: Annotated[int, msgspec.Meta(ge=60)] = 90 * _DAY
+    recent_events: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
+    stream_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 10_000_000
+    redis_socket_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    # per client address; 0 switches the limiter off
+    rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # seconds sent in Retry-After when the store is unavailable
+    retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 1
+
+    def __post_init__(self) -> None:
+        if self.redis_url is not None and not re.match(r"^(redis|rediss|unix)://", self.redis_url):
+            raise ValidationError(
+                f"{flag_name('redis_url')} / {ENV['redis_url']}: {self.redis_url!r} is not a redis://, "
+                "rediss:// or unix:// URL"
+            )
+
+    @property
+    def models_path(self) -> Path | None:
+        return Path(self.models_dir) if self.models_dir else None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return not self.insecure_no_auth
+
+
+def _env_value(field: str, raw: str) -> Any:
+    name = ENV[field]
+    if field == "api_keys":
+        return parse_api_keys(raw, source=name)
+    if field == "insecure_no_auth":
+        value = _BOOLS.get(raw.strip().lower())
+        if value is None:
+            raise ValidationError(f"{name}: {raw!r} is not a boolean (use 1/0, true/false, yes/no)")
+        return value
+    if field == "redis_url" and not raw.strip():
+        return None
+    return raw.strip()
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the settings from flags (``None`` values are "not given") over environment over defaults.
+
+    ``environ`` defaults to ``os.environ``; tests pass a dict. Raises ``ValidationError`` on any bad value,
+    naming the flag and the environment variable.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for field, name in ENV.items():
+        if name in env and env[name] != "":
+            raw[field] = _env_value(field, env[name])
+    for field, value in (flags or {}).items():
+        if field not in ENV:
+            raise ValidationError(f"unknown setting {field!r}")
+        if value is not None:
+            raw[field] = value
+    if isinstance(raw.get("api_keys"), str):
+        raw["api_keys"] = parse_api_keys(raw["api_keys"], source=flag_name("api_keys"))
+    try:
+        # strict=False: environment values are strings ("8000" -> 8000)
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as e:
+        raise ValidationError(_name_setting(str(e))) from None
+
+
+def _name_setting(message: str) -> str:
+    """Turn msgspec's "Expected `int` >= 1 - at `$.workers`" into "--workers / JOURNEYREC_WORKERS: ..."."""
+    m = re.match(r"^(.*) - at `\$\.(\w+)", message)
+    if not m or m.group(2) not in ENV:
+        return f"invalid setting: {message}"
+    field = m.group(2)
+    return f"{flag_name(field)} / {ENV[field]}: {m.group(1)}"
+
+
+def export_for_workers(settings: Settings) -> None:
+    """Hand the validated settings to worker processes through their inherited environment.
+
+    The plain-text keys variable is dropped from this process's environment: workers need only digests.
+    """
+    os.environ[WORKER_SETTINGS_ENV] = msgspec.json.encode(settings).decode()
+    os.environ.pop(ENV["api_keys"], None)
+
+
+def settings_for_worker() -> Settings:
+    """In a worker process: the settings the parent validated, or (run directly) the environment's."""
+    blob = os.environ.get(WORKER_SETTINGS_ENV)
+    if blob is None:
+        return load_settings()
+    try:
+        return msgspec.json.decode(blob, type=Settings)
+    except msgspec.MsgspecError as e:
+        raise ValidationError(f"{WORKER_SETTINGS_ENV}: not valid settings: {e}") from None

@@ -1,0 +1,1 @@
+"""Live visitor state: a small async interface with a Redis implementation and an embedded twin."""

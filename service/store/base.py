@@ -1,0 +1,71 @@
+"""The store interface the API depends on. Both implementations pass the same contract tests
+(``tests/service/test_store_contract.py``)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from models.domain import Event
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """accepted: newly stored events; duplicates: events whose event_id was stored before (skipped)."""
+
+    accepted: int
+    duplicates: int
+
+
+class VisitorState(msgspec.Struct, frozen=True):
+    """Everything held about one visitor, read in one round trip.
+
+    events     the most recent events (at most ``recent_events`` of them), oldest first
+    cart       item_id -> POSIX seconds it was (last) added; removed and purchased items are gone
+    purchases  item_id -> POSIX seconds of the last purchase (kept beyond the recent-events cap)
+    sent       item ids already sent to this visitor by the campaign asked for (empty if none asked)
+    """
+
+    visitor_id: str
+    events: list[Event]
+    cart: dict[str, float]
+    purchases: dict[str, float]
+    sent: frozenset[str] = frozenset()
+
+
+class StreamEntry(msgspec.Struct, frozen=True):
+    entry_id: str
+    event: Event
+
+
+class VisitorStore(Protocol):
+    async def ping(self) -> bool:
+        """True when the store answers."""
+        ...
+
+    async def append(self, events: list[Event]) -> AppendResult:
+        """Store events durably (visitor state + event stream). Idempotent on ``event_id``.
+
+        Raises ``models.errors.StoreUnavailableError`` when nothing could be written; never reports an
+        event as accepted that was not stored.
+        """
+        ...
+
+    async def visitor(self, visitor_id: str, campaign: str | None = None) -> VisitorState:
+        """State of one visitor; an unknown visitor gets an empty state, never an error."""
+        ...
+
+    async def mark_sent(self, visitor_id: str, campaign: str, item_ids: list[str]) -> None:
+        """Remember that ``campaign`` sent these items to the visitor (retargeting dedup)."""
+        ...
+
+    async def erase(self, visitor_id: str) -> int:
+        """Delete everything held about the visitor (GDPR); returns the number of keys/records removed.
+        Stream entries of the visitor are removed too."""
+        ...
+
+    async def read_stream(self, after: str, count: int) -> list[StreamEntry]:
+        """Events appended to the stream after entry id ``after`` ("0" for the start), oldest first."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,130 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from models.journey import DEFAULT_RULES
+
+from models import artifact
+from models.blend import FEATURE_NAMES, N_FEATURES, BlendWeights, StageBlend
+from models.domain import STAGES, CatalogItem, ItemKind
+from models.errors import ArtifactError
+from models.factors import FactorModel
+from models.features import Vocabulary
+from models.sources import ItemTables
+from models.weights import EventWeights
+
+
+def _publish(root: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    n_items, n_if, n_uf, d = 4, 6, 5, 3
+    catalog = [
+        CatalogItem(item_id=f"i{i}", kind=ItemKind.PRODUCT if i < 3 else ItemKind.CONTENT)
+        for i in range(n_items)
+    ]
+    factors = FactorModel(
+        user_emb=rng.random((n_uf, d), dtype=np.float32),
+        user_bias=rng.random(n_uf, dtype=np.float32),
+        item_emb=rng.random((n_if, d), dtype=np.float32),
+        item_bias=rng.random(n_if, dtype=np.float32),
+        item_features=sp.random(
+            n_items, n_if, density=0.5, format="csr", dtype=np.float32, random_state=seed
+        ),
+    )
+    tables = ItemTables(
+        popularity=rng.random(n_items, dtype=np.float32),
+        trending=rng.random(n_items, dtype=np.float32),
+        repeat_rate=rng.random(n_items, dtype=np.float32),
+        complements=sp.random(n_items, n_items, density=0.5, format="csr", dtype=np.float32, random_state=1),
+        similar=sp.random(n_items, n_items, density=0.5, format="csr", dtype=np.float32, random_state=2),
+        known=np.ones(n_items, bool),
+    )
+    blend = BlendWeights([StageBlend(s.value, dict.fromkeys(FEATURE_NAMES, 0.5), 10, "all") for s in STAGES])
+    return artifact.publish(
+        root,
+        factors=factors,
+        tables=tables,
+        blend=blend,
+        blend_weights=blend.matrix(),
+        catalog=catalog,
+        user_vocab=Vocabulary([f"u{i}" for i in range(n_uf)]),
+        item_vocab=Vocabulary([f"f{i}" for i in range(n_if)]),
+        price_edges=np.array([1.0, 2.0]),
+        rules=DEFAULT_RULES,
+        weights=EventWeights(),
+        data_fingerprint="abc",
+        trained_until=123.0,
+        n_visitors=7,
+        parameters={"epochs": 1},
+    )
+
+
+def test_roundtrip_and_latest_pointer(tmp_path):
+    first = _publish(tmp_path, 0)
+    second = _publish(tmp_path, 1)
+    assert artifact.resolve_latest(tmp_path) == second
+    assert artifact.list_versions(tmp_path) == sorted([first.name, second.name])
+    b = artifact.load(tmp_path)
+    assert b.manifest.version == second.name
+    assert b.blend_weights.shape == (len(STAGES), N_FEATURES)
+    assert [c.item_id for c in b.catalog] == ["i0", "i1", "i2", "i3"]
+    assert b.tables.complements.shape == (4, 4)
+    again = artifact.load(first)
+    assert not np.allclose(again.factors.user_emb, b.factors.user_emb)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp leftovers
+
+
+def test_tampered_file_is_refused(tmp_path):
+    v = _publish(tmp_path)
+    p = v / artifact.ARRAYS
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        artifact.load(v)
+
+
+def test_missing_file_and_missing_manifest(tmp_path):
+    v = _publish(tmp_path)
+    os.remove(v / artifact.CATALOG)
+    with pytest.raises(ArtifactError, match="missing"):
+        artifact.load(v)
+    with pytest.raises(ArtifactError, match="no model published"):
+        artifact.load(tmp_path / "nowhere")
+
+
+def test_manifest_edit_without_rehash_is_refused(tmp_path):
+    v = _publish(tmp_path)
+    m = (v / artifact.MANIFEST).read_text()
+    (v / artifact.MANIFEST).write_text(m.replace('"n_items": 4', '"n_items": "four"'))
+    with pytest.raises(ArtifactError, match="invalid manifest"):
+        artifact.load(v)
+
+
+def test_shape_mismatch_is_refused_even_with_matching_hashes(tmp_path):
+    v = _publish(tmp_path)
+    # rewrite the id map with an extra item and re-hash it: hashes agree, shapes do not
+    (v / artifact.CATALOG).write_text(
+        '[{"item_id":"i0"},{"item_id":"i1"},{"item_id":"i2"},{"item_id":"i3"},{"item_id":"x"}]'
+    )
+    import hashlib
+
+    import msgspec
+
+    m = artifact.read_manifest(v)
+    blob = (v / artifact.CATALOG).read_bytes()
+    files = dict(m.files)
+    files[artifact.CATALOG] = artifact.FileEntry(hashlib.sha256(blob).hexdigest(), len(blob))
+    (v / artifact.MANIFEST).write_bytes(msgspec.json.encode(msgspec.structs.replace(m, files=files)))
+    with pytest.raises(ArtifactError, match="inconsistent with the id maps"):
+        artifact.load(v)
+
+
+def test_object_arrays_are_never_unpickled(tmp_path):
+    v = _publish(tmp_path)
+    arrays = dict(np.load(v / artifact.ARRAYS, allow_pickle=False))
+    arrays["popularity"] = np.array([object()] * 4, dtype=object)
+    np.savez(v / artifact.ARRAYS, **arrays)  # a pickled object array inside the npz
+    with pytest.raises(ArtifactError):
+        artifact.load(v)

@@ -1,0 +1,278 @@
+"""End to end over real HTTP: ``journeyrec serve`` (Granian) against a real Redis server.
+
+Needs Redis at JOURNEYREC_TEST_REDIS_URL (default redis://127.0.0.1:6379/15). When that variable is set
+and Redis does not answer the tests fail; when it is unset and the default does not answer they skip.
+Every run uses its own key prefix and deletes its keys afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.service import api_fixtures
+from tests.service.api_fixtures import (
+    ADMIN_KEY,
+    H_ADMIN,
+    H_INGEST,
+    H_READ,
+    KEYS_SPEC,
+    product_id,
+)
+
+# shared fixtures (pytest finds them as module attributes)
+models_dir = api_fixtures.models_dir
+
+pytestmark = pytest.mark.redis
+REDIS_URL = os.environ.get("JOURNEYREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        if "JOURNEYREC_TEST_REDIS_URL" in os.environ:
+            pytest.fail(f"Redis at {REDIS_URL} does not answer: {e}")
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    yield client
+    client.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self, models: Path, redis_url: str, prefix: str) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "JOURNEYREC_API_KEYS": KEYS_SPEC,
+            "JOURNEYREC_REDIS_PREFIX": prefix,
+            "JOURNEYREC_LOG_LEVEL": "warning",
+        }
+        env.pop("JOURNEYREC_SETTINGS_JSON", None)
+        args = ["serve", "--models", str(models), "--redis-url", redis_url, "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def wait_live(self) -> httpx.Client:
+        client = httpx.Client(base_url=self.base, timeout=10)
+        for _ in range(300):
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise AssertionError(f"server exited with {self.proc.returncode}: {err}")
+            try:
+                if client.get("/health/live").status_code == 200:
+                    return client
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server did not come up")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def prefix(redis_client: redis.Redis) -> Iterator[str]:
+    p = f"jrtest-{uuid.uuid4().hex[:10]}"
+    yield p
+    for key in redis_client.scan_iter(match=f"*{p}*", count=1000):
+        redis_client.delete(key)
+
+
+@pytest.fixture(scope="module")
+def http(models_dir: Path, prefix: str) -> Iterator[httpx.Client]:
+    server = Server(models_dir, REDIS_URL, prefix)
+    try:
+        client = server.wait_live()
+        yield client
+        client.close()
+    finally:
+        server.stop()
+
+
+def _dump(r: redis.Redis, key: bytes) -> bytes:
+    """Everything stored under one key, as bytes (to search for a visitor's id)."""
+    raw = r.type(key)
+    kind = raw.decode() if isinstance(raw, bytes) else str(raw)
+    value: Any
+    if kind == "string":
+        value = r.get(key)
+    elif kind == "hash":
+        value = r.hgetall(key)
+    elif kind == "list":
+        value = r.lrange(key, 0, -1)
+    elif kind == "set":
+        value = r.smembers(key)
+    elif kind == "zset":
+        value = r.zrange(key, 0, -1, withscores=True)
+    elif kind == "stream":
+        value = r.xrange(key)
+    else:
+        value = kind
+    return repr(value).encode()
+
+
+def _snapshot(http: httpx.Client, visitor: str) -> tuple[str, Any]:
+    j = http.get(f"/v1/visitors/{visitor}/journey", headers=H_READ)
+    assert j.status_code == 200, j.text
+    r = http.get(f"/v1/visitors/{visitor}/recommendations?k=6&n_content=3", headers=H_READ)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["fallback"] is False
+    assert body["stage"]["name"] == j.json()["stage"]["name"]
+    products = [(p["item_id"], p["source"], p["reason"]) for p in body["products"]]
+    content = [c["item_id"] for c in body["content"]]
+    return j.json()["stage"]["name"], (products, content)
+
+
+def test_journey_walk_through_every_stage(http: httpx.Client) -> None:
+    visitor = f"walker-{uuid.uuid4().hex[:8]}"
+    kettle, teapot, toaster = product_id("Kettle"), product_id("Teapot"), product_id("Toaster")
+    t0 = time.time() - 3600
+    steps: list[tuple[str, list[dict[str, Any]]]] = [
+        (
+            "awareness",
+            [
+                {"item_id": "c-tea-101", "event": "content_view", "channel": "social"},
+                {"item_id": "c-welcome", "event": "content_view"},
+            ],
+        ),
+        (
+            "consideration",
+            [
+                {"item_id": kettle, "event": "product_view"},
+                {"item_id": teapot, "event": "product_view"},
+                {"item_id": toaster, "event": "product_view"},
+                {"item_id": kettle, "event": "product_view"},
+            ],
+        ),
+        ("decision", [{"item_id": kettle, "event": "add_to_cart"}]),
+        (
+            "retention",
+            [
+                {"item_id": kettle, "event": "checkout"},
+                {"item_id": kettle, "event": "purchase", "value": 39.0},
+            ],
+        ),
+        ("advocacy", [{"item_id": kettle, "event": "review"}]),
+    ]
+    seen: list[tuple[str, Any]] = []
+    n = 0
+    for expected, events in steps:
+        batch = []
+        for e in events:
+            n += 1
+            batch.append({"visitor_id": visitor, "timestamp": t0 + 60 * n, "event_id": f"{visitor}-{n}", **e})
+        r = http.post("/v1/events", json={"events": batch}, headers=H_INGEST)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"accepted": len(batch), "duplicates": 0}
+        stage, recs = _snapshot(http, visitor)
+        assert stage == expected, (expected, stage, recs)
+        seen.append((stage, recs))
+    # the answer changes at every step of the journey
+    for (s1, r1), (s2, r2) in itertools.pairwise(seen):
+        assert r1 != r2, (s1, s2)
+    decision_products = seen[2][1][0]
+    assert kettle not in [p[0] for p in decision_products]  # in the cart
+    retention_products = seen[3][1][0]
+    assert kettle not in [p[0] for p in retention_products]  # bought, not repeatable
+
+
+def test_erase_leaves_no_key_of_the_visitor(
+    http: httpx.Client, redis_client: redis.Redis, prefix: str
+) -> None:
+    visitor = f"erase-me-{uuid.uuid4().hex[:8]}"
+    other = f"keep-me-{uuid.uuid4().hex[:8]}"
+    kettle = product_id("Kettle")
+    events = [
+        {"visitor_id": visitor, "item_id": kettle, "event": "add_to_cart"},
+        {"visitor_id": visitor, "item_id": kettle, "event": "purchase"},
+        {"visitor_id": other, "item_id": kettle, "event": "product_view"},
+    ]
+    assert http.post("/v1/events", json={"events": events}, headers=H_INGEST).status_code == 200
+    http.get(f"/v1/visitors/{visitor}/retargeting?campaign=c1&mark_sent=true", headers=H_READ)
+
+    def mentions(v: str) -> list[bytes]:
+        keys = list(redis_client.scan_iter(match=f"*{prefix}*", count=1000))
+        return [k for k in keys if v.encode() in k or v.encode() in _dump(redis_client, k)]
+
+    assert mentions(visitor)
+    r = http.delete(f"/v1/visitors/{visitor}", headers=H_ADMIN)
+    assert r.status_code == 200
+    assert r.json()["erased"] is True
+    assert mentions(visitor) == []
+    assert mentions(other)  # only that visitor was erased
+    j = http.get(f"/v1/visitors/{visitor}/journey", headers=H_READ).json()
+    assert j["touchpoints"] == []
+
+
+def test_export_and_auth_over_http(http: httpx.Client) -> None:
+    visitor = f"exp-{uuid.uuid4().hex[:8]}"
+    tent = product_id("Tent")
+    http.post(
+        "/v1/events", json={"visitor_id": visitor, "item_id": tent, "event": "add_to_cart"}, headers=H_INGEST
+    )
+    with http.stream(
+        "POST", "/v1/retargeting/export", json={"visitor_ids": [visitor], "k": 3}, headers=H_READ
+    ) as r:
+        assert r.status_code == 200
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert lines[0]["visitor_id"] == visitor
+    assert lines[0]["items"][0]["item_id"] == tent
+    assert http.post("/v1/events", json={}, headers={"X-API-Key": "nope-nope-nope-nope"}).status_code == 401
+    assert http.post("/v1/models/reload", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
+    assert http.get("/health/ready").status_code == 200
+    assert "journeyrec_http_requests_total" in http.get("/metrics").text
+
+
+def test_unreachable_redis_degrades(models_dir: Path, redis_client: redis.Redis) -> None:
+    dead_url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    server = Server(models_dir, dead_url, "jrtest-dead")
+    try:
+        http = server.wait_live()
+        r = http.get("/v1/visitors/anyone/recommendations?k=3", headers=H_READ)
+        assert r.status_code == 200, r.text
+        assert r.json()["fallback"] is True
+        assert len(r.json()["products"]) == 3
+        r = http.post(
+            "/v1/events", json={"visitor_id": "a", "item_id": "b", "event": "page_view"}, headers=H_INGEST
+        )
+        assert r.status_code == 503
+        assert int(r.headers["Retry-After"]) >= 1
+        assert http.get("/health/ready").status_code == 503
+        http.close()
+    finally:
+        server.stop()

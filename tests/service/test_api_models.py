@@ -1,0 +1,142 @@
+"""Model versions and hot reload: swap atomically, refuse a corrupted artifact, lose no request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient, TestClient
+
+from models.artifact import ARRAYS, LATEST, resolve_latest
+from models.recommender import Recommender
+from service.app import create_app
+from service.model_holder import ModelHolder
+from tests.service import api_fixtures
+from tests.service.api_fixtures import (
+    H_ADMIN,
+    H_READ,
+    api_settings,
+    make_app,
+    memory_store,
+    train_storefront_model,
+)
+
+# shared fixtures (pytest finds them as module attributes)
+models_dir = api_fixtures.models_dir
+recommender = api_fixtures.recommender
+
+
+@pytest.fixture
+def own_models(models_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's models directory (these tests move ``latest``)."""
+    d = tmp_path / "models"
+    shutil.copytree(models_dir, d, symlinks=True)
+    return d
+
+
+def _point_latest(models: Path, version: str) -> None:
+    tmp = models / ".latest-test"
+    os.symlink(version, tmp)
+    os.replace(tmp, models / LATEST)
+
+
+def _corrupt_copy(models: Path) -> str:
+    """A copy of the live version with one byte of its arrays flipped, published as ``latest``."""
+    live = resolve_latest(models)
+    bad = models / (live.name + "-corrupt")
+    shutil.copytree(live, bad)
+    data = bytearray((bad / ARRAYS).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / ARRAYS).write_bytes(bytes(data))
+    _point_latest(models, bad.name)
+    return bad.name
+
+
+def test_models_listing_and_noop_reload(own_models: Path, recommender: Recommender) -> None:
+    with TestClient(make_app(own_models, None)) as c:  # loads `latest` on startup
+        body = c.get("/v1/models", headers=H_READ).json()
+        assert body["live"]["version"] == recommender.version
+        assert body["live"]["manifest"]["version"] == recommender.version
+        assert body["latest"] == resolve_latest(own_models).name
+        assert body["versions"] == [resolve_latest(own_models).name]
+        r = c.post("/v1/models/reload", headers=H_ADMIN)
+        assert r.status_code == 200
+        assert r.json() == {
+            "version": recommender.version,
+            "previous": recommender.version,
+            "changed": False,
+        }
+
+
+def test_corrupted_artifact_is_refused_and_old_model_keeps_serving(
+    own_models: Path, recommender: Recommender
+) -> None:
+    with TestClient(make_app(own_models, recommender), raise_server_exceptions=False) as c:
+        _corrupt_copy(own_models)
+        r = c.post("/v1/models/reload", headers=H_ADMIN)
+        assert r.status_code == 422
+        assert "sha256 does not match" in r.json()["detail"]
+        assert f"still serving {recommender.version}" in r.json()["detail"]
+        r = c.get("/v1/visitors/v/recommendations", headers=H_READ)
+        assert r.status_code == 200
+        assert r.json()["model_version"] == recommender.version
+        assert c.get("/v1/models", headers=H_READ).json()["last_error"]
+        assert c.get("/health/ready").status_code == 200
+
+
+def test_not_ready_until_a_model_is_published(tmp_path: Path, models_dir: Path) -> None:
+    empty = tmp_path / "empty-models"
+    empty.mkdir()
+    with TestClient(make_app(empty, None), raise_server_exceptions=False) as c:
+        r = c.get("/health/ready")
+        assert r.status_code == 503
+        assert "no model loaded" in r.json()["detail"]
+        r = c.get("/v1/visitors/v/recommendations", headers=H_READ)
+        assert r.status_code == 503
+        assert "Retry-After" in r.headers
+        assert c.post("/v1/models/reload", headers=H_ADMIN).status_code == 422
+        shutil.copytree(models_dir, empty, symlinks=True, dirs_exist_ok=True)
+        r = c.post("/v1/models/reload", headers=H_ADMIN)
+        assert r.status_code == 200
+        assert r.json()["changed"] is True
+        assert r.json()["previous"] is None
+        assert c.get("/health/ready").status_code == 200
+
+
+async def test_hot_reload_under_traffic_loses_no_request(own_models: Path, recommender: Recommender) -> None:
+    new_dir = train_storefront_model(own_models, seed=11)  # a genuinely new version is now `latest`
+    new_version = new_dir.name
+    holder = ModelHolder.with_model(recommender, own_models)
+    app = create_app(api_settings(models_dir=str(own_models)), store=memory_store(), model_holder=holder)
+    async with AsyncTestClient(app) as c:
+
+        async def one(i: int) -> tuple[int, str]:
+            r = await c.get(f"/v1/visitors/traffic-{i % 7}/recommendations?k=5", headers=H_READ)
+            return r.status_code, r.json()["model_version"]
+
+        async def reloads() -> list[int]:
+            codes = []
+            for _ in range(3):
+                codes.append((await c.post("/v1/models/reload", headers=H_ADMIN)).status_code)
+                await asyncio.sleep(0)
+            return codes
+
+        results = await asyncio.gather(*(one(i) for i in range(150)), reloads())
+        answers = [x for x in results[:-1] if isinstance(x, tuple)]
+        assert all(code == 200 for code, _v in answers)
+        assert {v for _c, v in answers} <= {recommender.version, new_version}
+        assert results[-1] == [200, 200, 200]
+        after = await c.get("/v1/visitors/v/recommendations", headers=H_READ)
+        assert after.json()["model_version"] == new_version
+
+
+async def test_concurrent_reloads_are_serialized(own_models: Path, recommender: Recommender) -> None:
+    train_storefront_model(own_models, seed=12)
+    holder = ModelHolder.with_model(recommender, own_models)
+    results = await asyncio.gather(*(holder.reload() for _ in range(4)))
+    # exactly one reload swapped; the others found `latest` already live
+    assert [r.changed for r in results].count(True) == 1
+    assert holder.require().version == results[0].version

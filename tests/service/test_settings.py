@@ -1,0 +1,101 @@
+"""Settings: flags over environment over defaults, one clear error per bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.errors import ValidationError
+from service.auth import Scope
+from service.settings import Settings, load_settings
+
+KEY_A = "a" * 20
+KEY_B = "b" * 20
+
+
+def test_defaults_without_environment() -> None:
+    s = load_settings({}, environ={})
+    assert s == Settings()
+    assert s.host == "127.0.0.1"
+    assert s.port == 8000
+    assert s.redis_url is None
+    assert s.api_keys == ()
+    assert s.auth_enabled
+
+
+def test_environment_is_read_and_converted() -> None:
+    env = {
+        "JOURNEYREC_MODELS": "/srv/models",
+        "JOURNEYREC_REDIS_URL": "redis://localhost:6379/2",
+        "JOURNEYREC_API_KEYS": f"{KEY_A}:ingest+read;{KEY_B}:admin",
+        "JOURNEYREC_HOST": "0.0.0.0",
+        "JOURNEYREC_PORT": "9000",
+        "JOURNEYREC_WORKERS": "2",
+        "JOURNEYREC_MAX_BATCH": "50",
+        "JOURNEYREC_REDIS_SOCKET_TIMEOUT": "0.25",
+        "JOURNEYREC_INSECURE_NO_AUTH": "no",
+    }
+    s = load_settings({}, environ=env)
+    assert s.models_dir == "/srv/models"
+    assert s.redis_url == "redis://localhost:6379/2"
+    assert (s.host, s.port, s.workers, s.max_batch) == ("0.0.0.0", 9000, 2, 50)
+    assert s.redis_socket_timeout == 0.25
+    assert s.insecure_no_auth is False
+    assert [k.scopes for k in s.api_keys] == [frozenset({Scope.INGEST, Scope.READ}), frozenset({Scope.ADMIN})]
+    # only digests are kept, never the key text
+    assert all(KEY_A not in repr(k) for k in s.api_keys)
+
+
+def test_flags_win_over_environment_and_none_means_not_given() -> None:
+    env = {"JOURNEYREC_PORT": "9000", "JOURNEYREC_HOST": "0.0.0.0"}
+    s = load_settings({"port": "9100", "host": None}, environ=env)
+    assert s.port == 9100
+    assert s.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"JOURNEYREC_PORT": "http"}, "--port / JOURNEYREC_PORT: Expected `int`"),
+        ({"JOURNEYREC_PORT": "70000"}, "--port / JOURNEYREC_PORT: Expected `int` <= 65535"),
+        ({"JOURNEYREC_WORKERS": "0"}, "--workers / JOURNEYREC_WORKERS: Expected `int` >= 1"),
+        ({"JOURNEYREC_SERVER": "gunicorn"}, "--server / JOURNEYREC_SERVER"),
+        ({"JOURNEYREC_INSECURE_NO_AUTH": "maybe"}, "JOURNEYREC_INSECURE_NO_AUTH: 'maybe' is not a boolean"),
+        ({"JOURNEYREC_REDIS_URL": "http://x"}, "is not a redis://"),
+        ({"JOURNEYREC_REDIS_PREFIX": "has space"}, "--redis-prefix / JOURNEYREC_REDIS_PREFIX"),
+        ({"JOURNEYREC_MAX_JSON_DEPTH": "1"}, "--max-json-depth / JOURNEYREC_MAX_JSON_DEPTH"),
+        ({"JOURNEYREC_API_KEYS": "short:read"}, "use at least 16"),
+        ({"JOURNEYREC_API_KEYS": f"{KEY_A}:write"}, "unknown scope 'write'"),
+        ({"JOURNEYREC_API_KEYS": f"{KEY_A}"}, "entry 1 must look like"),
+        ({"JOURNEYREC_API_KEYS": f"{KEY_A}:read;{KEY_A}:admin"}, "entry 2 repeats a key"),
+    ],
+)
+def test_bad_values_name_flag_and_variable(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        load_settings({}, environ=env)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_flag_is_refused() -> None:
+    with pytest.raises(ValidationError, match="unknown setting 'prot'"):
+        load_settings({"prot": 1}, environ={})
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings({}, environ={})
+    with pytest.raises(AttributeError):
+        s.port = 1  # type: ignore[misc]
+
+
+def test_worker_settings_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import settings as mod
+
+    monkeypatch.setenv("JOURNEYREC_API_KEYS", f"{KEY_A}:read")
+    monkeypatch.delenv(mod.WORKER_SETTINGS_ENV, raising=False)
+    s = load_settings({"port": 8123})
+    mod.export_for_workers(s)
+    # the plain-text keys leave the environment the workers inherit; only digests travel
+    assert "JOURNEYREC_API_KEYS" not in mod.os.environ
+    assert KEY_A not in mod.os.environ[mod.WORKER_SETTINGS_ENV]
+    assert mod.settings_for_worker() == s
+    monkeypatch.delenv(mod.WORKER_SETTINGS_ENV)

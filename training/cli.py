@@ -1,0 +1,259 @@
+"""``journeyrec train | evaluate | simulate | inspect``: the data scientist's commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from models import artifact
+from models.blend import FEATURE_NAMES
+from models.errors import ValidationError
+from training import evaluate as evaluation
+from training.loaders import PRESETS, load_events, load_mapping, load_train_test
+from training.pipeline import config_for, rankers_for, split_stages, train_and_publish
+from training.report import write_report
+from training.simulate import SimulationConfig, write_simulation
+
+err = Console(stderr=True)
+out = Console()
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A rich spinner whose text follows the pipeline's progress messages (quiet with --json)."""
+    if not enabled:
+        yield lambda _m: None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as p:
+        task = p.add_task("starting", total=None)
+        yield lambda m: p.update(task, description=m)
+
+
+def _parse_time(value: str, option: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(
+            f"{option}: expected an ISO-8601 date/time or POSIX seconds, got {value!r}"
+        ) from None
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _data_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Built-in reader for public data."
+    )(f)
+    f = click.option(
+        "--mapping", type=click.Path(dir_okay=False), default=None, help="JSON column/event-name mapping."
+    )(f)
+    f = click.option(
+        "--catalog", type=click.Path(), default=None, help="Catalog CSV/JSONL (optional with a preset)."
+    )(f)
+    f = click.option("--seed", type=int, default=1, show_default=True)(f)
+    f = click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)(f)
+    f = click.option(
+        "--epochs", type=click.IntRange(1, 500), default=None, help="LightFM epochs (default 20)."
+    )(f)
+    return f  # noqa: RET504 - the decorator chain reads best as assignments
+
+
+def _cfg(preset: str | None, seed: int, threads: int, epochs: int | None, **extra: Any) -> Any:
+    cfg = config_for(preset, seed=seed, threads=threads, **extra)
+    if epochs is not None:
+        cfg = msgspec.structs.replace(cfg, factors=msgspec.structs.replace(cfg.factors, epochs=epochs))
+    return cfg
+
+
+@click.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Writes events.csv, catalog.csv.",
+)
+@click.option("--visitors", type=click.IntRange(1, 10_000_000), default=20_000, show_default=True)
+@click.option("--items", type=click.IntRange(10, 10_000_000), default=2_000, show_default=True)
+@click.option("--days", type=click.IntRange(1, 3650), default=120, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def simulate(out_dir: str, visitors: int, items: int, days: int, seed: int, as_json: bool) -> None:
+    """Write a simulated storefront (events.csv, catalog.csv) in the native format."""
+    cfg = SimulationConfig(visitors=visitors, items=items, days=days, seed=seed)
+    t0 = time.perf_counter()
+    summary = write_simulation(cfg, Path(out_dir))
+    took = time.perf_counter() - t0
+    if as_json:
+        click.echo(json.dumps({**msgspec.to_builtins(summary), "seconds": round(took, 2)}))
+    else:
+        out.print(f"wrote {out_dir}/events.csv and catalog.csv in {took:.1f} s")
+        out.print(msgspec.to_builtins(summary))
+
+
+@click.command()
+@click.option("--events", type=click.Path(), required=True, help="Events file or directory (preset).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Models directory.")
+@_data_options
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+def train(
+    events: str,
+    out_dir: str,
+    catalog: str | None,
+    mapping: str | None,
+    preset: str | None,
+    seed: int,
+    threads: int,
+    epochs: int | None,
+    as_json: bool,
+) -> None:
+    """Train the stage-aware model on EVENTS and publish it under OUT (moves OUT/latest)."""
+    cfg = _cfg(preset, seed, threads, epochs)
+    t0 = time.perf_counter()
+    with _progress(not as_json) as say:
+        say("loading events")
+        log = load_events(
+            events, catalog=catalog, preset=preset, mapping=load_mapping(mapping) if mapping else None
+        )
+        say(f"loaded {log.n_events:,} events, {log.n_visitors:,} visitors, {log.n_items:,} items")
+        path = train_and_publish(log, Path(out_dir), cfg, say)
+    took = time.perf_counter() - t0
+    m = artifact.read_manifest(path)
+    info = {"version": m.version, "path": str(path), "seconds": round(took, 2), **m.metrics}
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        out.print(f"published [bold]{m.version}[/] at {path} in {took:.1f} s ({log.n_events:,} events)")
+
+
+@click.command()
+@click.option(
+    "--events", type=click.Path(), default=None, help="One events file/directory, split with --split-at."
+)
+@click.option("--split-at", default=None, help="Train strictly before this time, test at/after it.")
+@click.option("--train", "train_path", type=click.Path(), default=None, help="Training events (with --test).")
+@click.option("--test", "test_path", type=click.Path(), default=None, help="Test events (with --train).")
+@_data_options
+@click.option("--k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--exclude-seen", is_flag=True, help="Never recommend items the visitor had in training.")
+@click.option("--models", "only", default=None, help="Comma-separated subset of models to run.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON."
+)
+@click.option(
+    "--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write an HTML report."
+)
+def evaluate(
+    events: str | None,
+    split_at: str | None,
+    train_path: str | None,
+    test_path: str | None,
+    catalog: str | None,
+    mapping: str | None,
+    preset: str | None,
+    seed: int,
+    threads: int,
+    epochs: int | None,
+    k: int,
+    exclude_seen: bool,
+    only: str | None,
+    json_path: str | None,
+    report_path: str | None,
+) -> None:
+    """Train every model on the training part and score all of them on the test part in one run."""
+    cmap = load_mapping(mapping) if mapping else None
+    if events and split_at and not (train_path or test_path):
+        at = _parse_time(split_at, "--split-at")
+        full = load_events(events, catalog=catalog, preset=preset, mapping=cmap)
+        train_log, test_log = evaluation.split_at(full, at)
+        split_desc = f"time split at {split_at}"
+        dataset = Path(events).name
+    elif train_path and test_path and not (events or split_at):
+        train_log, test_log = load_train_test(
+            train_path, test_path, catalog=catalog, preset=preset, mapping=cmap
+        )
+        at = float(train_log.ts.max()) + 1.0
+        split_desc = f"train {Path(train_path).name} / test {Path(test_path).name}"
+        dataset = Path(train_path).parent.name
+    else:
+        raise ValidationError("give either --events with --split-at, or --train with --test")
+    if train_log.n_events == 0 or test_log.n_events == 0:
+        raise ValidationError(
+            f"the split leaves {train_log.n_events} training and {test_log.n_events} test events"
+        )
+    cfg = _cfg(preset, seed, threads, epochs, exclude_seen=exclude_seen)
+    with _progress(True) as say:
+        rankers = rankers_for(cfg, say)
+        if only:
+            wanted = {s.strip() for s in only.split(",")}
+            unknown = wanted - {r.name for r in rankers}
+            if unknown:
+                raise ValidationError(
+                    f"--models: unknown model(s) {sorted(unknown)}; known: {[r.name for r in rankers]}"
+                )
+            rankers = [r for r in rankers if r.name in wanted]
+        end = float(test_log.ts.max()) + 1.0
+        full_log = train_log.concat(test_log)
+        at_split, at_end = split_stages(train_log, full_log, at, end, cfg)
+        result = evaluation.evaluate(
+            rankers,
+            train_log,
+            test_log,
+            k=k,
+            now=at,
+            exclude_seen=exclude_seen,
+            positive=cfg.positive,
+            dataset=dataset,
+            split=split_desc,
+            stage_of=at_split,
+            stage_at_end=at_end,
+            progress=say,
+        )
+    err.print(evaluation.format_table(result))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_bytes(msgspec.json.format(msgspec.json.encode(result)))
+    if report_path:
+        write_report(result, Path(report_path))
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def inspect(model_dir: str, as_json: bool) -> None:
+    """Verify a model (or MODELS_DIR/latest) and show its manifest and what the blend learned."""
+    bundle = artifact.load(Path(model_dir))
+    m = bundle.manifest
+    if as_json:
+        click.echo(msgspec.json.encode(m).decode())
+        return
+    out.print(f"[bold]{m.version}[/]  created {m.created_at}  verified: {len(m.files)} files, sha256 ok")
+    out.print(f"data {m.data_fingerprint[:16]}…  items {m.n_items:,}  visitors {m.n_visitors:,}")
+    t = Table(title="Blend weights per stage (fitted on the validation window)")
+    t.add_column("stage")
+    t.add_column("pairs", justify="right")
+    t.add_column("fit")
+    for f in FEATURE_NAMES:
+        t.add_column(f, justify="right")
+    for s in m.blend.stages:
+        t.add_row(s.stage, f"{s.pairs:,}", s.fitted_on, *(f"{s.weights[f]:+.2f}" for f in FEATURE_NAMES))
+    out.print(t)
+
+
+def register(group: click.Group) -> None:
+    for cmd in (train, evaluate, simulate, inspect):
+        group.add_command(cmd)

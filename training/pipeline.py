@@ -1,0 +1,97 @@
+"""The workflows behind ``journeyrec train`` and ``journeyrec evaluate``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from models.journey import stages_at
+
+from models import artifact
+from models.dataset import EventLog
+from models.domain import EventType
+from models.weights import DEFAULT_POSITIVE
+from training.baselines import (
+    BuyAgainRanker,
+    ItemKnnRanker,
+    PlainLightFMRanker,
+    PopularityRanker,
+    TrendingRanker,
+)
+from training.stage_model import StageAwareRanker, StageModelConfig, fit_stage_model
+
+#: What each preset's data means for training: which events are positives, how to carve validation.
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "native": {"positive": DEFAULT_POSITIVE},
+    "uci-online-retail": {"positive": frozenset({EventType.PURCHASE})},
+    "otto": {"positive": frozenset({EventType.ADD_TO_CART, EventType.PURCHASE})},
+    # MovieLens rating splits are not ordered in time per user: validate on a random holdout
+    "movielens-100k": {"positive": frozenset({EventType.REVIEW}), "validation": "holdout"},
+}
+
+
+def config_for(preset: str | None, **overrides: Any) -> StageModelConfig:
+    """The default config for a preset with explicit overrides (None values are ignored)."""
+    base = dict(PRESET_DEFAULTS.get(preset or "native", PRESET_DEFAULTS["native"]))
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return StageModelConfig(**base)
+
+
+def train_and_publish(
+    log: EventLog, out_dir: Path, cfg: StageModelConfig, progress: Callable[[str], None] | None = None
+) -> Path:
+    """Fit the stage-aware model on all of ``log``, publish it under ``out_dir``; returns its directory."""
+    t0 = time.perf_counter()
+    fitted = fit_stage_model(log, cfg, progress)
+    fit_s = time.perf_counter() - t0
+    if progress:
+        progress("publishing")
+    return artifact.publish(
+        out_dir,
+        factors=fitted.scorer.factors,
+        tables=fitted.scorer.tables,
+        blend=fitted.blend,
+        blend_weights=fitted.scorer.blend_weights,
+        catalog=log.catalog,
+        user_vocab=fitted.user_vocab,
+        item_vocab=fitted.item_vocab,
+        price_edges=fitted.price_edges,
+        rules=cfg.rules,
+        weights=cfg.weights,
+        data_fingerprint=log.fingerprint(),
+        trained_until=fitted.trained_until,
+        n_visitors=log.n_visitors,
+        parameters=msgspec.to_builtins(cfg),
+        metrics={
+            "fit_seconds": round(fit_s, 2),
+            "events": log.n_events,
+            "visitors": log.n_visitors,
+            "items": log.n_items,
+            "source": log.source,
+        },
+    )
+
+
+def rankers_for(cfg: StageModelConfig, progress: Callable[[str], None] | None = None) -> list[Any]:
+    """The stage-aware model and every baseline, configured alike."""
+    return [
+        StageAwareRanker(cfg, progress),
+        PlainLightFMRanker(cfg.factors, cfg.weights, seed=cfg.seed, threads=cfg.threads),
+        PopularityRanker(cfg.weights, cfg.positive),
+        TrendingRanker(cfg.weights, cfg.positive),
+        BuyAgainRanker(cfg.weights, cfg.positive),
+        ItemKnnRanker(cfg.weights, cfg.positive),
+    ]
+
+
+def split_stages(
+    train: EventLog, full: EventLog, at: float, end: float, cfg: StageModelConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every visitor's stage at the split (from training events) and at the end of the test window."""
+    at_split, _ = stages_at(train, at, cfg.rules)
+    at_end, _ = stages_at(full, end, cfg.rules)
+    return at_split, at_end
