@@ -18,12 +18,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from service.cli import register as register_service
-
+    from service.cli import COMMANDS as SERVICE_COMMANDS
     from training.cli import register as register_training
 
     register_training(cli)
-    register_service(cli)
+    for cmd in SERVICE_COMMANDS:
+        cli.add_command(cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

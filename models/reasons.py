@@ -7,14 +7,19 @@ from models.domain import Stage
 DAY = 86_400.0
 
 
+def duration(seconds: float) -> str:
+    """'5 min', '3 h', '1 day', '12 days' (whole units, rounded down; at least 1 min)."""
+    if seconds < 3600:
+        return f"{max(1, int(seconds // 60))} min"
+    if seconds < DAY:
+        return f"{int(seconds // 3600)} h"
+    d = int(seconds // DAY)
+    return f"{d} day{'s' if d != 1 else ''}"
+
+
 def ago(seconds: float) -> str:
     """'3 days ago', '5 h ago', 'just now'."""
-    if seconds < 3600:
-        return "just now" if seconds < 120 else f"{int(seconds // 60)} min ago"
-    if seconds < DAY:
-        return f"{int(seconds // 3600)} h ago"
-    d = int(seconds // DAY)
-    return f"{d} day{'s' if d != 1 else ''} ago"
+    return "just now" if seconds < 120 else f"{duration(seconds)} ago"
 
 
 _PERSONALIZED = {

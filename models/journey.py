@@ -1,0 +1,344 @@
+"""The journey-stage engine: where a visitor is in the customer journey, how sure we are, and why.
+
+The stage is a pure function of the visitor's events and "now". It is computed from a handful of per-visitor
+quantities (is a cart open and since when, the last purchase, the last review/share/referral, how much
+consideration activity the recent window holds) that are evaluated *vectorised* for many (visitor, time)
+queries at once: ``stages_at`` (every visitor at one moment, offline), ``stages_before_events`` (the stage
+each visitor was in just before each of their events, for training) and ``infer_stage`` (one live
+visitor, with the human-readable signals) all go through the same ``_state`` / ``_classify`` code, so
+training, evaluation and serving can never disagree about a stage.
+
+Rules, in priority order (thresholds are ``JourneyRules`` fields, documented there):
+
+1. decision       a cart is open (more adds than removes since the last purchase, or a checkout) and the last
+                  cart action is younger than ``cart_ttl_hours``: an abandoned cart expires.
+2. advocacy       a review, share or referral within ``advocacy_days``.
+3. retention      a purchase within ``retention_days``, unless the visitor started a new journey after it
+                  (consideration activity since the purchase, once ``retention_grace_days`` have passed).
+                  A lapsed customer (older purchase) drifts back to consideration or awareness.
+4. consideration  weighted product views / compares / wishlists / searches within ``consider_window_days``
+                  reach ``consider_threshold``.
+5. awareness      everything else, including a visitor with no history at all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import msgspec
+import numpy as np
+
+from models.dataset import EventLog
+from models.domain import EVENT_TYPES, STAGES, Event, EventType, Stage
+from models.reasons import duration
+
+HOUR = 3_600.0
+DAY = 86_400.0
+
+_ADD = EventType.ADD_TO_CART.code
+_REMOVE = EventType.REMOVE_FROM_CART.code
+_CHECKOUT = EventType.CHECKOUT.code
+_PURCHASE = EventType.PURCHASE.code
+_ADVOCACY = (EventType.REVIEW.code, EventType.SHARE.code, EventType.REFERRAL.code)
+
+DEFAULT_CONSIDER_WEIGHTS: dict[EventType, float] = {
+    EventType.PRODUCT_VIEW: 1.0,
+    EventType.COMPARE: 2.0,
+    EventType.WISHLIST: 2.0,
+    EventType.SEARCH: 0.5,
+}
+
+
+class JourneyRules(msgspec.Struct, frozen=True, kw_only=True):
+    """Thresholds of the stage engine. Defaults are the documented ones; they are stored in every model.
+
+    cart_ttl_hours        an open cart counts as "deciding" for this long after the last cart action (72 h)
+    advocacy_days         a review/share/referral keeps a visitor an advocate this long (30 days)
+    retention_days        a purchase makes a customer to retain for this long (90 days), then they lapse
+    retention_grace_days  browsing right after a purchase does not end retention (3 days)
+    consider_window_days  consideration activity is counted over this window (14 days)
+    consider_threshold    weighted activity in the window that makes a visitor "considering" (3.0)
+    consider_weights      weight of each event type in that activity (product view 1, compare 2, wishlist 2,
+                          search 0.5; other events 0)
+    """
+
+    cart_ttl_hours: float = 72.0
+    advocacy_days: float = 30.0
+    retention_days: float = 90.0
+    retention_grace_days: float = 3.0
+    consider_window_days: float = 14.0
+    consider_threshold: float = 3.0
+    consider_weights: dict[EventType, float] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_CONSIDER_WEIGHTS)
+    )
+
+    def __post_init__(self) -> None:
+        for name in (
+            "cart_ttl_hours",
+            "advocacy_days",
+            "retention_days",
+            "consider_window_days",
+            "consider_threshold",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"JourneyRules.{name} must be > 0, got {getattr(self, name)}")
+        if self.retention_grace_days < 0:
+            raise ValueError("JourneyRules.retention_grace_days must be >= 0")
+
+    def consider_vector(self) -> np.ndarray:
+        """float64[len(EventType)] consideration weight by ``EventType.code``."""
+        return np.array([self.consider_weights.get(e, 0.0) for e in EVENT_TYPES], dtype=np.float64)
+
+
+DEFAULT_RULES = JourneyRules()
+
+
+class StageResult(msgspec.Struct, frozen=True):
+    """A stage, a confidence in [0, 1] and the signals that decided it (human-readable)."""
+
+    stage: Stage
+    confidence: float
+    signals: list[str]
+
+
+class _State(msgspec.Struct, frozen=True):
+    """The quantities the rules look at, one entry per query (all float64[q] unless noted).
+
+    Ages are in seconds and ``inf`` when the event never happened.
+    n_events       int64[q] events before the query
+    cart_open      bool[q]
+    cart_age       since the last cart action (add or checkout)
+    purchase_age   since the last purchase
+    advocacy_age   since the last review/share/referral
+    consider       weighted consideration activity in the window
+    consider_new   the same, counting only activity after the last purchase
+    """
+
+    n_events: np.ndarray
+    cart_open: np.ndarray
+    cart_age: np.ndarray
+    purchase_age: np.ndarray
+    advocacy_age: np.ndarray
+    consider: np.ndarray
+    consider_new: np.ndarray
+
+
+def _last_index(mark: np.ndarray) -> np.ndarray:
+    """int64[n+1]: for a prefix of length p (entry p), the index of the last marked row in it, -1 if none."""
+    idx = np.where(mark, np.arange(len(mark)), -1)
+    return np.concatenate([[-1], np.maximum.accumulate(idx)]) if len(mark) else np.full(1, -1)
+
+
+def _state(
+    visitor: np.ndarray,
+    ts: np.ndarray,
+    event: np.ndarray,
+    q_visitor: np.ndarray,
+    q_end: np.ndarray,
+    q_time: np.ndarray,
+    rules: JourneyRules,
+) -> _State:
+    """Evaluate the rule quantities for queries over an event log sorted by (visitor, ts).
+
+    visitor int[n], ts float64[n], event int8[n]: the log, sorted by (visitor, ts).
+    q_visitor int[q]: the visitor of each query; q_end int64[q]: the query sees the rows
+    [first row of the visitor, q_end); q_time float64[q]: "now" of each query.
+    """
+    n = len(visitor)
+    v = visitor.astype(np.int64)
+    qv = q_visitor.astype(np.int64)
+    n_vis = int(max(v.max(initial=-1), qv.max(initial=-1))) + 1
+    start = np.searchsorted(v, np.arange(n_vis), side="left")[qv]
+    end = np.asarray(q_end, dtype=np.int64)
+    qt = np.asarray(q_time, dtype=np.float64)
+
+    def age_of_last(mark: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        last = _last_index(mark)[end]
+        has = last >= start
+        age = np.where(has, qt - ts[np.clip(last, 0, max(n - 1, 0))] if n else np.inf, np.inf)
+        return age, np.where(has, last, start - 1)
+
+    purchase_age, last_purchase = age_of_last(event == _PURCHASE)
+    advocacy_age, _ = age_of_last(np.isin(event, np.array(_ADVOCACY, dtype=np.int8)))
+    cart_age, _ = age_of_last((event == _ADD) | (event == _CHECKOUT))
+    checkout_age, last_checkout = age_of_last(event == _CHECKOUT)
+
+    # net cart size since the last purchase (adds minus removes); a checkout after it also means "open"
+    delta = np.where(event == _ADD, 1, np.where(event == _REMOVE, -1, 0)).astype(np.int64)
+    c0 = np.concatenate([[0], np.cumsum(delta)])
+    since = last_purchase + 1
+    cart_open = ((c0[end] - c0[since]) > 0) | (last_checkout > last_purchase)
+    cart_open &= np.isfinite(cart_age) | np.isfinite(checkout_age)
+
+    # consideration activity inside (now - window, now], and inside (max(that, last purchase), now]
+    w = rules.consider_vector()[event] if n else np.zeros(0)
+    s0 = np.concatenate([[0.0], np.cumsum(w)])
+    t0 = float(ts.min()) if n else 0.0
+    span = float(max(ts.max() if n else 0.0, qt.max(initial=0.0)) - min(t0, qt.min(initial=t0))) + 1.0
+    span += rules.consider_window_days * DAY + 2.0
+    base = min(t0, float(qt.min(initial=t0))) - rules.consider_window_days * DAY - 1.0
+    key = v * span + (ts - base)
+    lo_t = qt - rules.consider_window_days * DAY
+    lo = np.searchsorted(key, qv * span + (lo_t - base), side="right")
+    lo = np.clip(lo, start, end)
+    consider = s0[end] - s0[lo]
+    consider_new = s0[end] - s0[np.maximum(lo, since)]
+    return _State(
+        n_events=end - start,
+        cart_open=cart_open,
+        cart_age=np.where(np.isfinite(cart_age), cart_age, checkout_age),
+        purchase_age=purchase_age,
+        advocacy_age=advocacy_age,
+        consider=consider,
+        consider_new=consider_new,
+    )
+
+
+def _classify(s: _State, rules: JourneyRules) -> tuple[np.ndarray, np.ndarray]:
+    """(int8[q] ``Stage.index``, float32[q] confidence in [0, 1]) from the rule quantities."""
+    ttl = rules.cart_ttl_hours * HOUR
+    deciding = s.cart_open & (s.cart_age <= ttl)
+    advocate = s.advocacy_age <= rules.advocacy_days * DAY
+    new_journey = (s.consider_new >= rules.consider_threshold) & (
+        s.purchase_age > rules.retention_grace_days * DAY
+    )
+    retained = (s.purchase_age <= rules.retention_days * DAY) & ~new_journey
+    considering = s.consider >= rules.consider_threshold
+
+    stage = np.select(
+        [deciding, advocate, retained, considering],
+        [Stage.DECISION.index, Stage.ADVOCACY.index, Stage.RETENTION.index, Stage.CONSIDERATION.index],
+        default=Stage.AWARENESS.index,
+    ).astype(np.int8)
+
+    with np.errstate(invalid="ignore"):
+        conf_decision = 0.55 + 0.4 * np.exp(-s.cart_age / ttl)
+        conf_advocacy = 0.6 + 0.35 * np.exp(-s.advocacy_age / (rules.advocacy_days * DAY))
+        conf_retention = 0.5 + 0.45 * np.clip(1.0 - s.purchase_age / (rules.retention_days * DAY), 0, 1)
+        conf_consider = np.minimum(0.9, 0.45 + 0.45 * (s.consider / (3.0 * rules.consider_threshold)))
+        # awareness: sure when there is recent browsing, unsure for a visitor we know nothing about
+        conf_aware = np.where(
+            s.n_events == 0,
+            0.3,
+            0.5 + 0.3 * np.clip(1.0 - s.consider / rules.consider_threshold, 0, 1),
+        )
+    conf = np.select(
+        [deciding, advocate, retained, considering],
+        [conf_decision, conf_advocacy, conf_retention, conf_consider],
+        default=conf_aware,
+    )
+    conf = np.nan_to_num(conf, nan=0.5)
+    return stage, np.clip(conf, 0.0, 1.0).astype(np.float32)
+
+
+def stages_at(
+    log: EventLog, now: float, rules: JourneyRules = DEFAULT_RULES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every visitor's stage at ``now`` from their events strictly before ``now``.
+
+    Returns (int8[n_visitors] ``Stage.index``, float32[n_visitors] confidence). ``log`` must be sorted by
+    (visitor, ts), as ``EventLog`` always is.
+    """
+    q_v = np.arange(log.n_visitors, dtype=np.int64)
+    # rows of visitor v before now: found by a search over (visitor, ts) keys
+    t0 = float(log.ts.min()) if log.n_events else 0.0
+    span = float(max(log.ts.max() if log.n_events else 0.0, now) - min(t0, now)) + 2.0
+    base = min(t0, now) - 1.0
+    key = log.visitor.astype(np.int64) * span + (log.ts - base)
+    end = np.searchsorted(key, q_v * span + (now - base), side="left")
+    s = _state(log.visitor, log.ts, log.event, q_v, end, np.full(len(q_v), now), rules)
+    return _classify(s, rules)
+
+
+def stages_before_events(log: EventLog, rules: JourneyRules = DEFAULT_RULES) -> tuple[np.ndarray, np.ndarray]:
+    """The stage each visitor was in just before each of their events (earlier rows only).
+
+    Returns (int8[n_events] ``Stage.index``, float32[n_events] confidence), aligned with the log's rows.
+    """
+    rows = np.arange(log.n_events, dtype=np.int64)
+    s = _state(log.visitor, log.ts, log.event, log.visitor, rows, log.ts, rules)
+    return _classify(s, rules)
+
+
+def _signals(
+    stage: Stage,
+    s: _State,
+    events: Sequence[Event],
+    now: float,
+    rules: JourneyRules,
+    category_of: Mapping[str, str],
+) -> list[str]:
+    """Human-readable reasons for one visitor's stage (the deciding signal first)."""
+    cart_age, purchase_age = float(s.cart_age[0]), float(s.purchase_age[0])
+    advocacy_age, consider = float(s.advocacy_age[0]), float(s.consider[0])
+    out: list[str] = []
+    if s.n_events[0] == 0:
+        return ["no history yet: first visit"]
+    if bool(s.cart_open[0]):
+        if cart_age <= rules.cart_ttl_hours * HOUR:
+            out.append(f"cart not empty for {duration(cart_age)}")
+        else:
+            out.append(f"cart abandoned {duration(cart_age)} ago (expired after {rules.cart_ttl_hours:g} h)")
+    if np.isfinite(advocacy_age):
+        kind = next(
+            (e.event.value for e in reversed(events) if e.event.code in _ADVOCACY and e.timestamp < now),
+            "review",
+        )
+        out.append(f"left a {kind} {duration(advocacy_age)} ago")
+    if np.isfinite(purchase_age):
+        lapsed = purchase_age > rules.retention_days * DAY
+        out.append(f"purchased {duration(purchase_age)} ago" + (" (lapsed customer)" if lapsed else ""))
+    window = now - rules.consider_window_days * DAY
+    recent = [e for e in events if window < e.timestamp < now]
+    views = Counter(category_of.get(e.item_id, "") for e in recent if e.event is EventType.PRODUCT_VIEW)
+    views.pop("", None)
+    if views:
+        cat, n = views.most_common(1)[0]
+        out.append(f"{n} view{'s' if n != 1 else ''} in category {cat}")
+    compares = sum(1 for e in recent if e.event is EventType.COMPARE)
+    if compares:
+        out.append(f"compared {compares} time{'s' if compares != 1 else ''}")
+    if consider > 0 and stage is Stage.CONSIDERATION:
+        out.append(
+            f"consideration activity {consider:g} ≥ {rules.consider_threshold:g} "
+            f"in {rules.consider_window_days:g} days"
+        )
+    content = sum(1 for e in recent if e.event is EventType.CONTENT_VIEW)
+    if content:
+        out.append(f"read {content} content page{'s' if content != 1 else ''} recently")
+    if not out:
+        out.append(f"little recent activity ({len(events)} events)")
+    # the signal that decided the stage goes first
+    first = {
+        Stage.DECISION: "cart",
+        Stage.ADVOCACY: "left a",
+        Stage.RETENTION: "purchased",
+        Stage.CONSIDERATION: "view",
+    }.get(stage)
+    if first:
+        out.sort(key=lambda m: 0 if first in m else 1)
+    return out
+
+
+def infer_stage(
+    events: Sequence[Event],
+    now: float,
+    rules: JourneyRules = DEFAULT_RULES,
+    category_of: Mapping[str, str] | None = None,
+) -> StageResult:
+    """One visitor's stage at ``now`` from their events (any order; events at or after ``now`` are ignored).
+
+    ``category_of`` maps item ids to categories for signals such as "3 views in category kettles".
+    """
+    evs = sorted((e for e in events if e.timestamp < now), key=lambda e: e.timestamp)
+    n = len(evs)
+    ts = np.fromiter((e.timestamp for e in evs), dtype=np.float64, count=n)
+    codes = np.fromiter((e.event.code for e in evs), dtype=np.int8, count=n)
+    visitor = np.zeros(n, dtype=np.int64)
+    s = _state(visitor, ts, codes, np.zeros(1, np.int64), np.array([n]), np.array([now]), rules)
+    stage_idx, conf = _classify(s, rules)
+    stage = STAGES[int(stage_idx[0])]
+    return StageResult(
+        stage, round(float(conf[0]), 4), _signals(stage, s, evs, now, rules, category_of or {})
+    )

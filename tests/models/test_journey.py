@@ -1,0 +1,237 @@
+"""The journey-stage engine: known answers, decay, invariants (hypothesis) and real OTTO sessions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.dataset import EventLog
+from models.domain import EVENT_TYPES, Event, EventType, Stage
+from models.journey import (
+    DAY,
+    DEFAULT_RULES,
+    HOUR,
+    JourneyRules,
+    infer_stage,
+    stages_at,
+    stages_before_events,
+)
+
+E = EventType
+OTTO = Path(__file__).parents[1] / "fixtures" / "otto-sample.jsonl"
+OTTO_TYPES = {"clicks": E.PRODUCT_VIEW, "carts": E.ADD_TO_CART, "orders": E.PURCHASE}
+
+
+def ev(item: str, kind: EventType, t: float, visitor: str = "v") -> Event:
+    return Event(visitor_id=visitor, item_id=item, event=kind, timestamp=t)
+
+
+def log_of(events: list[Event]) -> EventLog:
+    return EventLog.build(
+        visitor_ids=[e.visitor_id for e in events],
+        item_ids=[e.item_id for e in events],
+        event=np.array([e.event.code for e in events], dtype=np.int8),
+        ts=np.array([e.timestamp for e in events]),
+    )
+
+
+# -- known answers -------------------------------------------------------------------------------------
+
+
+def test_a_full_journey_walks_through_every_stage() -> None:
+    cats = {"k1": "kettles", "k2": "kettles", "k3": "kettles"}
+    walk: list[tuple[list[Event], Stage]] = [
+        ([ev("guide-1", E.CONTENT_VIEW, 0), ev("guide-2", E.CONTENT_VIEW, 60)], Stage.AWARENESS),
+        ([ev(f"k{i}", E.PRODUCT_VIEW, 100 + i) for i in (1, 2, 3)], Stage.CONSIDERATION),
+        ([ev("k2", E.ADD_TO_CART, 200)], Stage.DECISION),
+        ([ev("k2", E.PURCHASE, 300)], Stage.RETENTION),
+        ([ev("k2", E.REVIEW, 400)], Stage.ADVOCACY),
+    ]
+    history: list[Event] = []
+    for step, expected in walk:
+        history += step
+        now = history[-1].timestamp + 1
+        result = infer_stage(history, now, category_of=cats)
+        assert result.stage is expected, (expected, result)
+        assert result.signals
+    consider = infer_stage(history[:5], 104, category_of=cats)
+    assert consider.signals[0] == "3 views in category kettles"
+
+
+def test_unknown_visitor_is_in_awareness_with_low_confidence() -> None:
+    r = infer_stage([], 1_000.0)
+    assert r.stage is Stage.AWARENESS
+    assert r.confidence <= 0.3
+    assert r.signals == ["no history yet: first visit"]
+
+
+def test_abandoned_cart_expires() -> None:
+    history = [ev("a", E.ADD_TO_CART, 0.0)]
+    ttl = DEFAULT_RULES.cart_ttl_hours * HOUR
+    early = infer_stage(history, 1 * HOUR)
+    late = infer_stage(history, ttl + HOUR)
+    assert early.stage is Stage.DECISION
+    assert early.signals[0].startswith("cart not empty for 1 h")
+    assert late.stage is not Stage.DECISION
+    assert any("abandoned" in s for s in late.signals)
+    # the decision confidence decays while the cart waits
+    assert infer_stage(history, 2 * HOUR).confidence > infer_stage(history, ttl - HOUR).confidence
+
+
+def test_removing_everything_closes_the_cart() -> None:
+    history = [ev("a", E.ADD_TO_CART, 0.0), ev("a", E.REMOVE_FROM_CART, 10.0)]
+    assert infer_stage(history, 20.0).stage is Stage.AWARENESS
+
+
+def test_lapsed_customer_drifts_back() -> None:
+    history = [ev("a", E.PURCHASE, 0.0)]
+    assert infer_stage(history, 10 * DAY).stage is Stage.RETENTION
+    lapsed = infer_stage(history, (DEFAULT_RULES.retention_days + 1) * DAY)
+    assert lapsed.stage is Stage.AWARENESS
+    assert "lapsed" in " ".join(lapsed.signals)
+    # ... and a customer who starts comparing again is considering, not retained
+    t = 20 * DAY
+    again = [*history, *(ev(f"b{i}", E.PRODUCT_VIEW, t + i) for i in range(4))]
+    assert infer_stage(again, t + 10).stage is Stage.CONSIDERATION
+
+
+def test_browsing_right_after_a_purchase_keeps_retention() -> None:
+    history = [ev("a", E.PURCHASE, 0.0), *(ev(f"b{i}", E.PRODUCT_VIEW, 60.0 + i) for i in range(5))]
+    assert infer_stage(history, 120.0).stage is Stage.RETENTION
+
+
+def test_advocacy_wears_off_but_an_open_cart_wins() -> None:
+    history = [ev("a", E.PURCHASE, 0.0), ev("a", E.REVIEW, 10.0)]
+    assert infer_stage(history, 20.0).stage is Stage.ADVOCACY
+    assert infer_stage(history, (DEFAULT_RULES.advocacy_days + 1) * DAY).stage is Stage.RETENTION
+    assert infer_stage([*history, ev("b", E.ADD_TO_CART, 30.0)], 40.0).stage is Stage.DECISION
+
+
+def test_rules_are_configuration() -> None:
+    history = [ev(f"p{i}", E.PRODUCT_VIEW, float(i)) for i in range(2)]
+    assert infer_stage(history, 10.0).stage is Stage.AWARENESS
+    eager = JourneyRules(consider_threshold=2.0)
+    assert infer_stage(history, 10.0, eager).stage is Stage.CONSIDERATION
+    with pytest.raises(ValueError, match="cart_ttl_hours"):
+        JourneyRules(cart_ttl_hours=0)
+
+
+# -- invariants ----------------------------------------------------------------------------------------
+
+event_st = st.builds(
+    lambda item, code, t: (f"i{item}", EVENT_TYPES[code], float(t)),
+    st.integers(0, 5),
+    st.integers(0, len(EVENT_TYPES) - 1),
+    st.integers(0, 200 * 86_400),
+)
+
+
+def _events(raw: list[tuple[str, EventType, float]], visitor: str = "v") -> list[Event]:
+    # distinct timestamps: "before" is then the same whether counted by time or by row
+    seen: set[float] = set()
+    out = []
+    for item, kind, t in raw:
+        if t not in seen:
+            seen.add(t)
+            out.append(ev(item, kind, t, visitor))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(event_st, max_size=40), st.integers(0, 250 * 86_400), st.randoms())
+def test_stage_is_a_pure_function_of_history_and_now(raw, now, rnd) -> None:
+    events = _events(raw)
+    r = infer_stage(events, float(now))
+    assert 0.0 <= r.confidence <= 1.0
+    assert r.signals
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    assert infer_stage(shuffled, float(now)) == r
+    # events at or after now do not change the answer
+    future = [ev("late", E.PURCHASE, float(now) + 1), ev("late", E.REVIEW, float(now))]
+    assert infer_stage([*events, *future], float(now)) == r
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(event_st, min_size=1, max_size=25), min_size=1, max_size=6), st.integers(0, 250 * 86_400))
+def test_vectorised_engine_agrees_with_the_per_visitor_one(per_visitor, now) -> None:
+    events = [e for n, raw in enumerate(per_visitor) for e in _events(raw, f"v{n}")]
+    log = log_of(events)
+    stage, conf = stages_at(log, float(now))
+    for v, vid in enumerate(log.visitor_ids):
+        one = infer_stage([e for e in events if e.visitor_id == vid], float(now))
+        assert stage[v] == one.stage.index
+        assert np.isclose(conf[v], one.confidence, atol=1e-4)
+    before, before_conf = stages_before_events(log)
+    for row in range(log.n_events):
+        vid = log.visitor_ids[log.visitor[row]]
+        t = float(log.ts[row])
+        one = infer_stage([e for e in events if e.visitor_id == vid], t)
+        assert before[row] == one.stage.index
+        assert np.isclose(before_conf[row], one.confidence, atol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(event_st, max_size=30), st.integers(0, 100 * 86_400))
+def test_a_purchase_never_leaves_a_visitor_in_awareness_or_consideration(raw, gap) -> None:
+    events = _events(raw)
+    t = max((e.timestamp for e in events), default=0.0) + 1.0
+    bought = [*events, ev("x", E.PURCHASE, t)]
+    r = infer_stage(bought, t + 1.0 + min(gap, DEFAULT_RULES.retention_grace_days * DAY - 2))
+    assert r.stage in (Stage.RETENTION, Stage.ADVOCACY, Stage.DECISION)
+
+
+# -- real sessions (OTTO sample, CC BY 4.0: see tests/fixtures/README.md) -------------------------------
+
+
+def _otto() -> list[list[Event]]:
+    sessions = []
+    for line in OTTO.read_text().splitlines():
+        s = json.loads(line)
+        sessions.append(
+            [
+                ev(str(x["aid"]), OTTO_TYPES[x["type"]], x["ts"] / 1000.0, str(s["session"]))
+                for x in s["events"]
+            ]
+        )
+    return sessions
+
+
+def test_otto_sessions_stage_follows_carts_and_orders() -> None:
+    sessions = _otto()
+    assert len(sessions) == 20
+    checked = {"decision": 0, "retention": 0, "consideration": 0, "awareness": 0}
+    for events in sessions:
+        for i, e in enumerate(events):
+            nxt = events[i + 1].timestamp if i + 1 < len(events) else e.timestamp + 1.0
+            if nxt <= e.timestamp:
+                continue  # several events at one instant: judge after the last of them
+            now = e.timestamp + min(1.0, (nxt - e.timestamp) / 2)
+            r = infer_stage(events[: i + 1], now)
+            if e.event is E.ADD_TO_CART:
+                assert r.stage is Stage.DECISION, (e, r)
+                checked["decision"] += 1
+            elif e.event is E.PURCHASE:
+                assert r.stage is Stage.RETENTION, (e, r)
+                checked["retention"] += 1
+        if all(e.event is E.PRODUCT_VIEW for e in events):
+            end = infer_stage(events, events[-1].timestamp + 1)
+            window = [e for e in events if e.timestamp > events[-1].timestamp - 14 * DAY]
+            expect = Stage.CONSIDERATION if len(window) >= 3 else Stage.AWARENESS
+            assert end.stage is expect, (events[0].visitor_id, end)
+            checked[expect.value] += 1
+    assert all(n > 0 for n in checked.values()), checked
+
+
+def test_otto_log_stages_match_live_engine() -> None:
+    events = [e for s in _otto() for e in s]
+    log = log_of(events)
+    end = float(log.ts.max()) + 1
+    stage, _ = stages_at(log, end)
+    for v, vid in enumerate(log.visitor_ids):
+        assert stage[v] == infer_stage([e for e in events if e.visitor_id == vid], end).stage.index

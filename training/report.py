@@ -1,0 +1,117 @@
+"""A self-contained HTML report of an evaluation: tables plus plots embedded as PNG data URIs."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib as mpl
+
+mpl.use("Agg")  # no display on servers and CI
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from models.domain import STAGES
+from models.metrics import METRICS
+from training.evaluate import EvalResult
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _grouped_bars(groups: list[str], series: dict[str, list[float]], title: str, ylabel: str) -> str:
+    """One bar group per entry of ``groups``, one bar per series (model)."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 2), 3.8))
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name)
+    ax.set_xticks(x, groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncols=min(len(series), 6))
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _transition_chart(result: EvalResult) -> str:
+    names = [s.value for s in STAGES]
+    m = np.array([[result.transitions[a][b] for b in names] for a in names], dtype=float)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("stage at the end of the test window")
+    ax.set_ylabel("stage at the split")
+    ax.set_title("Stage transitions of test visitors")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{int(m[i, j]):,}", ha="center", va="center", fontsize=8)
+    return _png(fig)
+
+
+def _table(result: EvalResult) -> str:
+    k = result.k
+    head = "".join(f"<th>{m}@{k}</th>" for m in METRICS)
+    rows = []
+    for name, r in result.models.items():
+        o = r.overall
+        cells = "".join(f"<td>{getattr(o, m):.4f}</td>" for m in METRICS)
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{o.users:,}</td>{cells}"
+            f"<td>{o.coverage:.3f}</td><td>{r.fit_seconds:.1f}</td></tr>"
+        )
+    return (
+        f"<table><tr><th>model</th><th>users</th>{head}<th>coverage</th><th>fit s</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def render_report(result: EvalResult) -> str:
+    """The report as one HTML string (no external resources)."""
+    k = result.k
+    models = list(result.models)
+    overall = _grouped_bars(
+        [f"{m}@{k}" for m in METRICS],
+        {n: [getattr(result.models[n].overall, m) for m in METRICS] for n in models},
+        "Overall metrics per model",
+        "value",
+    )
+    segments = list(result.models[models[0]].segments)
+    seg_labels = [f"{s}\n({result.models[models[0]].segments[s].users:,})" for s in segments]
+    by_segment = _grouped_bars(
+        seg_labels,
+        {n: [result.models[n].segments[s].ndcg for s in segments] for n in models},
+        f"NDCG@{k} per segment (visitors in the segment)",
+        f"ndcg@{k}",
+    )
+    title = html.escape(f"journeyrec evaluation: {result.dataset}")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>{title}</h1>
+<p>{html.escape(result.split)}; k = {k}; positives: {html.escape(", ".join(result.positive))};
+exclude seen: {result.exclude_seen}; {result.train_events:,} training and {result.test_events:,} test events;
+{result.candidates:,} candidate items.</p>
+{_table(result)}
+<h2>Per model</h2><img alt="overall metrics" src="{overall}">
+<h2>Per segment</h2><img alt="ndcg per segment" src="{by_segment}">
+<h2>Journey</h2><img alt="stage transitions" src="{_transition_chart(result)}">
+</body></html>
+"""
+
+
+def write_report(result: EvalResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(result), encoding="utf-8")
