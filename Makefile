@@ -7,7 +7,11 @@ DATA ?= ../shared/data
 # the simulator starts 2024-01-01 and runs 120 days: test on the last 20 days
 SIM_SPLIT ?= 2024-04-10
 
-.PHONY: install test lint typecheck check run bench eval clean
+DEMO := demo
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install test lint typecheck check run demo-model bench eval clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -28,6 +32,22 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+# The demo storefront: simulated once, a model trained on it once (both under demo/, git-ignored).
+$(DEMO)/sim/events.csv: | $(STAMP)
+	$(BIN)/journeyrec simulate --out $(DEMO)/sim --visitors 3000 --items 600 --seed 7
+
+$(DEMO)/models/latest: $(DEMO)/sim/events.csv
+	$(BIN)/journeyrec train --events $(DEMO)/sim/events.csv --catalog $(DEMO)/sim/catalog.csv \
+		--out $(DEMO)/models --epochs 10
+
+demo-model: $(STAMP) $(DEMO)/models/latest
+
+# Serves the demo on http://127.0.0.1:8000 with the embedded store and API keys off (local only).
+run: demo-model
+	@echo "journeyrec demo: http://$(HOST):$(PORT)  (OpenAPI: http://$(HOST):$(PORT)/schema)"
+	@echo "try: curl -s 'http://$(HOST):$(PORT)/v1/visitors/demo-visitor/recommendations?k=5&placement=home'"
+	$(BIN)/journeyrec serve --models $(DEMO)/models --host $(HOST) --port $(PORT) --insecure-no-auth
 
 # Offline evaluations 1-3 of the training issue; JSON + HTML reports under reports/ (git-ignored).
 eval: $(STAMP)

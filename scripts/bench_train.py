@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from training.loaders import load_events
+
 from training.pipeline import config_for, train_and_publish
 from training.simulate import SimulationConfig, write_simulation
 
@@ -26,7 +27,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         t0 = time.perf_counter()
-        write_simulation(SimulationConfig(visitors=args.visitors, items=args.items, seed=args.seed), root / "sim")
+        write_simulation(
+            SimulationConfig(visitors=args.visitors, items=args.items, seed=args.seed), root / "sim"
+        )
         t1 = time.perf_counter()
         log = load_events(root / "sim" / "events.csv", catalog=root / "sim" / "catalog.csv")
         t2 = time.perf_counter()
@@ -43,7 +46,8 @@ def main() -> None:
         train_and_publish(log, root / "models", cfg, progress)
         progress("done")
         t3 = time.perf_counter()
-    print(f"simulate      {t1 - t0:6.1f} s  ({log.n_events:,} events, {log.n_visitors:,} visitors, {log.n_items:,} items)")
+    sizes = f"{log.n_events:,} events, {log.n_visitors:,} visitors, {log.n_items:,} items"
+    print(f"simulate      {t1 - t0:6.1f} s  ({sizes})")
     print(f"load          {t2 - t1:6.1f} s")
     for name, secs in phases.items():
         if name != "start":

@@ -9,11 +9,11 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from models.journey import stages_at
 
 from models import artifact
 from models.dataset import EventLog
 from models.domain import EventType
+from models.journey import stages_at
 from models.weights import DEFAULT_POSITIVE
 from training.baselines import (
     BuyAgainRanker,

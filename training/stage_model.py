@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 import scipy.sparse as sp
-from models.journey import DEFAULT_RULES, JourneyRules, stages_at, stages_before_events
 
 from models.blend import N_FEATURES, BlendWeights, feature_arrays, fit_blend, sample_pairs
 from models.dataset import CHANNELS, EventLog
@@ -21,6 +20,7 @@ from models.features import (
     price_band_edges,
     user_feature_rows,
 )
+from models.journey import DEFAULT_RULES, JourneyRules, stages_at, stages_before_events
 from models.profiles import profiles_from_log
 from models.scoring import StageScorer, top_k
 from models.sources import ItemTables, fit_item_tables

@@ -4,7 +4,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from models.journey import DEFAULT_RULES
 
 from models import artifact
 from models.blend import FEATURE_NAMES, N_FEATURES, BlendWeights, StageBlend
@@ -12,6 +11,7 @@ from models.domain import STAGES, CatalogItem, ItemKind
 from models.errors import ArtifactError
 from models.factors import FactorModel
 from models.features import Vocabulary
+from models.journey import DEFAULT_RULES
 from models.sources import ItemTables
 from models.weights import EventWeights
 

@@ -158,7 +158,10 @@ def test_stage_is_a_pure_function_of_history_and_now(raw, now, rnd) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(event_st, min_size=1, max_size=25), min_size=1, max_size=6), st.integers(0, 250 * 86_400))
+@given(
+    st.lists(st.lists(event_st, min_size=1, max_size=25), min_size=1, max_size=6),
+    st.integers(0, 250 * 86_400),
+)
 def test_vectorised_engine_agrees_with_the_per_visitor_one(per_visitor, now) -> None:
     events = [e for n, raw in enumerate(per_visitor) for e in _events(raw, f"v{n}")]
     log = log_of(events)

@@ -13,7 +13,7 @@ from models.metrics import per_user, summarise
 
 
 def naive(recs: list[int], relevant: set[int], k: int) -> dict[str, float]:
-    recs = [r for r in recs[:k]]
+    recs = list(recs[:k])
     hits = [1 if (r >= 0 and r in relevant) else 0 for r in recs]
     if not relevant:
         return dict.fromkeys(("precision", "recall", "ndcg", "hit_rate", "map"), 0.0)
