@@ -1,0 +1,164 @@
+"""``service.export.export_events``: the Redis event stream as a JSON Lines training file.
+
+Needs Redis at JOURNEYREC_TEST_REDIS_URL (default redis://127.0.0.1:6379/15): fails when that variable is
+set and Redis does not answer, skips when it is unset. Each test uses its own key prefix and cleans up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from models.domain import Channel, Event, EventType
+from models.errors import StoreUnavailableError, ValidationError
+from service.export import ExportSummary, export_events
+from service.settings import Settings, load_settings
+from service.store.redis_store import RedisStore
+
+REDIS_URL = os.environ.get("JOURNEYREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    raw = aioredis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        await raw.ping()
+    except (RedisError, OSError) as e:
+        await raw.aclose()
+        if "JOURNEYREC_TEST_REDIS_URL" in os.environ:
+            pytest.fail(f"Redis at {REDIS_URL} does not answer: {e}")
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    p = f"jrtest-{uuid.uuid4().hex[:12]}"
+    try:
+        yield p
+    finally:
+        keys = [k async for k in raw.scan_iter(match=f"{p}:*", count=1000)]
+        if keys:
+            await raw.delete(*keys)
+        await raw.aclose()
+
+
+def settings_for(prefix: str, url: str = REDIS_URL) -> Settings:
+    return load_settings({"redis_url": url, "redis_prefix": prefix}, environ={})
+
+
+async def append(prefix: str, events: list[Event]) -> None:
+    s = settings_for(prefix)
+    store = RedisStore.from_url(
+        REDIS_URL,
+        prefix=prefix,
+        visitor_ttl=s.visitor_ttl,
+        recent_events=s.recent_events,
+        stream_maxlen=s.stream_maxlen,
+        socket_timeout=5,
+    )
+    try:
+        await store.append(events)
+    finally:
+        await store.close()
+
+
+def read_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.redis
+async def test_export_writes_the_stream_as_native_json_lines(prefix: str, tmp_path: Path) -> None:
+    events = [
+        Event(
+            visitor_id="v1",
+            item_id="p-1",
+            event=EventType.PURCHASE,
+            timestamp=T0 + 1.5,
+            event_id="e-1",
+            session_id="s-1",
+            channel=Channel.EMAIL,
+            quantity=2.0,
+            value=39.9,
+            country="FR",
+        ),
+        Event(visitor_id="v2", item_id="c-1", event=EventType.CONTENT_VIEW, timestamp=T0),
+        Event(visitor_id="v1", item_id="p-1", event=EventType.PURCHASE, timestamp=T0 + 1.5, event_id="e-1"),
+    ]
+    await append(prefix, events)  # the third is a duplicate of the first: not in the stream
+    out = tmp_path / "events.jsonl"
+    summary = await export_events(settings_for(prefix), out, page_size=1)  # one entry per page
+    assert read_lines(out) == [
+        {
+            "visitor_id": "v1",
+            "item_id": "p-1",
+            "event": "purchase",
+            "timestamp": "2025-01-01T00:00:01.500000Z",
+            "event_id": "e-1",
+            "session_id": "s-1",
+            "channel": "email",
+            "quantity": 2.0,
+            "value": 39.9,
+            "country": "FR",
+        },
+        {"visitor_id": "v2", "item_id": "c-1", "event": "content_view", "timestamp": "2025-01-01T00:00:00Z"},
+    ]
+    stamp = read_lines(out)[0]["timestamp"]
+    assert isinstance(stamp, str)
+    assert dt.datetime.fromisoformat(stamp).timestamp() == T0 + 1.5
+    assert isinstance(summary, ExportSummary)
+    assert summary.events == 2
+    assert summary.path == str(out)
+    assert summary.last_entry_id is not None
+    assert f"exported 2 events to {out}" in str(summary)
+    assert f"--after {summary.last_entry_id}" in str(summary)
+    assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]  # no temporary file left
+
+    # the next export picks up after the last one
+    await append(
+        prefix, [Event(visitor_id="v3", item_id="p-2", event=EventType.ADD_TO_CART, timestamp=T0 + 9)]
+    )
+    again = await export_events(settings_for(prefix), out, after=summary.last_entry_id)
+    assert again.events == 1
+    assert [line["visitor_id"] for line in read_lines(out)] == ["v3"]
+    nothing = await export_events(settings_for(prefix), out, after=again.last_entry_id or "0")
+    assert (nothing.events, nothing.last_entry_id) == (0, None)
+    assert out.read_text() == ""
+    assert "exported 0 events" in str(nothing)
+
+
+@pytest.mark.redis
+async def test_export_refuses_a_bad_after_id_and_keeps_the_old_file(prefix: str, tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    out.write_text("old\n")
+    with pytest.raises(ValidationError, match="stream id"):
+        await export_events(settings_for(prefix), out, after="yesterday")
+    assert out.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]
+
+
+async def test_export_from_an_unreachable_redis_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "events.jsonl"
+    url = f"redis://user:secret@127.0.0.1:{port}/0"  # nothing listens there
+    with pytest.raises(StoreUnavailableError) as info:
+        await export_events(settings_for("jrtest-dead", url), out)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"127.0.0.1:{port}" in message
+    assert "secret" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_export_needs_a_redis_url_and_an_existing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="Redis URL"):
+        await export_events(load_settings({}, environ={}), tmp_path / "x.jsonl")
+    with pytest.raises(ValidationError, match="does not exist"):
+        await export_events(settings_for("p"), tmp_path / "missing" / "x.jsonl")

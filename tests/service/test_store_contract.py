@@ -1,0 +1,542 @@
+"""The VisitorStore contract: the same tests run against MemoryStore and RedisStore.
+
+The Redis params need Redis at JOURNEYREC_TEST_REDIS_URL (default redis://127.0.0.1:6379/15). When that
+variable is set and Redis does not answer they fail; when it is unset and the default does not answer they
+skip. Every test uses its own key prefix and deletes its keys afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from models.domain import Channel, Event, EventType
+from models.errors import StoreUnavailableError, ValidationError
+from service.store.base import AppendResult, VisitorState, VisitorStore
+from service.store.memory_store import MemoryStore
+from service.store.redis_store import RedisStore
+
+REDIS_URL = os.environ.get("JOURNEYREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_REQUIRED = "JOURNEYREC_TEST_REDIS_URL" in os.environ
+DEFAULTS: dict[str, int] = {"visitor_ttl": 3600, "recent_events": 200, "stream_maxlen": 100_000}
+T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z, event times
+E = EventType
+
+
+def ev(visitor: str, item: str, kind: EventType, t: float, **extra: Any) -> Event:
+    return Event(visitor_id=visitor, item_id=item, event=kind, timestamp=t, **extra)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Harness:
+    """One store implementation under test. ``make(**overrides)`` builds a store (closed afterwards);
+    ``raw``/``prefix`` let Redis-only checks look at the keys; ``wait`` lets ttl time pass."""
+
+    kind: str
+    make: Callable[..., VisitorStore]
+    wait: Callable[[float], Any]
+    raw: aioredis.Redis | None = None
+    prefix: str = ""
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        assert self.raw is not None
+        return self.raw
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    if request.param == "memory":
+        clock = FakeClock()
+
+        async def advance(seconds: float) -> None:
+            clock.now += seconds
+
+        def make_memory(**kw: Any) -> VisitorStore:
+            return MemoryStore(**{**DEFAULTS, **kw}, clock=clock)
+
+        yield Harness("memory", make_memory, advance)
+        return
+
+    raw = aioredis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        await raw.ping()
+    except (RedisError, OSError) as e:
+        await raw.aclose()
+        if REDIS_REQUIRED:
+            pytest.fail(f"Redis at {REDIS_URL} does not answer: {e}")
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    prefix = f"jrtest-{uuid.uuid4().hex[:12]}"
+    stores: list[RedisStore] = []
+
+    def make_redis(**kw: Any) -> VisitorStore:
+        store = RedisStore.from_url(REDIS_URL, prefix=prefix, socket_timeout=5, **{**DEFAULTS, **kw})
+        stores.append(store)
+        return store
+
+    try:
+        yield Harness("redis", make_redis, asyncio.sleep, raw, prefix)
+    finally:
+        for store in stores:
+            await store.close()
+        keys = [k async for k in raw.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await raw.delete(*keys)
+        await raw.aclose()
+
+
+def only_redis(h: Harness) -> None:
+    if h.kind != "redis":
+        pytest.skip("Redis key layout only")
+
+
+async def all_keys(h: Harness) -> list[bytes]:
+    return [k async for k in h.redis.scan_iter(match=f"{h.prefix}:*", count=1000)]
+
+
+async def dump(r: aioredis.Redis, key: bytes) -> bytes:
+    """Everything stored under one key, as bytes (to search for a visitor's id)."""
+    raw_kind = await r.type(key)
+    kind = raw_kind.decode() if isinstance(raw_kind, bytes) else str(raw_kind)
+    value: Any
+    if kind == "string":
+        value = await r.get(key)
+    elif kind == "hash":
+        value = await r.hgetall(key)
+    elif kind == "list":
+        value = await r.lrange(key, 0, -1)
+    elif kind == "set":
+        value = await r.smembers(key)
+    elif kind == "zset":
+        value = await r.zrange(key, 0, -1, withscores=True)
+    elif kind == "stream":
+        value = await r.xrange(key)
+    else:
+        value = kind
+    return repr(value).encode()
+
+
+async def stream_events(store: VisitorStore) -> list[Event]:
+    return [entry.event for entry in await store.read_stream("0", 1_000_000)]
+
+
+# -- state round trip -------------------------------------------------------------------------------------
+
+
+async def test_append_and_read_back_every_field(harness: Harness) -> None:
+    store = harness.make()
+    events = [
+        ev("v1", "c-1", E.CONTENT_VIEW, T0, channel=Channel.SOCIAL, session_id="s1", country="FR"),
+        ev("v1", "p-1", E.PRODUCT_VIEW, T0 + 1.25, event_id="id-1"),
+        ev("v1", "p-1", E.PURCHASE, T0 + 0.1 + 2, quantity=2.0, value=39.9, event_id="id-2"),
+    ]
+    assert await store.append(events) == AppendResult(accepted=3, duplicates=0)
+    state = await store.visitor("v1")
+    assert state == VisitorState(
+        visitor_id="v1", events=events, cart={}, purchases={"p-1": T0 + 0.1 + 2}, sent=frozenset()
+    )
+
+
+async def test_unknown_visitor_gets_an_empty_state(harness: Harness) -> None:
+    store = harness.make()
+    await store.append([ev("known", "p", E.PAGE_VIEW, T0)])
+    for campaign in (None, "spring"):
+        state = await store.visitor("nobody", campaign)
+        assert state == VisitorState(visitor_id="nobody", events=[], cart={}, purchases={})
+    assert await store.append([]) == AppendResult(accepted=0, duplicates=0)
+
+
+async def test_visitor_ids_with_any_characters_stay_apart(harness: Harness) -> None:
+    store = harness.make()
+    ids = ["a", "a:events", "{a}", "a}", "}{", "a:{b}:cart", "*", "ü 😀 space", "a\\b", "x" * 256, ""]
+    await store.append([ev(v, f"item-{i}", E.ADD_TO_CART, T0 + i) for i, v in enumerate(ids)])
+    for i, v in enumerate(ids):
+        state = await store.visitor(v)
+        assert [e.visitor_id for e in state.events] == [v]
+        assert state.cart == {f"item-{i}": T0 + i}
+
+
+async def test_cart_follows_add_remove_checkout_and_purchase(harness: Harness) -> None:
+    store = harness.make()
+    await store.append(
+        [
+            ev("v", "a", E.ADD_TO_CART, T0 + 1),
+            ev("v", "b", E.ADD_TO_CART, T0 + 2),
+            ev("v", "c", E.ADD_TO_CART, T0 + 3),
+            ev("v", "d", E.ADD_TO_CART, T0 + 4),
+            ev("v", "b", E.REMOVE_FROM_CART, T0 + 5),
+            ev("v", "a", E.CHECKOUT, T0 + 6),  # checkout keeps the cart
+            ev("v", "c", E.PURCHASE, T0 + 7),  # a purchase takes the item out of the cart
+        ]
+    )
+    state = await store.visitor("v")
+    assert state.cart == {"a": T0 + 1, "d": T0 + 4}
+    assert state.purchases == {"c": T0 + 7}
+    # adding again refreshes the time; an older (late-arriving) removal does not undo a newer add
+    await store.append([ev("v", "a", E.ADD_TO_CART, T0 + 10), ev("v", "a", E.REMOVE_FROM_CART, T0 + 9)])
+    await store.append([ev("v", "c", E.ADD_TO_CART, T0 + 11)])  # bought before, in the cart again
+    state = await store.visitor("v")
+    assert state.cart == {"a": T0 + 10, "c": T0 + 11, "d": T0 + 4}
+    await store.append([ev("v", "d", E.REMOVE_FROM_CART, T0 + 12)])
+    assert (await store.visitor("v")).cart == {"a": T0 + 10, "c": T0 + 11}
+
+
+async def test_purchases_keep_the_latest_time_and_a_cancel_removes_them(harness: Harness) -> None:
+    store = harness.make()
+    await store.append(
+        [
+            ev("v", "x", E.PURCHASE, T0 + 10),
+            ev("v", "x", E.PURCHASE, T0 + 5),  # late-arriving older purchase: the latest time stays
+            ev("v", "y", E.PURCHASE, T0 + 20),
+            ev("v", "z", E.PURCHASE, T0 + 30),
+            ev("v", "y", E.CANCEL, T0 + 21),  # cancelled: no longer owned
+            ev("v", "z", E.CANCEL, T0 + 29),  # cancels an earlier purchase, not the one at +30
+            ev("v", "w", E.CANCEL, T0 + 40),  # nothing to cancel
+        ]
+    )
+    assert (await store.visitor("v")).purchases == {"x": T0 + 10, "z": T0 + 30}
+
+
+async def test_recent_events_are_capped_and_purchases_outlive_the_cap(harness: Harness) -> None:
+    store = harness.make(recent_events=5)
+    await store.append([ev("v", "bought", E.PURCHASE, T0), ev("v", "kept", E.ADD_TO_CART, T0 + 1)])
+    views = [ev("v", f"p{i}", E.PRODUCT_VIEW, T0 + 2 + i) for i in range(7)]
+    await store.append(views[:3])
+    await store.append(views[3:])
+    state = await store.visitor("v")
+    assert state.events == views[-5:]  # the newest five, oldest first
+    assert state.purchases == {"bought": T0}
+    assert state.cart == {"kept": T0 + 1}
+    # the stream keeps every event
+    assert len(await stream_events(store)) == 9
+
+
+# -- idempotency ------------------------------------------------------------------------------------------
+
+
+async def test_event_ids_make_appends_idempotent(harness: Harness) -> None:
+    store = harness.make()
+    first = [
+        ev("v", "a", E.ADD_TO_CART, T0, event_id="e1"),
+        ev("v", "b", E.PRODUCT_VIEW, T0 + 1, event_id="e2"),
+        ev("v", "a", E.ADD_TO_CART, T0, event_id="e1"),  # repeated within the batch
+        ev("v", "c", E.PAGE_VIEW, T0 + 2),  # no event id: always stored
+    ]
+    assert await store.append(first) == AppendResult(accepted=3, duplicates=1)
+    retry = [
+        ev("v", "b", E.PRODUCT_VIEW, T0 + 1, event_id="e2"),
+        ev("v", "d", E.PRODUCT_VIEW, T0 + 3, event_id="e3"),
+        ev("v", "c", E.PAGE_VIEW, T0 + 2),
+        # the scope of an event id is its visitor: another visitor's "e1" is another event
+        ev("w", "a", E.PRODUCT_VIEW, T0 + 4, event_id="e1"),
+    ]
+    assert await store.append(retry) == AppendResult(accepted=3, duplicates=1)
+    assert await store.append(first[:2]) == AppendResult(accepted=0, duplicates=2)
+    state = await store.visitor("v")
+    assert [(e.item_id, e.event_id) for e in state.events] == [
+        ("a", "e1"),
+        ("b", "e2"),
+        ("c", None),
+        ("d", "e3"),
+        ("c", None),
+    ]
+    assert [(e.visitor_id, e.item_id) for e in await stream_events(store)] == [
+        ("v", "a"),
+        ("v", "b"),
+        ("v", "c"),
+        ("v", "d"),
+        ("v", "c"),
+        ("w", "a"),
+    ]
+
+
+async def test_a_duplicate_does_not_change_the_state(harness: Harness) -> None:
+    store = harness.make()
+    await store.append([ev("v", "a", E.ADD_TO_CART, T0, event_id="add")])
+    await store.append([ev("v", "a", E.PURCHASE, T0 + 1, event_id="buy")])
+    # a retried add (same id) must not put the bought item back into the cart
+    assert await store.append([ev("v", "a", E.ADD_TO_CART, T0 + 2, event_id="add")]) == AppendResult(0, 1)
+    state = await store.visitor("v")
+    assert state.cart == {}
+    assert state.purchases == {"a": T0 + 1}
+
+
+# -- campaigns --------------------------------------------------------------------------------------------
+
+
+async def test_sent_sets_are_per_visitor_and_campaign(harness: Harness) -> None:
+    store = harness.make()
+    odd = "spring: {sale}*"
+    await store.mark_sent("v", "c1", ["a", "b"])
+    await store.mark_sent("v", "c1", ["b", "c"])
+    await store.mark_sent("v", odd, ["z"])
+    await store.mark_sent("w", "c1", ["q"])
+    await store.mark_sent("v", "c3", [])  # nothing to remember
+    assert (await store.visitor("v", "c1")).sent == {"a", "b", "c"}
+    assert (await store.visitor("v", odd)).sent == {"z"}
+    assert (await store.visitor("v", "c3")).sent == frozenset()
+    assert (await store.visitor("v")).sent == frozenset()
+    assert (await store.visitor("w", "c1")).sent == {"q"}
+    # marking items sent does not invent events
+    assert (await store.visitor("v")).events == []
+
+
+# -- erase ------------------------------------------------------------------------------------------------
+
+
+async def _populate(store: VisitorStore, visitor: str, other: str) -> None:
+    await store.append(
+        [
+            ev(visitor, "a", E.ADD_TO_CART, T0, event_id=f"{visitor}-1"),
+            ev(other, "a", E.PRODUCT_VIEW, T0, event_id=f"{other}-1"),
+            ev(visitor, "b", E.PURCHASE, T0 + 1, event_id=f"{visitor}-2"),
+            ev(visitor, "c", E.PAGE_VIEW, T0 + 2),
+        ]
+    )
+    await store.append([ev(other, "b", E.ADD_TO_CART, T0 + 3)])
+    await store.mark_sent(visitor, "c1", ["x"])
+    await store.mark_sent(visitor, "c2", ["y"])
+    await store.mark_sent(other, "c1", ["x"])
+
+
+async def test_erase_removes_everything_of_one_visitor(harness: Harness) -> None:
+    store = harness.make()
+    visitor, other = f"erase-me:{{{uuid.uuid4().hex[:8]}}}", f"keep-me-{uuid.uuid4().hex[:8]}"
+    await _populate(store, visitor, other)
+    before_other = await store.visitor(other, "c1")
+    # events, cart, purchases, ids, sids, campaigns, two sent sets + three stream entries
+    assert await store.erase(visitor) == 8 + 3
+    assert await store.visitor(visitor, "c1") == VisitorState(
+        visitor_id=visitor, events=[], cart={}, purchases={}
+    )
+    assert await store.visitor(visitor, "c2") == VisitorState(
+        visitor_id=visitor, events=[], cart={}, purchases={}
+    )
+    assert [e.visitor_id for e in await stream_events(store)] == [other, other]
+    assert await store.visitor(other, "c1") == before_other
+    assert await store.erase(visitor) == 0
+    assert await store.erase("never-seen") == 0
+    # an erased visitor starts afresh: old event ids are forgotten too
+    assert await store.append([ev(visitor, "a", E.PAGE_VIEW, T0, event_id=f"{visitor}-1")]) == AppendResult(
+        1, 0
+    )
+
+
+async def test_erase_leaves_no_trace_in_redis(harness: Harness) -> None:
+    only_redis(harness)
+    store = harness.make()
+    visitor, other = f"erase-me-{uuid.uuid4().hex}", f"keep-me-{uuid.uuid4().hex}"
+    await _populate(store, visitor, other)
+
+    async def mentions(v: str) -> list[bytes]:
+        needles = (v.encode(), v.encode().hex().encode())
+        found = []
+        for key in await all_keys(harness):
+            value = await dump(harness.redis, key)
+            if any(n in key or n in value for n in needles):
+                found.append(key)
+        return found
+
+    assert len(await mentions(visitor)) == 9  # 8 visitor keys (2 sent sets) + the stream
+    assert await store.erase(visitor) > 0
+    assert await mentions(visitor) == []
+    assert await mentions(other)
+
+
+# -- ttl --------------------------------------------------------------------------------------------------
+
+
+async def test_every_visitor_key_has_a_ttl_and_the_stream_none(harness: Harness) -> None:
+    only_redis(harness)
+    store = harness.make(visitor_ttl=1000)
+    await _populate(store, "v", "w")
+    keys = await all_keys(harness)
+    assert len(keys) == 8 + 6 + 1  # v: 6 + 2 sent sets; w: no purchases, 1 sent set; the stream
+    stream_key = f"{harness.prefix}:stream".encode()
+    for key in keys:
+        ttl = await harness.redis.ttl(key)
+        if key == stream_key:
+            assert ttl == -1, key
+        else:
+            assert 990 <= ttl <= 1001, (key, ttl)
+            assert b"{v:" in key  # every visitor key carries the visitor's hash tag
+
+
+async def test_a_visitor_expires_as_a_whole_after_the_ttl(harness: Harness) -> None:
+    store = harness.make(visitor_ttl=1)
+    await _populate(store, "v", "w")
+    await harness.wait(0.5)
+    await store.mark_sent("w", "c1", ["y"])  # a write keeps w alive
+    await harness.wait(0.5)
+    await store.append([ev("w", "c", E.PRODUCT_VIEW, T0)])
+    # polling (Redis expires keys in the background); no assertion on how long it took
+    for _ in range(100):
+        if await store.visitor("v", "c1") == VisitorState(visitor_id="v", events=[], cart={}, purchases={}):
+            break
+        await harness.wait(0.1)
+    assert await store.visitor("v", "c1") == VisitorState(visitor_id="v", events=[], cart={}, purchases={})
+    assert (await store.visitor("w", "c1")).sent == {"x", "y"}
+    # v's stream entries have aged out with it: an erase finds nothing, and the stream holds only new events
+    await harness.wait(1.2)
+    assert await store.erase("v") == 0
+    await store.append([ev("u", "d", E.PAGE_VIEW, T0)])
+    assert [e.visitor_id for e in await stream_events(store)] == ["u"]
+
+
+# -- stream -----------------------------------------------------------------------------------------------
+
+
+async def test_stream_is_read_in_order_after_an_id(harness: Harness) -> None:
+    store = harness.make()
+    batches = [
+        [ev(f"v{(b * 7 + i) % 3}", f"i{b}-{i}", E.PRODUCT_VIEW, T0 + b * 10 + i) for i in range(5)]
+        for b in range(4)
+    ]
+    for batch in batches:
+        await store.append(batch)
+    expected = [e for batch in batches for e in batch]
+    entries = await store.read_stream("0", 100)
+    assert [s.event for s in entries] == expected  # arrival order, across visitors
+    ids = [s.entry_id for s in entries]
+    assert all(re.fullmatch(r"\d+-\d+", i) for i in ids)
+    parsed = [tuple(int(p) for p in i.split("-")) for i in ids]
+    assert parsed == sorted(parsed)
+    assert len(set(parsed)) == len(parsed)
+    assert [s.event for s in await store.read_stream(ids[2], 3)] == expected[3:6]
+    assert await store.read_stream(ids[-1], 10) == []
+    # paging through reaches every entry exactly once
+    seen, after = [], "0"
+    while page := await store.read_stream(after, 6):
+        seen += [s.event for s in page]
+        after = page[-1].entry_id
+    assert seen == expected
+    # "<ms>" alone means "<ms>-0" (the first id of a new stream ends in -0)
+    ms, seq = ids[0].split("-")
+    assert seq == "0"
+    assert await store.read_stream(ms, 100) == entries[1:]
+    for bad in ("", "abc", "1-2-3", "-1", "1-"):
+        with pytest.raises(ValidationError):
+            await store.read_stream(bad, 10)
+    with pytest.raises(ValidationError):
+        await store.read_stream("0", 0)
+
+
+async def test_stream_is_capped_at_maxlen(harness: Harness) -> None:
+    maxlen = 50
+    store = harness.make(stream_maxlen=maxlen)
+    events = [ev(f"v{i % 7}", f"i{i}", E.PAGE_VIEW, T0 + i) for i in range(400)]
+    for start in range(0, len(events), 40):
+        await store.append(events[start : start + 40])
+    kept = await stream_events(store)
+    # Redis trims approximately (whole nodes of stream-node-max-entries entries); the memory store exactly
+    slack = 0
+    if harness.kind == "redis":
+        config: dict[Any, Any] = await harness.redis.config_get("stream-node-max-entries")
+        slack = int(next(iter(config.values()), 100))
+    assert maxlen <= len(kept) <= maxlen + slack
+    assert kept == events[-len(kept) :]  # the newest are kept, in order
+    # trimming the stream leaves visitor state alone
+    assert len((await store.visitor("v0")).events) == len([e for e in events if e.visitor_id == "v0"])
+
+
+# -- concurrency ------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_appends_and_reads_never_mix_visitors(harness: Harness) -> None:
+    store = harness.make(recent_events=1000)
+    rng = random.Random(5)
+    visitors = [f"c{i:03d}" for i in range(60)]
+    batches = []
+    for v in visitors:
+        for b in range(5):
+            batch = [ev(v, f"{v}-item-{b}-{i}", E.PRODUCT_VIEW, T0 + b * 100 + i) for i in range(8)]
+            batch.append(ev(v, f"{v}-cart-{b}", E.ADD_TO_CART, T0 + b * 100 + 50, event_id=f"{v}-{b}"))
+            batches.append(batch)
+    rng.shuffle(batches)
+    # duplicates of a few batches race their originals
+    racing = batches + [[e for e in batch if e.event_id] for batch in batches[:20]]
+    rng.shuffle(racing)
+
+    async def read(v: str) -> VisitorState:
+        return await store.visitor(v)
+
+    results = await asyncio.gather(*(store.append(b) for b in racing), *(read(v) for v in visitors))
+    appended = [r for r in results if isinstance(r, AppendResult)]
+    assert sum(r.accepted for r in appended) == 60 * 5 * 9
+    assert sum(r.duplicates for r in appended) == 20
+    for r in results:
+        if isinstance(r, VisitorState):  # a read racing the writes sees only its own visitor's events
+            assert all(e.visitor_id == r.visitor_id for e in r.events)
+    states = await asyncio.gather(*(read(v) for v in visitors))
+    for v, state in zip(visitors, states, strict=True):
+        assert state.visitor_id == v
+        assert len(state.events) == 45
+        assert all(e.visitor_id == v and e.item_id.startswith(f"{v}-") for e in state.events)
+        assert state.cart == {f"{v}-cart-{b}": T0 + b * 100 + 50 for b in range(5)}
+
+
+async def test_cancelled_reads_never_hand_their_reply_to_another_visitor(harness: Harness) -> None:
+    store = harness.make()
+    visitors = [f"r{i:02d}" for i in range(30)]
+    await store.append([ev(v, f"{v}-item", E.PRODUCT_VIEW, T0) for v in visitors])
+    for round_ in range(5):
+        tasks = [asyncio.create_task(store.visitor(v)) for v in visitors]
+        await asyncio.sleep(0)
+        for t in tasks[round_::3]:
+            t.cancel()  # cancelled mid-flight, as a client disconnect or a timeout does
+        await asyncio.gather(*tasks, return_exceptions=True)
+        states = await asyncio.gather(*(store.visitor(v) for v in visitors))
+        for v, state in zip(visitors, states, strict=True):
+            assert [(e.visitor_id, e.item_id) for e in state.events] == [(v, f"{v}-item")]
+
+
+# -- Redis unreachable ------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_unreachable_redis_raises_store_unavailable_and_ping_is_false() -> None:
+    port = _free_port()  # nothing listens there
+    store = RedisStore.from_url(
+        f"redis://127.0.0.1:{port}/0", prefix="jrtest-dead", socket_timeout=0.5, **DEFAULTS
+    )
+    try:
+        assert await store.ping() is False
+        with pytest.raises(StoreUnavailableError) as info:
+            await store.append([ev("v", "i", E.PAGE_VIEW, T0, event_id="x")])
+        assert str(port) not in str(info.value)  # the message goes to HTTP clients: no server address
+        with pytest.raises(StoreUnavailableError):
+            await store.visitor("v", "c1")
+        with pytest.raises(StoreUnavailableError):
+            await store.mark_sent("v", "c1", ["i"])
+        with pytest.raises(StoreUnavailableError):
+            await store.erase("v")
+        with pytest.raises(StoreUnavailableError):
+            await store.read_stream("0", 10)
+    finally:
+        await store.close()
