@@ -33,6 +33,10 @@ FEATURES: tuple[tuple[str, str], ...] = (
     ("similar", "similar"),
     ("popularity", "popular"),
     ("trending", "trending"),
+    # popularity for visitors with no history at all: lets each stage weigh the crowd differently for
+    # strangers (whose factor score comes from stage and context only) than for known visitors
+    ("popularity_new", "popular"),
+    ("lightfm_new", "personalized"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f for f, _ in FEATURES)
 FEATURE_SOURCES: tuple[str, ...] = tuple(s for _, s in FEATURES)
@@ -65,7 +69,11 @@ def feature_arrays(
     ``lightfm`` is float32 [u, n_items] raw factor scores or None (then that feature is 0).
     """
     u, n = profiles.n_visitors, tables.n_items
-    yield 0, zscore_rows(lightfm) if lightfm is not None else np.zeros((u, n), np.float32)
+    # visitors with no history at all: their factor score comes from stage and context only, so it gets
+    # its own weight (features 11 and 12) instead of sharing the known visitors' one
+    new = (np.diff(profiles.touch_age.indptr) == 0)[:, None]
+    factor = zscore_rows(lightfm) if lightfm is not None else np.zeros((u, n), np.float32)
+    yield 0, np.where(new, 0.0, factor).astype(np.float32)
     counts = np.asarray(profiles.purchases.todense(), dtype=np.float32)
     yield 1, np.log1p(counts)
     yield 2, dense_recency(profiles.purchase_age, 30.0)
@@ -76,9 +84,12 @@ def feature_arrays(
     yield 7, row_max_normalise(complement_scores(tables, profiles))
     yield 8, row_max_normalise(similar_scores(tables, profiles))
     pop = np.log1p(tables.popularity)
-    yield 9, np.broadcast_to(pop / max(float(pop.max()), 1e-6), (u, n))
+    pop = pop / max(float(pop.max()), 1e-6)
+    yield 9, np.broadcast_to(pop, (u, n))
     tr = np.log1p(tables.trending)
     yield 10, np.broadcast_to(tr / max(float(tr.max()), 1e-6), (u, n))
+    yield 11, np.where(new, pop[None, :], 0.0).astype(np.float32)
+    yield 12, np.where(new, factor, 0.0).astype(np.float32)
 
 
 def blend(
@@ -123,26 +134,32 @@ def sample_pairs(
     rng: np.random.Generator,
     negatives: int = 8,
     pool: int = 50,
+    hard_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feature differences of (relevant, non-relevant) item pairs.
 
     features  float32 [u, n_items, n_features] for one batch of visitors
     relevant  csr [u, n_items] (only allowed items)
     allowed   bool [u, n_items]: items that may be shown (negatives come only from these)
-    Negatives are drawn half from the ``pool`` items a uniform blend ranks highest (hard) and half at
-    random. Returns (float64 [pairs, n_features] diff, int64 [pairs] row of each pair).
+    hard_rows bool [u] (default all): rows whose negatives are drawn half from the ``pool`` items a uniform
+              blend ranks highest (hard) and half at random; other rows draw all negatives at random.
+              Visitors without history should not use hard negatives: their "hard" items are simply the
+              most popular ones, and the fit would learn that popularity is bad.
+    Returns (float64 [pairs, n_features] diff, int64 [pairs] row of each pair).
     """
     u, n, _ = features.shape
-    prior = np.where(allowed, features.sum(axis=2), -np.inf)
     pool = min(pool, n - 1)
-    hard = np.argpartition(-prior, pool, axis=1)[:, :pool]
+    prior = np.where(allowed, features.sum(axis=2), -np.inf)
+    top = np.argpartition(-prior, pool, axis=1)[:, :pool]
+    if hard_rows is not None:
+        top = np.where(hard_rows[:, None], top, rng.integers(0, n, size=(u, pool)))
     diffs: list[np.ndarray] = []
     owner: list[np.ndarray] = []
     for r in range(u):
         pos = relevant.indices[relevant.indptr[r] : relevant.indptr[r + 1]]
         if len(pos) == 0:
             continue
-        cand = np.concatenate([hard[r], rng.integers(0, n, size=pool)])
+        cand = np.concatenate([top[r], rng.integers(0, n, size=pool)])
         cand = cand[allowed[r, cand] & ~np.isin(cand, pos)]
         if len(cand) == 0:
             continue

@@ -39,8 +39,10 @@ class FactorModel:
         return np.asarray(user_features @ self.user_emb, dtype=np.float32)
 
 
-def zscore_rows(scores: np.ndarray) -> np.ndarray:
-    """float32 [u, n]: each row standardised (so blend weights do not depend on the embedding scale)."""
+def zscore_rows(scores: np.ndarray, clip: float = 3.0) -> np.ndarray:
+    """float32 [u, n]: each row standardised (so blend weights do not depend on the embedding scale) and
+    clipped to [-clip, clip]: factor scores have long tails, and a few extreme items must not outweigh
+    every other source once multiplied by a blend weight."""
     mu = scores.mean(axis=1, keepdims=True)
     sd = scores.std(axis=1, keepdims=True)
-    return ((scores - mu) / np.maximum(sd, 1e-6)).astype(np.float32)
+    return np.clip((scores - mu) / np.maximum(sd, 1e-6), -clip, clip).astype(np.float32)

@@ -258,7 +258,7 @@ def _fit_blend(
             ok &= ~(prof.seen().toarray() > 0)
         rel = relevant[lo : lo + bs].multiply(ok).tocsr()
         rel.eliminate_zeros()
-        d, owner = sample_pairs(feats, rel, ok, rng)
+        d, owner = sample_pairs(feats, rel, ok, rng, hard_rows=np.diff(prof.touch_age.indptr) > 0)
         diffs.append(d)
         stages.append(st[owner])
     return fit_blend(np.concatenate(diffs), np.concatenate(stages).astype(np.int8))
