@@ -35,7 +35,7 @@ from service.auth import API_KEY_HEADER, Authenticator, check_auth_configured
 from service.errors import EXCEPTION_HANDLERS
 from service.json_guard import check_json_depth
 from service.model_holder import ModelHolder
-from service.openapi_body import event_body_components
+from service.openapi_body import event_body_components, keep_event_components
 from service.settings import Settings, settings_for_worker
 from service.store.base import VisitorStore
 
@@ -162,7 +162,9 @@ def create_app(
             log_exceptions="debug",
         ),
     )
-    return Litestar.from_config(config)
+    app = Litestar.from_config(config)
+    keep_event_components(app)
+    return app
 
 
 def app_from_environment() -> Litestar:

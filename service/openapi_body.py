@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+from litestar import Litestar
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.openapi.spec import (
     OpenAPIFormat,
     OpenAPIMediaType,
@@ -88,3 +90,14 @@ class EventsOperation(Operation):
             required=True,
             description='One event, or {"events": [...]}',
         )
+
+
+def keep_event_components(app: Litestar) -> None:
+    """Keep the ingest body's component schemas in the generated document.
+
+    Litestar (2.x) fills ``components.schemas`` with the schemas its own handlers registered only, which
+    drops the ones the ingest body refers to. The document is built once and cached by Litestar's OpenAPI
+    plugin: build it now (all routes are registered) and add them to the cached document.
+    """
+    spec = app.plugins.get(OpenAPIPlugin).provide_openapi()
+    spec.components.schemas = {**event_body_components(), **(spec.components.schemas or {})}
