@@ -1,9 +1,9 @@
 """Per-stage blending of candidate sources.
 
 Each (visitor, item) gets a small vector of source features (below); the final score is a per-stage
-weighted sum. The weights are *fitted*: a pairwise logistic (BPR-style) loss over (relevant, non-relevant)
-item pairs of visitors in a validation window carved from the training data, one weight vector per journey
-stage, falling back to the all-stage fit where a stage has too few pairs.
+weighted sum. The weights are *fitted*: a sampled listwise softmax loss (each relevant item against
+uniformly sampled non-relevant ones) over visitors in a validation window carved from the training data,
+one weight vector per journey stage, falling back to the all-stage fit where a stage has too few positives.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ FEATURES: tuple[tuple[str, str], ...] = (
     # strangers (whose factor score comes from stage and context only) than for known visitors
     ("popularity_new", "popular"),
     ("lightfm_new", "personalized"),
+    # how often the visitor bought the item, recent purchases counting more, relative to their top item
+    ("bought_decayed", "buy_again"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f for f, _ in FEATURES)
 FEATURE_SOURCES: tuple[str, ...] = tuple(s for _, s in FEATURES)
@@ -48,7 +50,7 @@ class StageBlend(msgspec.Struct, frozen=True):
 
     stage: str
     weights: dict[str, float]
-    pairs: int
+    positives: int
     fitted_on: str  # "stage" when this stage had enough pairs, else "all"
 
 
@@ -90,6 +92,7 @@ def feature_arrays(
     yield 10, np.broadcast_to(tr / max(float(tr.max()), 1e-6), (u, n))
     yield 11, np.where(new, pop[None, :], 0.0).astype(np.float32)
     yield 12, np.where(new, factor, 0.0).astype(np.float32)
+    yield 13, row_max_normalise(np.asarray(profiles.purchase_decay.todense(), dtype=np.float32))
 
 
 def blend(
@@ -112,77 +115,121 @@ def blend(
     return score, which
 
 
-def _pairwise_fit(diff: np.ndarray, l2: float) -> np.ndarray:
-    """Weights minimising mean log(1 + exp(-diff·w)) + l2/2 |w|². diff float64 [pairs, n_features]."""
+class ListSample(msgspec.Struct, frozen=True):
+    """Validation lists for fitting the blend: every positive against its visitor's sampled negatives.
 
-    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        m = diff @ w
-        # log(1+exp(-m)) computed stably
-        val = np.logaddexp(0.0, -m).mean() + 0.5 * l2 * w @ w
-        sig = np.exp(-np.logaddexp(0.0, m))  # sigmoid(-m)
-        grad = -(diff * sig[:, None]).mean(axis=0) + l2 * w
-        return float(val), grad
+    pos        float32 [P, n_features]      features of each (visitor, relevant item)
+    owner      int64 [P]                    row of ``neg`` the positive belongs to
+    neg        float32 [V, m, n_features]   features of m items sampled uniformly from the visitor's
+                                            allowed, non-relevant items
+    row        int64 [V]                    the visitor's row in the batch it was sampled from
+    """
 
-    res = scipy.optimize.minimize(loss, np.zeros(diff.shape[1]), jac=True, method="L-BFGS-B")
-    return np.asarray(res.x, dtype=np.float64)
+    pos: np.ndarray
+    owner: np.ndarray
+    neg: np.ndarray
+    row: np.ndarray
+
+    def subset(self, keep: np.ndarray) -> ListSample:
+        """Only the positives where ``keep`` (bool [P]) is True (negatives re-indexed)."""
+        rows, owner = np.unique(self.owner[keep], return_inverse=True)
+        return ListSample(self.pos[keep], owner.astype(np.int64), self.neg[rows], self.row[rows])
+
+    @staticmethod
+    def concat(parts: list[ListSample]) -> ListSample:
+        offsets = np.cumsum([0, *(len(p.neg) for p in parts[:-1])])
+        return ListSample(
+            np.concatenate([p.pos for p in parts]),
+            np.concatenate([p.owner + o for p, o in zip(parts, offsets, strict=True)]),
+            np.concatenate([p.neg for p in parts]),
+            np.concatenate([p.row for p in parts]),
+        )
 
 
-def sample_pairs(
+def sample_lists(
     features: np.ndarray,
     relevant: sp.csr_matrix,
     allowed: np.ndarray,
     rng: np.random.Generator,
-    negatives: int = 8,
-    pool: int = 50,
-    hard_rows: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Feature differences of (relevant, non-relevant) item pairs.
+    negatives: int = 200,
+) -> ListSample:
+    """Positives and uniformly sampled negatives of one batch of visitors.
 
-    features  float32 [u, n_items, n_features] for one batch of visitors
+    features  float32 [u, n_items, n_features]
     relevant  csr [u, n_items] (only allowed items)
     allowed   bool [u, n_items]: items that may be shown (negatives come only from these)
-    hard_rows bool [u] (default all): rows whose negatives are drawn half from the ``pool`` items a uniform
-              blend ranks highest (hard) and half at random; other rows draw all negatives at random.
-              Visitors without history should not use hard negatives: their "hard" items are simply the
-              most popular ones, and the fit would learn that popularity is bad.
-    Returns (float64 [pairs, n_features] diff, int64 [pairs] row of each pair).
+    Visitors without a positive or without an allowed negative are skipped. Uniform negatives keep the
+    softmax normaliser unbiased (hard negatives bias it: the fit then learns that whatever put an item
+    near the top, popularity or a past purchase, is bad).
     """
-    u, n, _ = features.shape
-    pool = min(pool, n - 1)
-    prior = np.where(allowed, features.sum(axis=2), -np.inf)
-    top = np.argpartition(-prior, pool, axis=1)[:, :pool]
-    if hard_rows is not None:
-        top = np.where(hard_rows[:, None], top, rng.integers(0, n, size=(u, pool)))
-    diffs: list[np.ndarray] = []
-    owner: list[np.ndarray] = []
+    u, n, f = features.shape
+    pos_rows: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
+    negs: list[np.ndarray] = []
+    rows: list[int] = []
     for r in range(u):
         pos = relevant.indices[relevant.indptr[r] : relevant.indptr[r + 1]]
         if len(pos) == 0:
             continue
-        cand = np.concatenate([top[r], rng.integers(0, n, size=pool)])
-        cand = cand[allowed[r, cand] & ~np.isin(cand, pos)]
-        if len(cand) == 0:
-            continue
-        p = np.repeat(pos, negatives)
-        q = rng.choice(cand, size=len(p))
-        diffs.append(features[r, p].astype(np.float64) - features[r, q])
-        owner.append(np.full(len(p), r))
-    if not diffs:
-        return np.zeros((0, features.shape[2])), np.zeros(0, np.int64)
-    return np.concatenate(diffs), np.concatenate(owner)
+        cand = rng.integers(0, n, size=2 * negatives)
+        cand = cand[allowed[r, cand] & ~np.isin(cand, pos)][:negatives]
+        if len(cand) < negatives:
+            pool = np.flatnonzero(allowed[r])
+            pool = pool[~np.isin(pool, pos)]
+            if len(pool) == 0:
+                continue
+            cand = rng.choice(pool, size=negatives, replace=len(pool) < negatives)
+        pos_rows.append(features[r, pos])
+        owners.append(np.full(len(pos), len(negs), dtype=np.int64))
+        negs.append(features[r, cand])
+        rows.append(r)
+    if not negs:
+        empty = np.zeros(0, np.int64)
+        return ListSample(np.zeros((0, f), np.float32), empty, np.zeros((0, negatives, f), np.float32), empty)
+    return ListSample(
+        np.concatenate(pos_rows), np.concatenate(owners), np.stack(negs), np.array(rows, dtype=np.int64)
+    )
+
+
+def _softmax_fit(lists: ListSample, l2: float) -> np.ndarray:
+    """Weights minimising the mean over positives of -log softmax(positive | positive + its negatives)
+    + l2/2 |w|^2 (a sampled listwise loss: it rewards putting positives at the very top)."""
+    pos = lists.pos.astype(np.float64)
+    neg = lists.neg.astype(np.float64)
+    owner = lists.owner
+    n_pos = len(pos)
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        sp_ = pos @ w  # [P]
+        sn = (neg @ w)[owner]  # [P, m]
+        top = np.maximum(sp_, sn.max(axis=1))
+        ep = np.exp(sp_ - top)
+        en = np.exp(sn - top[:, None])
+        z = ep + en.sum(axis=1)
+        val = float(np.mean(np.log(z) + top - sp_) + 0.5 * l2 * w @ w)
+        a_pos = ep / z - 1.0  # d loss / d s_pos
+        a_neg = en / z[:, None]  # d loss / d s_neg
+        per_row = np.zeros((len(neg), neg.shape[1]))
+        np.add.at(per_row, owner, a_neg)
+        grad = (a_pos @ pos + np.einsum("vm,vmf->f", per_row, neg)) / n_pos + l2 * w
+        return val, grad
+
+    res = scipy.optimize.minimize(loss, np.zeros(pos.shape[1]), jac=True, method="L-BFGS-B")
+    return np.asarray(res.x, dtype=np.float64)
 
 
 def fit_blend(
-    diff: np.ndarray, stage_of_pair: np.ndarray, *, min_pairs: int = 300, l2: float = 1e-3
+    lists: ListSample, stage_of_pos: np.ndarray, *, min_pos: int = 300, l2: float = 1e-3
 ) -> BlendWeights:
-    """Fit one weight vector per stage (Stage.index in ``stage_of_pair`` int8 [pairs]) from pair diffs."""
-    if len(diff) == 0:
-        raise ValueError("no validation pairs to fit the blend on")
-    overall = _pairwise_fit(diff, l2)
+    """Fit one weight vector per stage (``Stage.index`` of each positive in ``stage_of_pos`` int8 [P]);
+    a stage with fewer than ``min_pos`` positives uses the all-stage fit."""
+    if len(lists.pos) == 0:
+        raise ValueError("no validation positives to fit the blend on")
+    overall = _softmax_fit(lists, l2)
     out = []
     for s in STAGES:
-        m = stage_of_pair == s.index
+        m = stage_of_pos == s.index
         n = int(m.sum())
-        w, how = (_pairwise_fit(diff[m], l2), "stage") if n >= min_pairs else (overall, "all")
+        w, how = (_softmax_fit(lists.subset(m), l2), "stage") if n >= min_pos else (overall, "all")
         out.append(StageBlend(s.value, {f: float(x) for f, x in zip(FEATURE_NAMES, w, strict=True)}, n, how))
     return BlendWeights(out)

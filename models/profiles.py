@@ -17,6 +17,7 @@ from models.domain import Event, EventType
 from models.weights import EventWeights
 
 DAY = 86_400.0
+PURCHASE_DECAY_DAYS = 90.0
 _PURCHASE = EventType.PURCHASE.code
 _CANCEL = EventType.CANCEL.code
 _ADD = EventType.ADD_TO_CART.code
@@ -32,6 +33,7 @@ class Profiles:
     purchases      net purchase count (purchases minus cancels, clipped at 0)
     purchase_age   days since the last purchase of the item (+1e-3)
     cart           1 where the item is in the cart now (last cart event was add_to_cart, no purchase since)
+    purchase_decay sum over the item's purchases of exp(-age / PURCHASE_DECAY_DAYS): frequency that fades
     """
 
     interest: sp.csr_matrix
@@ -39,6 +41,7 @@ class Profiles:
     purchases: sp.csr_matrix
     purchase_age: sp.csr_matrix
     cart: sp.csr_matrix
+    purchase_decay: sp.csr_matrix
 
     @property
     def n_visitors(self) -> int:
@@ -103,7 +106,9 @@ def profiles_from_arrays(
     (lastc,) = _last_per_pair(rows[cm], items[cm], ts[cm])
     in_cart = events[cm][lastc] == _ADD
     cart = _csr(rows[cm][lastc][in_cart], items[cm][lastc][in_cart], np.ones(int(in_cart.sum())), shape)
-    return Profiles(interest, touch_age, purchases, purchase_age, cart)
+    decay = np.exp(-(now - ts[is_p]) / (PURCHASE_DECAY_DAYS * DAY))
+    purchase_decay = _csr(rows[is_p], items[is_p], decay, shape)
+    return Profiles(interest, touch_age, purchases, purchase_age, cart, purchase_decay)
 
 
 def profiles_from_log(log: EventLog, visitors: np.ndarray, now: float, weights: EventWeights) -> Profiles:

@@ -7,6 +7,7 @@ vectorised feature arrays, masks and one partial sort. ``LightFM.predict`` is ne
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,12 +196,9 @@ class Recommender:
         prof = profile_from_events(events, self.catalog.index, n, ctx.now, self.manifest.weights)
         # the store's cart is authoritative (it survives the recent-events cap)
         cart_ids = self._ids(list(ctx.cart))
-        prof = type(prof)(
-            prof.interest,
-            prof.touch_age,
-            prof.purchases,
-            prof.purchase_age,
-            sp.csr_matrix(
+        prof = dataclasses.replace(
+            prof,
+            cart=sp.csr_matrix(
                 (np.ones(len(cart_ids), np.float32), (np.zeros(len(cart_ids), int), cart_ids)), shape=(1, n)
             ),
         )

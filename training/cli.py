@@ -245,12 +245,12 @@ def inspect(model_dir: str, as_json: bool) -> None:
     out.print(f"data {m.data_fingerprint[:16]}…  items {m.n_items:,}  visitors {m.n_visitors:,}")
     t = Table(title="Blend weights per stage (fitted on the validation window)")
     t.add_column("stage")
-    t.add_column("pairs", justify="right")
+    t.add_column("positives", justify="right")
     t.add_column("fit")
     for f in FEATURE_NAMES:
         t.add_column(f, justify="right")
     for s in m.blend.stages:
-        t.add_row(s.stage, f"{s.pairs:,}", s.fitted_on, *(f"{s.weights[f]:+.2f}" for f in FEATURE_NAMES))
+        t.add_row(s.stage, f"{s.positives:,}", s.fitted_on, *(f"{s.weights[f]:+.2f}" for f in FEATURE_NAMES))
     out.print(t)
 
 

@@ -27,7 +27,8 @@ from training.stage_model import StageAwareRanker, StageModelConfig, fit_stage_m
 #: What each preset's data means for training: which events are positives, how to carve validation.
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "native": {"positive": DEFAULT_POSITIVE},
-    "uci-online-retail": {"positive": frozenset({EventType.PURCHASE})},
+    # a longer validation window: re-buys of wholesale customers need months to show
+    "uci-online-retail": {"positive": frozenset({EventType.PURCHASE}), "validation_fraction": 0.3},
     "otto": {"positive": frozenset({EventType.ADD_TO_CART, EventType.PURCHASE})},
     # MovieLens rating splits are not ordered in time per user: validate on a random holdout
     "movielens-100k": {"positive": frozenset({EventType.REVIEW}), "validation": "holdout"},

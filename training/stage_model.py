@@ -9,7 +9,7 @@ import msgspec
 import numpy as np
 import scipy.sparse as sp
 
-from models.blend import N_FEATURES, BlendWeights, feature_arrays, fit_blend, sample_pairs
+from models.blend import N_FEATURES, BlendWeights, ListSample, feature_arrays, fit_blend, sample_lists
 from models.dataset import CHANNELS, EventLog
 from models.domain import STAGES, EventType, ItemKind, Stage
 from models.features import (
@@ -242,7 +242,8 @@ def _fit_blend(
     known_v[np.unique(pre.visitor)] = True
     scorer = f.scorer(tables, np.zeros((N_STAGES, N_FEATURES), np.float32))
     allowed = product_mask(log) & tables.known
-    diffs, stages = [], []
+    parts: list[ListSample] = []
+    stages: list[np.ndarray] = []
     bs = _batch_size(log.n_items)
     for lo in range(0, len(visitors), bs):
         vb = visitors[lo : lo + bs]
@@ -258,10 +259,10 @@ def _fit_blend(
             ok &= ~(prof.seen().toarray() > 0)
         rel = relevant[lo : lo + bs].multiply(ok).tocsr()
         rel.eliminate_zeros()
-        d, owner = sample_pairs(feats, rel, ok, rng, hard_rows=np.diff(prof.touch_age.indptr) > 0)
-        diffs.append(d)
-        stages.append(st[owner])
-    return fit_blend(np.concatenate(diffs), np.concatenate(stages).astype(np.int8))
+        part = sample_lists(feats, rel, ok, rng)
+        parts.append(part)
+        stages.append(st[part.row[part.owner]])  # the stage of the visitor behind each positive
+    return fit_blend(ListSample.concat(parts), np.concatenate(stages).astype(np.int8))
 
 
 class StageAwareRanker:

@@ -1,30 +1,63 @@
 import numpy as np
+import scipy.optimize
 import scipy.sparse as sp
 
-from models.blend import FEATURE_NAMES, N_FEATURES, blend, fit_blend, sample_pairs
+from models.blend import (
+    FEATURE_NAMES,
+    N_FEATURES,
+    ListSample,
+    _softmax_fit,
+    blend,
+    fit_blend,
+    sample_lists,
+)
 from models.domain import STAGES, Stage
 
 
-def test_pairwise_fit_learns_the_informative_feature_per_stage():
+def _lists(rng, n_vis, key, m=20):
+    """Synthetic validation lists where positives stand out on feature ``key`` only."""
+    pos = rng.normal(size=(n_vis, N_FEATURES)).astype(np.float32)
+    pos[:, key] += 2.0
+    neg = rng.normal(size=(n_vis, m, N_FEATURES)).astype(np.float32)
+    return ListSample(pos, np.arange(n_vis), neg, np.arange(n_vis))
+
+
+def test_fit_learns_the_informative_feature_per_stage():
     rng = np.random.default_rng(0)
-    n = 4000
-    diff = rng.normal(size=(n, N_FEATURES))
-    stage = np.where(np.arange(n) < n // 2, Stage.RETENTION.index, Stage.CONSIDERATION.index).astype(np.int8)
-    # retention pairs are ordered by feature 1 (bought_count), consideration pairs by feature 4
-    key = np.where(stage == Stage.RETENTION.index, diff[:, 1], diff[:, 4])
-    diff[key < 0] *= -1  # every pair's relevant item wins on its stage's key feature
-    w = fit_blend(diff, stage, min_pairs=500)
-    ret = w.stages[Stage.RETENTION.index]
-    con = w.stages[Stage.CONSIDERATION.index]
-    assert ret.fitted_on == "stage"
-    assert con.fitted_on == "stage"
-    assert max(ret.weights, key=lambda f: ret.weights[f]) == FEATURE_NAMES[1]
-    assert max(con.weights, key=lambda f: con.weights[f]) == FEATURE_NAMES[4]
-    # stages without pairs fall back to the all-stage fit
+    ret, con = _lists(rng, 800, key=1), _lists(rng, 800, key=4)
+    lists = ListSample.concat([ret, con])
+    stage = np.repeat([Stage.RETENTION.index, Stage.CONSIDERATION.index], 800).astype(np.int8)
+    w = fit_blend(lists, stage, min_pos=500)
+    r, c = w.stages[Stage.RETENTION.index], w.stages[Stage.CONSIDERATION.index]
+    assert (r.fitted_on, c.fitted_on) == ("stage", "stage")
+    assert max(r.weights, key=lambda f: r.weights[f]) == FEATURE_NAMES[1]
+    assert max(c.weights, key=lambda f: c.weights[f]) == FEATURE_NAMES[4]
+    # stages without positives fall back to the all-stage fit
     aw = w.stages[Stage.AWARENESS.index]
-    assert aw.fitted_on == "all"
-    assert aw.pairs == 0
+    assert (aw.fitted_on, aw.positives) == ("all", 0)
     assert w.matrix().shape == (len(STAGES), N_FEATURES)
+
+
+def test_softmax_loss_gradient_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    lists = _lists(rng, 30, key=2, m=7)
+    lists = ListSample(lists.pos, rng.integers(0, 30, size=30), lists.neg, lists.row)
+    captured = {}
+
+    def spy(fun, x0, jac, method):
+        captured["f"] = fun
+        return scipy.optimize.OptimizeResult(x=x0)
+
+    orig = scipy.optimize.minimize
+    scipy.optimize.minimize = spy
+    try:
+        _softmax_fit(lists, 1e-2)
+    finally:
+        scipy.optimize.minimize = orig
+    f = captured["f"]
+    w = rng.normal(size=N_FEATURES)
+    err = scipy.optimize.check_grad(lambda x: f(x)[0], lambda x: f(x)[1], w)
+    assert err < 1e-5
 
 
 def test_blend_sums_weighted_features_and_reports_dominant_one():
@@ -37,18 +70,20 @@ def test_blend_sums_weighted_features_and_reports_dominant_one():
     assert which.tolist() == [[0, 1]]
 
 
-def test_sample_pairs_only_uses_allowed_negatives_and_relevant_positives():
+def test_sample_lists_uses_only_allowed_negatives_and_relevant_positives():
     rng = np.random.default_rng(1)
     u, n = 3, 30
     feats = rng.random((u, n, N_FEATURES)).astype(np.float32)
-    relevant = sp.csr_matrix(([1, 1], ([0, 2], [5, 7])), shape=(u, n))
+    relevant = sp.csr_matrix(([1, 1, 1], ([0, 2, 2], [5, 7, 8])), shape=(u, n))
     allowed = np.ones((u, n), bool)
     allowed[:, 20:] = False
-    diff, owner = sample_pairs(feats, relevant, allowed, rng, negatives=4)
-    assert set(owner.tolist()) == {0, 2}
-    assert len(diff) == 8
-    for d, r in zip(diff, owner, strict=True):
-        pos = 5 if r == 0 else 7
-        negs = [j for j in range(20) if np.allclose(feats[r, pos] - feats[r, j], d, atol=1e-6)]
-        assert negs
-        assert all(j != pos for j in negs)
+    lists = sample_lists(feats, relevant, allowed, rng, negatives=16)
+    assert lists.row.tolist() == [0, 2]
+    assert lists.owner.tolist() == [0, 1, 1]
+    assert np.allclose(lists.pos, feats[[0, 2, 2], [5, 7, 8]])
+    for v, r in enumerate(lists.row):
+        for neg in lists.neg[v]:
+            j = [i for i in range(n) if np.allclose(feats[r, i], neg)]
+            assert j
+            assert j[0] < 20
+            assert j[0] not in (5, 7, 8)
