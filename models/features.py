@@ -103,15 +103,22 @@ def user_feature_rows(
     n_features: int,
 ) -> sp.csr_matrix:
     """csr float32 [u, n_features]: one row per (visitor, stage, context); unknown tokens are skipped,
-    ``None`` visitors (cold) get no identity feature. Rows are L1-normalised."""
+    ``None`` visitors (cold) get no identity feature. Rows are L1-normalised: a known visitor's identity
+    weighs 1/2, stage and context share the other half."""
     rows: list[int] = []
     cols: list[int] = []
+    vals: list[float] = []
     for r, (v, s, toks) in enumerate(zip(visitors, stages, context_tokens, strict=True)):
-        names = [stage_token(s), *toks]
-        if v is not None:
-            names.append(f"visitor:{v}")
-        found = [vocab_index[n] for n in names if n in vocab_index]
-        rows.extend([r] * len(found))
-        cols.extend(found)
-    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(visitors), n_features))
+        # stage and context share one unit of weight, the identity (when known) gets another: the person
+        # stays the main part of a known visitor's representation however many context tokens there are
+        shared = [vocab_index[n] for n in (stage_token(s), *toks) if n in vocab_index]
+        rows.extend([r] * len(shared))
+        cols.extend(shared)
+        vals.extend([1.0 / len(shared)] * len(shared))
+        ident = vocab_index.get(f"visitor:{v}") if v is not None else None
+        if ident is not None:
+            rows.append(r)
+            cols.append(ident)
+            vals.append(1.0)
+    m = sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(visitors), n_features))
     return l1_rows(m)
