@@ -23,7 +23,7 @@ class FactorParams(msgspec.Struct, frozen=True, kw_only=True):
     max_sampled: int = 30
     epochs: int = 20
     # extra epochs over the full training data after the validation-window fit (warm start)
-    warm_epochs: int = 6
+    warm_epochs: int = 4
     max_weight: float = 10.0
 
 
