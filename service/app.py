@@ -38,6 +38,7 @@ from service.model_holder import ModelHolder
 from service.openapi_body import event_body_components, keep_event_components
 from service.settings import Settings, settings_for_worker
 from service.store.base import VisitorStore
+from service.store.factory import build_store
 
 log = logging.getLogger("journeyrec.service")
 
@@ -53,28 +54,6 @@ class GuardedRequest(Request[Any, Any, Any]):
         settings: Settings = self.app.state.settings
         check_json_depth(body, settings.max_json_depth)
         return await super().json()
-
-
-def build_store(settings: Settings) -> VisitorStore:
-    """Redis when a URL is configured, else the embedded in-process store (one process only)."""
-    if settings.redis_url:
-        from service.store.redis_store import RedisStore
-
-        return RedisStore.from_url(
-            settings.redis_url,
-            prefix=settings.redis_prefix,
-            visitor_ttl=settings.visitor_ttl,
-            recent_events=settings.recent_events,
-            stream_maxlen=settings.stream_maxlen,
-            socket_timeout=settings.redis_socket_timeout,
-        )
-    from service.store.memory_store import MemoryStore
-
-    return MemoryStore(
-        visitor_ttl=settings.visitor_ttl,
-        recent_events=settings.recent_events,
-        stream_maxlen=settings.stream_maxlen,
-    )
 
 
 def create_app(

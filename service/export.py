@@ -20,6 +20,7 @@ from models.domain import Event
 from models.errors import StoreUnavailableError, ValidationError
 from service.settings import Settings
 from service.store.base import StreamEntry
+from service.store.factory import redis_store
 from service.store.redis_store import RedisStore
 
 PAGE_SIZE = 10_000  # stream entries per XRANGE call
@@ -78,14 +79,7 @@ async def export_events(
         raise ValidationError(f"--out {out}: directory {out.parent} does not exist")
     if out.is_dir():
         raise ValidationError(f"--out {out}: is a directory, not a file name")
-    store = RedisStore.from_url(
-        settings.redis_url,
-        prefix=settings.redis_prefix,
-        visitor_ttl=settings.visitor_ttl,
-        recent_events=settings.recent_events,
-        stream_maxlen=settings.stream_maxlen,
-        socket_timeout=settings.redis_socket_timeout,
-    )
+    store = redis_store(settings)
     encoder = msgspec.json.Encoder()
     written, last = 0, None
     try:
