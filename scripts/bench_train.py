@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from training.loaders import load_events
-
 from training.pipeline import config_for, train_and_publish
 from training.simulate import SimulationConfig, write_simulation
 

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
-from service.store.memory_store import MemoryStore
 
 from models.dataset import EventLog
 from models.domain import CatalogItem, Channel, Event, EventType, ItemKind, Stage
@@ -28,6 +27,7 @@ from service.auth import parse_api_keys
 from service.model_holder import ModelHolder
 from service.settings import Settings, load_settings
 from service.store.base import AppendResult, StreamEntry, VisitorState
+from service.store.memory_store import MemoryStore
 from training.pipeline import config_for, train_and_publish
 
 INGEST_KEY = "ingest-read-key-0123456789"
