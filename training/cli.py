@@ -35,7 +35,9 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
     if not enabled:
         yield lambda _m: None
         return
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as p:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    # transient: an error message must stay the only line the command leaves behind
+    with Progress(*columns, console=err, transient=True) as p:
         task = p.add_task("starting", total=None)
         yield lambda m: p.update(task, description=m)
 

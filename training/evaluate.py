@@ -61,7 +61,7 @@ def split_at(log: EventLog, at: float) -> tuple[EventLog, EventLog]:
     return log.take(log.ts < at), log.take(log.ts >= at)
 
 
-def test_targets(
+def relevant_targets(
     train: EventLog, test: EventLog, positive: frozenset[EventType]
 ) -> tuple[np.ndarray, sp.csr_matrix]:
     """(int32[u] test visitors, csr float32 [u, n_items] their relevant items) under the protocol above."""
@@ -119,7 +119,7 @@ def evaluate(
     stage_of / stage_at_end: int8[n_visitors] stage index at the split and at the end of the test window.
     """
     say = progress or (lambda _m: None)
-    visitors, relevant = test_targets(train, test, positive)
+    visitors, relevant = relevant_targets(train, test, positive)
     if len(visitors) == 0:
         raise ValidationError("no test visitor has a positive test event on an item known at training time")
     known = np.zeros(train.n_items, dtype=bool)

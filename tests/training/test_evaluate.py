@@ -1,0 +1,146 @@
+"""The evaluation protocol on hand-made logs with known answers, and the HTML report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.dataset import EventLog
+from models.domain import CatalogItem, EventType, Stage
+from models.errors import ValidationError
+from models.weights import EventWeights
+from training.baselines import BuyAgainRanker, PopularityRanker
+from training.evaluate import evaluate, relevant_targets, split_at
+from training.report import render_report, write_report
+from training.stage_model import stages_at
+
+DAY = 86_400.0
+SPLIT = 100 * DAY
+P, V = EventType.PURCHASE.value, EventType.PRODUCT_VIEW.value
+
+# (visitor, item, event, day)
+ROWS = [
+    ("a", "x", P, 1),
+    ("a", "x", P, 5),
+    ("a", "y", P, 6),
+    ("b", "z", P, 2),
+    ("d", "x", P, 3),
+    ("d", "guide", EventType.CONTENT_VIEW.value, 3),
+    # test window (the split instant itself belongs to the test part)
+    ("a", "y", P, 100),
+    ("a", "w", P, 101),  # w is new in the test window: not relevant for anyone
+    ("c", "x", P, 102),  # c is a visitor without training events: cold
+    ("b", "z", V, 103),  # a view is not a positive: b is no test visitor
+]
+
+
+def _log() -> EventLog:
+    return EventLog.build(
+        visitor_ids=[r[0] for r in ROWS],
+        item_ids=[r[1] for r in ROWS],
+        event=np.array([EventType(r[2]).code for r in ROWS], dtype=np.int8),
+        ts=np.array([r[3] * DAY for r in ROWS]),
+        catalog=[CatalogItem(item_id="guide", kind="content")],  # type: ignore[arg-type]
+    )
+
+
+def _ids(log: EventLog, names: str) -> list[int]:
+    return [log.visitor_ids.index(n) for n in names]
+
+
+def test_split_is_strict_before_and_inclusive_after() -> None:
+    train, test = split_at(_log(), SPLIT)
+    assert train.ts.max() < SPLIT
+    assert test.ts.min() == SPLIT
+    assert train.n_events + test.n_events == len(ROWS)
+    assert train.visitor_ids is test.visitor_ids
+
+
+def test_targets_follow_the_protocol() -> None:
+    train, test = split_at(_log(), SPLIT)
+    visitors, relevant = relevant_targets(train, test, frozenset({EventType.PURCHASE}))
+    assert sorted(visitors.tolist()) == sorted(_ids(train, "ac"))
+    items = {
+        train.visitor_ids[v]: {train.item_ids[i] for i in relevant[r].indices} for r, v in enumerate(visitors)
+    }
+    assert items == {"a": {"y"}, "c": {"x"}}
+
+
+def test_buy_again_and_popularity_known_answers() -> None:
+    log = _log()
+    train, test = split_at(log, SPLIT)
+    pos = frozenset({EventType.PURCHASE})
+    stage, _ = stages_at(train, SPLIT)
+    result = evaluate(
+        [BuyAgainRanker(EventWeights(), pos), PopularityRanker(EventWeights(), pos)],
+        train,
+        test,
+        k=2,
+        now=SPLIT,
+        exclude_seen=False,
+        positive=pos,
+        dataset="toy",
+        split="toy split",
+        stage_of=stage,
+        stage_at_end=stage,
+    )
+    ba = result.models["buy_again"]
+    # a: own purchases x (twice) then y (relevant) -> hit at rank 2; c (cold): popularity fills, x first
+    assert ba.segments["warm"].ndcg == pytest.approx(1 / math.log2(3))
+    assert ba.segments["cold"].ndcg == pytest.approx(1.0)
+    assert ba.overall.users == 2
+    assert ba.overall.precision == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert ba.overall.hit_rate == 1.0
+    # popularity: x (2 buyers) then y/z: a's relevant y is tied with z, c gets x
+    assert result.models["popularity"].segments["cold"].ndcg == pytest.approx(1.0)
+    # candidates: known products only (the content page is never a candidate)
+    assert result.candidates == 3
+    assert set(ba.segments) >= {"cold", "warm", Stage.AWARENESS.value}
+    assert result.transitions[Stage.AWARENESS.value][Stage.AWARENESS.value] >= 1
+
+
+def test_no_test_visitor_is_a_clear_error() -> None:
+    train, _ = split_at(_log(), 1000 * DAY)
+    with pytest.raises(ValidationError, match="no test visitor"):
+        evaluate(
+            [],
+            train,
+            train,
+            k=2,
+            now=1000 * DAY,
+            exclude_seen=False,
+            positive=frozenset({EventType.REVIEW}),
+            dataset="toy",
+            split="",
+            stage_of=np.zeros(train.n_visitors, np.int8),
+            stage_at_end=np.zeros(train.n_visitors, np.int8),
+        )
+
+
+def test_report_is_self_contained_html(tmp_path: Path) -> None:
+    train, test = split_at(_log(), SPLIT)
+    pos = frozenset({EventType.PURCHASE})
+    stage, _ = stages_at(train, SPLIT)
+    result = evaluate(
+        [BuyAgainRanker(EventWeights(), pos)],
+        train,
+        test,
+        k=2,
+        now=SPLIT,
+        exclude_seen=False,
+        positive=pos,
+        dataset="toy <data>",
+        split="s",
+        stage_of=stage,
+        stage_at_end=stage,
+    )
+    html = render_report(result)
+    assert html.count("data:image/png;base64,") == 3
+    assert "toy &lt;data&gt;" in html
+    assert "http://" not in html
+    assert "https://" not in html
+    write_report(result, tmp_path / "r" / "report.html")
+    assert (tmp_path / "r" / "report.html").read_text(encoding="utf-8") == html
