@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from litestar import Controller, Request, post
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK
 
 from models.errors import StoreUnavailableError
@@ -34,7 +35,7 @@ class EventsController(Controller):
             "503 with Retry-After when the store cannot be reached: nothing was stored."
         ),
     )
-    async def ingest(self, request: Request[Any, Any, Any], svc: Services) -> IngestOut:
+    async def ingest(self, request: Request[Any, Any, Any], svc: NamedDependency[Services]) -> IngestOut:
         # the body is decoded here, not by Litestar, so its depth is checked before msgspec sees it
         body = await request.body()
         s = svc.settings

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 
 import msgspec
 from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK
 
@@ -19,7 +21,7 @@ from service.schemas import ExportIn, ExportLine, items_out
 NDJSON = "application/x-ndjson"
 
 
-async def _lines(svc: Services, model: Recommender, req: ExportIn) -> AsyncIterator[bytes]:
+async def _lines(svc: NamedDependency[Services], model: Recommender, req: ExportIn) -> AsyncIterator[bytes]:
     """One JSON line per visitor, in request order. A visitor the store fails on gets an ``error`` line;
     the status line has long been sent, so the failure is reported where it happened."""
     encoder = msgspec.json.Encoder()
@@ -53,7 +55,7 @@ class ExportController(Controller):
             'one line {"visitor_id", "items"} per visitor (or {"visitor_id", "items": [], "error"}).'
         ),
     )
-    async def export(self, svc: Services, data: ExportIn) -> Stream:
+    async def export(self, svc: NamedDependency[Services], data: JSONBody[ExportIn]) -> Stream:
         check_k(data.k, svc.settings, "body field 'k'")
         limit = svc.settings.max_export_visitors
         if len(data.visitor_ids) > limit:

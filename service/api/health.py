@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from service.api.deps import Services
@@ -22,7 +23,7 @@ class HealthController(Controller):
         return HealthOut(status="ok")
 
     @get("/ready", summary="Readiness: 503 until a model is loaded and the store answers", cache=False)
-    async def ready(self, svc: Services) -> Response[HealthOut]:
+    async def ready(self, svc: NamedDependency[Services]) -> Response[HealthOut]:
         model = svc.holder.current
         try:
             store_ok = await asyncio.wait_for(svc.store.ping(), _PING_TIMEOUT_S)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 
 from models.errors import NotFoundError
@@ -41,12 +41,14 @@ class ItemsController(Controller):
     dependencies = {"filters": Provide(provide_filters)}  # noqa: RUF012
 
     @get("/{item_id:str}/similar", opt=scopes(Scope.READ), summary="Items similar to one item")
-    async def similar_one(self, svc: Services, filters: Filters, item_id: IdPath, k: int = 10) -> RelatedOut:
+    async def similar_one(
+        self, svc: NamedDependency[Services], filters: NamedDependency[Filters], item_id: IdPath, k: int = 10
+    ) -> RelatedOut:
         return _related(svc, [item_id], k, filters, "similar")
 
     @get("/{item_id:str}/complements", opt=scopes(Scope.READ), summary="Complements of one item")
     async def complements_one(
-        self, svc: Services, filters: Filters, item_id: IdPath, k: int = 10
+        self, svc: NamedDependency[Services], filters: NamedDependency[Filters], item_id: IdPath, k: int = 10
     ) -> RelatedOut:
         return _related(svc, [item_id], k, filters, "complement")
 
@@ -57,7 +59,7 @@ class ItemsController(Controller):
         description="Anchors the model does not know are listed in `unknown`; 404 if it knows none.",
     )
     async def similar_many(
-        self, svc: Services, filters: Filters, item_id: ItemIds, k: int = 10
+        self, svc: NamedDependency[Services], filters: NamedDependency[Filters], item_id: ItemIds, k: int = 10
     ) -> RelatedOut:
         return _related(svc, item_id, k, filters, "similar")
 
@@ -68,6 +70,6 @@ class ItemsController(Controller):
         description="Anchors the model does not know are listed in `unknown`; 404 if it knows none.",
     )
     async def complements_many(
-        self, svc: Services, filters: Filters, item_id: ItemIds, k: int = 10
+        self, svc: NamedDependency[Services], filters: NamedDependency[Filters], item_id: ItemIds, k: int = 10
     ) -> RelatedOut:
         return _related(svc, item_id, k, filters, "complement")

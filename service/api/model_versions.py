@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK
 
 from models.errors import ArtifactError
@@ -18,7 +19,7 @@ class ModelsController(Controller):
     tags = ["models"]  # noqa: RUF012 (Litestar reads a class attribute)
 
     @get("/", opt=scopes(Scope.READ, Scope.ADMIN), summary="The live model and the published versions")
-    async def list_models(self, svc: Services) -> ModelsOut:
+    async def list_models(self, svc: NamedDependency[Services]) -> ModelsOut:
         holder = svc.holder
         model = holder.current
         live = (
@@ -37,7 +38,7 @@ class ModelsController(Controller):
         summary="Load and verify the `latest` artifact, then swap it in",
         description="A bad artifact is refused (422) and the live model keeps serving.",
     )
-    async def reload(self, svc: Services) -> ReloadOut:
+    async def reload(self, svc: NamedDependency[Services]) -> ReloadOut:
         try:
             result = await svc.holder.reload()
         except ArtifactError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
@@ -51,8 +51,8 @@ class VisitorsController(Controller):
     )
     async def recommendations(
         self,
-        svc: Services,
-        filters: Filters,
+        svc: NamedDependency[Services],
+        filters: NamedDependency[Filters],
         visitor_id: IdPath,
         k: Annotated[int, Parameter(description="number of products")] = 10,
         n_content: Annotated[int, Parameter(ge=0, le=50, description="number of content items")] = 3,
@@ -103,8 +103,8 @@ class VisitorsController(Controller):
     )
     async def retargeting(
         self,
-        svc: Services,
-        filters: Filters,
+        svc: NamedDependency[Services],
+        filters: NamedDependency[Filters],
         visitor_id: IdPath,
         k: int = 10,
         campaign: Annotated[str | None, Parameter(min_length=1, max_length=128)] = None,
@@ -126,7 +126,7 @@ class VisitorsController(Controller):
     @get("/journey", opt=scopes(Scope.READ), summary="Journey stage, signals and recent touchpoints")
     async def journey(
         self,
-        svc: Services,
+        svc: NamedDependency[Services],
         visitor_id: IdPath,
         limit: Annotated[int, Parameter(ge=0, le=500, description="touchpoints, newest first")] = 20,
     ) -> JourneyOut:
@@ -153,6 +153,6 @@ class VisitorsController(Controller):
         opt=scopes(Scope.ADMIN),
         summary="Erase everything held about a visitor (GDPR)",
     )
-    async def erase(self, svc: Services, visitor_id: IdPath) -> ErasedOut:
+    async def erase(self, svc: NamedDependency[Services], visitor_id: IdPath) -> ErasedOut:
         removed = await svc.store.erase(visitor_id)
         return ErasedOut(visitor_id=visitor_id, erased=True, records_removed=removed)
