@@ -63,6 +63,7 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_train.py --visitors 20000 --threads 2
+	$(BIN)/python scripts/bench_service.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports

@@ -1,0 +1,415 @@
+"""Benchmark: the HTTP service on a 100k-item catalog (figures to read, not a timed test).
+
+Usage: python scripts/bench_service.py [--visitors 20000] [--items 100000] [--epochs 5]
+
+One run: simulate a catalog and train a model on it; start ``journeyrec serve`` (2 workers, Redis db 14,
+a unique key prefix); ingest events for warm visitors; time recommendations sequentially (p50/p99) and at
+saturation (wrk if installed, else an asyncio httpx load generator); time the naive LightFM ``predict`` path
+against the service's vectorised ``Recommender.recommend`` in-process; stop the server, delete the prefix's
+keys and print a summary table with each figure and its target.
+
+The load generator shares the machine's cores with the server (and with anything else running), so the
+saturation figure is a lower bound for the server alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+import numpy as np
+import redis
+from lightfm import LightFM
+
+from models.domain import Event, EventType, ItemKind
+from models.recommender import Filters, Recommender, VisitorContext
+from training.factorization import interaction_matrices
+from training.loaders import load_events
+from training.pipeline import config_for, train_and_publish
+from training.simulate import SimulationConfig, write_simulation
+
+API_KEY = "benchkey-0123456789abcdef"
+REDIS_URL = "redis://127.0.0.1:6379/14"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+# -- synthetic traffic -----------------------------------------------------------------------------------
+
+
+def make_events(
+    visitor_ids: list[str], product_ids: list[str], per_visitor: int, seed: int
+) -> dict[str, list[Event]]:
+    """Per visitor, ``per_visitor`` events over the last 7 days: views, some carts, a few purchases."""
+    rng = np.random.default_rng(seed)
+    now = time.time()
+    kinds = [EventType.PRODUCT_VIEW, EventType.ADD_TO_CART, EventType.PURCHASE]
+    out: dict[str, list[Event]] = {}
+    for v in visitor_ids:
+        ts = np.sort(now - rng.uniform(60, 7 * 86_400, per_visitor))
+        items = rng.integers(0, len(product_ids), per_visitor)
+        kind = rng.choice(3, per_visitor, p=[0.8, 0.15, 0.05])
+        out[v] = [
+            Event(visitor_id=v, item_id=product_ids[i], event=kinds[k], timestamp=float(t))
+            for i, k, t in zip(items, kind, ts, strict=True)
+        ]
+    return out
+
+
+def batches(events: dict[str, list[Event]], size: int, seed: int) -> list[bytes]:
+    """JSON bodies of ``size`` events each (pre-encoded: the client's encoding is not what we time)."""
+    flat = [
+        {"visitor_id": e.visitor_id, "item_id": e.item_id, "event": e.event.value, "timestamp": e.timestamp}
+        for evs in events.values()
+        for e in evs
+    ]
+    order = np.random.default_rng(seed).permutation(len(flat))
+    rows = [flat[i] for i in order]
+    return [msgspec.json.encode({"events": rows[i : i + size]}) for i in range(0, len(rows), size)]
+
+
+def context(v: str, evs: list[Event]) -> VisitorContext:
+    """What the store would hand the model: recent events, the cart (carted, not bought), purchases."""
+    cart: dict[str, float] = {}
+    bought: dict[str, float] = {}
+    for e in evs:
+        if e.event is EventType.ADD_TO_CART:
+            cart[e.item_id] = cart.get(e.item_id, 0.0) + 1.0
+        elif e.event is EventType.PURCHASE:
+            bought[e.item_id] = e.timestamp
+            cart.pop(e.item_id, None)
+    return VisitorContext(visitor_id=v, events=evs, cart=cart, purchases=bought, now=time.time())
+
+
+# -- server ----------------------------------------------------------------------------------------------
+
+
+def start_server(models: Path, port: int, prefix: str, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["JOURNEYREC_API_KEYS"] = f"{API_KEY}:ingest+read+admin"
+    env["JOURNEYREC_REDIS_PREFIX"] = prefix
+    env["JOURNEYREC_LOG_LEVEL"] = "warning"
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "journeyrec"),
+        "serve",
+        "--models",
+        str(models),
+        "--redis-url",
+        REDIS_URL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+    ]
+    fh = log.open("wb")
+    return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            sys.exit(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(base + "/health/ready", timeout=1.0).status_code == 200:
+                return time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"server not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def clean_prefix(prefix: str) -> int:
+    r = redis.Redis.from_url(REDIS_URL)
+    n = 0
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    for i in range(0, len(keys), 1000):
+        n += int(r.delete(*keys[i : i + 1000]))
+    r.close()
+    return n
+
+
+# -- phases ----------------------------------------------------------------------------------------------
+
+
+async def ingest(base: str, bodies: list[bytes], concurrency: int) -> tuple[float, int]:
+    """POST every body with ``concurrency`` requests in flight; returns (seconds, events accepted)."""
+    headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
+    queue = list(reversed(bodies))
+    accepted = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal accepted
+        while queue:
+            body = queue.pop()
+            r = await client.post(base + "/v1/events", content=body, headers=headers)
+            r.raise_for_status()
+            accepted += int(r.json()["accepted"])
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(timeout=30.0, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        return time.perf_counter() - t0, accepted
+
+
+def sequential(base: str, visitors: list[str], n: int, warmup: int) -> list[float]:
+    """Milliseconds per GET recommendations, one at a time over a keep-alive connection."""
+    headers = {"X-API-Key": API_KEY}
+    out: list[float] = []
+    with httpx.Client(base_url=base, headers=headers, timeout=10.0) as c:
+        for i in range(warmup + n):
+            v = visitors[i % len(visitors)]
+            t0 = time.perf_counter()
+            r = c.get(f"/v1/visitors/{v}/recommendations", params={"k": 10})
+            dt = time.perf_counter() - t0
+            if r.status_code != 200:
+                sys.exit(f"recommendations: HTTP {r.status_code}: {r.text[:300]}")
+            if i >= warmup:
+                out.append(dt * 1000)
+    return out
+
+
+WRK_LUA = """
+local ids = {%s}
+local n = 0
+wrk.headers["X-API-Key"] = "%s"
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/v1/visitors/" .. ids[(n %% #ids) + 1] .. "/recommendations?k=10")
+end
+"""
+
+
+def saturate_wrk(
+    wrk: str, base: str, visitors: list[str], conns: int, secs: int, d: Path
+) -> tuple[float, str]:
+    lua = d / "rotate.lua"
+    lua.write_text(WRK_LUA % (",".join(f'"{v}"' for v in visitors), API_KEY))
+    cmd = [wrk, "-t2", f"-c{conns}", f"-d{secs}s", "--latency", "-s", str(lua), base]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    note = f", {bad.group(1)} non-2xx" if bad else ", all 2xx"
+    return (float(m.group(1)) if m else float("nan")), f"wrk -t2 -c{conns} -d{secs}s{note}"
+
+
+async def saturate_httpx(base: str, visitors: list[str], conns: int, secs: int) -> tuple[float, str]:
+    headers = {"X-API-Key": API_KEY}
+    done = 0
+    bad = 0
+    deadline = time.perf_counter() + secs
+
+    async def worker(c: httpx.AsyncClient, j: int) -> None:
+        nonlocal done, bad
+        i = j
+        while time.perf_counter() < deadline:
+            r = await c.get(f"/v1/visitors/{visitors[i % len(visitors)]}/recommendations", params={"k": 10})
+            done += 1
+            bad += r.status_code != 200
+            i += conns
+
+    limits = httpx.Limits(max_connections=conns)
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10.0, limits=limits) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(c, j) for j in range(conns)))
+        el = time.perf_counter() - t0
+    return done / el, f"asyncio httpx, {conns} connections, {secs} s, {bad} non-200"
+
+
+def in_process(
+    models: Path, log_path: Path, catalog: Path, ctxs: list[VisitorContext], calls: int, threads: int
+) -> tuple[float, float, str]:
+    """(naive ms/call, vectorised ms/call, naive description)."""
+    log = load_events(log_path, catalog=catalog)
+    uidx = {v: i for i, v in enumerate(log.visitor_ids)}
+    cfg = config_for(None, threads=threads)
+    x, w = interaction_matrices(
+        log.visitor,
+        log.item,
+        cfg.weights.of(log.event),
+        (log.n_visitors, log.n_items),
+        cfg.factors.max_weight,
+    )
+    model = LightFM(no_components=cfg.factors.no_components, loss="warp", random_state=1)
+    t0 = time.perf_counter()
+    model.fit(x, sample_weight=w, epochs=1, num_threads=threads)
+    fit_s = time.perf_counter() - t0
+    items = np.arange(log.n_items, dtype=np.int32)
+    users = [uidx[c.visitor_id] for c in ctxs]
+    for u in users[:5]:  # warm-up
+        model.predict(u, items, num_threads=1)
+    t0 = time.perf_counter()
+    for i in range(calls):
+        s = model.predict(users[i % len(users)], items, num_threads=1)
+        top = np.argpartition(-s, 10)[:10]
+        top[np.argsort(-s[top])]
+    naive = (time.perf_counter() - t0) * 1000 / calls
+
+    rec = Recommender.load(models)
+    f = Filters()
+    for c in ctxs[:5]:
+        rec.recommend(c, 10, f)
+    t0 = time.perf_counter()
+    for i in range(calls):
+        rec.recommend(ctxs[i % len(ctxs)], 10, f)
+    vec = (time.perf_counter() - t0) * 1000 / calls
+    desc = (
+        f"lightfm.LightFM(no_components={cfg.factors.no_components}, warp) fit 1 epoch in {fit_s:.1f} s; "
+        f"predict(user, arange({log.n_items:,})) + argpartition top-10"
+    )
+    return naive, vec, desc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--visitors", type=int, default=20_000)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--warm-visitors", type=int, default=2000)
+    ap.add_argument("--events-per-visitor", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--ingest-concurrency", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--naive-calls", type=int, default=300)
+    ap.add_argument("--no-wrk", action="store_true", help="use the httpx load generator even if wrk exists")
+    args = ap.parse_args()
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as d:
+        root = Path(d)
+        sim = root / "sim"
+        t0 = time.perf_counter()
+        write_simulation(SimulationConfig(visitors=args.visitors, items=args.items, seed=args.seed), sim)
+        t1 = time.perf_counter()
+        log = load_events(sim / "events.csv", catalog=sim / "catalog.csv")
+        t2 = time.perf_counter()
+        cfg = config_for(None, threads=args.threads, seed=args.seed)
+        cfg = msgspec.structs.replace(cfg, factors=msgspec.structs.replace(cfg.factors, epochs=args.epochs))
+        published = train_and_publish(log, root / "models", cfg)
+        t3 = time.perf_counter()
+        print(
+            f"model: {log.n_events:,} events, {log.n_visitors:,} visitors, {log.n_items:,} items; "
+            f"simulate {t1 - t0:.1f} s, load {t2 - t1:.1f} s, train+publish {t3 - t2:.1f} s "
+            f"(epochs={cfg.factors.epochs} + warm_epochs={cfg.factors.warm_epochs}, "
+            f"no_components={cfg.factors.no_components}, threads={args.threads})",
+            flush=True,
+        )
+
+        products = [c.item_id for c in log.catalog if c.kind is ItemKind.PRODUCT]
+        rng = np.random.default_rng(args.seed)
+        warm = [log.visitor_ids[i] for i in rng.choice(log.n_visitors, args.warm_visitors, replace=False)]
+        events = make_events(warm, products, args.events_per_visitor, args.seed)
+        bodies = batches(events, args.batch, args.seed)
+        n_events = sum(len(v) for v in events.values())
+        del log
+
+        prefix = f"bench-{os.getpid()}-{secrets.token_hex(4)}"
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        server_log = root / "server.log"
+        proc = start_server(root / "models", port, prefix, server_log)
+        res: dict[str, float] = {}
+        try:
+            ready = wait_ready(base, proc, server_log)
+            print(f"server: 2 workers on {base}, ready in {ready:.1f} s, redis prefix {prefix}", flush=True)
+
+            secs, accepted = asyncio.run(ingest(base, bodies, args.ingest_concurrency))
+            res["ingest"] = n_events / secs
+            print(
+                f"ingest: {n_events:,} events ({accepted:,} accepted) for {len(warm):,} visitors in "
+                f"{len(bodies)} batches of {args.batch}, {args.ingest_concurrency} in flight: {secs:.2f} s "
+                f"= {res['ingest']:,.0f} events/s",
+                flush=True,
+            )
+
+            lat = sequential(base, warm, args.requests, warmup=200)
+            res["p50"], res["p99"] = pct(lat, 50), pct(lat, 99)
+            print(
+                f"recommend (k=10, concurrency 1, {len(lat)} requests after 200 warm-up): "
+                f"p50 {res['p50']:.2f} ms, p90 {pct(lat, 90):.2f} ms, p99 {res['p99']:.2f} ms, "
+                f"max {max(lat):.2f} ms",
+                flush=True,
+            )
+
+            wrk = None if args.no_wrk else shutil.which("wrk")
+            if wrk:
+                rps, how = saturate_wrk(wrk, base, warm, args.connections, args.duration, root)
+            else:
+                rps, how = asyncio.run(saturate_httpx(base, warm, args.connections, args.duration))
+            res["rps"] = rps
+            print(f"saturation: {rps:,.0f} req/s ({how}; generator shares the cores)", flush=True)
+        finally:
+            stop_server(proc)
+            removed = clean_prefix(prefix)
+            print(f"server stopped; deleted {removed:,} Redis keys under {prefix}:*", flush=True)
+
+        ctxs = [context(v, events[v]) for v in warm]
+        naive, vec, desc = in_process(
+            published, sim / "events.csv", sim / "catalog.csv", ctxs, args.naive_calls, args.threads
+        )
+        res["naive"], res["vec"] = naive, vec
+        print(f"naive: {desc}: {naive:.2f} ms/call over {args.naive_calls} calls", flush=True)
+        print(
+            f"vectorised: Recommender.recommend(ctx, 10, Filters()) in-process: {vec:.2f} ms/call "
+            f"-> {naive / vec:.1f}x faster; HTTP p50 {res['p50']:.2f} ms is {naive / res['p50']:.1f}x "
+            "faster than naive",
+            flush=True,
+        )
+
+    rows = [
+        ("ingest events/s", f"{res['ingest']:,.0f}", ">= 20,000", res["ingest"] >= 20_000),
+        ("recommend p50 (ms, conc 1)", f"{res['p50']:.2f}", "<= 2", res["p50"] <= 2),
+        ("recommend p99 (ms, conc 1)", f"{res['p99']:.2f}", "<= 5", res["p99"] <= 5),
+        ("saturation req/s", f"{res['rps']:,.0f}", ">= 1,200", res["rps"] >= 1200),
+        ("naive predict ms/call", f"{res['naive']:.2f}", "-", None),
+        ("vectorised ms/call", f"{res['vec']:.2f}", "-", None),
+        ("speed-up vs naive", f"{res['naive'] / res['vec']:.1f}x", ">= 4x", res["naive"] / res["vec"] >= 4),
+        ("HTTP p50 vs naive", f"{res['naive'] / res['p50']:.1f}x", "-", None),
+    ]
+    print(f"\n{'figure':30s} {'value':>10s}  {'target':>9s}  met")
+    for name, val, target, ok in rows:
+        print(f"{name:30s} {val:>10s}  {target:>9s}  {'' if ok is None else ('yes' if ok else 'NO')}")
+    load = os.getloadavg()[0]
+    print(f"load average at end: {load:.2f} (other processes may share the {os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()
