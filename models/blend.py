@@ -18,7 +18,13 @@ import scipy.sparse as sp
 from models.domain import STAGES
 from models.factors import zscore_rows
 from models.profiles import Profiles
-from models.sources import ItemTables, complement_scores, dense_recency, row_max_normalise, similar_scores
+from models.sources import (
+    ItemTables,
+    complement_matrix,
+    recency,
+    row_max_normalise_sparse,
+    similar_matrix,
+)
 
 #: (feature name, the source it is reported as). Order = column in the blend weights.
 FEATURES: tuple[tuple[str, str], ...] = (
@@ -63,6 +69,47 @@ class BlendWeights(msgspec.Struct, frozen=True):
         return np.array([[s.weights[f] for f in FEATURE_NAMES] for s in self.stages], dtype=np.float32)
 
 
+#: features that are zero outside the visitor's own items (cheap as sparse rows); the others are dense
+SPARSE_FEATURES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 13)
+
+
+def sparse_features(tables: ItemTables, profiles: Profiles) -> list[tuple[int, sp.csr_matrix]]:
+    """(feature column, csr float32 [u, n_items]) for every feature of ``SPARSE_FEATURES``."""
+    counts = sp.csr_matrix(profiles.purchases, dtype=np.float32)
+    bought = counts.copy()
+    bought.data = np.log1p(bought.data)
+    repeat = counts.copy()
+    repeat.data = tables.repeat_rate[repeat.indices].astype(np.float32)
+    interest = sp.csr_matrix(profiles.interest, dtype=np.float32, copy=True)
+    interest.data = np.log1p(interest.data)
+    return [
+        (1, bought),
+        (2, recency(profiles.purchase_age, 30.0)),
+        (3, repeat),
+        (4, recency(profiles.touch_age, 7.0)),
+        (5, interest),
+        (6, sp.csr_matrix(profiles.cart, dtype=np.float32)),
+        (7, row_max_normalise_sparse(complement_matrix(tables, profiles))),
+        (8, row_max_normalise_sparse(similar_matrix(tables, profiles))),
+        (13, row_max_normalise_sparse(profiles.purchase_decay)),
+    ]
+
+
+def crowd_scores(tables: ItemTables) -> tuple[np.ndarray, np.ndarray]:
+    """(popularity, trending) float32 [n_items], log-scaled into [0, 1]: the same for every visitor."""
+    pop = np.log1p(tables.popularity)
+    tr = np.log1p(tables.trending)
+    return (
+        (pop / max(float(pop.max()), 1e-6)).astype(np.float32),
+        (tr / max(float(tr.max()), 1e-6)).astype(np.float32),
+    )
+
+
+def is_new(profiles: Profiles) -> np.ndarray:
+    """bool [u]: visitors with no history at all (no item touched)."""
+    return np.diff(profiles.touch_age.indptr) == 0
+
+
 def feature_arrays(
     tables: ItemTables, profiles: Profiles, lightfm: np.ndarray | None
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -73,26 +120,16 @@ def feature_arrays(
     u, n = profiles.n_visitors, tables.n_items
     # visitors with no history at all: their factor score comes from stage and context only, so it gets
     # its own weight (features 11 and 12) instead of sharing the known visitors' one
-    new = (np.diff(profiles.touch_age.indptr) == 0)[:, None]
+    new = is_new(profiles)[:, None]
     factor = zscore_rows(lightfm) if lightfm is not None else np.zeros((u, n), np.float32)
     yield 0, np.where(new, 0.0, factor).astype(np.float32)
-    counts = np.asarray(profiles.purchases.todense(), dtype=np.float32)
-    yield 1, np.log1p(counts)
-    yield 2, dense_recency(profiles.purchase_age, 30.0)
-    yield 3, (counts > 0) * tables.repeat_rate[None, :]
-    yield 4, dense_recency(profiles.touch_age, 7.0)
-    yield 5, np.log1p(np.asarray(profiles.interest.todense(), dtype=np.float32))
-    yield 6, np.asarray(profiles.cart.todense(), dtype=np.float32)
-    yield 7, row_max_normalise(complement_scores(tables, profiles))
-    yield 8, row_max_normalise(similar_scores(tables, profiles))
-    pop = np.log1p(tables.popularity)
-    pop = pop / max(float(pop.max()), 1e-6)
+    for j, m in sparse_features(tables, profiles):
+        yield j, m.toarray()
+    pop, tr = crowd_scores(tables)
     yield 9, np.broadcast_to(pop, (u, n))
-    tr = np.log1p(tables.trending)
-    yield 10, np.broadcast_to(tr / max(float(tr.max()), 1e-6), (u, n))
+    yield 10, np.broadcast_to(tr, (u, n))
     yield 11, np.where(new, pop[None, :], 0.0).astype(np.float32)
     yield 12, np.where(new, factor, 0.0).astype(np.float32)
-    yield 13, row_max_normalise(np.asarray(profiles.purchase_decay.todense(), dtype=np.float32))
 
 
 def blend(

@@ -79,10 +79,12 @@ def item_feature_matrix(
 
 def l1_rows(m: sp.csr_matrix) -> sp.csr_matrix:
     """Divide each row by its sum of absolute values (empty rows stay empty)."""
-    m = m.tocsr().astype(np.float32)
-    s = np.asarray(abs(m).sum(axis=1)).ravel()
-    inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
-    return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ m)
+    m = sp.csr_matrix(m, dtype=np.float32)
+    m.sum_duplicates()
+    counts = np.diff(m.indptr)
+    sums = np.add.reduceat(np.abs(m.data), m.indptr[:-1][counts > 0]) if m.nnz else np.zeros(0)
+    data = m.data / np.repeat(np.maximum(sums, 1e-12), counts[counts > 0]).astype(np.float32)
+    return sp.csr_matrix((data.astype(np.float32), m.indices, m.indptr), shape=m.shape)
 
 
 def stage_token(stage: Stage) -> str:

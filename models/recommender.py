@@ -8,6 +8,7 @@ vectorised feature arrays, masks and one partial sort. ``LightFM.predict`` is ne
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from models.journey import JourneyRules, StageResult, infer_stage
 from models.profiles import profile_from_events
 from models.reasons import ago, reason_for
 from models.scoring import StageScorer, top_k
-from models.sources import row_max_normalise
+from models.sources import row_max_normalise, row_max_normalise_sparse
 
 _CONTEXT_WEIGHT = 1.0  # weight of the page's anchor items (current product, cart) in the blend
 _RECENT_FOR_COLD = 10
@@ -106,6 +107,13 @@ class _Catalog:
         )
 
 
+def _dense(row: sp.csr_matrix, n: int) -> np.ndarray:
+    """float32 [n] from a csr [1, n] row."""
+    out = np.zeros(n, np.float32)
+    out[row.indices] = row.data
+    return out
+
+
 class Recommender:
     """A loaded, verified model ready to serve."""
 
@@ -122,6 +130,7 @@ class Recommender:
         t = bundle.tables
         pop = np.log1p(t.popularity) + 0.5 * np.log1p(t.trending)
         self._fallback_score = (pop / max(float(pop.max()), 1e-6)).astype(np.float32)
+        self._content_idx = np.flatnonzero(~self.catalog.is_product)
         self._norm_repr = self.scorer.item_repr / np.maximum(
             np.linalg.norm(self.scorer.item_repr, axis=1, keepdims=True), 1e-6
         )
@@ -223,128 +232,123 @@ class Recommender:
             recent = self._ids([e.item_id for e in reversed(events)][:_RECENT_FOR_COLD])
             if len(recent):
                 extra = self.scorer.item_repr[recent].mean(axis=0, keepdims=True)
-        stages = np.array([stage.stage.index], dtype=np.int8)
-        score, which = self.scorer.score(prof, stages, uf, extra)
-        sources = np.asarray(FEATURE_SOURCES, dtype=object)[which[0]]
-        score, sources, anchor_of = self._anchor_boost(ctx, score[0], sources)
-        products = self._pick(score, sources, anchor_of, ctx, stage.stage, k, filters)
-        content = self._content(stage.stage, n_content, events, uf, extra)
-        return Recommendations(stage, products, content, self.version, fallback=False)
-
-    def _anchor_boost(
-        self, ctx: VisitorContext, score: np.ndarray, sources: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        one = self.scorer.score_one(prof, stage.stage.index, uf, extra)
         anchors = self._anchors(ctx)
-        anchor_of: dict[str, np.ndarray] = {}
-        if len(anchors) == 0:
-            return score, sources, anchor_of
-        t = self.scorer.tables
-        comp = row_max_normalise(np.asarray(t.complements[anchors].sum(axis=0), dtype=np.float32))[0]
-        boost = comp
-        src = np.where(comp > 0, "complement", "")
-        if ctx.current_item is not None:
-            sim = row_max_normalise(np.asarray(t.similar[anchors].sum(axis=0), dtype=np.float32))[0]
-            src = np.where(sim > comp, "similar", src)
-            boost = np.maximum(comp, sim)
-        score = score + _CONTEXT_WEIGHT * boost
-        sources = np.where(boost > 0.2, src, sources)
-        anchor_of["complement"] = anchors
-        anchor_of["similar"] = anchors
-        return score, sources, anchor_of
-
-    def _pick(
-        self,
-        score: np.ndarray,
-        sources: np.ndarray,
-        anchor_of: dict[str, np.ndarray],
-        ctx: VisitorContext,
-        stage: Stage,
-        k: int,
-        filters: Filters,
-    ) -> list[RecommendedItem]:
+        boost = self._anchor_boost(ctx, anchors)
+        score = one.score if boost is None else one.score + _CONTEXT_WEIGHT * np.maximum(boost[0], boost[1])
         allowed = self._filter_mask(filters, ItemKind.PRODUCT) & ~self._owned_mask(ctx, filters)
         idx = top_k(score[None, :], k, allowed)[0]
-        idx = idx[idx >= 0]
-        return [self._item(int(i), float(score[i]), str(sources[i]), ctx, stage, anchor_of) for i in idx]
+        idx = idx[idx >= 0].astype(np.int64)
+        sources = [FEATURE_SOURCES[f] for f in one.dominant_feature(idx)]
+        anchor_of: dict[str, np.ndarray] = {}
+        if boost is not None:
+            comp, sim = boost
+            for r, i in enumerate(idx):
+                if max(comp[i], sim[i]) > 0.2:  # the page's anchors explain this item best
+                    sources[r] = "similar" if sim[i] > comp[i] else "complement"
+            anchor_of = {"complement": anchors, "similar": anchors}
+        products = self._items(idx, score, sources, ctx, stage.stage, anchor_of)
+        content = self._content(stage.stage, n_content, events, one.raw)
+        return Recommendations(stage, products, content, self.version, fallback=False)
 
-    def _item(
+    def _anchor_boost(self, ctx: VisitorContext, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(complement, similar) float32 [n_items] each in [0, 1] for the page's anchor items, or None.
+
+        Similar items count only on a product page (a current item); on cart pages complements do.
+        """
+        if len(anchors) == 0:
+            return None
+        n = len(self.catalog.items)
+        t = self.scorer.tables
+        comp = _dense(self._anchor_row(t.complements, anchors), n)
+        sim = (
+            _dense(self._anchor_row(t.similar, anchors), n)
+            if ctx.current_item is not None
+            else np.zeros(n, np.float32)
+        )
+        return comp, sim
+
+    @staticmethod
+    def _anchor_row(m: sp.csr_matrix, anchors: np.ndarray) -> sp.csr_matrix:
+        """csr [1, n_items]: the anchors' rows of ``m`` summed, scaled to a maximum of 1."""
+        rows = m[anchors]
+        summed = rows if len(anchors) == 1 else sp.csr_matrix(np.ones((1, len(anchors)), np.float32)) @ rows
+        return row_max_normalise_sparse(summed)
+
+    def _items(
         self,
-        i: int,
-        score: float,
-        source: str,
+        idx: np.ndarray,
+        scores: np.ndarray,
+        sources: list[str],
         ctx: VisitorContext,
         stage: Stage,
         anchor_of: dict[str, np.ndarray],
-    ) -> RecommendedItem:
-        item = self.catalog.items[i]
-        anchor_title = ""
-        age = None
-        count = 0
-        if source in ("complement", "similar"):
+    ) -> list[RecommendedItem]:
+        """The chosen items (int [k] catalog rows, their float32 [n_items] scores) with their reasons.
+
+        The anchor that explains a complement/similar item is looked up for all such items at once.
+        """
+        anchor_title = [""] * len(idx)
+        for source, m in (
+            ("complement", self.scorer.tables.complements),
+            ("similar", self.scorer.tables.similar),
+        ):
+            rows = [r for r, s in enumerate(sources) if s == source]
+            if not rows:
+                continue
             anchors = anchor_of.get(source)
             if anchors is None or len(anchors) == 0:
-                anchors = self._ids(
-                    list(ctx.cart) + list(ctx.purchases) + [e.item_id for e in ctx.events][-20:]
-                )
-            if len(anchors):
-                m = self.scorer.tables.complements if source == "complement" else self.scorer.tables.similar
-                col = np.asarray(m[anchors][:, i].todense()).ravel()
-                best = self.catalog.items[int(anchors[int(col.argmax())])]
-                anchor_title = best.title or best.item_id
-        elif source == "buy_again" and item.item_id in ctx.purchases:
-            age = ctx.now - ctx.purchases[item.item_id]
-            count = sum(1 for e in ctx.events if e.item_id == item.item_id and e.event is EventType.PURCHASE)
-        elif source == "recently_viewed":
-            times = [e.timestamp for e in ctx.events if e.item_id == item.item_id]
-            age = ctx.now - max(times) if times else None
-        return RecommendedItem(
-            item.item_id,
-            round(score, 6),
-            source,
-            reason_for(source, stage, anchor_title=anchor_title, age_s=age, count=count),
-        )
+                recent = [e.item_id for e in ctx.events][-20:]
+                anchors = np.unique(self._ids([*ctx.cart, *ctx.purchases, *recent]))
+            if len(anchors) == 0:
+                continue
+            block = m[anchors][:, idx[rows]].toarray()  # [anchors, rows]
+            for r, a in zip(rows, anchors[block.argmax(axis=0)], strict=True):
+                best = self.catalog.items[int(a)]
+                anchor_title[r] = best.title or best.item_id
+        bought = Counter(e.item_id for e in ctx.events if e.event is EventType.PURCHASE)
+        last_seen = {e.item_id: e.timestamp for e in ctx.events}  # events are oldest first
+        out = []
+        for r, (i, source) in enumerate(zip(idx, sources, strict=True)):
+            item = self.catalog.items[int(i)]
+            age: float | None = None
+            if source == "buy_again" and item.item_id in ctx.purchases:
+                age = ctx.now - ctx.purchases[item.item_id]
+            elif source == "recently_viewed" and item.item_id in last_seen:
+                age = ctx.now - last_seen[item.item_id]
+            reason = reason_for(
+                source, stage, anchor_title=anchor_title[r], age_s=age, count=bought.get(item.item_id, 0)
+            )
+            out.append(RecommendedItem(item.item_id, round(float(scores[i]), 6), source, reason))
+        return out
 
-    def _content(
-        self,
-        stage: Stage,
-        n: int,
-        events: list[Event],
-        uf: sp.csr_matrix,
-        extra: np.ndarray | None,
-    ) -> list[RecommendedItem]:
-        """Content serving the stage, in the visitor's categories, ranked by the factor model."""
-        if n <= 0:
-            return []
+    def _content(self, stage: Stage, n: int, events: list[Event], raw: np.ndarray) -> list[RecommendedItem]:
+        """Content serving the stage, in the visitor's categories, ranked by the factor model.
+
+        raw float32 [n_items]: the visitor's factor scores (already computed for the products).
+        """
         c = self.catalog
-        allowed = ~c.is_product & c.serves[stage.index]
-        seen = self._ids([e.item_id for e in events if e.event is EventType.CONTENT_VIEW])
-        allowed[seen] = False
+        if n <= 0 or len(self._content_idx) == 0:
+            return []
+        ci = self._content_idx
+        allowed = c.serves[stage.index][ci].copy()
+        seen = {self.catalog.index[e.item_id] for e in events if e.event is EventType.CONTENT_VIEW}
+        if seen:
+            allowed &= ~np.isin(ci, np.fromiter(seen, dtype=np.int64))
         if not allowed.any():
             return []
-        rep = self.scorer.factors.user_representations(uf)
-        if extra is not None:
-            rep = rep + extra
-        fs = (rep @ self.scorer.item_repr.T)[0]
+        fs = raw[ci]
         fs = (fs - fs[allowed].mean()) / max(float(fs[allowed].std()), 1e-6)
         cats = [self.category_of.get(e.item_id, "").lower() for e in events[-30:]]
         wanted = np.array(sorted({c.categories[x] for x in cats if x in c.categories}), dtype=np.int32)
-        score = (
-            fs
-            + 2.0 * np.isin(c.category, wanted)
-            + 0.5 * (c.serves[stage.index] & (c.serves.sum(axis=0) < len(STAGES)))
-        )
-        idx = top_k(score[None, :].astype(np.float32), n, allowed)[0]
+        specific = c.serves[stage.index][ci] & (c.serves[:, ci].sum(axis=0) < len(STAGES))
+        score = fs + 2.0 * np.isin(c.category[ci], wanted) + 0.5 * specific
+        top = top_k(score[None, :].astype(np.float32), n, allowed)[0]
         out = []
-        for i in idx[idx >= 0]:
-            item = c.items[int(i)]
-            out.append(
-                RecommendedItem(
-                    item.item_id,
-                    round(float(score[i]), 6),
-                    "content",
-                    reason_for("content", stage, anchor_title=item.category),
-                )
-            )
+        for j in top[top >= 0]:
+            item = c.items[int(ci[j])]
+            reason = reason_for("content", stage, anchor_title=item.category)
+            out.append(RecommendedItem(item.item_id, round(float(score[j]), 6), "content", reason))
         return out
 
     def fallback(self, ctx: VisitorContext, k: int, filters: Filters, n_content: int = 3) -> Recommendations:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from models.blend import N_FEATURES, blend, feature_arrays
-from models.factors import FactorModel
+from models.blend import N_FEATURES, blend, crowd_scores, feature_arrays, is_new, sparse_features
+from models.factors import FactorModel, zscore_rows
 from models.profiles import Profiles
 from models.sources import ItemTables
 
@@ -51,6 +51,9 @@ class StageScorer:
     blend_weights: np.ndarray
     item_bias: np.ndarray = field(init=False)
     item_repr: np.ndarray = field(init=False)
+    popularity: np.ndarray = field(init=False)
+    trending: np.ndarray = field(init=False)
+    crowd: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         if self.blend_weights.shape[1] != N_FEATURES:
@@ -59,6 +62,10 @@ class StageScorer:
             )
         # precomputed once per model load: scoring a visitor is then one GEMV
         self.item_bias, self.item_repr = self.factors.item_representations()
+        # the crowd part of every stage's score is the same for every visitor: float32 [n_stages, n_items]
+        self.popularity, self.trending = crowd_scores(self.tables)
+        w = self.blend_weights
+        self.crowd = (w[:, 9:10] * self.popularity + w[:, 10:11] * self.trending).astype(np.float32)
 
     @property
     def n_items(self) -> int:
@@ -87,3 +94,70 @@ class StageScorer:
         fs = self.factor_scores(rep)
         w = self.blend_weights[stages.astype(np.int64)]
         return blend(w, feature_arrays(self.tables, profiles, fs), profiles.n_visitors, self.n_items)
+
+    def score_one(
+        self,
+        profile: Profiles,
+        stage: int,
+        user_features: sp.csr_matrix,
+        extra_repr: np.ndarray | None = None,
+    ) -> OneVisitorScore:
+        """``score`` for one visitor (a one-row profile), without a dense [n_items] array per feature.
+
+        Gives the same scores as ``score``: the crowd part is precomputed per stage, the factor part is one
+        GEMV, and the features that live on the visitor's own items are added at their non-zeros only.
+        """
+        rep = self.factors.user_representations(user_features)
+        if extra_repr is not None:
+            rep = rep + extra_repr
+        raw = (self.item_repr @ rep[0] + self.item_bias).astype(np.float32)
+        z = zscore_rows(raw[None, :])[0]
+        w = self.blend_weights[stage]
+        new = bool(is_new(profile)[0])
+        score = self.crowd[stage].copy()
+        if new:
+            score += w[11] * self.popularity + w[12] * z
+        else:
+            score += w[0] * z
+        sparse = sparse_features(self.tables, profile)
+        for j, m in sparse:
+            score[m.indices] += w[j] * m.data
+        return OneVisitorScore(score, raw, z, new, sparse, w, self)
+
+
+@dataclass(frozen=True)
+class OneVisitorScore:
+    """One visitor's blended scores and what is needed to explain any item's score.
+
+    score float32 [n_items]; raw float32 [n_items] factor scores; z their standardised form;
+    sparse the visitor's sparse feature rows; weights float32 [n_features] of the visitor's stage.
+    """
+
+    score: np.ndarray
+    raw: np.ndarray
+    z: np.ndarray
+    new: bool
+    sparse: list[tuple[int, sp.csr_matrix]]
+    weights: np.ndarray
+    scorer: StageScorer
+
+    def dominant_feature(self, items: np.ndarray) -> np.ndarray:
+        """int64 [k]: for each of ``items`` (int [k]), the feature that contributed most to its score."""
+        w, k = self.weights, len(items)
+        contrib = np.zeros((k, N_FEATURES), np.float32)
+        if self.new:
+            contrib[:, 11] = w[11] * self.scorer.popularity[items]
+            contrib[:, 12] = w[12] * self.z[items]
+        else:
+            contrib[:, 0] = w[0] * self.z[items]
+        contrib[:, 9] = w[9] * self.scorer.popularity[items]
+        contrib[:, 10] = w[10] * self.scorer.trending[items]
+        for j, m in self.sparse:
+            if m.nnz:
+                # one-row csr: find each item among the row's non-zeros (no scipy fancy indexing)
+                order = np.argsort(m.indices)
+                cols = m.indices[order]
+                pos = np.minimum(np.searchsorted(cols, items), len(cols) - 1)
+                hit = cols[pos] == items
+                contrib[:, j] = np.where(hit, w[j] * m.data[order][pos], 0.0)
+        return np.asarray(contrib.argmax(axis=1))

@@ -152,21 +152,37 @@ def fit_item_tables(
 # -- per-visitor scores -------------------------------------------------------------------------------
 
 
-def complement_scores(tables: ItemTables, profiles: Profiles, recency_days: float = 60.0) -> np.ndarray:
-    """float32 [u, n_items]: complements of what the visitor bought or has in the cart, recent items first."""
+def complement_matrix(tables: ItemTables, profiles: Profiles, recency_days: float = 60.0) -> sp.csr_matrix:
+    """csr float32 [u, n_items]: complements of what the visitor bought or has in the cart, recent first."""
     owned = profiles.purchase_age.copy()
     owned.data = np.exp(-owned.data / recency_days).astype(np.float32)
     anchors = (owned + profiles.cart).tocsr()
-    return np.asarray((anchors @ tables.complements).todense(), dtype=np.float32)
+    return sp.csr_matrix(anchors @ tables.complements, dtype=np.float32)
 
 
-def similar_scores(tables: ItemTables, profiles: Profiles, recency_days: float = 30.0) -> np.ndarray:
-    """float32 [u, n_items]: items similar to what the visitor showed interest in, recent interest first."""
+def similar_matrix(tables: ItemTables, profiles: Profiles, recency_days: float = 30.0) -> sp.csr_matrix:
+    """csr float32 [u, n_items]: items similar to what the visitor showed interest in, recent first."""
     rec = profiles.touch_age.copy()
     rec.data = np.exp(-rec.data / recency_days).astype(np.float32)
     weights = profiles.interest.multiply(rec).tocsr()
     weights.data = np.log1p(weights.data)
-    return np.asarray((weights @ tables.similar).todense(), dtype=np.float32)
+    return sp.csr_matrix(weights @ tables.similar, dtype=np.float32)
+
+
+def similar_scores(tables: ItemTables, profiles: Profiles, recency_days: float = 30.0) -> np.ndarray:
+    """float32 [u, n_items]: ``similar_matrix`` as a dense array."""
+    return similar_matrix(tables, profiles, recency_days).toarray()
+
+
+def row_max_normalise_sparse(m: sp.csr_matrix) -> sp.csr_matrix:
+    """``row_max_normalise`` for a csr matrix with non-negative entries (stays sparse)."""
+    m = sp.csr_matrix(m, dtype=np.float32, copy=True)
+    m.eliminate_zeros()
+    counts = np.diff(m.indptr)
+    if m.nnz:
+        mx = np.maximum.reduceat(m.data, m.indptr[:-1][counts > 0])
+        m.data /= np.repeat(np.maximum(mx, 1e-12), counts[counts > 0])
+    return m
 
 
 def buy_again_scores(tables: ItemTables, profiles: Profiles) -> np.ndarray:
@@ -179,8 +195,8 @@ def buy_again_scores(tables: ItemTables, profiles: Profiles) -> np.ndarray:
     return counts + (counts > 0) * pop[None, :]
 
 
-def dense_recency(m: sp.csr_matrix, days: float) -> np.ndarray:
-    """float32 [u, n_items]: exp(-age/days) where ``m`` holds ages (days), 0 elsewhere."""
-    out = m.copy()
+def recency(m: sp.csr_matrix, days: float) -> sp.csr_matrix:
+    """csr float32: exp(-age/days) where ``m`` holds ages (days)."""
+    out = sp.csr_matrix(m, dtype=np.float32, copy=True)
     out.data = np.exp(-out.data / days).astype(np.float32)
-    return np.asarray(out.todense(), dtype=np.float32)
+    return out

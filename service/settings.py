@@ -23,6 +23,7 @@ from models.errors import ValidationError
 from service.auth import ApiKey, parse_api_keys
 
 WORKER_SETTINGS_ENV = "JOURNEYREC_SETTINGS_JSON"
+_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _DAY = 86_400
 
 # field -> environment variable; the flag is ``--`` + the field name with dashes (see FLAGS for exceptions)
@@ -169,6 +170,10 @@ def export_for_workers(settings: Settings) -> None:
     """
     os.environ[WORKER_SETTINGS_ENV] = msgspec.json.encode(settings).decode()
     os.environ.pop(ENV["api_keys"], None)
+    # one BLAS thread per worker: a request is one small GEMV, and several workers each spinning up a
+    # thread pool on the same cores made throughput collapse under load (an operator's value wins)
+    for var in _BLAS_THREAD_VARS:
+        os.environ.setdefault(var, "1")
 
 
 def settings_for_worker() -> Settings:

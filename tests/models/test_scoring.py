@@ -1,9 +1,17 @@
 import numpy as np
+import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from models.scoring import top_k
+from models.blend import N_FEATURES
+from models.domain import STAGES, Event, EventType
+from models.factors import FactorModel
+from models.profiles import profile_from_events
+from models.scoring import StageScorer, top_k
+from models.sources import ItemTables
+from models.weights import EventWeights
 
 
 @settings(max_examples=80, deadline=None)
@@ -30,3 +38,54 @@ def test_top_k_broadcasts_item_mask():
     s = np.array([[3, 2, 1], [1, 2, 3]], dtype=np.float32)
     got = top_k(s, 2, np.array([True, False, True]))
     assert got.tolist() == [[0, 2], [2, 0]]
+
+
+def _scorer(rng: np.random.Generator, n: int = 40, d: int = 6) -> StageScorer:
+    n_if, n_uf = n + 5, 12
+    item_features = sp.hstack([sp.identity(n), sp.random(n, 5, density=0.4, random_state=1)]).tocsr()
+    factors = FactorModel(
+        rng.normal(size=(n_uf, d)).astype(np.float32),
+        rng.normal(size=n_uf).astype(np.float32),
+        rng.normal(size=(n_if, d)).astype(np.float32),
+        rng.normal(size=n_if).astype(np.float32),
+        item_features.astype(np.float32),
+    )
+    tables = ItemTables(
+        popularity=rng.integers(0, 50, n).astype(np.float32),
+        trending=rng.random(n).astype(np.float32),
+        repeat_rate=rng.random(n).astype(np.float32),
+        complements=sp.random(n, n, density=0.1, random_state=2, dtype=np.float32).tocsr(),
+        similar=sp.random(n, n, density=0.1, random_state=3, dtype=np.float32).tocsr(),
+        known=np.ones(n, bool),
+    )
+    weights = rng.normal(size=(len(STAGES), N_FEATURES)).astype(np.float32)
+    return StageScorer(factors, tables, weights)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scorer = _scorer(rng)
+    kinds = list(EventType)
+    events = [
+        Event(
+            visitor_id="v",
+            item_id=str(rng.integers(0, 40)),
+            event=kinds[rng.integers(0, len(kinds))],
+            timestamp=t,
+        )
+        for t in np.sort(rng.uniform(0, 50 * 86_400, size=int(rng.integers(0, 25))))
+    ]
+    prof = profile_from_events(events, {str(i): i for i in range(40)}, 40, 60 * 86_400.0, EventWeights())
+    uf = sp.random(1, 12, density=0.5, random_state=seed, dtype=np.float32).tocsr()
+    stage = int(rng.integers(0, len(STAGES)))
+    batch, which = scorer.score(prof, np.array([stage], np.int8), uf)
+    one = scorer.score_one(prof, stage, uf)
+    assert np.allclose(one.score, batch[0], atol=1e-4)
+    items = np.argsort(-one.score)[:10]
+    contrib_ok = one.dominant_feature(items)
+    assert np.array_equal(contrib_ok, which[0, items]) or np.allclose(
+        # ties between features may pick another column with the same contribution
+        scorer.blend_weights[stage][contrib_ok],
+        scorer.blend_weights[stage][which[0, items]],
+    )
