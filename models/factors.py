@@ -39,7 +39,10 @@ class FactorModel:
         return np.asarray(user_features @ self.user_emb, dtype=np.float32)
 
 
-def zscore_rows(scores: np.ndarray, clip: float = 3.0) -> np.ndarray:
+ZSCORE_CLIP = 3.0
+
+
+def zscore_rows(scores: np.ndarray, clip: float = ZSCORE_CLIP) -> np.ndarray:
     """float32 [u, n]: each row standardised (so blend weights do not depend on the embedding scale) and
     clipped to [-clip, clip]: factor scores have long tails, and a few extreme items must not outweigh
     every other source once multiplied by a blend weight."""

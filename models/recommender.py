@@ -131,6 +131,7 @@ class Recommender:
         pop = np.log1p(t.popularity) + 0.5 * np.log1p(t.trending)
         self._fallback_score = (pop / max(float(pop.max()), 1e-6)).astype(np.float32)
         self._content_idx = np.flatnonzero(~self.catalog.is_product)
+        self._products_in_stock = self.catalog.is_product & self.catalog.in_stock
         self._norm_repr = self.scorer.item_repr / np.maximum(
             np.linalg.norm(self.scorer.item_repr, axis=1, keepdims=True), 1e-6
         )
@@ -153,7 +154,10 @@ class Recommender:
 
     def _filter_mask(self, f: Filters, kind: ItemKind) -> np.ndarray:
         c = self.catalog
-        m = c.is_product.copy() if kind is ItemKind.PRODUCT else ~c.is_product
+        if kind is ItemKind.PRODUCT and f.in_stock_only:
+            m = self._products_in_stock.copy()  # the common case, precomputed
+        else:
+            m = c.is_product.copy() if kind is ItemKind.PRODUCT else ~c.is_product
         if f.in_stock_only:
             m &= c.in_stock
         if f.category is not None:
@@ -167,17 +171,23 @@ class Recommender:
             m[self._ids(sorted(f.exclude))] = False
         return m
 
-    def _owned_mask(self, ctx: VisitorContext, f: Filters) -> np.ndarray:
-        """bool [n_items]: items to hide: bought (non-repeatable), in the cart, or on screen."""
-        hide = np.zeros(len(self.catalog.items), dtype=bool)
+    def _owned(self, ctx: VisitorContext, f: Filters) -> np.ndarray:
+        """int64 [m]: items to hide: bought (non-repeatable), in the cart, or on screen."""
+        hide = [np.zeros(0, np.int64)]
         if not f.include_purchased:
             bought = self._ids(list(ctx.purchases))
-            hide[bought[~self.catalog.repeatable[bought]]] = True
+            hide.append(bought[~self.catalog.repeatable[bought]])
         if not f.include_cart:
-            hide[self._ids(list(ctx.cart))] = True
+            hide.append(self._ids(list(ctx.cart)))
         if ctx.current_item is not None:
-            hide[self._ids([ctx.current_item])] = True
-        return hide
+            hide.append(self._ids([ctx.current_item]))
+        return np.concatenate(hide)
+
+    def _allowed(self, ctx: VisitorContext, f: Filters, kind: ItemKind) -> np.ndarray:
+        """bool [n_items]: items the filters allow, minus what the visitor owns or sees on screen."""
+        m = self._filter_mask(f, kind)
+        m[self._owned(ctx, f)] = False
+        return m
 
     def _events_with_purchases(self, ctx: VisitorContext) -> list[Event]:
         """Recent events plus purchases older than the recent-events window (the store keeps those apart)."""
@@ -236,7 +246,7 @@ class Recommender:
         anchors = self._anchors(ctx)
         boost = self._anchor_boost(ctx, anchors)
         score = one.score if boost is None else one.score + _CONTEXT_WEIGHT * np.maximum(boost[0], boost[1])
-        allowed = self._filter_mask(filters, ItemKind.PRODUCT) & ~self._owned_mask(ctx, filters)
+        allowed = self._allowed(ctx, filters, ItemKind.PRODUCT)
         idx = top_k(score[None, :], k, allowed)[0]
         idx = idx[idx >= 0].astype(np.int64)
         sources = [FEATURE_SOURCES[f] for f in one.dominant_feature(idx)]
@@ -358,7 +368,7 @@ class Recommender:
             if ctx.events or ctx.stage_override
             else StageResult(Stage.AWARENESS, 0.0, ["visitor state unavailable: showing popular items"])
         )
-        allowed = self._filter_mask(filters, ItemKind.PRODUCT) & ~self._owned_mask(ctx, filters)
+        allowed = self._allowed(ctx, filters, ItemKind.PRODUCT)
         idx = top_k(self._fallback_score[None, :], k, allowed)[0]
         t = self.scorer.tables
         products = []
@@ -424,7 +434,7 @@ class Recommender:
         """
         stage = self.stage_of(ctx).stage
         f = msgspec.structs.replace(filters, exclude=filters.exclude | sent, include_cart=True)
-        allowed = self._filter_mask(f, ItemKind.PRODUCT) & ~self._owned_mask(ctx, f)
+        allowed = self._allowed(ctx, f, ItemKind.PRODUCT)
         out: list[RecommendedItem] = []
         taken: set[str] = set()
 

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.blend import N_FEATURES, blend, crowd_scores, feature_arrays, is_new, sparse_features
-from models.factors import FactorModel, zscore_rows
+from models.factors import ZSCORE_CLIP, FactorModel
 from models.profiles import Profiles
 from models.sources import ItemTables
 
@@ -54,6 +54,7 @@ class StageScorer:
     popularity: np.ndarray = field(init=False)
     trending: np.ndarray = field(init=False)
     crowd: np.ndarray = field(init=False)
+    moments: tuple[np.ndarray, np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.blend_weights.shape[1] != N_FEATURES:
@@ -66,6 +67,10 @@ class StageScorer:
         self.popularity, self.trending = crowd_scores(self.tables)
         w = self.blend_weights
         self.crowd = (w[:, 9:10] * self.popularity + w[:, 10:11] * self.trending).astype(np.float32)
+        # first and second moments of [item_repr, item_bias] (float64 [d+1], [d+1, d+1]): the mean and the
+        # standard deviation of one visitor's factor scores over all items then cost O(d^2), not two passes
+        a = np.hstack([self.item_repr, self.item_bias[:, None]]).astype(np.float64)
+        self.moments = (a.mean(axis=0), a.T @ a / max(len(a), 1))
 
     @property
     def n_items(self) -> int:
@@ -95,6 +100,13 @@ class StageScorer:
         w = self.blend_weights[stages.astype(np.int64)]
         return blend(w, feature_arrays(self.tables, profiles, fs), profiles.n_visitors, self.n_items)
 
+    def raw_scores(self, user_repr: np.ndarray, user_features: sp.csr_matrix) -> np.ndarray:  # noqa: ARG002
+        """float32 [n_items] factor scores of one visitor: one GEMV over the precomputed item
+        representations. (``user_features`` is unused here; the benchmark's naive twin needs it.)"""
+        raw = self.item_repr @ user_repr
+        raw += self.item_bias
+        return raw
+
     def score_one(
         self,
         profile: Profiles,
@@ -110,13 +122,20 @@ class StageScorer:
         rep = self.factors.user_representations(user_features)
         if extra_repr is not None:
             rep = rep + extra_repr
-        raw = (self.item_repr @ rep[0] + self.item_bias).astype(np.float32)
-        z = zscore_rows(raw[None, :])[0]
+        raw = self.raw_scores(rep[0], user_features)
+        v = np.append(rep[0].astype(np.float64), 1.0)
+        mean, second = self.moments
+        mu = float(mean @ v)
+        sd = max(float(np.sqrt(max(v @ second @ v - mu * mu, 0.0))), 1e-6)
+        z = raw - np.float32(mu)
+        z *= np.float32(1.0 / sd)
+        np.clip(z, -ZSCORE_CLIP, ZSCORE_CLIP, out=z)
         w = self.blend_weights[stage]
         new = bool(is_new(profile)[0])
         score = self.crowd[stage].copy()
         if new:
-            score += w[11] * self.popularity + w[12] * z
+            score += w[11] * self.popularity
+            score += w[12] * z
         else:
             score += w[0] * z
         sparse = sparse_features(self.tables, profile)

@@ -25,17 +25,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import msgspec
 import numpy as np
 import redis
+import scipy.sparse as sp
 from lightfm import LightFM
 
 from models.domain import Event, EventType, ItemKind
 from models.recommender import Filters, Recommender, VisitorContext
-from training.factorization import interaction_matrices
+from models.scoring import StageScorer
 from training.loaders import load_events
 from training.pipeline import config_for, train_and_publish
 from training.simulate import SimulationConfig, write_simulation
@@ -250,48 +252,67 @@ async def saturate_httpx(base: str, visitors: list[str], conns: int, secs: int) 
     return done / el, f"asyncio httpx, {conns} connections, {secs} s, {bad} non-200"
 
 
-def in_process(
-    models: Path, log_path: Path, catalog: Path, ctxs: list[VisitorContext], calls: int, threads: int
-) -> tuple[float, float, str]:
-    """(naive ms/call, vectorised ms/call, naive description)."""
-    log = load_events(log_path, catalog=catalog)
-    uidx = {v: i for i, v in enumerate(log.visitor_ids)}
-    cfg = config_for(None, threads=threads)
-    x, w = interaction_matrices(
-        log.visitor,
-        log.item,
-        cfg.weights.of(log.event),
-        (log.n_visitors, log.n_items),
-        cfg.factors.max_weight,
-    )
-    model = LightFM(no_components=cfg.factors.no_components, loss="warp", random_state=1)
-    t0 = time.perf_counter()
-    model.fit(x, sample_weight=w, epochs=1, num_threads=threads)
-    fit_s = time.perf_counter() - t0
-    items = np.arange(log.n_items, dtype=np.int32)
-    users = [uidx[c.visitor_id] for c in ctxs]
-    for u in users[:5]:  # warm-up
-        model.predict(u, items, num_threads=1)
-    t0 = time.perf_counter()
-    for i in range(calls):
-        s = model.predict(users[i % len(users)], items, num_threads=1)
-        top = np.argpartition(-s, 10)[:10]
-        top[np.argsort(-s[top])]
-    naive = (time.perf_counter() - t0) * 1000 / calls
+class NaiveScorer(StageScorer):
+    """The same scorer, but each request's factor scores come from ``LightFM.predict`` over the hybrid
+    features (what serving without precomputed item representations would do)."""
 
-    rec = Recommender.load(models)
-    f = Filters()
-    for c in ctxs[:5]:
-        rec.recommend(c, 10, f)
+    def __init__(self, base: StageScorer) -> None:
+        super().__init__(base.factors, base.tables, base.blend_weights)
+        f = base.factors
+        n_uf, d = f.user_emb.shape
+        self.model = LightFM(no_components=d)
+        self.model._initialize(d, f.item_emb.shape[0], n_uf)
+        self.model.user_embeddings[:] = f.user_emb
+        self.model.user_biases[:] = f.user_bias
+        self.model.item_embeddings[:] = f.item_emb
+        self.model.item_biases[:] = f.item_bias
+        self.item_features = f.item_features.tocsr().astype(np.float32)
+        self.items = np.arange(self.item_features.shape[0], dtype=np.int32)
+        self.users = np.zeros(len(self.items), dtype=np.int32)
+
+    def raw_scores(self, user_repr: np.ndarray, user_features: sp.csr_matrix) -> np.ndarray:  # noqa: ARG002
+        s = self.model.predict(
+            self.users,
+            self.items,
+            user_features=user_features,
+            item_features=self.item_features,
+            num_threads=1,
+        )
+        # LightFM adds the user bias, which the served scores leave out (it does not change a ranking)
+        return (s - float(user_features @ self.model.user_biases)).astype(np.float32)
+
+
+def _ms_per_call(fn: Callable[[int], object], calls: int) -> float:
+    for i in range(5):
+        fn(i)
     t0 = time.perf_counter()
     for i in range(calls):
-        rec.recommend(ctxs[i % len(ctxs)], 10, f)
-    vec = (time.perf_counter() - t0) * 1000 / calls
-    desc = (
-        f"lightfm.LightFM(no_components={cfg.factors.no_components}, warp) fit 1 epoch in {fit_s:.1f} s; "
-        f"predict(user, arange({log.n_items:,})) + argpartition top-10"
-    )
-    return naive, vec, desc
+        fn(i)
+    return (time.perf_counter() - t0) * 1000 / calls
+
+
+def in_process(models: Path, ctxs: list[VisitorContext], calls: int) -> dict[str, float]:
+    """ms/call of the scoring step and of the whole recommend call, precomputed vs naive ``predict``."""
+    rec = Recommender.load(models)
+    naive = NaiveScorer(rec.scorer)
+    f = Filters()
+    n_uf = rec.n_user_features
+    rng = np.random.default_rng(0)
+    reps = [rec.scorer.factors.user_emb[rng.integers(0, n_uf)] for _ in range(64)]
+    ufs = [sp.csr_matrix(([1.0], ([0], [int(rng.integers(0, n_uf))])), shape=(1, n_uf)) for _ in range(64)]
+
+    def top10(s: np.ndarray) -> np.ndarray:
+        top = np.argpartition(-s, 10)[:10]
+        return top[np.argsort(-s[top])]
+
+    out = {
+        "score_vec": _ms_per_call(lambda i: top10(rec.scorer.raw_scores(reps[i % 64], ufs[i % 64])), calls),
+        "score_naive": _ms_per_call(lambda i: top10(naive.raw_scores(reps[i % 64], ufs[i % 64])), calls),
+        "call_vec": _ms_per_call(lambda i: rec.recommend(ctxs[i % len(ctxs)], 10, f), calls),
+    }
+    rec.scorer = naive
+    out["call_naive"] = _ms_per_call(lambda i: rec.recommend(ctxs[i % len(ctxs)], 10, f), calls)
+    return out
 
 
 def main() -> None:
@@ -382,15 +403,11 @@ def main() -> None:
             print(f"server stopped; deleted {removed:,} Redis keys under {prefix}:*", flush=True)
 
         ctxs = [context(v, events[v]) for v in warm]
-        naive, vec, desc = in_process(
-            published, sim / "events.csv", sim / "catalog.csv", ctxs, args.naive_calls, args.threads
-        )
-        res["naive"], res["vec"] = naive, vec
-        print(f"naive: {desc}: {naive:.2f} ms/call over {args.naive_calls} calls", flush=True)
+        res.update(in_process(published, ctxs, args.naive_calls))
         print(
-            f"vectorised: Recommender.recommend(ctx, 10, Filters()) in-process: {vec:.2f} ms/call "
-            f"-> {naive / vec:.1f}x faster; HTTP p50 {res['p50']:.2f} ms is {naive / res['p50']:.1f}x "
-            "faster than naive",
+            f"in-process, {args.naive_calls} calls each: scoring step (factor scores + top 10) "
+            f"{res['score_vec']:.2f} ms precomputed vs {res['score_naive']:.2f} ms LightFM.predict; "
+            f"whole recommend call {res['call_vec']:.2f} ms vs {res['call_naive']:.2f} ms with predict",
             flush=True,
         )
 
@@ -399,10 +416,13 @@ def main() -> None:
         ("recommend p50 (ms, conc 1)", f"{res['p50']:.2f}", "<= 2", res["p50"] <= 2),
         ("recommend p99 (ms, conc 1)", f"{res['p99']:.2f}", "<= 5", res["p99"] <= 5),
         ("saturation req/s", f"{res['rps']:,.0f}", ">= 1,200", res["rps"] >= 1200),
-        ("naive predict ms/call", f"{res['naive']:.2f}", "-", None),
-        ("vectorised ms/call", f"{res['vec']:.2f}", "-", None),
-        ("speed-up vs naive", f"{res['naive'] / res['vec']:.1f}x", ">= 4x", res["naive"] / res["vec"] >= 4),
-        ("HTTP p50 vs naive", f"{res['naive'] / res['p50']:.1f}x", "-", None),
+        (
+            "scoring step speed-up vs predict",
+            f"{res['score_naive'] / res['score_vec']:.1f}x",
+            ">= 4x",
+            res["score_naive"] / res["score_vec"] >= 4,
+        ),
+        ("whole call speed-up vs predict", f"{res['call_naive'] / res['call_vec']:.1f}x", "-", None),
     ]
     print(f"\n{'figure':30s} {'value':>10s}  {'target':>9s}  met")
     for name, val, target, ok in rows:

@@ -24,6 +24,7 @@ from service.auth import ApiKey, parse_api_keys
 
 WORKER_SETTINGS_ENV = "JOURNEYREC_SETTINGS_JSON"
 _BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_MALLOC_VARS = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 _DAY = 86_400
 
 # field -> environment variable; the flag is ``--`` + the field name with dashes (see FLAGS for exceptions)
@@ -174,6 +175,10 @@ def export_for_workers(settings: Settings) -> None:
     # thread pool on the same cores made throughput collapse under load (an operator's value wins)
     for var in _BLAS_THREAD_VARS:
         os.environ.setdefault(var, "1")
+    # keep freed score arrays (400 kB at 100k items) on the heap: glibc would otherwise mmap and unmap one
+    # per request, and every page of a fresh mapping is a page fault on the request path
+    for var, value in _MALLOC_VARS.items():
+        os.environ.setdefault(var, value)
 
 
 def settings_for_worker() -> Settings:
