@@ -279,7 +279,7 @@ class NaiveScorer(StageScorer):
             num_threads=1,
         )
         # LightFM adds the user bias, which the served scores leave out (it does not change a ranking)
-        return (s - float(user_features @ self.model.user_biases)).astype(np.float32)
+        return (s - float((user_features @ self.model.user_biases)[0])).astype(np.float32)
 
 
 def _ms_per_call(fn: Callable[[int], object], calls: int) -> float:
