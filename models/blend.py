@@ -74,7 +74,10 @@ SPARSE_FEATURES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 13)
 
 
 def sparse_features(tables: ItemTables, profiles: Profiles) -> list[tuple[int, sp.csr_matrix]]:
-    """(feature column, csr float32 [u, n_items]) for every feature of ``SPARSE_FEATURES``."""
+    """(feature column, csr float32 [u, n_items]) for every feature of ``SPARSE_FEATURES``; none at all
+    when no visitor has touched an item (they would all be empty)."""
+    if profiles.touch_age.nnz == 0 and profiles.cart.nnz == 0:
+        return []
     counts = sp.csr_matrix(profiles.purchases, dtype=np.float32)
     bought = counts.copy()
     bought.data = np.log1p(bought.data)

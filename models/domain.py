@@ -9,6 +9,9 @@ import enum
 
 import msgspec
 
+HOUR = 3_600.0  # seconds
+DAY = 86_400.0  # seconds
+
 
 class Stage(enum.Enum):
     """Customer-journey stages, in journey order."""

@@ -30,11 +30,8 @@ import msgspec
 import numpy as np
 
 from models.dataset import EventLog
-from models.domain import EVENT_TYPES, STAGES, Event, EventType, Stage
+from models.domain import DAY, EVENT_TYPES, HOUR, STAGES, Event, EventType, Stage
 from models.reasons import duration
-
-HOUR = 3_600.0
-DAY = 86_400.0
 
 _ADD = EventType.ADD_TO_CART.code
 _REMOVE = EventType.REMOVE_FROM_CART.code

@@ -13,10 +13,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.dataset import EventLog
-from models.domain import Event, EventType
+from models.domain import DAY, Event, EventType
 from models.weights import EventWeights
 
-DAY = 86_400.0
 PURCHASE_DECAY_DAYS = 90.0
 _PURCHASE = EventType.PURCHASE.code
 _CANCEL = EventType.CANCEL.code

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from models.domain import Stage
-
-DAY = 86_400.0
+from models.domain import DAY, Stage
 
 
 def duration(seconds: float) -> str:

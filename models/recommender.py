@@ -131,6 +131,10 @@ class Recommender:
         pop = np.log1p(t.popularity) + 0.5 * np.log1p(t.trending)
         self._fallback_score = (pop / max(float(pop.max()), 1e-6)).astype(np.float32)
         self._content_idx = np.flatnonzero(~self.catalog.is_product)
+        # per stage, over the content items: serves the stage / serves it and not every stage (bool [5, c])
+        serves = self.catalog.serves[:, self._content_idx]
+        self._content_serves = serves
+        self._content_specific = serves & (serves.sum(axis=0) < len(STAGES))[None, :]
         self._products_in_stock = self.catalog.is_product & self.catalog.in_stock
         self._norm_repr = self.scorer.item_repr / np.maximum(
             np.linalg.norm(self.scorer.item_repr, axis=1, keepdims=True), 1e-6
@@ -341,7 +345,7 @@ class Recommender:
         if n <= 0 or len(self._content_idx) == 0:
             return []
         ci = self._content_idx
-        allowed = c.serves[stage.index][ci].copy()
+        allowed = self._content_serves[stage.index].copy()
         seen = {self.catalog.index[e.item_id] for e in events if e.event is EventType.CONTENT_VIEW}
         if seen:
             allowed &= ~np.isin(ci, np.fromiter(seen, dtype=np.int64))
@@ -351,8 +355,7 @@ class Recommender:
         fs = (fs - fs[allowed].mean()) / max(float(fs[allowed].std()), 1e-6)
         cats = [self.category_of.get(e.item_id, "").lower() for e in events[-30:]]
         wanted = np.array(sorted({c.categories[x] for x in cats if x in c.categories}), dtype=np.int32)
-        specific = c.serves[stage.index][ci] & (c.serves[:, ci].sum(axis=0) < len(STAGES))
-        score = fs + 2.0 * np.isin(c.category[ci], wanted) + 0.5 * specific
+        score = fs + 2.0 * np.isin(c.category[ci], wanted) + 0.5 * self._content_specific[stage.index]
         top = top_k(score[None, :].astype(np.float32), n, allowed)[0]
         out = []
         for j in top[top >= 0]:

@@ -35,7 +35,7 @@ from service.auth import API_KEY_HEADER, Authenticator, check_auth_configured
 from service.errors import EXCEPTION_HANDLERS
 from service.json_guard import check_json_depth
 from service.model_holder import ModelHolder
-from service.openapi_body import event_body_components, keep_event_components
+from service.openapi_body import keep_event_components
 from service.settings import Settings, settings_for_worker
 from service.store.base import VisitorStore
 from service.store.factory import build_store
@@ -102,14 +102,18 @@ def create_app(
         )
         middleware.append(limiter.middleware)
 
+    # only /v1 needs a key (health, metrics and the schema do not): document it there
+    needs_key: list[dict[str, list[str]]] = [{"ApiKey": []}]
     api = Router(
         path="/v1",
         route_handlers=[VisitorsController, ItemsController, ModelsController],
+        security=needs_key,
     )
     bulk = Router(
         path="/v1",
         route_handlers=[EventsController, ExportController],
         request_max_body_size=settings.max_body_bytes,
+        security=needs_key,
     )
     openapi = OpenAPIConfig(
         title="journeyrec",
@@ -117,12 +121,10 @@ def create_app(
         description="Journey-stage-aware recommendations from live visitor state.",
         path="/schema",
         components=Components(
-            schemas=event_body_components(),
             security_schemes={
                 "ApiKey": SecurityScheme(type="apiKey", name=API_KEY_HEADER, security_scheme_in="header")
             },
         ),
-        security=[{"ApiKey": []}],
     )
     config = AppConfig(
         route_handlers=[api, bulk, HealthController, PrometheusController],

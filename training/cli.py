@@ -69,7 +69,7 @@ def _data_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--seed", type=int, default=1, show_default=True)(f)
     f = click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)(f)
     f = click.option(
-        "--epochs", type=click.IntRange(1, 500), default=None, help="LightFM epochs (default 20)."
+        "--epochs", type=click.IntRange(1, 500), default=None, help="LightFM epochs (default 16)."
     )(f)
     return f  # noqa: RET504 - the decorator chain reads best as assignments
 

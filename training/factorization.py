@@ -20,8 +20,8 @@ class FactorParams(msgspec.Struct, frozen=True, kw_only=True):
     learning_rate: float = 0.05
     item_alpha: float = 1e-6
     user_alpha: float = 1e-6
-    max_sampled: int = 30
-    epochs: int = 20
+    max_sampled: int = 15
+    epochs: int = 16
     # extra epochs over the full training data after the validation-window fit (warm start)
     warm_epochs: int = 4
     max_weight: float = 10.0

@@ -22,6 +22,7 @@ from training.baselines import (
     PopularityRanker,
     TrendingRanker,
 )
+from training.factorization import FactorParams
 from training.stage_model import StageAwareRanker, StageModelConfig, fit_stage_model
 
 #: What each preset's data means for training: which events are positives, how to carve validation.
@@ -30,8 +31,14 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     # a longer validation window: re-buys of wholesale customers need months to show
     "uci-online-retail": {"positive": frozenset({EventType.PURCHASE}), "validation_fraction": 0.3},
     "otto": {"positive": frozenset({EventType.ADD_TO_CART, EventType.PURCHASE})},
-    # MovieLens rating splits are not ordered in time per user: validate on a random holdout
-    "movielens-100k": {"positive": frozenset({EventType.REVIEW}), "validation": "holdout"},
+    # MovieLens rating splits are not ordered in time per user: validate on a random holdout. Its holdout
+    # keeps 15 % of the positives from the first fit, so the factorisation gets the longer schedule
+    # (measured: with the defaults tuned for the 1M-event benchmark, P@10 fell to 0.92x plain LightFM)
+    "movielens-100k": {
+        "positive": frozenset({EventType.REVIEW}),
+        "validation": "holdout",
+        "factors": FactorParams(epochs=20, max_sampled=30, warm_epochs=10),
+    },
 }
 
 
