@@ -74,8 +74,12 @@ class ItemKind(enum.Enum):
     CONTENT = "content"
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """One interaction of a visitor with an item (native format)."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One interaction of a visitor with an item (native format).
+
+    ``gc=False``: events hold only strings, numbers and enums (no cycles are possible), and a request
+    decodes hundreds of them; keeping them out of the cyclic collector avoids its pauses on the hot path.
+    """
 
     visitor_id: str
     item_id: str
@@ -90,8 +94,11 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     country: str | None = None
 
 
-class CatalogItem(msgspec.Struct, frozen=True, kw_only=True):
-    """One catalog entry. ``stages`` lists the journey stages a content item serves (empty: any)."""
+class CatalogItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One catalog entry. ``stages`` lists the journey stages a content item serves (empty: any).
+
+    ``gc=False`` as for ``Event``: strings, numbers, enums and tuples of them cannot form cycles.
+    """
 
     item_id: str
     kind: ItemKind = ItemKind.PRODUCT
