@@ -16,6 +16,7 @@ import scipy.optimize
 import scipy.sparse as sp
 
 from models.domain import STAGES
+from models.errors import EmptyDatasetError
 from models.factors import zscore_rows
 from models.profiles import Profiles
 from models.sources import (
@@ -264,7 +265,7 @@ def fit_blend(
     """Fit one weight vector per stage (``Stage.index`` of each positive in ``stage_of_pos`` int8 [P]);
     a stage with fewer than ``min_pos`` positives uses the all-stage fit."""
     if len(lists.pos) == 0:
-        raise ValueError("no validation positives to fit the blend on")
+        raise EmptyDatasetError("no validation positives to fit the blend on")
     overall = _softmax_fit(lists, l2)
     out = []
     for s in STAGES:

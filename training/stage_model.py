@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import scipy.sparse as sp
 from models.blend import N_FEATURES, BlendWeights, ListSample, feature_arrays, fit_blend, sample_lists
 from models.dataset import CHANNELS, EventLog
 from models.domain import STAGES, EventType, ItemKind, Stage
+from models.errors import EmptyDatasetError
 from models.features import (
     Vocabulary,
     build_item_vocabulary,
@@ -227,7 +229,18 @@ def _fit_blend(
     if len(visitors) > cfg.max_validation_visitors:
         visitors = np.sort(rng.choice(visitors, cfg.max_validation_visitors, replace=False))
     if len(visitors) == 0:
-        raise ValueError("the validation window has no visitor with a positive event on a known item")
+        since = dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="seconds")
+        frac = f"{cfg.validation_fraction:.0%}"
+        where = (
+            f"the validation window (the last {frac} of the training period, from {since})"
+            if cfg.validation == "time"
+            else f"the held-out {frac} of positive events"
+        )
+        positives = ", ".join(sorted(e.value for e in cfg.positive))
+        raise EmptyDatasetError(
+            f"too little data to fit the blend: {where} has no visitor with a positive event "
+            f"({positives}) on a product seen before it; train on a longer history"
+        )
     say(f"fitting the blend on {len(visitors):,} validation visitors")
     row_of = np.full(log.n_visitors, -1, np.int64)
     row_of[visitors] = np.arange(len(visitors))

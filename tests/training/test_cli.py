@@ -141,3 +141,9 @@ def test_bad_row_names_file_line_and_column(tmp_path: Path, capsys: pytest.Captu
     _one_line_error(
         capsys, ["train", "--events", str(bad), "--out", str(tmp_path / "m")], "bad.csv:3", "event"
     )
+
+
+def test_too_little_data_for_the_blend_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    otto = Path(__file__).parents[1] / "fixtures" / "otto-sample.jsonl"
+    argv = ["evaluate", "--preset", "otto", "--events", str(otto), "--split-at", "2022-08-20", "--k", "5"]
+    _one_line_error(capsys, argv, "too little data to fit the blend", "2022-08-17")
