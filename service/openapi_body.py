@@ -17,6 +17,7 @@ from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.openapi.spec import (
     OpenAPIFormat,
     OpenAPIMediaType,
+    OpenAPIResponse,
     OpenAPIType,
     Operation,
     Reference,
@@ -24,6 +25,7 @@ from litestar.openapi.spec import (
     Schema,
 )
 
+from service.errors import ErrorBody
 from service.schemas import EventBatchIn, EventIn
 
 _REF = "#/components/schemas/{name}"
@@ -101,3 +103,41 @@ def keep_event_components(app: Litestar) -> None:
     """
     spec = app.plugins.get(OpenAPIPlugin).provide_openapi()
     spec.components.schemas = {**event_body_components(), **(spec.components.schemas or {})}
+    _document_errors(spec)
+
+
+# error answers every /v1 operation can give (one body shape, service.errors.ErrorBody)
+_ERRORS = {
+    "400": "Invalid input: the detail names the parameter or field and what was expected",
+    "401": "Missing or unknown X-API-Key",
+    "403": "The key lacks the scope this operation needs",
+    "404": "Unknown route, item or model version",
+    "413": "Request body over the configured limit",
+    "422": "Well-formed input that cannot be applied (e.g. a model that fails verification)",
+    "429": "Rate limit exceeded (when a limit is configured)",
+    "503": "The state store or the model is unavailable; see Retry-After",
+}
+
+
+def _document_errors(spec: Any) -> None:
+    """Add the shared error responses to every /v1 operation of the built document (Litestar documents
+    only the success answer and 400)."""
+    _refs, components = msgspec.json.schema_components([ErrorBody], ref_template=_REF)
+    schemas = {name: to_openapi(x) for name, x in components.items()}
+    spec.components.schemas = {**schemas, **spec.components.schemas}
+    ref = Reference(ref=_REF.format(name=ErrorBody.__name__))
+    for path, item in (spec.paths or {}).items():
+        if not path.startswith("/v1/"):
+            continue
+        for method in ("get", "post", "delete", "put", "patch"):
+            op = getattr(item, method, None)
+            if op is None:
+                continue
+            op.responses = dict(op.responses or {})
+            for code, text in _ERRORS.items():
+                op.responses.setdefault(
+                    code,
+                    OpenAPIResponse(
+                        description=text, content={"application/json": OpenAPIMediaType(schema=ref)}
+                    ),
+                )
