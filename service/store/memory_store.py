@@ -61,6 +61,12 @@ def check_count(count: int) -> None:
         raise ValidationError(f"stream page size {count} must be at least 1")
 
 
+def check_limits(visitor_ttl: int, recent_events: int, stream_maxlen: int) -> None:
+    """The size limits both stores share: each must be at least 1."""
+    if visitor_ttl < 1 or recent_events < 1 or stream_maxlen < 1:
+        raise ValueError("visitor_ttl, recent_events and stream_maxlen must be at least 1")
+
+
 def format_id(sid: StreamId) -> str:
     return f"{sid[0]}-{sid[1]}"
 
@@ -95,8 +101,7 @@ class MemoryStore:
         stream_maxlen: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if visitor_ttl < 1 or recent_events < 1 or stream_maxlen < 1:
-            raise ValueError("visitor_ttl, recent_events and stream_maxlen must be at least 1")
+        check_limits(visitor_ttl, recent_events, stream_maxlen)
         self.visitor_ttl = visitor_ttl
         self.recent_events = recent_events
         self.stream_maxlen = stream_maxlen

@@ -48,7 +48,7 @@ from redis.exceptions import RedisError
 from models.domain import Event
 from models.errors import StoreUnavailableError
 from service.store.base import AppendResult, StreamEntry, VisitorState
-from service.store.memory_store import check_count, format_id, parse_after
+from service.store.memory_store import check_count, check_limits, format_id, parse_after
 
 log = logging.getLogger("journeyrec.store")
 
@@ -212,8 +212,7 @@ class RedisStore:
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"redis key prefix {prefix!r} must be non-empty and without braces")
-        if visitor_ttl < 1 or recent_events < 1 or stream_maxlen < 1:
-            raise ValueError("visitor_ttl, recent_events and stream_maxlen must be at least 1")
+        check_limits(visitor_ttl, recent_events, stream_maxlen)
         self._r = client
         self.prefix = prefix
         self.visitor_ttl = visitor_ttl

@@ -13,7 +13,7 @@ from models.domain import CatalogItem, EventType, Stage
 from models.errors import ValidationError
 from models.weights import EventWeights
 from training.baselines import BuyAgainRanker, PopularityRanker
-from training.evaluate import evaluate, relevant_targets, split_at
+from training.evaluate import EvalResult, evaluate, relevant_targets, split_at
 from training.report import render_report, write_report
 from training.stage_model import stages_at
 
@@ -51,6 +51,25 @@ def _ids(log: EventLog, names: str) -> list[int]:
     return [log.visitor_ids.index(n) for n in names]
 
 
+def _toy_eval(rankers: list, dataset: str = "toy") -> EvalResult:
+    """Evaluate ``rankers`` on the toy log at the split, k=2, purchases as positives."""
+    train, test = split_at(_log(), SPLIT)
+    stage, _ = stages_at(train, SPLIT)
+    return evaluate(
+        rankers,
+        train,
+        test,
+        k=2,
+        now=SPLIT,
+        exclude_seen=False,
+        positive=frozenset({EventType.PURCHASE}),
+        dataset=dataset,
+        split="toy split",
+        stage_of=stage,
+        stage_at_end=stage,
+    )
+
+
 def test_split_is_strict_before_and_inclusive_after() -> None:
     train, test = split_at(_log(), SPLIT)
     assert train.ts.max() < SPLIT
@@ -70,23 +89,8 @@ def test_targets_follow_the_protocol() -> None:
 
 
 def test_buy_again_and_popularity_known_answers() -> None:
-    log = _log()
-    train, test = split_at(log, SPLIT)
     pos = frozenset({EventType.PURCHASE})
-    stage, _ = stages_at(train, SPLIT)
-    result = evaluate(
-        [BuyAgainRanker(EventWeights(), pos), PopularityRanker(EventWeights(), pos)],
-        train,
-        test,
-        k=2,
-        now=SPLIT,
-        exclude_seen=False,
-        positive=pos,
-        dataset="toy",
-        split="toy split",
-        stage_of=stage,
-        stage_at_end=stage,
-    )
+    result = _toy_eval([BuyAgainRanker(EventWeights(), pos), PopularityRanker(EventWeights(), pos)])
     ba = result.models["buy_again"]
     # a: own purchases x (twice) then y (relevant) -> hit at rank 2; c (cold): popularity fills, x first
     assert ba.segments["warm"].ndcg == pytest.approx(1 / math.log2(3))
@@ -121,22 +125,8 @@ def test_no_test_visitor_is_a_clear_error() -> None:
 
 
 def test_report_is_self_contained_html(tmp_path: Path) -> None:
-    train, test = split_at(_log(), SPLIT)
     pos = frozenset({EventType.PURCHASE})
-    stage, _ = stages_at(train, SPLIT)
-    result = evaluate(
-        [BuyAgainRanker(EventWeights(), pos)],
-        train,
-        test,
-        k=2,
-        now=SPLIT,
-        exclude_seen=False,
-        positive=pos,
-        dataset="toy <data>",
-        split="s",
-        stage_of=stage,
-        stage_at_end=stage,
-    )
+    result = _toy_eval([BuyAgainRanker(EventWeights(), pos)], dataset="toy <data>")
     html = render_report(result)
     assert html.count("data:image/png;base64,") == 3
     assert "toy &lt;data&gt;" in html
