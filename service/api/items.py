@@ -6,7 +6,7 @@ from typing import Annotated
 
 from litestar import Controller, get
 from litestar.di import NamedDependency, Provide
-from litestar.params import Parameter
+from litestar.params import FromQuery, Parameter
 
 from models.errors import NotFoundError
 from models.recommender import Filters, Recommender
@@ -42,13 +42,21 @@ class ItemsController(Controller):
 
     @get("/{item_id:str}/similar", opt=scopes(Scope.READ), summary="Items similar to one item")
     async def similar_one(
-        self, svc: NamedDependency[Services], filters: NamedDependency[Filters], item_id: IdPath, k: int = 10
+        self,
+        svc: NamedDependency[Services],
+        filters: NamedDependency[Filters],
+        item_id: IdPath,
+        k: FromQuery[int] = 10,
     ) -> RelatedOut:
         return _related(svc, [item_id], k, filters, "similar")
 
     @get("/{item_id:str}/complements", opt=scopes(Scope.READ), summary="Complements of one item")
     async def complements_one(
-        self, svc: NamedDependency[Services], filters: NamedDependency[Filters], item_id: IdPath, k: int = 10
+        self,
+        svc: NamedDependency[Services],
+        filters: NamedDependency[Filters],
+        item_id: IdPath,
+        k: FromQuery[int] = 10,
     ) -> RelatedOut:
         return _related(svc, [item_id], k, filters, "complement")
 
@@ -59,7 +67,11 @@ class ItemsController(Controller):
         description="Anchors the model does not know are listed in `unknown`; 404 if it knows none.",
     )
     async def similar_many(
-        self, svc: NamedDependency[Services], filters: NamedDependency[Filters], item_id: ItemIds, k: int = 10
+        self,
+        svc: NamedDependency[Services],
+        filters: NamedDependency[Filters],
+        item_id: ItemIds,
+        k: FromQuery[int] = 10,
     ) -> RelatedOut:
         return _related(svc, item_id, k, filters, "similar")
 
@@ -70,6 +82,10 @@ class ItemsController(Controller):
         description="Anchors the model does not know are listed in `unknown`; 404 if it knows none.",
     )
     async def complements_many(
-        self, svc: NamedDependency[Services], filters: NamedDependency[Filters], item_id: ItemIds, k: int = 10
+        self,
+        svc: NamedDependency[Services],
+        filters: NamedDependency[Filters],
+        item_id: ItemIds,
+        k: FromQuery[int] = 10,
     ) -> RelatedOut:
         return _related(svc, item_id, k, filters, "complement")

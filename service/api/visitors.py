@@ -6,7 +6,7 @@ from typing import Annotated
 
 from litestar import Controller, delete, get
 from litestar.di import NamedDependency, Provide
-from litestar.params import Parameter
+from litestar.params import FromQuery, Parameter
 from litestar.status_codes import HTTP_200_OK
 
 from models.domain import Channel, Stage
@@ -106,7 +106,7 @@ class VisitorsController(Controller):
         svc: NamedDependency[Services],
         filters: NamedDependency[Filters],
         visitor_id: IdPath,
-        k: int = 10,
+        k: FromQuery[int] = 10,
         campaign: Annotated[str | None, Parameter(min_length=1, max_length=128)] = None,
         mark_sent: Annotated[bool, Parameter(description="remember the items as sent by campaign")] = False,
     ) -> RetargetingOut:
