@@ -70,13 +70,18 @@ class BlendWeights(msgspec.Struct, frozen=True):
         return np.array([[s.weights[f] for f in FEATURE_NAMES] for s in self.stages], dtype=np.float32)
 
 
-#: features that are zero outside the visitor's own items (cheap as sparse rows); the others are dense
-SPARSE_FEATURES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 13)
+#: the column of each feature, by name (derived from ``FEATURES``, so the order is stated once)
+_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
+LIGHTFM, BOUGHT_COUNT, BOUGHT_RECENCY = _COLUMN["lightfm"], _COLUMN["bought_count"], _COLUMN["bought_recency"]
+REPEAT, TOUCH_RECENCY, INTEREST = _COLUMN["repeat_propensity"], _COLUMN["touch_recency"], _COLUMN["interest"]
+IN_CART, COMPLEMENT, SIMILAR = _COLUMN["in_cart"], _COLUMN["complement"], _COLUMN["similar"]
+POPULARITY, TRENDING, POPULARITY_NEW = _COLUMN["popularity"], _COLUMN["trending"], _COLUMN["popularity_new"]
+LIGHTFM_NEW, BOUGHT_DECAYED = _COLUMN["lightfm_new"], _COLUMN["bought_decayed"]
 
 
 def sparse_features(tables: ItemTables, profiles: Profiles) -> list[tuple[int, sp.csr_matrix]]:
-    """(feature column, csr float32 [u, n_items]) for every feature of ``SPARSE_FEATURES``; none at all
-    when no visitor has touched an item (they would all be empty)."""
+    """(feature column, csr float32 [u, n_items]) for every feature that is zero outside the visitor's own
+    items (cheap as sparse rows); none at all when no visitor has touched an item (they would be empty)."""
     if profiles.touch_age.nnz == 0 and profiles.cart.nnz == 0:
         return []
     counts = sp.csr_matrix(profiles.purchases, dtype=np.float32)
@@ -87,15 +92,15 @@ def sparse_features(tables: ItemTables, profiles: Profiles) -> list[tuple[int, s
     interest = sp.csr_matrix(profiles.interest, dtype=np.float32, copy=True)
     interest.data = np.log1p(interest.data)
     return [
-        (1, bought),
-        (2, recency(profiles.purchase_age, 30.0)),
-        (3, repeat),
-        (4, recency(profiles.touch_age, 7.0)),
-        (5, interest),
-        (6, sp.csr_matrix(profiles.cart, dtype=np.float32)),
-        (7, row_max_normalise_sparse(complement_matrix(tables, profiles))),
-        (8, row_max_normalise_sparse(similar_matrix(tables, profiles))),
-        (13, row_max_normalise_sparse(profiles.purchase_decay)),
+        (BOUGHT_COUNT, bought),
+        (BOUGHT_RECENCY, recency(profiles.purchase_age, 30.0)),
+        (REPEAT, repeat),
+        (TOUCH_RECENCY, recency(profiles.touch_age, 7.0)),
+        (INTEREST, interest),
+        (IN_CART, sp.csr_matrix(profiles.cart, dtype=np.float32)),
+        (COMPLEMENT, row_max_normalise_sparse(complement_matrix(tables, profiles))),
+        (SIMILAR, row_max_normalise_sparse(similar_matrix(tables, profiles))),
+        (BOUGHT_DECAYED, row_max_normalise_sparse(profiles.purchase_decay)),
     ]
 
 
@@ -123,17 +128,17 @@ def feature_arrays(
     """
     u, n = profiles.n_visitors, tables.n_items
     # visitors with no history at all: their factor score comes from stage and context only, so it gets
-    # its own weight (features 11 and 12) instead of sharing the known visitors' one
+    # its own weight (POPULARITY_NEW, LIGHTFM_NEW) instead of sharing the known visitors' one
     new = is_new(profiles)[:, None]
     factor = zscore_rows(lightfm) if lightfm is not None else np.zeros((u, n), np.float32)
-    yield 0, np.where(new, 0.0, factor).astype(np.float32)
+    yield LIGHTFM, np.where(new, 0.0, factor).astype(np.float32)
     for j, m in sparse_features(tables, profiles):
         yield j, m.toarray()
     pop, tr = crowd_scores(tables)
-    yield 9, np.broadcast_to(pop, (u, n))
-    yield 10, np.broadcast_to(tr, (u, n))
-    yield 11, np.where(new, pop[None, :], 0.0).astype(np.float32)
-    yield 12, np.where(new, factor, 0.0).astype(np.float32)
+    yield POPULARITY, np.broadcast_to(pop, (u, n))
+    yield TRENDING, np.broadcast_to(tr, (u, n))
+    yield POPULARITY_NEW, np.where(new, pop[None, :], 0.0).astype(np.float32)
+    yield LIGHTFM_NEW, np.where(new, factor, 0.0).astype(np.float32)
 
 
 def blend(

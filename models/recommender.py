@@ -26,7 +26,7 @@ from models.journey import JourneyRules, StageResult, infer_stage
 from models.profiles import profile_from_events
 from models.reasons import ago, reason_for
 from models.scoring import StageScorer, top_k
-from models.sources import row_max_normalise, row_max_normalise_sparse
+from models.sources import row_max_normalise_sparse
 
 _CONTEXT_WEIGHT = 1.0  # weight of the page's anchor items (current product, cart) in the blend
 _RECENT_FOR_COLD = 10
@@ -162,8 +162,8 @@ class Recommender:
             m = self._products_in_stock.copy()  # the common case, precomputed
         else:
             m = c.is_product.copy() if kind is ItemKind.PRODUCT else ~c.is_product
-        if f.in_stock_only:
-            m &= c.in_stock
+            if f.in_stock_only:
+                m &= c.in_stock
         if f.category is not None:
             code = c.categories.get(f.category.lower())
             m &= c.category == code if code is not None else False
@@ -402,7 +402,7 @@ class Recommender:
             return []
         t = self.scorer.tables
         m = t.complements if which == "complement" else t.similar
-        s = row_max_normalise(np.asarray(m[anchors].sum(axis=0), dtype=np.float32))[0]
+        s = _dense(self._anchor_row(m, anchors), len(self.catalog.items))
         # embedding cosine fills in for items with little co-occurrence history (cold items)
         emb = self._norm_repr[anchors].mean(axis=0) @ self._norm_repr.T
         score = (

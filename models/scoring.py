@@ -11,7 +11,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from models.blend import N_FEATURES, blend, crowd_scores, feature_arrays, is_new, sparse_features
+from models.blend import (
+    LIGHTFM,
+    LIGHTFM_NEW,
+    N_FEATURES,
+    POPULARITY,
+    POPULARITY_NEW,
+    TRENDING,
+    blend,
+    crowd_scores,
+    feature_arrays,
+    is_new,
+    sparse_features,
+)
 from models.factors import ZSCORE_CLIP, FactorModel
 from models.profiles import Profiles
 from models.sources import ItemTables
@@ -66,7 +78,9 @@ class StageScorer:
         # the crowd part of every stage's score is the same for every visitor: float32 [n_stages, n_items]
         self.popularity, self.trending = crowd_scores(self.tables)
         w = self.blend_weights
-        self.crowd = (w[:, 9:10] * self.popularity + w[:, 10:11] * self.trending).astype(np.float32)
+        self.crowd = (w[:, POPULARITY, None] * self.popularity + w[:, TRENDING, None] * self.trending).astype(
+            np.float32
+        )
         # first and second moments of [item_repr, item_bias] (float64 [d+1], [d+1, d+1]): the mean and the
         # standard deviation of one visitor's factor scores over all items then cost O(d^2), not two passes
         a = np.hstack([self.item_repr, self.item_bias[:, None]]).astype(np.float64)
@@ -134,10 +148,10 @@ class StageScorer:
         new = bool(is_new(profile)[0])
         score = self.crowd[stage].copy()
         if new:
-            score += w[11] * self.popularity
-            score += w[12] * z
+            score += w[POPULARITY_NEW] * self.popularity
+            score += w[LIGHTFM_NEW] * z
         else:
-            score += w[0] * z
+            score += w[LIGHTFM] * z
         sparse = sparse_features(self.tables, profile)
         for j, m in sparse:
             score[m.indices] += w[j] * m.data
@@ -165,12 +179,12 @@ class OneVisitorScore:
         w, k = self.weights, len(items)
         contrib = np.zeros((k, N_FEATURES), np.float32)
         if self.new:
-            contrib[:, 11] = w[11] * self.scorer.popularity[items]
-            contrib[:, 12] = w[12] * self.z[items]
+            contrib[:, POPULARITY_NEW] = w[POPULARITY_NEW] * self.scorer.popularity[items]
+            contrib[:, LIGHTFM_NEW] = w[LIGHTFM_NEW] * self.z[items]
         else:
-            contrib[:, 0] = w[0] * self.z[items]
-        contrib[:, 9] = w[9] * self.scorer.popularity[items]
-        contrib[:, 10] = w[10] * self.scorer.trending[items]
+            contrib[:, LIGHTFM] = w[LIGHTFM] * self.z[items]
+        contrib[:, POPULARITY] = w[POPULARITY] * self.scorer.popularity[items]
+        contrib[:, TRENDING] = w[TRENDING] * self.scorer.trending[items]
         for j, m in self.sparse:
             if m.nnz:
                 # one-row csr: find each item among the row's non-zeros (no scipy fancy indexing)
