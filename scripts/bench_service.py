@@ -331,26 +331,34 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--naive-calls", type=int, default=300)
     ap.add_argument("--no-wrk", action="store_true", help="use the httpx load generator even if wrk exists")
+    ap.add_argument(
+        "--workdir", type=Path, help="keep the simulation and model here and reuse them on the next run"
+    )
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-service-") as d:
         root = Path(d)
-        sim = root / "sim"
+        work = args.workdir or root
+        sim = work / "sim"
         t0 = time.perf_counter()
-        write_simulation(SimulationConfig(visitors=args.visitors, items=args.items, seed=args.seed), sim)
+        if not (sim / "events.csv").exists():
+            write_simulation(SimulationConfig(visitors=args.visitors, items=args.items, seed=args.seed), sim)
         t1 = time.perf_counter()
         log = load_events(sim / "events.csv", catalog=sim / "catalog.csv")
         t2 = time.perf_counter()
         cfg = config_for(None, threads=args.threads, seed=args.seed)
         cfg = msgspec.structs.replace(cfg, factors=msgspec.structs.replace(cfg.factors, epochs=args.epochs))
-        published = train_and_publish(log, root / "models", cfg)
+        published = work / "models" / "latest"
+        if not published.exists():
+            published = train_and_publish(log, work / "models", cfg)
         t3 = time.perf_counter()
         print(
             f"model: {log.n_events:,} events, {log.n_visitors:,} visitors, {log.n_items:,} items; "
             f"simulate {t1 - t0:.1f} s, load {t2 - t1:.1f} s, train+publish {t3 - t2:.1f} s "
             f"(epochs={cfg.factors.epochs} + warm_epochs={cfg.factors.warm_epochs}, "
-            f"no_components={cfg.factors.no_components}, threads={args.threads})",
+            f"no_components={cfg.factors.no_components}, threads={args.threads}"
+            f"{'; reused from ' + str(work) if args.workdir and t3 - t2 < 1 else ''})",
             flush=True,
         )
 
@@ -366,7 +374,7 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         server_log = root / "server.log"
-        proc = start_server(root / "models", port, prefix, server_log)
+        proc = start_server(work / "models", port, prefix, server_log)
         res: dict[str, float] = {}
         try:
             ready = wait_ready(base, proc, server_log)

@@ -36,6 +36,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.json_guard import check_json_depth
 from service.model_holder import ModelHolder
 from service.openapi_body import keep_event_components
+from service.process_tuning import tune_worker
 from service.settings import Settings, settings_for_worker
 from service.store.base import VisitorStore
 from service.store.factory import build_store
@@ -150,4 +151,5 @@ def create_app(
 
 def app_from_environment() -> Litestar:
     """Factory for Granian/Uvicorn workers: the settings the ``serve`` command validated."""
+    tune_worker()
     return create_app(settings_for_worker())
