@@ -97,6 +97,20 @@ def build_user_vocabulary(visitor_ids: Sequence[str], context_tokens: Sequence[S
     return Vocabulary([*(f"visitor:{v}" for v in visitor_ids), *(stage_token(s) for s in STAGES), *ctx])
 
 
+def _user_row(
+    vocab_index: dict[str, int], visitor: str | None, stage: Stage, tokens: Sequence[str]
+) -> tuple[list[int], list[float]]:
+    """(columns, weights) of one user row before normalisation: stage and context share one unit of weight,
+    the identity (when known) gets another, so the person stays the main part of a known visitor's
+    representation however many context tokens there are."""
+    shared = [vocab_index[n] for n in (stage_token(stage), *tokens) if n in vocab_index]
+    cols, vals = shared, [1.0 / len(shared)] * len(shared)
+    ident = vocab_index.get(f"visitor:{visitor}") if visitor is not None else None
+    if ident is not None:
+        cols, vals = [*cols, ident], [*vals, 1.0]
+    return cols, vals
+
+
 def user_feature_rows(
     vocab_index: dict[str, int],
     visitors: Sequence[str | None],
@@ -111,16 +125,22 @@ def user_feature_rows(
     cols: list[int] = []
     vals: list[float] = []
     for r, (v, s, toks) in enumerate(zip(visitors, stages, context_tokens, strict=True)):
-        # stage and context share one unit of weight, the identity (when known) gets another: the person
-        # stays the main part of a known visitor's representation however many context tokens there are
-        shared = [vocab_index[n] for n in (stage_token(s), *toks) if n in vocab_index]
-        rows.extend([r] * len(shared))
-        cols.extend(shared)
-        vals.extend([1.0 / len(shared)] * len(shared))
-        ident = vocab_index.get(f"visitor:{v}") if v is not None else None
-        if ident is not None:
-            rows.append(r)
-            cols.append(ident)
-            vals.append(1.0)
+        c, w = _user_row(vocab_index, v, s, toks)
+        rows.extend([r] * len(c))
+        cols.extend(c)
+        vals.extend(w)
     m = sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(visitors), n_features))
     return l1_rows(m)
+
+
+def user_feature_row(
+    vocab_index: dict[str, int], visitor: str | None, stage: Stage, tokens: Sequence[str], n_features: int
+) -> sp.csr_matrix:
+    """``user_feature_rows`` for one visitor, built directly (the request path: no COO round trip)."""
+    cols, vals = _user_row(vocab_index, visitor, stage, tokens)
+    order = np.argsort(cols)
+    w = np.asarray(vals, np.float64)[order]
+    data = (w / max(float(w.sum()), 1e-12)).astype(np.float32)
+    return sp.csr_matrix(
+        (data, np.asarray(cols, np.int32)[order], np.array([0, len(cols)], np.int32)), shape=(1, n_features)
+    )

@@ -7,7 +7,6 @@ vectorised feature arrays, masks and one partial sort. ``LightFM.predict`` is ne
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,17 +18,21 @@ import scipy.sparse as sp
 
 from models import artifact
 from models.artifact import Manifest, ModelBundle
-from models.blend import FEATURE_SOURCES
+from models.blend import FEATURE_SOURCES, POPULARITY_NEW
+from models.candidates import CandidateIndex, CandidateSettings
 from models.domain import STAGES, CatalogItem, Channel, Event, EventType, ItemKind, Stage
-from models.features import user_feature_rows
+from models.features import user_feature_row
 from models.journey import JourneyRules, StageResult, infer_stage
-from models.profiles import profile_from_events
+from models.live_profile import Entry, LiveProfile, best_anchors, gather_rows, max_normalised
 from models.reasons import ago, reason_for
 from models.scoring import StageScorer, top_k
 from models.sources import row_max_normalise_sparse
 
 _CONTEXT_WEIGHT = 1.0  # weight of the page's anchor items (current product, cart) in the blend
 _RECENT_FOR_COLD = 10
+_PURCHASE = EventType.PURCHASE.code
+_CONTENT_VIEW = EventType.CONTENT_VIEW.code
+_AGED = frozenset({"buy_again", "recently_viewed"})  # sources whose reason says when
 
 
 class VisitorContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,7 +120,8 @@ def _dense(row: sp.csr_matrix, n: int) -> np.ndarray:
 class Recommender:
     """A loaded, verified model ready to serve."""
 
-    def __init__(self, bundle: ModelBundle) -> None:
+    def __init__(self, bundle: ModelBundle, candidates: CandidateSettings | None = None) -> None:
+        """Large catalogs score a candidate set per request, small ones every item (``models.candidates``)."""
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
         self.version: str = bundle.manifest.version
@@ -139,10 +143,25 @@ class Recommender:
         self._norm_repr = self.scorer.item_repr / np.maximum(
             np.linalg.norm(self.scorer.item_repr, axis=1, keepdims=True), 1e-6
         )
+        sc = self.scorer
+        self._content_repr = np.ascontiguousarray(sc.item_repr[self._content_idx])
+        self._content_bias = sc.item_bias[self._content_idx]
+        self._content_category = self.catalog.category[self._content_idx]
+        self._content_pos = np.full(len(bundle.catalog), -1, np.int64)  # item row -> content position
+        self._content_pos[self._content_idx] = np.arange(len(self._content_idx))
+        self.candidate_settings = cs = candidates or CandidateSettings()
+        self.candidates: CandidateIndex | None = None
+        if len(bundle.catalog) > cs.exhaustive_max_items:
+            # per (new or known visitor, stage): the best in-stock products by their crowd score
+            new_crowd = sc.crowd + sc.blend_weights[:, POPULARITY_NEW, None] * sc.popularity
+            base = np.concatenate([sc.crowd, new_crowd])
+            base = np.where(self._products_in_stock[None, :], base, -np.inf).astype(np.float32)
+            vectors = np.hstack([sc.item_repr, sc.item_bias[:, None]])
+            self.candidates = CandidateIndex.build(vectors, top_k(base, cs.crowd_items).astype(np.int64), cs)
 
     @classmethod
-    def load(cls, directory: Path) -> Recommender:
-        return cls(artifact.load(Path(directory)))
+    def load(cls, directory: Path, candidates: CandidateSettings | None = None) -> Recommender:
+        return cls(artifact.load(Path(directory)), candidates)
 
     # -- helpers ---------------------------------------------------------------------------------
     def has_item(self, item_id: str) -> bool:
@@ -193,16 +212,6 @@ class Recommender:
         m[self._owned(ctx, f)] = False
         return m
 
-    def _events_with_purchases(self, ctx: VisitorContext) -> list[Event]:
-        """Recent events plus purchases older than the recent-events window (the store keeps those apart)."""
-        seen = {e.item_id for e in ctx.events if e.event is EventType.PURCHASE}
-        extra = [
-            Event(visitor_id=ctx.visitor_id, item_id=i, event=EventType.PURCHASE, timestamp=t)
-            for i, t in ctx.purchases.items()
-            if i not in seen
-        ]
-        return sorted([*extra, *ctx.events], key=lambda e: e.timestamp)
-
     def _anchors(self, ctx: VisitorContext) -> np.ndarray:
         """Items the page is about: the product on screen, or the cart on cart/checkout pages."""
         if ctx.current_item is not None and ctx.current_item in self.catalog.index:
@@ -212,20 +221,22 @@ class Recommender:
         return np.zeros(0, dtype=np.int64)
 
     # -- recommendations -------------------------------------------------------------------------
-    def recommend(self, ctx: VisitorContext, k: int, filters: Filters, n_content: int = 3) -> Recommendations:
-        stage = self.stage_of(ctx)
-        events = self._events_with_purchases(ctx)
-        n = len(self.catalog.items)
-        prof = profile_from_events(events, self.catalog.index, n, ctx.now, self.manifest.weights)
-        # the store's cart is authoritative (it survives the recent-events cap)
-        cart_ids = self._ids(list(ctx.cart))
-        prof = dataclasses.replace(
-            prof,
-            cart=sp.csr_matrix(
-                (np.ones(len(cart_ids), np.float32), (np.zeros(len(cart_ids), int), cart_ids)), shape=(1, n)
-            ),
-        )
-        known = f"visitor:{ctx.visitor_id}" in self.user_index
+    def _event_arrays(self, ctx: VisitorContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items int64, codes int8, ts float64) [n]: the visitor's events on catalog items up to now, in
+        time order, plus purchases older than the recent-events window (the store keeps those apart)."""
+        index = self.catalog.index
+        seen = {e.item_id for e in ctx.events if e.event is EventType.PURCHASE}
+        rows = [(index.get(i), _PURCHASE, t) for i, t in ctx.purchases.items() if i not in seen]
+        rows.extend((index.get(e.item_id), e.event.code, e.timestamp) for e in ctx.events)
+        rows = [r for r in rows if r[0] is not None and r[2] <= ctx.now]
+        n = len(rows)
+        items = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+        codes = np.fromiter((r[1] for r in rows), dtype=np.int8, count=n)
+        ts = np.fromiter((r[2] for r in rows), dtype=np.float64, count=n)
+        order = np.argsort(ts, kind="stable")
+        return items[order], codes[order], ts[order]
+
+    def _user_features(self, ctx: VisitorContext, stage: Stage, known: bool) -> sp.csr_matrix:
         tokens = [
             t
             for t in (
@@ -234,53 +245,124 @@ class Recommender:
             )
             if t
         ]
-        uf = user_feature_rows(
-            self.user_index,
-            [ctx.visitor_id if known else None],
-            [stage.stage],
-            [tokens],
-            self.n_user_features,
+        return user_feature_row(
+            self.user_index, ctx.visitor_id if known else None, stage, tokens, self.n_user_features
         )
+
+    def _candidates(
+        self, rep: np.ndarray, stage: Stage, new: bool, extra: list[Entry]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(item rows int64 [c] sorted, their factor scores float32 [c]) to score, or None to score every
+        item (small catalogs): the best clusters for the visitor, the stage's crowd favourites, and every
+        item of the ``extra`` entries."""
+        if self.candidates is None:
+            return None
+        key = int(new) * len(STAGES) + stage.index
+        query = np.append(rep, np.float32(1.0))
+        return self.candidates.select(query, key, [idx for _, idx, _ in extra])
+
+    def _allowed_among(self, rows: np.ndarray, ctx: VisitorContext, f: Filters, kind: ItemKind) -> np.ndarray:
+        """bool [c]: which of ``rows`` (int64 catalog rows) the filters allow, minus what the visitor
+        owns or sees on screen (``_allowed`` for a subset of the catalog)."""
+        c = self.catalog
+        if kind is ItemKind.PRODUCT and f.in_stock_only:
+            m = self._products_in_stock[rows]
+        else:
+            m = c.is_product[rows] if kind is ItemKind.PRODUCT else ~c.is_product[rows]
+            if f.in_stock_only:
+                m &= c.in_stock[rows]
+        if f.category is not None:
+            code = c.categories.get(f.category.lower())
+            m &= c.category[rows] == code if code is not None else False
+        if f.min_price is not None:
+            m &= c.price[rows] >= f.min_price
+        if f.max_price is not None:
+            m &= c.price[rows] <= f.max_price
+        hide = self._owned(ctx, f)
+        if f.exclude:
+            hide = np.concatenate([hide, self._ids(sorted(f.exclude))])
+        if len(hide):  # rows are sorted: find the few hidden items by binary search
+            pos = np.minimum(np.searchsorted(rows, hide), len(rows) - 1)
+            m[pos[rows[pos] == hide]] = False
+        return m
+
+    def recommend(self, ctx: VisitorContext, k: int, filters: Filters, n_content: int = 3) -> Recommendations:
+        stage = self.stage_of(ctx)
+        items, codes, ts = self._event_arrays(ctx)
+        live = LiveProfile.from_arrays(items, codes, ts, ctx.now, self.manifest.weights)
+        live = live.with_cart(self._ids(list(ctx.cart)))
+        features = live.features(self.scorer.tables)
+        known = f"visitor:{ctx.visitor_id}" in self.user_index
+        uf = self._user_features(ctx, stage.stage, known)
         extra = None
-        if not known:
-            recent = self._ids([e.item_id for e in reversed(events)][:_RECENT_FOR_COLD])
-            if len(recent):
-                extra = self.scorer.item_repr[recent].mean(axis=0, keepdims=True)
-        one = self.scorer.score_one(prof, stage.stage.index, uf, extra)
+        if not known and len(items):
+            # a visitor the model never saw: their latest items stand in for the identity embedding
+            extra = self.scorer.item_repr[items[::-1][:_RECENT_FOR_COLD]].mean(axis=0)
+        rep = self.scorer.visitor_repr(uf, extra)
         anchors = self._anchors(ctx)
         boost = self._anchor_boost(ctx, anchors)
-        score = one.score if boost is None else one.score + _CONTEXT_WEIGHT * np.maximum(boost[0], boost[1])
-        allowed = self._allowed(ctx, filters, ItemKind.PRODUCT)
-        idx = top_k(score[None, :], k, allowed)[0]
-        idx = idx[idx >= 0].astype(np.int64)
-        sources = [FEATURE_SOURCES[f] for f in one.dominant_feature(idx)]
+        every = np.arange(len(self.catalog.items), dtype=np.int64)
+        picked = self._candidates(rep, stage.stage, live.is_new, [*features, *boost])
+        rows = picked[0] if picked is not None else every
+        allowed = self._allowed_among(rows, ctx, filters, ItemKind.PRODUCT)
+        if picked is not None and int(allowed.sum()) < k:
+            # the filters leave too few candidates: score the whole catalog instead
+            picked, rows = None, every
+            allowed = self._allowed_among(rows, ctx, filters, ItemKind.PRODUCT)
+        scored = self.scorer.score_items(
+            None if picked is None else picked[0],
+            rep,
+            uf,
+            stage.stage.index,
+            features,
+            live.is_new,
+            raw=None if picked is None else picked[1],
+        )
+        score = scored.score
+        comp, sim = (self._aligned(rows, e) for e in boost) if boost else (None, None)
+        if comp is not None and sim is not None:
+            score = score + _CONTEXT_WEIGHT * np.maximum(comp, sim)
+        pos = top_k(score[None, :], k, allowed)[0]
+        pos = pos[pos >= 0].astype(np.int64)
+        idx = rows[pos]
+        sources = [FEATURE_SOURCES[f] for f in scored.dominant_feature(pos)]
         anchor_of: dict[str, np.ndarray] = {}
-        if boost is not None:
-            comp, sim = boost
-            for r, i in enumerate(idx):
-                if max(comp[i], sim[i]) > 0.2:  # the page's anchors explain this item best
-                    sources[r] = "similar" if sim[i] > comp[i] else "complement"
+        if comp is not None and sim is not None:
+            for r, p in enumerate(pos):
+                if max(comp[p], sim[p]) > 0.2:  # the page's anchors explain this item best
+                    sources[r] = "similar" if sim[p] > comp[p] else "complement"
             anchor_of = {"complement": anchors, "similar": anchors}
-        products = self._items(idx, score, sources, ctx, stage.stage, anchor_of)
-        content = self._content(stage.stage, n_content, events, one.raw)
+        products = self._items(idx, score[pos], sources, ctx, stage.stage, anchor_of)
+        content = self._content(stage.stage, n_content, items, codes, rep)
         return Recommendations(stage, products, content, self.version, fallback=False)
 
-    def _anchor_boost(self, ctx: VisitorContext, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(complement, similar) float32 [n_items] each in [0, 1] for the page's anchor items, or None.
+    @staticmethod
+    def _aligned(rows: np.ndarray, entry: Entry) -> np.ndarray:
+        """float32 [c]: an entry's values at ``rows`` (int64 [c] sorted), 0 elsewhere."""
+        _, idx, vals = entry
+        out = np.zeros(len(rows), np.float32)
+        pos = np.searchsorted(rows, idx)
+        hit = pos < len(rows)
+        hit[hit] = rows[pos[hit]] == idx[hit]
+        out[pos[hit]] = vals[hit]
+        return out
+
+    def _anchor_boost(self, ctx: VisitorContext, anchors: np.ndarray) -> list[Entry]:
+        """[] or the (complement, similar) entries, values in [0, 1], of the page's anchor items.
 
         Similar items count only on a product page (a current item); on cart pages complements do.
         """
         if len(anchors) == 0:
-            return None
-        n = len(self.catalog.items)
+            return []
         t = self.scorer.tables
-        comp = _dense(self._anchor_row(t.complements, anchors), n)
+        ones = np.ones(len(anchors), np.float32)
+        comp = max_normalised(*gather_rows(t.complements, anchors, ones))
         sim = (
-            _dense(self._anchor_row(t.similar, anchors), n)
+            max_normalised(*gather_rows(t.similar, anchors, ones))
             if ctx.current_item is not None
-            else np.zeros(n, np.float32)
+            else (np.zeros(0, np.int64), np.zeros(0, np.float32))
         )
-        return comp, sim
+        return [(-1, *comp), (-1, *sim)]
 
     @staticmethod
     def _anchor_row(m: sp.csr_matrix, anchors: np.ndarray) -> sp.csr_matrix:
@@ -298,7 +380,7 @@ class Recommender:
         stage: Stage,
         anchor_of: dict[str, np.ndarray],
     ) -> list[RecommendedItem]:
-        """The chosen items (int [k] catalog rows, their float32 [n_items] scores) with their reasons.
+        """The chosen items (int [k] catalog rows, their float32 [k] scores) with their reasons.
 
         The anchor that explains a complement/similar item is looked up for all such items at once.
         """
@@ -316,12 +398,17 @@ class Recommender:
                 anchors = np.unique(self._ids([*ctx.cart, *ctx.purchases, *recent]))
             if len(anchors) == 0:
                 continue
-            block = m[anchors][:, idx[rows]].toarray()  # [anchors, rows]
-            for r, a in zip(rows, anchors[block.argmax(axis=0)], strict=True):
-                best = self.catalog.items[int(a)]
-                anchor_title[r] = best.title or best.item_id
-        bought = Counter(e.item_id for e in ctx.events if e.event is EventType.PURCHASE)
-        last_seen = {e.item_id: e.timestamp for e in ctx.events}  # events are oldest first
+            for r, a in zip(rows, best_anchors(m, anchors, idx[rows]), strict=True):
+                if a >= 0:  # else the reason stays generic: no anchor relates to the item
+                    best = self.catalog.items[int(anchors[a])]
+                    anchor_title[r] = best.title or best.item_id
+        bought: Counter[str] = Counter()
+        last_seen: dict[str, float] = {}
+        if _AGED.intersection(
+            sources
+        ):  # only buy-again and recently-viewed reasons need the visitor's events
+            bought.update(e.item_id for e in ctx.events if e.event is EventType.PURCHASE)
+            last_seen = {e.item_id: e.timestamp for e in ctx.events}  # events are oldest first
         out = []
         for r, (i, source) in enumerate(zip(idx, sources, strict=True)):
             item = self.catalog.items[int(i)]
@@ -333,33 +420,35 @@ class Recommender:
             reason = reason_for(
                 source, stage, anchor_title=anchor_title[r], age_s=age, count=bought.get(item.item_id, 0)
             )
-            out.append(RecommendedItem(item.item_id, round(float(scores[i]), 6), source, reason))
+            out.append(RecommendedItem(item.item_id, round(float(scores[r]), 6), source, reason))
         return out
 
-    def _content(self, stage: Stage, n: int, events: list[Event], raw: np.ndarray) -> list[RecommendedItem]:
+    def _content(
+        self, stage: Stage, n: int, items: np.ndarray, codes: np.ndarray, rep: np.ndarray
+    ) -> list[RecommendedItem]:
         """Content serving the stage, in the visitor's categories, ranked by the factor model.
 
-        raw float32 [n_items]: the visitor's factor scores (already computed for the products).
+        items int64 [e], codes int8 [e]: the visitor's events on catalog items in time order
+        (``_event_arrays``); rep float32 [d]: the visitor's representation (``StageScorer.visitor_repr``).
         """
         c = self.catalog
         if n <= 0 or len(self._content_idx) == 0:
             return []
-        ci = self._content_idx
         allowed = self._content_serves[stage.index].copy()
-        seen = {self.catalog.index[e.item_id] for e in events if e.event is EventType.CONTENT_VIEW}
-        if seen:
-            allowed &= ~np.isin(ci, np.fromiter(seen, dtype=np.int64))
+        seen = self._content_pos[items[codes == _CONTENT_VIEW]]
+        allowed[seen[seen >= 0]] = False  # content already read
         if not allowed.any():
             return []
-        fs = raw[ci]
+        fs = self._content_repr @ rep + self._content_bias
         fs = (fs - fs[allowed].mean()) / max(float(fs[allowed].std()), 1e-6)
-        cats = [self.category_of.get(e.item_id, "").lower() for e in events[-30:]]
-        wanted = np.array(sorted({c.categories[x] for x in cats if x in c.categories}), dtype=np.int32)
-        score = fs + 2.0 * np.isin(c.category[ci], wanted) + 0.5 * self._content_specific[stage.index]
+        wanted = np.zeros(len(c.categories) + 1, bool)
+        wanted[c.category[items[-30:]]] = True  # the categories of the latest events
+        wanted[c.categories.get("", len(c.categories))] = False  # "no category" is not an interest
+        score = fs + 2.0 * wanted[self._content_category] + 0.5 * self._content_specific[stage.index]
         top = top_k(score[None, :].astype(np.float32), n, allowed)[0]
         out = []
         for j in top[top >= 0]:
-            item = c.items[int(ci[j])]
+            item = c.items[int(self._content_idx[j])]
             reason = reason_for("content", stage, anchor_title=item.category)
             out.append(RecommendedItem(item.item_id, round(float(score[j]), 6), "content", reason))
         return out

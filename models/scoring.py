@@ -21,10 +21,9 @@ from models.blend import (
     blend,
     crowd_scores,
     feature_arrays,
-    is_new,
-    sparse_features,
 )
 from models.factors import ZSCORE_CLIP, FactorModel
+from models.live_profile import Entry
 from models.profiles import Profiles
 from models.sources import ItemTables
 
@@ -121,23 +120,50 @@ class StageScorer:
         raw += self.item_bias
         return raw
 
-    def score_one(
-        self,
-        profile: Profiles,
-        stage: int,
-        user_features: sp.csr_matrix,
-        extra_repr: np.ndarray | None = None,
-    ) -> OneVisitorScore:
-        """``score`` for one visitor (a one-row profile), without a dense [n_items] array per feature.
-
-        Gives the same scores as ``score``: the crowd part is precomputed per stage, the factor part is one
-        GEMV, and the features that live on the visitor's own items are added at their non-zeros only.
-        """
-        rep = self.factors.user_representations(user_features)
+    def visitor_repr(self, user_features: sp.csr_matrix, extra_repr: np.ndarray | None = None) -> np.ndarray:
+        """float32 [d]: one visitor's representation from csr [1, n_user_features] user features, plus
+        ``extra_repr`` float32 [d] or [1, d] when given (as in ``score``)."""
+        # one row: a weighted sum of a few embedding rows (cheaper than a sparse product)
+        uf = user_features
+        rep = (
+            uf.data @ self.factors.user_emb[uf.indices]
+            if uf.nnz
+            else np.zeros(self.factors.user_emb.shape[1])
+        )
         if extra_repr is not None:
-            rep = rep + extra_repr
-        raw = self.raw_scores(rep[0], user_features)
-        v = np.append(rep[0].astype(np.float64), 1.0)
+            rep = rep + np.asarray(extra_repr, np.float32).reshape(-1)
+        return np.asarray(rep, np.float32)
+
+    def score_items(
+        self,
+        items: np.ndarray | None,
+        rep: np.ndarray,
+        user_features: sp.csr_matrix,
+        stage: int,
+        features: list[Entry],
+        new: bool,
+        raw: np.ndarray | None = None,
+    ) -> ItemScores:
+        """One visitor's blended scores (as ``score`` gives them) for ``items`` only.
+
+        items int64 [c] sorted distinct catalog rows, or None for every item; rep float32 [d] from
+        ``visitor_repr``; features the visitor's sparse features (``LiveProfile.features``); new: the
+        visitor has no history; raw float32 [c]: the items' factor scores when the caller has them already.
+        The factor scores are standardised with the mean and deviation over *all*
+        items (from the precomputed moments), so a candidate's score does not depend on the candidate set.
+        """
+        if items is None:
+            raw = self.raw_scores(rep, user_features)
+            score = self.crowd[stage].copy()
+            pop = self.popularity
+            items = np.arange(self.n_items, dtype=np.int64)
+        else:
+            if raw is None:
+                raw = self.item_repr[items] @ rep
+                raw += self.item_bias[items]
+            score = self.crowd[stage][items]
+            pop = self.popularity[items]
+        v = np.append(rep.astype(np.float64), 1.0)
         mean, second = self.moments
         mu = float(mean @ v)
         sd = max(float(np.sqrt(max(v @ second @ v - mu * mu, 0.0))), 1e-6)
@@ -145,52 +171,58 @@ class StageScorer:
         z *= np.float32(1.0 / sd)
         np.clip(z, -ZSCORE_CLIP, ZSCORE_CLIP, out=z)
         w = self.blend_weights[stage]
-        new = bool(is_new(profile)[0])
-        score = self.crowd[stage].copy()
         if new:
-            score += w[POPULARITY_NEW] * self.popularity
+            score += w[POPULARITY_NEW] * pop
             score += w[LIGHTFM_NEW] * z
         else:
             score += w[LIGHTFM] * z
-        sparse = sparse_features(self.tables, profile)
-        for j, m in sparse:
-            score[m.indices] += w[j] * m.data
-        return OneVisitorScore(score, raw, z, new, sparse, w, self)
+        for j, idx, vals in features:
+            pos, hit = _positions(items, idx)
+            score[pos[hit]] += w[j] * vals[hit]
+        return ItemScores(items, score, raw, z, new, features, w, self)
+
+
+def _positions(sorted_items: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 [m] position of each of ``idx`` in ``sorted_items``, bool [m] whether it is there)."""
+    if len(sorted_items) == 0:
+        return np.zeros(len(idx), np.int64), np.zeros(len(idx), bool)
+    pos = np.minimum(np.searchsorted(sorted_items, idx), len(sorted_items) - 1)
+    return pos, sorted_items[pos] == idx
 
 
 @dataclass(frozen=True)
-class OneVisitorScore:
-    """One visitor's blended scores and what is needed to explain any item's score.
+class ItemScores:
+    """One visitor's blended scores over a set of items and what is needed to explain any of them.
 
-    score float32 [n_items]; raw float32 [n_items] factor scores; z their standardised form;
-    sparse the visitor's sparse feature rows; weights float32 [n_features] of the visitor's stage.
+    items int64 [c] sorted catalog rows; score float32 [c]; raw float32 [c] factor scores; z their
+    standardised form; features the visitor's sparse features; weights float32 [n_features] of the stage.
     """
 
+    items: np.ndarray
     score: np.ndarray
     raw: np.ndarray
     z: np.ndarray
     new: bool
-    sparse: list[tuple[int, sp.csr_matrix]]
+    features: list[Entry]
     weights: np.ndarray
     scorer: StageScorer
 
-    def dominant_feature(self, items: np.ndarray) -> np.ndarray:
-        """int64 [k]: for each of ``items`` (int [k]), the feature that contributed most to its score."""
-        w, k = self.weights, len(items)
+    def dominant_feature(self, positions: np.ndarray) -> np.ndarray:
+        """int64 [k]: for each of ``positions`` (int [k] into ``items``), the feature that contributed most
+        to its score."""
+        w, k = self.weights, len(positions)
+        rows = self.items[positions]
+        pop, trending = self.scorer.popularity[rows], self.scorer.trending[rows]
         contrib = np.zeros((k, N_FEATURES), np.float32)
         if self.new:
-            contrib[:, POPULARITY_NEW] = w[POPULARITY_NEW] * self.scorer.popularity[items]
-            contrib[:, LIGHTFM_NEW] = w[LIGHTFM_NEW] * self.z[items]
+            contrib[:, POPULARITY_NEW] = w[POPULARITY_NEW] * pop
+            contrib[:, LIGHTFM_NEW] = w[LIGHTFM_NEW] * self.z[positions]
         else:
-            contrib[:, LIGHTFM] = w[LIGHTFM] * self.z[items]
-        contrib[:, POPULARITY] = w[POPULARITY] * self.scorer.popularity[items]
-        contrib[:, TRENDING] = w[TRENDING] * self.scorer.trending[items]
-        for j, m in self.sparse:
-            if m.nnz:
-                # one-row csr: find each item among the row's non-zeros (no scipy fancy indexing)
-                order = np.argsort(m.indices)
-                cols = m.indices[order]
-                pos = np.minimum(np.searchsorted(cols, items), len(cols) - 1)
-                hit = cols[pos] == items
-                contrib[:, j] = np.where(hit, w[j] * m.data[order][pos], 0.0)
+            contrib[:, LIGHTFM] = w[LIGHTFM] * self.z[positions]
+        contrib[:, POPULARITY] = w[POPULARITY] * pop
+        contrib[:, TRENDING] = w[TRENDING] * trending
+        for j, idx, vals in self.features:
+            pos, hit = _positions(idx, rows)
+            if len(idx):
+                contrib[:, j] = np.where(hit, w[j] * vals[pos], 0.0)
         return np.asarray(contrib.argmax(axis=1))

@@ -8,6 +8,7 @@ from hypothesis.extra.numpy import arrays
 from models.blend import N_FEATURES
 from models.domain import STAGES, Event, EventType
 from models.factors import FactorModel
+from models.live_profile import LiveProfile
 from models.profiles import profile_from_events
 from models.scoring import StageScorer, top_k
 from models.sources import ItemTables
@@ -76,11 +77,20 @@ def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
         )
         for t in np.sort(rng.uniform(0, 50 * 86_400, size=int(rng.integers(0, 25))))
     ]
-    prof = profile_from_events(events, {str(i): i for i in range(40)}, 40, 60 * 86_400.0, EventWeights())
+    now = 60 * 86_400.0
+    prof = profile_from_events(events, {str(i): i for i in range(40)}, 40, now, EventWeights())
+    live = LiveProfile.from_arrays(
+        np.array([int(e.item_id) for e in events], np.int64),
+        np.array([e.event.code for e in events], np.int8),
+        np.array([e.timestamp for e in events]),
+        now,
+        EventWeights(),
+    )
     uf = sp.random(1, 12, density=0.5, random_state=seed, dtype=np.float32).tocsr()
     stage = int(rng.integers(0, len(STAGES)))
     batch, which = scorer.score(prof, np.array([stage], np.int8), uf)
-    one = scorer.score_one(prof, stage, uf)
+    rep = scorer.visitor_repr(uf)
+    one = scorer.score_items(None, rep, uf, stage, live.features(scorer.tables), live.is_new)
     assert np.allclose(one.score, batch[0], atol=1e-4)
     items = np.argsort(-one.score)[:10]
     contrib_ok = one.dominant_feature(items)
@@ -89,3 +99,8 @@ def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
         scorer.blend_weights[stage][contrib_ok],
         scorer.blend_weights[stage][which[0, items]],
     )
+    # a subset of the items gets exactly the scores the full pass gives them
+    subset = np.sort(rng.choice(40, 13, replace=False)).astype(np.int64)
+    part = scorer.score_items(subset, rep, uf, stage, live.features(scorer.tables), live.is_new)
+    assert np.allclose(part.score, one.score[subset], atol=1e-5)
+    assert np.array_equal(part.dominant_feature(np.arange(13)), one.dominant_feature(subset))

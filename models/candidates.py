@@ -1,0 +1,158 @@
+"""Candidate pre-selection for large catalogs: an inverted-file index over the item vectors.
+
+Scoring every item streams the whole item matrix (100k items x 49 float32 = 19 MB) through one core per
+request: about 0.7 ms of memory traffic on the 2-core machines, before the per-item blend passes. Above
+``CandidateSettings.exhaustive_max_items`` items the service scores a candidate set instead: the items of
+the clusters whose centroids score best for the visitor (k-means over [item_repr, item_bias], so a
+centroid's score is the mean score of its items), unioned by the caller with the stage's crowd favourites
+and every item a sparse feature touches. The blend is exact on every candidate; items outside the set are
+never looked at. ``scripts/bench_service.py`` reports how often the top 10 agree with exhaustive scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+_KMEANS_SAMPLE = 25_000
+_KMEANS_ITERATIONS = 12
+
+
+class CandidateSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """exhaustive_max_items  catalogs up to this size are scored exhaustively
+    probe_items           the best clusters are probed until they cover at least this many items
+    items_per_cluster     k-means gets n_items / items_per_cluster clusters
+    crowd_items           per stage, this many crowd favourites (popularity, trending) always join
+    """
+
+    exhaustive_max_items: int = 20_000
+    probe_items: int = 3_000
+    items_per_cluster: int = 200
+    crowd_items: int = 500
+
+
+def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """int64 [n]: the nearest centroid (squared Euclidean) of every row of x [n, d], by one GEMM."""
+    d = (centroids * centroids).sum(axis=1)[None, :] - 2.0 * (x @ centroids.T)
+    return np.asarray(d.argmin(axis=1), dtype=np.int64)
+
+
+def kmeans(x: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+    """float32 [n_clusters, d] centroids of x float32 [n, d] (Lloyd's iterations on a sample; empty
+    clusters are re-seeded from random sample points). Deterministic for a given seed."""
+    rng = np.random.default_rng(seed)
+    sample = x[rng.choice(len(x), min(len(x), _KMEANS_SAMPLE), replace=False)]
+    centroids = sample[rng.choice(len(sample), n_clusters, replace=False)].copy()
+    for _ in range(_KMEANS_ITERATIONS):
+        label = _assign(sample, centroids)
+        counts = np.bincount(label, minlength=n_clusters)
+        sums = np.zeros_like(centroids, dtype=np.float64)
+        np.add.at(sums, label, sample)
+        empty = counts == 0
+        centroids[~empty] = (sums[~empty] / counts[~empty, None]).astype(np.float32)
+        centroids[empty] = sample[rng.choice(len(sample), int(empty.sum()), replace=False)]
+    return centroids
+
+
+@dataclass(frozen=True)
+class ItemClusters:
+    """Items grouped by cluster.
+
+    centroids float32 [c, d]: the mean item vector of each cluster; order int64 [n_items]: item rows sorted
+    by cluster; starts int64 [c + 1]: cluster j holds order[starts[j]:starts[j + 1]]; vectors float32
+    [n_items, d]: the item vectors in that order (contiguous, so a probed cluster is one block to score).
+    """
+
+    centroids: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, items_per_cluster: int, seed: int = 0) -> ItemClusters:
+        """Cluster item vectors float32 [n_items, d] into about n_items / items_per_cluster clusters."""
+        n = len(vectors)
+        c = max(1, min(n, n // max(items_per_cluster, 1)))
+        centroids = kmeans(vectors, c, seed)
+        label = _assign(vectors, centroids)
+        counts = np.bincount(label, minlength=c)
+        # the exact mean of each cluster's members: then a centroid's score is its items' mean score
+        sums = np.zeros(centroids.shape, np.float64)
+        np.add.at(sums, label, vectors)
+        filled = counts > 0
+        centroids[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
+        order = np.argsort(label, kind="stable").astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(centroids, order, starts, np.ascontiguousarray(vectors[order], dtype=np.float32))
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.centroids)
+
+    def probe(self, query: np.ndarray, min_items: int) -> tuple[np.ndarray, np.ndarray]:
+        """The items of the clusters whose centroids score highest for ``query`` (float32 [d]), until at
+        least ``min_items`` items are covered: (item rows int64 [p], their scores float32 [p])."""
+        best = np.argsort(-(self.centroids @ query), kind="stable")
+        sizes = (self.starts[1:] - self.starts[:-1])[best]
+        take = np.sort(best[: int(np.searchsorted(np.cumsum(sizes), min_items)) + 1])
+        lo, hi = self.starts[take], self.starts[take + 1]
+        out = np.empty(int((hi - lo).sum()), np.float32)
+        at = 0
+        for a, b in zip(lo.tolist(), hi.tolist(), strict=True):  # a few dozen clusters, one GEMV each
+            np.dot(self.vectors[a:b], query, out=out[at : at + b - a])
+            at += b - a
+        counts = hi - lo
+        pos = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(len(out))
+        return self.order[pos], out
+
+
+@dataclass(frozen=True)
+class CandidateIndex:
+    """What a request needs to pick and score its candidates.
+
+    clusters          the item clusters (vectors are [item_repr, item_bias], queries [user_repr, 1])
+    favourite_rows    int64 [k, m] item rows (-1 pads) per key ``new * n_stages + stage``: the crowd
+                      favourites of that kind of visitor (new or known) in that stage, which always join
+    favourite_vectors float32 [k, m, d] their vectors (contiguous: one GEMV per request)
+    position          int64 [n_items]: where each item's vector is in ``clusters.vectors``
+    """
+
+    settings: CandidateSettings
+    clusters: ItemClusters
+    favourite_rows: np.ndarray
+    favourite_vectors: np.ndarray
+    position: np.ndarray
+
+    @classmethod
+    def build(
+        cls, vectors: np.ndarray, favourites: np.ndarray, settings: CandidateSettings
+    ) -> CandidateIndex:
+        """vectors float32 [n_items, d]; favourites int64 [k, m] item rows per key (-1 pads)."""
+        fav = np.where(favourites >= 0, favourites, 0)
+        clusters = ItemClusters.build(vectors, settings.items_per_cluster)
+        position = np.empty(len(vectors), np.int64)
+        position[clusters.order] = np.arange(len(vectors))
+        favourite_vectors = np.ascontiguousarray(vectors[fav], dtype=np.float32)
+        return cls(settings, clusters, favourites, favourite_vectors, position)
+
+    def select(self, query: np.ndarray, key: int, extra: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows int64 [c] sorted, their scores float32 [c]): the probed clusters, the key's crowd
+        favourites and the ``extra`` item rows (int64 arrays, e.g. the visitor's sparse features)."""
+        n = len(self.position)
+        scores = np.empty(n, np.float32)  # scratch: only the marked rows are ever read
+        mark = np.zeros(n, bool)
+        rows, raw = self.clusters.probe(query, self.settings.probe_items)
+        scores[rows] = raw
+        mark[rows] = True
+        fav = self.favourite_rows[key]
+        ok = fav >= 0
+        scores[fav[ok]] = (self.favourite_vectors[key] @ query)[ok]
+        mark[fav[ok]] = True
+        more = np.concatenate([np.zeros(0, np.int64), *extra])
+        more = more[~mark[more]]
+        scores[more] = self.clusters.vectors[self.position[more]] @ query
+        mark[more] = True
+        cand = np.flatnonzero(mark)
+        return cand, scores[cand]

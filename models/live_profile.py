@@ -1,0 +1,218 @@
+"""One live visitor's profile and sparse features, for the request path: numpy over the visitor's own items.
+
+``Profiles`` (scipy csr rows) is the batch form shared by training and evaluation; building six one-row csr
+matrices and multiplying them with the item tables cost more than the rest of a request at 100k items. A
+``LiveProfile`` holds the same quantities as small dense arrays over the ``m`` distinct items the visitor
+touched (m is at most a few hundred), and ``features`` gives what ``blend.sparse_features`` gives, as
+(column, item indices, values) triples. ``tests/models/test_live_profile.py`` checks both agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.blend import (
+    BOUGHT_COUNT,
+    BOUGHT_DECAYED,
+    BOUGHT_RECENCY,
+    COMPLEMENT,
+    IN_CART,
+    INTEREST,
+    REPEAT,
+    SIMILAR,
+    TOUCH_RECENCY,
+)
+from models.domain import DAY, EventType
+from models.profiles import PURCHASE_DECAY_DAYS
+from models.sources import ItemTables
+from models.weights import EventWeights
+
+_PURCHASE = EventType.PURCHASE.code
+_CANCEL = EventType.CANCEL.code
+_ADD = EventType.ADD_TO_CART.code
+_REMOVE = EventType.REMOVE_FROM_CART.code
+
+#: (feature column, item indices int64 [m], values float32 [m]) with indices unique and sorted
+Entry = tuple[int, np.ndarray, np.ndarray]
+
+
+def gather_rows(m: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``weights @ m[rows]`` as (column indices int64 [p] sorted, values float32 [p] non-zero).
+
+    rows int64 [r] row indices of csr ``m``; weights float [r]. One vectorised gather, no scipy product.
+    """
+    starts = m.indptr[rows]
+    counts = m.indptr[rows + 1] - starts
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    # position of every gathered entry in m.data: each row's start, then 0, 1, 2, ... within the row
+    offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+    cols = m.indices[offsets]
+    vals = m.data[offsets] * np.repeat(np.asarray(weights, np.float64), counts)
+    uniq, inv = np.unique(cols, return_inverse=True)
+    summed = np.bincount(inv.ravel(), weights=vals, minlength=len(uniq)).astype(np.float32)
+    keep = summed != 0
+    return uniq[keep].astype(np.int64), summed[keep]
+
+
+def best_anchors(m: sp.csr_matrix, anchors: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """int64 [t]: for each of ``targets`` (column indices), the position in ``anchors`` (int64 [a] row
+    indices of csr ``m``) of the anchor row with the largest entry in that column; -1 where none has one."""
+    out = np.full(len(targets), -1, np.int64)
+    starts = m.indptr[anchors]
+    counts = m.indptr[anchors + 1] - starts
+    total = int(counts.sum())
+    if total == 0 or len(targets) == 0:
+        return out
+    offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+    cols, vals = m.indices[offsets], m.data[offsets]
+    anchor = np.repeat(np.arange(len(anchors)), counts)
+    hit = np.isin(cols, targets)
+    cols, vals, anchor = cols[hit], vals[hit], anchor[hit]
+    order = np.lexsort((-vals, cols))  # per column, the largest entry first
+    cols, anchor = cols[order], anchor[order]
+    first = np.ones(len(cols), bool)
+    first[1:] = cols[1:] != cols[:-1]
+    best = dict(zip(cols[first].tolist(), anchor[first].tolist(), strict=True))
+    return np.array([best.get(int(t), -1) for t in targets], np.int64)
+
+
+def max_normalised(idx: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale non-negative ``vals`` to a maximum of 1 (``row_max_normalise_sparse`` for one row)."""
+    if len(vals) == 0:
+        return idx, vals
+    return idx, (vals / max(float(vals.max()), 1e-12)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LiveProfile:
+    """The ``Profiles`` quantities of one visitor over the items they touched (plus their cart).
+
+    items           int64 [m]  sorted distinct catalog rows
+    interest        float32 [m] summed event weights clipped at 0
+    touch_age       float32 [m] days since the last event on the item + 1e-3 (0: cart-only item, untouched)
+    purchases       float32 [m] net purchases clipped at 0
+    purchase_age    float32 [m] days since the last purchase + 1e-3 (0: never bought)
+    cart            float32 [m] 1 where the item is in the cart
+    purchase_decay  float32 [m] sum of exp(-age / PURCHASE_DECAY_DAYS) over the item's purchases
+    """
+
+    items: np.ndarray
+    interest: np.ndarray
+    touch_age: np.ndarray
+    purchases: np.ndarray
+    purchase_age: np.ndarray
+    cart: np.ndarray
+    purchase_decay: np.ndarray
+
+    @property
+    def is_new(self) -> bool:
+        """No item touched at all (a cart alone does not make a visitor known: ``blend.is_new``)."""
+        return not bool((self.touch_age > 0).any())
+
+    @classmethod
+    def from_arrays(
+        cls, items: np.ndarray, codes: np.ndarray, ts: np.ndarray, now: float, weights: EventWeights
+    ) -> LiveProfile:
+        """From aligned event arrays (items int64 [n] catalog rows, codes int8 [n], ts float64 [n]) with
+        every event at or before ``now``; the cart is derived from the events as ``Profiles`` does."""
+        uniq, inv = np.unique(items, return_inverse=True)
+        inv = inv.ravel()
+        m = len(uniq)
+
+        def per_item(vals: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+            if where is None:
+                return np.bincount(inv, weights=vals, minlength=m)
+            return np.bincount(inv[where], weights=vals[where], minlength=m)
+
+        interest = np.maximum(per_item(weights.of(codes).astype(np.float64)), 0)
+        last = np.full(m, -np.inf)
+        np.maximum.at(last, inv, ts)
+        touch_age = np.where(np.isfinite(last), (now - last) / DAY + 1e-3, 0.0)
+
+        is_p, is_c = codes == _PURCHASE, codes == _CANCEL
+        signed = is_p.astype(np.float64) - is_c
+        purchases = np.maximum(per_item(signed), 0)
+        last_p = np.full(m, -np.inf)
+        np.maximum.at(last_p, inv[is_p], ts[is_p])
+        purchase_age = np.where(np.isfinite(last_p), (now - last_p) / DAY + 1e-3, 0.0)
+        decay = np.exp(-(now - ts) / (PURCHASE_DECAY_DAYS * DAY))
+        purchase_decay = per_item(decay, is_p)
+
+        # in the cart: the item's latest add / remove / purchase event is an add (ties: the later event)
+        cm = np.isin(codes, np.array([_ADD, _REMOVE, _PURCHASE], dtype=np.int8))
+        cart = np.zeros(m)
+        if cm.any():
+            order = np.lexsort((ts[cm], inv[cm]))
+            ci, cc = inv[cm][order], codes[cm][order]
+            is_last = np.append(ci[1:] != ci[:-1], True)
+            cart[ci[is_last]] = cc[is_last] == _ADD
+        f32 = np.float32
+        return cls(
+            uniq.astype(np.int64),
+            interest.astype(f32),
+            touch_age.astype(f32),
+            purchases.astype(f32),
+            purchase_age.astype(f32),
+            cart.astype(f32),
+            purchase_decay.astype(f32),
+        )
+
+    def with_cart(self, cart_items: np.ndarray) -> LiveProfile:
+        """The same profile with the cart replaced by ``cart_items`` (int64 catalog rows; the store's cart
+        is authoritative: it survives the cap on recent events). Items only in the cart are added."""
+        cart_items = np.unique(np.asarray(cart_items, np.int64))
+        items = np.union1d(self.items, cart_items)
+        pos = np.searchsorted(items, self.items)
+
+        def spread(a: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(items), np.float32)
+            out[pos] = a
+            return out
+
+        cart = np.zeros(len(items), np.float32)
+        cart[np.searchsorted(items, cart_items)] = 1.0
+        return LiveProfile(
+            items,
+            spread(self.interest),
+            spread(self.touch_age),
+            spread(self.purchases),
+            spread(self.purchase_age),
+            cart,
+            spread(self.purchase_decay),
+        )
+
+    def features(self, tables: ItemTables) -> list[Entry]:
+        """The visitor's sparse blend features, as ``blend.sparse_features`` computes them for a one-row
+        ``Profiles``; none at all for a visitor with no touched item and an empty cart."""
+        if self.is_new and not self.cart.any():
+            return []
+        it = self.items
+        bought = self.purchases > 0
+        purchased = self.purchase_age > 0
+        touched = self.touch_age > 0
+        interested = self.interest > 0
+        in_cart = self.cart > 0
+
+        owned_w = np.where(purchased, np.exp(-self.purchase_age / 60.0), 0.0) + self.cart
+        owned = owned_w > 0
+        comp = gather_rows(tables.complements, it[owned], owned_w[owned])
+        rec = np.exp(-self.touch_age[interested] / 30.0)
+        sim = gather_rows(tables.similar, it[interested], np.log1p(self.interest[interested] * rec))
+        decayed = self.purchase_decay > 0
+        f32 = np.float32
+        return [
+            (BOUGHT_COUNT, it[bought], np.log1p(self.purchases[bought]).astype(f32)),
+            (BOUGHT_RECENCY, it[purchased], np.exp(-self.purchase_age[purchased] / 30.0).astype(f32)),
+            (REPEAT, it[bought], tables.repeat_rate[it[bought]].astype(f32)),
+            (TOUCH_RECENCY, it[touched], np.exp(-self.touch_age[touched] / 7.0).astype(f32)),
+            (INTEREST, it[interested], np.log1p(self.interest[interested]).astype(f32)),
+            (IN_CART, it[in_cart], self.cart[in_cart]),
+            (COMPLEMENT, *max_normalised(*comp)),
+            (SIMILAR, *max_normalised(*sim)),
+            (BOUGHT_DECAYED, *max_normalised(it[decayed], self.purchase_decay[decayed])),
+        ]

@@ -1,0 +1,113 @@
+"""The request path's numpy profile agrees with the batch ``Profiles`` and ``blend.sparse_features``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.blend import sparse_features
+from models.domain import DAY, EVENT_TYPES, Event
+from models.live_profile import LiveProfile, gather_rows
+from models.profiles import profile_from_events
+from models.sources import ItemTables
+from models.weights import EventWeights
+
+N = 30
+
+
+def _tables(seed: int) -> ItemTables:
+    rng = np.random.default_rng(seed)
+    return ItemTables(
+        popularity=rng.integers(0, 50, N).astype(np.float32),
+        trending=rng.random(N).astype(np.float32),
+        repeat_rate=rng.random(N).astype(np.float32),
+        complements=sp.random(N, N, density=0.15, random_state=seed, dtype=np.float32).tocsr(),
+        similar=sp.random(N, N, density=0.2, random_state=seed + 1, dtype=np.float32).tocsr(),
+        known=np.ones(N, bool),
+    )
+
+
+def _dense(idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    out = np.zeros(N, np.float32)
+    out[idx] = vals
+    return out
+
+
+event_rows = st.lists(
+    st.tuples(
+        st.integers(0, N - 1),
+        st.sampled_from(EVENT_TYPES),
+        # a coarse time grid makes ties (same item, same second) common: they must resolve the same way
+        st.integers(0, 40).map(lambda h: h * 3600.0 * 12),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(event_rows, st.integers(0, 3), st.lists(st.integers(0, N - 1), max_size=4))
+def test_features_match_the_batch_profile(rows, seed, cart) -> None:
+    now = 30 * DAY
+    events = [Event(visitor_id="v", item_id=str(i), event=e, timestamp=t) for i, e, t in rows]
+    events = [e for e in sorted(events, key=lambda e: e.timestamp)]
+    tables = _tables(seed)
+    weights = EventWeights()
+    prof = profile_from_events(events, {str(i): i for i in range(N)}, N, now, weights)
+    cart_ids = np.unique(np.array(cart, np.int64))
+    prof_cart = sp.csr_matrix(
+        (np.ones(len(cart_ids), np.float32), (np.zeros(len(cart_ids), int), cart_ids)), shape=(1, N)
+    )
+    kept = [e for e in events if e.timestamp <= now]
+    live = LiveProfile.from_arrays(
+        np.array([int(e.item_id) for e in kept], np.int64),
+        np.array([e.event.code for e in kept], np.int8),
+        np.array([e.timestamp for e in kept], np.float64),
+        now,
+        weights,
+    )
+    # without the store's cart, the cart derived from events must match the batch one
+    assert np.array_equal(_dense(live.items, live.cart), prof.cart.toarray()[0])
+    for name in ("interest", "touch_age", "purchases", "purchase_age", "purchase_decay"):
+        assert np.allclose(_dense(live.items, getattr(live, name)), getattr(prof, name).toarray()[0]), name
+
+    # then with the store's cart replacing it, as the recommender does
+    from dataclasses import replace
+
+    prof = replace(prof, cart=prof_cart)
+    live = live.with_cart(cart_ids)
+    want = {j: m.toarray()[0] for j, m in sparse_features(tables, prof)}
+    got = {j: _dense(idx, vals) for j, idx, vals in live.features(tables)}
+    assert want.keys() == got.keys()
+    for j in want:
+        assert np.allclose(got[j], want[j], atol=1e-6), j
+    assert live.is_new == (prof.touch_age.nnz == 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gather_rows_is_a_weighted_row_sum(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = sp.random(20, 50, density=0.2, random_state=seed, dtype=np.float32).tocsr()
+    rows = rng.choice(20, 6, replace=True).astype(np.int64)
+    w = rng.random(6).astype(np.float32)
+    idx, vals = gather_rows(m, rows, w)
+    want = (sp.csr_matrix((w, (np.zeros(6, int), rows)), shape=(1, 20)) @ m).toarray()[0]
+    assert np.all(np.diff(idx) > 0)
+    assert np.allclose(_dense50(idx, vals), want, atol=1e-6)
+
+
+def _dense50(idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    out = np.zeros(50, np.float32)
+    out[idx] = vals
+    return out
+
+
+def test_empty_profile_has_no_features() -> None:
+    live = LiveProfile.from_arrays(
+        np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0), 10.0, EventWeights()
+    )
+    assert live.is_new
+    assert live.features(_tables(0)) == []
+    assert [j for j, _, _ in live.with_cart(np.array([3])).features(_tables(0))]
