@@ -39,12 +39,26 @@ def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.asarray(d.argmin(axis=1), dtype=np.int64)
 
 
+def _plus_plus(x: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: each next centroid drawn with probability proportional to its squared distance
+    from the nearest centroid so far (random seeds often start two centroids in one cluster)."""
+    centroids = np.empty((n_clusters, x.shape[1]), np.float32)
+    centroids[0] = x[rng.integers(len(x))]
+    nearest = ((x - centroids[0]) ** 2).sum(axis=1)
+    for j in range(1, n_clusters):  # one pass over the sample per centroid
+        total = float(nearest.sum())
+        pick = rng.choice(len(x), p=nearest / total) if total > 0 else rng.integers(len(x))
+        centroids[j] = x[pick]
+        nearest = np.minimum(nearest, ((x - centroids[j]) ** 2).sum(axis=1))
+    return centroids
+
+
 def kmeans(x: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """float32 [n_clusters, d] centroids of x float32 [n, d] (Lloyd's iterations on a sample; empty
-    clusters are re-seeded from random sample points). Deterministic for a given seed."""
+    """float32 [n_clusters, d] centroids of x float32 [n, d]: k-means++ seeds, then Lloyd's iterations on a
+    sample (empty clusters are re-seeded from random sample points). Deterministic for a given seed."""
     rng = np.random.default_rng(seed)
     sample = x[rng.choice(len(x), min(len(x), _KMEANS_SAMPLE), replace=False)]
-    centroids = sample[rng.choice(len(sample), n_clusters, replace=False)].copy()
+    centroids = _plus_plus(sample, n_clusters, rng)
     for _ in range(_KMEANS_ITERATIONS):
         label = _assign(sample, centroids)
         counts = np.bincount(label, minlength=n_clusters)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -52,7 +54,7 @@ event_rows = st.lists(
 def test_features_match_the_batch_profile(rows, seed, cart) -> None:
     now = 30 * DAY
     events = [Event(visitor_id="v", item_id=str(i), event=e, timestamp=t) for i, e, t in rows]
-    events = [e for e in sorted(events, key=lambda e: e.timestamp)]
+    events = sorted(events, key=lambda e: e.timestamp)
     tables = _tables(seed)
     weights = EventWeights()
     prof = profile_from_events(events, {str(i): i for i in range(N)}, N, now, weights)
@@ -74,15 +76,13 @@ def test_features_match_the_batch_profile(rows, seed, cart) -> None:
         assert np.allclose(_dense(live.items, getattr(live, name)), getattr(prof, name).toarray()[0]), name
 
     # then with the store's cart replacing it, as the recommender does
-    from dataclasses import replace
-
     prof = replace(prof, cart=prof_cart)
     live = live.with_cart(cart_ids)
     want = {j: m.toarray()[0] for j, m in sparse_features(tables, prof)}
     got = {j: _dense(idx, vals) for j, idx, vals in live.features(tables)}
     assert want.keys() == got.keys()
-    for j in want:
-        assert np.allclose(got[j], want[j], atol=1e-6), j
+    for j, dense in want.items():
+        assert np.allclose(got[j], dense, atol=1e-6), j
     assert live.is_new == (prof.touch_age.nnz == 0)
 
 

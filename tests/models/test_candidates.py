@@ -1,0 +1,133 @@
+"""Candidate pre-selection: the k-means index, and the recommender's candidate path against exhaustive
+scoring on a real (small) trained model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.artifact import ModelBundle, load
+from models.candidates import CandidateIndex, CandidateSettings, ItemClusters, kmeans
+from models.domain import Event, EventType
+from models.recommender import Filters, Recommender, VisitorContext
+from tests.service.api_fixtures import train_storefront_model
+
+
+def _blobs(rng: np.random.Generator, centres: np.ndarray, per: int) -> np.ndarray:
+    x = np.repeat(centres, per, axis=0) + 0.01 * rng.normal(size=(len(centres) * per, centres.shape[1]))
+    return x.astype(np.float32)
+
+
+def test_kmeans_recovers_separated_blobs() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], np.float32)
+    got = kmeans(_blobs(rng, centres, 50), 4, seed=1)
+    assert np.allclose(np.sort(got, axis=0), np.sort(centres, axis=0), atol=0.05)
+
+
+def test_probe_returns_whole_clusters_best_first_with_their_scores() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 5)).astype(np.float32)
+    c = ItemClusters.build(x, items_per_cluster=30)
+    assert sorted(c.order.tolist()) == list(range(600))
+    q = rng.normal(size=5).astype(np.float32)
+    rows, scores = c.probe(q, 100)
+    assert len(rows) >= 100
+    assert len(set(rows.tolist())) == len(rows)
+    assert np.allclose(scores, x[rows] @ q, atol=1e-5)
+    # the probed clusters are the best ones by centroid score
+    label = np.empty(600, np.int64)
+    for j in range(c.n_clusters):
+        label[c.order[c.starts[j] : c.starts[j + 1]]] = j
+    probed = set(label[rows].tolist())
+    best = np.argsort(-(c.centroids @ q))
+    assert probed == set(best[: len(probed)].tolist())
+    assert all(np.sum(label == j) == np.sum(label[rows] == j) for j in probed)  # whole clusters
+
+
+def test_select_scores_every_candidate_exactly() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 4)).astype(np.float32)
+    fav = np.array([[5, 9, -1], [7, 8, 399]], np.int64)
+    idx = CandidateIndex.build(x, fav, CandidateSettings(probe_items=50, items_per_cluster=20))
+    q = rng.normal(size=4).astype(np.float32)
+    extra = np.array([1, 2, 3, 399], np.int64)
+    rows, scores = idx.select(q, 1, [extra])
+    assert np.all(np.diff(rows) > 0)
+    assert {1, 2, 3, 7, 8, 399} <= set(rows.tolist())
+    assert np.allclose(scores, x[rows] @ q, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
+    d: Path = tmp_path_factory.mktemp("cand-model")
+    return load(train_storefront_model(d))
+
+
+def _contexts(rec: Recommender) -> list[VisitorContext]:
+    now = time.time()
+    products = [c.item_id for c in rec.catalog.items if c.kind.value == "product"]
+    rng = np.random.default_rng(3)
+    kinds = [EventType.PRODUCT_VIEW, EventType.ADD_TO_CART, EventType.PURCHASE, EventType.REVIEW]
+    out = [VisitorContext(visitor_id="stranger", events=[], cart={}, purchases={}, now=now)]
+    for v in range(12):
+        evs = [
+            Event(
+                visitor_id=f"x{v}",
+                item_id=products[int(rng.integers(len(products)))],
+                event=kinds[int(rng.choice(4, p=[0.7, 0.15, 0.1, 0.05]))],
+                timestamp=now - float(rng.uniform(60, 20 * 86_400)),
+            )
+            for _ in range(int(rng.integers(1, 15)))
+        ]
+        cart = {e.item_id: e.timestamp for e in evs if e.event is EventType.ADD_TO_CART}
+        bought = {e.item_id: e.timestamp for e in evs if e.event is EventType.PURCHASE}
+        current = products[v] if v % 3 == 0 else None
+        out.append(
+            VisitorContext(
+                visitor_id=f"x{v}", events=evs, cart=cart, purchases=bought, now=now, current_item=current
+            )
+        )
+    return out
+
+
+def test_candidate_path_scores_like_the_exhaustive_path(bundle: ModelBundle) -> None:
+    exhaustive = Recommender(bundle, CandidateSettings(exhaustive_max_items=10**9))
+    # a tiny probe over tiny clusters: most items are never scored, and the filters must still hold
+    partial = Recommender(
+        bundle, CandidateSettings(exhaustive_max_items=0, probe_items=4, items_per_cluster=3, crowd_items=2)
+    )
+    everything = Recommender(
+        bundle, CandidateSettings(exhaustive_max_items=0, probe_items=10**6, items_per_cluster=3)
+    )
+    assert partial.candidates is not None
+    f = Filters()
+    for ctx in _contexts(exhaustive):
+        want = exhaustive.recommend(ctx, 5, f)
+        full = everything.recommend(ctx, 5, f)
+        assert [p.item_id for p in full.products] == [p.item_id for p in want.products]
+        assert [p.score for p in full.products] == pytest.approx([p.score for p in want.products], abs=1e-5)
+        got = partial.recommend(ctx, 5, f)
+        assert len(got.products) == len(want.products)
+        wide = {p.item_id: p.score for p in exhaustive.recommend(ctx, 200, f).products}
+        for p in got.products:  # every candidate is scored exactly as the exhaustive path scores it
+            assert p.item_id in wide
+            assert p.score == pytest.approx(wide[p.item_id], abs=1e-5)
+        assert got.content == want.content
+        assert got.stage == want.stage
+
+
+def test_candidate_path_falls_back_to_every_item_when_filters_leave_too_few(bundle: ModelBundle) -> None:
+    exhaustive = Recommender(bundle, CandidateSettings(exhaustive_max_items=10**9))
+    partial = Recommender(
+        bundle, CandidateSettings(exhaustive_max_items=0, probe_items=2, items_per_cluster=2, crowd_items=1)
+    )
+    category = next(c.category for c in bundle.catalog if c.kind.value == "product" and c.category)
+    f = Filters(category=category)
+    ctx = _contexts(exhaustive)[0]
+    want = exhaustive.recommend(ctx, 3, f).products
+    got = partial.recommend(ctx, 3, f).products
+    assert [p.item_id for p in got] == [p.item_id for p in want]
