@@ -25,12 +25,14 @@ class CandidateSettings(msgspec.Struct, frozen=True, kw_only=True):
     probe_items           the best clusters are probed until they cover at least this many items
     items_per_cluster     k-means gets n_items / items_per_cluster clusters
     crowd_items           per stage, this many crowd favourites (popularity, trending) always join
+    feature_items         per sparse feature (similar, complement, ...), its strongest items that join
     """
 
     exhaustive_max_items: int = 20_000
     probe_items: int = 3_000
     items_per_cluster: int = 200
     crowd_items: int = 500
+    feature_items: int = 500
 
 
 def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:

@@ -253,13 +253,18 @@ class Recommender:
         self, rep: np.ndarray, stage: Stage, new: bool, extra: list[Entry]
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """(item rows int64 [c] sorted, their factor scores float32 [c]) to score, or None to score every
-        item (small catalogs): the best clusters for the visitor, the stage's crowd favourites, and every
-        item of the ``extra`` entries."""
+        item (small catalogs): the best clusters for the visitor, the stage's crowd favourites, and the
+        strongest items of each ``extra`` entry (the visitor's sparse features, the page's anchors)."""
         if self.candidates is None:
             return None
         key = int(new) * len(STAGES) + stage.index
         query = np.append(rep, np.float32(1.0))
-        return self.candidates.select(query, key, [idx for _, idx, _ in extra])
+        cap = self.candidate_settings.feature_items
+        # a visitor with a long history has thousands of weakly similar items: the strongest ones join
+        strongest = [
+            idx if len(idx) <= cap else idx[np.argpartition(-vals, cap)[:cap]] for _, idx, vals in extra
+        ]
+        return self.candidates.select(query, key, strongest)
 
     def _allowed_among(self, rows: np.ndarray, ctx: VisitorContext, f: Filters, kind: ItemKind) -> np.ndarray:
         """bool [c]: which of ``rows`` (int64 catalog rows) the filters allow, minus what the visitor
