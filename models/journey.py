@@ -157,7 +157,7 @@ def _state(
         return age, np.where(has, last, start - 1)
 
     purchase_age, last_purchase = age_of_last(event == _PURCHASE)
-    advocacy_age, _ = age_of_last(np.isin(event, np.array(_ADVOCACY, dtype=np.int8)))
+    advocacy_age, _ = age_of_last((event == _ADVOCACY[0]) | (event == _ADVOCACY[1]) | (event == _ADVOCACY[2]))
     cart_age, _ = age_of_last((event == _ADD) | (event == _CHECKOUT))
     checkout_age, last_checkout = age_of_last(event == _CHECKOUT)
 
@@ -225,7 +225,7 @@ def _classify(s: _State, rules: JourneyRules) -> tuple[np.ndarray, np.ndarray]:
         [conf_decision, conf_advocacy, conf_retention, conf_consider],
         default=conf_aware,
     )
-    conf = np.nan_to_num(conf, nan=0.5)
+    conf = np.where(np.isnan(conf), 0.5, conf)
     return stage, np.clip(conf, 0.0, 1.0).astype(np.float32)
 
 
@@ -288,7 +288,10 @@ def _signals(
         out.append(f"purchased {duration(purchase_age)} ago" + (" (lapsed customer)" if lapsed else ""))
     window = now - rules.consider_window_days * DAY
     recent = [e for e in events if window < e.timestamp < now]
-    views = Counter(category_of.get(e.item_id, "") for e in recent if e.event is EventType.PRODUCT_VIEW)
+    views: Counter[str] = Counter()
+    for e in recent:
+        if e.event is EventType.PRODUCT_VIEW:
+            views[category_of.get(e.item_id, "")] += 1
     views.pop("", None)
     if views:
         cat, n = views.most_common(1)[0]

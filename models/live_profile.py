@@ -144,7 +144,7 @@ class LiveProfile:
         purchase_decay = per_item(decay, is_p)
 
         # in the cart: the item's latest add / remove / purchase event is an add (ties: the later event)
-        cm = np.isin(codes, np.array([_ADD, _REMOVE, _PURCHASE], dtype=np.int8))
+        cm = (codes == _ADD) | (codes == _REMOVE) | is_p
         cart = np.zeros(m)
         if cm.any():
             order = np.lexsort((ts[cm], inv[cm]))

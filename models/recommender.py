@@ -25,7 +25,7 @@ from models.features import user_feature_row
 from models.journey import JourneyRules, StageResult, infer_stage
 from models.live_profile import Entry, LiveProfile, best_anchors, gather_rows, max_normalised
 from models.reasons import ago, reason_for
-from models.scoring import StageScorer, top_k
+from models.scoring import StageScorer, top_k, top_k_one
 from models.sources import row_max_normalise_sparse
 
 _CONTEXT_WEIGHT = 1.0  # weight of the page's anchor items (current product, cart) in the blend
@@ -327,7 +327,7 @@ class Recommender:
         comp, sim = (self._aligned(rows, e) for e in boost) if boost else (None, None)
         if comp is not None and sim is not None:
             score = score + _CONTEXT_WEIGHT * np.maximum(comp, sim)
-        pos = top_k(score[None, :], k, allowed)[0]
+        pos = top_k_one(score, k, allowed)
         pos = pos[pos >= 0].astype(np.int64)
         idx = rows[pos]
         sources = [FEATURE_SOURCES[f] for f in scored.dominant_feature(pos)]
@@ -444,13 +444,20 @@ class Recommender:
         allowed[seen[seen >= 0]] = False  # content already read
         if not allowed.any():
             return []
-        fs = self._content_repr @ rep + self._content_bias
-        fs = (fs - fs[allowed].mean()) / max(float(fs[allowed].std()), 1e-6)
+        fs = self._content_repr @ rep
+        fs += self._content_bias
+        # mean and deviation over the allowed items by two dot products (no masked copies)
+        w = allowed.astype(np.float32)
+        count = float(w.sum())
+        mean = float(fs @ w) / count
+        var = max(float((fs * fs) @ w) / count - mean * mean, 0.0)
+        fs -= np.float32(mean)
+        fs *= np.float32(1.0 / max(np.sqrt(var), 1e-6))
         wanted = np.zeros(len(c.categories) + 1, bool)
         wanted[c.category[items[-30:]]] = True  # the categories of the latest events
         wanted[c.categories.get("", len(c.categories))] = False  # "no category" is not an interest
         score = fs + 2.0 * wanted[self._content_category] + 0.5 * self._content_specific[stage.index]
-        top = top_k(score[None, :].astype(np.float32), n, allowed)[0]
+        top = top_k_one(score.astype(np.float32), n, allowed)
         out = []
         for j in top[top >= 0]:
             item = c.items[int(self._content_idx[j])]

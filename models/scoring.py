@@ -33,6 +33,8 @@ def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.n
 
     scores float32 [u, n]; allowed bool [u, n] or [n] (False = never recommend).
     """
+    if scores.shape[0] == 1 and (allowed is None or allowed.ndim == 1 or allowed.shape[0] == 1):
+        return top_k_one(scores[0], k, None if allowed is None else allowed.reshape(-1))[None, :]
     s = scores.astype(np.float32, copy=True)
     if allowed is not None:
         s[~np.broadcast_to(allowed, s.shape)] = -np.inf
@@ -45,6 +47,23 @@ def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.n
     idx[~np.isfinite(np.take_along_axis(vals, order, axis=1))] = -1
     if kk < k:
         idx = np.pad(idx, ((0, 0), (0, k - kk)), constant_values=-1)
+    return idx
+
+
+def top_k_one(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
+    """``top_k`` for one row (the request path): scores float32 [n], allowed bool [n] -> int32 [k]."""
+    n = len(scores)
+    neg = np.negative(scores, dtype=np.float32)
+    if allowed is not None:
+        neg[~allowed] = np.inf
+    kk = min(k, n)
+    part = np.argpartition(neg, kk - 1)[:kk] if kk < n else np.arange(n)
+    vals = neg[part]
+    order = np.argsort(vals, kind="stable")
+    idx = part[order].astype(np.int32)
+    idx[~np.isfinite(vals[order])] = -1
+    if kk < k:
+        idx = np.concatenate([idx, np.full(k - kk, -1, np.int32)])
     return idx
 
 
@@ -176,9 +195,11 @@ class StageScorer:
             score += w[LIGHTFM_NEW] * z
         else:
             score += w[LIGHTFM] * z
-        for j, idx, vals in features:
+        if features:  # every sparse feature at once: one search, one scatter-add
+            idx = np.concatenate([f[1] for f in features])
+            contrib = np.concatenate([w[j] * vals for j, _, vals in features])
             pos, hit = _positions(items, idx)
-            score[pos[hit]] += w[j] * vals[hit]
+            score += np.bincount(pos[hit], weights=contrib[hit], minlength=len(items)).astype(np.float32)
         return ItemScores(items, score, raw, z, new, features, w, self)
 
 

@@ -106,7 +106,10 @@ class Authenticator:
         self.api_keys = api_keys
         self.enabled = enabled
 
-    def __call__(self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        # async on purpose: Litestar runs a synchronous guard in a worker thread, a hand-off per request
         required: frozenset[Scope] | None = handler.opt.get(SCOPE_OPT)
         if not self.enabled or required is None:
             return

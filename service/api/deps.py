@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
+from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from models.domain import Channel, ItemKind, Stage
@@ -34,6 +35,9 @@ def check_k(k: int, settings: Settings, name: str = "k") -> int:
 
 
 async def provide_filters(
+    # taking ``svc`` makes Litestar resolve the two dependencies one after the other: independent ones
+    # are resolved in an anyio task group, which costs a task per dependency on every request
+    svc: NamedDependency[Services],  # noqa: ARG001
     category: Annotated[str | None, Parameter(max_length=128, description="only this category")] = None,
     min_price: Annotated[float | None, Parameter(ge=0, description="lowest price")] = None,
     max_price: Annotated[float | None, Parameter(ge=0, description="highest price")] = None,
