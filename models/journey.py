@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 import numpy as np
+from numpy.typing import ArrayLike
 
 from models.dataset import EventLog
 from models.domain import DAY, EVENT_TYPES, HOUR, STAGES, Event, EventType, Stage
@@ -192,6 +193,49 @@ def _state(
     )
 
 
+def _state_one(ts: Sequence[float], codes: Sequence[int], now: float, rules: JourneyRules) -> _State:
+    """``_state`` for one visitor and one query (every event is before ``now``, in time order), in one
+    pass of plain Python: the request path asks this once per call, where ~40 numpy calls on arrays of a
+    few dozen events cost more than the work. ``test_journey`` checks that both give the same quantities."""
+    inf = float("inf")
+    last_purchase = last_checkout = -1
+    purchase_t = advocacy_t = cart_t = -inf
+    weight = rules.consider_vector().tolist()
+    window_start = now - rules.consider_window_days * DAY
+    consider = consider_new = 0.0
+    net = 0  # adds minus removes since the last purchase
+    for i, (t, c) in enumerate(zip(ts, codes, strict=True)):
+        if t > window_start:
+            consider += weight[c]
+            consider_new += weight[c]
+        if c == _PURCHASE:  # a new journey starts after it (its own weight counts only in `consider`)
+            last_purchase, purchase_t, net, consider_new = i, t, 0, 0.0
+        elif c == _ADD:
+            net += 1
+            cart_t = t
+        elif c == _REMOVE:
+            net -= 1
+        elif c == _CHECKOUT:
+            last_checkout = i
+            cart_t = t
+        elif c in _ADVOCACY:
+            advocacy_t = t
+    cart_open = (net > 0 or last_checkout > last_purchase) and cart_t > -inf
+
+    def one(x: float) -> np.ndarray:
+        return np.array([x], dtype=np.float64)
+
+    return _State(
+        n_events=np.array([len(ts)], dtype=np.int64),
+        cart_open=np.array([cart_open]),
+        cart_age=one(now - cart_t if cart_t > -inf else inf),
+        purchase_age=one(now - purchase_t if purchase_t > -inf else inf),
+        advocacy_age=one(now - advocacy_t if advocacy_t > -inf else inf),
+        consider=one(consider),
+        consider_new=one(consider_new),
+    )
+
+
 def _classify(s: _State, rules: JourneyRules) -> tuple[np.ndarray, np.ndarray]:
     """(int8[q] ``Stage.index``, float32[q] confidence in [0, 1]) from the rule quantities."""
     ttl = rules.cart_ttl_hours * HOUR
@@ -203,10 +247,18 @@ def _classify(s: _State, rules: JourneyRules) -> tuple[np.ndarray, np.ndarray]:
     retained = (s.purchase_age <= rules.retention_days * DAY) & ~new_journey
     considering = s.consider >= rules.consider_threshold
 
-    stage = np.select(
-        [deciding, advocate, retained, considering],
-        [Stage.DECISION.index, Stage.ADVOCACY.index, Stage.RETENTION.index, Stage.CONSIDERATION.index],
-        default=Stage.AWARENESS.index,
+    def pick(d: ArrayLike, a: ArrayLike, r: ArrayLike, c: ArrayLike, default: ArrayLike) -> np.ndarray:
+        # the rules in priority order (nested np.where: np.select costs more on the one-visitor path)
+        return np.where(
+            deciding, d, np.where(advocate, a, np.where(retained, r, np.where(considering, c, default)))
+        )
+
+    stage = pick(
+        Stage.DECISION.index,
+        Stage.ADVOCACY.index,
+        Stage.RETENTION.index,
+        Stage.CONSIDERATION.index,
+        Stage.AWARENESS.index,
     ).astype(np.int8)
 
     with np.errstate(invalid="ignore"):
@@ -220,11 +272,7 @@ def _classify(s: _State, rules: JourneyRules) -> tuple[np.ndarray, np.ndarray]:
             0.3,
             0.5 + 0.3 * np.clip(1.0 - s.consider / rules.consider_threshold, 0, 1),
         )
-    conf = np.select(
-        [deciding, advocate, retained, considering],
-        [conf_decision, conf_advocacy, conf_retention, conf_consider],
-        default=conf_aware,
-    )
+    conf = pick(conf_decision, conf_advocacy, conf_retention, conf_consider, conf_aware)
     conf = np.where(np.isnan(conf), 0.5, conf)
     return stage, np.clip(conf, 0.0, 1.0).astype(np.float32)
 
@@ -332,11 +380,7 @@ def infer_stage(
     ``category_of`` maps item ids to categories for signals such as "3 views in category kettles".
     """
     evs = sorted((e for e in events if e.timestamp < now), key=lambda e: e.timestamp)
-    n = len(evs)
-    ts = np.fromiter((e.timestamp for e in evs), dtype=np.float64, count=n)
-    codes = np.fromiter((e.event.code for e in evs), dtype=np.int8, count=n)
-    visitor = np.zeros(n, dtype=np.int64)
-    s = _state(visitor, ts, codes, np.zeros(1, np.int64), np.array([n]), np.array([now]), rules)
+    s = _state_one([e.timestamp for e in evs], [e.event.code for e in evs], now, rules)
     stage_idx, conf = _classify(s, rules)
     stage = STAGES[int(stage_idx[0])]
     return StageResult(

@@ -17,6 +17,8 @@ from models.journey import (
     DEFAULT_RULES,
     HOUR,
     JourneyRules,
+    _state,
+    _state_one,
     infer_stage,
     stages_at,
     stages_before_events,
@@ -238,3 +240,22 @@ def test_otto_log_stages_match_live_engine() -> None:
     stage, _ = stages_at(log, end)
     for v, vid in enumerate(log.visitor_ids):
         assert stage[v] == infer_stage([e for e in events if e.visitor_id == vid], end).stage.index
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(event_st, max_size=40), st.integers(0, 250 * 86_400))
+def test_one_visitor_state_matches_the_vectorised_state(raw, now) -> None:
+    events = sorted((e for e in _events(raw) if e.timestamp < now), key=lambda e: e.timestamp)
+    ts = np.array([e.timestamp for e in events], dtype=np.float64)
+    codes = np.array([e.event.code for e in events], dtype=np.int8)
+    rules = JourneyRules(consider_weights={E.PRODUCT_VIEW: 1.0, E.PURCHASE: 0.7, E.SEARCH: 0.5})
+    n = len(events)
+    want = _state(
+        np.zeros(n, np.int64), ts, codes, np.zeros(1, np.int64), np.array([n]), np.array([now]), rules
+    )
+    got = _state_one(ts.tolist(), codes.tolist(), float(now), rules)
+    for field in want.__struct_fields__:
+        a, b = getattr(want, field), getattr(got, field)
+        assert a.shape == b.shape == (1,), field
+        assert a.dtype.kind == b.dtype.kind, field
+        assert np.allclose(a, b, equal_nan=True) or a[0] == b[0], field
