@@ -138,7 +138,8 @@ class Recommender:
         # per stage, over the content items: serves the stage / serves it and not every stage (bool [5, c])
         serves = self.catalog.serves[:, self._content_idx]
         self._content_serves = serves
-        self._content_specific = serves & (serves.sum(axis=0) < len(STAGES))[None, :]
+        specific = serves & (serves.sum(axis=0) < len(STAGES))[None, :]
+        self._content_bonus = (0.5 * specific).astype(np.float32)  # [5, c]: content specific to the stage
         self._products_in_stock = self.catalog.is_product & self.catalog.in_stock
         self._norm_repr = self.scorer.item_repr / np.maximum(
             np.linalg.norm(self.scorer.item_repr, axis=1, keepdims=True), 1e-6
@@ -456,8 +457,10 @@ class Recommender:
         wanted = np.zeros(len(c.categories) + 1, bool)
         wanted[c.category[items[-30:]]] = True  # the categories of the latest events
         wanted[c.categories.get("", len(c.categories))] = False  # "no category" is not an interest
-        score = fs + 2.0 * wanted[self._content_category] + 0.5 * self._content_specific[stage.index]
-        top = top_k_one(score.astype(np.float32), n, allowed)
+        score = fs  # in place: + 2 in the visitor's categories, + 0.5 when specific to the stage
+        score += self._content_bonus[stage.index]
+        np.add(score, np.float32(2.0), out=score, where=wanted[self._content_category])
+        top = top_k_one(score, n, allowed)
         out = []
         for j in top[top >= 0]:
             item = c.items[int(self._content_idx[j])]
