@@ -110,6 +110,37 @@ class _Catalog:
         )
 
 
+@dataclass(frozen=True)
+class _StageContent:
+    """The content items serving one stage, laid out for ranking them per request (a fifth of the content
+    on the simulated storefront, where each guide serves one stage).
+
+    rows int64 [m] sorted catalog rows; vectors float32 [m, d] contiguous and bias float32 [m]: their item
+    representations; category int32 [m] codes; bonus float32 [m]: 0.5 where the item serves only some
+    stages (content specific to this stage beats content for everyone).
+    """
+
+    rows: np.ndarray
+    vectors: np.ndarray
+    bias: np.ndarray
+    category: np.ndarray
+    bonus: np.ndarray
+
+    @classmethod
+    def build(cls, rec: Recommender, stage: Stage) -> _StageContent:
+        c, sc = rec.catalog, rec.scorer
+        content = ~c.is_product
+        rows = np.flatnonzero(content & c.serves[stage.index]).astype(np.int64)
+        specific = c.serves[:, rows].sum(axis=0) < len(STAGES)
+        return cls(
+            rows,
+            np.ascontiguousarray(sc.item_repr[rows], dtype=np.float32),
+            sc.item_bias[rows].astype(np.float32),
+            c.category[rows],
+            (0.5 * specific).astype(np.float32),
+        )
+
+
 def _dense(row: sp.csr_matrix, n: int) -> np.ndarray:
     """float32 [n] from a csr [1, n] row."""
     out = np.zeros(n, np.float32)
@@ -134,22 +165,12 @@ class Recommender:
         t = bundle.tables
         pop = np.log1p(t.popularity) + 0.5 * np.log1p(t.trending)
         self._fallback_score = (pop / max(float(pop.max()), 1e-6)).astype(np.float32)
-        self._content_idx = np.flatnonzero(~self.catalog.is_product)
-        # per stage, over the content items: serves the stage / serves it and not every stage (bool [5, c])
-        serves = self.catalog.serves[:, self._content_idx]
-        self._content_serves = serves
-        specific = serves & (serves.sum(axis=0) < len(STAGES))[None, :]
-        self._content_bonus = (0.5 * specific).astype(np.float32)  # [5, c]: content specific to the stage
+        self._stage_content = [_StageContent.build(self, stage) for stage in STAGES]
         self._products_in_stock = self.catalog.is_product & self.catalog.in_stock
         self._norm_repr = self.scorer.item_repr / np.maximum(
             np.linalg.norm(self.scorer.item_repr, axis=1, keepdims=True), 1e-6
         )
         sc = self.scorer
-        self._content_repr = np.ascontiguousarray(sc.item_repr[self._content_idx])
-        self._content_bias = sc.item_bias[self._content_idx]
-        self._content_category = self.catalog.category[self._content_idx]
-        self._content_pos = np.full(len(bundle.catalog), -1, np.int64)  # item row -> content position
-        self._content_pos[self._content_idx] = np.arange(len(self._content_idx))
         self.candidate_settings = cs = candidates or CandidateSettings()
         self.candidates: CandidateIndex | None = None
         if len(bundle.catalog) > cs.exhaustive_max_items:
@@ -438,15 +459,18 @@ class Recommender:
         (``_event_arrays``); rep float32 [d]: the visitor's representation (``StageScorer.visitor_repr``).
         """
         c = self.catalog
-        if n <= 0 or len(self._content_idx) == 0:
+        sc = self._stage_content[stage.index]
+        if n <= 0 or len(sc.rows) == 0:
             return []
-        allowed = self._content_serves[stage.index].copy()
-        seen = self._content_pos[items[codes == _CONTENT_VIEW]]
-        allowed[seen[seen >= 0]] = False  # content already read
+        allowed = np.ones(len(sc.rows), bool)
+        read = items[codes == _CONTENT_VIEW]
+        if len(read):  # content already read
+            pos = np.minimum(np.searchsorted(sc.rows, read), len(sc.rows) - 1)
+            allowed[pos[sc.rows[pos] == read]] = False
         if not allowed.any():
             return []
-        fs = self._content_repr @ rep
-        fs += self._content_bias
+        fs = sc.vectors @ rep
+        fs += sc.bias
         # mean and deviation over the allowed items by two dot products (no masked copies)
         w = allowed.astype(np.float32)
         count = float(w.sum())
@@ -458,12 +482,12 @@ class Recommender:
         wanted[c.category[items[-30:]]] = True  # the categories of the latest events
         wanted[c.categories.get("", len(c.categories))] = False  # "no category" is not an interest
         score = fs  # in place: + 2 in the visitor's categories, + 0.5 when specific to the stage
-        score += self._content_bonus[stage.index]
-        np.add(score, np.float32(2.0), out=score, where=wanted[self._content_category])
+        score += sc.bonus
+        np.add(score, np.float32(2.0), out=score, where=wanted[sc.category])
         top = top_k_one(score, n, allowed)
         out = []
         for j in top[top >= 0]:
-            item = c.items[int(self._content_idx[j])]
+            item = c.items[int(sc.rows[j])]
             reason = reason_for("content", stage, anchor_title=item.category)
             out.append(RecommendedItem(item.item_id, round(float(score[j]), 6), "content", reason))
         return out
