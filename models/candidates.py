@@ -110,7 +110,7 @@ class ItemClusters:
     def probe(self, query: np.ndarray, min_items: int) -> tuple[np.ndarray, np.ndarray]:
         """The items of the clusters whose centroids score highest for ``query`` (float32 [d]), until at
         least ``min_items`` items are covered: (item rows int64 [p], their scores float32 [p])."""
-        best = np.argsort(-(self.centroids @ query), kind="stable")
+        best = np.argsort(-(self.centroids @ query))
         sizes = (self.starts[1:] - self.starts[:-1])[best]
         take = np.sort(best[: int(np.searchsorted(np.cumsum(sizes), min_items)) + 1])
         lo, hi = self.starts[take], self.starts[take + 1]
@@ -164,11 +164,12 @@ class CandidateIndex:
         mark[rows] = True
         fav = self.favourite_rows[key]
         ok = fav >= 0
+        probed_fav = mark[np.maximum(fav, 0)]
         scores[fav[ok]] = (self.favourite_vectors[key] @ query)[ok]
         mark[fav[ok]] = True
         more = np.concatenate([np.zeros(0, np.int64), *extra])
-        more = more[~mark[more]]
+        more = np.unique(more[~mark[more]]) if len(more) else more
         scores[more] = self.clusters.vectors[self.position[more]] @ query
-        mark[more] = True
-        cand = np.flatnonzero(mark)
+        # the three parts are disjoint now: sorting a few thousand rows beats scanning the catalog's marks
+        cand = np.sort(np.concatenate([rows, fav[ok & ~probed_fav], more]))
         return cand, scores[cand]
