@@ -134,13 +134,11 @@ def user_feature_rows(
 
 
 def user_feature_row(
-    vocab_index: dict[str, int], visitor: str | None, stage: Stage, tokens: Sequence[str], n_features: int
-) -> sp.csr_matrix:
-    """``user_feature_rows`` for one visitor, built directly (the request path: no COO round trip)."""
+    vocab_index: dict[str, int], visitor: str | None, stage: Stage, tokens: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One row of ``user_feature_rows`` as (columns int64 [f] sorted, weights float32 [f]): the request
+    path needs only these to weigh the embedding rows, not a sparse matrix."""
     cols, vals = _user_row(vocab_index, visitor, stage, tokens)
     order = np.argsort(cols)
     w = np.asarray(vals, np.float64)[order]
-    data = (w / max(float(w.sum()), 1e-12)).astype(np.float32)
-    return sp.csr_matrix(
-        (data, np.asarray(cols, np.int32)[order], np.array([0, len(cols)], np.int32)), shape=(1, n_features)
-    )
+    return np.asarray(cols, np.int64)[order], (w / max(float(w.sum()), 1e-12)).astype(np.float32)

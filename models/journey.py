@@ -335,16 +335,20 @@ def _signals(
         lapsed = purchase_age > rules.retention_days * DAY
         out.append(f"purchased {duration(purchase_age)} ago" + (" (lapsed customer)" if lapsed else ""))
     window = now - rules.consider_window_days * DAY
-    recent = [e for e in events if window < e.timestamp < now]
     views: Counter[str] = Counter()
-    for e in recent:
-        if e.event is EventType.PRODUCT_VIEW:
-            views[category_of.get(e.item_id, "")] += 1
+    compares = content = 0
+    for e in events:  # one pass over the recent window
+        if window < e.timestamp < now:
+            if e.event is EventType.PRODUCT_VIEW:
+                views[category_of.get(e.item_id, "")] += 1
+            elif e.event is EventType.COMPARE:
+                compares += 1
+            elif e.event is EventType.CONTENT_VIEW:
+                content += 1
     views.pop("", None)
     if views:
         cat, n = views.most_common(1)[0]
         out.append(f"{n} view{'s' if n != 1 else ''} in category {cat}")
-    compares = sum(1 for e in recent if e.event is EventType.COMPARE)
     if compares:
         out.append(f"compared {compares} time{'s' if compares != 1 else ''}")
     if consider > 0 and stage is Stage.CONSIDERATION:
@@ -352,7 +356,6 @@ def _signals(
             f"consideration activity {consider:g} ≥ {rules.consider_threshold:g} "
             f"in {rules.consider_window_days:g} days"
         )
-    content = sum(1 for e in recent if e.event is EventType.CONTENT_VIEW)
     if content:
         out.append(f"read {content} content page{'s' if content != 1 else ''} recently")
     if not out:

@@ -25,7 +25,7 @@ from models.features import user_feature_row
 from models.journey import JourneyRules, StageResult, infer_stage
 from models.live_profile import Entry, LiveProfile, best_anchors, gather_rows, max_normalised
 from models.reasons import ago, reason_for
-from models.scoring import StageScorer, top_k, top_k_one
+from models.scoring import StageScorer, UserRow, top_k, top_k_one
 from models.sources import row_max_normalise_sparse
 
 _CONTEXT_WEIGHT = 1.0  # weight of the page's anchor items (current product, cart) in the blend
@@ -258,7 +258,7 @@ class Recommender:
         order = np.argsort(ts, kind="stable")
         return items[order], codes[order], ts[order]
 
-    def _user_features(self, ctx: VisitorContext, stage: Stage, known: bool) -> sp.csr_matrix:
+    def _user_features(self, ctx: VisitorContext, stage: Stage, known: bool) -> UserRow:
         tokens = [
             t
             for t in (
@@ -267,9 +267,7 @@ class Recommender:
             )
             if t
         ]
-        return user_feature_row(
-            self.user_index, ctx.visitor_id if known else None, stage, tokens, self.n_user_features
-        )
+        return user_feature_row(self.user_index, ctx.visitor_id if known else None, stage, tokens)
 
     def _candidates(
         self, rep: np.ndarray, stage: Stage, new: bool, extra: list[Entry]
@@ -328,13 +326,12 @@ class Recommender:
         rep = self.scorer.visitor_repr(uf, extra)
         anchors = self._anchors(ctx)
         boost = self._anchor_boost(ctx, anchors)
-        every = np.arange(len(self.catalog.items), dtype=np.int64)
         picked = self._candidates(rep, stage.stage, live.is_new, [*features, *boost])
-        rows = picked[0] if picked is not None else every
+        rows = picked[0] if picked is not None else np.arange(len(self.catalog.items), dtype=np.int64)
         allowed = self._allowed_among(rows, ctx, filters, ItemKind.PRODUCT)
         if picked is not None and int(allowed.sum()) < k:
             # the filters leave too few candidates: score the whole catalog instead
-            picked, rows = None, every
+            picked, rows = None, np.arange(len(self.catalog.items), dtype=np.int64)
             allowed = self._allowed_among(rows, ctx, filters, ItemKind.PRODUCT)
         scored = self.scorer.score_items(
             None if picked is None else picked[0],

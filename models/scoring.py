@@ -27,6 +27,9 @@ from models.live_profile import Entry
 from models.profiles import Profiles
 from models.sources import ItemTables
 
+#: one visitor's user features: (columns int64 [f], weights float32 [f])
+UserRow = tuple[np.ndarray, np.ndarray]
+
 
 def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
     """int32 [u, k] indices of the highest scores per row, best first; -1 where fewer than k allowed.
@@ -132,23 +135,20 @@ class StageScorer:
         w = self.blend_weights[stages.astype(np.int64)]
         return blend(w, feature_arrays(self.tables, profiles, fs), profiles.n_visitors, self.n_items)
 
-    def raw_scores(self, user_repr: np.ndarray, user_features: sp.csr_matrix) -> np.ndarray:  # noqa: ARG002
+    def raw_scores(self, user_repr: np.ndarray, user_row: UserRow) -> np.ndarray:  # noqa: ARG002
         """float32 [n_items] factor scores of one visitor: one GEMV over the precomputed item
-        representations. (``user_features`` is unused here; the benchmark's naive twin needs it.)"""
+        representations. (``user_row`` is unused here; the benchmark's naive twin needs it.)"""
         raw = self.item_repr @ user_repr
         raw += self.item_bias
         return raw
 
-    def visitor_repr(self, user_features: sp.csr_matrix, extra_repr: np.ndarray | None = None) -> np.ndarray:
-        """float32 [d]: one visitor's representation from csr [1, n_user_features] user features, plus
-        ``extra_repr`` float32 [d] or [1, d] when given (as in ``score``)."""
-        # one row: a weighted sum of a few embedding rows (cheaper than a sparse product)
-        uf = user_features
-        rep = (
-            uf.data @ self.factors.user_emb[uf.indices]
-            if uf.nnz
-            else np.zeros(self.factors.user_emb.shape[1])
-        )
+    def visitor_repr(self, user_row: UserRow, extra_repr: np.ndarray | None = None) -> np.ndarray:
+        """float32 [d]: one visitor's representation from their user features (columns int64 [f], weights
+        float32 [f], as ``features.user_feature_row`` gives them), plus ``extra_repr`` float32 [d] or
+        [1, d] when given (as in ``score``)."""
+        cols, vals = user_row
+        # a weighted sum of a few embedding rows (cheaper than a sparse product)
+        rep = vals @ self.factors.user_emb[cols] if len(cols) else np.zeros(self.factors.user_emb.shape[1])
         if extra_repr is not None:
             rep = rep + np.asarray(extra_repr, np.float32).reshape(-1)
         return np.asarray(rep, np.float32)
@@ -157,7 +157,7 @@ class StageScorer:
         self,
         items: np.ndarray | None,
         rep: np.ndarray,
-        user_features: sp.csr_matrix,
+        user_row: UserRow,
         stage: int,
         features: list[Entry],
         new: bool,
@@ -166,13 +166,14 @@ class StageScorer:
         """One visitor's blended scores (as ``score`` gives them) for ``items`` only.
 
         items int64 [c] sorted distinct catalog rows, or None for every item; rep float32 [d] from
-        ``visitor_repr``; features the visitor's sparse features (``LiveProfile.features``); new: the
-        visitor has no history; raw float32 [c]: the items' factor scores when the caller has them already.
-        The factor scores are standardised with the mean and deviation over *all*
-        items (from the precomputed moments), so a candidate's score does not depend on the candidate set.
+        ``visitor_repr`` (of ``user_row``); features the visitor's sparse features
+        (``LiveProfile.features``); new: the visitor has no history; raw float32 [c]: the items' factor
+        scores when the caller has them already. The factor scores are standardised with the mean and
+        deviation over *all* items (from the precomputed moments), so a candidate's score does not depend
+        on the candidate set.
         """
         if items is None:
-            raw = self.raw_scores(rep, user_features)
+            raw = self.raw_scores(rep, user_row)
             score = self.crowd[stage].copy()
             pop = self.popularity
             items = np.arange(self.n_items, dtype=np.int64)

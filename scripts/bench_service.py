@@ -294,7 +294,11 @@ class NaiveScorer(StageScorer):
         self.items = np.arange(self.item_features.shape[0], dtype=np.int32)
         self.users = np.zeros(len(self.items), dtype=np.int32)
 
-    def raw_scores(self, user_repr: np.ndarray, user_features: sp.csr_matrix) -> np.ndarray:  # noqa: ARG002
+    def raw_scores(self, user_repr: np.ndarray, user_row: tuple[np.ndarray, np.ndarray]) -> np.ndarray:  # noqa: ARG002
+        cols, vals = user_row
+        user_features = sp.csr_matrix(
+            (vals, cols, np.array([0, len(cols)])), shape=(1, self.model.user_embeddings.shape[0])
+        )
         s = self.model.predict(
             self.users,
             self.items,
@@ -324,7 +328,7 @@ def in_process(models: Path, ctxs: list[VisitorContext], calls: int) -> dict[str
     n_uf = rec.n_user_features
     rng = np.random.default_rng(0)
     reps = [rec.scorer.factors.user_emb[rng.integers(0, n_uf)] for _ in range(64)]
-    ufs = [sp.csr_matrix(([1.0], ([0], [int(rng.integers(0, n_uf))])), shape=(1, n_uf)) for _ in range(64)]
+    ufs = [(np.array([int(rng.integers(0, n_uf))]), np.ones(1, np.float32)) for _ in range(64)]
 
     def top10(s: np.ndarray) -> np.ndarray:
         top = np.argpartition(-s, 10)[:10]

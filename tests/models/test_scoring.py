@@ -89,8 +89,10 @@ def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
     uf = sp.random(1, 12, density=0.5, random_state=seed, dtype=np.float32).tocsr()
     stage = int(rng.integers(0, len(STAGES)))
     batch, which = scorer.score(prof, np.array([stage], np.int8), uf)
-    rep = scorer.visitor_repr(uf)
-    one = scorer.score_items(None, rep, uf, stage, live.features(scorer.tables), live.is_new)
+    rep = scorer.visitor_repr((uf.indices.astype(np.int64), uf.data))
+    one = scorer.score_items(
+        None, rep, (uf.indices, uf.data), stage, live.features(scorer.tables), live.is_new
+    )
     assert np.allclose(one.score, batch[0], atol=1e-4)
     items = np.argsort(-one.score)[:10]
     contrib_ok = one.dominant_feature(items)
@@ -101,6 +103,8 @@ def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
     )
     # a subset of the items gets exactly the scores the full pass gives them
     subset = np.sort(rng.choice(40, 13, replace=False)).astype(np.int64)
-    part = scorer.score_items(subset, rep, uf, stage, live.features(scorer.tables), live.is_new)
+    part = scorer.score_items(
+        subset, rep, (uf.indices, uf.data), stage, live.features(scorer.tables), live.is_new
+    )
     assert np.allclose(part.score, one.score[subset], atol=1e-5)
     assert np.array_equal(part.dominant_feature(np.arange(13)), one.dominant_feature(subset))
