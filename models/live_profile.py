@@ -9,7 +9,7 @@ touched (m is at most a few hundred), and ``features`` gives what ``blend.sparse
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -166,6 +166,8 @@ class LiveProfile:
         """The same profile with the cart replaced by ``cart_items`` (int64 catalog rows; the store's cart
         is authoritative: it survives the cap on recent events). Items only in the cart are added."""
         cart_items = np.unique(np.asarray(cart_items, np.int64))
+        if len(cart_items) == 0:
+            return replace(self, cart=np.zeros(len(self.items), np.float32))
         items = np.union1d(self.items, cart_items)
         pos = np.searchsorted(items, self.items)
 

@@ -246,17 +246,24 @@ class Recommender:
     def _event_arrays(self, ctx: VisitorContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(items int64, codes int8, ts float64) [n]: the visitor's events on catalog items up to now, in
         time order, plus purchases older than the recent-events window (the store keeps those apart)."""
-        index = self.catalog.index
+        get, now = self.catalog.index.get, ctx.now
+        items: list[int] = []
+        codes: list[int] = []
+        ts: list[float] = []
         seen = {e.item_id for e in ctx.events if e.event is EventType.PURCHASE}
-        rows = [(index.get(i), _PURCHASE, t) for i, t in ctx.purchases.items() if i not in seen]
-        rows.extend((index.get(e.item_id), e.event.code, e.timestamp) for e in ctx.events)
-        rows = [r for r in rows if r[0] is not None and r[2] <= ctx.now]
-        n = len(rows)
-        items = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-        codes = np.fromiter((r[1] for r in rows), dtype=np.int8, count=n)
-        ts = np.fromiter((r[2] for r in rows), dtype=np.float64, count=n)
-        order = np.argsort(ts, kind="stable")
-        return items[order], codes[order], ts[order]
+        older = [(i, t) for i, t in ctx.purchases.items() if i not in seen]
+        for item_id, code, t in (
+            *((i, _PURCHASE, t) for i, t in older),
+            *((e.item_id, e.event.code, e.timestamp) for e in ctx.events),
+        ):
+            row = get(item_id)
+            if row is not None and t <= now:
+                items.append(row)
+                codes.append(code)
+                ts.append(t)
+        t_arr = np.array(ts, dtype=np.float64)
+        order = np.argsort(t_arr, kind="stable")
+        return np.array(items, dtype=np.int64)[order], np.array(codes, dtype=np.int8)[order], t_arr[order]
 
     def _user_features(self, ctx: VisitorContext, stage: Stage, known: bool) -> UserRow:
         tokens = [

@@ -244,7 +244,7 @@ class ItemScores:
         contrib[:, POPULARITY] = w[POPULARITY] * pop
         contrib[:, TRENDING] = w[TRENDING] * trending
         for j, idx, vals in self.features:
-            pos, hit = _positions(idx, rows)
             if len(idx):
+                pos, hit = _positions(idx, rows)
                 contrib[:, j] = np.where(hit, w[j] * vals[pos], 0.0)
         return np.asarray(contrib.argmax(axis=1))
