@@ -236,6 +236,11 @@ def _state_one(ts: Sequence[float], codes: Sequence[int], now: float, rules: Jou
     )
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    """x clipped to [0, 1] (two ufuncs: np.clip's wrapper costs more on the one-visitor path)."""
+    return np.minimum(np.maximum(x, 0.0), 1.0)
+
+
 def _classify(s: _State, rules: JourneyRules) -> tuple[np.ndarray, np.ndarray]:
     """(int8[q] ``Stage.index``, float32[q] confidence in [0, 1]) from the rule quantities."""
     ttl = rules.cart_ttl_hours * HOUR
@@ -264,17 +269,17 @@ def _classify(s: _State, rules: JourneyRules) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore"):
         conf_decision = 0.55 + 0.4 * np.exp(-s.cart_age / ttl)
         conf_advocacy = 0.6 + 0.35 * np.exp(-s.advocacy_age / (rules.advocacy_days * DAY))
-        conf_retention = 0.5 + 0.45 * np.clip(1.0 - s.purchase_age / (rules.retention_days * DAY), 0, 1)
+        conf_retention = 0.5 + 0.45 * _unit(1.0 - s.purchase_age / (rules.retention_days * DAY))
         conf_consider = np.minimum(0.9, 0.45 + 0.45 * (s.consider / (3.0 * rules.consider_threshold)))
         # awareness: sure when there is recent browsing, unsure for a visitor we know nothing about
         conf_aware = np.where(
             s.n_events == 0,
             0.3,
-            0.5 + 0.3 * np.clip(1.0 - s.consider / rules.consider_threshold, 0, 1),
+            0.5 + 0.3 * _unit(1.0 - s.consider / rules.consider_threshold),
         )
     conf = pick(conf_decision, conf_advocacy, conf_retention, conf_consider, conf_aware)
     conf = np.where(np.isnan(conf), 0.5, conf)
-    return stage, np.clip(conf, 0.0, 1.0).astype(np.float32)
+    return stage, _unit(conf).astype(np.float32)
 
 
 def stages_at(
