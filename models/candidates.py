@@ -29,10 +29,10 @@ class CandidateSettings(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     exhaustive_max_items: int = 20_000
-    probe_items: int = 2_000
-    items_per_cluster: int = 200
-    crowd_items: int = 300
-    feature_items: int = 300
+    probe_items: int = 1_500
+    items_per_cluster: int = 100
+    crowd_items: int = 200
+    feature_items: int = 200
 
 
 def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
