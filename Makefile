@@ -61,7 +61,10 @@ eval: $(STAMP)
 	$(BIN)/journeyrec evaluate --events reports/sim/events.csv --catalog reports/sim/catalog.csv \
 		--split-at $(SIM_SPLIT) --k 10 --json reports/simulated.json --report reports/simulated.html
 
+# The service benchmark loads the server with wrk (Debian's package; installed here when apt-get may run,
+# else the script falls back to a slower Python load generator and says so).
 bench: $(STAMP)
+	command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || echo "wrk not installed: using httpx"
 	$(BIN)/python scripts/bench_train.py --visitors 20000 --threads 2
 	$(BIN)/python scripts/bench_service.py
 
