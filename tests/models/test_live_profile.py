@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from models.blend import sparse_features
 from models.domain import DAY, EVENT_TYPES, Event
-from models.live_profile import LiveProfile, gather_rows
+from models.live_profile import LiveProfile, best_anchors, gather_rows
 from models.profiles import profile_from_events
 from models.sources import ItemTables
 from models.weights import EventWeights
@@ -111,3 +111,18 @@ def test_empty_profile_has_no_features() -> None:
     assert live.is_new
     assert live.features(_tables(0)) == []
     assert [j for j, _, _ in live.with_cart(np.array([3])).features(_tables(0))]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_best_anchors_matches_a_dense_argmax(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = sp.random(15, 40, density=0.25, random_state=seed, dtype=np.float32).tocsr()
+    anchors = rng.choice(15, 5, replace=False).astype(np.int64)
+    targets = rng.choice(40, 8, replace=False).astype(np.int64)
+    got = best_anchors(m, anchors, targets)
+    block = m[anchors][:, targets].toarray()
+    for t in range(len(targets)):
+        if block[:, t].max() > 0:
+            assert block[got[t], t] == block[:, t].max()
+        else:
+            assert got[t] == -1
