@@ -113,15 +113,10 @@ class ItemClusters:
         best = np.argsort(-(self.centroids @ query))
         sizes = (self.starts[1:] - self.starts[:-1])[best]
         take = np.sort(best[: int(np.searchsorted(np.cumsum(sizes), min_items)) + 1])
-        lo, hi = self.starts[take], self.starts[take + 1]
-        out = np.empty(int((hi - lo).sum()), np.float32)
-        at = 0
-        for a, b in zip(lo.tolist(), hi.tolist(), strict=True):  # a few dozen clusters, one GEMV each
-            np.dot(self.vectors[a:b], query, out=out[at : at + b - a])
-            at += b - a
-        counts = hi - lo
-        pos = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(len(out))
-        return self.order[pos], out
+        lo, counts = self.starts[take], self.starts[take + 1] - self.starts[take]
+        # the probed clusters' rows (runs of contiguous memory), gathered, then one GEMV
+        pos = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+        return self.order[pos], self.vectors[pos] @ query
 
 
 @dataclass(frozen=True)
