@@ -9,6 +9,7 @@ touched (m is at most a few hundred), and ``features`` gives what ``blend.sparse
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -116,47 +117,52 @@ class LiveProfile:
         cls, items: np.ndarray, codes: np.ndarray, ts: np.ndarray, now: float, weights: EventWeights
     ) -> LiveProfile:
         """From aligned event arrays (items int64 [n] catalog rows, codes int8 [n], ts float64 [n]) with
-        every event at or before ``now``; the cart is derived from the events as ``Profiles`` does."""
-        uniq, inv = np.unique(items, return_inverse=True)
-        inv = inv.ravel()
-        m = len(uniq)
+        every event at or before ``now``; the cart is derived from the events as ``Profiles`` does.
 
-        def per_item(vals: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
-            if where is None:
-                return np.bincount(inv, weights=vals, minlength=m)
-            return np.bincount(inv[where], weights=vals[where], minlength=m)
-
-        interest = np.maximum(per_item(weights.of(codes).astype(np.float64)), 0)
-        last = np.full(m, -np.inf)
-        np.maximum.at(last, inv, ts)
-        touch_age = np.where(np.isfinite(last), (now - last) / DAY + 1e-3, 0.0)
-
-        is_p, is_c = codes == _PURCHASE, codes == _CANCEL
-        signed = is_p.astype(np.float64) - is_c
-        purchases = np.maximum(per_item(signed), 0)
-        last_p = np.full(m, -np.inf)
-        np.maximum.at(last_p, inv[is_p], ts[is_p])
-        purchase_age = np.where(np.isfinite(last_p), (now - last_p) / DAY + 1e-3, 0.0)
-        decay = np.exp(-(now - ts) / (PURCHASE_DECAY_DAYS * DAY))
-        purchase_decay = per_item(decay, is_p)
-
-        # in the cart: the item's latest add / remove / purchase event is an add (ties: the later event)
-        cm = (codes == _ADD) | (codes == _REMOVE) | is_p
-        cart = np.zeros(m)
-        if cm.any():
-            order = np.lexsort((ts[cm], inv[cm]))
-            ci, cc = inv[cm][order], codes[cm][order]
-            is_last = np.append(ci[1:] != ci[:-1], True)
-            cart[ci[is_last]] = cc[is_last] == _ADD
+        One pass of plain Python over the visitor's events (a few dozen): on arrays that small, each numpy
+        call costs more than the loop body.
+        """
+        w = weights.vector().tolist()
+        decay_s = PURCHASE_DECAY_DAYS * DAY
+        inf = float("inf")
+        # per item: [interest, last event, net purchases, last purchase, purchase decay, in cart]
+        acc: dict[int, list[float]] = {}
+        order = np.argsort(ts, kind="stable").tolist()  # time order (ties: input order) decides the cart
+        it, cs, tl = items.tolist(), codes.tolist(), ts.tolist()
+        for k in order:
+            i, c, t = it[k], cs[k], tl[k]
+            a = acc.get(i)
+            if a is None:
+                a = acc[i] = [0.0, -inf, 0.0, -inf, 0.0, 0.0]
+            a[0] += w[c]
+            a[1] = max(a[1], t)
+            if c == _PURCHASE:
+                a[2] += 1.0
+                a[3] = max(a[3], t)
+                a[4] += math.exp(-(now - t) / decay_s)
+                a[5] = 0.0
+            elif c == _CANCEL:
+                a[2] -= 1.0
+            elif c == _ADD:
+                a[5] = 1.0
+            elif c == _REMOVE:
+                a[5] = 0.0
+        keys = sorted(acc)
+        rows = [acc[i] for i in keys]
         f32 = np.float32
+
+        def col(j: int) -> np.ndarray:
+            return np.array([r[j] for r in rows], dtype=np.float64)
+
+        last, last_p = col(1), col(3)
         return cls(
-            uniq.astype(np.int64),
-            interest.astype(f32),
-            touch_age.astype(f32),
-            purchases.astype(f32),
-            purchase_age.astype(f32),
-            cart.astype(f32),
-            purchase_decay.astype(f32),
+            np.array(keys, dtype=np.int64),
+            np.maximum(col(0), 0).astype(f32),
+            np.where(np.isfinite(last), (now - last) / DAY + 1e-3, 0.0).astype(f32),
+            np.maximum(col(2), 0).astype(f32),
+            np.where(np.isfinite(last_p), (now - last_p) / DAY + 1e-3, 0.0).astype(f32),
+            col(5).astype(f32),
+            col(4).astype(f32),
         )
 
     def with_cart(self, cart_items: np.ndarray) -> LiveProfile:
