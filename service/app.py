@@ -43,6 +43,14 @@ from service.store.factory import build_store
 
 log = logging.getLogger("journeyrec.service")
 
+
+class MetricsController(PrometheusController):
+    """``/metrics`` in the Prometheus text format: an operations endpoint, left out of the API schema (which
+    would otherwise describe it as JSON)."""
+
+    include_in_schema = False
+
+
 SMALL_BODY_BYTES = 64 * 1024
 API_VERSION = "1"
 
@@ -128,7 +136,7 @@ def create_app(
         ),
     )
     config = AppConfig(
-        route_handlers=[api, bulk, HealthController, PrometheusController],
+        route_handlers=[api, bulk, HealthController, MetricsController],
         dependencies={"svc": Provide(provide_services, sync_to_thread=False)},
         guards=[Authenticator(settings.api_keys, enabled=settings.auth_enabled)],
         exception_handlers=dict(EXCEPTION_HANDLERS),

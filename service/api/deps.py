@@ -17,6 +17,10 @@ from service.settings import Settings
 from service.store.base import VisitorState, VisitorStore
 
 IdPath = Annotated[str, Parameter(min_length=1, max_length=256, description="visitor or item id")]
+# the upper bound is a server setting, checked by ``check_k``: the schema can only state it in words
+K = Annotated[
+    int, Parameter(description="number of items: 1 to the server's max_k (JOURNEYREC_MAX_K, 100 by default)")
+]
 
 
 @dataclass(frozen=True)

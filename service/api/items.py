@@ -6,12 +6,12 @@ from typing import Annotated
 
 from litestar import Controller, get
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromQuery, Parameter
+from litestar.params import Parameter
 
 from models.errors import NotFoundError
 from models.recommender import Filters, Recommender
 from service import metrics
-from service.api.deps import IdPath, Services, check_k, provide_filters
+from service.api.deps import IdPath, K, Services, check_k, provide_filters
 from service.auth import Scope, scopes
 from service.schemas import RelatedOut, items_out
 
@@ -46,7 +46,7 @@ class ItemsController(Controller):
         svc: NamedDependency[Services],
         filters: NamedDependency[Filters],
         item_id: IdPath,
-        k: FromQuery[int] = 10,
+        k: K = 10,
     ) -> RelatedOut:
         return _related(svc, [item_id], k, filters, "similar")
 
@@ -56,7 +56,7 @@ class ItemsController(Controller):
         svc: NamedDependency[Services],
         filters: NamedDependency[Filters],
         item_id: IdPath,
-        k: FromQuery[int] = 10,
+        k: K = 10,
     ) -> RelatedOut:
         return _related(svc, [item_id], k, filters, "complement")
 
@@ -71,7 +71,7 @@ class ItemsController(Controller):
         svc: NamedDependency[Services],
         filters: NamedDependency[Filters],
         item_id: ItemIds,
-        k: FromQuery[int] = 10,
+        k: K = 10,
     ) -> RelatedOut:
         return _related(svc, item_id, k, filters, "similar")
 
@@ -86,6 +86,6 @@ class ItemsController(Controller):
         svc: NamedDependency[Services],
         filters: NamedDependency[Filters],
         item_id: ItemIds,
-        k: FromQuery[int] = 10,
+        k: K = 10,
     ) -> RelatedOut:
         return _related(svc, item_id, k, filters, "complement")

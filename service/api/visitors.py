@@ -6,14 +6,14 @@ from typing import Annotated
 
 from litestar import Controller, delete, get
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromQuery, Parameter
+from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
 from models.domain import Channel, Stage
 from models.errors import StoreUnavailableError
 from models.recommender import Filters
 from service import metrics
-from service.api.deps import IdPath, Services, check_k, context_of, empty_state, provide_filters
+from service.api.deps import IdPath, K, Services, check_k, context_of, empty_state, provide_filters
 from service.auth import Scope, scopes
 from service.schemas import (
     ErasedOut,
@@ -54,7 +54,7 @@ class VisitorsController(Controller):
         svc: NamedDependency[Services],
         filters: NamedDependency[Filters],
         visitor_id: IdPath,
-        k: Annotated[int, Parameter(description="number of products")] = 10,
+        k: K = 10,
         n_content: Annotated[int, Parameter(ge=0, le=50, description="number of content items")] = 3,
         placement: Placement = "home",
         item_id: Annotated[str | None, Parameter(max_length=256, description="item on screen")] = None,
@@ -106,7 +106,7 @@ class VisitorsController(Controller):
         svc: NamedDependency[Services],
         filters: NamedDependency[Filters],
         visitor_id: IdPath,
-        k: FromQuery[int] = 10,
+        k: K = 10,
         campaign: Annotated[str | None, Parameter(min_length=1, max_length=128)] = None,
         mark_sent: Annotated[bool, Parameter(description="remember the items as sent by campaign")] = False,
     ) -> RetargetingOut:

@@ -225,7 +225,9 @@ def test_store_down_degrades_reads_and_refuses_writes(models_dir: Path, recommen
 def test_metrics_and_openapi(client: Client) -> None:
     _ingest(client, event("v-m", KETTLE, "product_view"))
     client.get("/v1/visitors/v-m/recommendations", headers=H_READ)
-    text = client.get("/metrics").text
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
     assert 'journeyrec_events_total{outcome="accepted"}' in text
     assert "journeyrec_http_requests_total" in text
     assert "v-m" not in text  # grouped by route template: no visitor ids in labels
@@ -244,6 +246,8 @@ def test_metrics_and_openapi(client: Client) -> None:
         "/health/ready",
     ):
         assert path in spec["paths"], path
+    assert "/metrics" not in spec["paths"]  # Prometheus text, not part of the JSON API
+    assert "JOURNEYREC_MAX_K" in json.dumps(spec["paths"]["/v1/visitors/{visitor_id}/recommendations"])
     assert "RecommendationsOut" in json.dumps(spec)
     body = spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert [x["$ref"].rsplit("/", 1)[1] for x in body["oneOf"]] == ["EventIn", "EventBatchIn"]
