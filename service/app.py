@@ -8,6 +8,7 @@ Every JSON body's nesting depth is checked before msgspec decodes it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -90,6 +91,35 @@ def create_app(
             # serve anyway (the holder logged why): /health/ready says 503 until a model is reloaded
             log.warning("serving without a model until one is published and POST /v1/models/reload")
 
+    async def follow_latest() -> None:
+        """Load ``latest`` whenever it moves (every worker; POST /v1/models/reload reaches only one)."""
+        while True:
+            await asyncio.sleep(settings.model_poll_seconds)
+            try:
+                result = await holder.reload_if_changed()
+            except ArtifactError:
+                metrics.MODEL_RELOADS.labels("refused").inc()  # logged by the holder; the old model serves
+                continue
+            except OSError as e:
+                log.warning("checking the models directory for a new version failed: %s", e)
+                continue
+            if result is not None:
+                metrics.MODEL_RELOADS.labels("changed" if result.changed else "unchanged").inc()
+                if holder.loaded_at is not None:
+                    metrics.MODEL_LOADED.set(holder.loaded_at)
+
+    poller: list[asyncio.Task[None]] = []
+
+    async def start_polling() -> None:
+        if settings.model_poll_seconds > 0 and holder.models_dir is not None:
+            poller.append(asyncio.create_task(follow_latest(), name="journeyrec-follow-latest"))
+
+    async def stop_polling() -> None:
+        for task in poller:
+            task.cancel()
+        await asyncio.gather(*poller, return_exceptions=True)
+        poller.clear()
+
     async def close_store() -> None:
         if owns_store:
             await the_store.close()
@@ -145,8 +175,8 @@ def create_app(
         request_max_body_size=SMALL_BODY_BYTES,
         openapi_config=openapi,
         state=State({"settings": settings}),
-        on_startup=[load_model_on_startup],
-        on_shutdown=[close_store],
+        on_startup=[load_model_on_startup, start_polling],
+        on_shutdown=[stop_polling, close_store],
         logging_config=LoggingConfig(
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
             log_exceptions="debug",

@@ -5,6 +5,10 @@ reload that lands mid-request changes nothing for it. A reload loads and verifie
 worker thread beside the live model (the event loop keeps serving), then replaces the reference in one
 assignment; if the new artifact is bad the old model keeps serving and the error is reported. Reloads are
 serialized with an ``asyncio.Lock`` so two concurrent reloads cannot race each other.
+
+Every worker process has its own holder: ``POST /v1/models/reload`` reaches one of them. The others follow
+through ``reload_if_changed``, which the app calls every ``model_poll_seconds`` (a stat of the ``latest``
+link); a refused artifact is not tried again until ``latest`` points somewhere else.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class ModelHolder:
         self._lock = asyncio.Lock()
         self.loaded_at: float | None = None
         self.last_error: str | None = None
+        self._refused_dir: Path | None = None  # a bad artifact ``reload_if_changed`` will not retry
 
     @classmethod
     def with_model(cls, recommender: Recommender, models_dir: Path | None = None) -> ModelHolder:
@@ -85,15 +90,16 @@ class ModelHolder:
         models_dir = self.models_dir
         async with self._lock:
             previous = self._current
+            target: Path | None = None
             try:
-                target = await asyncio.to_thread(resolve_latest, models_dir)
-                target = target.resolve()
+                target = (await asyncio.to_thread(resolve_latest, models_dir)).resolve()
                 if previous is not None and target == self._current_dir:
                     return ReloadResult(previous.version, previous.version, False, str(target))
                 # hashing + loading arrays is CPU/disk work: off the event loop, beside the live model
                 model = await asyncio.to_thread(self._loader, target)
             except ArtifactError as e:
                 self.last_error = str(e)
+                self._refused_dir = target
                 kept = f"; still serving {previous.version}" if previous is not None else ""
                 log.error("model reload refused: %s%s", e, kept)  # noqa: TRY400 (no traceback needed)
                 raise ArtifactError(f"reload refused: {e}{kept}") from None
@@ -105,3 +111,17 @@ class ModelHolder:
             old = previous.version if previous is not None else None
             log.info("model %s loaded from %s (previous: %s)", model.version, target, old)
             return ReloadResult(model.version, old, model.version != old, str(target))
+
+    async def reload_if_changed(self) -> ReloadResult | None:
+        """Reload when ``latest`` names another version than the live one (and not one already refused);
+        None when there is nothing to do. Raises ArtifactError, as ``reload`` does, when the new artifact is
+        refused; that version is then skipped until ``latest`` moves again."""
+        if self.models_dir is None:
+            return None
+        try:
+            target = (await asyncio.to_thread(resolve_latest, self.models_dir)).resolve()
+        except ArtifactError:
+            return None  # nothing published (yet): the live model, if any, keeps serving
+        if target in (self._current_dir, self._refused_dir):
+            return None
+        return await self.reload()

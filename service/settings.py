@@ -50,6 +50,7 @@ ENV: dict[str, str] = {
     "redis_socket_timeout": "JOURNEYREC_REDIS_SOCKET_TIMEOUT",
     "rate_limit_per_minute": "JOURNEYREC_RATE_LIMIT_PER_MINUTE",
     "retry_after": "JOURNEYREC_RETRY_AFTER",
+    "model_poll_seconds": "JOURNEYREC_MODEL_POLL_SECONDS",
 }
 FLAGS: dict[str, str] = {"models_dir": "--models"}
 _BOOLS = {
@@ -97,6 +98,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
     # seconds sent in Retry-After when the store is unavailable
     retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 1
+    # every worker checks this often whether ``latest`` moved and loads it (0: only POST /v1/models/reload,
+    # which reaches one worker of several)
+    model_poll_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
 
     def __post_init__(self) -> None:
         if self.redis_url is not None and not re.match(r"^(redis|rediss|unix)://", self.redis_url):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from tests.service.api_fixtures import (
     H_READ,
     KEYS_SPEC,
     product_id,
+    train_storefront_model,
 )
 
 # shared fixtures (pytest finds them as module attributes)
@@ -62,7 +64,15 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, models: Path, redis_url: str, prefix: str) -> None:
+    def __init__(
+        self,
+        models: Path,
+        redis_url: str,
+        prefix: str,
+        *,
+        workers: int = 1,
+        env_extra: dict[str, str] | None = None,
+    ) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {
@@ -70,9 +80,11 @@ class Server:
             "JOURNEYREC_API_KEYS": KEYS_SPEC,
             "JOURNEYREC_REDIS_PREFIX": prefix,
             "JOURNEYREC_LOG_LEVEL": "warning",
+            **(env_extra or {}),
         }
         env.pop("JOURNEYREC_SETTINGS_JSON", None)
         args = ["serve", "--models", str(models), "--redis-url", redis_url, "--port", str(self.port)]
+        args += ["--workers", str(workers)]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", *args],
             cwd=ROOT,
@@ -276,5 +288,29 @@ def test_unreachable_redis_degrades(models_dir: Path, redis_client: redis.Redis)
         assert int(r.headers["Retry-After"]) >= 1
         assert http.get("/health/ready").status_code == 503
         http.close()
+    finally:
+        server.stop()
+
+
+def test_every_worker_follows_a_new_latest(models_dir: Path, prefix: str, tmp_path: Path) -> None:
+    """Two worker processes: publishing a new version reaches both without a reload request (a reload
+    request would reach only one of them)."""
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models, symlinks=True)
+    server = Server(models, REDIS_URL, prefix, workers=2, env_extra={"JOURNEYREC_MODEL_POLL_SECONDS": "0.2"})
+    try:
+        server.wait_live().close()
+        new_version = train_storefront_model(models, seed=21).name
+        seen: dict[float, str] = {}  # the workers, told apart by when each loaded its model
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            # a new connection per request, so that both workers answer
+            live = httpx.get(server.base + "/v1/models", headers=H_READ, timeout=10).json()["live"]
+            seen[live["loaded_at"]] = live["version"]
+            fresh = {t: v for t, v in seen.items() if v == new_version}
+            if len(fresh) >= 2:
+                break
+            time.sleep(0.05)
+        assert len({t for t, v in seen.items() if v == new_version}) >= 2, seen
     finally:
         server.stop()

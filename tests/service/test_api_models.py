@@ -11,6 +11,7 @@ import pytest
 from litestar.testing import AsyncTestClient, TestClient
 
 from models.artifact import ARRAYS, LATEST, resolve_latest
+from models.errors import ArtifactError
 from models.recommender import Recommender
 from service.app import create_app
 from service.model_holder import ModelHolder
@@ -140,3 +141,41 @@ async def test_concurrent_reloads_are_serialized(own_models: Path, recommender: 
     # exactly one reload swapped; the others found `latest` already live
     assert [r.changed for r in results].count(True) == 1
     assert holder.require().version == results[0].version
+
+
+async def test_reload_if_changed_follows_latest_and_skips_a_refused_version(
+    own_models: Path, recommender: Recommender
+) -> None:
+    holder = ModelHolder(own_models)
+    await holder.reload()
+    assert await holder.reload_if_changed() is None  # `latest` is the live version
+    bad = _corrupt_copy(own_models)
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        await holder.reload_if_changed()
+    assert await holder.reload_if_changed() is None  # the refused version is not tried again
+    assert holder.require().version == recommender.version
+    new_dir = train_storefront_model(own_models, seed=13)  # `latest` moves on
+    result = await holder.reload_if_changed()
+    assert result is not None
+    assert result.changed
+    assert holder.require().version == new_dir.name
+    assert bad != new_dir.name
+
+
+async def test_every_app_follows_latest_without_a_reload_request(
+    own_models: Path, recommender: Recommender
+) -> None:
+    # what each worker process does: POST /v1/models/reload reaches only one of them
+    holder = ModelHolder.with_model(recommender, own_models)
+    settings = api_settings(models_dir=str(own_models), model_poll_seconds=0.05)
+    app = create_app(settings, store=memory_store(), model_holder=holder)
+    async with AsyncTestClient(app) as c:
+        new_dir = train_storefront_model(own_models, seed=14)
+        for _ in range(200):
+            r = await c.get("/v1/visitors/v/recommendations", headers=H_READ)
+            if r.json()["model_version"] == new_dir.name:
+                break
+            await asyncio.sleep(0.05)
+        assert r.json()["model_version"] == new_dir.name
+        metrics = (await c.get("/metrics")).text
+        assert 'journeyrec_model_reloads_total{outcome="changed"}' in metrics
