@@ -7,6 +7,7 @@ naming the flag and the variable, with exit status 2.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,8 +77,12 @@ def serve(**flags: Any) -> None:
         f"(models {settings.models_dir}, {store}, {settings.workers} worker(s), {settings.server})",
         err=True,
     )
-    export_for_workers(settings)
-    run_server(settings)
+    metrics_dir = export_for_workers(settings)
+    try:
+        run_server(settings)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def check_serve_settings(settings: Settings) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +25,7 @@ from models.errors import ValidationError
 from service.auth import ApiKey, parse_api_keys
 
 WORKER_SETTINGS_ENV = "JOURNEYREC_SETTINGS_JSON"
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 _BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _MALLOC_VARS = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 _DAY = 86_400
@@ -168,10 +171,13 @@ def _name_setting(message: str) -> str:
     return f"{flag_name(field)} / {ENV[field]}: {m.group(1)}"
 
 
-def export_for_workers(settings: Settings) -> None:
+def export_for_workers(settings: Settings) -> Path | None:
     """Hand the validated settings to worker processes through their inherited environment.
 
     The plain-text keys variable is dropped from this process's environment: workers need only digests.
+    With several workers, Prometheus metrics go to a fresh shared directory (``PROMETHEUS_MULTIPROC_DIR``,
+    unless the operator set one) so that ``/metrics`` adds up every worker, whichever one answers the
+    scrape; that directory is returned for the caller to remove when the server stops.
     """
     os.environ[WORKER_SETTINGS_ENV] = msgspec.json.encode(settings).decode()
     os.environ.pop(ENV["api_keys"], None)
@@ -183,6 +189,14 @@ def export_for_workers(settings: Settings) -> None:
     # per request, and every page of a fresh mapping is a page fault on the request path
     for var, value in _MALLOC_VARS.items():
         os.environ.setdefault(var, value)
+    if settings.workers == 1 or _METRICS_DIR_ENV in os.environ:
+        return None
+    if "prometheus_client" in sys.modules:
+        # the client picks its value storage at import: imported here, forked workers would keep their own
+        raise ValidationError("internal: prometheus_client was imported before the workers were set up")
+    metrics_dir = Path(tempfile.mkdtemp(prefix="journeyrec-metrics-"))
+    os.environ[_METRICS_DIR_ENV] = str(metrics_dir)
+    return metrics_dir
 
 
 def settings_for_worker() -> Settings:

@@ -292,25 +292,53 @@ def test_unreachable_redis_degrades(models_dir: Path, redis_client: redis.Redis)
         server.stop()
 
 
-def test_every_worker_follows_a_new_latest(models_dir: Path, prefix: str, tmp_path: Path) -> None:
-    """Two worker processes: publishing a new version reaches both without a reload request (a reload
-    request would reach only one of them)."""
-    models = tmp_path / "models"
+@pytest.fixture(scope="module")
+def two_workers(
+    models_dir: Path, prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Path]]:
+    """A server with two worker processes on a private copy of the models directory."""
+    models = tmp_path_factory.mktemp("two-workers") / "models"
     shutil.copytree(models_dir, models, symlinks=True)
     server = Server(models, REDIS_URL, prefix, workers=2, env_extra={"JOURNEYREC_MODEL_POLL_SECONDS": "0.2"})
     try:
         server.wait_live().close()
-        new_version = train_storefront_model(models, seed=21).name
-        seen: dict[float, str] = {}  # the workers, told apart by when each loaded its model
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            # a new connection per request, so that both workers answer
-            live = httpx.get(server.base + "/v1/models", headers=H_READ, timeout=10).json()["live"]
-            seen[live["loaded_at"]] = live["version"]
-            fresh = {t: v for t, v in seen.items() if v == new_version}
-            if len(fresh) >= 2:
-                break
-            time.sleep(0.05)
-        assert len({t for t, v in seen.items() if v == new_version}) >= 2, seen
+        yield server, models
     finally:
         server.stop()
+
+
+def _fresh_get(server: Server, path: str) -> httpx.Response:
+    """One request on a new connection (a kept-alive connection would always reach the same worker)."""
+    return httpx.get(server.base + path, headers=H_READ, timeout=10)
+
+
+def test_metrics_add_up_every_worker(two_workers: tuple[Server, Path]) -> None:
+    server, _ = two_workers
+    before = _recommendations_counted(server)
+    for i in range(20):
+        assert _fresh_get(server, f"/v1/visitors/metrics-{i}/recommendations?k=3").status_code == 200
+    # whichever worker answers the scrape, it reports what both answered
+    for _ in range(4):
+        assert _recommendations_counted(server) == before + 20
+
+
+def _recommendations_counted(server: Server) -> float:
+    text = _fresh_get(server, "/metrics").text
+    line = 'journeyrec_recommendations_total{endpoint="recommendations",fallback="false"} '
+    return sum(float(x[len(line) :]) for x in text.splitlines() if x.startswith(line))
+
+
+def test_every_worker_follows_a_new_latest(two_workers: tuple[Server, Path]) -> None:
+    """Publishing a new version reaches both workers without a reload request (a reload request would
+    reach only one of them)."""
+    server, models = two_workers
+    new_version = train_storefront_model(models, seed=21).name
+    seen: dict[float, str] = {}  # the workers, told apart by when each loaded its model
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        live = _fresh_get(server, "/v1/models").json()["live"]
+        seen[live["loaded_at"]] = live["version"]
+        if len({t for t, v in seen.items() if v == new_version}) >= 2:
+            break
+        time.sleep(0.05)
+    assert len({t for t, v in seen.items() if v == new_version}) >= 2, seen

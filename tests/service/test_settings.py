@@ -99,3 +99,43 @@ def test_worker_settings_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
     assert KEY_A not in mod.os.environ[mod.WORKER_SETTINGS_ENV]
     assert mod.settings_for_worker() == s
     monkeypatch.delenv(mod.WORKER_SETTINGS_ENV)
+
+
+def test_several_workers_share_a_fresh_metrics_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from service import settings as mod
+
+    monkeypatch.setenv("JOURNEYREC_API_KEYS", f"{KEY_A}:read")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv(mod.WORKER_SETTINGS_ENV, raising=False)
+    assert mod.export_for_workers(load_settings({"workers": 1})) is None
+    assert "PROMETHEUS_MULTIPROC_DIR" not in mod.os.environ
+    two = load_settings({"workers": 2, "redis_url": "redis://127.0.0.1:6379/0"}, environ={})
+    # the client must not be loaded yet in the serving parent (workers would inherit its storage)
+    monkeypatch.delitem(sys.modules, "prometheus_client", raising=False)
+    d = mod.export_for_workers(two)
+    assert d is not None
+    try:
+        assert d.is_dir()
+        assert not any(d.iterdir())
+        assert mod.os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(d)
+        # an operator's directory wins, and nothing is created
+        assert mod.export_for_workers(two) is None
+    finally:
+        d.rmdir()
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+        monkeypatch.delenv(mod.WORKER_SETTINGS_ENV, raising=False)
+
+
+def test_metrics_directory_refused_once_the_client_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prometheus_client  # noqa: F401 (loaded, as it would be after the app was imported)
+
+    from service import settings as mod
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv(mod.WORKER_SETTINGS_ENV, raising=False)
+    two = load_settings({"workers": 2, "redis_url": "redis://127.0.0.1:6379/0"}, environ={})
+    with pytest.raises(ValidationError, match="prometheus_client was imported"):
+        mod.export_for_workers(two)
+    monkeypatch.delenv(mod.WORKER_SETTINGS_ENV, raising=False)
