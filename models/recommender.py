@@ -141,6 +141,16 @@ class _StageContent:
         )
 
 
+def _hide(mask: np.ndarray, rows: np.ndarray | None, items: np.ndarray) -> None:
+    """Set ``mask`` False at catalog rows ``items``: mask is over every item (rows None) or over ``rows``
+    (int64 sorted), where the few items are found by binary search."""
+    if rows is None:
+        mask[items] = False
+    elif len(items) and len(rows):
+        pos = np.minimum(np.searchsorted(rows, items), len(rows) - 1)
+        mask[pos[rows[pos] == items]] = False
+
+
 def _dense(row: sp.csr_matrix, n: int) -> np.ndarray:
     """float32 [n] from a csr [1, n] row."""
     out = np.zeros(n, np.float32)
@@ -197,23 +207,28 @@ class Recommender:
             return StageResult(ctx.stage_override, 1.0, ["stage set by the caller"])
         return infer_stage(ctx.events, ctx.now, self.rules, self.category_of)
 
-    def _filter_mask(self, f: Filters, kind: ItemKind) -> np.ndarray:
+    def _filter_mask(self, f: Filters, kind: ItemKind, rows: np.ndarray | None = None) -> np.ndarray:
+        """bool [n_items], or [c] for ``rows`` (int64 [c] sorted catalog rows): what the filters allow."""
         c = self.catalog
+
+        def col(a: np.ndarray) -> np.ndarray:
+            return a if rows is None else a[rows]
+
         if kind is ItemKind.PRODUCT and f.in_stock_only:
-            m = self._products_in_stock.copy()  # the common case, precomputed
+            m = col(self._products_in_stock).copy()  # the common case, precomputed
         else:
-            m = c.is_product.copy() if kind is ItemKind.PRODUCT else ~c.is_product
+            m = col(c.is_product).copy() if kind is ItemKind.PRODUCT else ~col(c.is_product)
             if f.in_stock_only:
-                m &= c.in_stock
+                m &= col(c.in_stock)
         if f.category is not None:
             code = c.categories.get(f.category.lower())
-            m &= c.category == code if code is not None else False
+            m &= col(c.category) == code if code is not None else False
         if f.min_price is not None:
-            m &= c.price >= f.min_price
+            m &= col(c.price) >= f.min_price
         if f.max_price is not None:
-            m &= c.price <= f.max_price
+            m &= col(c.price) <= f.max_price
         if f.exclude:
-            m[self._ids(sorted(f.exclude))] = False
+            _hide(m, rows, self._ids(sorted(f.exclude)))
         return m
 
     def _owned(self, ctx: VisitorContext, f: Filters) -> np.ndarray:
@@ -228,10 +243,13 @@ class Recommender:
             hide.append(self._ids([ctx.current_item]))
         return np.concatenate(hide)
 
-    def _allowed(self, ctx: VisitorContext, f: Filters, kind: ItemKind) -> np.ndarray:
-        """bool [n_items]: items the filters allow, minus what the visitor owns or sees on screen."""
-        m = self._filter_mask(f, kind)
-        m[self._owned(ctx, f)] = False
+    def _allowed(
+        self, ctx: VisitorContext, f: Filters, kind: ItemKind, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """bool [n_items] (or [c] for ``rows``): items the filters allow, minus what the visitor owns or
+        sees on screen."""
+        m = self._filter_mask(f, kind, rows)
+        _hide(m, rows, self._owned(ctx, f))
         return m
 
     def _anchors(self, ctx: VisitorContext) -> np.ndarray:
@@ -293,31 +311,6 @@ class Recommender:
         ]
         return self.candidates.select(query, key, strongest)
 
-    def _allowed_among(self, rows: np.ndarray, ctx: VisitorContext, f: Filters, kind: ItemKind) -> np.ndarray:
-        """bool [c]: which of ``rows`` (int64 catalog rows) the filters allow, minus what the visitor
-        owns or sees on screen (``_allowed`` for a subset of the catalog)."""
-        c = self.catalog
-        if kind is ItemKind.PRODUCT and f.in_stock_only:
-            m = self._products_in_stock[rows]
-        else:
-            m = c.is_product[rows] if kind is ItemKind.PRODUCT else ~c.is_product[rows]
-            if f.in_stock_only:
-                m &= c.in_stock[rows]
-        if f.category is not None:
-            code = c.categories.get(f.category.lower())
-            m &= c.category[rows] == code if code is not None else False
-        if f.min_price is not None:
-            m &= c.price[rows] >= f.min_price
-        if f.max_price is not None:
-            m &= c.price[rows] <= f.max_price
-        hide = self._owned(ctx, f)
-        if f.exclude:
-            hide = np.concatenate([hide, self._ids(sorted(f.exclude))])
-        if len(hide):  # rows are sorted: find the few hidden items by binary search
-            pos = np.minimum(np.searchsorted(rows, hide), len(rows) - 1)
-            m[pos[rows[pos] == hide]] = False
-        return m
-
     def recommend(self, ctx: VisitorContext, k: int, filters: Filters, n_content: int = 3) -> Recommendations:
         stage = self.stage_of(ctx)
         items, codes, ts = self._event_arrays(ctx)
@@ -335,11 +328,11 @@ class Recommender:
         boost = self._anchor_boost(ctx, anchors)
         picked = self._candidates(rep, stage.stage, live.is_new, [*features, *boost])
         rows = picked[0] if picked is not None else np.arange(len(self.catalog.items), dtype=np.int64)
-        allowed = self._allowed_among(rows, ctx, filters, ItemKind.PRODUCT)
+        allowed = self._allowed(ctx, filters, ItemKind.PRODUCT, rows)
         if picked is not None and int(allowed.sum()) < k:
             # the filters leave too few candidates: score the whole catalog instead
             picked, rows = None, np.arange(len(self.catalog.items), dtype=np.int64)
-            allowed = self._allowed_among(rows, ctx, filters, ItemKind.PRODUCT)
+            allowed = self._allowed(ctx, filters, ItemKind.PRODUCT, rows)
         scored = self.scorer.score_items(
             None if picked is None else picked[0],
             rep,
