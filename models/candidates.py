@@ -5,8 +5,11 @@ request: about 0.7 ms of memory traffic on the 2-core machines, before the per-i
 ``CandidateSettings.exhaustive_max_items`` items the service scores a candidate set instead: the items of
 the clusters whose centroids score best for the visitor (k-means over [item_repr, item_bias], so a
 centroid's score is the mean score of its items), unioned by the caller with the stage's crowd favourites
-and every item a sparse feature touches. The blend is exact on every candidate; items outside the set are
-never looked at. ``scripts/bench_service.py`` reports how often the top 10 agree with exhaustive scoring.
+and the strongest items of every sparse feature. The blend is exact on every candidate; items outside the
+set are never looked at. ``scripts/bench_service.py`` reports how often the top 10 agree with exhaustive
+scoring and how many of a visitor's best items by factor score the probe finds (on the 100k-item bench
+model: identical top 10 in 4,100 of 4,100 contexts; 98-99 % of the factor top 10 found by the probe).
+The index is built when a model loads (k-means on a 25k-item sample: a few seconds at 100k items).
 """
 
 from __future__ import annotations
