@@ -196,12 +196,17 @@ class StageScorer:
             score += w[LIGHTFM_NEW] * z
         else:
             score += w[LIGHTFM] * z
+        sparse = _SparseContributions.empty()
         if features:  # every sparse feature at once: one search, one scatter-add
             idx = np.concatenate([f[1] for f in features])
             contrib = np.concatenate([w[j] * vals for j, _, vals in features])
+            column = np.repeat(np.array([j for j, _, _ in features]), [len(f[1]) for f in features])
             pos, hit = _positions(items, idx)
-            score += np.bincount(pos[hit], weights=contrib[hit], minlength=len(items)).astype(np.float32)
-        return ItemScores(items, score, raw, z, new, features, w, self)
+            sparse = _SparseContributions(pos[hit], contrib[hit], column[hit])
+            score += np.bincount(sparse.position, weights=sparse.value, minlength=len(items)).astype(
+                np.float32
+            )
+        return ItemScores(items, score, raw, z, new, sparse, w, self)
 
 
 def _positions(sorted_items: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,11 +218,26 @@ def _positions(sorted_items: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, n
 
 
 @dataclass(frozen=True)
+class _SparseContributions:
+    """The sparse features' share of the scores: entry e adds ``value[e]`` (weight x feature value) to the
+    item at ``position[e]`` (int64, into ``ItemScores.items``) through feature column ``column[e]``."""
+
+    position: np.ndarray
+    value: np.ndarray
+    column: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _SparseContributions:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+@dataclass(frozen=True)
 class ItemScores:
     """One visitor's blended scores over a set of items and what is needed to explain any of them.
 
     items int64 [c] sorted catalog rows; score float32 [c]; raw float32 [c] factor scores; z their
-    standardised form; features the visitor's sparse features; weights float32 [n_features] of the stage.
+    standardised form; sparse the sparse features' contributions; weights float32 [n_features] of the
+    stage.
     """
 
     items: np.ndarray
@@ -225,7 +245,7 @@ class ItemScores:
     raw: np.ndarray
     z: np.ndarray
     new: bool
-    features: list[Entry]
+    sparse: _SparseContributions
     weights: np.ndarray
     scorer: StageScorer
 
@@ -243,8 +263,12 @@ class ItemScores:
             contrib[:, LIGHTFM] = w[LIGHTFM] * self.z[positions]
         contrib[:, POPULARITY] = w[POPULARITY] * pop
         contrib[:, TRENDING] = w[TRENDING] * trending
-        for j, idx, vals in self.features:
-            if len(idx):
-                pos, hit = _positions(idx, rows)
-                contrib[:, j] = np.where(hit, w[j] * vals[pos], 0.0)
+        sp = self.sparse
+        if k and len(sp.position):
+            # the sparse entries that land on the asked items (each item has at most one per feature)
+            order = np.argsort(positions)
+            asked = np.asarray(positions)[order]
+            at = np.minimum(np.searchsorted(asked, sp.position), k - 1)
+            hit = asked[at] == sp.position
+            contrib[order[at[hit]], sp.column[hit]] = sp.value[hit]
         return np.asarray(contrib.argmax(axis=1))
