@@ -38,6 +38,7 @@ from service.json_guard import check_json_depth
 from service.model_holder import ModelHolder
 from service.openapi_body import keep_event_components
 from service.process_tuning import tune_worker
+from service.rate_limit import RATE_LIMIT_STORE, SharedRateLimitStore, rate_limit_stores
 from service.settings import Settings, settings_for_worker
 from service.store.base import VisitorStore
 from service.store.factory import build_store
@@ -123,6 +124,9 @@ def create_app(
     async def close_store() -> None:
         if owns_store:
             await the_store.close()
+        for limiter_store in stores.values():
+            if isinstance(limiter_store, SharedRateLimitStore):
+                await limiter_store.close()
 
     def provide_services() -> Services:
         return services
@@ -134,10 +138,12 @@ def create_app(
         exclude=["/metrics", "/health"],
     )
     middleware: list[Middleware] = [prometheus.middleware]
+    stores = rate_limit_stores(settings)
     if settings.rate_limit_per_minute > 0:
         limiter = RateLimitConfig(
             rate_limit=("minute", settings.rate_limit_per_minute),
             exclude=["/health", "/metrics", "/schema"],
+            store=RATE_LIMIT_STORE,
         )
         middleware.append(limiter.middleware)
 
@@ -177,6 +183,7 @@ def create_app(
         state=State({"settings": settings}),
         on_startup=[load_model_on_startup, start_polling],
         on_shutdown=[stop_polling, close_store],
+        stores=stores,
         logging_config=LoggingConfig(
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
             log_exceptions="debug",

@@ -274,7 +274,10 @@ def test_export_and_auth_over_http(http: httpx.Client) -> None:
 
 def test_unreachable_redis_degrades(models_dir: Path, redis_client: redis.Redis) -> None:
     dead_url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
-    server = Server(models_dir, dead_url, "jrtest-dead")
+    # the rate limiter keeps its counters in that Redis too: it must let requests through, not fail them
+    server = Server(
+        models_dir, dead_url, "jrtest-dead", env_extra={"JOURNEYREC_RATE_LIMIT_PER_MINUTE": "100"}
+    )
     try:
         http = server.wait_live()
         r = http.get("/v1/visitors/anyone/recommendations?k=3", headers=H_READ)
@@ -342,3 +345,20 @@ def test_every_worker_follows_a_new_latest(two_workers: tuple[Server, Path]) -> 
             break
         time.sleep(0.05)
     assert len({t for t, v in seen.items() if v == new_version}) >= 2, seen
+
+
+def test_rate_limit_counts_a_client_across_workers(models_dir: Path, prefix: str) -> None:
+    server = Server(
+        models_dir,
+        REDIS_URL,
+        prefix,
+        workers=2,
+        env_extra={"JOURNEYREC_RATE_LIMIT_PER_MINUTE": "5", "JOURNEYREC_MODEL_POLL_SECONDS": "0"},
+    )
+    try:
+        server.wait_live().close()
+        # one client (127.0.0.1), new connections so that both workers answer: 5 in a minute, in total
+        codes = [_fresh_get(server, f"/v1/visitors/rl-{i}/journey").status_code for i in range(8)]
+        assert codes == [200] * 5 + [429] * 3, codes
+    finally:
+        server.stop()
