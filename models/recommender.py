@@ -25,8 +25,7 @@ from models.features import user_feature_row
 from models.journey import JourneyRules, StageResult, infer_stage
 from models.live_profile import Entry, LiveProfile, best_anchors, gather_rows, max_normalised
 from models.reasons import ago, reason_for
-from models.scoring import StageScorer, UserRow, top_k, top_k_one
-from models.sources import row_max_normalise_sparse
+from models.scoring import StageScorer, UserRow, positions_in, top_k, top_k_one
 
 _CONTEXT_WEIGHT = 1.0  # weight of the page's anchor items (current product, cart) in the blend
 _RECENT_FOR_COLD = 10
@@ -141,21 +140,19 @@ class _StageContent:
         )
 
 
+def _anchor_row(m: sp.csr_matrix, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(item rows int64, values float32): the anchors' rows of ``m`` summed, scaled to a maximum of 1."""
+    return max_normalised(*gather_rows(m, anchors, np.ones(len(anchors), np.float32)))
+
+
 def _hide(mask: np.ndarray, rows: np.ndarray | None, items: np.ndarray) -> None:
     """Set ``mask`` False at catalog rows ``items``: mask is over every item (rows None) or over ``rows``
     (int64 sorted), where the few items are found by binary search."""
     if rows is None:
         mask[items] = False
-    elif len(items) and len(rows):
-        pos = np.minimum(np.searchsorted(rows, items), len(rows) - 1)
-        mask[pos[rows[pos] == items]] = False
-
-
-def _dense(row: sp.csr_matrix, n: int) -> np.ndarray:
-    """float32 [n] from a csr [1, n] row."""
-    out = np.zeros(n, np.float32)
-    out[row.indices] = row.data
-    return out
+    else:
+        pos, hit = positions_in(rows, items)
+        mask[pos[hit]] = False
 
 
 class Recommender:
@@ -365,9 +362,7 @@ class Recommender:
         """float32 [c]: an entry's values at ``rows`` (int64 [c] sorted), 0 elsewhere."""
         _, idx, vals = entry
         out = np.zeros(len(rows), np.float32)
-        pos = np.searchsorted(rows, idx)
-        hit = pos < len(rows)
-        hit[hit] = rows[pos[hit]] == idx[hit]
+        pos, hit = positions_in(rows, idx)
         out[pos[hit]] = vals[hit]
         return out
 
@@ -379,21 +374,13 @@ class Recommender:
         if len(anchors) == 0:
             return []
         t = self.scorer.tables
-        ones = np.ones(len(anchors), np.float32)
-        comp = max_normalised(*gather_rows(t.complements, anchors, ones))
+        comp = _anchor_row(t.complements, anchors)
         sim = (
-            max_normalised(*gather_rows(t.similar, anchors, ones))
+            _anchor_row(t.similar, anchors)
             if ctx.current_item is not None
             else (np.zeros(0, np.int64), np.zeros(0, np.float32))
         )
         return [(-1, *comp), (-1, *sim)]
-
-    @staticmethod
-    def _anchor_row(m: sp.csr_matrix, anchors: np.ndarray) -> sp.csr_matrix:
-        """csr [1, n_items]: the anchors' rows of ``m`` summed, scaled to a maximum of 1."""
-        rows = m[anchors]
-        summed = rows if len(anchors) == 1 else sp.csr_matrix(np.ones((1, len(anchors)), np.float32)) @ rows
-        return row_max_normalise_sparse(summed)
 
     def _items(
         self,
@@ -462,8 +449,8 @@ class Recommender:
         allowed = np.ones(len(sc.rows), bool)
         read = items[codes == _CONTENT_VIEW]
         if len(read):  # content already read
-            pos = np.minimum(np.searchsorted(sc.rows, read), len(sc.rows) - 1)
-            allowed[pos[sc.rows[pos] == read]] = False
+            pos, hit = positions_in(sc.rows, read)
+            allowed[pos[hit]] = False
         if not allowed.any():
             return []
         fs = sc.vectors @ rep
@@ -527,7 +514,9 @@ class Recommender:
             return []
         t = self.scorer.tables
         m = t.complements if which == "complement" else t.similar
-        s = _dense(self._anchor_row(m, anchors), len(self.catalog.items))
+        s = np.zeros(len(self.catalog.items), np.float32)
+        near, strength = _anchor_row(m, anchors)
+        s[near] = strength
         # embedding cosine fills in for items with little co-occurrence history (cold items)
         emb = self._norm_repr[anchors].mean(axis=0) @ self._norm_repr.T
         score = (

@@ -201,7 +201,7 @@ class StageScorer:
             idx = np.concatenate([f[1] for f in features])
             contrib = np.concatenate([w[j] * vals for j, _, vals in features])
             column = np.repeat(np.array([j for j, _, _ in features]), [len(f[1]) for f in features])
-            pos, hit = _positions(items, idx)
+            pos, hit = positions_in(items, idx)
             sparse = _SparseContributions(pos[hit], contrib[hit], column[hit])
             score += np.bincount(sparse.position, weights=sparse.value, minlength=len(items)).astype(
                 np.float32
@@ -209,8 +209,9 @@ class StageScorer:
         return ItemScores(items, score, raw, z, new, sparse, w, self)
 
 
-def _positions(sorted_items: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 [m] position of each of ``idx`` in ``sorted_items``, bool [m] whether it is there)."""
+def positions_in(sorted_items: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 [m] position of each of ``idx`` in ``sorted_items``, bool [m] whether it is there): the
+    binary search every candidate-set lookup of the request path goes through."""
     if len(sorted_items) == 0:
         return np.zeros(len(idx), np.int64), np.zeros(len(idx), bool)
     pos = np.minimum(np.searchsorted(sorted_items, idx), len(sorted_items) - 1)
@@ -263,12 +264,10 @@ class ItemScores:
             contrib[:, LIGHTFM] = w[LIGHTFM] * self.z[positions]
         contrib[:, POPULARITY] = w[POPULARITY] * pop
         contrib[:, TRENDING] = w[TRENDING] * trending
-        sp = self.sparse
-        if k and len(sp.position):
+        entries = self.sparse
+        if k and len(entries.position):
             # the sparse entries that land on the asked items (each item has at most one per feature)
             order = np.argsort(positions)
-            asked = np.asarray(positions)[order]
-            at = np.minimum(np.searchsorted(asked, sp.position), k - 1)
-            hit = asked[at] == sp.position
-            contrib[order[at[hit]], sp.column[hit]] = sp.value[hit]
+            at, hit = positions_in(np.asarray(positions)[order], entries.position)
+            contrib[order[at[hit]], entries.column[hit]] = entries.value[hit]
         return np.asarray(contrib.argmax(axis=1))
