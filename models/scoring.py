@@ -175,14 +175,12 @@ class StageScorer:
         if items is None:
             raw = self.raw_scores(rep, user_row)
             score = self.crowd[stage].copy()
-            pop = self.popularity
             items = np.arange(self.n_items, dtype=np.int64)
         else:
             if raw is None:
                 raw = self.item_repr[items] @ rep
                 raw += self.item_bias[items]
             score = self.crowd[stage][items]
-            pop = self.popularity[items]
         v = np.append(rep.astype(np.float64), 1.0)
         mean, second = self.moments
         mu = float(mean @ v)
@@ -192,7 +190,7 @@ class StageScorer:
         np.clip(z, -ZSCORE_CLIP, ZSCORE_CLIP, out=z)
         w = self.blend_weights[stage]
         if new:
-            score += w[POPULARITY_NEW] * pop
+            score += w[POPULARITY_NEW] * self.popularity[items]
             score += w[LIGHTFM_NEW] * z
         else:
             score += w[LIGHTFM] * z
@@ -206,7 +204,7 @@ class StageScorer:
             score += np.bincount(sparse.position, weights=sparse.value, minlength=len(items)).astype(
                 np.float32
             )
-        return ItemScores(items, score, raw, z, new, sparse, w, self)
+        return ItemScores(items, score, z, new, sparse, w, self)
 
 
 def positions_in(sorted_items: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,14 +234,12 @@ class _SparseContributions:
 class ItemScores:
     """One visitor's blended scores over a set of items and what is needed to explain any of them.
 
-    items int64 [c] sorted catalog rows; score float32 [c]; raw float32 [c] factor scores; z their
-    standardised form; sparse the sparse features' contributions; weights float32 [n_features] of the
-    stage.
+    items int64 [c] sorted catalog rows; score float32 [c]; z float32 [c] the standardised factor scores;
+    sparse the sparse features' contributions; weights float32 [n_features] of the stage.
     """
 
     items: np.ndarray
     score: np.ndarray
-    raw: np.ndarray
     z: np.ndarray
     new: bool
     sparse: _SparseContributions
