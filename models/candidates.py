@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
+from models.sources import concat_ranges
+
 _KMEANS_SAMPLE = 25_000
 _KMEANS_ITERATIONS = 12
 
@@ -116,9 +118,8 @@ class ItemClusters:
         best = np.argsort(-(self.centroids @ query))
         sizes = (self.starts[1:] - self.starts[:-1])[best]
         take = np.sort(best[: int(np.searchsorted(np.cumsum(sizes), min_items)) + 1])
-        lo, counts = self.starts[take], self.starts[take + 1] - self.starts[take]
         # the probed clusters' rows (runs of contiguous memory), gathered, then one GEMV
-        pos = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+        pos = concat_ranges(self.starts[take], self.starts[take + 1] - self.starts[take])
         return self.order[pos], self.vectors[pos] @ query
 
 

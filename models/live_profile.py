@@ -28,7 +28,7 @@ from models.blend import (
 )
 from models.domain import DAY, EventType
 from models.profiles import PURCHASE_DECAY_DAYS
-from models.sources import ItemTables
+from models.sources import ItemTables, concat_ranges
 from models.weights import EventWeights
 
 _PURCHASE = EventType.PURCHASE.code
@@ -47,11 +47,9 @@ def gather_rows(m: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> tupl
     """
     starts = m.indptr[rows]
     counts = m.indptr[rows + 1] - starts
-    total = int(counts.sum())
-    if total == 0:
+    if not counts.any():
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    # position of every gathered entry in m.data: each row's start, then 0, 1, 2, ... within the row
-    offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+    offsets = concat_ranges(starts, counts)  # every gathered entry's position in m.data
     cols = m.indices[offsets]
     vals = m.data[offsets] * np.repeat(np.asarray(weights, np.float64), counts)
     uniq, inv = np.unique(cols, return_inverse=True)
@@ -68,10 +66,9 @@ def best_anchors(m: sp.csr_matrix, anchors: np.ndarray, targets: np.ndarray) -> 
     """
     starts = m.indptr[anchors]
     counts = m.indptr[anchors + 1] - starts
-    total = int(counts.sum())
-    if total == 0 or len(targets) == 0:
+    if not counts.any() or len(targets) == 0:
         return np.full(len(targets), -1, np.int64)
-    offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+    offsets = concat_ranges(starts, counts)
     match = m.indices[offsets][:, None] == np.asarray(targets)[None, :]
     vals = np.where(match, m.data[offsets][:, None], -np.inf)
     best = vals.argmax(axis=0)
