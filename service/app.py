@@ -99,15 +99,13 @@ def create_app(
             try:
                 result = await holder.reload_if_changed()
             except ArtifactError:
-                metrics.MODEL_RELOADS.labels("refused").inc()  # logged by the holder; the old model serves
+                metrics.count_reload(None, None)  # logged by the holder; the old model serves
                 continue
             except OSError as e:
                 log.warning("checking the models directory for a new version failed: %s", e)
                 continue
             if result is not None:
-                metrics.MODEL_RELOADS.labels("changed" if result.changed else "unchanged").inc()
-                if holder.loaded_at is not None:
-                    metrics.MODEL_LOADED.set(holder.loaded_at)
+                metrics.count_reload(result.changed, holder.loaded_at)
 
     poller: list[asyncio.Task[None]] = []
 

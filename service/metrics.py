@@ -19,3 +19,11 @@ MODEL_LOADED = Gauge(
     "When the live model was loaded (POSIX s); one series per worker process with several workers",
     multiprocess_mode="liveall",
 )
+
+
+def count_reload(changed: bool | None, loaded_at: float | None) -> None:
+    """One reload attempt (by request or by following ``latest``): refused (``changed`` None), changed or
+    unchanged; a successful one also records when the live model was loaded."""
+    MODEL_RELOADS.labels("refused" if changed is None else "changed" if changed else "unchanged").inc()
+    if changed is not None and loaded_at is not None:
+        MODEL_LOADED.set(loaded_at)

@@ -42,9 +42,7 @@ class ModelsController(Controller):
         try:
             result = await svc.holder.reload()
         except ArtifactError:
-            metrics.MODEL_RELOADS.labels("refused").inc()
+            metrics.count_reload(None, None)
             raise
-        metrics.MODEL_RELOADS.labels("changed" if result.changed else "unchanged").inc()
-        if svc.holder.loaded_at is not None:
-            metrics.MODEL_LOADED.set(svc.holder.loaded_at)
+        metrics.count_reload(result.changed, svc.holder.loaded_at)
         return ReloadOut(result.version, result.previous, result.changed)
