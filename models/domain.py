@@ -22,9 +22,10 @@ class Stage(enum.Enum):
     RETENTION = "retention"
     ADVOCACY = "advocacy"
 
-    @property
-    def index(self) -> int:
-        return STAGES.index(self)
+    index: int  # position in journey order (``STAGES``): a plain attribute, read on every request
+
+    def __init__(self, _value: str) -> None:  # Enum passes each member its value
+        self.index = len(type(self)._member_names_)
 
 
 STAGES: tuple[Stage, ...] = tuple(Stage)
@@ -48,14 +49,16 @@ class EventType(enum.Enum):
     REFERRAL = "referral"
     WISHLIST = "wishlist"
 
-    @property
-    def code(self) -> int:
-        """Small integer code used in columnar arrays (int8): the position in ``EVENT_TYPES``."""
-        return _EVENT_CODES[self]
+    # small integer code used in columnar arrays (int8): the position in ``EVENT_TYPES``. A plain attribute
+    # set as each member is created: a request reads it for every stored event, and a property plus a dict
+    # lookup (Enum.__hash__ is Python code) cost a few microseconds each time
+    code: int
+
+    def __init__(self, _value: str) -> None:  # Enum passes each member its value
+        self.code = len(type(self)._member_names_)
 
 
 EVENT_TYPES: tuple[EventType, ...] = tuple(EventType)
-_EVENT_CODES: dict[EventType, int] = {e: i for i, e in enumerate(EVENT_TYPES)}  # a lookup, not a search
 EVENT_NAMES: frozenset[str] = frozenset(e.value for e in EventType)
 
 

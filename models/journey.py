@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 
 import msgspec
 import numpy as np
@@ -39,6 +40,8 @@ _REMOVE = EventType.REMOVE_FROM_CART.code
 _CHECKOUT = EventType.CHECKOUT.code
 _PURCHASE = EventType.PURCHASE.code
 _ADVOCACY = (EventType.REVIEW.code, EventType.SHARE.code, EventType.REFERRAL.code)
+
+_timestamp = attrgetter("timestamp")
 
 DEFAULT_CONSIDER_WEIGHTS: dict[EventType, float] = {
     EventType.PRODUCT_VIEW: 1.0,
@@ -387,7 +390,7 @@ def infer_stage(
 
     ``category_of`` maps item ids to categories for signals such as "3 views in category kettles".
     """
-    evs = sorted((e for e in events if e.timestamp < now), key=lambda e: e.timestamp)
+    evs = sorted((e for e in events if e.timestamp < now), key=_timestamp)
     s = _state_one([e.timestamp for e in evs], [e.event.code for e in evs], now, rules)
     stage_idx, conf = _classify(s, rules)
     stage = STAGES[int(stage_idx[0])]

@@ -234,6 +234,7 @@ class RedisStore:
         self._read = client.register_script(_READ)
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(Event).decode
+        self._decode_list = msgspec.json.Decoder(list[Event]).decode
 
     @classmethod
     def from_url(
@@ -346,7 +347,8 @@ class RedisStore:
             replies: list[Any] = await self._read(keys=keys)
         return VisitorState(
             visitor_id=visitor_id,
-            events=[self._decode(raw) for raw in replies[0]],
+            # the stored events are JSON objects: one decoder call over them as a JSON array
+            events=self._decode_list(b"[" + b",".join(replies[0]) + b"]"),
             cart=_float_pairs(replies[1]),
             purchases=_float_pairs(replies[2]),
             sent=frozenset(m.decode() for m in replies[3]) if campaign is not None else frozenset(),
