@@ -112,12 +112,23 @@ class ItemClusters:
     def n_clusters(self) -> int:
         return len(self.centroids)
 
+    @property
+    def mean_size(self) -> int:
+        return len(self.order) // max(self.n_clusters, 1)
+
     def probe(self, query: np.ndarray, min_items: int) -> tuple[np.ndarray, np.ndarray]:
         """The items of the clusters whose centroids score highest for ``query`` (float32 [d]), until at
         least ``min_items`` items are covered: (item rows int64 [p], their scores float32 [p])."""
-        best = np.argsort(-(self.centroids @ query))
-        sizes = (self.starts[1:] - self.starts[:-1])[best]
-        take = np.sort(best[: int(np.searchsorted(np.cumsum(sizes), min_items)) + 1])
+        scores = self.centroids @ query
+        # usually a few dozen clusters cover min_items: order only the best few, all of them if not enough
+        few = min(len(scores), 4 * (min_items // max(self.mean_size, 1) + 1))
+        best = np.argpartition(-scores, few - 1)[:few] if few < len(scores) else np.arange(len(scores))
+        best = best[np.argsort(-scores[best])]
+        covered = np.cumsum((self.starts[1:] - self.starts[:-1])[best])
+        if covered[-1] < min_items and few < len(scores):
+            best = np.argsort(-scores)
+            covered = np.cumsum((self.starts[1:] - self.starts[:-1])[best])
+        take = np.sort(best[: int(np.searchsorted(covered, min_items)) + 1])
         # the probed clusters' rows (runs of contiguous memory), gathered, then one GEMV
         pos = concat_ranges(self.starts[take], self.starts[take + 1] - self.starts[take])
         return self.order[pos], self.vectors[pos] @ query

@@ -29,7 +29,6 @@ from models.blend import (
 from models.domain import DAY, EventType
 from models.profiles import PURCHASE_DECAY_DAYS
 from models.sources import ItemTables, concat_ranges
-from models.weights import EventWeights
 
 _PURCHASE = EventType.PURCHASE.code
 _CANCEL = EventType.CANCEL.code
@@ -111,15 +110,17 @@ class LiveProfile:
 
     @classmethod
     def from_arrays(
-        cls, items: np.ndarray, codes: np.ndarray, ts: np.ndarray, now: float, weights: EventWeights
+        cls, items: np.ndarray, codes: np.ndarray, ts: np.ndarray, now: float, weights: np.ndarray
     ) -> LiveProfile:
         """From aligned event arrays (items int64 [n] catalog rows, codes int8 [n], ts float64 [n]) with
         every event at or before ``now``; the cart is derived from the events as ``Profiles`` does.
+        weights: float [n_event_types] the weight of each event code (``EventWeights.vector()``, which the
+        caller computes once per model, not per visitor).
 
         One pass of plain Python over the visitor's events (a few dozen): on arrays that small, each numpy
         call costs more than the loop body.
         """
-        w = weights.vector().tolist()
+        w = np.asarray(weights, np.float64).tolist()
         decay_s = PURCHASE_DECAY_DAYS * DAY
         inf = float("inf")
         # per item: [interest, last event, net purchases, last purchase, purchase decay, in cart]
@@ -145,21 +146,18 @@ class LiveProfile:
             elif c == _REMOVE:
                 a[5] = 0.0
         keys = sorted(acc)
-        rows = [acc[i] for i in keys]
+        # one float64 [m, 6] array, then its columns (one conversion instead of six)
+        table = np.array([acc[i] for i in keys], dtype=np.float64).reshape(len(keys), 6)
         f32 = np.float32
-
-        def col(j: int) -> np.ndarray:
-            return np.array([r[j] for r in rows], dtype=np.float64)
-
-        last, last_p = col(1), col(3)
+        last, last_p = table[:, 1], table[:, 3]
         return cls(
             np.array(keys, dtype=np.int64),
-            np.maximum(col(0), 0).astype(f32),
+            np.maximum(table[:, 0], 0).astype(f32),
             np.where(np.isfinite(last), (now - last) / DAY + 1e-3, 0.0).astype(f32),
-            np.maximum(col(2), 0).astype(f32),
+            np.maximum(table[:, 2], 0).astype(f32),
             np.where(np.isfinite(last_p), (now - last_p) / DAY + 1e-3, 0.0).astype(f32),
-            col(5).astype(f32),
-            col(4).astype(f32),
+            table[:, 5].astype(f32),
+            table[:, 4].astype(f32),
         )
 
     def with_cart(self, cart_items: np.ndarray) -> LiveProfile:

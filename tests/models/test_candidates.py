@@ -48,6 +48,43 @@ def test_probe_returns_whole_clusters_best_first_with_their_scores() -> None:
     assert all(np.sum(label == j) == np.sum(label[rows] == j) for j in probed)  # whole clusters
 
 
+@pytest.mark.parametrize("min_items", [1, 30, 100, 250, 599, 600, 10_000])
+def test_probe_takes_the_fewest_best_clusters_that_cover_min_items(min_items: int) -> None:
+    # uneven clusters (blobs of different sizes), so the short list of best clusters the probe orders
+    # first is sometimes too short and it must fall back to ordering every cluster
+    rng = np.random.default_rng(min_items)
+    centres = rng.normal(scale=10, size=(12, 4))
+    x = np.concatenate(
+        [_blobs(rng, centres[j : j + 1], per) for j, per in enumerate(rng.integers(5, 90, 12))]
+    )
+    c = ItemClusters.build(x, items_per_cluster=40)
+    q = rng.normal(size=4).astype(np.float32)
+    rows, _ = c.probe(q, min_items)
+    # reference: every cluster in score order, taken until min_items are covered (or all are taken)
+    sizes = np.diff(c.starts)
+    want: list[int] = []
+    for j in np.argsort(-(c.centroids @ q)):
+        want.extend(c.order[c.starts[j] : c.starts[j + 1]].tolist())
+        if len(want) >= min_items and sizes[j] > 0:
+            break
+    assert sorted(rows.tolist()) == sorted(want)
+
+
+def test_probe_orders_every_cluster_when_the_best_few_are_too_small() -> None:
+    # 99 one-item clusters score best and one cluster of 901 items scores worst: covering 150 items needs
+    # clusters beyond the short list the probe orders first
+    d = 2
+    centroids = np.zeros((100, d), np.float32)
+    centroids[:99, 0] = np.linspace(2.0, 1.0, 99)
+    centroids[99, 0] = -1.0
+    vectors = np.repeat(centroids, [1] * 99 + [901], axis=0)
+    starts = np.concatenate([[0], np.cumsum([1] * 99 + [901])]).astype(np.int64)
+    c = ItemClusters(centroids, np.arange(1000, dtype=np.int64), starts, vectors)
+    rows, scores = c.probe(np.array([1.0, 0.0], np.float32), 150)
+    assert sorted(rows.tolist()) == list(range(1000))
+    assert np.allclose(scores, vectors[rows, 0])
+
+
 def test_select_scores_every_candidate_exactly() -> None:
     rng = np.random.default_rng(2)
     x = rng.normal(size=(400, 4)).astype(np.float32)

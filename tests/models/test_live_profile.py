@@ -68,7 +68,7 @@ def test_features_match_the_batch_profile(rows, seed, cart) -> None:
         np.array([e.event.code for e in kept], np.int8),
         np.array([e.timestamp for e in kept], np.float64),
         now,
-        weights,
+        weights.vector(),
     )
     # without the store's cart, the cart derived from events must match the batch one
     assert np.array_equal(_dense(live.items, live.cart), prof.cart.toarray()[0])
@@ -106,7 +106,7 @@ def _dense50(idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
 
 def test_empty_profile_has_no_features() -> None:
     live = LiveProfile.from_arrays(
-        np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0), 10.0, EventWeights()
+        np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0), 10.0, EventWeights().vector()
     )
     assert live.is_new
     assert live.features(_tables(0)) == []

@@ -84,7 +84,7 @@ def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
         np.array([e.event.code for e in events], np.int8),
         np.array([e.timestamp for e in events]),
         now,
-        EventWeights(),
+        EventWeights().vector(),
     )
     uf = sp.random(1, 12, density=0.5, random_state=seed, dtype=np.float32).tocsr()
     stage = int(rng.integers(0, len(STAGES)))
