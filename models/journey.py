@@ -3,10 +3,12 @@
 The stage is a pure function of the visitor's events and "now". It is computed from a handful of per-visitor
 quantities (is a cart open and since when, the last purchase, the last review/share/referral, how much
 consideration activity the recent window holds) that are evaluated *vectorised* for many (visitor, time)
-queries at once: ``stages_at`` (every visitor at one moment, offline), ``stages_before_events`` (the stage
-each visitor was in just before each of their events, for training) and ``infer_stage`` (one live
-visitor, with the human-readable signals) all go through the same ``_state`` / ``_classify`` code, so
-training, evaluation and serving can never disagree about a stage.
+queries at once: ``stages_at`` (every visitor at one moment, offline) and ``stages_before_events`` (the
+stage each visitor was in just before each of their events, for training) go through ``_state`` /
+``_classify``. ``infer_stage`` (one live visitor, with the human-readable signals) goes through their
+plain-Python twins ``_state_one`` / ``_classify_one``, because numpy on one-element arrays costs more than
+the rules; hypothesis tests check each twin against the vectorised code, so training, evaluation and
+serving cannot drift apart about a stage.
 
 Rules, in priority order (thresholds are ``JourneyRules`` fields, documented there):
 
@@ -23,6 +25,7 @@ Rules, in priority order (thresholds are ``JourneyRules`` fields, documented the
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from operator import attrgetter
@@ -285,6 +288,38 @@ def _classify(s: _State, rules: JourneyRules) -> tuple[np.ndarray, np.ndarray]:
     return stage, _unit(conf).astype(np.float32)
 
 
+def _classify_one(s: _State, rules: JourneyRules) -> tuple[int, float]:
+    """``_classify`` for one visitor (entry 0 of ``s``) in plain Python floats: (``Stage.index``,
+    confidence rounded to float32). The request path asks this once per call, where ``_classify``'s ~30
+    numpy calls on one-element arrays cost more than the rules; ``test_journey`` checks both agree."""
+    cart_age, purchase_age = float(s.cart_age[0]), float(s.purchase_age[0])
+    advocacy_age, consider = float(s.advocacy_age[0]), float(s.consider[0])
+    ttl = rules.cart_ttl_hours * HOUR
+    advocacy_s, retention_s = rules.advocacy_days * DAY, rules.retention_days * DAY
+    threshold = rules.consider_threshold
+    new_journey = float(s.consider_new[0]) >= threshold and purchase_age > rules.retention_grace_days * DAY
+    # the rules in priority order, each with its confidence (the same formulas as ``_classify``)
+    if bool(s.cart_open[0]) and cart_age <= ttl:
+        stage, conf = Stage.DECISION, 0.55 + 0.4 * math.exp(-cart_age / ttl)
+    elif advocacy_age <= advocacy_s:
+        stage, conf = Stage.ADVOCACY, 0.6 + 0.35 * math.exp(-advocacy_age / advocacy_s)
+    elif purchase_age <= retention_s and not new_journey:
+        stage, conf = Stage.RETENTION, 0.5 + 0.45 * _unit_one(1.0 - purchase_age / retention_s)
+    elif consider >= threshold:
+        stage, conf = Stage.CONSIDERATION, min(0.9, 0.45 + 0.45 * (consider / (3.0 * threshold)))
+    elif int(s.n_events[0]) == 0:
+        stage, conf = Stage.AWARENESS, 0.3
+    else:
+        stage, conf = Stage.AWARENESS, 0.5 + 0.3 * _unit_one(1.0 - consider / threshold)
+    if math.isnan(conf):
+        conf = 0.5
+    return stage.index, float(np.float32(_unit_one(conf)))
+
+
+def _unit_one(x: float) -> float:
+    return min(max(x, 0.0), 1.0)
+
+
 def stages_at(
     log: EventLog, now: float, rules: JourneyRules = DEFAULT_RULES
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -392,8 +427,6 @@ def infer_stage(
     """
     evs = sorted((e for e in events if e.timestamp < now), key=_timestamp)
     s = _state_one([e.timestamp for e in evs], [e.event.code for e in evs], now, rules)
-    stage_idx, conf = _classify(s, rules)
-    stage = STAGES[int(stage_idx[0])]
-    return StageResult(
-        stage, round(float(conf[0]), 4), _signals(stage, s, evs, now, rules, category_of or {})
-    )
+    stage_idx, conf = _classify_one(s, rules)
+    stage = STAGES[stage_idx]
+    return StageResult(stage, round(conf, 4), _signals(stage, s, evs, now, rules, category_of or {}))

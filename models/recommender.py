@@ -199,7 +199,10 @@ class Recommender:
         return item_id in self.catalog.index
 
     def _ids(self, item_ids: Sequence[str]) -> np.ndarray:
-        return np.array([self.catalog.index[i] for i in item_ids if i in self.catalog.index], dtype=np.int64)
+        """int64 [m]: the catalog rows of ``item_ids`` that are in the catalog (one lookup each)."""
+        get = self.catalog.index.get
+        rows = [get(i, -1) for i in item_ids]
+        return np.array([r for r in rows if r >= 0], dtype=np.int64)
 
     def event_rows(self, events: Sequence[Event]) -> list[int]:
         """The catalog row of each event's item (-1: not in the catalog).
@@ -375,7 +378,7 @@ class Recommender:
                 if max(comp[p], sim[p]) > 0.2:  # the page's anchors explain this item best
                     sources[r] = "similar" if sim[p] > comp[p] else "complement"
             anchor_of = {"complement": anchors, "similar": anchors}
-        products = self._items(idx, score[pos], sources, ctx, stage.stage, anchor_of)
+        products = self._items(idx, score[pos], sources, ctx, stage.stage, anchor_of, event_rows)
         content = self._content(stage.stage, n_content, items, codes, rep)
         return Recommendations(stage, products, content, self.version, fallback=False)
 
@@ -412,8 +415,11 @@ class Recommender:
         ctx: VisitorContext,
         stage: Stage,
         anchor_of: dict[str, np.ndarray],
+        event_rows: Sequence[int],
     ) -> list[RecommendedItem]:
         """The chosen items (int [k] catalog rows, their float32 [k] scores) with their reasons.
+
+        event_rows: ``event_rows(ctx.events)``, for anchors from the visitor's latest events.
 
         The anchor that explains a complement/similar item is looked up for all such items at once.
         """
@@ -427,8 +433,8 @@ class Recommender:
                 continue
             anchors = anchor_of.get(source)
             if anchors is None or len(anchors) == 0:
-                recent = [e.item_id for e in ctx.events][-20:]
-                anchors = np.unique(self._ids([*ctx.cart, *ctx.purchases, *recent]))
+                recent = np.array([r for r in event_rows[-20:] if r >= 0], np.int64)
+                anchors = np.unique(np.concatenate([self._ids([*ctx.cart, *ctx.purchases]), recent]))
             if len(anchors) == 0:
                 continue
             for r, a in zip(rows, best_anchors(m, anchors, idx[rows]), strict=True):

@@ -17,6 +17,9 @@ from models.journey import (
     DEFAULT_RULES,
     HOUR,
     JourneyRules,
+    _classify,
+    _classify_one,
+    _State,
     _state,
     _state_one,
     infer_stage,
@@ -259,3 +262,35 @@ def test_one_visitor_state_matches_the_vectorised_state(raw, now) -> None:
         assert a.shape == b.shape == (1,), field
         assert a.dtype.kind == b.dtype.kind, field
         assert np.allclose(a, b, equal_nan=True) or a[0] == b[0], field
+
+
+_age = st.one_of(st.just(float("inf")), st.just(float("nan")), st.floats(-1e3, 400 * 86_400.0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 5),
+    st.booleans(),
+    _age,
+    _age,
+    _age,
+    st.floats(0, 20),
+    st.floats(0, 20),
+    st.sampled_from([DEFAULT_RULES, JourneyRules(retention_grace_days=0.0, consider_threshold=1.5)]),
+)
+def test_one_visitor_classifier_matches_the_vectorised_one(
+    n, cart_open, cart_age, purchase_age, advocacy_age, consider, consider_new, rules
+) -> None:
+    one = _State(
+        n_events=np.array([n]),
+        cart_open=np.array([cart_open]),
+        cart_age=np.array([cart_age]),
+        purchase_age=np.array([purchase_age]),
+        advocacy_age=np.array([advocacy_age]),
+        consider=np.array([consider]),
+        consider_new=np.array([min(consider_new, consider)]),
+    )
+    want_stage, want_conf = _classify(one, rules)
+    got_stage, got_conf = _classify_one(one, rules)
+    assert got_stage == int(want_stage[0])
+    assert abs(got_conf - float(want_conf[0])) <= 1e-6
