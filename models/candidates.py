@@ -9,7 +9,7 @@ and the strongest items of every sparse feature. The blend is exact on every can
 set are never looked at. ``scripts/bench_service.py`` reports how often the top 10 agree with exhaustive
 scoring and how many of a visitor's best items by factor score the probe finds (on the 100k-item bench
 model: identical top 10 in 4,100 of 4,100 contexts; 98-99 % of the factor top 10 found by the probe).
-The index is built when a model loads (k-means on a 25k-item sample: a few seconds at 100k items).
+The index is built when a model loads (k-means on a 25k-item sample: 0.7 s at 100k items, one BLAS thread).
 """
 
 from __future__ import annotations
@@ -40,23 +40,64 @@ class CandidateSettings(msgspec.Struct, frozen=True, kw_only=True):
     feature_items: int = 200
 
 
+_ASSIGN_BLOCK = 2048  # rows per GEMM block: a [block, n_clusters] float32 distance block stays in cache
+
+
 def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """int64 [n]: the nearest centroid (squared Euclidean) of every row of x [n, d], by one GEMM."""
-    d = (centroids * centroids).sum(axis=1)[None, :] - 2.0 * (x @ centroids.T)
-    return np.asarray(d.argmin(axis=1), dtype=np.int64)
+    """int64 [n]: the nearest centroid (squared Euclidean) of every row of x float32 [n, d].
+
+    ``|x|^2`` is the same for every centroid of a row, so the argmin is over ``|c|^2 - 2 x.c``: one GEMM per
+    block of rows into a reused buffer. (One GEMM over all rows wrote and re-read a [n, n_clusters]
+    matrix, 400 MB at 100k items: 1.4 s against 0.08 s in blocks.)
+    """
+    x = np.asarray(x, np.float32)
+    c = np.asarray(centroids, np.float32)
+    cc = (c * c).sum(axis=1)
+    ct = np.ascontiguousarray(c.T)
+    out = np.empty(len(x), np.int64)
+    buf = np.empty((min(_ASSIGN_BLOCK, len(x)), len(c)), np.float32)
+    for i in range(0, len(x), _ASSIGN_BLOCK):
+        d = np.matmul(x[i : i + _ASSIGN_BLOCK], ct, out=buf[: len(x[i : i + _ASSIGN_BLOCK])])
+        d *= np.float32(-2.0)
+        d += cc
+        out[i : i + len(d)] = d.argmin(axis=1)
+    return out
+
+
+def _cluster_sums(x: np.ndarray, label: np.ndarray, n_clusters: int) -> np.ndarray:
+    """float64 [n_clusters, d]: the sum of the rows of x [n, d] in each cluster (label int [n]); one
+    bincount per dimension (np.add.at over rows is ten times slower)."""
+    return np.stack(
+        [np.bincount(label, weights=x[:, j], minlength=n_clusters) for j in range(x.shape[1])], axis=1
+    ).reshape(n_clusters, x.shape[1])
 
 
 def _plus_plus(x: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding: each next centroid drawn with probability proportional to its squared distance
-    from the nearest centroid so far (random seeds often start two centroids in one cluster)."""
+    from the nearest centroid so far (random seeds often start two centroids in one cluster).
+
+    Distances come from ``|x|^2 - 2 x.c + |c|^2`` (one GEMV per centroid, no [n, d] temporary) and the draw
+    from a search in the running sum, not ``rng.choice(p=...)``, which re-validates p on every draw.
+    """
+    x = np.asarray(x, np.float32)
+    xx = (x.astype(np.float64) ** 2).sum(axis=1)
     centroids = np.empty((n_clusters, x.shape[1]), np.float32)
+
+    def dist(c: np.ndarray) -> np.ndarray:
+        return np.maximum(xx - 2.0 * (x @ c) + float(c.astype(np.float64) @ c), 0.0)
+
     centroids[0] = x[rng.integers(len(x))]
-    nearest = ((x - centroids[0]) ** 2).sum(axis=1)
+    nearest = dist(centroids[0])
     for j in range(1, n_clusters):  # one pass over the sample per centroid
-        total = float(nearest.sum())
-        pick = rng.choice(len(x), p=nearest / total) if total > 0 else rng.integers(len(x))
+        cum = np.cumsum(nearest)
+        total = float(cum[-1])
+        pick = (
+            min(int(np.searchsorted(cum, rng.random() * total, side="right")), len(x) - 1)
+            if total > 0
+            else int(rng.integers(len(x)))
+        )
         centroids[j] = x[pick]
-        nearest = np.minimum(nearest, ((x - centroids[j]) ** 2).sum(axis=1))
+        np.minimum(nearest, dist(centroids[j]), out=nearest)
     return centroids
 
 
@@ -69,8 +110,7 @@ def kmeans(x: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
     for _ in range(_KMEANS_ITERATIONS):
         label = _assign(sample, centroids)
         counts = np.bincount(label, minlength=n_clusters)
-        sums = np.zeros_like(centroids, dtype=np.float64)
-        np.add.at(sums, label, sample)
+        sums = _cluster_sums(sample, label, n_clusters)
         empty = counts == 0
         centroids[~empty] = (sums[~empty] / counts[~empty, None]).astype(np.float32)
         centroids[empty] = sample[rng.choice(len(sample), int(empty.sum()), replace=False)]
@@ -100,8 +140,7 @@ class ItemClusters:
         label = _assign(vectors, centroids)
         counts = np.bincount(label, minlength=c)
         # the exact mean of each cluster's members: then a centroid's score is its items' mean score
-        sums = np.zeros(centroids.shape, np.float64)
-        np.add.at(sums, label, vectors)
+        sums = _cluster_sums(vectors, label, c)
         filled = counts > 0
         centroids[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
         order = np.argsort(label, kind="stable").astype(np.int64)

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from models.artifact import ModelBundle, load
-from models.candidates import CandidateIndex, CandidateSettings, ItemClusters, kmeans
+from models.candidates import (
+    CandidateIndex,
+    CandidateSettings,
+    ItemClusters,
+    _assign,
+    _cluster_sums,
+    _plus_plus,
+    kmeans,
+)
 from models.domain import Event, EventType
 from models.recommender import Filters, Recommender, VisitorContext
 from tests.service.api_fixtures import train_storefront_model
@@ -26,6 +34,31 @@ def test_kmeans_recovers_separated_blobs() -> None:
     centres = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], np.float32)
     got = kmeans(_blobs(rng, centres, 50), 4, seed=1)
     assert np.allclose(np.sort(got, axis=0), np.sort(centres, axis=0), atol=0.05)
+
+
+def test_assign_finds_the_nearest_centroid_across_blocks() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2 * 2048 + 17, 6)).astype(np.float32)  # three blocks, the last one partial
+    c = rng.normal(size=(37, 6)).astype(np.float32)
+    naive = ((x[:, None, :].astype(np.float64) - c[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+    assert np.array_equal(_assign(x, c), naive)
+
+
+def test_cluster_sums_match_a_scatter_add() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(500, 5)).astype(np.float32)
+    label = rng.integers(0, 9, 500)  # some of the 12 clusters stay empty
+    want = np.zeros((12, 5))
+    np.add.at(want, label, x)
+    assert np.allclose(_cluster_sums(x, label, 12), want)
+
+
+def test_plus_plus_seeds_one_centroid_per_separated_blob() -> None:
+    rng = np.random.default_rng(5)
+    centres = 100.0 * np.eye(6, dtype=np.float32)
+    seeds = _plus_plus(_blobs(rng, centres, 40), 6, rng)
+    nearest = ((seeds[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+    assert sorted(nearest.tolist()) == list(range(6))
 
 
 def test_probe_returns_whole_clusters_best_first_with_their_scores() -> None:
