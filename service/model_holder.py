@@ -8,7 +8,8 @@ serialized with an ``asyncio.Lock`` so two concurrent reloads cannot race each o
 
 Every worker process has its own holder: ``POST /v1/models/reload`` reaches one of them. The others follow
 through ``reload_if_changed``, which the app calls every ``model_poll_seconds`` (a stat of the ``latest``
-link); a refused artifact is not tried again until ``latest`` points somewhere else.
+link); a refused artifact is not tried again until ``latest`` points somewhere else or the refused
+directory's files change (an artifact repaired in place is picked up by the next poll).
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ from service.errors import NotReadyError
 log = logging.getLogger("journeyrec.service")
 
 Loader = Callable[[Path], Recommender]
+#: (name, size, mtime_ns) of each file of a version directory: what a refused artifact looked like
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(directory: Path) -> Fingerprint:
+    """The files of ``directory`` by name, size and modification time (empty if it cannot be listed)."""
+    try:
+        return tuple(
+            sorted((p.name, st.st_size, st.st_mtime_ns) for p in directory.iterdir() for st in (p.stat(),))
+        )
+    except OSError:
+        return ()
 
 
 class ReloadResult(msgspec.Struct, frozen=True):
@@ -49,7 +62,8 @@ class ModelHolder:
         self._lock = asyncio.Lock()
         self.loaded_at: float | None = None
         self.last_error: str | None = None
-        self._refused_dir: Path | None = None  # a bad artifact ``reload_if_changed`` will not retry
+        # a bad artifact ``reload_if_changed`` will not retry while its files stay as they were
+        self._refused: tuple[Path, Fingerprint] | None = None
 
     @classmethod
     def with_model(cls, recommender: Recommender, models_dir: Path | None = None) -> ModelHolder:
@@ -99,7 +113,8 @@ class ModelHolder:
                 model = await asyncio.to_thread(self._loader, target)
             except ArtifactError as e:
                 self.last_error = str(e)
-                self._refused_dir = target
+                if target is not None:
+                    self._refused = (target, await asyncio.to_thread(fingerprint, target))
                 kept = f"; still serving {previous.version}" if previous is not None else ""
                 log.error("model reload refused: %s%s", e, kept)  # noqa: TRY400 (no traceback needed)
                 raise ArtifactError(f"reload refused: {e}{kept}") from None
@@ -113,15 +128,23 @@ class ModelHolder:
             return ReloadResult(model.version, old, model.version != old, str(target))
 
     async def reload_if_changed(self) -> ReloadResult | None:
-        """Reload when ``latest`` names another version than the live one (and not one already refused);
-        None when there is nothing to do. Raises ArtifactError, as ``reload`` does, when the new artifact is
-        refused; that version is then skipped until ``latest`` moves again."""
+        """Reload when ``latest`` names another version than the live one (and not one already refused, unless
+        its files changed since); None when there is nothing to do. Raises ArtifactError, as ``reload``
+        does, when the new artifact is refused; that version is then skipped until ``latest`` moves again
+        or its files change."""
         if self.models_dir is None:
             return None
         try:
             target = (await asyncio.to_thread(resolve_latest, self.models_dir)).resolve()
         except ArtifactError:
             return None  # nothing published (yet): the live model, if any, keeps serving
-        if target in (self._current_dir, self._refused_dir):
+        if target == self._current_dir:
             return None
+        refused = self._refused
+        if (
+            refused is not None
+            and target == refused[0]
+            and await asyncio.to_thread(fingerprint, target) == refused[1]
+        ):
+            return None  # still the artifact that was refused
         return await self.reload()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,25 @@ async def test_reload_if_changed_follows_latest_and_skips_a_refused_version(
     assert result.changed
     assert holder.require().version == new_dir.name
     assert bad != new_dir.name
+
+
+async def test_reload_if_changed_retries_a_refused_version_repaired_in_place(
+    own_models: Path, recommender: Recommender
+) -> None:
+    holder = ModelHolder(own_models)
+    await holder.reload()
+    bad = own_models / _corrupt_copy(own_models)
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        await holder.reload_if_changed()
+    assert await holder.reload_if_changed() is None  # unchanged: not tried again
+    # the data scientist copies the good arrays over the corrupted file, under the same version directory
+    shutil.copyfile(resolve_latest(own_models).parent / recommender.version / ARRAYS, bad / ARRAYS)
+    os.utime(bad / ARRAYS, ns=(time.time_ns(), time.time_ns() + 10**9))  # a coarse clock still sees a change
+    result = await holder.reload_if_changed()
+    assert result is not None
+    assert holder.require().version == recommender.version  # the copy keeps the manifest's version
+    assert holder.last_error is None
+    assert await holder.reload_if_changed() is None  # now live
 
 
 async def test_every_app_follows_latest_without_a_reload_request(
