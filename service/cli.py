@@ -65,7 +65,10 @@ def _settings(flags: dict[str, Any]) -> Settings:
     help=f"Serve without API keys (local demo only). [env {ENV['insecure_no_auth']}]",
 )
 def serve(**flags: Any) -> None:
-    """Serve the recommendation API (keys from JOURNEYREC_API_KEYS, e.g. 'k1:ingest+read;k2:admin')."""
+    """Serve the recommendation API.
+
+    API keys come from JOURNEYREC_API_KEYS, e.g. 'KEY1:ingest+read;KEY2:admin' (each key 16+ characters).
+    """
     settings = _settings(flags)
     try:
         check_serve_settings(settings)
