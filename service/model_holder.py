@@ -105,16 +105,19 @@ class ModelHolder:
         async with self._lock:
             previous = self._current
             target: Path | None = None
+            seen: Fingerprint = ()
             try:
                 target = (await asyncio.to_thread(resolve_latest, models_dir)).resolve()
                 if previous is not None and target == self._current_dir:
                     return ReloadResult(previous.version, previous.version, False, str(target))
+                # taken before loading: a repair that lands during the load is then still seen as a change
+                seen = await asyncio.to_thread(fingerprint, target)
                 # hashing + loading arrays is CPU/disk work: off the event loop, beside the live model
                 model = await asyncio.to_thread(self._loader, target)
             except ArtifactError as e:
                 self.last_error = str(e)
                 if target is not None:
-                    self._refused = (target, await asyncio.to_thread(fingerprint, target))
+                    self._refused = (target, seen)
                 kept = f"; still serving {previous.version}" if previous is not None else ""
                 log.error("model reload refused: %s%s", e, kept)  # noqa: TRY400 (no traceback needed)
                 raise ArtifactError(f"reload refused: {e}{kept}") from None
