@@ -382,6 +382,29 @@ async def test_every_visitor_key_has_a_ttl_and_the_stream_none(harness: Harness)
             assert b"{v:" in key  # every visitor key carries the visitor's hash tag
 
 
+async def test_stored_events_leave_out_unset_fields_and_read_back_whole(harness: Harness) -> None:
+    only_redis(harness)
+    store = harness.make()
+    plain = ev("v", "a", E.PRODUCT_VIEW, T0)
+    full = ev("v", "b", E.PURCHASE, T0 + 1, event_id="e-1", quantity=2.0, value=9.5, country="gb")
+    await store.append([plain, full])
+    stored = [raw async for raw in _stored_event_json(harness)]
+    assert len(stored) == 4  # the recent-events list and the stream, each twice
+    assert all(b"null" not in raw for raw in stored), stored
+    assert (await store.visitor("v")).events == [plain, full]
+    assert await stream_events(store) == [plain, full]
+
+
+async def _stored_event_json(h: Harness) -> AsyncIterator[bytes]:
+    for key in await all_keys(h):
+        if key.endswith(b":events"):
+            for raw in await h.redis.lrange(key, 0, -1):
+                yield raw
+        elif key.endswith(b":stream"):
+            for _sid, fields in await h.redis.xrange(key):
+                yield fields[b"e"]
+
+
 async def test_a_visitor_expires_as_a_whole_after_the_ttl(harness: Harness) -> None:
     store = harness.make(visitor_ttl=1)
     await _populate(store, "v", "w")
