@@ -32,16 +32,26 @@ _RECENT_FOR_COLD = 10
 _PURCHASE = EventType.PURCHASE.code
 _CONTENT_VIEW = EventType.CONTENT_VIEW.code
 _AGED = frozenset({"buy_again", "recently_viewed"})  # sources whose reason says when
+_P, _C = EventType.PURCHASE, EventType.CANCEL  # what a purchase log holds
 
 
 class VisitorContext(msgspec.Struct, frozen=True, kw_only=True):
-    """A visitor's live state plus the request's context."""
+    """A visitor's live state plus the request's context.
+
+    events        the visitor's recent events, oldest first
+    cart          item_id -> time it was added
+    purchases     item_id -> time of its latest purchase (reaching beyond ``events``)
+    purchase_log  the visitor's latest purchase and cancel events in arrival order, reaching beyond
+                  ``events`` (whose purchases and cancels are its last ones): buy-again counts purchases and
+                  their recency over it as the offline profiles do over the whole history
+    """
 
     visitor_id: str
     events: list[Event]
     cart: dict[str, float]
     purchases: dict[str, float]
     now: float
+    purchase_log: list[Event] = msgspec.field(default_factory=list)
     channel: Channel | None = None
     country: str | None = None
     current_item: str | None = None
@@ -138,6 +148,28 @@ class _StageContent:
             c.category[rows],
             (0.5 * specific).astype(np.float32),
         )
+
+
+def _older_purchases(ctx: VisitorContext) -> list[Event]:
+    """The visitor's purchases and cancels from before ``ctx.events``, oldest first.
+
+    The purchase log's last entries are the purchases and cancels among the recent events (both are in
+    arrival order), so the log without that many entries is what came before them. A purchased item that
+    neither the log nor the events hold (kept from before the store had a log) counts once, at the time of
+    its latest purchase.
+    """
+    log = ctx.purchase_log
+    in_events = sum(1 for e in ctx.events if e.event is _P or e.event is _C)  # (Enum hashing is slow)
+    older = log[: max(len(log) - in_events, 0)]
+    if not ctx.purchases:
+        return older
+    known = {e.item_id for e in log} | {e.item_id for e in ctx.events if e.event is _P}
+    kept = [
+        Event(visitor_id=ctx.visitor_id, item_id=i, event=_P, timestamp=t)
+        for i, t in ctx.purchases.items()
+        if i not in known
+    ]
+    return [*kept, *older]
 
 
 def _anchor_row(m: sp.csr_matrix, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -282,19 +314,18 @@ class Recommender:
         self, ctx: VisitorContext, rows: Sequence[int]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(items int64, codes int8, ts float64) [n]: the visitor's events on catalog items up to now, in
-        time order, plus purchases older than the recent-events window (the store keeps those apart).
-        rows: ``event_rows(ctx.events)``."""
+        time order, plus the purchases and cancels older than the recent-events window (the store keeps
+        those apart). rows: ``event_rows(ctx.events)``."""
         get, now = self.catalog.index.get, ctx.now
         items: list[int] = []
         codes: list[int] = []
         ts: list[float] = []
-        seen = {e.item_id for e in ctx.events if e.event is EventType.PURCHASE}
-        for item_id, t in ctx.purchases.items():
-            row = get(item_id)
-            if item_id not in seen and row is not None and t <= now:
+        for e in _older_purchases(ctx):
+            row = get(e.item_id)
+            if row is not None and e.timestamp <= now:
                 items.append(row)
-                codes.append(_PURCHASE)
-                ts.append(t)
+                codes.append(e.event.code)
+                ts.append(e.timestamp)
         for e, row in zip(ctx.events, rows, strict=True):
             if row >= 0 and e.timestamp <= now:
                 items.append(row)
@@ -446,7 +477,9 @@ class Recommender:
         if _AGED.intersection(
             sources
         ):  # only buy-again and recently-viewed reasons need the visitor's events
-            bought.update(e.item_id for e in ctx.events if e.event is EventType.PURCHASE)
+            # "bought 3 times": over the purchase log when there is one (it reaches beyond the events)
+            history = [*_older_purchases(ctx), *ctx.events]
+            bought.update(e.item_id for e in history if e.event is EventType.PURCHASE)
             last_seen = {e.item_id: e.timestamp for e in ctx.events}  # events are oldest first
         out = []
         for r, (i, source) in enumerate(zip(idx, sources, strict=True)):

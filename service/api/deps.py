@@ -86,6 +86,7 @@ def context_of(
         events=state.events,
         cart=state.cart,
         purchases=state.purchases,
+        purchase_log=state.purchase_log,
         now=time.time(),
         channel=channel,
         country=country,

@@ -7,7 +7,12 @@ from typing import Protocol
 
 import msgspec
 
-from models.domain import Event
+from models.domain import Event, EventType
+
+#: how many purchase and cancel events a store keeps per visitor (``VisitorState.purchase_log``)
+PURCHASE_LOG = 1000
+#: the events that go into the purchase log
+PURCHASE_LOG_EVENTS = frozenset({EventType.PURCHASE, EventType.CANCEL})
 
 
 class AppendResult(msgspec.Struct, frozen=True):
@@ -20,10 +25,14 @@ class AppendResult(msgspec.Struct, frozen=True):
 class VisitorState(msgspec.Struct, frozen=True):
     """Everything held about one visitor, read in one round trip.
 
-    events     the most recent events (at most ``recent_events`` of them), oldest first
-    cart       item_id -> POSIX seconds it was (last) added; removed and purchased items are gone
-    purchases  item_id -> POSIX seconds of the last purchase (kept beyond the recent-events cap)
-    sent       item ids already sent to this visitor by the campaign asked for (empty if none asked)
+    events        the most recent events (at most ``recent_events`` of them), oldest first
+    cart          item_id -> POSIX seconds it was (last) added; removed and purchased items are gone
+    purchases     item_id -> POSIX seconds of the last purchase (kept beyond the recent-events cap)
+    sent          item ids already sent to this visitor by the campaign asked for (empty if none asked)
+    purchase_log  the visitor's latest purchase and cancel events (at most ``PURCHASE_LOG``), in arrival
+                  order, reaching beyond the recent-events cap: what buy-again needs to count purchases
+                  and their recency as the offline profiles do. Its events carry only visitor, item, event
+                  and timestamp.
     """
 
     visitor_id: str
@@ -31,6 +40,7 @@ class VisitorState(msgspec.Struct, frozen=True):
     cart: dict[str, float]
     purchases: dict[str, float]
     sent: frozenset[str] = frozenset()
+    purchase_log: list[Event] = msgspec.field(default_factory=list)
 
 
 class StreamEntry(msgspec.Struct, frozen=True):

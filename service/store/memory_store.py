@@ -14,8 +14,10 @@ Semantics
   late-arriving old ``remove_from_cart`` does not empty a newer add.
 - Purchases: item -> time of its latest purchase, kept beyond the recent-events cap. A ``cancel`` of the
   item at or after that time removes it: the visitor no longer owns it, so it may be recommended again.
-  (Only the latest purchase time is kept, so "bought twice, cancelled once" counts as not owned; the
-  offline profiles count net purchases.)
+  (Only the latest purchase time is kept, so "bought twice, cancelled once" counts as not owned there.)
+- Purchase log: the last ``purchase_log`` stored ``purchase`` and ``cancel`` events, in arrival order
+  (visitor, item, event and timestamp only), so that buy-again counts net purchases and their recency over
+  more than the recent events, as the offline profiles do.
 - Idempotency: an event whose ``event_id`` this visitor stored within the last ``visitor_ttl`` seconds is
   skipped and counted in ``duplicates`` (within one batch too). The scope is the visitor: the same id sent
   for two visitors is two events. Events without an ``event_id`` are always stored.
@@ -23,8 +25,8 @@ Semantics
   ``stream_maxlen`` entries (oldest dropped; Redis trims approximately, a little later) and none older than
   ``visitor_ttl`` (so no stream entry outlives the visitor state that lets ``erase`` find it).
 - ``erase`` removes the visitor's state and the visitor's stream entries; it returns the number of
-  Redis-equivalent keys (events, cart, purchases, seen ids, stream-id list, campaign index, one per sent
-  set; empty ones do not exist) plus the number of stream entries removed.
+  Redis-equivalent keys (events, cart, purchases, seen ids, stream-id list, campaign index, purchase log,
+  one per sent set; empty ones do not exist) plus the number of stream entries removed.
 
 Concurrency: no method awaits while it reads or changes state, so every call is atomic with respect to the
 other coroutines of the event loop and no lock is needed. It is not thread-safe: use one event loop.
@@ -41,7 +43,13 @@ from dataclasses import dataclass, field
 
 from models.domain import Event, EventType
 from models.errors import ValidationError
-from service.store.base import AppendResult, StreamEntry, VisitorState
+from service.store.base import (
+    PURCHASE_LOG,
+    PURCHASE_LOG_EVENTS,
+    AppendResult,
+    StreamEntry,
+    VisitorState,
+)
 
 StreamId = tuple[int, int]  # (milliseconds, sequence), ordered like Redis stream ids
 _STREAM_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
@@ -78,6 +86,7 @@ class _Visitor:
 
     events: deque[Event]
     expires_at: float
+    purchase_log: deque[Event]
     cart: dict[str, float] = field(default_factory=dict)
     purchases: dict[str, float] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
@@ -86,7 +95,15 @@ class _Visitor:
 
     def n_keys(self) -> int:
         """How many Redis keys this state would occupy (empty collections are no keys)."""
-        parts = (self.events, self.cart, self.purchases, self.seen, self.stream_ids, self.sent)
+        parts = (
+            self.events,
+            self.cart,
+            self.purchases,
+            self.seen,
+            self.stream_ids,
+            self.sent,
+            self.purchase_log,
+        )
         return sum(1 for p in parts if p) + sum(1 for s in self.sent.values() if s)
 
 
@@ -100,11 +117,15 @@ class MemoryStore:
         recent_events: int,
         stream_maxlen: int,
         clock: Callable[[], float] = time.time,
+        purchase_log: int = PURCHASE_LOG,
     ) -> None:
         check_limits(visitor_ttl, recent_events, stream_maxlen)
+        if purchase_log < recent_events:
+            raise ValueError("purchase_log must hold at least recent_events events")
         self.visitor_ttl = visitor_ttl
         self.recent_events = recent_events
         self.stream_maxlen = stream_maxlen
+        self.purchase_log = purchase_log
         self._clock = clock
         # ordered by last write: with expiry = last write + ttl, the expired ones are at the front
         self._visitors: OrderedDict[str, _Visitor] = OrderedDict()
@@ -137,11 +158,13 @@ class MemoryStore:
                 duplicates += 1
                 continue
             if v is None:
-                v = _Visitor(events=deque(maxlen=self.recent_events), expires_at=now + self.visitor_ttl)
+                v = self._new_visitor(now + self.visitor_ttl)
                 self._visitors[e.visitor_id] = v
             if e.event_id is not None:
                 v.seen[e.event_id] = now
             v.events.append(e)  # the deque's maxlen drops the oldest
+            if e.event in PURCHASE_LOG_EVENTS:
+                v.purchase_log.append(_logged(e))
             _apply(v, e)
             sid = self._next_id(now)
             self._entries[sid] = e
@@ -164,6 +187,7 @@ class MemoryStore:
             cart=dict(v.cart),
             purchases=dict(v.purchases),
             sent=sent,
+            purchase_log=list(v.purchase_log),
         )
 
     async def mark_sent(self, visitor_id: str, campaign: str, item_ids: list[str]) -> None:
@@ -173,7 +197,7 @@ class MemoryStore:
         self._expire(now)
         v = self._visitors.get(visitor_id)
         if v is None:
-            v = _Visitor(events=deque(maxlen=self.recent_events), expires_at=now)
+            v = self._new_visitor(now)
             self._visitors[visitor_id] = v
         v.sent.setdefault(campaign, set()).update(item_ids)
         v.expires_at = now + self.visitor_ttl
@@ -210,6 +234,13 @@ class MemoryStore:
         return None
 
     # -- internals --------------------------------------------------------------------------------------
+
+    def _new_visitor(self, expires_at: float) -> _Visitor:
+        return _Visitor(
+            events=deque(maxlen=self.recent_events),
+            expires_at=expires_at,
+            purchase_log=deque(maxlen=self.purchase_log),
+        )
 
     def _live(self, visitor_id: str, now: float) -> _Visitor | None:
         v = self._visitors.get(visitor_id)
@@ -263,6 +294,11 @@ def _prune(v: _Visitor, min_time: float) -> None:
     min_ms = int(min_time * 1000)
     while v.stream_ids and v.stream_ids[0][0] < min_ms:
         v.stream_ids.popleft()
+
+
+def _logged(e: Event) -> Event:
+    """What the purchase log keeps of an event (the Redis store keeps the same four fields)."""
+    return Event(visitor_id=e.visitor_id, item_id=e.item_id, event=e.event, timestamp=e.timestamp)
 
 
 def _apply(v: _Visitor, e: Event) -> None:

@@ -12,6 +12,8 @@ campaign name). Every visitor key carries the hash tag ``{v:H}``, so a visitor's
 - ``P:{v:H}:ids``        sorted set: event_id -> server ms it was stored (idempotency; pruned after the ttl)
 - ``P:{v:H}:sids``       list: ids of the visitor's entries in the stream, oldest first (for erase)
 - ``P:{v:H}:campaigns``  set: C of every campaign with a sent set (so erase and expiry find them)
+- ``P:{v:H}:buys``       list: the last ``purchase_log`` stored purchase/cancel events as
+                         ``p|<ts>|<item_id>`` or ``c|<ts>|<item_id>``, oldest first
 - ``P:{v:H}:sent:C``     set: item ids campaign C already sent to the visitor
 - ``P:stream``           stream: one entry per stored event, field ``e`` = the event's msgspec JSON
 
@@ -45,23 +47,24 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from models.domain import Event
+from models.domain import Event, EventType
 from models.errors import StoreUnavailableError
-from service.store.base import AppendResult, StreamEntry, VisitorState
+from service.store.base import PURCHASE_LOG, AppendResult, StreamEntry, VisitorState
 from service.store.memory_store import check_count, check_limits, format_id, parse_after
 
 log = logging.getLogger("journeyrec.store")
 
 APPEND_CHUNK = 1000  # events per script call: bounds how long one call holds the Redis server
 MAX_CONNECTIONS = 64  # per process; a command needs a connection only for one round trip
-_VISITOR_KEYS = ("events", "cart", "purchases", "ids", "sids", "campaigns")  # order used by the scripts
+# order used by the scripts (KEYS[k + 0 .. k + 6] of a visitor)
+_VISITOR_KEYS = ("events", "cart", "purchases", "ids", "sids", "campaigns", "buys")
 
-# Shared Lua: refresh the ttl of one visitor's keys. KEYS[k .. k+5] are _VISITOR_KEYS; `base` is
+# Shared Lua: refresh the ttl of one visitor's keys. KEYS[k .. k+6] are _VISITOR_KEYS; `base` is
 # "P:{v:H}". sids lives one second longer than the rest: the stream keeps an entry at most `ttl` seconds
 # after it was added (XTRIM MINID), so while an entry exists the sids list naming it still exists.
 _TOUCH = """
 local function touch(k, base, ttl)
-  for j = 0, 5 do
+  for j = 0, 6 do
     redis.call('EXPIRE', KEYS[k + j], j == 4 and ttl + 1 or ttl)
   end
   for _, c in ipairs(redis.call('SMEMBERS', KEYS[k + 5])) do
@@ -75,16 +78,16 @@ local function now_and_cutoff(ttl)
 end
 """
 
-# KEYS[1] stream, then 6 keys per visitor group (_VISITOR_KEYS order).
-# ARGV: ttl, maxlen, recent, n_groups, base of each group, then 6 per event in batch order:
+# KEYS[1] stream, then 7 keys per visitor group (_VISITOR_KEYS order).
+# ARGV: ttl, maxlen, recent, purchase_log, n_groups, base of each group, then 6 per event in batch order:
 #       group, kind, item, ts (Python repr of the float), "+"..event_id or "-", json
 # Returns {accepted, duplicates}.
-# KEYS: events, cart, purchases[, sent set]. One atomic read (a consistent snapshot, as MULTI/EXEC would
+# KEYS: events, cart, purchases, buys[, sent set]. One atomic read (a consistent snapshot, as MULTI/EXEC would
 # give) in one command: redis-py's transaction pipeline costs more client time than the read itself.
 _READ = """
 local out = {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2]),
-             redis.call('HGETALL', KEYS[3])}
-if KEYS[4] then out[4] = redis.call('SMEMBERS', KEYS[4]) end
+             redis.call('HGETALL', KEYS[3]), redis.call('LRANGE', KEYS[4], 0, -1)}
+if KEYS[5] then out[5] = redis.call('SMEMBERS', KEYS[5]) end
 return out
 """
 
@@ -92,19 +95,19 @@ _APPEND = (
     _TOUCH
     + """
 local stream = KEYS[1]
-local ttl, maxlen, recent = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local ngroups = tonumber(ARGV[4])
+local ttl, maxlen, recent, log_cap = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local ngroups = tonumber(ARGV[5])
 local now_ms, cutoff = now_and_cutoff(ttl)
 redis.call('XTRIM', stream, 'MINID', cutoff)
 for g = 1, ngroups do
   -- event ids older than the ttl window are forgotten: a retry that late is a new event
-  redis.call('ZREMRANGEBYSCORE', KEYS[1 + (g - 1) * 6 + 4], '-inf', '(' .. cutoff)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1 + (g - 1) * 7 + 4], '-inf', '(' .. cutoff)
 end
 local stored = {}
 local accepted, duplicates = 0, 0
-for i = 5 + ngroups, #ARGV, 6 do
+for i = 6 + ngroups, #ARGV, 6 do
   local g = tonumber(ARGV[i])
-  local k = 1 + (g - 1) * 6 + 1
+  local k = 1 + (g - 1) * 7 + 1
   local kind, item, ts, eid, json = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local new = true
   if string.sub(eid, 1, 1) == '+' then
@@ -130,6 +133,9 @@ for i = 5 + ngroups, #ARGV, 6 do
       local last = redis.call('HGET', purchases, item)
       if last and tonumber(last) <= t then redis.call('HDEL', purchases, item) end
     end
+    if kind == 'purchase' or kind == 'cancel' then
+      redis.call('RPUSH', KEYS[k + 6], string.sub(kind, 1, 1) .. '|' .. ts .. '|' .. item)
+    end
     stored[g] = true
     accepted = accepted + 1
   else
@@ -138,28 +144,29 @@ for i = 5 + ngroups, #ARGV, 6 do
 end
 for g = 1, ngroups do
   if stored[g] then
-    local k = 1 + (g - 1) * 6 + 1
+    local k = 1 + (g - 1) * 7 + 1
     redis.call('LTRIM', KEYS[k], -recent, -1)
+    redis.call('LTRIM', KEYS[k + 6], -log_cap, -1)
     -- forget stream ids that XTRIM MINID has removed from the stream (they are in time order)
     while true do
       local head = redis.call('LINDEX', KEYS[k + 4], 0)
       if not head or tonumber(string.match(head, '^(%d+)')) >= cutoff then break end
       redis.call('LPOP', KEYS[k + 4])
     end
-    touch(k, ARGV[4 + g], ttl)
+    touch(k, ARGV[5 + g], ttl)
   end
 end
 return {accepted, duplicates}
 """
 )
 
-# KEYS: the 6 visitor keys, then the campaign's sent set. ARGV: ttl, base, C, item ids...
+# KEYS: the 7 visitor keys, then the campaign's sent set. ARGV: ttl, base, C, item ids...
 _MARK_SENT = (
     _TOUCH
     + """
 local ttl = tonumber(ARGV[1])
 for i = 4, #ARGV, 1000 do
-  redis.call('SADD', KEYS[7], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  redis.call('SADD', KEYS[8], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('SADD', KEYS[6], ARGV[3])
 touch(1, ARGV[2], ttl)
@@ -167,7 +174,7 @@ return 1
 """
 )
 
-# KEYS[1] stream, then the 6 visitor keys. ARGV: ttl, base. Returns keys + stream entries removed.
+# KEYS[1] stream, then the 7 visitor keys. ARGV: ttl, base. Returns keys + stream entries removed.
 _ERASE = (
     _TOUCH
     + """
@@ -184,7 +191,7 @@ end
 for _, c in ipairs(redis.call('SMEMBERS', KEYS[7])) do
   removed = removed + redis.call('DEL', ARGV[2] .. ':sent:' .. c)
 end
-return removed + redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+return removed + redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 """
 )
 
@@ -218,15 +225,19 @@ class RedisStore:
         visitor_ttl: int,
         recent_events: int,
         stream_maxlen: int,
+        purchase_log: int = PURCHASE_LOG,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"redis key prefix {prefix!r} must be non-empty and without braces")
         check_limits(visitor_ttl, recent_events, stream_maxlen)
+        if purchase_log < recent_events:
+            raise ValueError("purchase_log must hold at least recent_events events")
         self._r = client
         self.prefix = prefix
         self.visitor_ttl = visitor_ttl
         self.recent_events = recent_events
         self.stream_maxlen = stream_maxlen
+        self.purchase_log = purchase_log
         self.stream_key = f"{prefix}:stream"
         self._append = client.register_script(_APPEND)
         self._mark_sent = client.register_script(_MARK_SENT)
@@ -247,6 +258,7 @@ class RedisStore:
         stream_maxlen: int,
         socket_timeout: float,
         max_connections: int = MAX_CONNECTIONS,
+        purchase_log: int = PURCHASE_LOG,
     ) -> RedisStore:
         """A store on a new connection pool (nothing connects until the first command).
 
@@ -269,6 +281,7 @@ class RedisStore:
             visitor_ttl=visitor_ttl,
             recent_events=recent_events,
             stream_maxlen=stream_maxlen,
+            purchase_log=purchase_log,
         )
 
     # -- keys ---------------------------------------------------------------------------------------------
@@ -278,7 +291,7 @@ class RedisStore:
         return f"{self.prefix}:{{v:{_hex(visitor_id)}}}"
 
     def visitor_keys(self, visitor_id: str) -> list[str]:
-        """The visitor's fixed keys in the scripts' order (events, cart, purchases, ids, sids, campaigns)."""
+        """The visitor's fixed keys in the scripts' order (``_VISITOR_KEYS``)."""
         base = self.visitor_base(visitor_id)
         return [f"{base}:{name}" for name in _VISITOR_KEYS]
 
@@ -335,12 +348,14 @@ class RedisStore:
             str(self.visitor_ttl),
             str(self.stream_maxlen),
             str(self.recent_events),
+            str(self.purchase_log),
             str(len(groups)),
         ]
         return keys, [*head, *bases, *per_event]
 
     async def visitor(self, visitor_id: str, campaign: str | None = None) -> VisitorState:
-        keys = self.visitor_keys(visitor_id)[:3]
+        every = self.visitor_keys(visitor_id)
+        keys = [*every[:3], every[6]]  # events, cart, purchases, buys
         if campaign is not None:
             keys.append(self.sent_key(visitor_id, campaign))
         with _unavailable("read visitor"):
@@ -351,7 +366,8 @@ class RedisStore:
             events=self._decode_list(b"[" + b",".join(replies[0]) + b"]"),
             cart=_float_pairs(replies[1]),
             purchases=_float_pairs(replies[2]),
-            sent=frozenset(m.decode() for m in replies[3]) if campaign is not None else frozenset(),
+            sent=frozenset(m.decode() for m in replies[4]) if campaign is not None else frozenset(),
+            purchase_log=[_logged(visitor_id, raw) for raw in replies[3]],
         )
 
     async def mark_sent(self, visitor_id: str, campaign: str, item_ids: list[str]) -> None:
@@ -387,6 +403,15 @@ class RedisStore:
             await self._r.aclose()
         except (RedisError, OSError) as e:
             log.debug("closing the redis client: %s", e)
+
+
+_LOGGED = {b"p": EventType.PURCHASE, b"c": EventType.CANCEL}
+
+
+def _logged(visitor_id: str, raw: bytes) -> Event:
+    """One purchase-log entry (``p|<ts>|<item_id>`` or ``c|...``; the item id may hold ``|``) as an event."""
+    kind, ts, item = raw.split(b"|", 2)
+    return Event(visitor_id=visitor_id, item_id=item.decode(), event=_LOGGED[kind], timestamp=float(ts))
 
 
 def _float_pairs(flat: list[bytes]) -> dict[str, float]:

@@ -10,8 +10,10 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from models.domain import STAGES
+from models.domain import STAGES, Event, EventType
 from models.recommender import Recommender
+from service.api.deps import context_of
+from service.store.base import VisitorState
 from tests.service import api_fixtures
 from tests.service.api_fixtures import (
     H_ADMIN,
@@ -262,3 +264,10 @@ def test_odd_visitor_ids_work(client: Client, visitor: str) -> None:
     r = client.get(f"/v1/visitors/{visitor}/journey", headers=H_READ)
     assert r.status_code == 200
     assert r.json()["visitor_id"] == visitor
+
+
+def test_the_model_sees_the_stored_purchase_log() -> None:
+    # buy-again reaches beyond the recent events only if the request's context carries the log
+    bought = Event(visitor_id="v", item_id="p", event=EventType.PURCHASE, timestamp=1.0)
+    state = VisitorState(visitor_id="v", events=[], cart={}, purchases={"p": 1.0}, purchase_log=[bought])
+    assert context_of(state).purchase_log == [bought]

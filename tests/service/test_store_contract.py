@@ -153,7 +153,12 @@ async def test_append_and_read_back_every_field(harness: Harness) -> None:
     assert await store.append(events) == AppendResult(accepted=3, duplicates=0)
     state = await store.visitor("v1")
     assert state == VisitorState(
-        visitor_id="v1", events=events, cart={}, purchases={"p-1": T0 + 0.1 + 2}, sent=frozenset()
+        visitor_id="v1",
+        events=events,
+        cart={},
+        purchases={"p-1": T0 + 0.1 + 2},
+        sent=frozenset(),
+        purchase_log=[ev("v1", "p-1", E.PURCHASE, T0 + 0.1 + 2)],  # only the four fields buy-again reads
     )
 
 
@@ -304,6 +309,42 @@ async def test_sent_sets_are_per_visitor_and_campaign(harness: Harness) -> None:
 # -- erase ------------------------------------------------------------------------------------------------
 
 
+async def test_the_purchase_log_keeps_purchases_and_cancels_beyond_the_recent_events(
+    harness: Harness,
+) -> None:
+    store = harness.make(recent_events=3, purchase_log=4)
+    history = [
+        ev("v", "kettle", E.PURCHASE, T0, event_id="1"),
+        ev("v", "kettle", E.PURCHASE, T0 + 10, quantity=3.0),
+        ev("v", "mug", E.PURCHASE, T0 + 20),
+        ev("v", "mug", E.CANCEL, T0 + 30),
+        *(ev("v", f"seen-{i}", E.PRODUCT_VIEW, T0 + 40 + i) for i in range(4)),
+    ]
+    await store.append(history)
+    await store.append([ev("v", "kettle", E.PURCHASE, T0, event_id="1")])  # a retry: not logged twice
+    state = await store.visitor("v")
+    assert [e.item_id for e in state.events] == ["seen-1", "seen-2", "seen-3"]
+    assert state.purchase_log == [
+        ev("v", "kettle", E.PURCHASE, T0),
+        ev("v", "kettle", E.PURCHASE, T0 + 10),
+        ev("v", "mug", E.PURCHASE, T0 + 20),
+        ev("v", "mug", E.CANCEL, T0 + 30),
+    ]
+    await store.append([ev("v", "tea|green", E.PURCHASE, T0 + 50)])  # "|" in an item id is kept whole
+    log = (await store.visitor("v")).purchase_log
+    assert [(e.item_id, e.event) for e in log] == [
+        ("kettle", E.PURCHASE),
+        ("mug", E.PURCHASE),
+        ("mug", E.CANCEL),
+        ("tea|green", E.PURCHASE),
+    ]  # capped at four: the oldest went
+
+
+def test_the_purchase_log_must_hold_the_recent_events(harness: Harness) -> None:
+    with pytest.raises(ValueError, match="purchase_log"):
+        harness.make(recent_events=5, purchase_log=4)
+
+
 async def _populate(store: VisitorStore, visitor: str, other: str) -> None:
     await store.append(
         [
@@ -324,8 +365,8 @@ async def test_erase_removes_everything_of_one_visitor(harness: Harness) -> None
     visitor, other = f"erase-me:{{{uuid.uuid4().hex[:8]}}}", f"keep-me-{uuid.uuid4().hex[:8]}"
     await _populate(store, visitor, other)
     before_other = await store.visitor(other, "c1")
-    # events, cart, purchases, ids, sids, campaigns, two sent sets + three stream entries
-    assert await store.erase(visitor) == 8 + 3
+    # events, cart, purchases, ids, sids, campaigns, purchase log, two sent sets + three stream entries
+    assert await store.erase(visitor) == 9 + 3
     assert await store.visitor(visitor, "c1") == VisitorState(
         visitor_id=visitor, events=[], cart={}, purchases={}
     )
@@ -357,7 +398,7 @@ async def test_erase_leaves_no_trace_in_redis(harness: Harness) -> None:
                 found.append(key)
         return found
 
-    assert len(await mentions(visitor)) == 9  # 8 visitor keys (2 sent sets) + the stream
+    assert len(await mentions(visitor)) == 10  # 9 visitor keys (2 sent sets) + the stream
     assert await store.erase(visitor) > 0
     assert await mentions(visitor) == []
     assert await mentions(other)
@@ -371,7 +412,8 @@ async def test_every_visitor_key_has_a_ttl_and_the_stream_none(harness: Harness)
     store = harness.make(visitor_ttl=1000)
     await _populate(store, "v", "w")
     keys = await all_keys(harness)
-    assert len(keys) == 8 + 6 + 1  # v: 6 + 2 sent sets; w: no purchases, 1 sent set; the stream
+    # v: 7 + 2 sent sets; w: no purchases (so no purchase log), 1 sent set; the stream
+    assert len(keys) == 9 + 6 + 1
     stream_key = f"{harness.prefix}:stream".encode()
     for key in keys:
         ttl = await harness.redis.ttl(key)

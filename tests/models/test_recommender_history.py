@@ -1,0 +1,75 @@
+"""Buy-again over more than the recent events: the purchase log gives the live profile the same purchase
+counts and recency as the visitor's whole history (what the offline profiles see)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.artifact import load
+from models.domain import DAY, Event, EventType
+from models.live_profile import LiveProfile
+from models.recommender import Recommender, VisitorContext
+from tests.service.api_fixtures import train_storefront_model
+
+E = EventType
+NOW = 1_750_000_000.0
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    d: Path = tmp_path_factory.mktemp("history-model")
+    return Recommender(load(train_storefront_model(d)))
+
+
+def _profile(rec: Recommender, ctx: VisitorContext) -> LiveProfile:
+    items, codes, ts = rec._event_arrays(ctx, rec.event_rows(ctx.events))
+    return LiveProfile.from_arrays(items, codes, ts, ctx.now, rec.manifest.weights.vector())
+
+
+def _by_item(p: LiveProfile, field: str) -> dict[int, float]:
+    return {int(i): float(v) for i, v in zip(p.items, getattr(p, field), strict=True) if v != 0}
+
+
+event_st = st.tuples(
+    st.integers(0, 5),  # which product
+    st.sampled_from([E.PRODUCT_VIEW, E.PURCHASE, E.PURCHASE, E.CANCEL, E.ADD_TO_CART]),
+    st.floats(1.0, 200 * DAY),  # age at NOW
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(event_st, min_size=1, max_size=40), st.integers(1, 10))
+def test_purchases_beyond_the_recent_events_count_as_in_the_whole_history(
+    rec: Recommender, raw: list[tuple[int, EventType, float]], recent: int
+) -> None:
+    products = [c.item_id for c in rec.catalog.items if c.kind.value == "product"][:6]
+    history = [  # in arrival order, which need not be time order
+        Event(visitor_id="v", item_id=products[i], event=kind, timestamp=NOW - age) for i, kind, age in raw
+    ]
+    log = [e for e in history if e.event in (E.PURCHASE, E.CANCEL)]
+    latest: dict[str, float] = {}
+    for e in log:
+        if e.event is E.PURCHASE:
+            latest[e.item_id] = max(latest.get(e.item_id, 0.0), e.timestamp)
+    whole = VisitorContext(visitor_id="v", events=history, cart={}, purchases=latest, now=NOW)
+    live = VisitorContext(
+        visitor_id="v", events=history[-recent:], cart={}, purchases=latest, now=NOW, purchase_log=log
+    )
+    want, got = _profile(rec, whole), _profile(rec, live)
+    for field in ("purchases", "purchase_age", "purchase_decay"):
+        w, g = _by_item(want, field), _by_item(got, field)
+        assert w.keys() == g.keys(), field
+        assert all(np.isclose(w[i], g[i], rtol=1e-5) for i in w), field
+
+
+def test_without_a_log_an_older_purchase_counts_once_at_its_latest_time(rec: Recommender) -> None:
+    item = next(c.item_id for c in rec.catalog.items if c.kind.value == "product")
+    ctx = VisitorContext(visitor_id="v", events=[], cart={}, purchases={item: NOW - DAY}, now=NOW)
+    p = _profile(rec, ctx)
+    assert p.purchases.tolist() == [1.0]
+    assert np.isclose(p.purchase_age[0], 1.0, atol=2e-3)
