@@ -15,6 +15,23 @@ PURCHASE_LOG = 1000
 PURCHASE_LOG_EVENTS = frozenset({EventType.PURCHASE, EventType.CANCEL})
 
 
+class StoreLimits:
+    """The size limits both stores share, checked once: each must be at least 1, and the purchase log must
+    hold the purchases among the recent events (the model finds the older ones by counting those)."""
+
+    def __init__(
+        self, *, visitor_ttl: int, recent_events: int, stream_maxlen: int, purchase_log: int
+    ) -> None:
+        if visitor_ttl < 1 or recent_events < 1 or stream_maxlen < 1:
+            raise ValueError("visitor_ttl, recent_events and stream_maxlen must be at least 1")
+        if purchase_log < recent_events:
+            raise ValueError("purchase_log must hold at least recent_events events")
+        self.visitor_ttl = visitor_ttl
+        self.recent_events = recent_events
+        self.stream_maxlen = stream_maxlen
+        self.purchase_log = purchase_log
+
+
 class AppendResult(msgspec.Struct, frozen=True):
     """accepted: newly stored events; duplicates: events whose event_id was stored before (skipped)."""
 

@@ -47,6 +47,7 @@ from service.store.base import (
     PURCHASE_LOG,
     PURCHASE_LOG_EVENTS,
     AppendResult,
+    StoreLimits,
     StreamEntry,
     VisitorState,
 )
@@ -67,12 +68,6 @@ def parse_after(after: str) -> StreamId:
 def check_count(count: int) -> None:
     if count < 1:
         raise ValidationError(f"stream page size {count} must be at least 1")
-
-
-def check_limits(visitor_ttl: int, recent_events: int, stream_maxlen: int) -> None:
-    """The size limits both stores share: each must be at least 1."""
-    if visitor_ttl < 1 or recent_events < 1 or stream_maxlen < 1:
-        raise ValueError("visitor_ttl, recent_events and stream_maxlen must be at least 1")
 
 
 def format_id(sid: StreamId) -> str:
@@ -107,7 +102,7 @@ class _Visitor:
         return sum(1 for p in parts if p) + sum(1 for s in self.sent.values() if s)
 
 
-class MemoryStore:
+class MemoryStore(StoreLimits):
     """VisitorStore in this process's memory (see the module docstring for the semantics)."""
 
     def __init__(
@@ -119,13 +114,12 @@ class MemoryStore:
         clock: Callable[[], float] = time.time,
         purchase_log: int = PURCHASE_LOG,
     ) -> None:
-        check_limits(visitor_ttl, recent_events, stream_maxlen)
-        if purchase_log < recent_events:
-            raise ValueError("purchase_log must hold at least recent_events events")
-        self.visitor_ttl = visitor_ttl
-        self.recent_events = recent_events
-        self.stream_maxlen = stream_maxlen
-        self.purchase_log = purchase_log
+        super().__init__(
+            visitor_ttl=visitor_ttl,
+            recent_events=recent_events,
+            stream_maxlen=stream_maxlen,
+            purchase_log=purchase_log,
+        )
         self._clock = clock
         # ordered by last write: with expiry = last write + ttl, the expired ones are at the front
         self._visitors: OrderedDict[str, _Visitor] = OrderedDict()

@@ -49,8 +49,8 @@ from redis.exceptions import RedisError
 
 from models.domain import Event, EventType
 from models.errors import StoreUnavailableError
-from service.store.base import PURCHASE_LOG, AppendResult, StreamEntry, VisitorState
-from service.store.memory_store import check_count, check_limits, format_id, parse_after
+from service.store.base import PURCHASE_LOG, AppendResult, StoreLimits, StreamEntry, VisitorState
+from service.store.memory_store import check_count, format_id, parse_after
 
 log = logging.getLogger("journeyrec.store")
 
@@ -214,7 +214,7 @@ def _unavailable(what: str) -> Iterator[None]:
         ) from e
 
 
-class RedisStore:
+class RedisStore(StoreLimits):
     """VisitorStore on Redis (``redis.asyncio``; see the module docstring for the key layout)."""
 
     def __init__(
@@ -229,15 +229,14 @@ class RedisStore:
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"redis key prefix {prefix!r} must be non-empty and without braces")
-        check_limits(visitor_ttl, recent_events, stream_maxlen)
-        if purchase_log < recent_events:
-            raise ValueError("purchase_log must hold at least recent_events events")
+        super().__init__(
+            visitor_ttl=visitor_ttl,
+            recent_events=recent_events,
+            stream_maxlen=stream_maxlen,
+            purchase_log=purchase_log,
+        )
         self._r = client
         self.prefix = prefix
-        self.visitor_ttl = visitor_ttl
-        self.recent_events = recent_events
-        self.stream_maxlen = stream_maxlen
-        self.purchase_log = purchase_log
         self.stream_key = f"{prefix}:stream"
         self._append = client.register_script(_APPEND)
         self._mark_sent = client.register_script(_MARK_SENT)
