@@ -172,6 +172,18 @@ def _older_purchases(ctx: VisitorContext) -> list[Event]:
     return [*kept, *older]
 
 
+def _owned_items(ctx: VisitorContext) -> list[str]:
+    """Item ids the visitor owns: more purchases than cancels in the purchase log, plus purchased items
+    the log does not reach. (The store's ``purchases`` map forgets an item at a cancel even when an
+    earlier purchase of it stands: "bought twice, cancelled once" still owns one.)"""
+    if not ctx.purchase_log:
+        return list(ctx.purchases)
+    net: dict[str, int] = {}
+    for e in ctx.purchase_log:
+        net[e.item_id] = net.get(e.item_id, 0) + (1 if e.event is _P else -1)
+    return [i for i, n in net.items() if n > 0] + [i for i in ctx.purchases if i not in net]
+
+
 def _anchor_row(m: sp.csr_matrix, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(item rows int64, values float32): the anchors' rows of ``m`` summed, scaled to a maximum of 1."""
     return max_normalised(*gather_rows(m, anchors, np.ones(len(anchors), np.float32)))
@@ -284,7 +296,7 @@ class Recommender:
         """int64 [m]: items to hide: bought (non-repeatable), in the cart, or on screen."""
         hide = [np.zeros(0, np.int64)]
         if not f.include_purchased:
-            bought = self._ids(list(ctx.purchases))
+            bought = self._ids(_owned_items(ctx))
             hide.append(bought[~self.catalog.repeatable[bought]])
         if not f.include_cart:
             hide.append(self._ids(list(ctx.cart)))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from models.artifact import load
 from models.domain import DAY, Event, EventType
 from models.live_profile import LiveProfile
-from models.recommender import Recommender, VisitorContext
+from models.recommender import Filters, Recommender, VisitorContext
 from tests.service.api_fixtures import train_storefront_model
 
 E = EventType
@@ -73,3 +73,28 @@ def test_without_a_log_an_older_purchase_counts_once_at_its_latest_time(rec: Rec
     p = _profile(rec, ctx)
     assert p.purchases.tolist() == [1.0]
     assert np.isclose(p.purchase_age[0], 1.0, atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("log", "owned"),
+    [
+        ([E.PURCHASE, E.PURCHASE, E.CANCEL], True),  # bought twice, cancelled once: still owns one
+        ([E.PURCHASE, E.CANCEL], False),
+        ([E.PURCHASE, E.CANCEL, E.PURCHASE], True),
+    ],
+)
+def test_owned_items_count_purchases_against_cancels(
+    rec: Recommender, log: list[EventType], owned: bool
+) -> None:
+    item = next(c for c in rec.catalog.items if c.kind.value == "product" and not c.repeatable).item_id
+    events = [
+        Event(visitor_id="v", item_id=item, event=k, timestamp=NOW - 100 + i) for i, k in enumerate(log)
+    ]
+    # what a store holds after those events: a cancel drops the item from the latest-purchase map
+    latest = {item: NOW - 98} if log[-1] is E.PURCHASE else {}
+    ctx = VisitorContext(
+        visitor_id="v", events=events, cart={}, purchases=latest, now=NOW, purchase_log=events
+    )
+    hidden = rec._owned(ctx, Filters())
+    assert (rec.catalog.index[item] in hidden.tolist()) is owned
+    assert rec._owned(ctx, Filters(include_purchased=True)).tolist() == []
