@@ -12,6 +12,7 @@ from litestar.status_codes import HTTP_200_OK
 from models.domain import Channel, Stage
 from models.errors import StoreUnavailableError
 from models.recommender import Filters
+from models.referrer import channel_from_referrer
 from service import metrics
 from service.api.deps import IdPath, K, Services, check_k, context_of, empty_state, provide_filters
 from service.auth import Scope, scopes
@@ -59,6 +60,15 @@ class VisitorsController(Controller):
         placement: Placement = "home",
         item_id: Annotated[str | None, Parameter(max_length=256, description="item on screen")] = None,
         channel: Annotated[Channel | None, Parameter(description="touchpoint of this visit")] = None,
+        referrer: Annotated[
+            str | None,
+            Parameter(
+                max_length=2048,
+                description="referring URL of this visit; sets the channel when none is given "
+                "(search engine -> search, social network -> social, webmail -> email, utm_medium=cpc -> ad, "
+                "another site -> referral, empty -> direct)",
+            ),
+        ] = None,
         country: Country = None,
         stage: Annotated[Stage | None, Parameter(description="override the inferred stage")] = None,
     ) -> RecommendationsOut:
@@ -72,7 +82,7 @@ class VisitorsController(Controller):
             state, personalized = empty_state(visitor_id), False
         ctx = context_of(
             state,
-            channel=channel,
+            channel=channel if channel is not None or referrer is None else channel_from_referrer(referrer),
             country=country,
             current_item=item_id,
             placement=placement,

@@ -10,8 +10,8 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from models.domain import STAGES, Event, EventType
-from models.recommender import Recommender
+from models.domain import STAGES, Channel, Event, EventType
+from models.recommender import Recommendations, Recommender, VisitorContext
 from service.api.deps import context_of
 from service.store.base import VisitorState
 from tests.service import api_fixtures
@@ -271,3 +271,28 @@ def test_the_model_sees_the_stored_purchase_log() -> None:
     bought = Event(visitor_id="v", item_id="p", event=EventType.PURCHASE, timestamp=1.0)
     state = VisitorState(visitor_id="v", events=[], cart={}, purchases={"p": 1.0}, purchase_log=[bought])
     assert context_of(state).purchase_log == [bought]
+
+
+def test_referrer_sets_the_channel_when_none_is_given(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Channel | None] = []
+    real = Recommender.recommend
+
+    def spy(self: Recommender, ctx: VisitorContext, *args: Any, **kwargs: Any) -> Recommendations:
+        seen.append(ctx.channel)
+        return real(self, ctx, *args, **kwargs)
+
+    monkeypatch.setattr(Recommender, "recommend", spy)
+    for query in (
+        "referrer=https://www.google.com/search%3Fq%3Dkettle",
+        "referrer=https://t.co/x",
+        "referrer=https://blog.example.com/&channel=email",  # a channel given wins
+        "referrer=",
+        "",
+    ):
+        _recs(client, "newcomer", query)
+    assert seen == [Channel.SEARCH, Channel.SOCIAL, Channel.EMAIL, Channel.DIRECT, None]
+    r = client.get("/v1/visitors/v/recommendations?referrer=" + "x" * 2049, headers=H_READ)
+    assert r.status_code == 400
+    assert "referrer" in r.text
