@@ -37,10 +37,29 @@ _CONTENT = {
 }
 
 
+def relation(*, on_page: bool, in_cart: bool, bought: bool) -> str:
+    """How the visitor met an anchor item, for "similar to the kettle <relation>"."""
+    if on_page:
+        return "you are viewing"
+    if in_cart:
+        return "in your cart"
+    if bought:
+        return "you bought"
+    return "you looked at"
+
+
 def reason_for(
-    source: str, stage: Stage, *, anchor_title: str = "", age_s: float | None = None, count: int = 0
+    source: str,
+    stage: Stage,
+    *,
+    anchor_title: str = "",
+    anchor_relation: str = "",
+    age_s: float | None = None,
+    count: int = 0,
 ) -> str:
-    """One sentence explaining why an item is shown. ``anchor_title`` names the item it relates to."""
+    """One sentence explaining why an item is shown. ``anchor_title`` names the item it relates to and
+    ``anchor_relation`` how the visitor met that item ("in your cart", "you bought", ...; see
+    ``relation``), or "" to let the stage decide."""
     if source == "buy_again":
         when = f" {ago(age_s)}" if age_s is not None else ""
         times = f" {count} times" if count > 1 else ""
@@ -48,11 +67,11 @@ def reason_for(
             return f"you bought this{times}{when} — time to restock?"
         return f"you bought this before{when}"
     if source == "complement":
-        where = "in your cart" if stage is Stage.DECISION else "you bought"
+        where = anchor_relation or ("in your cart" if stage is Stage.DECISION else "you bought")
         return f"complements the {anchor_title} {where}" if anchor_title else "goes well with your items"
     if source == "similar":
         return (
-            f"similar to the {anchor_title} you looked at"
+            f"similar to the {anchor_title} {anchor_relation or 'you looked at'}"
             if anchor_title
             else "similar to what you looked at"
         )

@@ -24,7 +24,7 @@ from models.domain import STAGES, CatalogItem, Channel, Event, EventType, ItemKi
 from models.features import user_feature_row
 from models.journey import JourneyRules, StageResult, infer_stage
 from models.live_profile import Entry, LiveProfile, best_anchors, gather_rows, max_normalised
-from models.reasons import ago, reason_for
+from models.reasons import ago, reason_for, relation
 from models.scoring import StageScorer, UserRow, positions_in, top_k, top_k_one
 
 _CONTEXT_WEIGHT = 1.0  # weight of the page's anchor items (current product, cart) in the blend
@@ -467,6 +467,8 @@ class Recommender:
         The anchor that explains a complement/similar item is looked up for all such items at once.
         """
         anchor_title = [""] * len(idx)
+        anchor_relation = [""] * len(idx)
+        ever_bought: set[str] | None = None  # item ids, gathered at the first anchor that needs them
         for source, m in (
             ("complement", self.scorer.tables.complements),
             ("similar", self.scorer.tables.similar),
@@ -484,6 +486,15 @@ class Recommender:
                 if a >= 0:  # else the reason stays generic: no anchor relates to the item
                     best = self.catalog.items[int(anchors[a])]
                     anchor_title[r] = best.title or best.item_id
+                    if ever_bought is None:
+                        ever_bought = set(ctx.purchases) | {
+                            e.item_id for e in (*ctx.purchase_log, *ctx.events) if e.event is _P
+                        }
+                    anchor_relation[r] = relation(
+                        on_page=best.item_id == ctx.current_item,
+                        in_cart=best.item_id in ctx.cart,
+                        bought=best.item_id in ever_bought,
+                    )
         bought: Counter[str] = Counter()
         last_seen: dict[str, float] = {}
         if _AGED.intersection(
@@ -502,7 +513,12 @@ class Recommender:
             elif source == "recently_viewed" and item.item_id in last_seen:
                 age = ctx.now - last_seen[item.item_id]
             reason = reason_for(
-                source, stage, anchor_title=anchor_title[r], age_s=age, count=bought.get(item.item_id, 0)
+                source,
+                stage,
+                anchor_title=anchor_title[r],
+                anchor_relation=anchor_relation[r],
+                age_s=age,
+                count=bought.get(item.item_id, 0),
             )
             out.append(RecommendedItem(item.item_id, round(float(scores[r]), 6), source, reason))
         return out

@@ -98,3 +98,25 @@ def test_owned_items_count_purchases_against_cancels(
     hidden = rec._owned(ctx, Filters())
     assert (rec.catalog.index[item] in hidden.tolist()) is owned
     assert rec._owned(ctx, Filters(include_purchased=True)).tolist() == []
+
+
+def test_a_bought_anchor_is_named_as_bought(rec: Recommender) -> None:
+    products = [c for c in rec.catalog.items if c.kind.value == "product"]
+    reasons: list[str] = []
+    for anchor in products[:20]:  # a few purchases, so that some similar/complement item names its anchor
+        bought = Event(visitor_id="b", item_id=anchor.item_id, event=E.PURCHASE, timestamp=NOW - 3600)
+        ctx = VisitorContext(
+            visitor_id="b",
+            events=[bought],
+            cart={},
+            purchases={anchor.item_id: bought.timestamp},
+            now=NOW,
+            purchase_log=[bought],
+        )
+        reasons += [
+            r.reason
+            for r in rec.recommend(ctx, 20, Filters()).products
+            if r.source in ("similar", "complement") and (anchor.title or anchor.item_id) in r.reason
+        ]
+    assert reasons
+    assert all(r.endswith("you bought") for r in reasons), reasons

@@ -1,0 +1,54 @@
+"""Known answers for the reasons shown with recommended items."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.domain import DAY, Stage
+from models.reasons import ago, duration, reason_for, relation
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "1 min"), (59 * 60, "59 min"), (3600, "1 h"), (DAY, "1 day"), (12 * DAY, "12 days")],
+)
+def test_duration(seconds: float, text: str) -> None:
+    assert duration(seconds) == text
+
+
+def test_ago() -> None:
+    assert ago(30) == "just now"
+    assert ago(3 * DAY) == "3 days ago"
+
+
+@pytest.mark.parametrize(
+    ("flags", "text"),
+    [
+        ({"on_page": True, "in_cart": True, "bought": True}, "you are viewing"),
+        ({"on_page": False, "in_cart": True, "bought": True}, "in your cart"),
+        ({"on_page": False, "in_cart": False, "bought": True}, "you bought"),
+        ({"on_page": False, "in_cart": False, "bought": False}, "you looked at"),
+    ],
+)
+def test_relation(flags: dict[str, bool], text: str) -> None:
+    assert relation(**flags) == text
+
+
+def test_anchor_reasons_say_how_the_visitor_met_the_anchor() -> None:
+    kettle = {"anchor_title": "Kettle 1"}
+    assert reason_for("similar", Stage.RETENTION, **kettle, anchor_relation="you bought") == (
+        "similar to the Kettle 1 you bought"
+    )
+    assert reason_for("similar", Stage.CONSIDERATION, **kettle) == "similar to the Kettle 1 you looked at"
+    assert reason_for("complement", Stage.DECISION, **kettle) == "complements the Kettle 1 in your cart"
+    assert reason_for("complement", Stage.AWARENESS, **kettle, anchor_relation="you looked at") == (
+        "complements the Kettle 1 you looked at"
+    )
+    assert reason_for("complement", Stage.RETENTION) == "goes well with your items"
+
+
+def test_buy_again_reason_counts_and_dates() -> None:
+    assert reason_for("buy_again", Stage.RETENTION, age_s=3 * DAY, count=4) == (
+        "you bought this 4 times 3 days ago — time to restock?"
+    )
+    assert reason_for("buy_again", Stage.AWARENESS) == "you bought this before"
