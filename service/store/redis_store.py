@@ -78,10 +78,6 @@ local function now_and_cutoff(ttl)
 end
 """
 
-# KEYS[1] stream, then 7 keys per visitor group (_VISITOR_KEYS order).
-# ARGV: ttl, maxlen, recent, purchase_log, n_groups, base of each group, then 6 per event in batch order:
-#       group, kind, item, ts (Python repr of the float), "+"..event_id or "-", json
-# Returns {accepted, duplicates}.
 # KEYS: events, cart, purchases, buys[, sent set]. One atomic read (a consistent snapshot, as MULTI/EXEC would
 # give) in one command: redis-py's transaction pipeline costs more client time than the read itself.
 _READ = """
@@ -91,6 +87,10 @@ if KEYS[5] then out[5] = redis.call('SMEMBERS', KEYS[5]) end
 return out
 """
 
+# KEYS[1] stream, then 7 keys per visitor group (_VISITOR_KEYS order).
+# ARGV: ttl, maxlen, recent, purchase_log, n_groups, base of each group, then 6 per event in batch order:
+#       group, kind, item, ts (Python repr of the float), "+"..event_id or "-", json
+# Returns {accepted, duplicates}.
 _APPEND = (
     _TOUCH
     + """
