@@ -59,6 +59,8 @@ class EventType(enum.Enum):
 
 
 EVENT_TYPES: tuple[EventType, ...] = tuple(EventType)
+#: the events a visitor's purchase log keeps (the stores write it; buy-again and ownership read it)
+PURCHASE_LOG_EVENTS: frozenset[EventType] = frozenset({EventType.PURCHASE, EventType.CANCEL})
 EVENT_NAMES: frozenset[str] = frozenset(e.value for e in EventType)
 
 

@@ -20,7 +20,16 @@ from models import artifact
 from models.artifact import Manifest, ModelBundle
 from models.blend import FEATURE_SOURCES, POPULARITY_NEW
 from models.candidates import CandidateIndex, CandidateSettings
-from models.domain import STAGES, CatalogItem, Channel, Event, EventType, ItemKind, Stage
+from models.domain import (
+    PURCHASE_LOG_EVENTS,
+    STAGES,
+    CatalogItem,
+    Channel,
+    Event,
+    EventType,
+    ItemKind,
+    Stage,
+)
 from models.features import user_feature_row
 from models.journey import JourneyRules, StageResult, infer_stage
 from models.live_profile import Entry, LiveProfile, best_anchors, gather_rows, max_normalised
@@ -32,7 +41,9 @@ _RECENT_FOR_COLD = 10
 _PURCHASE = EventType.PURCHASE.code
 _CONTENT_VIEW = EventType.CONTENT_VIEW.code
 _AGED = frozenset({"buy_again", "recently_viewed"})  # sources whose reason says when
-_P, _C = EventType.PURCHASE, EventType.CANCEL  # what a purchase log holds
+_P = EventType.PURCHASE
+# codes of the events a purchase log holds (a set of ints: Enum hashing is Python code, slow per event)
+_LOGGED_CODES = frozenset(e.code for e in PURCHASE_LOG_EVENTS)
 
 
 class VisitorContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,7 +170,7 @@ def _older_purchases(ctx: VisitorContext) -> list[Event]:
     its latest purchase.
     """
     log = ctx.purchase_log
-    in_events = sum(1 for e in ctx.events if e.event is _P or e.event is _C)  # (Enum hashing is slow)
+    in_events = sum(1 for e in ctx.events if e.event.code in _LOGGED_CODES)
     older = log[: max(len(log) - in_events, 0)]
     if not ctx.purchases:
         return older
@@ -323,16 +334,16 @@ class Recommender:
 
     # -- recommendations -------------------------------------------------------------------------
     def _event_arrays(
-        self, ctx: VisitorContext, rows: Sequence[int]
+        self, ctx: VisitorContext, rows: Sequence[int], older: Sequence[Event]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(items int64, codes int8, ts float64) [n]: the visitor's events on catalog items up to now, in
-        time order, plus the purchases and cancels older than the recent-events window (the store keeps
-        those apart). rows: ``event_rows(ctx.events)``."""
+        time order, plus ``older``: the purchases and cancels from before the recent-events window
+        (``_older_purchases``). rows: ``event_rows(ctx.events)``."""
         get, now = self.catalog.index.get, ctx.now
         items: list[int] = []
         codes: list[int] = []
         ts: list[float] = []
-        for e in _older_purchases(ctx):
+        for e in older:
             row = get(e.item_id)
             if row is not None and e.timestamp <= now:
                 items.append(row)
@@ -378,7 +389,8 @@ class Recommender:
     def recommend(self, ctx: VisitorContext, k: int, filters: Filters, n_content: int = 3) -> Recommendations:
         event_rows = self.event_rows(ctx.events)
         stage = self.stage_of(ctx, event_rows)
-        items, codes, ts = self._event_arrays(ctx, event_rows)
+        older = _older_purchases(ctx)
+        items, codes, ts = self._event_arrays(ctx, event_rows, older)
         live = LiveProfile.from_arrays(items, codes, ts, ctx.now, self._event_weights)
         live = live.with_cart(self._ids(list(ctx.cart)))
         features = live.features(self.scorer.tables)
@@ -421,7 +433,7 @@ class Recommender:
                 if max(comp[p], sim[p]) > 0.2:  # the page's anchors explain this item best
                     sources[r] = "similar" if sim[p] > comp[p] else "complement"
             anchor_of = {"complement": anchors, "similar": anchors}
-        products = self._items(idx, score[pos], sources, ctx, stage.stage, anchor_of, event_rows)
+        products = self._items(idx, score[pos], sources, ctx, stage.stage, anchor_of, event_rows, older)
         content = self._content(stage.stage, n_content, items, codes, rep)
         return Recommendations(stage, products, content, self.version, fallback=False)
 
@@ -459,10 +471,12 @@ class Recommender:
         stage: Stage,
         anchor_of: dict[str, np.ndarray],
         event_rows: Sequence[int],
+        older: Sequence[Event],
     ) -> list[RecommendedItem]:
         """The chosen items (int [k] catalog rows, their float32 [k] scores) with their reasons.
 
-        event_rows: ``event_rows(ctx.events)``, for anchors from the visitor's latest events.
+        event_rows: ``event_rows(ctx.events)``, for anchors from the visitor's latest events; older: the
+        purchases and cancels from before them (``_older_purchases``), for "bought 3 times".
 
         The anchor that explains a complement/similar item is looked up for all such items at once.
         """
@@ -501,7 +515,7 @@ class Recommender:
             sources
         ):  # only buy-again and recently-viewed reasons need the visitor's events
             # "bought 3 times": over the purchase log when there is one (it reaches beyond the events)
-            history = [*_older_purchases(ctx), *ctx.events]
+            history = [*older, *ctx.events]
             bought.update(e.item_id for e in history if e.event is EventType.PURCHASE)
             last_seen = {e.item_id: e.timestamp for e in ctx.events}  # events are oldest first
         out = []

@@ -7,12 +7,11 @@ from typing import Protocol
 
 import msgspec
 
-from models.domain import Event, EventType
+from models.domain import Event
 
-#: how many purchase and cancel events a store keeps per visitor (``VisitorState.purchase_log``)
+#: how many purchase and cancel events (``PURCHASE_LOG_EVENTS``) a store keeps per visitor
+#: (``VisitorState.purchase_log``)
 PURCHASE_LOG = 1000
-#: the events that go into the purchase log
-PURCHASE_LOG_EVENTS = frozenset({EventType.PURCHASE, EventType.CANCEL})
 
 
 class StoreLimits:

@@ -41,11 +41,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from models.domain import Event, EventType
+from models.domain import PURCHASE_LOG_EVENTS, Event, EventType
 from models.errors import ValidationError
 from service.store.base import (
     PURCHASE_LOG,
-    PURCHASE_LOG_EVENTS,
     AppendResult,
     StoreLimits,
     StreamEntry,

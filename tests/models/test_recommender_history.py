@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from models.artifact import load
 from models.domain import DAY, Event, EventType
 from models.live_profile import LiveProfile
-from models.recommender import Filters, Recommender, VisitorContext
+from models.recommender import Filters, Recommender, VisitorContext, _older_purchases
 from tests.service.api_fixtures import train_storefront_model
 
 E = EventType
@@ -27,7 +27,7 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
 
 
 def _profile(rec: Recommender, ctx: VisitorContext) -> LiveProfile:
-    items, codes, ts = rec._event_arrays(ctx, rec.event_rows(ctx.events))
+    items, codes, ts = rec._event_arrays(ctx, rec.event_rows(ctx.events), _older_purchases(ctx))
     return LiveProfile.from_arrays(items, codes, ts, ctx.now, rec.manifest.weights.vector())
 
 
