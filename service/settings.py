@@ -26,8 +26,6 @@ from service.auth import ApiKey, parse_api_keys
 
 WORKER_SETTINGS_ENV = "JOURNEYREC_SETTINGS_JSON"
 _METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
-_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-_MALLOC_VARS = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 _DAY = 86_400
 
 # field -> environment variable; the flag is ``--`` + the field name with dashes (see FLAGS for exceptions)
@@ -181,14 +179,9 @@ def export_for_workers(settings: Settings) -> Path | None:
     """
     os.environ[WORKER_SETTINGS_ENV] = msgspec.json.encode(settings).decode()
     os.environ.pop(ENV["api_keys"], None)
-    # one BLAS thread per worker: a request is one small GEMV, and several workers each spinning up a
-    # thread pool on the same cores made throughput collapse under load (an operator's value wins)
-    for var in _BLAS_THREAD_VARS:
-        os.environ.setdefault(var, "1")
-    # keep freed score arrays (400 kB at 100k items) on the heap: glibc would otherwise mmap and unmap one
-    # per request, and every page of a fresh mapping is a page fault on the request path
-    for var, value in _MALLOC_VARS.items():
-        os.environ.setdefault(var, value)
+    # one BLAS thread and glibc's malloc thresholds are set by each worker itself at run time
+    # (service.process_tuning.tune_worker): Granian forks its workers after numpy is loaded, so
+    # environment variables set here would come too late for them
     if settings.workers == 1 or _METRICS_DIR_ENV in os.environ:
         return None
     if "prometheus_client" in sys.modules:
