@@ -2,9 +2,9 @@
 channel). Pure string work: no network, no look-ups.
 
 Campaign tags win over the host, since a paid ad on a search engine is an ad: ``utm_medium`` of
-cpc/ppc/paid/display/ads -> ad, email/newsletter -> email, social -> social. Then the referring host: search
-engines -> search, social networks -> social, webmail -> email, any other site -> referral. No referrer at
-all is a direct visit.
+cpc/ppc/paid/display/ads -> ad, email/newsletter -> email, social -> social. Then the names in the referring
+host: webmail -> email (checked first: webmail lives under search engines' names), search engines -> search,
+social networks -> social, any other site -> referral. No referrer at all is a direct visit.
 """
 
 from __future__ import annotations
@@ -45,15 +45,9 @@ def channel_from_referrer(referrer: str) -> Channel:
         if channel is not None:
             return channel
     labels = (parts.hostname or "").lower().removeprefix("www.").split(".")
-    if not labels or labels == [""]:
-        return Channel.REFERRAL
-    if labels[0] in _WEBMAIL:  # mail.google.com, mail.yahoo.com: webmail before the search engine
-        return Channel.EMAIL
-    names = set(labels[:-1]) if len(labels) > 1 else set(labels)
-    if names & _SEARCH:
-        return Channel.SEARCH
-    if names & _SOCIAL:
-        return Channel.SOCIAL
-    if names & _WEBMAIL:
-        return Channel.EMAIL
+    names = set(labels[:-1]) if len(labels) > 1 else set(labels)  # "" for no host: no known name
+    # webmail first: mail.google.com and mail.yahoo.com are under a search engine's name
+    for known, channel in ((_WEBMAIL, Channel.EMAIL), (_SEARCH, Channel.SEARCH), (_SOCIAL, Channel.SOCIAL)):
+        if names & known:
+            return channel
     return Channel.REFERRAL

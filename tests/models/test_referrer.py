@@ -23,6 +23,7 @@ from models.referrer import channel_from_referrer
         ("https://www.pinterest.co.uk/pin/1", Channel.SOCIAL),
         ("https://mail.google.com/mail/u/0/", Channel.EMAIL),
         ("https://outlook.live.com/mail/", Channel.EMAIL),
+        ("https://login.mail.yahoo.com/", Channel.EMAIL),  # webmail under a search engine, not first label
         ("https://www.google.com/aclk?sa=l&utm_medium=cpc", Channel.AD),
         ("https://news.example.org/?utm_source=nl&utm_medium=Newsletter", Channel.EMAIL),
         ("https://blog.example.com/best-kettles", Channel.REFERRAL),
