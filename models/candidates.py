@@ -57,7 +57,8 @@ def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     out = np.empty(len(x), np.int64)
     buf = np.empty((min(_ASSIGN_BLOCK, len(x)), len(c)), np.float32)
     for i in range(0, len(x), _ASSIGN_BLOCK):
-        d = np.matmul(x[i : i + _ASSIGN_BLOCK], ct, out=buf[: len(x[i : i + _ASSIGN_BLOCK])])
+        block = x[i : i + _ASSIGN_BLOCK]
+        d = np.matmul(block, ct, out=buf[: len(block)])
         d *= np.float32(-2.0)
         d += cc
         out[i : i + len(d)] = d.argmin(axis=1)
