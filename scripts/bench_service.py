@@ -37,7 +37,8 @@ from lightfm import LightFM
 
 from models.candidates import CandidateSettings
 from models.domain import Event, EventType, ItemKind
-from models.recommender import Filters, Recommender, VisitorContext
+from models.recommender import Recommender
+from models.request import Filters, VisitorContext
 from models.scoring import StageScorer
 from training.loaders import load_events
 from training.pipeline import config_for, train_and_publish

@@ -13,7 +13,7 @@ from models.errors import ValidationError
 
 if TYPE_CHECKING:
     from models.journey import StageResult
-    from models.recommender import RecommendedItem
+    from models.request import RecommendedItem
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]

@@ -11,7 +11,7 @@ from litestar.params import Parameter
 
 from models.domain import Channel, ItemKind, Stage
 from models.errors import ValidationError
-from models.recommender import Filters, VisitorContext
+from models.request import Filters, VisitorContext
 from service.model_holder import ModelHolder
 from service.settings import Settings
 from service.store.base import VisitorState, VisitorStore

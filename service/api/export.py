@@ -12,7 +12,8 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK
 
 from models.errors import StoreUnavailableError, ValidationError
-from models.recommender import Filters, Recommender
+from models.recommender import Recommender
+from models.request import Filters
 from service import metrics
 from service.api.deps import Services, check_k, context_of
 from service.auth import Scope, scopes

@@ -9,7 +9,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 
 from models.errors import NotFoundError
-from models.recommender import Filters, Recommender
+from models.recommender import Recommender
+from models.request import Filters
 from service import metrics
 from service.api.deps import IdPath, K, Services, check_k, provide_filters
 from service.auth import Scope, scopes

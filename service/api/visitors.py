@@ -11,8 +11,8 @@ from litestar.status_codes import HTTP_200_OK
 
 from models.domain import Channel, Stage
 from models.errors import StoreUnavailableError
-from models.recommender import Filters
 from models.referrer import channel_from_referrer
+from models.request import Filters
 from service import metrics
 from service.api.deps import IdPath, K, Services, check_k, context_of, empty_state, provide_filters
 from service.auth import Scope, scopes

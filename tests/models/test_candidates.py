@@ -20,7 +20,8 @@ from models.candidates import (
     kmeans,
 )
 from models.domain import Event, EventType
-from models.recommender import Filters, Recommender, VisitorContext
+from models.recommender import Recommender
+from models.request import Filters, VisitorContext
 from tests.service.api_fixtures import train_storefront_model
 
 

@@ -11,9 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.artifact import load
+from models.catalog import hidden_rows
 from models.domain import DAY, Event, EventType
+from models.history import event_arrays, older_purchases
 from models.live_profile import LiveProfile
-from models.recommender import Filters, Recommender, VisitorContext, _older_purchases
+from models.recommender import Recommender
+from models.request import Filters, VisitorContext
 from tests.service.api_fixtures import train_storefront_model
 
 E = EventType
@@ -27,7 +30,7 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
 
 
 def _profile(rec: Recommender, ctx: VisitorContext) -> LiveProfile:
-    items, codes, ts = rec._event_arrays(ctx, rec.event_rows(ctx.events), _older_purchases(ctx))
+    items, codes, ts = event_arrays(ctx, rec.event_rows(ctx.events), older_purchases(ctx), rec.catalog.index)
     return LiveProfile.from_arrays(items, codes, ts, ctx.now, rec.manifest.weights.vector())
 
 
@@ -95,9 +98,9 @@ def test_owned_items_count_purchases_against_cancels(
     ctx = VisitorContext(
         visitor_id="v", events=events, cart={}, purchases=latest, now=NOW, purchase_log=events
     )
-    hidden = rec._owned(ctx, Filters())
+    hidden = hidden_rows(rec.catalog, ctx, Filters())
     assert (rec.catalog.index[item] in hidden.tolist()) is owned
-    assert rec._owned(ctx, Filters(include_purchased=True)).tolist() == []
+    assert hidden_rows(rec.catalog, ctx, Filters(include_purchased=True)).tolist() == []
 
 
 def test_a_bought_anchor_is_named_as_bought(rec: Recommender) -> None:

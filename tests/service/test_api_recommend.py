@@ -11,7 +11,8 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from models.domain import STAGES, Channel, Event, EventType
-from models.recommender import Recommendations, Recommender, VisitorContext
+from models.recommender import Recommender
+from models.request import Recommendations, VisitorContext
 from service.api.deps import context_of
 from service.store.base import VisitorState
 from tests.service import api_fixtures

@@ -1,0 +1,151 @@
+"""The catalog as columns for the request path, and the masks over it: what the filters allow, minus what
+the visitor owns, has in the cart or sees on screen.
+
+A mask is over every item (``rows`` None) or over a candidate set (``rows`` int64 [c] sorted catalog
+rows); the handful of items to hide are then found by binary search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.domain import STAGES, CatalogItem, Event, ItemKind
+from models.history import owned_items
+from models.request import Filters, VisitorContext
+from models.scoring import positions_in
+
+
+@dataclass(frozen=True)
+class CatalogColumns:
+    """Catalog columns for vectorised filtering (all length n_items), built once per model load.
+
+    category           int32 code into ``categories`` (lowercased category -> code)
+    serves             bool [n_stages, n_items]: content serving that stage (untagged serves all)
+    products_in_stock  is_product & in_stock (the common filter, precomputed)
+    specificity        float32: minus the number of stages an item serves (stage-specific content first)
+    category_by_row    the category of each row as a list (a visitor's few rows are read one by one)
+    """
+
+    items: list[CatalogItem]
+    index: dict[str, int]
+    is_product: np.ndarray
+    in_stock: np.ndarray
+    repeatable: np.ndarray
+    price: np.ndarray
+    category: np.ndarray
+    categories: dict[str, int]
+    serves: np.ndarray
+    products_in_stock: np.ndarray
+    specificity: np.ndarray
+    category_by_row: list[str]
+
+    @classmethod
+    def build(cls, items: list[CatalogItem]) -> CatalogColumns:
+        cats: dict[str, int] = {}
+        code = np.array([cats.setdefault(c.category.lower(), len(cats)) for c in items], dtype=np.int32)
+        serves = np.array(
+            [[(not c.stages) or (s in c.stages) for c in items] for s in STAGES], dtype=bool
+        ).reshape(len(STAGES), len(items))
+        is_product = np.array([c.kind is ItemKind.PRODUCT for c in items], dtype=bool)
+        in_stock = np.array([c.in_stock for c in items], dtype=bool)
+        return cls(
+            items=items,
+            index={c.item_id: i for i, c in enumerate(items)},
+            is_product=is_product,
+            in_stock=in_stock,
+            repeatable=np.array([c.repeatable for c in items], dtype=bool),
+            price=np.array([np.nan if c.price is None else c.price for c in items], dtype=np.float64),
+            category=code,
+            categories=cats,
+            serves=serves,
+            products_in_stock=is_product & in_stock,
+            specificity=-serves.sum(axis=0).astype(np.float32),
+            category_by_row=[c.category for c in items],
+        )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """int64 [m]: the catalog rows of ``item_ids`` that are in the catalog (one lookup each)."""
+        get = self.index.get
+        rows = [get(i, -1) for i in item_ids]
+        return np.array([r for r in rows if r >= 0], dtype=np.int64)
+
+    def event_rows(self, events: Sequence[Event]) -> list[int]:
+        """The catalog row of each event's item (-1: not in the catalog).
+
+        The one pass over the big id -> row dict a request makes: on a 100k-item catalog each lookup misses
+        the CPU caches (about a microsecond), so the stage signals and the event arrays share these rows.
+        """
+        get = self.index.get
+        return [get(e.item_id, -1) for e in events]
+
+    def title(self, row: int) -> str:
+        """The item's title, or its id when it has none."""
+        item = self.items[row]
+        return item.title or item.item_id
+
+
+def hide(mask: np.ndarray, rows: np.ndarray | None, items: np.ndarray) -> None:
+    """Set ``mask`` False at catalog rows ``items`` (int64 [m]): mask is over every item (rows None) or
+    over ``rows`` (int64 sorted)."""
+    if rows is None:
+        mask[items] = False
+    else:
+        pos, hit = positions_in(rows, items)
+        mask[pos[hit]] = False
+
+
+def filter_mask(
+    catalog: CatalogColumns, f: Filters, kind: ItemKind, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """bool [n_items], or [c] for ``rows`` (int64 [c] sorted catalog rows): the items of ``kind`` the
+    filters allow (category, price range, stock, excluded ids)."""
+    c = catalog
+
+    def col(a: np.ndarray) -> np.ndarray:
+        return a if rows is None else a[rows]
+
+    if kind is ItemKind.PRODUCT and f.in_stock_only:
+        m = col(c.products_in_stock).copy()  # the common case, precomputed
+    else:
+        m = col(c.is_product).copy() if kind is ItemKind.PRODUCT else ~col(c.is_product)
+        if f.in_stock_only:
+            m &= col(c.in_stock)
+    if f.category is not None:
+        code = c.categories.get(f.category.lower())
+        m &= col(c.category) == code if code is not None else False
+    if f.min_price is not None:
+        m &= col(c.price) >= f.min_price
+    if f.max_price is not None:
+        m &= col(c.price) <= f.max_price
+    if f.exclude:
+        hide(m, rows, c.rows_of(sorted(f.exclude)))
+    return m
+
+
+def hidden_rows(catalog: CatalogColumns, ctx: VisitorContext, f: Filters) -> np.ndarray:
+    """int64 [m]: the visitor's items to hide: owned (unless repeatable or ``f.include_purchased``), in
+    the cart (unless ``f.include_cart``), or on screen (``ctx.current_item``)."""
+    hidden = [np.zeros(0, np.int64)]
+    if not f.include_purchased:
+        bought = catalog.rows_of(owned_items(ctx))
+        hidden.append(bought[~catalog.repeatable[bought]])
+    if not f.include_cart:
+        hidden.append(catalog.rows_of(list(ctx.cart)))
+    if ctx.current_item is not None:
+        hidden.append(catalog.rows_of([ctx.current_item]))
+    return np.concatenate(hidden)
+
+
+def allowed_mask(
+    catalog: CatalogColumns, ctx: VisitorContext, f: Filters, kind: ItemKind, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """bool [n_items] (or [c] for ``rows``): ``filter_mask`` minus ``hidden_rows``."""
+    m = filter_mask(catalog, f, kind, rows)
+    hide(m, rows, hidden_rows(catalog, ctx, f))
+    return m

@@ -1,0 +1,42 @@
+"""The non-personalised answer, for a visitor whose state is unavailable: the crowd's favourites."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.catalog import CatalogColumns
+from models.domain import Stage
+from models.reasons import reason_for
+from models.request import RecommendedItem
+from models.scoring import top_k
+from models.sources import ItemTables
+
+
+def crowd_score(tables: ItemTables) -> np.ndarray:
+    """float32 [n_items] in [0, 1]: log popularity plus half the log trending score, scaled by the maximum."""
+    pop = np.log1p(tables.popularity) + 0.5 * np.log1p(tables.trending)
+    return (pop / max(float(pop.max()), 1e-6)).astype(np.float32)
+
+
+def popular_items(
+    catalog: CatalogColumns,
+    tables: ItemTables,
+    score: np.ndarray,
+    allowed: np.ndarray,
+    k: int,
+    stage: Stage,
+) -> list[RecommendedItem]:
+    """Up to ``k`` allowed items (bool [n_items]) by ``score`` (``crowd_score``), best first; an item is
+    "trending" when its trending score reaches a tenth of the highest one, else "popular"."""
+    idx = top_k(score[None, :], k, allowed)[0]
+    trending = tables.trending
+    cut = 0.1 * trending.max() if len(trending) else 0.0
+    out = []
+    for i in idx[idx >= 0]:
+        src = "trending" if trending[i] > 0 and trending[i] >= cut else "popular"
+        out.append(
+            RecommendedItem(
+                catalog.items[int(i)].item_id, round(float(score[i]), 6), src, reason_for(src, stage)
+            )
+        )
+    return out

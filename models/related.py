@@ -1,0 +1,151 @@
+"""Item-to-item: the page's anchor items (the product on screen, the cart) and what relates to them,
+similar items and complements of a list of items, and retargeting (abandoned cart, browsed items, then
+complements of what the visitor owns)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+import scipy.sparse as sp
+
+from models.catalog import CatalogColumns, allowed_mask, filter_mask
+from models.domain import EventType, ItemKind, Stage
+from models.live_profile import Entry, gather_rows, max_normalised
+from models.reasons import ago, reason_for
+from models.request import Filters, RecommendedItem, VisitorContext
+from models.scoring import positions_in, top_k
+from models.sources import ItemTables
+
+_BROWSED = (EventType.PRODUCT_VIEW, EventType.COMPARE, EventType.WISHLIST)
+
+
+def anchor_row(m: sp.csr_matrix, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(item rows int64, values float32): the anchors' rows of ``m`` summed, scaled to a maximum of 1."""
+    return max_normalised(*gather_rows(m, anchors, np.ones(len(anchors), np.float32)))
+
+
+def page_anchors(catalog: CatalogColumns, ctx: VisitorContext) -> np.ndarray:
+    """int64 [a]: the items the page is about: the product on screen, or the cart on cart/checkout pages
+    (or whenever the cart holds something)."""
+    if ctx.current_item is not None and ctx.current_item in catalog.index:
+        return catalog.rows_of([ctx.current_item])
+    if ctx.placement in ("cart", "checkout") or ctx.cart:
+        return catalog.rows_of(list(ctx.cart))
+    return np.zeros(0, dtype=np.int64)
+
+
+def page_entries(tables: ItemTables, ctx: VisitorContext, anchors: np.ndarray) -> list[Entry]:
+    """[] or the (complement, similar) entries, values in [0, 1], of the page's anchor items.
+
+    Similar items count only on a product page (a current item); on cart pages complements do.
+    """
+    if len(anchors) == 0:
+        return []
+    comp = anchor_row(tables.complements, anchors)
+    sim = (
+        anchor_row(tables.similar, anchors)
+        if ctx.current_item is not None
+        else (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    )
+    return [(-1, *comp), (-1, *sim)]
+
+
+def aligned(rows: np.ndarray, entry: Entry) -> np.ndarray:
+    """float32 [c]: an entry's values at ``rows`` (int64 [c] sorted), 0 elsewhere."""
+    _, idx, vals = entry
+    out = np.zeros(len(rows), np.float32)
+    pos, hit = positions_in(rows, idx)
+    out[pos[hit]] = vals[hit]
+    return out
+
+
+@dataclass(frozen=True)
+class RelatedItems:
+    """What item-to-item answers read, built once per model load.
+
+    norm_repr       float32 [n_items, d] item representations scaled to unit length
+    fallback_score  float32 [n_items] the crowd score in [0, 1] (a tie-break among equally related items)
+    """
+
+    catalog: CatalogColumns
+    tables: ItemTables
+    norm_repr: np.ndarray
+    fallback_score: np.ndarray
+
+    @classmethod
+    def build(
+        cls, catalog: CatalogColumns, tables: ItemTables, item_repr: np.ndarray, fallback_score: np.ndarray
+    ) -> RelatedItems:
+        norm = item_repr / np.maximum(np.linalg.norm(item_repr, axis=1, keepdims=True), 1e-6)
+        return cls(catalog, tables, norm, fallback_score)
+
+
+def related_items(
+    rel: RelatedItems, item_ids: list[str], k: int, filters: Filters, which: str
+) -> list[RecommendedItem]:
+    """Up to ``k`` items similar to (``which`` "similar") or bought with ("complement") ``item_ids``
+    together, best first; the anchors themselves and what the filters refuse are left out."""
+    c = rel.catalog
+    anchors = c.rows_of(item_ids)
+    if len(anchors) == 0:
+        return []
+    t = rel.tables
+    m = t.complements if which == "complement" else t.similar
+    s = np.zeros(len(c.items), np.float32)
+    near, strength = anchor_row(m, anchors)
+    s[near] = strength
+    # embedding cosine fills in for items with little co-occurrence history (cold items)
+    emb = rel.norm_repr[anchors].mean(axis=0) @ rel.norm_repr.T
+    score = s + (0.3 if which == "similar" else 0.05) * emb.astype(np.float32) + 1e-3 * rel.fallback_score
+    allowed = filter_mask(c, filters, filters.kind or ItemKind.PRODUCT)
+    allowed[anchors] = False
+    idx = top_k_rows(score, k, allowed)
+    names = ", ".join(c.title(int(a)) for a in anchors[:3])
+    reason = f"often bought with {names}" if which == "complement" else f"similar to {names}"
+    return [RecommendedItem(c.items[int(i)].item_id, round(float(score[i]), 6), which, reason) for i in idx]
+
+
+def top_k_rows(score: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
+    """int32 [<= k]: the rows of the ``k`` best allowed scores (float32 [n], bool [n]), best first."""
+    idx = top_k(score[None, :], k, allowed)[0]
+    return idx[idx >= 0]
+
+
+def retarget(
+    rel: RelatedItems, ctx: VisitorContext, stage: Stage, k: int, filters: Filters, sent: frozenset[str]
+) -> list[RecommendedItem]:
+    """Abandoned-cart and browsed items, then complements, for email/ad campaigns.
+
+    Deduplicated against purchases (non-repeatable), out-of-stock items and what the campaign already
+    sent (``sent``). Shaped by stage: advocates get no abandoned-cart pushes, only complements of what
+    they own.
+    """
+    c = rel.catalog
+    f = msgspec.structs.replace(filters, exclude=filters.exclude | sent, include_cart=True)
+    allowed = allowed_mask(c, ctx, f, ItemKind.PRODUCT)
+    out: list[RecommendedItem] = []
+    taken: set[str] = set()
+
+    def add(item_id: str, score: float, source: str, reason: str) -> None:
+        i = c.index.get(item_id)
+        if i is None or not allowed[i] or item_id in taken or len(out) >= k:
+            return
+        taken.add(item_id)
+        out.append(RecommendedItem(item_id, round(score, 6), source, reason))
+
+    if stage is not Stage.ADVOCACY:
+        for item_id, t in sorted(ctx.cart.items(), key=lambda x: -x[1]):
+            add(item_id, 3.0, "abandoned_cart", f"left in your cart {ago(ctx.now - t)}")
+        views: dict[str, float] = {}
+        for e in ctx.events:
+            if e.event in _BROWSED:
+                views[e.item_id] = max(views.get(e.item_id, 0.0), e.timestamp)
+        for item_id, t in sorted(views.items(), key=lambda x: -x[1]):
+            add(item_id, 2.0, "browsed", reason_for("recently_viewed", stage, age_s=ctx.now - t))
+    owned = list(ctx.cart) + list(ctx.purchases)
+    if owned and len(out) < k:
+        for r in related_items(rel, owned, k, filters, "complement"):
+            add(r.item_id, r.score, "complement", r.reason)
+    return out

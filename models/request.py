@@ -1,0 +1,64 @@
+"""What a recommendation request carries in and out: the visitor's live state, the filters, the answer.
+
+These Structs are the boundary between the service and the request path (``models.recommender``).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from models.domain import Channel, Event, ItemKind, Stage
+from models.journey import StageResult
+
+
+class VisitorContext(msgspec.Struct, frozen=True, kw_only=True):
+    """A visitor's live state plus the request's context.
+
+    events        the visitor's recent events, oldest first
+    cart          item_id -> time it was added
+    purchases     item_id -> time of its latest purchase (reaching beyond ``events``)
+    purchase_log  the visitor's latest purchase and cancel events in arrival order, reaching beyond
+                  ``events`` (whose purchases and cancels are its last ones): buy-again counts purchases and
+                  their recency over it as the offline profiles do over the whole history
+    """
+
+    visitor_id: str
+    events: list[Event]
+    cart: dict[str, float]
+    purchases: dict[str, float]
+    now: float
+    purchase_log: list[Event] = msgspec.field(default_factory=list)
+    channel: Channel | None = None
+    country: str | None = None
+    current_item: str | None = None
+    placement: str = "home"
+    stage_override: Stage | None = None
+
+
+class Filters(msgspec.Struct, frozen=True, kw_only=True):
+    """What the caller allows: catalog attributes (category, price, stock, kind), items to leave out, and
+    whether bought or carted items may come back."""
+
+    category: str | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+    in_stock_only: bool = True
+    kind: ItemKind | None = None
+    exclude: frozenset[str] = frozenset()
+    include_purchased: bool = False
+    include_cart: bool = False
+
+
+class RecommendedItem(msgspec.Struct, frozen=True):
+    item_id: str
+    score: float
+    source: str
+    reason: str
+
+
+class Recommendations(msgspec.Struct, frozen=True):
+    stage: StageResult
+    products: list[RecommendedItem]
+    content: list[RecommendedItem]
+    model_version: str
+    fallback: bool
