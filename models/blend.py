@@ -15,7 +15,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
-from models.domain import STAGES
+from models.domain import STAGES, Source
 from models.errors import EmptyDatasetError
 from models.factors import zscore_rows
 from models.profiles import Profiles
@@ -28,27 +28,27 @@ from models.sources import (
 )
 
 #: (feature name, the source it is reported as). Order = column in the blend weights.
-FEATURES: tuple[tuple[str, str], ...] = (
-    ("lightfm", "personalized"),
-    ("bought_count", "buy_again"),
-    ("bought_recency", "buy_again"),
-    ("repeat_propensity", "buy_again"),
-    ("touch_recency", "recently_viewed"),
-    ("interest", "recently_viewed"),
-    ("in_cart", "in_cart"),
-    ("complement", "complement"),
-    ("similar", "similar"),
-    ("popularity", "popular"),
-    ("trending", "trending"),
+FEATURES: tuple[tuple[str, Source], ...] = (
+    ("lightfm", Source.PERSONALIZED),
+    ("bought_count", Source.BUY_AGAIN),
+    ("bought_recency", Source.BUY_AGAIN),
+    ("repeat_propensity", Source.BUY_AGAIN),
+    ("touch_recency", Source.RECENTLY_VIEWED),
+    ("interest", Source.RECENTLY_VIEWED),
+    ("in_cart", Source.IN_CART),
+    ("complement", Source.COMPLEMENT),
+    ("similar", Source.SIMILAR),
+    ("popularity", Source.POPULAR),
+    ("trending", Source.TRENDING),
     # popularity for visitors with no history at all: lets each stage weigh the crowd differently for
     # strangers (whose factor score comes from stage and context only) than for known visitors
-    ("popularity_new", "popular"),
-    ("lightfm_new", "personalized"),
+    ("popularity_new", Source.POPULAR),
+    ("lightfm_new", Source.PERSONALIZED),
     # how often the visitor bought the item, recent purchases counting more, relative to their top item
-    ("bought_decayed", "buy_again"),
+    ("bought_decayed", Source.BUY_AGAIN),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f for f, _ in FEATURES)
-FEATURE_SOURCES: tuple[str, ...] = tuple(s for _, s in FEATURES)
+FEATURE_SOURCES: tuple[Source, ...] = tuple(s for _, s in FEATURES)
 N_FEATURES = len(FEATURES)
 
 

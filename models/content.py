@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.catalog import CatalogColumns
-from models.domain import STAGES, EventType, Stage
+from models.domain import STAGES, EventType, Source, Stage
 from models.reasons import reason_for
 from models.request import RecommendedItem
 from models.scoring import StageScorer, positions_in, top_k, top_k_one
@@ -98,8 +98,8 @@ def rank_content(
     out = []
     for j in top[top >= 0]:
         item = c.items[int(sc.rows[j])]
-        reason = reason_for("content", stage, anchor_title=item.category)
-        out.append(RecommendedItem(item.item_id, round(float(score[j]), 6), "content", reason))
+        reason = reason_for(Source.CONTENT, stage, anchor_title=item.category)
+        out.append(RecommendedItem(item.item_id, round(float(score[j]), 6), Source.CONTENT, reason))
     return out
 
 
@@ -115,8 +115,8 @@ def fallback_content(catalog: CatalogColumns, stage: Stage, n: int) -> list[Reco
         RecommendedItem(
             c.items[int(i)].item_id,
             0.0,
-            "content",
-            reason_for("content", stage, anchor_title=c.items[int(i)].category),
+            Source.CONTENT,
+            reason_for(Source.CONTENT, stage, anchor_title=c.items[int(i)].category),
         )
         for i in idx[idx >= 0]
     ]

@@ -80,6 +80,28 @@ class ItemKind(enum.Enum):
     CONTENT = "content"
 
 
+class Source(enum.StrEnum):
+    """Why an item is recommended: the candidate source that explains it (reported with every item).
+
+    personalized, buy_again, recently_viewed, in_cart, complement, similar, popular, trending: the blend
+    feature that contributed most to the item's score (``models.blend.FEATURES``), or the page's anchors
+    (complement, similar); content: a content item for the stage; abandoned_cart, browsed: retargeting.
+    A ``str`` enum: members compare and encode as their values.
+    """
+
+    PERSONALIZED = "personalized"
+    BUY_AGAIN = "buy_again"
+    RECENTLY_VIEWED = "recently_viewed"
+    IN_CART = "in_cart"
+    COMPLEMENT = "complement"
+    SIMILAR = "similar"
+    POPULAR = "popular"
+    TRENDING = "trending"
+    CONTENT = "content"
+    ABANDONED_CART = "abandoned_cart"
+    BROWSED = "browsed"
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
     """One interaction of a visitor with an item (native format).
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from models.blend import FEATURE_SOURCES
 from models.catalog import CatalogColumns
-from models.domain import Event, EventType, Stage
+from models.domain import Event, EventType, Source, Stage
 from models.history import ever_bought
 from models.live_profile import best_anchors
 from models.reasons import reason_for, relation
@@ -19,7 +19,7 @@ from models.request import RecommendedItem, VisitorContext
 from models.scoring import ItemScores
 from models.sources import ItemTables
 
-_AGED = frozenset({"buy_again", "recently_viewed"})  # sources whose reason says when
+_AGED = frozenset({Source.BUY_AGAIN, Source.RECENTLY_VIEWED})  # sources whose reason says when
 _RECENT_ANCHORS = 20  # without page anchors, the visitor's latest events (and cart, purchases) are anchors
 
 
@@ -28,7 +28,7 @@ def item_sources(
     positions: np.ndarray,
     page: tuple[np.ndarray, np.ndarray] | None,
     threshold: float = 0.2,
-) -> list[str]:
+) -> list[Source]:
     """The source of each chosen item (``positions`` int64 [k] into ``scored.items``): the feature that
     contributed most to its score; "similar" or "complement" where the page's anchors relate to the item
     by more than ``threshold`` (``page``: their (complement, similar) values float32 [c] aligned with
@@ -38,7 +38,7 @@ def item_sources(
         comp, sim = page
         for r, p in enumerate(positions):
             if max(comp[p], sim[p]) > threshold:  # the page's anchors explain this item best
-                sources[r] = "similar" if sim[p] > comp[p] else "complement"
+                sources[r] = Source.SIMILAR if sim[p] > comp[p] else Source.COMPLEMENT
     return sources
 
 
@@ -47,7 +47,7 @@ def explain(
     tables: ItemTables,
     idx: np.ndarray,
     scores: np.ndarray,
-    sources: list[str],
+    sources: list[Source],
     ctx: VisitorContext,
     stage: Stage,
     page_anchors: np.ndarray | None,
@@ -67,8 +67,8 @@ def explain(
     anchor_title = [""] * len(idx)
     anchor_relation = [""] * len(idx)
     bought_ever: set[str] | None = None  # item ids, gathered at the first anchor that needs them
-    for source, m in (("complement", tables.complements), ("similar", tables.similar)):
-        rows = [r for r, s in enumerate(sources) if s == source]
+    for source, m in ((Source.COMPLEMENT, tables.complements), (Source.SIMILAR, tables.similar)):
+        rows = [r for r, s in enumerate(sources) if s is source]
         if not rows:
             continue
         anchors = page_anchors
@@ -98,9 +98,9 @@ def explain(
     for r, (i, source) in enumerate(zip(idx, sources, strict=True)):
         item = catalog.items[int(i)]
         age: float | None = None
-        if source == "buy_again" and item.item_id in ctx.purchases:
+        if source is Source.BUY_AGAIN and item.item_id in ctx.purchases:
             age = ctx.now - ctx.purchases[item.item_id]
-        elif source == "recently_viewed" and item.item_id in last_seen:
+        elif source is Source.RECENTLY_VIEWED and item.item_id in last_seen:
             age = ctx.now - last_seen[item.item_id]
         reason = reason_for(
             source,

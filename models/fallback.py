@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.catalog import CatalogColumns
-from models.domain import Stage
+from models.domain import Source, Stage
 from models.reasons import reason_for
 from models.request import RecommendedItem
 from models.scoring import top_k
@@ -33,7 +33,7 @@ def popular_items(
     cut = 0.1 * trending.max() if len(trending) else 0.0
     out = []
     for i in idx[idx >= 0]:
-        src = "trending" if trending[i] > 0 and trending[i] >= cut else "popular"
+        src = Source.TRENDING if trending[i] > 0 and trending[i] >= cut else Source.POPULAR
         out.append(
             RecommendedItem(
                 catalog.items[int(i)].item_id, round(float(score[i]), 6), src, reason_for(src, stage)

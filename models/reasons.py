@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.domain import DAY, Stage
+from models.domain import DAY, Source, Stage
 
 
 def duration(seconds: float) -> str:
@@ -49,7 +49,7 @@ def relation(*, on_page: bool, in_cart: bool, bought: bool) -> str:
 
 
 def reason_for(
-    source: str,
+    source: Source,
     stage: Stage,
     *,
     anchor_title: str = "",
@@ -60,33 +60,33 @@ def reason_for(
     """One sentence explaining why an item is shown. ``anchor_title`` names the item it relates to and
     ``anchor_relation`` how the visitor met that item ("in your cart", "you bought", ...; see
     ``relation``), or "" to let the stage decide."""
-    if source == "buy_again":
+    if source is Source.BUY_AGAIN:
         when = f" {ago(age_s)}" if age_s is not None else ""
         times = f" {count} times" if count > 1 else ""
         if stage is Stage.RETENTION:
             return f"you bought this{times}{when} — time to restock?"
         return f"you bought this before{when}"
-    if source == "complement":
+    if source is Source.COMPLEMENT:
         where = anchor_relation or ("in your cart" if stage is Stage.DECISION else "you bought")
         return f"complements the {anchor_title} {where}" if anchor_title else "goes well with your items"
-    if source == "similar":
+    if source is Source.SIMILAR:
         return (
             f"similar to the {anchor_title} {anchor_relation or 'you looked at'}"
             if anchor_title
             else "similar to what you looked at"
         )
-    if source == "recently_viewed":
+    if source is Source.RECENTLY_VIEWED:
         when = f" {ago(age_s)}" if age_s is not None else ""
         if stage is Stage.DECISION:
             return f"you viewed this{when} — still deciding?"
         return f"you viewed this{when}"
-    if source == "in_cart":
+    if source is Source.IN_CART:
         return "waiting in your cart"
-    if source == "trending":
+    if source is Source.TRENDING:
         return "trending this week"
-    if source == "popular":
+    if source is Source.POPULAR:
         return "popular with shoppers" if stage is Stage.AWARENESS else "a popular choice"
-    if source == "content":
+    if source is Source.CONTENT:
         topic = f" about {anchor_title}" if anchor_title else ""
         return f"{_CONTENT[stage]}{topic}"
     return _PERSONALIZED[stage]

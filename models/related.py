@@ -11,10 +11,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.catalog import CatalogColumns, allowed_mask, filter_mask
-from models.domain import EventType, ItemKind, Stage
+from models.domain import EventType, ItemKind, Source, Stage
 from models.live_profile import Entry, gather_rows, max_normalised
 from models.reasons import ago, reason_for
-from models.request import Filters, RecommendedItem, VisitorContext
+from models.request import Filters, RecommendedItem, Relation, VisitorContext
 from models.scoring import positions_in, top_k
 from models.sources import ItemTables
 
@@ -83,7 +83,7 @@ class RelatedItems:
 
 
 def related_items(
-    rel: RelatedItems, item_ids: list[str], k: int, filters: Filters, which: str
+    rel: RelatedItems, item_ids: list[str], k: int, filters: Filters, which: Relation
 ) -> list[RecommendedItem]:
     """Up to ``k`` items similar to (``which`` "similar") or bought with ("complement") ``item_ids``
     together, best first; the anchors themselves and what the filters refuse are left out."""
@@ -104,7 +104,8 @@ def related_items(
     idx = top_k_rows(score, k, allowed)
     names = ", ".join(c.title(int(a)) for a in anchors[:3])
     reason = f"often bought with {names}" if which == "complement" else f"similar to {names}"
-    return [RecommendedItem(c.items[int(i)].item_id, round(float(score[i]), 6), which, reason) for i in idx]
+    source = Source.COMPLEMENT if which == "complement" else Source.SIMILAR
+    return [RecommendedItem(c.items[int(i)].item_id, round(float(score[i]), 6), source, reason) for i in idx]
 
 
 def top_k_rows(score: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
@@ -128,7 +129,7 @@ def retarget(
     out: list[RecommendedItem] = []
     taken: set[str] = set()
 
-    def add(item_id: str, score: float, source: str, reason: str) -> None:
+    def add(item_id: str, score: float, source: Source, reason: str) -> None:
         i = c.index.get(item_id)
         if i is None or not allowed[i] or item_id in taken or len(out) >= k:
             return
@@ -137,15 +138,15 @@ def retarget(
 
     if stage is not Stage.ADVOCACY:
         for item_id, t in sorted(ctx.cart.items(), key=lambda x: -x[1]):
-            add(item_id, 3.0, "abandoned_cart", f"left in your cart {ago(ctx.now - t)}")
+            add(item_id, 3.0, Source.ABANDONED_CART, f"left in your cart {ago(ctx.now - t)}")
         views: dict[str, float] = {}
         for e in ctx.events:
             if e.event in _BROWSED:
                 views[e.item_id] = max(views.get(e.item_id, 0.0), e.timestamp)
         for item_id, t in sorted(views.items(), key=lambda x: -x[1]):
-            add(item_id, 2.0, "browsed", reason_for("recently_viewed", stage, age_s=ctx.now - t))
+            add(item_id, 2.0, Source.BROWSED, reason_for(Source.RECENTLY_VIEWED, stage, age_s=ctx.now - t))
     owned = list(ctx.cart) + list(ctx.purchases)
     if owned and len(out) < k:
         for r in related_items(rel, owned, k, filters, "complement"):
-            add(r.item_id, r.score, "complement", r.reason)
+            add(r.item_id, r.score, Source.COMPLEMENT, r.reason)
     return out

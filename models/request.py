@@ -5,9 +5,11 @@ These Structs are the boundary between the service and the request path (``model
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
-from models.domain import Channel, Event, ItemKind, Stage
+from models.domain import Channel, Event, ItemKind, Source, Stage
 from models.journey import StageResult
 
 
@@ -49,10 +51,14 @@ class Filters(msgspec.Struct, frozen=True, kw_only=True):
     include_cart: bool = False
 
 
+#: the two ways items relate to each other: alike, or bought together
+Relation = Literal["similar", "complement"]
+
+
 class RecommendedItem(msgspec.Struct, frozen=True):
     item_id: str
     score: float
-    source: str
+    source: Source
     reason: str
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from models.domain import Channel, Event, EventType
+from models.domain import Channel, Event, EventType, Source
 from models.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -99,9 +99,11 @@ class StageOut(msgspec.Struct, frozen=True):
 
 
 class ItemOut(msgspec.Struct, frozen=True):
+    """One recommended item; ``source`` names the candidate source that explains it."""
+
     item_id: str
     score: float
-    source: str
+    source: Source
     reason: str
 
     @classmethod

@@ -10,7 +10,7 @@ from litestar.params import Parameter
 
 from models.errors import NotFoundError
 from models.recommender import Recommender
-from models.request import Filters
+from models.request import Filters, Relation
 from service import metrics
 from service.api.deps import IdPath, K, Services, check_k, provide_filters
 from service.auth import Scope, scopes
@@ -22,7 +22,7 @@ ItemIds = Annotated[
 ]
 
 
-def _related(svc: Services, item_ids: list[str], k: int, filters: Filters, which: str) -> RelatedOut:
+def _related(svc: Services, item_ids: list[str], k: int, filters: Filters, which: Relation) -> RelatedOut:
     check_k(k, svc.settings)
     model: Recommender = svc.holder.require()
     anchors = list(dict.fromkeys(item_ids))  # dedupe, keep order

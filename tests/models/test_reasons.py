@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.domain import DAY, Stage
+from models.domain import DAY, Source, Stage
 from models.reasons import ago, duration, reason_for, relation
 
 
@@ -36,19 +36,21 @@ def test_relation(flags: dict[str, bool], text: str) -> None:
 
 def test_anchor_reasons_say_how_the_visitor_met_the_anchor() -> None:
     kettle = {"anchor_title": "Kettle 1"}
-    assert reason_for("similar", Stage.RETENTION, **kettle, anchor_relation="you bought") == (
+    assert reason_for(Source.SIMILAR, Stage.RETENTION, **kettle, anchor_relation="you bought") == (
         "similar to the Kettle 1 you bought"
     )
-    assert reason_for("similar", Stage.CONSIDERATION, **kettle) == "similar to the Kettle 1 you looked at"
-    assert reason_for("complement", Stage.DECISION, **kettle) == "complements the Kettle 1 in your cart"
-    assert reason_for("complement", Stage.AWARENESS, **kettle, anchor_relation="you looked at") == (
+    assert (
+        reason_for(Source.SIMILAR, Stage.CONSIDERATION, **kettle) == "similar to the Kettle 1 you looked at"
+    )
+    assert reason_for(Source.COMPLEMENT, Stage.DECISION, **kettle) == "complements the Kettle 1 in your cart"
+    assert reason_for(Source.COMPLEMENT, Stage.AWARENESS, **kettle, anchor_relation="you looked at") == (
         "complements the Kettle 1 you looked at"
     )
-    assert reason_for("complement", Stage.RETENTION) == "goes well with your items"
+    assert reason_for(Source.COMPLEMENT, Stage.RETENTION) == "goes well with your items"
 
 
 def test_buy_again_reason_counts_and_dates() -> None:
-    assert reason_for("buy_again", Stage.RETENTION, age_s=3 * DAY, count=4) == (
+    assert reason_for(Source.BUY_AGAIN, Stage.RETENTION, age_s=3 * DAY, count=4) == (
         "you bought this 4 times 3 days ago — time to restock?"
     )
-    assert reason_for("buy_again", Stage.AWARENESS) == "you bought this before"
+    assert reason_for(Source.BUY_AGAIN, Stage.AWARENESS) == "you bought this before"

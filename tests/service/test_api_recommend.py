@@ -10,7 +10,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from models.domain import STAGES, Channel, Event, EventType
+from models.domain import STAGES, Channel, Event, EventType, Source
 from models.recommender import Recommender
 from models.request import Recommendations, VisitorContext
 from service.api.deps import context_of
@@ -257,6 +257,11 @@ def test_metrics_and_openapi(client: Client) -> None:
     event_in = spec["components"]["schemas"]["EventIn"]
     assert set(event_in["required"]) == {"visitor_id", "item_id", "event"}
     assert "X-API-Key" in json.dumps(spec["components"]["securitySchemes"])
+    # every answer's item source is a closed vocabulary the schema lists
+    schemas = spec["components"]["schemas"]
+    assert schemas["ItemOut"]["properties"]["source"] == {"$ref": "#/components/schemas/Source"}
+    assert schemas["Source"]["enum"] == [s.value for s in Source]
+    assert len(Source) == 11
 
 
 @pytest.mark.parametrize("visitor", ["a b", "ümlaut", "x:y{z}"])
