@@ -27,6 +27,7 @@ from models.errors import ArtifactError
 from models.factors import FactorModel
 from models.features import Vocabulary
 from models.journey import JourneyRules
+from models.serving_rules import ServingRules
 from models.sources import ItemTables
 from models.weights import EventWeights
 
@@ -62,6 +63,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     weights: EventWeights
     files: dict[str, FileEntry]
     shapes: dict[str, list[int]]
+    # a manifest without it loads with the defaults
+    serving: ServingRules = msgspec.field(default_factory=ServingRules)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ def publish(
     price_edges: np.ndarray,
     rules: JourneyRules,
     weights: EventWeights,
+    serving: ServingRules,
     data_fingerprint: str,
     trained_until: float,
     n_visitors: int,
@@ -167,6 +171,7 @@ def publish(
             blend=blend,
             rules=rules,
             weights=weights,
+            serving=serving,
             files=files,
             shapes={k: list(v.shape) for k, v in arrays.items()},
         )

@@ -19,6 +19,7 @@ from models.domain import STAGES, Source
 from models.errors import EmptyDatasetError
 from models.factors import zscore_rows
 from models.profiles import Profiles
+from models.serving_rules import ServingRules
 from models.sources import (
     ItemTables,
     complement_matrix,
@@ -79,9 +80,12 @@ POPULARITY, TRENDING, POPULARITY_NEW = _COLUMN["popularity"], _COLUMN["trending"
 LIGHTFM_NEW, BOUGHT_DECAYED = _COLUMN["lightfm_new"], _COLUMN["bought_decayed"]
 
 
-def sparse_features(tables: ItemTables, profiles: Profiles) -> list[tuple[int, sp.csr_matrix]]:
+def sparse_features(
+    tables: ItemTables, profiles: Profiles, rules: ServingRules
+) -> list[tuple[int, sp.csr_matrix]]:
     """(feature column, csr float32 [u, n_items]) for every feature that is zero outside the visitor's own
-    items (cheap as sparse rows); none at all when no visitor has touched an item (they would be empty)."""
+    items (cheap as sparse rows); none at all when no visitor has touched an item (they would be empty).
+    ``rules`` gives the recency windows."""
     if profiles.touch_age.nnz == 0 and profiles.cart.nnz == 0:
         return []
     counts = sp.csr_matrix(profiles.purchases, dtype=np.float32)
@@ -93,13 +97,16 @@ def sparse_features(tables: ItemTables, profiles: Profiles) -> list[tuple[int, s
     interest.data = np.log1p(interest.data)
     return [
         (BOUGHT_COUNT, bought),
-        (BOUGHT_RECENCY, recency(profiles.purchase_age, 30.0)),
+        (BOUGHT_RECENCY, recency(profiles.purchase_age, rules.bought_recency_days)),
         (REPEAT, repeat),
-        (TOUCH_RECENCY, recency(profiles.touch_age, 7.0)),
+        (TOUCH_RECENCY, recency(profiles.touch_age, rules.touch_recency_days)),
         (INTEREST, interest),
         (IN_CART, sp.csr_matrix(profiles.cart, dtype=np.float32)),
-        (COMPLEMENT, row_max_normalise_sparse(complement_matrix(tables, profiles))),
-        (SIMILAR, row_max_normalise_sparse(similar_matrix(tables, profiles))),
+        (
+            COMPLEMENT,
+            row_max_normalise_sparse(complement_matrix(tables, profiles, rules.complement_recency_days)),
+        ),
+        (SIMILAR, row_max_normalise_sparse(similar_matrix(tables, profiles, rules.similar_recency_days))),
         (BOUGHT_DECAYED, row_max_normalise_sparse(profiles.purchase_decay)),
     ]
 
@@ -120,11 +127,12 @@ def is_new(profiles: Profiles) -> np.ndarray:
 
 
 def feature_arrays(
-    tables: ItemTables, profiles: Profiles, lightfm: np.ndarray | None
+    tables: ItemTables, profiles: Profiles, lightfm: np.ndarray | None, rules: ServingRules
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (feature column, float32 [u, n_items]) one feature at a time, to keep memory at O(u * n_items).
 
-    ``lightfm`` is float32 [u, n_items] raw factor scores or None (then that feature is 0).
+    ``lightfm`` is float32 [u, n_items] raw factor scores or None (then that feature is 0); ``rules`` gives
+    the sparse features' recency windows.
     """
     u, n = profiles.n_visitors, tables.n_items
     # visitors with no history at all: their factor score comes from stage and context only, so it gets
@@ -132,7 +140,7 @@ def feature_arrays(
     new = is_new(profiles)[:, None]
     factor = zscore_rows(lightfm) if lightfm is not None else np.zeros((u, n), np.float32)
     yield LIGHTFM, np.where(new, 0.0, factor).astype(np.float32)
-    for j, m in sparse_features(tables, profiles):
+    for j, m in sparse_features(tables, profiles, rules):
         yield j, m.toarray()
     pop, tr = crowd_scores(tables)
     yield POPULARITY, np.broadcast_to(pop, (u, n))

@@ -12,6 +12,7 @@ from models.domain import STAGES, EventType, Source, Stage
 from models.reasons import reason_for
 from models.request import RecommendedItem
 from models.scoring import StageScorer, positions_in, top_k, top_k_one
+from models.serving_rules import ServingRules
 
 _CONTENT_VIEW = EventType.CONTENT_VIEW.code
 _LATEST_EVENTS = 30  # the categories of the visitor's latest events are their interests
@@ -23,8 +24,9 @@ class StageContent:
     on the simulated storefront, where each guide serves one stage).
 
     rows int64 [m] sorted catalog rows; vectors float32 [m, d] contiguous and bias float32 [m]: their item
-    representations; category int32 [m] codes; bonus float32 [m]: 0.5 where the item serves only some
-    stages (content specific to this stage beats content for everyone).
+    representations; category int32 [m] codes; bonus float32 [m]: ``content_stage_bonus`` where the
+    item serves only some stages (content specific to this stage beats content for everyone);
+    category_bonus: ``content_category_bonus``, for content in the visitor's categories.
     """
 
     rows: np.ndarray
@@ -32,9 +34,12 @@ class StageContent:
     bias: np.ndarray
     category: np.ndarray
     bonus: np.ndarray
+    category_bonus: np.float32
 
     @classmethod
-    def build(cls, catalog: CatalogColumns, scorer: StageScorer, stage: Stage) -> StageContent:
+    def build(
+        cls, catalog: CatalogColumns, scorer: StageScorer, stage: Stage, rules: ServingRules
+    ) -> StageContent:
         c = catalog
         rows = np.flatnonzero(~c.is_product & c.serves[stage.index]).astype(np.int64)
         specific = c.serves[:, rows].sum(axis=0) < len(STAGES)
@@ -43,13 +48,14 @@ class StageContent:
             np.ascontiguousarray(scorer.item_repr[rows], dtype=np.float32),
             scorer.item_bias[rows].astype(np.float32),
             c.category[rows],
-            (0.5 * specific).astype(np.float32),
+            (rules.content_stage_bonus * specific).astype(np.float32),
+            np.float32(rules.content_category_bonus),
         )
 
 
-def stage_content(catalog: CatalogColumns, scorer: StageScorer) -> list[StageContent]:
+def stage_content(catalog: CatalogColumns, scorer: StageScorer, rules: ServingRules) -> list[StageContent]:
     """``StageContent`` of every stage, by ``Stage.index``."""
-    return [StageContent.build(catalog, scorer, stage) for stage in STAGES]
+    return [StageContent.build(catalog, scorer, stage, rules) for stage in STAGES]
 
 
 def rank_content(
@@ -66,8 +72,8 @@ def rank_content(
 
     items int64 [e], codes int8 [e]: the visitor's events on catalog items in time order
     (``history.event_arrays``); rep float32 [d]: the visitor's representation
-    (``StageScorer.visitor_repr``). Score: the factor score standardised over the allowed items, + 2 in
-    the categories of the latest events, + the item's stage-specific bonus.
+    (``StageScorer.visitor_repr``). Score: the factor score standardised over the allowed items, plus
+    ``sc.category_bonus`` in the categories of the latest events, plus the item's stage-specific bonus.
     """
     c = catalog
     if n <= 0 or len(sc.rows) == 0:
@@ -91,9 +97,9 @@ def rank_content(
     wanted = np.zeros(len(c.categories) + 1, bool)
     wanted[c.category[items[-_LATEST_EVENTS:]]] = True  # the categories of the latest events
     wanted[c.categories.get("", len(c.categories))] = False  # "no category" is not an interest
-    score = fs  # in place: + 2 in the visitor's categories, + 0.5 when specific to the stage
+    score = fs  # in place: + the bonuses for the visitor's categories and for content specific to the stage
     score += sc.bonus
-    np.add(score, np.float32(2.0), out=score, where=wanted[sc.category])
+    np.add(score, sc.category_bonus, out=score, where=wanted[sc.category])
     top = top_k_one(score, n, allowed)
     out = []
     for j in top[top >= 0]:

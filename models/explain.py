@@ -27,12 +27,12 @@ def item_sources(
     scored: ItemScores,
     positions: np.ndarray,
     page: tuple[np.ndarray, np.ndarray] | None,
-    threshold: float = 0.2,
+    threshold: float,
 ) -> list[Source]:
     """The source of each chosen item (``positions`` int64 [k] into ``scored.items``): the feature that
     contributed most to its score; "similar" or "complement" where the page's anchors relate to the item
-    by more than ``threshold`` (``page``: their (complement, similar) values float32 [c] aligned with
-    ``scored.items``, or None without anchors)."""
+    by more than ``threshold`` (``ServingRules.anchor_threshold``). ``page``: their (complement,
+    similar) values float32 [c] aligned with ``scored.items``, or None without anchors."""
     sources = [FEATURE_SOURCES[f] for f in scored.dominant_feature(positions)]
     if page is not None:
         comp, sim = page

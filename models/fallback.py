@@ -9,12 +9,14 @@ from models.domain import Source, Stage
 from models.reasons import reason_for
 from models.request import RecommendedItem
 from models.scoring import top_k
+from models.serving_rules import ServingRules
 from models.sources import ItemTables
 
 
-def crowd_score(tables: ItemTables) -> np.ndarray:
-    """float32 [n_items] in [0, 1]: log popularity plus half the log trending score, scaled by the maximum."""
-    pop = np.log1p(tables.popularity) + 0.5 * np.log1p(tables.trending)
+def crowd_score(tables: ItemTables, rules: ServingRules) -> np.ndarray:
+    """float32 [n_items] in [0, 1]: log popularity plus ``fallback_trending_weight`` x log trending score,
+    scaled by the maximum."""
+    pop = np.log1p(tables.popularity) + rules.fallback_trending_weight * np.log1p(tables.trending)
     return (pop / max(float(pop.max()), 1e-6)).astype(np.float32)
 
 
@@ -25,12 +27,13 @@ def popular_items(
     allowed: np.ndarray,
     k: int,
     stage: Stage,
+    rules: ServingRules,
 ) -> list[RecommendedItem]:
     """Up to ``k`` allowed items (bool [n_items]) by ``score`` (``crowd_score``), best first; an item is
-    "trending" when its trending score reaches a tenth of the highest one, else "popular"."""
+    "trending" when its trending score reaches ``trending_share`` of the highest one, else "popular"."""
     idx = top_k(score[None, :], k, allowed)[0]
     trending = tables.trending
-    cut = 0.1 * trending.max() if len(trending) else 0.0
+    cut = rules.trending_share * trending.max() if len(trending) else 0.0
     out = []
     for i in idx[idx >= 0]:
         src = Source.TRENDING if trending[i] > 0 and trending[i] >= cut else Source.POPULAR

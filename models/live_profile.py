@@ -28,6 +28,7 @@ from models.blend import (
 )
 from models.domain import DAY, EventType
 from models.profiles import PURCHASE_DECAY_DAYS
+from models.serving_rules import ServingRules
 from models.sources import ItemTables, concat_ranges
 
 _PURCHASE = EventType.PURCHASE.code
@@ -186,9 +187,10 @@ class LiveProfile:
             spread(self.purchase_decay),
         )
 
-    def features(self, tables: ItemTables) -> list[Entry]:
+    def features(self, tables: ItemTables, rules: ServingRules) -> list[Entry]:
         """The visitor's sparse blend features, as ``blend.sparse_features`` computes them for a one-row
-        ``Profiles``; none at all for a visitor with no touched item and an empty cart."""
+        ``Profiles`` with the same ``rules``; none at all for a visitor with no touched item and an empty
+        cart."""
         if self.is_new and not self.cart.any():
             return []
         it = self.items
@@ -198,18 +200,21 @@ class LiveProfile:
         interested = self.interest > 0
         in_cart = self.cart > 0
 
-        owned_w = np.where(purchased, np.exp(-self.purchase_age / 60.0), 0.0) + self.cart
+        owned_w = (
+            np.where(purchased, np.exp(-self.purchase_age / rules.complement_recency_days), 0.0) + self.cart
+        )
         owned = owned_w > 0
         comp = gather_rows(tables.complements, it[owned], owned_w[owned])
-        rec = np.exp(-self.touch_age[interested] / 30.0)
+        rec = np.exp(-self.touch_age[interested] / rules.similar_recency_days)
         sim = gather_rows(tables.similar, it[interested], np.log1p(self.interest[interested] * rec))
         decayed = self.purchase_decay > 0
         f32 = np.float32
+        bought_days, touch_days = rules.bought_recency_days, rules.touch_recency_days
         return [
             (BOUGHT_COUNT, it[bought], np.log1p(self.purchases[bought]).astype(f32)),
-            (BOUGHT_RECENCY, it[purchased], np.exp(-self.purchase_age[purchased] / 30.0).astype(f32)),
+            (BOUGHT_RECENCY, it[purchased], np.exp(-self.purchase_age[purchased] / bought_days).astype(f32)),
             (REPEAT, it[bought], tables.repeat_rate[it[bought]].astype(f32)),
-            (TOUCH_RECENCY, it[touched], np.exp(-self.touch_age[touched] / 7.0).astype(f32)),
+            (TOUCH_RECENCY, it[touched], np.exp(-self.touch_age[touched] / touch_days).astype(f32)),
             (INTEREST, it[interested], np.log1p(self.interest[interested]).astype(f32)),
             (IN_CART, it[in_cart], self.cart[in_cart]),
             (COMPLEMENT, *max_normalised(*comp)),

@@ -47,9 +47,7 @@ from models.related import (
 )
 from models.request import Filters, Recommendations, RecommendedItem, VisitorContext
 from models.scoring import StageScorer, UserRow, top_k, top_k_one
-
-_CONTEXT_WEIGHT = 1.0  # weight of the page's anchor items (current product, cart) in the blend
-_RECENT_FOR_COLD = 10
+from models.serving_rules import ServingRules
 
 
 class Recommender:
@@ -61,14 +59,17 @@ class Recommender:
         self.manifest: Manifest = bundle.manifest
         self.version: str = bundle.manifest.version
         self.rules: JourneyRules = bundle.manifest.rules
-        self.scorer = sc = StageScorer(bundle.factors, bundle.tables, bundle.blend_weights)
+        self.serving: ServingRules = bundle.manifest.serving
+        self.scorer = sc = StageScorer(bundle.factors, bundle.tables, bundle.blend_weights, self.serving)
         self.catalog = CatalogColumns.build(bundle.catalog)
         self.user_index = bundle.user_vocab.index()
         self.n_user_features = len(bundle.user_vocab.names)
         self._event_weights = self.manifest.weights.vector()
-        self._fallback_score = crowd_score(bundle.tables)
-        self._stage_content = stage_content(self.catalog, sc)
-        self.related = RelatedItems.build(self.catalog, bundle.tables, sc.item_repr, self._fallback_score)
+        self._fallback_score = crowd_score(bundle.tables, self.serving)
+        self._stage_content = stage_content(self.catalog, sc, self.serving)
+        self.related = RelatedItems.build(
+            self.catalog, bundle.tables, sc.item_repr, self._fallback_score, self.serving
+        )
         self._every_row = np.arange(len(self.catalog), dtype=np.int64)
         self._every_row.setflags(write=False)
         self.candidate_settings = cs = candidates or CandidateSettings()
@@ -120,7 +121,7 @@ class Recommender:
         uf = user_feature_row(self.user_index, ctx.visitor_id if known else None, stage, tokens)
         extra = None
         if not known and len(items):
-            extra = self.scorer.item_repr[items[::-1][:_RECENT_FOR_COLD]].mean(axis=0)
+            extra = self.scorer.item_repr[items[::-1][: self.serving.recent_for_cold]].mean(axis=0)
         return uf, self.scorer.visitor_repr(uf, extra)
 
     def _candidates(
@@ -152,7 +153,7 @@ class Recommender:
         # profile: the visitor's sparse features, representation and the page's anchor items
         live = LiveProfile.from_arrays(items, codes, ts, ctx.now, self._event_weights)
         live = live.with_cart(c.rows_of(list(ctx.cart)))
-        features = live.features(sc.tables)
+        features = live.features(sc.tables, self.serving)
         uf, rep = self._visitor(ctx, stage.stage, items)
         anchors = page_anchors(c, ctx)
         page = page_entries(sc.tables, ctx, anchors)
@@ -178,13 +179,13 @@ class Recommender:
         score = scored.score
         near = (aligned(rows, page[0]), aligned(rows, page[1])) if page else None
         if near is not None:
-            score = score + _CONTEXT_WEIGHT * np.maximum(near[0], near[1])
+            score = score + self.serving.context_weight * np.maximum(near[0], near[1])
         # top-k
         pos = top_k_one(score, k, allowed)
         pos = pos[pos >= 0].astype(np.int64)
         idx = rows[pos]
         # explain
-        sources = item_sources(scored, pos, near)
+        sources = item_sources(scored, pos, near, self.serving.anchor_threshold)
         products = explain(
             c,
             sc.tables,
@@ -212,7 +213,7 @@ class Recommender:
         )
         allowed = allowed_mask(self.catalog, ctx, filters, ItemKind.PRODUCT)
         products = popular_items(
-            self.catalog, self.scorer.tables, self._fallback_score, allowed, k, stage.stage
+            self.catalog, self.scorer.tables, self._fallback_score, allowed, k, stage.stage, self.serving
         )
         content = fallback_content(self.catalog, stage.stage, n_content)
         return Recommendations(stage, products, content, self.version, fallback=True)

@@ -16,6 +16,7 @@ from models.live_profile import Entry, gather_rows, max_normalised
 from models.reasons import ago, reason_for
 from models.request import Filters, RecommendedItem, Relation, VisitorContext
 from models.scoring import positions_in, top_k
+from models.serving_rules import ServingRules
 from models.sources import ItemTables
 
 _BROWSED = (EventType.PRODUCT_VIEW, EventType.COMPARE, EventType.WISHLIST)
@@ -67,19 +68,26 @@ class RelatedItems:
 
     norm_repr       float32 [n_items, d] item representations scaled to unit length
     fallback_score  float32 [n_items] the crowd score in [0, 1] (a tie-break among equally related items)
+    rules           the embedding weights and retargeting scores
     """
 
     catalog: CatalogColumns
     tables: ItemTables
     norm_repr: np.ndarray
     fallback_score: np.ndarray
+    rules: ServingRules
 
     @classmethod
     def build(
-        cls, catalog: CatalogColumns, tables: ItemTables, item_repr: np.ndarray, fallback_score: np.ndarray
+        cls,
+        catalog: CatalogColumns,
+        tables: ItemTables,
+        item_repr: np.ndarray,
+        fallback_score: np.ndarray,
+        rules: ServingRules,
     ) -> RelatedItems:
         norm = item_repr / np.maximum(np.linalg.norm(item_repr, axis=1, keepdims=True), 1e-6)
-        return cls(catalog, tables, norm, fallback_score)
+        return cls(catalog, tables, norm, fallback_score, rules)
 
 
 def related_items(
@@ -98,7 +106,9 @@ def related_items(
     s[near] = strength
     # embedding cosine fills in for items with little co-occurrence history (cold items)
     emb = rel.norm_repr[anchors].mean(axis=0) @ rel.norm_repr.T
-    score = s + (0.3 if which == "similar" else 0.05) * emb.astype(np.float32) + 1e-3 * rel.fallback_score
+    r = rel.rules
+    weight = r.similar_embedding_weight if which == "similar" else r.complement_embedding_weight
+    score = s + weight * emb.astype(np.float32) + 1e-3 * rel.fallback_score
     allowed = filter_mask(c, filters, filters.kind or ItemKind.PRODUCT)
     allowed[anchors] = False
     idx = top_k_rows(score, k, allowed)
@@ -138,13 +148,23 @@ def retarget(
 
     if stage is not Stage.ADVOCACY:
         for item_id, t in sorted(ctx.cart.items(), key=lambda x: -x[1]):
-            add(item_id, 3.0, Source.ABANDONED_CART, f"left in your cart {ago(ctx.now - t)}")
+            add(
+                item_id,
+                rel.rules.abandoned_cart_score,
+                Source.ABANDONED_CART,
+                f"left in your cart {ago(ctx.now - t)}",
+            )
         views: dict[str, float] = {}
         for e in ctx.events:
             if e.event in _BROWSED:
                 views[e.item_id] = max(views.get(e.item_id, 0.0), e.timestamp)
         for item_id, t in sorted(views.items(), key=lambda x: -x[1]):
-            add(item_id, 2.0, Source.BROWSED, reason_for(Source.RECENTLY_VIEWED, stage, age_s=ctx.now - t))
+            add(
+                item_id,
+                rel.rules.browsed_score,
+                Source.BROWSED,
+                reason_for(Source.RECENTLY_VIEWED, stage, age_s=ctx.now - t),
+            )
     owned = list(ctx.cart) + list(ctx.purchases)
     if owned and len(out) < k:
         for r in related_items(rel, owned, k, filters, "complement"):

@@ -25,6 +25,7 @@ from models.blend import (
 from models.factors import ZSCORE_CLIP, FactorModel
 from models.live_profile import Entry
 from models.profiles import Profiles
+from models.serving_rules import DEFAULT_SERVING, ServingRules
 from models.sources import ItemTables
 
 #: one visitor's user features: (columns int64 [f], weights float32 [f])
@@ -77,11 +78,13 @@ class StageScorer:
     factors       feature-level LightFM parameters
     tables        item-level source statistics
     blend_weights float32 [n_stages, n_features]
+    rules         the blend features' recency windows (the model's ``ServingRules``)
     """
 
     factors: FactorModel
     tables: ItemTables
     blend_weights: np.ndarray
+    rules: ServingRules = DEFAULT_SERVING
     item_bias: np.ndarray = field(init=False)
     item_repr: np.ndarray = field(init=False)
     popularity: np.ndarray = field(init=False)
@@ -133,7 +136,9 @@ class StageScorer:
             rep = rep + extra_repr
         fs = self.factor_scores(rep)
         w = self.blend_weights[stages.astype(np.int64)]
-        return blend(w, feature_arrays(self.tables, profiles, fs), profiles.n_visitors, self.n_items)
+        return blend(
+            w, feature_arrays(self.tables, profiles, fs, self.rules), profiles.n_visitors, self.n_items
+        )
 
     def raw_scores(self, user_repr: np.ndarray, user_row: UserRow) -> np.ndarray:  # noqa: ARG002
         """float32 [n_items] factor scores of one visitor: one GEMV over the precomputed item

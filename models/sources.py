@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from models.dataset import EventLog
 from models.domain import EventType
 from models.profiles import DAY, Profiles
+from models.serving_rules import DEFAULT_SERVING
 from models.weights import EventWeights, positive_codes
 
 
@@ -159,7 +160,7 @@ def fit_item_tables(
 # -- per-visitor scores -------------------------------------------------------------------------------
 
 
-def complement_matrix(tables: ItemTables, profiles: Profiles, recency_days: float = 60.0) -> sp.csr_matrix:
+def complement_matrix(tables: ItemTables, profiles: Profiles, recency_days: float) -> sp.csr_matrix:
     """csr float32 [u, n_items]: complements of what the visitor bought or has in the cart, recent first."""
     owned = profiles.purchase_age.copy()
     owned.data = np.exp(-owned.data / recency_days).astype(np.float32)
@@ -167,7 +168,7 @@ def complement_matrix(tables: ItemTables, profiles: Profiles, recency_days: floa
     return sp.csr_matrix(anchors @ tables.complements, dtype=np.float32)
 
 
-def similar_matrix(tables: ItemTables, profiles: Profiles, recency_days: float = 30.0) -> sp.csr_matrix:
+def similar_matrix(tables: ItemTables, profiles: Profiles, recency_days: float) -> sp.csr_matrix:
     """csr float32 [u, n_items]: items similar to what the visitor showed interest in, recent first."""
     rec = profiles.touch_age.copy()
     rec.data = np.exp(-rec.data / recency_days).astype(np.float32)
@@ -176,7 +177,9 @@ def similar_matrix(tables: ItemTables, profiles: Profiles, recency_days: float =
     return sp.csr_matrix(weights @ tables.similar, dtype=np.float32)
 
 
-def similar_scores(tables: ItemTables, profiles: Profiles, recency_days: float = 30.0) -> np.ndarray:
+def similar_scores(
+    tables: ItemTables, profiles: Profiles, recency_days: float = DEFAULT_SERVING.similar_recency_days
+) -> np.ndarray:
     """float32 [u, n_items]: ``similar_matrix`` as a dense array."""
     return similar_matrix(tables, profiles, recency_days).toarray()
 

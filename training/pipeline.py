@@ -70,6 +70,7 @@ def train_and_publish(
         price_edges=fitted.price_edges,
         rules=cfg.rules,
         weights=cfg.weights,
+        serving=cfg.serving,
         data_fingerprint=log.fingerprint(),
         trained_until=fitted.trained_until,
         n_visitors=log.n_visitors,

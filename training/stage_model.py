@@ -25,6 +25,7 @@ from models.features import (
 from models.journey import DEFAULT_RULES, JourneyRules, stages_at, stages_before_events
 from models.profiles import profiles_from_log
 from models.scoring import StageScorer, top_k
+from models.serving_rules import DEFAULT_SERVING, ServingRules
 from models.sources import ItemTables, fit_item_tables
 from models.weights import DEFAULT_POSITIVE, EventWeights, positive_codes
 from training.factorization import (
@@ -45,6 +46,8 @@ class StageModelConfig(msgspec.Struct, frozen=True, kw_only=True):
     weights: EventWeights = msgspec.field(default_factory=EventWeights)
     positive: frozenset[EventType] = DEFAULT_POSITIVE
     rules: JourneyRules = DEFAULT_RULES
+    # the blend features' windows and the request path's constants, published with the model
+    serving: ServingRules = DEFAULT_SERVING
     # "time": the last `validation_fraction` of the training period; "holdout": a random
     # `validation_fraction` of each visitor's positive events (for data without a meaningful clock order)
     validation: str = "time"
@@ -133,7 +136,7 @@ class _Fitter:
         )
 
     def scorer(self, tables: ItemTables, blend_w: np.ndarray) -> StageScorer:
-        return StageScorer(export_factors(self.model, self.item_features), tables, blend_w)
+        return StageScorer(export_factors(self.model, self.item_features), tables, blend_w, self.cfg.serving)
 
 
 def user_rows_for(
@@ -265,7 +268,7 @@ def _fit_blend(
         uf = user_rows_for(f.user_index, len(f.user_vocab.names), log, vb, st, f.context, known_v)
         fs = scorer.factor_scores(scorer.factors.user_representations(uf))
         feats = np.zeros((len(vb), log.n_items, N_FEATURES), np.float32)
-        for j, x in feature_arrays(tables, prof, fs):
+        for j, x in feature_arrays(tables, prof, fs, cfg.serving):
             feats[:, :, j] = x
         ok = np.broadcast_to(allowed, (len(vb), log.n_items)).copy()
         if cfg.exclude_seen:

@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -12,11 +13,12 @@ from models.errors import ArtifactError
 from models.factors import FactorModel
 from models.features import Vocabulary
 from models.journey import DEFAULT_RULES
+from models.serving_rules import DEFAULT_SERVING, ServingRules
 from models.sources import ItemTables
 from models.weights import EventWeights
 
 
-def _publish(root: Path, seed: int = 0) -> Path:
+def _publish(root: Path, seed: int = 0, serving: ServingRules = DEFAULT_SERVING) -> Path:
     rng = np.random.default_rng(seed)
     n_items, n_if, n_uf, d = 4, 6, 5, 3
     catalog = [
@@ -53,6 +55,7 @@ def _publish(root: Path, seed: int = 0) -> Path:
         price_edges=np.array([1.0, 2.0]),
         rules=DEFAULT_RULES,
         weights=EventWeights(),
+        serving=serving,
         data_fingerprint="abc",
         trained_until=123.0,
         n_visitors=7,
@@ -127,4 +130,26 @@ def test_object_arrays_are_never_unpickled(tmp_path):
     arrays["popularity"] = np.array([object()] * 4, dtype=object)
     np.savez(v / artifact.ARRAYS, **arrays)  # a pickled object array inside the npz
     with pytest.raises(ArtifactError):
+        artifact.load(v)
+
+
+def test_serving_rules_travel_with_the_model(tmp_path):
+    rules = ServingRules(abandoned_cart_score=5.0, touch_recency_days=2.0)
+    assert artifact.load(_publish(tmp_path, serving=rules)).manifest.serving == rules
+
+
+def test_a_manifest_without_serving_rules_loads_with_the_defaults(tmp_path):
+    v = _publish(tmp_path, serving=ServingRules(browsed_score=9.0))
+    raw = msgspec.json.decode((v / artifact.MANIFEST).read_bytes())
+    del raw["serving"]
+    (v / artifact.MANIFEST).write_bytes(msgspec.json.encode(raw))
+    assert artifact.load(v).manifest.serving == DEFAULT_SERVING
+
+
+def test_invalid_serving_rules_are_refused(tmp_path):
+    v = _publish(tmp_path)
+    raw = msgspec.json.decode((v / artifact.MANIFEST).read_bytes())
+    raw["serving"]["touch_recency_days"] = 0
+    (v / artifact.MANIFEST).write_bytes(msgspec.json.encode(raw))
+    with pytest.raises(ArtifactError, match="touch_recency_days must be > 0"):
         artifact.load(v)

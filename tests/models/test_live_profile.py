@@ -14,6 +14,7 @@ from models.blend import sparse_features
 from models.domain import DAY, EVENT_TYPES, Event
 from models.live_profile import LiveProfile, best_anchors, gather_rows
 from models.profiles import profile_from_events
+from models.serving_rules import DEFAULT_SERVING, ServingRules
 from models.sources import ItemTables
 from models.weights import EventWeights
 
@@ -49,9 +50,23 @@ event_rows = st.lists(
 )
 
 
+# the recency windows of the blend features: training and serving read them from the same rules
+windows = st.sampled_from(
+    [
+        DEFAULT_SERVING,
+        ServingRules(
+            bought_recency_days=3.0,
+            touch_recency_days=0.5,
+            complement_recency_days=9.0,
+            similar_recency_days=2.0,
+        ),
+    ]
+)
+
+
 @settings(max_examples=150, deadline=None)
-@given(event_rows, st.integers(0, 3), st.lists(st.integers(0, N - 1), max_size=4))
-def test_features_match_the_batch_profile(rows, seed, cart) -> None:
+@given(event_rows, st.integers(0, 3), st.lists(st.integers(0, N - 1), max_size=4), windows)
+def test_features_match_the_batch_profile(rows, seed, cart, rules) -> None:
     now = 30 * DAY
     events = [Event(visitor_id="v", item_id=str(i), event=e, timestamp=t) for i, e, t in rows]
     events = sorted(events, key=lambda e: e.timestamp)
@@ -78,8 +93,8 @@ def test_features_match_the_batch_profile(rows, seed, cart) -> None:
     # then with the store's cart replacing it, as the recommender does
     prof = replace(prof, cart=prof_cart)
     live = live.with_cart(cart_ids)
-    want = {j: m.toarray()[0] for j, m in sparse_features(tables, prof)}
-    got = {j: _dense(idx, vals) for j, idx, vals in live.features(tables)}
+    want = {j: m.toarray()[0] for j, m in sparse_features(tables, prof, rules)}
+    got = {j: _dense(idx, vals) for j, idx, vals in live.features(tables, rules)}
     assert want.keys() == got.keys()
     for j, dense in want.items():
         assert np.allclose(got[j], dense, atol=1e-6), j
@@ -109,8 +124,8 @@ def test_empty_profile_has_no_features() -> None:
         np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0), 10.0, EventWeights().vector()
     )
     assert live.is_new
-    assert live.features(_tables(0)) == []
-    assert [j for j, _, _ in live.with_cart(np.array([3])).features(_tables(0))]
+    assert live.features(_tables(0), DEFAULT_SERVING) == []
+    assert [j for j, _, _ in live.with_cart(np.array([3])).features(_tables(0), DEFAULT_SERVING)]
 
 
 @pytest.mark.parametrize("seed", range(5))

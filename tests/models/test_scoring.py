@@ -11,6 +11,7 @@ from models.factors import FactorModel
 from models.live_profile import LiveProfile
 from models.profiles import profile_from_events
 from models.scoring import StageScorer, top_k
+from models.serving_rules import ServingRules
 from models.sources import ItemTables
 from models.weights import EventWeights
 
@@ -60,7 +61,9 @@ def _scorer(rng: np.random.Generator, n: int = 40, d: int = 6) -> StageScorer:
         known=np.ones(n, bool),
     )
     weights = rng.normal(size=(len(STAGES), N_FEATURES)).astype(np.float32)
-    return StageScorer(factors, tables, weights)
+    # windows other than the defaults: the batch and the one-visitor paths must both read the scorer's
+    rules = ServingRules(bought_recency_days=4.0, touch_recency_days=1.5, similar_recency_days=3.0)
+    return StageScorer(factors, tables, weights, rules)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -91,7 +94,7 @@ def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
     batch, which = scorer.score(prof, np.array([stage], np.int8), uf)
     rep = scorer.visitor_repr((uf.indices.astype(np.int64), uf.data))
     one = scorer.score_items(
-        None, rep, (uf.indices, uf.data), stage, live.features(scorer.tables), live.is_new
+        None, rep, (uf.indices, uf.data), stage, live.features(scorer.tables, scorer.rules), live.is_new
     )
     assert np.allclose(one.score, batch[0], atol=1e-4)
     items = np.argsort(-one.score)[:10]
@@ -104,7 +107,7 @@ def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
     # a subset of the items gets exactly the scores the full pass gives them
     subset = np.sort(rng.choice(40, 13, replace=False)).astype(np.int64)
     part = scorer.score_items(
-        subset, rep, (uf.indices, uf.data), stage, live.features(scorer.tables), live.is_new
+        subset, rep, (uf.indices, uf.data), stage, live.features(scorer.tables, scorer.rules), live.is_new
     )
     assert np.allclose(part.score, one.score[subset], atol=1e-5)
     assert np.array_equal(part.dominant_feature(np.arange(13)), one.dominant_feature(subset))

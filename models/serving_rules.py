@@ -1,0 +1,69 @@
+"""Constants of the blend features and of the request path, named once and stored with every model.
+
+``ServingRules`` travels in the model manifest as ``JourneyRules`` does: training computes the blend
+features with the manifest's windows and serving reads the same values back, so the two cannot drift.
+A manifest written without it loads with the defaults below.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
+    """Defaults are the documented ones.
+
+    Feature windows (training's ``blend.sparse_features`` and serving's ``LiveProfile.features``):
+    bought_recency_days          bought_recency is exp(-days since the last purchase / this) (30)
+    touch_recency_days           touch_recency is exp(-days since the last event on the item / this) (7)
+    complement_recency_days      a bought item anchors complements with weight exp(-age / this) (60)
+    similar_recency_days         a touched item anchors similar items with weight exp(-age / this) (30)
+
+    Request path:
+    context_weight               weight of the page's anchors (product on screen, cart) added to the
+                                 blended score (1.0)
+    anchor_threshold             an item the page's anchors relate to by more than this (values in [0, 1])
+                                 is reported as similar or complement (0.2)
+    recent_for_cold              a visitor the model never saw is represented by the mean of their latest
+                                 this many items (10)
+    content_category_bonus       content in the categories of the visitor's latest events (2.0)
+    content_stage_bonus          content serving only some stages, over content for every stage (0.5)
+    similar_embedding_weight     item-to-item: weight of the embedding cosine next to co-occurrence, for
+    complement_embedding_weight  similar items (0.3) and complements (0.05)
+    abandoned_cart_score         retargeting: score of an item left in the cart (3.0)
+    browsed_score                retargeting: score of a browsed item (2.0)
+    fallback_trending_weight     the fallback's crowd score: log popularity + this x log trending (0.5)
+    trending_share               the fallback reports an item as trending when its trending score
+                                 reaches this share of the highest one (0.1)
+    """
+
+    bought_recency_days: float = 30.0
+    touch_recency_days: float = 7.0
+    complement_recency_days: float = 60.0
+    similar_recency_days: float = 30.0
+    context_weight: float = 1.0
+    anchor_threshold: float = 0.2
+    recent_for_cold: int = 10
+    content_category_bonus: float = 2.0
+    content_stage_bonus: float = 0.5
+    similar_embedding_weight: float = 0.3
+    complement_embedding_weight: float = 0.05
+    abandoned_cart_score: float = 3.0
+    browsed_score: float = 2.0
+    fallback_trending_weight: float = 0.5
+    trending_share: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in (
+            "bought_recency_days",
+            "touch_recency_days",
+            "complement_recency_days",
+            "similar_recency_days",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServingRules.{name} must be > 0, got {getattr(self, name)}")
+        if self.recent_for_cold < 1:
+            raise ValueError(f"ServingRules.recent_for_cold must be >= 1, got {self.recent_for_cold}")
+
+
+DEFAULT_SERVING = ServingRules()
