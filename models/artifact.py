@@ -227,8 +227,22 @@ def read_manifest(directory: Path) -> Manifest:
 
 
 def load(directory: Path) -> ModelBundle:
-    """Load and verify a model version directory (or a models dir with a ``latest`` pointer)."""
-    directory = resolve_latest(Path(directory))
+    """Load and verify a model version directory (or a models dir with a ``latest`` pointer).
+
+    Any failure while reading or checking the version is a refusal: ArtifactError naming the directory and
+    the reason (a zip damaged inside ``arrays.npz``, an unreadable file, arrays that do not fit together),
+    never another exception, so a caller that keeps serving an older version needs to handle one error.
+    """
+    path = Path(directory)
+    try:
+        return _load(resolve_latest(path))
+    except ArtifactError:
+        raise
+    except Exception as e:  # every failure while reading a version refuses it
+        raise ArtifactError(f"{path}: cannot read the model: {type(e).__name__}: {e}") from e
+
+
+def _load(directory: Path) -> ModelBundle:
     manifest = read_manifest(directory)
     for name, entry in manifest.files.items():
         p = directory / name
@@ -242,11 +256,14 @@ def load(directory: Path) -> ModelBundle:
     try:
         with np.load(directory / ARRAYS, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile.BadZipFile, a bad .npy header, a pickled array...
+        raise ArtifactError(f"{directory / ARRAYS}: cannot read the arrays: {type(e).__name__}: {e}") from e
+    try:
         catalog = msgspec.json.decode((directory / CATALOG).read_bytes(), type=list[CatalogItem])
         user_vocab = msgspec.json.decode((directory / USER_VOCAB).read_bytes(), type=Vocabulary)
         item_vocab = msgspec.json.decode((directory / ITEM_VOCAB).read_bytes(), type=Vocabulary)
-    except (ValueError, OSError, msgspec.DecodeError) as e:
-        raise ArtifactError(f"{directory}: cannot read model files: {e}") from None
+    except Exception as e:  # invalid JSON or UTF-8, a wrong type, an unreadable file
+        raise ArtifactError(f"{directory}: cannot read the id maps: {type(e).__name__}: {e}") from e
     if set(arrays) != set(manifest.shapes):
         odd = sorted(set(arrays) ^ set(manifest.shapes))
         raise ArtifactError(f"{directory / ARRAYS}: arrays {odd} differ from the manifest")

@@ -8,7 +8,6 @@ Every JSON body's nesting depth is checked before msgspec decodes it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -24,7 +23,6 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import Middleware
 
 from models.errors import ArtifactError
-from service import metrics
 from service.api.deps import Services
 from service.api.events import EventsController
 from service.api.export import ExportController
@@ -34,6 +32,7 @@ from service.api.model_versions import ModelsController
 from service.api.visitors import VisitorsController
 from service.auth import API_KEY_HEADER, Authenticator, check_auth_configured
 from service.errors import EXCEPTION_HANDLERS
+from service.followers import Followers, every
 from service.json_guard import check_json_depth
 from service.model_holder import ModelHolder
 from service.openapi_body import keep_event_components
@@ -81,43 +80,29 @@ def create_app(
     holder = model_holder if model_holder is not None else ModelHolder(settings.models_path)
     services = Services(settings=settings, store=the_store, holder=holder)
 
+    followers = Followers()
+
     async def load_model_on_startup() -> None:
         if holder.current is not None or holder.models_dir is None:
             return
         try:
             await holder.reload()
-            if holder.loaded_at is not None:
-                metrics.MODEL_LOADED.set(holder.loaded_at)
         except ArtifactError:
             # serve anyway (the holder logged why): /health/ready says 503 until a model is reloaded
             log.warning("serving without a model until one is published and POST /v1/models/reload")
 
-    async def follow_latest() -> None:
-        """Load ``latest`` whenever it moves (every worker; POST /v1/models/reload reaches only one)."""
-        while True:
-            await asyncio.sleep(settings.model_poll_seconds)
-            try:
-                result = await holder.reload_if_changed()
-            except ArtifactError:
-                metrics.count_reload(None, None)  # logged by the holder; the old model serves
-                continue
-            except OSError as e:
-                log.warning("checking the models directory for a new version failed: %s", e)
-                continue
-            if result is not None:
-                metrics.count_reload(result.changed, holder.loaded_at)
+    async def check_latest() -> None:
+        """Load ``latest`` if it moved (every worker; POST /v1/models/reload reaches only one)."""
+        try:
+            await holder.reload_if_changed()
+        except ArtifactError:
+            pass  # refused: logged, counted and recorded by the holder; the old model serves
+        except OSError as e:
+            log.warning("checking the models directory for a new version failed: %s", e)
 
-    poller: list[asyncio.Task[None]] = []
-
-    async def start_polling() -> None:
+    async def start_followers() -> None:
         if settings.model_poll_seconds > 0 and holder.models_dir is not None:
-            poller.append(asyncio.create_task(follow_latest(), name="journeyrec-follow-latest"))
-
-    async def stop_polling() -> None:
-        for task in poller:
-            task.cancel()
-        await asyncio.gather(*poller, return_exceptions=True)
-        poller.clear()
+            followers.start("follow-latest", every(settings.model_poll_seconds, check_latest))
 
     async def close_store() -> None:
         if owns_store:
@@ -179,8 +164,8 @@ def create_app(
         request_max_body_size=SMALL_BODY_BYTES,
         openapi_config=openapi,
         state=State({"settings": settings}),
-        on_startup=[load_model_on_startup, start_polling],
-        on_shutdown=[stop_polling, close_store],
+        on_startup=[load_model_on_startup, start_followers],
+        on_shutdown=[followers.stop, close_store],
         stores=stores,
         logging_config=LoggingConfig(
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},

@@ -14,6 +14,9 @@ RECOMMENDATIONS = Counter(
 )
 STORE_ERRORS = Counter("journeyrec_store_unavailable_total", "Requests that found the store unreachable")
 MODEL_RELOADS = Counter("journeyrec_model_reloads_total", "Model reload attempts", ["outcome"])
+BACKGROUND_RESTARTS = Counter(
+    "journeyrec_background_restarts_total", "Background tasks restarted after they failed", ["task"]
+)
 MODEL_LOADED = Gauge(
     "journeyrec_model_loaded_timestamp_seconds",
     "When the live model was loaded (POSIX s); one series per worker process with several workers",

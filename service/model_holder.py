@@ -10,6 +10,10 @@ Every worker process has its own holder: ``POST /v1/models/reload`` reaches one 
 through ``reload_if_changed``, which the app calls every ``model_poll_seconds`` (a stat of the ``latest``
 link); a refused artifact is not tried again until ``latest`` points somewhere else or the refused
 directory's files change (an artifact repaired in place is picked up by the next poll).
+
+Any failure while reading a version is a refusal (``ArtifactError``), whatever the loader raised: it is
+logged, counted (``journeyrec_model_reloads_total{outcome="refused"}``, here and nowhere else) and kept
+as ``last_refusal`` for ``GET /v1/models`` and the readiness detail.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import msgspec
 from models.artifact import list_versions, resolve_latest
 from models.errors import ArtifactError
 from models.recommender import Recommender
+from service import metrics
 from service.errors import NotReadyError
+from service.schemas import Refusal
 
 log = logging.getLogger("journeyrec.service")
 
@@ -62,6 +68,7 @@ class ModelHolder:
         self._lock = asyncio.Lock()
         self.loaded_at: float | None = None
         self.last_error: str | None = None
+        self.last_refusal: Refusal | None = None
         # a bad artifact ``reload_if_changed`` will not retry while its files stay as they were
         self._refused: tuple[Path, Fingerprint] | None = None
 
@@ -109,18 +116,17 @@ class ModelHolder:
             try:
                 target = (await asyncio.to_thread(resolve_latest, models_dir)).resolve()
                 if previous is not None and target == self._current_dir:
+                    metrics.count_reload(False, None)
                     return ReloadResult(previous.version, previous.version, False, str(target))
                 # taken before loading: a repair that lands during the load is then still seen as a change
                 seen = await asyncio.to_thread(fingerprint, target)
                 # hashing + loading arrays is CPU/disk work: off the event loop, beside the live model
                 model = await asyncio.to_thread(self._loader, target)
-            except ArtifactError as e:
-                self.last_error = str(e)
-                if target is not None:
-                    self._refused = (target, seen)
+            except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
+                reason = str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
+                self._refuse(target, seen, reason, unexpected=not isinstance(e, ArtifactError))
                 kept = f"; still serving {previous.version}" if previous is not None else ""
-                log.error("model reload refused: %s%s", e, kept)  # noqa: TRY400 (no traceback needed)
-                raise ArtifactError(f"reload refused: {e}{kept}") from None
+                raise ArtifactError(f"reload refused: {reason}{kept}") from None
             # one reference assignment: requests already running keep the object they read
             self._current = model
             self._current_dir = target
@@ -128,7 +134,29 @@ class ModelHolder:
             self.last_error = None
             old = previous.version if previous is not None else None
             log.info("model %s loaded from %s (previous: %s)", model.version, target, old)
+            metrics.count_reload(model.version != old, self.loaded_at)
             return ReloadResult(model.version, old, model.version != old, str(target))
+
+    def _refuse(self, target: Path | None, seen: Fingerprint, reason: str, *, unexpected: bool) -> None:
+        """Record, log and count a refused version (the live model, if any, keeps serving)."""
+        self.last_error = reason
+        if target is not None:
+            self._refused = (target, seen)
+            self.last_refusal = Refusal(target.name, reason, time.time())
+        metrics.count_reload(None, None)
+        live = self._current
+        kept = f"; still serving {live.version}" if live is not None else ""
+        if unexpected:
+            log.error("model reload refused: %s%s", reason, kept, exc_info=True)
+        else:
+            log.error("model reload refused: %s%s", reason, kept)
+
+    def refusal_pending(self) -> Refusal | None:
+        """The last refusal if it came after the live model was loaded (this worker is behind), else None."""
+        refusal = self.last_refusal
+        if refusal is None or (self.loaded_at is not None and refusal.at < self.loaded_at):
+            return None
+        return refusal
 
     async def reload_if_changed(self) -> ReloadResult | None:
         """Reload when ``latest`` names another version than the live one (and not one already refused, unless

@@ -197,11 +197,23 @@ class ModelInfo(msgspec.Struct, frozen=True):
     manifest: dict[str, Any]
 
 
+class Refusal(msgspec.Struct, frozen=True):
+    """A model version that was refused: its directory name, why, and when (POSIX seconds)."""
+
+    version: str
+    reason: str
+    at: float
+
+
 class ModelsOut(msgspec.Struct, frozen=True):
+    """``last_error``: why the last reload failed (None once a reload succeeds); ``last_refused``: the last
+    version this worker refused, kept after later versions load."""
+
     live: ModelInfo | None
     latest: str | None
     versions: list[str]
     last_error: str | None
+    last_refused: Refusal | None = None
 
 
 class ReloadOut(msgspec.Struct, frozen=True):

@@ -22,7 +22,12 @@ class HealthController(Controller):
     async def live(self) -> HealthOut:
         return HealthOut(status="ok")
 
-    @get("/ready", summary="Readiness: 503 until a model is loaded and the store answers", cache=False)
+    @get(
+        "/ready",
+        summary="Readiness: 503 until a model is loaded and the store answers",
+        description="`detail` says what is missing, and names a newer version this worker refused.",
+        cache=False,
+    )
     async def ready(self, svc: NamedDependency[Services]) -> Response[HealthOut]:
         model = svc.holder.current
         try:
@@ -38,10 +43,15 @@ class HealthController(Controller):
             ),
             *([] if store_ok else ["store does not answer"]),
         ]
+        notes = list(problems)
+        refusal = svc.holder.refusal_pending()
+        if refusal is not None and model is not None:
+            # still ready (the live model serves) but behind `latest`: say why
+            notes.append(f"version {refusal.version} refused: {refusal.reason}; serving {model.version}")
         body = HealthOut(
             status="ready" if not problems else "not_ready",
             model_version=version,
             store="ok" if store_ok else "unavailable",
-            detail="; ".join(problems) or None,
+            detail="; ".join(notes) or None,
         )
         return Response(body, status_code=HTTP_200_OK if not problems else HTTP_503_SERVICE_UNAVAILABLE)

@@ -7,8 +7,6 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK
 
-from models.errors import ArtifactError
-from service import metrics
 from service.api.deps import Services
 from service.auth import Scope, scopes
 from service.schemas import ModelInfo, ModelsOut, ReloadOut
@@ -28,7 +26,11 @@ class ModelsController(Controller):
             else None
         )
         return ModelsOut(
-            live=live, latest=holder.latest_name(), versions=holder.versions(), last_error=holder.last_error
+            live=live,
+            latest=holder.latest_name(),
+            versions=holder.versions(),
+            last_error=holder.last_error,
+            last_refused=holder.last_refusal,
         )
 
     @post(
@@ -39,10 +41,5 @@ class ModelsController(Controller):
         description="A bad artifact is refused (422) and the live model keeps serving.",
     )
     async def reload(self, svc: NamedDependency[Services]) -> ReloadOut:
-        try:
-            result = await svc.holder.reload()
-        except ArtifactError:
-            metrics.count_reload(None, None)
-            raise
-        metrics.count_reload(result.changed, svc.holder.loaded_at)
+        result = await svc.holder.reload()  # refused: ArtifactError (422), counted by the holder
         return ReloadOut(result.version, result.previous, result.changed)

@@ -16,6 +16,7 @@ from models.journey import DEFAULT_RULES
 from models.serving_rules import DEFAULT_SERVING, ServingRules
 from models.sources import ItemTables
 from models.weights import EventWeights
+from tests.artifact_faults import corrupt_inside_npz, rehash
 
 
 def _publish(root: Path, seed: int = 0, serving: ServingRules = DEFAULT_SERVING) -> Path:
@@ -152,4 +153,38 @@ def test_invalid_serving_rules_are_refused(tmp_path):
     raw["serving"]["touch_recency_days"] = 0
     (v / artifact.MANIFEST).write_bytes(msgspec.json.encode(raw))
     with pytest.raises(ArtifactError, match="touch_recency_days must be > 0"):
+        artifact.load(v)
+
+
+def test_damage_inside_the_npz_with_a_matching_hash_is_refused(tmp_path):
+    v = _publish(tmp_path)
+    corrupt_inside_npz(v)
+    with pytest.raises(ArtifactError, match=r"arrays\.npz: cannot read the arrays: BadZipFile: Bad CRC-32"):
+        artifact.load(v)
+
+
+@pytest.mark.parametrize(
+    ("name", "blob", "reason"),
+    [
+        (artifact.ARRAYS, b"PK\x03\x04 not a zip at all", "cannot read the arrays"),
+        (artifact.CATALOG, b'[{"item_id": "i\xff"}]', "UnicodeDecodeError"),
+        (artifact.USER_VOCAB, b"[1, 2]", "cannot read the id maps"),
+    ],
+)
+def test_any_failure_reading_a_version_is_a_refusal(tmp_path, name, blob, reason):
+    v = _publish(tmp_path)
+    (v / name).write_bytes(blob)
+    rehash(v, name)
+    with pytest.raises(ArtifactError, match=reason):
+        artifact.load(v)
+
+
+def test_an_unexpected_error_while_loading_is_a_refusal_naming_it(tmp_path, monkeypatch):
+    v = _publish(tmp_path)
+
+    def broken(*_a, **_k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(artifact, "_assemble", broken)
+    with pytest.raises(ArtifactError, match="cannot read the model: RuntimeError: disk on fire"):
         artifact.load(v)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ import httpx
 import pytest
 import redis
 
+from models.artifact import LATEST, resolve_latest
+from tests.artifact_faults import corrupt_inside_npz
 from tests.service import api_fixtures
 from tests.service.api_fixtures import (
     ADMIN_KEY,
@@ -107,15 +109,15 @@ class Server:
             time.sleep(0.1)
         raise AssertionError("server did not come up")
 
-    def stop(self) -> None:
+    def stop(self) -> str:
+        """Stop the server; returns what it wrote to stderr."""
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=15)
+            _out, err = self.proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+            _out, err = self.proc.communicate()
+        return err.decode(errors="replace") if err else ""
 
 
 @pytest.fixture(scope="module")
@@ -362,3 +364,51 @@ def test_rate_limit_counts_a_client_across_workers(models_dir: Path, prefix: str
         assert codes == [200] * 5 + [429] * 3, codes
     finally:
         server.stop()
+
+
+def test_every_worker_refuses_a_damaged_version_and_adopts_the_next(
+    models_dir: Path, prefix: str, tmp_path: Path
+) -> None:
+    """A version damaged inside its npz (its manifest re-hashed to match) is refused by both workers, with
+    the reason logged and shown; the next good version still reaches both."""
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models, symlinks=True)
+    server = Server(models, REDIS_URL, prefix, workers=2, env_extra={"JOURNEYREC_MODEL_POLL_SECONDS": "0.2"})
+    try:
+        server.wait_live().close()
+        live = resolve_latest(models)
+        bad = models / (live.name + "-zipdamage")
+        shutil.copytree(live, bad)
+        corrupt_inside_npz(bad)
+        link = models / ".latest-e2e"
+        os.symlink(bad.name, link)
+        os.replace(link, models / LATEST)
+
+        refused = _until_both_workers(server, lambda m: (m["last_refused"] or {}).get("version") == bad.name)
+        assert all("BadZipFile" in m["last_refused"]["reason"] for m in refused.values())
+        assert all(m["live"]["version"] == live.name for m in refused.values())
+        ready = _fresh_get(server, "/health/ready")
+        assert ready.status_code == 200
+        assert f"version {bad.name} refused" in ready.json()["detail"]
+
+        good = train_storefront_model(models, seed=23).name
+        _until_both_workers(server, lambda m: m["live"]["version"] == good)
+    finally:
+        log = server.stop()
+    refusals = [line for line in log.splitlines() if "model reload refused" in line and "Bad CRC-32" in line]
+    assert len(refusals) >= 2, log  # one per worker
+
+
+def _until_both_workers(server: Server, ok: Callable[[dict[str, Any]], bool]) -> dict[float, dict[str, Any]]:
+    """``GET /v1/models`` on new connections until two workers (told apart by when each loaded its live
+    model) answered ``ok``; returns their answers by worker."""
+    seen: dict[float, dict[str, Any]] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        body = _fresh_get(server, "/v1/models").json()
+        if ok(body):
+            seen[body["live"]["loaded_at"]] = body
+        if len(seen) >= 2:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"not every worker got there: {seen}")

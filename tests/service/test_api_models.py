@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ from models.artifact import ARRAYS, LATEST, resolve_latest
 from models.errors import ArtifactError
 from models.recommender import Recommender
 from service.app import create_app
-from service.model_holder import ModelHolder
+from service.model_holder import ModelHolder, ReloadResult
+from tests.artifact_faults import corrupt_inside_npz
 from tests.service import api_fixtures
 from tests.service.api_fixtures import (
     H_ADMIN,
@@ -199,3 +202,126 @@ async def test_every_app_follows_latest_without_a_reload_request(
         assert r.json()["model_version"] == new_dir.name
         metrics = (await c.get("/metrics")).text
         assert 'journeyrec_model_reloads_total{outcome="changed"}' in metrics
+
+
+def _damaged_copy(models: Path) -> str:
+    """A copy of the live version damaged inside its npz (its manifest re-hashed), published as ``latest``."""
+    live = resolve_latest(models)
+    bad = models / (live.name + "-zipdamage")
+    shutil.copytree(live, bad)
+    corrupt_inside_npz(bad)
+    _point_latest(models, bad.name)
+    return bad.name
+
+
+def _refused_count(metrics_text: str) -> float:
+    line = 'journeyrec_model_reloads_total{outcome="refused"} '
+    return sum(float(x[len(line) :]) for x in metrics_text.splitlines() if x.startswith(line))
+
+
+def test_manual_reload_of_a_version_damaged_inside_its_npz_is_refused(
+    own_models: Path, recommender: Recommender
+) -> None:
+    with TestClient(make_app(own_models, recommender), raise_server_exceptions=False) as c:
+        bad = _damaged_copy(own_models)
+        r = c.post("/v1/models/reload", headers=H_ADMIN)
+        assert r.status_code == 422, r.text
+        assert "BadZipFile: Bad CRC-32" in r.json()["detail"]
+        refused = c.get("/v1/models", headers=H_READ).json()["last_refused"]
+        assert refused["version"] == bad
+        assert "BadZipFile" in refused["reason"]
+
+
+class _Records(logging.Handler):
+    """Keeps the records of one logger (the app's logging config routes the root logger through a queue,
+    out of reach of pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def service_log() -> Iterator[_Records]:
+    handler = _Records()
+    logger = logging.getLogger("journeyrec.service")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+async def test_the_follower_refuses_a_damaged_version_and_adopts_the_next_good_one(
+    own_models: Path, recommender: Recommender, service_log: _Records
+) -> None:
+    holder = ModelHolder.with_model(recommender, own_models)
+    settings = api_settings(models_dir=str(own_models), model_poll_seconds=0.02)
+    app = create_app(settings, store=memory_store(), model_holder=holder)
+    async with AsyncTestClient(app) as c:
+        refused_before = _refused_count((await c.get("/metrics")).text)
+        bad = _damaged_copy(own_models)
+        for _ in range(500):
+            if holder.last_refusal is not None:
+                break
+            await asyncio.sleep(0.02)
+        models = (await c.get("/v1/models", headers=H_READ)).json()
+        assert models["last_refused"]["version"] == bad
+        assert "Bad CRC-32" in models["last_refused"]["reason"]
+        assert models["live"]["version"] == recommender.version
+        ready = await c.get("/health/ready")
+        assert ready.status_code == 200  # the old model serves
+        assert f"version {bad} refused" in ready.json()["detail"]
+        assert _refused_count((await c.get("/metrics")).text) == refused_before + 1
+        assert any(
+            r.levelname == "ERROR" and "refused" in r.getMessage() and "Bad CRC-32" in r.getMessage()
+            for r in service_log.records
+        )
+        good = train_storefront_model(own_models, seed=15)  # `latest` moves on to a good version
+        for _ in range(500):
+            if holder.require().version == good.name:
+                break
+            await asyncio.sleep(0.02)
+        assert holder.require().version == good.name
+        ready = await c.get("/health/ready")
+        assert ready.status_code == 200
+        assert "detail" not in ready.json()  # caught up: nothing refused since the live model loaded
+        assert (await c.get("/v1/models", headers=H_READ)).json()["last_refused"]["version"] == bad
+
+
+async def test_any_loader_failure_is_a_refusal(own_models: Path, recommender: Recommender) -> None:
+    def broken(_directory: Path) -> Recommender:
+        raise MemoryError("no room for the arrays")
+
+    holder = ModelHolder(own_models, loader=broken)
+    with pytest.raises(ArtifactError, match="MemoryError: no room for the arrays"):
+        await holder.reload_if_changed()
+    assert holder.last_refusal is not None
+    assert holder.last_refusal.version == resolve_latest(own_models).name
+    assert await holder.reload_if_changed() is None  # refused: not tried again while unchanged
+
+
+async def test_the_latest_follower_is_restarted_when_it_fails(
+    own_models: Path, recommender: Recommender, service_log: _Records
+) -> None:
+    holder = ModelHolder.with_model(recommender, own_models)
+    real = holder.reload_if_changed
+    failures = [RuntimeError("unexpected bug in a poll")]
+
+    async def flaky() -> ReloadResult | None:
+        if failures:
+            raise failures.pop()
+        return await real()
+
+    holder.reload_if_changed = flaky  # type: ignore[method-assign]
+    settings = api_settings(models_dir=str(own_models), model_poll_seconds=0.02)
+    app = create_app(settings, store=memory_store(), model_holder=holder)
+    async with AsyncTestClient(app):
+        good = train_storefront_model(own_models, seed=16)
+        for _ in range(500):
+            if holder.require().version == good.name:
+                break
+            await asyncio.sleep(0.02)
+        assert holder.require().version == good.name
+        assert any("follow-latest failed" in r.getMessage() for r in service_log.records)
