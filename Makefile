@@ -11,7 +11,7 @@ DEMO := demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test lint typecheck check run demo-model bench eval clean
+.PHONY: install test lint typecheck check run demo-model bench eval readme readme-example clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -49,7 +49,8 @@ run: demo-model
 	@echo "try: curl -s 'http://$(HOST):$(PORT)/v1/visitors/demo-visitor/recommendations?k=5&placement=home'"
 	$(BIN)/journeyrec serve --models $(DEMO)/models --host $(HOST) --port $(PORT) --insecure-no-auth
 
-# Offline evaluations 1-3 of the training issue; JSON + HTML reports under reports/ (git-ignored).
+# Offline evaluations on public and simulated data; JSON + HTML reports under reports/ (git-ignored), the
+# JSON also rendered into the README's table.
 eval: $(STAMP)
 	mkdir -p reports
 	$(BIN)/journeyrec evaluate --preset uci-online-retail --events $(DATA)/uci-online-retail/by-day \
@@ -60,13 +61,25 @@ eval: $(STAMP)
 	$(BIN)/journeyrec simulate --out reports/sim --visitors 20000 --seed 1
 	$(BIN)/journeyrec evaluate --events reports/sim/events.csv --catalog reports/sim/catalog.csv \
 		--split-at $(SIM_SPLIT) --k 10 --json reports/simulated.json --report reports/simulated.html
+	$(BIN)/python -m scripts.readme
 
+# Both benchmarks write their figures to reports/bench.json, which the README's table is generated from.
 # The service benchmark loads the server with wrk (Debian's package; installed here when apt-get may run,
 # else the script falls back to a slower Python load generator and says so).
 bench: $(STAMP)
 	command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || echo "wrk not installed: using httpx"
-	$(BIN)/python scripts/bench_train.py --visitors 20000 --threads 2
-	$(BIN)/python scripts/bench_service.py
+	$(BIN)/python -m scripts.bench_train --visitors 20000 --threads 2
+	$(BIN)/python -m scripts.bench_service
+	$(BIN)/python -m scripts.readme
+
+# README.md's generated regions: routes and scopes, settings, and the latest bench / eval figures
+# (reports/*.json; kept as they are when absent). `make test` fails when routes or settings are stale.
+readme: $(STAMP)
+	$(BIN)/python -m scripts.readme
+
+# ... and the example event and recommendation answer, from a real call against the demo model
+readme-example: demo-model
+	$(BIN)/python -m scripts.readme --examples $(DEMO)/models
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports

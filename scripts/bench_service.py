@@ -1,12 +1,14 @@
 """Benchmark: the HTTP service on a 100k-item catalog (figures to read, not a timed test).
 
-Usage: python scripts/bench_service.py [--visitors 20000] [--items 100000] [--epochs 5]
+Usage: python -m scripts.bench_service [--visitors 20000] [--items 100000] [--epochs 5]
+                                      [--report reports/bench.json]
 
 One run: simulate a catalog and train a model on it; start ``journeyrec serve`` (2 workers, Redis db 14,
 a unique key prefix); ingest events for warm visitors; time recommendations sequentially (p50/p99) and at
 saturation (wrk if installed, else an asyncio httpx load generator); time the naive LightFM ``predict`` path
 against the service's vectorised ``Recommender.recommend`` in-process; stop the server, delete the prefix's
-keys and print a summary table with each figure and its target.
+keys and print a summary table with each figure and its target. The figures go to the report's ``service``
+section (``scripts/bench_report.py``), which the README's benchmark table is generated from.
 
 The load generator shares the machine's cores with the server (and with anything else running), so the
 saturation figure is a lower bound for the server alone.
@@ -40,6 +42,7 @@ from models.domain import Event, EventType, ItemKind
 from models.recommender import Recommender
 from models.request import Filters, VisitorContext
 from models.scoring import StageScorer
+from scripts.bench_report import BENCH_JSON, ServiceFigures, record
 from training.loaders import load_events
 from training.pipeline import config_for, train_and_publish
 from training.simulate import SimulationConfig, write_simulation
@@ -47,6 +50,7 @@ from training.simulate import SimulationConfig, write_simulation
 API_KEY = "benchkey-0123456789abcdef"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 2
 
 
 def free_port() -> int:
@@ -126,7 +130,7 @@ def start_server(models: Path, port: int, prefix: str, log: Path) -> subprocess.
         "--port",
         str(port),
         "--workers",
-        "2",
+        str(WORKERS),
     ]
     fh = log.open("wb")
     return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
@@ -397,6 +401,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--naive-calls", type=int, default=300)
+    ap.add_argument("--report", type=Path, default=BENCH_JSON, help="JSON file the figures are written to")
     ap.add_argument("--no-wrk", action="store_true", help="use the httpx load generator even if wrk exists")
     ap.add_argument(
         "--workdir", type=Path, help="keep the simulation and model here and reuse them on the next run"
@@ -435,6 +440,7 @@ def main() -> None:
         events = make_events(warm, products, args.events_per_visitor, args.seed)
         bodies = batches(events, args.batch, args.seed)
         n_events = sum(len(v) for v in events.values())
+        n_items = log.n_items
         del log
 
         prefix = f"bench-{os.getpid()}-{secrets.token_hex(4)}"
@@ -443,9 +449,14 @@ def main() -> None:
         server_log = root / "server.log"
         proc = start_server(work / "models", port, prefix, server_log)
         res: dict[str, float] = {}
+        latency_client, saturation_client = "httpx client, one connection", ""
         try:
             ready = wait_ready(base, proc, server_log)
-            print(f"server: 2 workers on {base}, ready in {ready:.1f} s, redis prefix {prefix}", flush=True)
+            res["ready"] = ready
+            print(
+                f"server: {WORKERS} workers on {base}, ready in {ready:.1f} s, redis prefix {prefix}",
+                flush=True,
+            )
 
             secs, accepted = asyncio.run(ingest(base, bodies, args.ingest_concurrency))
             res["ingest"] = n_events / secs
@@ -469,6 +480,7 @@ def main() -> None:
                 # the figure of record: wrk's C client adds far less than httpx's Python one
                 w = sequential_wrk(wrk, base, warm, args.duration, root)
                 res["p50"], res["p99"] = w["50"], w["99"]
+                latency_client = "wrk -t1 -c1"
                 print(
                     f"recommend (k=10, concurrency 1, wrk -t1 -c1, {w['n']:,.0f} requests in "
                     f"{args.duration} s): p50 {w['50']:.2f} ms, p90 {w['90']:.2f} ms, p99 {w['99']:.2f} ms",
@@ -479,7 +491,7 @@ def main() -> None:
                 rps, how = saturate_wrk(wrk, base, warm, args.connections, args.duration, root)
             else:
                 rps, how = asyncio.run(saturate_httpx(base, warm, args.connections, args.duration))
-            res["rps"] = rps
+            res["rps"], saturation_client = rps, how
             print(f"saturation: {rps:,.0f} req/s ({how}; generator shares the cores)", flush=True)
         finally:
             stop_server(proc)
@@ -520,6 +532,26 @@ def main() -> None:
         print(f"{name:30s} {val:>10s}  {target:>9s}  {'' if ok is None else ('yes' if ok else 'NO')}")
     load = os.getloadavg()[0]
     print(f"load average at end: {load:.2f} (other processes may share the {os.cpu_count()} cores)")
+    figures = ServiceFigures(
+        items=n_items,
+        workers=WORKERS,
+        ready_s=res["ready"],
+        ingest_events_per_s=res["ingest"],
+        p50_ms=res["p50"],
+        p99_ms=res["p99"],
+        latency_client=latency_client,
+        saturation_rps=res["rps"],
+        saturation_client=saturation_client,
+        score_ms=res["score_vec"],
+        score_predict_ms=res["score_naive"],
+        call_ms=res["call_vec"],
+        call_exhaustive_ms=res["call_exhaustive"],
+        call_predict_ms=res["call_naive"],
+        identical=res["identical"],
+        probes=int(res["probes"]),
+        probe_recall=res["probe_recall"],
+    )
+    record(figures, args.report)
 
 
 if __name__ == "__main__":

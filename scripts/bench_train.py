@@ -1,7 +1,8 @@
 """Benchmark: `journeyrec train` on ~1M simulated interactions (a figure to read, not a timed test).
 
-Usage: python scripts/bench_train.py [--visitors 20000] [--threads 2]
-Prints the time of each phase: simulate, load, train+publish.
+Usage: python -m scripts.bench_train [--visitors 20000] [--threads 2] [--report reports/bench.json]
+Prints the time of each phase (simulate, load, train+publish) and writes them to the report's ``train``
+section (``scripts/bench_report.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from scripts.bench_report import BENCH_JSON, TrainFigures, record
 from training.loaders import load_events
 from training.pipeline import config_for, train_and_publish
 from training.simulate import SimulationConfig, write_simulation
@@ -22,6 +24,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=2_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--report", type=Path, default=BENCH_JSON, help="JSON file the figures are written to")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -53,6 +56,16 @@ def main() -> None:
             print(f"  {name[:60]:60s} {secs:6.1f} s")
     print(f"train+publish {t3 - t2:6.1f} s  (threads={args.threads})")
     print(f"load+train    {t3 - t1:6.1f} s  target <= 60 s on 2 cores")
+    figures = TrainFigures(
+        events=log.n_events,
+        visitors=log.n_visitors,
+        items=log.n_items,
+        threads=args.threads,
+        simulate_s=t1 - t0,
+        load_s=t2 - t1,
+        train_publish_s=t3 - t2,
+    )
+    record(figures, args.report)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from service.followers import Followers, every
 from service.json_guard import check_json_depth
 from service.model_holder import ModelHolder
 from service.openapi_body import keep_event_components
+from service.openapi_docs import document_scopes, reference_assets, reference_page
 from service.process_tuning import tune_worker
 from service.rate_limit import RATE_LIMIT_STORE, SharedRateLimitStore, rate_limit_stores
 from service.settings import Settings, settings_for_worker
@@ -148,6 +149,7 @@ def create_app(
         version=API_VERSION,
         description="Journey-stage-aware recommendations from live visitor state.",
         path="/schema",
+        render_plugins=reference_page(),  # served from the package: works with no internet
         components=Components(
             security_schemes={
                 "ApiKey": SecurityScheme(type="apiKey", name=API_KEY_HEADER, security_scheme_in="header")
@@ -155,7 +157,7 @@ def create_app(
         ),
     )
     config = AppConfig(
-        route_handlers=[api, bulk, HealthController, MetricsController],
+        route_handlers=[api, bulk, HealthController, MetricsController, reference_assets()],
         dependencies={"svc": Provide(provide_services, sync_to_thread=False)},
         guards=[Authenticator(settings.api_keys, enabled=settings.auth_enabled)],
         exception_handlers=dict(EXCEPTION_HANDLERS),
@@ -174,6 +176,7 @@ def create_app(
     )
     app = Litestar.from_config(config)
     keep_event_components(app)
+    document_scopes(app)
     return app
 
 

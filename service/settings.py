@@ -71,35 +71,57 @@ def flag_name(field: str) -> str:
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Everything the service is configured with. Construct through ``load_settings``."""
+    """Everything the service is configured with. Construct through ``load_settings``.
 
+    The comment above each field is its meaning in the README's settings table (``scripts/readme.py``
+    reads it; a field without one fails the README test).
+    """
+
+    # the models directory: published versions and the `latest` pointer (`serve` needs one)
     models_dir: str | None = None
-    redis_url: str | None = None  # None: the embedded in-process store (one process only)
+    # redis://, rediss:// or unix:// URL; unset: the embedded in-process store (one process only)
+    redis_url: str | None = None
+    # `KEY:scope+scope;KEY:scope` with scopes ingest, read, admin and keys of 16+ characters (only their
+    # sha256 digests are kept); the server refuses to start without keys unless auth is switched off
     api_keys: tuple[ApiKey, ...] = ()
+    # serve without API keys: a local demo only
     insecure_no_auth: bool = False
+    # address to bind
     host: str = "127.0.0.1"
+    # port to bind
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    # worker processes; more than 1 needs Redis
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # the ASGI server that runs the workers
     server: Literal["granian", "uvicorn"] = "granian"
+    # the least severe log records written
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # request limits: ingest body bytes (other endpoints have a small fixed limit), events per batch,
-    # JSON nesting depth checked before decoding, recommendation list length, visitors per export call
+    # largest body of POST /v1/events and POST /v1/retargeting/export, in bytes (other routes: 64 KiB)
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # most events in one POST /v1/events
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    # deepest JSON nesting accepted, checked before the body is decoded
     max_json_depth: Annotated[int, msgspec.Meta(ge=4, le=256)] = 32
+    # longest list a request may ask for (`k`)
     max_k: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    # most visitors in one POST /v1/retargeting/export
     max_export_visitors: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
-    # Redis state
+    # prefix of every Redis key (deployments sharing one Redis use different prefixes)
     redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "journeyrec"
+    # seconds a visitor's state is kept after their last event (90 days)
     visitor_ttl: Annotated[int, msgspec.Meta(ge=60)] = 90 * _DAY
+    # events kept per visitor (the newest)
     recent_events: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
+    # approximate length cap of the event stream that `journeyrec export-events` reads
     stream_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 10_000_000
+    # seconds to wait for Redis before a recommendation falls back and other calls answer 503
     redis_socket_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
-    # per client address; 0 switches the limiter off
+    # requests per minute per client address; with Redis the counts are shared by all workers (and requests
+    # are let through when Redis does not answer); 0 switches the limiter off
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
     # seconds sent in Retry-After when the store is unavailable
     retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 1
-    # every worker checks this often whether ``latest`` moved and loads it (0: only POST /v1/models/reload,
+    # every worker checks this often whether `latest` moved and loads it (0: only POST /v1/models/reload,
     # which reaches one worker of several)
     model_poll_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
 

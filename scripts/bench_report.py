@@ -1,0 +1,117 @@
+"""``reports/bench.json``: the latest ``make bench`` figures and the machine they ran on.
+
+``scripts/bench_train.py`` and ``scripts/bench_service.py`` each replace their own section; the README
+generator (``scripts/readme.py``) renders the file as the README's benchmark table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+
+import msgspec
+
+BENCH_JSON = Path("reports") / "bench.json"
+
+
+class Machine(msgspec.Struct, frozen=True):
+    cpu: str
+    cores: int
+    python: str
+    system: str
+
+
+class TrainFigures(msgspec.Struct, frozen=True):
+    """``bench_train``: one ``journeyrec train`` run on a simulated shop; times in seconds."""
+
+    events: int
+    visitors: int
+    items: int
+    threads: int
+    simulate_s: float
+    load_s: float
+    train_publish_s: float
+
+
+class ServiceFigures(msgspec.Struct, frozen=True):
+    """``bench_service``: the HTTP service (2 workers, Redis) and the model in-process.
+
+    Latencies in milliseconds; ``identical`` and ``probe_recall`` are fractions."""
+
+    items: int
+    workers: int
+    ready_s: float
+    ingest_events_per_s: float
+    p50_ms: float
+    p99_ms: float
+    latency_client: str
+    saturation_rps: float
+    saturation_client: str
+    score_ms: float
+    score_predict_ms: float
+    call_ms: float
+    call_exhaustive_ms: float
+    call_predict_ms: float
+    identical: float
+    probes: int
+    probe_recall: float
+
+
+class TrainRun(msgspec.Struct, frozen=True):
+    machine: Machine
+    date: str  # ISO-8601, UTC
+    figures: TrainFigures
+
+
+class ServiceRun(msgspec.Struct, frozen=True):
+    machine: Machine
+    date: str  # ISO-8601, UTC
+    figures: ServiceFigures
+
+
+class BenchReport(msgspec.Struct, frozen=True, omit_defaults=True):
+    train: TrainRun | None = None
+    service: ServiceRun | None = None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def this_machine() -> Machine:
+    return Machine(
+        cpu=_cpu_model(),
+        cores=os.cpu_count() or 1,
+        python=platform.python_version(),
+        system=f"{platform.system()} {platform.release()}",
+    )
+
+
+def read_report(path: Path = BENCH_JSON) -> BenchReport | None:
+    """The report, or None when there is none (``reports/`` is git-ignored)."""
+    if not path.is_file():
+        return None
+    return msgspec.json.decode(path.read_bytes(), type=BenchReport)
+
+
+def record(figures: TrainFigures | ServiceFigures, path: Path = BENCH_JSON) -> None:
+    """Replace this benchmark's section of the report, keeping the other one."""
+    old = read_report(path) or BenchReport()
+    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if isinstance(figures, TrainFigures):
+        new = msgspec.structs.replace(old, train=TrainRun(this_machine(), date, figures))
+    else:
+        new = msgspec.structs.replace(old, service=ServiceRun(this_machine(), date, figures))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(new)) + b"\n")
+    tmp.replace(path)
+    print(f"figures written to {path}")

@@ -1,0 +1,441 @@
+"""Rewrite the generated regions of README.md, each from its one source, so the README cannot drift.
+
+Usage (from the repository root; ``make readme``):
+    python -m scripts.readme                       # rewrite README.md
+    python -m scripts.readme --check               # exit 1 if routes or settings differ from the code
+    python -m scripts.readme --examples demo/models  # also regenerate the example request and answer
+
+A region is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``:
+- ``routes``: every route with the API-key scope it needs (``service.openapi_docs.route_docs``: the scopes
+  each route declares, which the guard enforces and the OpenAPI descriptions state);
+- ``settings``: every ``JOURNEYREC_*`` variable with its default, allowed values and meaning (the
+  ``Settings`` struct, its field constraints and the comment above each field);
+- ``bench``: the latest ``make bench`` figures and machine (``reports/bench.json``);
+- ``eval``: the latest ``make eval`` figures (``reports/*.json`` from ``journeyrec evaluate --json``);
+- ``example``: an event body and the recommendation answer a real call gave (``--examples MODELS_DIR``).
+
+``bench``, ``eval`` and ``example`` depend on local runs: a region whose source is absent (``reports/`` is
+git-ignored) is kept as it is, and ``--check`` compares only ``routes`` and ``settings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import inspect
+import io
+import re
+import sys
+import time
+import tokenize
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from scripts.bench_report import BENCH_JSON, BenchReport, Machine, read_report
+from service.app import create_app
+from service.openapi_docs import route_docs
+from service.settings import ENV, Settings, load_settings
+from training.evaluate import EvalResult
+
+README = Path("README.md")
+REPORTS = Path("reports")
+CHECKED = ("routes", "settings")
+_IGNORED_COMMENTS = ("noqa", "type:", "fmt:", "pragma")
+
+
+class ReadmeError(Exception):
+    """The README or a source cannot be turned into a table; the message says which and why."""
+
+
+# -- regions ---------------------------------------------------------------------------------------------
+
+
+def _markers(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- generated:{name} -->\n)(.*?)(<!-- /generated:{name} -->)", re.DOTALL)
+
+
+def region(text: str, name: str) -> str:
+    m = _markers(name).search(text)
+    if m is None:
+        raise ReadmeError(f"README has no region <!-- generated:{name} --> ... <!-- /generated:{name} -->")
+    return m.group(2)
+
+
+def replace_region(text: str, name: str, body: str) -> str:
+    region(text, name)  # raises when the markers are missing
+    content = body.strip("\n") + "\n"
+    return _markers(name).sub(lambda m: m.group(1) + content + m.group(3), text, count=1)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- routes ----------------------------------------------------------------------------------------------
+
+_DOC_KEY = "readme-generator-key-0123456789"
+
+
+def routes_table() -> str:
+    settings = load_settings({"api_keys": f"{_DOC_KEY}:read"}, environ={})
+    rows = [[r.method, f"`{r.path}`", r.scope_text, r.summary] for r in route_docs(create_app(settings))]
+    return _table(["method", "path", "API-key scope", "what"], rows)
+
+
+# -- settings --------------------------------------------------------------------------------------------
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Field name -> the comment block directly above the field plus any comment at the end of its line
+    (tool directives such as ``noqa`` left out), read from the class's source."""
+    path = inspect.getsourcefile(cls)
+    if path is None:
+        raise ReadmeError(f"no source file for {cls.__name__}")
+    source = Path(path).read_text(encoding="utf-8")
+    lines = source.splitlines()
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if not text.startswith(_IGNORED_COMMENTS):
+                comments[tok.start[0]] = text
+    node = next(
+        (n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == cls.__name__),
+        None,
+    )
+    if node is None:
+        raise ReadmeError(f"class {cls.__name__} not found in {path}")
+    out: dict[str, str] = {}
+    for stmt in node.body:
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        above: list[str] = []
+        n = stmt.lineno - 1
+        while n >= 1 and lines[n - 1].lstrip().startswith("#"):
+            if n in comments:
+                above.insert(0, comments[n])
+            n -= 1
+        end = stmt.end_lineno or stmt.lineno
+        trailing = [comments[i] for i in range(stmt.lineno, end + 1) if i in comments]
+        out[stmt.target.id] = " ".join(above + trailing)
+    return out
+
+
+def _number(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _default(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, tuple | list | frozenset | set) and not value:
+        return "none"
+    return f"`{_number(value)}`"
+
+
+def _values(prop: Mapping[str, Any]) -> str:
+    """Allowed values of one JSON-schema property, in words."""
+    if "anyOf" in prop:
+        alternatives = [p for p in prop["anyOf"] if p.get("type") != "null"]
+        return _values(alternatives[0]) if len(alternatives) == 1 else "see meaning"
+    if "enum" in prop:
+        return ", ".join(f"`{v}`" for v in prop["enum"])
+    kind = prop.get("type")
+    if kind == "boolean":
+        return "`true`/`false` (or 1/0, yes/no, on/off)"
+    if kind in ("integer", "number"):
+        lo = ("≥", prop["minimum"]) if "minimum" in prop else (">", prop.get("exclusiveMinimum"))
+        hi = ("≤", prop["maximum"]) if "maximum" in prop else ("<", prop.get("exclusiveMaximum"))
+        noun = "integer" if kind == "integer" else "number"
+        if lo[1] is not None and hi[1] is not None and lo[0] == "≥" and hi[0] == "≤":
+            return f"{noun} {_number(lo[1])}–{_number(hi[1])}"
+        bounds = [f"{op} {_number(v)}" for op, v in (lo, hi) if v is not None]
+        return " ".join([noun, ", ".join(bounds)]) if bounds else noun
+    if kind == "string":
+        return f"text matching `{prop['pattern']}`" if "pattern" in prop else "text"
+    return "see meaning"
+
+
+def settings_table(cls: type[msgspec.Struct] = Settings, env: Mapping[str, str] = ENV) -> str:
+    """One row per field of the settings struct: its variable, default, allowed values and meaning."""
+    comments = field_comments(cls)
+    schema = msgspec.json.schema(cls)
+    props = schema["$defs"][cls.__name__]["properties"]
+    rows: list[list[str]] = []
+    problems: list[str] = []
+    for field in msgspec.structs.fields(cls):
+        name = field.name
+        if name not in env:
+            problems.append(f"{name}: no environment variable in service.settings.ENV")
+            continue
+        if not comments.get(name):
+            problems.append(f"{name}: no comment above the field to say what it means")
+            continue
+        default = field.default if field.default is not msgspec.NODEFAULT else None
+        rows.append([f"`{env[name]}`", _default(default), _values(props[field.encode_name]), comments[name]])
+    if problems:
+        raise ReadmeError(f"{cls.__name__}: " + "; ".join(problems))
+    return _table(["variable", "default", "values", "meaning"], rows)
+
+
+# -- measured --------------------------------------------------------------------------------------------
+
+
+def _machine(m: Machine) -> str:
+    return f"{m.cpu}, {m.cores} cores, Python {m.python}, {m.system}"
+
+
+def bench_table(report: BenchReport) -> str:
+    rows: list[list[str]] = []
+    runs: list[tuple[str, Machine, str]] = []
+    if report.train is not None:
+        t = report.train.figures
+        runs.append(("`bench_train`", report.train.machine, report.train.date))
+        rows.append(
+            [
+                (
+                    f"`train` on {t.events:,} simulated events ({t.visitors:,} visitors, {t.items:,} "
+                    f"items), {t.threads} threads"
+                ),
+                f"train+publish {t.train_publish_s:.1f} s; loading {t.load_s:.1f} s",
+            ]
+        )
+    if report.service is not None:
+        s = report.service.figures
+        runs.append(("`bench_service`", report.service.machine, report.service.date))
+        at = f"{s.items:,} items"
+        rows += [
+            [
+                f"batched ingest over HTTP into Redis ({s.workers} workers)",
+                f"{s.ingest_events_per_s:,.0f} events/s",
+            ],
+            [
+                f"recommend at {at}, concurrency 1 ({s.latency_client}, {s.workers} workers, Redis)",
+                f"p50 {s.p50_ms:.2f} ms, p99 {s.p99_ms:.2f} ms",
+            ],
+            [f"recommend at saturation ({s.saturation_client})", f"{s.saturation_rps:,.0f} req/s"],
+            [
+                f"whole recommend call in-process at {at}",
+                (
+                    f"{s.call_ms:.2f} ms with candidate pre-selection; {s.call_exhaustive_ms:.2f} ms "
+                    f"scoring every item; {s.call_predict_ms:.2f} ms with `LightFM.predict`"
+                ),
+            ],
+            [
+                "scoring step vs `LightFM.predict` (every item)",
+                (
+                    f"{s.score_ms:.2f} ms vs {s.score_predict_ms:.2f} ms "
+                    f"({s.score_predict_ms / s.score_ms:.0f}×)"
+                ),
+            ],
+            [
+                "candidate pre-selection vs scoring every item",
+                (
+                    f"top 10 identical in {round(s.identical * s.probes):,} of {s.probes:,} contexts; "
+                    f"the cluster probe finds {s.probe_recall:.1%} of a visitor's 10 best items by "
+                    "factor score"
+                ),
+            ],
+            [f"worker start at {at}", f"ready in {s.ready_s:.1f} s"],
+        ]
+    machines = {m for _name, m, _date in runs}
+    if len(machines) == 1:
+        dates = " and ".join(f"{name} on {date[:10]}" for name, _m, date in runs)
+        head = f"`make bench` on {_machine(runs[0][1])} ({dates}):"
+    else:
+        head = "`make bench` " + "; ".join(f"{name} on {_machine(m)} ({d[:10]})" for name, m, d in runs) + ":"
+    return head + "\n\n" + _table(["", "figure"], rows)
+
+
+_BASELINE_FIRST = ("stage_aware", "lightfm")
+
+
+def eval_results(reports: Path) -> list[tuple[Path, EvalResult]]:
+    """Every ``journeyrec evaluate --json`` file in ``reports`` (other JSON files are skipped)."""
+    out: list[tuple[Path, EvalResult]] = []
+    for path in sorted(reports.glob("*.json")):
+        if path.name == BENCH_JSON.name:
+            continue
+        try:
+            out.append((path, msgspec.json.decode(path.read_bytes(), type=EvalResult)))
+        except msgspec.MsgspecError as e:
+            print(f"readme: skipping {path}: not an evaluation result ({e})", file=sys.stderr)
+    return out
+
+
+def eval_table(results: list[tuple[Path, EvalResult]]) -> str:
+    rows: list[list[str]] = []
+    for path, r in results:
+        split = r.split + (", `--exclude-seen`" if r.exclude_seen else "")
+        for metric, label in (("ndcg", "NDCG"), ("precision", "P")):
+
+            def score(name: str, metric: str = metric, r: EvalResult = r) -> float:
+                return float(getattr(r.models[name].overall, metric))
+
+            ours = [f"{score(n):.3f}" if n in r.models else "—" for n in _BASELINE_FIRST]
+            others = [n for n in r.models if n not in _BASELINE_FIRST]
+            best = max(others, key=score, default=None)
+            rows.append(
+                [
+                    f"{path.stem} ({split})",
+                    f"{label}@{r.k}",
+                    *ours,
+                    f"{best} {score(best):.3f}" if best is not None else "—",
+                ]
+            )
+    dates = sorted({_mtime(p) for p, _r in results})
+    head = f"`make eval` ({', '.join(dates)}); quality figures do not depend on the machine:"
+    return (
+        head + "\n\n" + _table(["data (split)", "metric", "stage_aware", "lightfm", "best other model"], rows)
+    )
+
+
+def _mtime(path: Path) -> str:
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).date().isoformat()
+
+
+# -- example ---------------------------------------------------------------------------------------------
+
+
+def example(models_dir: Path) -> str:
+    """One event posted to a real app serving ``models_dir`` and the recommendation answer it gave."""
+    from litestar.testing import TestClient
+
+    from models.domain import ItemKind
+    from models.recommender import Recommender
+
+    model = Recommender.load(models_dir)
+    product = next(
+        (c for c in model.catalog.items if c.kind is ItemKind.PRODUCT and c.in_stock and c.category), None
+    )
+    if product is None:
+        raise ReadmeError(f"{models_dir}: the model's catalog has no product in stock")
+    when = dt.datetime.fromtimestamp(time.time() - 120, dt.UTC).replace(microsecond=0)
+    visitor = "v-1001"
+    body = {
+        "event_id": "e-000001",
+        "visitor_id": visitor,
+        "item_id": product.item_id,
+        "event": "add_to_cart",
+        "timestamp": when.isoformat(),
+        "session_id": "s-77",
+        "channel": "search",
+        "country": "uk",
+    }
+    query = "k=3&n_content=1&placement=cart"
+    flags = {"models_dir": str(models_dir), "api_keys": f"{_DOC_KEY}:ingest+read", "log_level": "warning"}
+    settings = load_settings(flags, environ={})
+    headers = {"X-API-Key": _DOC_KEY}
+    with TestClient(create_app(settings)) as client:
+        posted = client.post("/v1/events", json=body, headers=headers)
+        answer = client.get(f"/v1/visitors/{visitor}/recommendations?{query}", headers=headers)
+    for r in (posted, answer):
+        if r.status_code != 200:
+            raise ReadmeError(f"{r.request.method} {r.request.url.path} answered {r.status_code}: {r.text}")
+
+    def pretty(x: Any) -> str:
+        return msgspec.json.format(msgspec.json.encode(x), indent=2).decode()
+
+    return "\n".join(
+        [
+            '`POST /v1/events` with one event (a batch is `{"events": [...]}`):',
+            "",
+            "```json",
+            pretty(body),
+            "```",
+            "",
+            f"answers `{posted.text}`. Then `GET /v1/visitors/{visitor}/recommendations?{query}` answers:",
+            "",
+            "```json",
+            pretty(answer.json()),
+            "```",
+        ]
+    )
+
+
+def _bench(reports: Path) -> str | None:
+    path = reports / BENCH_JSON.name
+    try:
+        report = read_report(path)
+    except msgspec.MsgspecError as e:
+        print(f"readme: skipping {path}: not a benchmark report ({e})", file=sys.stderr)
+        return None
+    return bench_table(report) if report is not None and (report.train or report.service) else None
+
+
+def _eval(reports: Path) -> str | None:
+    results = eval_results(reports)
+    return eval_table(results) if results else None
+
+
+# -- main ------------------------------------------------------------------------------------------------
+
+
+def generate(
+    text: str, *, reports: Path = REPORTS, examples: Path | None = None, only: tuple[str, ...] | None = None
+) -> str:
+    """``text`` with its regions regenerated (only the ``only`` ones when given); a region whose source
+    is absent keeps its text."""
+    makers: dict[str, Callable[[], str | None]] = {
+        "routes": routes_table,
+        "settings": settings_table,
+        "bench": lambda: _bench(reports),
+        "eval": lambda: _eval(reports),
+        "example": lambda: example(examples) if examples is not None else None,
+    }
+    for name, make in makers.items():
+        if only is not None and name not in only:
+            continue
+        body = make()
+        if body is not None:
+            text = replace_region(text, name, body)
+    return text
+
+
+def check(text: str) -> list[str]:
+    """Names of the checked regions whose text differs from what the code generates."""
+    fresh = generate(text, only=CHECKED)
+    return [name for name in CHECKED if region(fresh, name) != region(text, name)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--check", action="store_true", help="exit 1 if routes or settings are out of date")
+    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--reports", type=Path, default=REPORTS, help="where make bench / make eval write")
+    ap.add_argument(
+        "--examples", type=Path, default=None, metavar="MODELS_DIR", help="regenerate the example"
+    )
+    args = ap.parse_args(argv)
+    try:
+        text = args.readme.read_text(encoding="utf-8")
+        if args.check:
+            stale = check(text)
+            if stale:
+                print(f"{args.readme}: out of date: {', '.join(stale)}; run `make readme`", file=sys.stderr)
+                return 1
+            return 0
+        new = generate(text, reports=args.reports, examples=args.examples)
+    except ReadmeError as e:
+        print(f"readme: {e}", file=sys.stderr)
+        return 2
+    if new != text:
+        args.readme.write_text(new, encoding="utf-8")
+        print(f"{args.readme}: regenerated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
