@@ -29,9 +29,10 @@ import re
 import sys
 import time
 import tokenize
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -173,6 +174,7 @@ def settings_table(cls: type[msgspec.Struct] = Settings, env: Mapping[str, str] 
     comments = field_comments(cls)
     schema = msgspec.json.schema(cls)
     props = schema["$defs"][cls.__name__]["properties"]
+    hints = typing.get_type_hints(cls)
     rows: list[list[str]] = []
     problems: list[str] = []
     for field in msgspec.structs.fields(cls):
@@ -184,7 +186,10 @@ def settings_table(cls: type[msgspec.Struct] = Settings, env: Mapping[str, str] 
             problems.append(f"{name}: no comment above the field to say what it means")
             continue
         default = field.default if field.default is not msgspec.NODEFAULT else None
-        rows.append([f"`{env[name]}`", _default(default), _values(props[field.encode_name]), comments[name]])
+        values = _values(props[field.encode_name])
+        if typing.get_origin(hints[name]) is Literal:  # in the order the code lists them (the schema sorts)
+            values = ", ".join(f"`{v}`" for v in typing.get_args(hints[name]))
+        rows.append([f"`{env[name]}`", _default(default), values, comments[name]])
     if problems:
         raise ReadmeError(f"{cls.__name__}: " + "; ".join(problems))
     return _table(["variable", "default", "values", "meaning"], rows)

@@ -121,7 +121,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
     # seconds sent in Retry-After when the store is unavailable
     retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 1
-    # every worker checks this often whether `latest` moved and loads it (0: only POST /v1/models/reload,
+    # every worker checks this often whether ``latest`` moved and loads it (0: only POST /v1/models/reload,
     # which reaches one worker of several)
     model_poll_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
 
