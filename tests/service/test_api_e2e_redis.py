@@ -377,6 +377,8 @@ def test_every_worker_refuses_a_damaged_version_and_adopts_the_next(
     try:
         server.wait_live().close()
         live = resolve_latest(models)
+        # both workers serve the first version before it moves (a worker still starting answers no model)
+        _until_both_workers(server, lambda m: m["live"]["version"] == live.name)
         bad = models / (live.name + "-zipdamage")
         shutil.copytree(live, bad)
         corrupt_inside_npz(bad)
@@ -406,7 +408,7 @@ def _until_both_workers(server: Server, ok: Callable[[dict[str, Any]], bool]) ->
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         body = _fresh_get(server, "/v1/models").json()
-        if ok(body):
+        if body["live"] is not None and ok(body):
             seen[body["live"]["loaded_at"]] = body
         if len(seen) >= 2:
             return seen
