@@ -13,11 +13,18 @@ PORT ?= 8000
 
 .PHONY: install test lint typecheck check run demo-model bench eval readme readme-example clean
 
+# One install at a time: `make run` and `make test` started together both find the stamp missing, and two
+# pips writing one venv break each other. flock(1) serialises the recipe; whoever waited finds the stamp
+# fresh and skips the install. The stamp is written last, so a failed install is retried next time.
+LOCK := $(VENV).lock
+
 $(STAMP): pyproject.toml
-	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	flock $(LOCK) sh -ec ' \
+	  if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then echo "$(VENV): up to date"; exit 0; fi; \
+	  test -x $(BIN)/pip || $(PY) -m venv --clear $(VENV); \
+	  $(BIN)/pip install --quiet --upgrade pip; \
+	  $(BIN)/pip install --quiet -e ".[dev]"; \
+	  touch $(STAMP)'
 
 install: $(STAMP)
 
