@@ -14,16 +14,17 @@ import click
 import msgspec
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from models import artifact
-from models.blend import FEATURE_NAMES
+from models.blend import FEATURE_NAMES, BlendWeights
 from models.errors import ValidationError
 from training import evaluate as evaluation
-from training.loaders import PRESETS, load_events, load_mapping, load_train_test
+from training.loaders import PRESETS, LoadSummary, load_mapping, read_events, read_train_test
 from training.pipeline import config_for, rankers_for, split_stages, train_and_publish
 from training.report import write_report
 from training.simulate import SimulationConfig, write_simulation
+from training.tables import unknown_name
+from training.terminal import column_blocks
 
 err = Console(stderr=True)
 out = Console()
@@ -56,6 +57,19 @@ def _parse_time(value: str, option: str) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
 
 
+EVENTS_HELP = (
+    "Events file or directory; repeat for several (read in the order given). A directory means its"
+    " events files in name order (native: *.csv *.tsv *.jsonl *.ndjson *.json, optionally .gz)."
+)
+
+
+def _print_summary(console: Console, summary: LoadSummary, title: str = "") -> None:
+    lines = summary.lines()
+    lines[0] = f"{title}{lines[0]}"
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _data_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--preset", type=click.Choice(sorted(PRESETS)), default=None, help="Built-in reader for public data."
@@ -72,6 +86,11 @@ def _data_options(f: Callable[..., Any]) -> Callable[..., Any]:
         "--epochs", type=click.IntRange(1, 500), default=None, help="LightFM epochs (default 16)."
     )(f)
     return f  # noqa: RET504 - the decorator chain reads best as assignments
+
+
+def _names(paths: tuple[str, ...]) -> str:
+    """The paths' last parts, joined: "a.jsonl + b.jsonl"."""
+    return " + ".join(Path(p).name for p in paths)
 
 
 def _cfg(preset: str | None, seed: int, threads: int, epochs: int | None, **extra: Any) -> Any:
@@ -108,12 +127,12 @@ def simulate(out_dir: str, visitors: int, items: int, days: int, seed: int, as_j
 
 
 @click.command()
-@click.option("--events", type=click.Path(), required=True, help="Events file or directory (preset).")
+@click.option("--events", type=click.Path(), multiple=True, required=True, help=EVENTS_HELP)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Models directory.")
 @_data_options
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary and what was read as JSON.")
 def train(
-    events: str,
+    events: tuple[str, ...],
     out_dir: str,
     catalog: str | None,
     mapping: str | None,
@@ -128,8 +147,11 @@ def train(
     t0 = time.perf_counter()
     with _progress(not as_json) as say:
         say("loading events")
-        log = load_events(
-            events, catalog=catalog, preset=preset, mapping=load_mapping(mapping) if mapping else None
+        log, summary = read_events(
+            list(events),
+            catalog=catalog,
+            preset=preset,
+            mapping=load_mapping(mapping) if mapping else None,
         )
         say(f"loaded {log.n_events:,} events, {log.n_visitors:,} visitors, {log.n_items:,} items")
         path = train_and_publish(log, Path(out_dir), cfg, say)
@@ -137,18 +159,25 @@ def train(
     m = artifact.read_manifest(path)
     info = {"version": m.version, "path": str(path), "seconds": round(took, 2), **m.metrics}
     if as_json:
-        click.echo(json.dumps(info))
-    else:
+        click.echo(json.dumps({**info, "load": msgspec.to_builtins(summary)}))
+    else:  # after the work: an error must stay the only line the command leaves behind
+        _print_summary(out, summary)
         out.print(f"published [bold]{m.version}[/] at {path} in {took:.1f} s ({log.n_events:,} events)")
 
 
 @click.command()
-@click.option(
-    "--events", type=click.Path(), default=None, help="One events file/directory, split with --split-at."
-)
+@click.option("--events", type=click.Path(), multiple=True, help=f"{EVENTS_HELP} Split with --split-at.")
 @click.option("--split-at", default=None, help="Train strictly before this time, test at/after it.")
-@click.option("--train", "train_path", type=click.Path(), default=None, help="Training events (with --test).")
-@click.option("--test", "test_path", type=click.Path(), default=None, help="Test events (with --train).")
+@click.option(
+    "--train",
+    "train_path",
+    type=click.Path(),
+    multiple=True,
+    help="Training events (with --test); as --events.",
+)
+@click.option(
+    "--test", "test_path", type=click.Path(), multiple=True, help="Test events (with --train); as --events."
+)
 @_data_options
 @click.option("--k", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--exclude-seen", is_flag=True, help="Never recommend items the visitor had in training.")
@@ -160,10 +189,10 @@ def train(
     "--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write an HTML report."
 )
 def evaluate(
-    events: str | None,
+    events: tuple[str, ...],
     split_at: str | None,
-    train_path: str | None,
-    test_path: str | None,
+    train_path: tuple[str, ...],
+    test_path: tuple[str, ...],
     catalog: str | None,
     mapping: str | None,
     preset: str | None,
@@ -178,19 +207,22 @@ def evaluate(
 ) -> None:
     """Train every model on the training part and score all of them on the test part in one run."""
     cmap = load_mapping(mapping) if mapping else None
+    inputs: dict[str, LoadSummary]
     if events and split_at and not (train_path or test_path):
         at = _parse_time(split_at, "--split-at")
-        full = load_events(events, catalog=catalog, preset=preset, mapping=cmap)
+        full, summary = read_events(list(events), catalog=catalog, preset=preset, mapping=cmap)
         train_log, test_log = evaluation.split_at(full, at)
         split_desc = f"time split at {split_at}"
-        dataset = Path(events).name
+        dataset = _names(events)
+        inputs = {"events": summary}
     elif train_path and test_path and not (events or split_at):
-        train_log, test_log = load_train_test(
-            train_path, test_path, catalog=catalog, preset=preset, mapping=cmap
+        train_log, test_log, train_summary, test_summary = read_train_test(
+            list(train_path), list(test_path), catalog=catalog, preset=preset, mapping=cmap
         )
         at = float(train_log.ts.max()) + 1.0
-        split_desc = f"train {Path(train_path).name} / test {Path(test_path).name}"
-        dataset = Path(train_path).parent.name
+        split_desc = f"train {_names(train_path)} / test {_names(test_path)}"
+        dataset = Path(train_path[0]).parent.name
+        inputs = {"train": train_summary, "test": test_summary}
     else:
         raise ValidationError("give either --events with --split-at, or --train with --test")
     if train_log.n_events == 0 or test_log.n_events == 0:
@@ -204,9 +236,8 @@ def evaluate(
             wanted = {s.strip() for s in only.split(",")}
             unknown = wanted - {r.name for r in rankers}
             if unknown:
-                raise ValidationError(
-                    f"--models: unknown model(s) {sorted(unknown)}; known: {[r.name for r in rankers]}"
-                )
+                known = [r.name for r in rankers]
+                raise ValidationError(f"--models: {unknown_name('model', sorted(unknown)[0], known)}")
             rankers = [r for r in rankers if r.name in wanted]
         end = float(test_log.ts.max()) + 1.0
         full_log = train_log.concat(test_log)
@@ -225,7 +256,10 @@ def evaluate(
             stage_at_end=at_end,
             progress=say,
         )
-    err.print(evaluation.format_table(result))
+    result = msgspec.structs.replace(result, inputs=inputs)
+    for name, summary in inputs.items():  # after the work, as in train
+        _print_summary(err, summary, "" if name == "events" else f"{name}: ")
+    err.print(evaluation.format_table(result, err.width))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_bytes(msgspec.json.format(msgspec.json.encode(result)))
@@ -244,16 +278,21 @@ def inspect(model_dir: str, as_json: bool) -> None:
         click.echo(msgspec.json.encode(m).decode())
         return
     out.print(f"[bold]{m.version}[/]  created {m.created_at}  verified: {len(m.files)} files, sha256 ok")
-    out.print(f"data {m.data_fingerprint[:16]}…  items {m.n_items:,}  visitors {m.n_visitors:,}")
-    t = Table(title="Blend weights per stage (fitted on the validation window)")
-    t.add_column("stage")
-    t.add_column("positives", justify="right")
-    t.add_column("fit")
-    for f in FEATURE_NAMES:
-        t.add_column(f, justify="right")
-    for s in m.blend.stages:
-        t.add_row(s.stage, f"{s.positives:,}", s.fitted_on, *(f"{s.weights[f]:+.2f}" for f in FEATURE_NAMES))
-    out.print(t)
+    out.print(f"items {m.n_items:,}  visitors {m.n_visitors:,}")
+    out.print(f"data fingerprint {m.data_fingerprint}")
+    out.print(blend_table(m.blend, out.width))
+
+
+def blend_table(blend: BlendWeights, width: int) -> Any:
+    """What the blend learned, one column per stage (as many tables as ``width`` needs): positives, what
+    it was fitted on, then each feature's weight."""
+    labels = [["positives"], ["fitted on"], *([f] for f in FEATURE_NAMES)]
+    columns = {
+        s.stage: [f"{s.positives:,}", s.fitted_on, *(f"{s.weights[f]:+.2f}" for f in FEATURE_NAMES)]
+        for s in blend.stages
+    }
+    title = "Blend weights per stage (fitted on the validation window)"
+    return column_blocks(title, [""], labels, columns, width)
 
 
 def register(group: click.Group) -> None:

@@ -20,7 +20,7 @@ import msgspec
 import numpy as np
 import scipy.sparse as sp
 from rich.console import Group
-from rich.table import Table
+from rich.text import Text
 
 from models.dataset import EventLog
 from models.domain import STAGES, EventType
@@ -28,7 +28,9 @@ from models.errors import ValidationError
 from models.metrics import METRICS, MetricSummary, per_user, summarise
 from models.ranking import Ranker
 from models.weights import positive_codes
+from training.loaders import LoadSummary
 from training.stage_model import product_mask
+from training.terminal import column_blocks
 
 
 class ModelResult(msgspec.Struct, frozen=True):
@@ -42,6 +44,8 @@ class EvalResult(msgspec.Struct, frozen=True):
     """What ``journeyrec evaluate --json`` writes.
 
     transitions[a][b]: test visitors in stage a at the split and in stage b at the end of the test window.
+    inputs: what was read (``training.loaders.LoadSummary``): "events" for a time split, else "train" and
+    "test".
     """
 
     dataset: str
@@ -54,6 +58,7 @@ class EvalResult(msgspec.Struct, frozen=True):
     test_events: int
     candidates: int
     transitions: dict[str, dict[str, int]]
+    inputs: dict[str, LoadSummary] = {}
 
 
 def split_at(log: EventLog, at: float) -> tuple[EventLog, EventLog]:
@@ -156,29 +161,33 @@ def evaluate(
     )
 
 
-def format_table(result: EvalResult) -> Any:
-    """A rich renderable: overall metrics per model, then NDCG@k per segment."""
+def format_table(result: EvalResult, width: int = 100) -> Any:
+    """A rich renderable fitting ``width`` terminal columns: per model (one column each), the overall
+    metrics, then NDCG@k per segment; models that do not fit beside each other go to a further table."""
     k = result.k
-    overall = Table(title=f"{result.dataset}: {result.split}, k={k}, exclude_seen={result.exclude_seen}")
-    overall.add_column("model")
-    overall.add_column("users", justify="right")
-    for m in METRICS:
-        overall.add_column(f"{m}@{k}", justify="right")
-    overall.add_column("coverage", justify="right")
-    overall.add_column("fit s", justify="right")
-    best = max(r.overall.ndcg for r in result.models.values())
-    for name, r in result.models.items():
+    models = result.models
+    best = max(r.overall.ndcg for r in models.values())
+    measures = [f"{m}@{k}" for m in METRICS]
+    overall: dict[str, list[str]] = {}
+    for name, r in models.items():
         o = r.overall
         cells = [f"{getattr(o, m):.4f}" for m in METRICS]
         if o.ndcg == best:
             cells[METRICS.index("ndcg")] = f"[bold]{cells[METRICS.index('ndcg')]}[/]"
-        overall.add_row(name, f"{o.users:,}", *cells, f"{o.coverage:.3f}", f"{r.fit_seconds:.1f}")
-    names = list(next(iter(result.models.values())).segments)
-    seg = Table(title=f"ndcg@{k} by segment (visitors)")
-    seg.add_column("model")
-    for s in names:
-        users = next(iter(result.models.values())).segments[s].users
-        seg.add_column(f"{s} ({users:,})", justify="right")
-    for name, r in result.models.items():
-        seg.add_row(name, *(f"{r.segments[s].ndcg:.4f}" for s in names))
-    return Group(overall, seg)
+        overall[name] = [f"{o.users:,}", *cells, f"{o.coverage:.3f}", f"{r.fit_seconds:.1f}"]
+    labels = [[m] for m in ("users", *measures, "coverage", "fit s")]
+    segments = list(next(iter(models.values())).segments)
+    visitors = [f"{next(iter(models.values())).segments[s].users:,}" for s in segments]
+    by_segment = {name: [f"{r.segments[s].ndcg:.4f}" for s in segments] for name, r in models.items()}
+    title = f"{result.dataset}: {result.split}, k={k}, exclude_seen={result.exclude_seen}"
+    return Group(
+        column_blocks(title, ["metric"], labels, overall, width),
+        Text(""),
+        column_blocks(
+            f"ndcg@{k} by segment",
+            ["segment", "visitors"],
+            list(zip(segments, visitors, strict=True)),
+            by_segment,
+            width,
+        ),
+    )

@@ -4,13 +4,22 @@ other CSV, and presets for public datasets (``training.presets``); the parsing i
 
 Anything wrong in the input is a ``DataError`` whose one-line message names the file, the 1-based line (the
 CSV header is line 1) and the column. No row is dropped silently: a native file loads completely or not at
-all; preset filters follow documented rules and count what they drop in ``EventLog.source``.
+all; preset filters follow documented rules and count what they drop in ``EventLog.source`` and in the
+``LoadSummary``.
+
+Several inputs: every events path may be a file or a directory, and several paths read as one log in the
+order given. A directory means the files directly inside it whose names end in one of the reader's suffixes
+(native: .csv .tsv .jsonl .ndjson .json, each optionally .gz; otto: .jsonl .ndjson, optionally .gz), in
+name order; hidden files, subdirectories, other names and the ``catalog`` file are not read and are listed
+in ``LoadSummary.skipped``. CSV and JSON Lines files may be mixed: both carry the same native columns. The
+uci-online-retail and movielens-100k readers read a directory themselves (per-day CSVs; ``u.data``). A file
+named twice (directly or through its directory) is an error: its events would count twice.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -24,9 +33,10 @@ from training.presets import READERS
 from training.tables import (
     EVENT_CODES,
     CellError,
+    FileRead,
     RawEvents,
+    kind_of,
     merge_catalogs,
-    merge_features,
     one_line,
     parse_channels,
     parse_events,
@@ -37,6 +47,7 @@ from training.tables import (
     read_bytes,
     read_table,
     token_features,
+    unknown_name,
 )
 
 #: Preset name -> what it reads ("native" here, the others in ``training.presets``).
@@ -65,7 +76,8 @@ class ColumnMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timestamp_format  None: ISO-8601 or POSIX seconds; "unix", "unix_ms", "iso" or a ``strptime`` format
                       (times without an offset are UTC)
     default_event     native event for rows without one (or for every row when there is no event column)
-    delimiter         CSV field separator (default: "," or tab for .tsv)
+    delimiter         CSV field separator (default: "," or tab for .tsv; when the default leaves the header
+                      as one column, the one of ; tab | that splits it, said in the load summary)
     catalog_columns   native catalog column name -> the catalog file's column
     """
 
@@ -82,12 +94,18 @@ def read_native(path: Path, label: str, mapping: ColumnMapping) -> RawEvents:
     """Native events: visitor_id, item_id, event, timestamp and optional session_id, channel, quantity, value,
     country (names as renamed by ``mapping``). Empty optional cells mean unknown: session and channel -1,
     quantity 1, value NaN, no country feature."""
-    table = read_table(path, label, mapping.delimiter)
     col = {c: mapping.columns.get(c, c) for c in EVENT_COLUMNS}
-    has_event = col["event"] in table.columns
-    table.require([col["visitor_id"], col["item_id"], col["timestamp"]])
-    if not (has_event or mapping.default_event):
-        table.require([col["event"]])
+    try:
+        table = read_table(path, label, mapping.delimiter)
+        has_event = col["event"] in table.columns
+        table.require([col["visitor_id"], col["item_id"], col["timestamp"]])
+        if not (has_event or mapping.default_event):
+            table.require([col["event"]])
+    except DataError:
+        hint = _preset_hint(path)
+        if hint:
+            raise DataError(hint, path=label) from None
+        raise
     if table.n == 0:
         raise EmptyDatasetError("no events, only a header", path=label)
     visitor = parse_ids(table, col["visitor_id"])
@@ -117,7 +135,27 @@ def read_native(path: Path, label: str, mapping: ColumnMapping) -> RawEvents:
             else {}
         ),
         source=f"native {label}: {n:,} events",
+        files=[FileRead(path=label, rows=n, format=table.format)],
     )
+
+
+_MOVIELENS_LINE = re.compile(rb"\d+\t\d+\t\d+\t\d+")
+
+
+def _preset_hint(path: Path) -> str | None:
+    """What to do with a file the native reader refused but a preset reads: MovieLens ratings (4
+    tab-separated integers per line, no header)."""
+    try:
+        head = read_bytes(path, str(path))[:4096].split(b"\n")
+    except DataError:
+        return None
+    first = next((line.strip() for line in head if line.strip()), b"")
+    if _MOVIELENS_LINE.fullmatch(first):
+        return (
+            "looks like MovieLens ratings (user, item, rating, time; tab-separated, no header):"
+            " use --preset movielens-100k"
+        )
+    return None
 
 
 def _flag(cell: str, default: bool) -> bool:
@@ -136,7 +174,7 @@ def _split(cell: str) -> list[str]:
 def _kind_of(cell: str) -> ItemKind:
     name = cell.strip().lower() or "product"
     if name not in {k.value for k in ItemKind}:
-        raise CellError(f"expected product or content, got {cell!r}")
+        raise CellError(unknown_name("kind", cell, [k.value for k in ItemKind]))
     return ItemKind(name)
 
 
@@ -157,7 +195,7 @@ def _stages(cell: str) -> tuple[Stage, ...]:
     known = [s.value for s in Stage]
     wrong = [s for s in names if s not in known]
     if wrong:
-        raise CellError(f"unknown stage {wrong[0]!r}, expected |-separated stages from: {', '.join(known)}")
+        raise CellError(unknown_name("stage", wrong[0], known, "; several are |-separated"))
     return tuple(Stage(s) for s in names)
 
 
@@ -203,42 +241,176 @@ def load_catalog(path: str | Path, mapping: ColumnMapping | None = None) -> list
 
 
 # -- public API -----------------------------------------------------------------------------------------
-def _read(path: str | Path, preset: str | None, mapping: ColumnMapping | None) -> RawEvents:
+#: Suffixes (before an optional .gz) of the files a reader takes from a directory; a reader not listed reads
+#: a directory itself.
+DIRECTORY_FILES: dict[str, tuple[str, ...]] = {
+    "native": (".csv", ".tsv", ".jsonl", ".ndjson", ".json"),
+    "otto": (".jsonl", ".ndjson"),
+}
+
+Paths = str | Path | Sequence[str | Path]
+
+
+class LoadSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """What one load read (``journeyrec train/evaluate`` print it and put it in their JSON).
+
+    reader         "native" or the preset's name
+    files          every file read, in reading order, with its data rows
+    skipped        directory entries not read (hidden, a subdirectory, another suffix, the catalog file)
+    rows           data rows read (sum over ``files``)
+    events         events loaded: ``rows`` minus what the preset's rules filtered
+    filtered       rows dropped by each preset rule (native files drop none)
+    catalog        the catalog file given, and its items (None when none was given)
+    detail         the reader's own account (also ``EventLog.source``)
+    """
+
+    reader: str
+    files: list[FileRead]
+    skipped: list[str]
+    rows: int
+    events: int
+    filtered: dict[str, int]
+    catalog: str | None
+    catalog_items: int | None
+    detail: str
+
+    def lines(self) -> list[str]:
+        """The summary for a terminal: totals, then one line per file."""
+        n = len(self.files)
+        why = ", ".join(f"{reason} {count:,}" for reason, count in self.filtered.items())
+        filtered = f"filtered {sum(self.filtered.values()):,} ({why})" if why else "filtered none"
+        files = f"{n} file{'s' * (n != 1)}"
+        out = [f"read {files} ({self.reader}): {self.rows:,} rows -> {self.events:,} events; {filtered}"]
+        out += [f"  {f.path}: {f.rows:,} rows{f' ({f.format})' if f.format else ''}" for f in self.files]
+        if self.skipped:
+            out.append(f"  not read: {', '.join(self.skipped)}")
+        if self.catalog is not None:
+            out.append(f"  catalog {self.catalog}: {self.catalog_items:,} items")
+        return out
+
+
+def _reader(preset: str | None, mapping: ColumnMapping | None) -> str:
     name = preset or "native"
     if name not in PRESETS:
         raise ValidationError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    if name != "native" and mapping is not None:
+        raise ValidationError(f"a column mapping applies to the native format, not to preset {name!r}")
+    return name
+
+
+def _read(path: str | Path, preset: str | None, mapping: ColumnMapping | None) -> RawEvents:
+    name = _reader(preset, mapping)
     if name == "native":
         return read_native(Path(path), str(path), mapping or ColumnMapping())
-    if mapping is not None:
-        raise ValidationError(f"a column mapping applies to the native format, not to preset {name!r}")
     return READERS[name](Path(path), str(path))
+
+
+def _as_list(paths: Paths) -> list[str | Path]:
+    return [paths] if isinstance(paths, str | Path) else list(paths)
+
+
+def expand_paths(
+    paths: Paths, reader: str, catalog: str | Path | None = None
+) -> tuple[list[Path], list[str]]:
+    """(files to read in order, entries not read) for the given paths; see the module docstring."""
+    suffixes = DIRECTORY_FILES.get(reader)
+    given = _as_list(paths)
+    if not given:
+        raise ValidationError("no events path given")
+    not_events = {Path(catalog).resolve()} if catalog is not None else set()
+    files: list[Path] = []
+    skipped: list[str] = []
+    origin: dict[Path, Path] = {}  # file (resolved) -> the path given that named it
+    for p in map(Path, given):
+        picked = [p]  # a file, or a path that is missing (the reader fails naming it)
+        if suffixes and p.is_dir():
+            picked = []
+            for entry in sorted(p.iterdir(), key=lambda e: e.name):
+                wanted = entry.is_file() and not entry.name.startswith(".") and kind_of(entry) in suffixes
+                if wanted and entry.resolve() not in not_events:
+                    picked.append(entry)
+                else:
+                    skipped.append(str(entry))
+            if not picked:
+                names = " ".join(f"*{s}" for s in suffixes)
+                raise DataError(
+                    f"no events files in this directory (read: {names}, each optionally .gz)", path=str(p)
+                )
+        for f in picked:
+            key = f.resolve()
+            if key in origin:
+                via = f" (through {origin[key]} and {p})" if origin[key] != p else ""
+                raise ValidationError(f"{f}: named twice{via}; its events would count twice")
+            origin[key] = p
+        files += picked
+    return files, skipped
+
+
+def _read_all(
+    paths: Paths, files: list[Path], preset: str | None, mapping: ColumnMapping | None
+) -> RawEvents:
+    """Every file's events (``files``: ``paths`` expanded) as one ``RawEvents``."""
+    label = " + ".join(map(str, _as_list(paths)))
+    return RawEvents.concat([_read(f, preset, mapping) for f in files], label)
 
 
 def _catalog_of(
     raw: RawEvents, catalog: str | Path | None, mapping: ColumnMapping | None
-) -> list[CatalogItem]:
+) -> tuple[list[CatalogItem], int | None]:
+    """(the catalog, items in the ``catalog`` file or None without one)."""
     if catalog is None:
-        return raw.catalog
+        return raw.catalog, None
     given = load_catalog(catalog, mapping)
     raw.source += f"; catalog {catalog}: {len(given):,} items"
-    return merge_catalogs(raw.catalog, given)
+    return merge_catalogs(raw.catalog, given), len(given)
+
+
+def _summary(
+    raw: RawEvents, reader: str, skipped: list[str], catalog: str | Path | None, catalog_items: int | None
+) -> LoadSummary:
+    return LoadSummary(
+        reader=reader,
+        files=[f if f.format else msgspec.structs.replace(f, format=reader) for f in raw.files],
+        skipped=skipped,
+        rows=sum(f.rows for f in raw.files),
+        events=len(raw.visitor),
+        filtered=raw.filtered,
+        catalog=None if catalog is None else str(catalog),
+        catalog_items=catalog_items,
+        detail=raw.source,
+    )
+
+
+def read_events(
+    paths: Paths,
+    *,
+    catalog: str | Path | None = None,
+    preset: str | None = None,
+    mapping: ColumnMapping | None = None,
+) -> tuple[EventLog, LoadSummary]:
+    """Read events files and directories (see the module docstring) and an optional catalog into one
+    ``EventLog``, and say what was read.
+
+    A ``catalog`` file's entries replace the ones a preset derives; among several events files, a later
+    file's derived entry replaces an earlier one's. ``EventLog.source`` is ``LoadSummary.detail``.
+    """
+    reader = _reader(preset, mapping)
+    files, skipped = expand_paths(paths, reader, catalog)
+    raw = _read_all(paths, files, preset, mapping)
+    cat, n_catalog = _catalog_of(raw, catalog, mapping)
+    log = EventLog.build(**raw.columns(), catalog=cat, visitor_features=raw.features, source=raw.source)
+    return log, _summary(raw, reader, skipped, catalog, n_catalog)
 
 
 def load_events(
-    path: str | Path,
+    paths: Paths,
     *,
     catalog: str | Path | None = None,
     preset: str | None = None,
     mapping: ColumnMapping | None = None,
 ) -> EventLog:
-    """Read one events file (or a preset's file/directory) and an optional catalog into an ``EventLog``.
-
-    A ``catalog`` file's entries replace the ones a preset derives. ``EventLog.source`` says what was read
-    and, for presets, how many rows their rules filtered.
-    """
-    raw = _read(path, preset, mapping)
-    cat = _catalog_of(raw, catalog, mapping)
-    return EventLog.build(**raw.columns(), catalog=cat, visitor_features=raw.features, source=raw.source)
+    """``read_events`` without the summary."""
+    return read_events(paths, catalog=catalog, preset=preset, mapping=mapping)[0]
 
 
 def _in_space(full: EventLog, raw: RawEvents) -> EventLog:
@@ -265,37 +437,51 @@ def _in_space(full: EventLog, raw: RawEvents) -> EventLog:
     ).sorted()
 
 
+def read_train_test(
+    train: Paths,
+    test: Paths,
+    *,
+    catalog: str | Path | None = None,
+    preset: str | None = None,
+    mapping: ColumnMapping | None = None,
+) -> tuple[EventLog, EventLog, LoadSummary, LoadSummary]:
+    """Two inputs as two logs of one id space: both share ``visitor_ids`` and ``catalog`` (the same
+    objects), with a summary each (the catalog is counted in the training one).
+
+    Derived catalog entries and visitor features come from both inputs; for an item in both, the training
+    input's entry wins. Each input may be several files and directories, as in ``read_events``.
+    """
+    reader = _reader(preset, mapping)
+    (files_a, skip_a), (files_b, skip_b) = (expand_paths(p, reader, catalog) for p in (train, test))
+    shared = {f.resolve() for f in files_a} & {f.resolve() for f in files_b}
+    if shared:
+        name = next(f for f in files_b if f.resolve() in shared)
+        raise ValidationError(f"{name}: read as training and as test events; a file belongs to one of them")
+    a, b = _read_all(train, files_a, preset, mapping), _read_all(test, files_b, preset, mapping)
+    both = RawEvents.concat([a, b], f"{a.path} + {b.path}")
+    both.catalog = merge_catalogs(b.catalog, a.catalog)
+    both.source = f"train {a.source}; test {b.source}"
+    cat, n_catalog = _catalog_of(both, catalog, mapping)
+    full = EventLog.build(**both.columns(), catalog=cat, visitor_features=both.features, source=both.source)
+    return (
+        _in_space(full, a),
+        _in_space(full, b),
+        _summary(a, reader, skip_a, catalog, n_catalog),
+        _summary(b, reader, skip_b, None, None),
+    )
+
+
 def load_train_test(
-    train: str | Path,
-    test: str | Path,
+    train: Paths,
+    test: Paths,
     *,
     catalog: str | Path | None = None,
     preset: str | None = None,
     mapping: ColumnMapping | None = None,
 ) -> tuple[EventLog, EventLog]:
-    """Two files as two logs of one id space: both share ``visitor_ids`` and ``catalog`` (the same objects).
-
-    Derived catalog entries and visitor features come from both files; for an item in both, the training
-    file's entry wins.
-    """
-    a, b = _read(train, preset, mapping), _read(test, preset, mapping)
-    both = RawEvents(
-        path=f"{train} + {test}",
-        visitor=np.concatenate([a.visitor, b.visitor]),
-        item=np.concatenate([a.item, b.item]),
-        event=np.concatenate([a.event, b.event]),
-        ts=np.concatenate([a.ts, b.ts]),
-        session=np.concatenate([cast(np.ndarray, a.session), cast(np.ndarray, b.session)]),
-        channel=np.concatenate([cast(np.ndarray, a.channel), cast(np.ndarray, b.channel)]),
-        quantity=np.concatenate([cast(np.ndarray, a.quantity), cast(np.ndarray, b.quantity)]),
-        value=np.concatenate([cast(np.ndarray, a.value), cast(np.ndarray, b.value)]),
-        catalog=merge_catalogs(b.catalog, a.catalog),
-        features=merge_features(a.features, b.features),
-        source=f"train {a.source}; test {b.source}",
-    )
-    cat = _catalog_of(both, catalog, mapping)
-    full = EventLog.build(**both.columns(), catalog=cat, visitor_features=both.features, source=both.source)
-    return _in_space(full, a), _in_space(full, b)
+    """``read_train_test`` without the summaries."""
+    a, b, _, _ = read_train_test(train, test, catalog=catalog, preset=preset, mapping=mapping)
+    return a, b
 
 
 def load_mapping(path: str | Path) -> ColumnMapping:
@@ -318,13 +504,13 @@ def load_mapping(path: str | Path) -> ColumnMapping:
     for key, allowed in (("columns", EVENT_COLUMNS), ("catalog_columns", CATALOG_COLUMNS)):
         for name in getattr(m, key):
             if name not in allowed:
-                fail(f"{key}: unknown native column {name!r}, expected some of: {', '.join(allowed)}")
-    known = ", ".join(EVENT_CODES)
+                fail(f"{key}: {unknown_name('native column', name, allowed)}")
+    events = list(EVENT_CODES)
     for theirs, ours in m.events.items():
         if ours not in EVENT_CODES:
-            fail(f"events: {theirs!r} maps to unknown event {ours!r}, expected one of: {known}")
+            fail(f"events: {theirs!r} maps to {unknown_name('event', ours, events)}")
     if m.default_event is not None and m.default_event not in EVENT_CODES:
-        fail(f"default_event: unknown event {m.default_event!r}, expected one of: {', '.join(EVENT_CODES)}")
+        fail(f"default_event: {unknown_name('event', m.default_event, events)}")
     if m.delimiter is not None and len(m.delimiter) != 1:
         fail(f"delimiter: expected one character, got {m.delimiter!r}")
     fmt = m.timestamp_format

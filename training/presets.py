@@ -30,6 +30,7 @@ import numpy as np
 from models.domain import CatalogItem, EventType
 from models.errors import DataError
 from training.tables import (
+    FileRead,
     RawEvents,
     Table,
     map_distinct,
@@ -174,6 +175,8 @@ def read_uci(path: Path, label: str) -> RawEvents:
             visitor.tolist(), np.asarray(table.columns["Country"], dtype=str)[rows].tolist(), "country"
         ),
         source=source,
+        filtered={name: int(m.sum()) for name, m in rules.items() if m.any()},
+        files=[FileRead(path=t.parts[0].path, rows=t.n, format=t.format) for t in tables],
     )
 
 

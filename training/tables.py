@@ -10,11 +10,14 @@ from __future__ import annotations
 import bisect
 import csv
 import datetime as dt
+import difflib
 import gzip
 import hashlib
 import io
+import re
 import warnings
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -40,6 +43,23 @@ class CellError(ValueError):
 def one_line(error: object) -> str:
     """An exception's text fit for a one-line message (data echoed inside it may hold newlines)."""
     return " ".join(str(error).splitlines())
+
+
+def did_you_mean(value: str, valid: Sequence[str]) -> str | None:
+    """The valid name closest to ``value`` (case, "-" and spaces read as "_"; difflib's ratio >= 0.6)."""
+    name = re.sub(r"[\s-]+", "_", value.strip().lower())
+    if name in valid:
+        return name
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unknown_name(what: str, value: str, valid: Sequence[str], also: str = "") -> str:
+    """ "unknown event 'add-to-cart' (expected one of: page_view, ...); did you mean add_to_cart?"."""
+    shown = repr(value) if value.strip() else "an empty cell"
+    close = did_you_mean(value, valid) if value.strip() else None
+    hint = f"; did you mean {close}?" if close else ""
+    return f"unknown {what} {shown} (expected one of: {', '.join(valid)}{also}){hint}"
 
 
 # -- raw files --------------------------------------------------------------------------------------
@@ -69,7 +89,7 @@ def read_text(path: Path, label: str, encoding: str = "utf-8-sig") -> str:
         ) from None
 
 
-def _kind(path: Path) -> str:
+def kind_of(path: Path) -> str:
     """The format suffix, ignoring ``.gz``: ".csv", ".jsonl", ..."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
@@ -92,6 +112,7 @@ class Table:
     columns: dict[str, Sequence[str]]
     n: int
     parts: list[_Part] = field(default_factory=list)
+    format: str = ""  # what was read: "csv", "csv (';' detected)", "jsonl", ...
 
     def where(self, row: int) -> tuple[str, int]:
         """(file, line) of table row ``row``."""
@@ -192,13 +213,48 @@ def _read_quoted(text: str, label: str, delimiter: str) -> Table:
     return Table.from_rows(label, header, rows, line_of, "fields as in the header")
 
 
-def read_csv(path: Path, label: str, delimiter: str = ",") -> Table:
-    """A delimited file with a header row (line 1); blank lines are skipped, other rows need all fields."""
+_DELIMITERS = (",", ";", "\t", "|")
+_DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tabs", "|": "'|'"}
+
+
+def _delimiter(text: str, label: str, given: str | None, default: str) -> tuple[str, bool]:
+    """(delimiter, detected) for a file whose header is the first line of ``text``.
+
+    A header that the given (or default) delimiter leaves as one column cannot hold the required columns:
+    without a given delimiter the one of , ; tab | that splits it into the most columns is used instead
+    (detected); with a given one, or when two candidates tie, the error names what the header looks like.
+    """
+    head = text.lstrip("\n").split("\n", 1)[0]
+    widths = {d: len(head.split(d)) for d in _DELIMITERS}
+    most = max(widths.values())
+    wanted = given or default
+    if widths.get(wanted, len(head.split(wanted))) > 1 or most == 1:
+        return wanted, False
+    best = [d for d in _DELIMITERS if widths[d] == most]
+    setting = 'a --mapping file with "delimiter": "{}"'
+    if given or len(best) > 1:
+        looks = " or ".join(_DELIMITER_NAMES[d] for d in best)
+        choose = setting.format(msgspec.json.encode(best[0]).decode()[1:-1])
+        why = f"not {_DELIMITER_NAMES.get(given, repr(given))}" if given else "cannot tell which"
+        raise DataError(f"the header looks separated by {looks} ({why}): use {choose}", path=label, line=1)
+    return best[0], True
+
+
+def read_csv(path: Path, label: str, delimiter: str | None = None, default: str = ",") -> Table:
+    """A delimited file with a header row (line 1); blank lines are skipped, other rows need all fields.
+
+    ``delimiter`` None: ``default``, or the one ``_delimiter`` detects when ``default`` leaves the header
+    as one column (``Table.format`` then says so).
+    """
     text = read_text(path, label)
     if "\r" in text:
         text = text.replace("\r\n", "\n")
+    sep, detected = _delimiter(text, label, delimiter, default)
     plain = '"' not in text and "\r" not in text
-    return (_read_plain(text, label, delimiter) if plain else None) or _read_quoted(text, label, delimiter)
+    table = (_read_plain(text, label, sep) if plain else None) or _read_quoted(text, label, sep)
+    kind = "tsv" if default == "\t" else "csv"
+    table.format = f"{kind} ({_DELIMITER_NAMES.get(sep, repr(sep))} detected)" if detected else kind
+    return table
 
 
 def _json_cell(value: Any, lists: bool) -> str:
@@ -239,7 +295,9 @@ def read_jsonl(path: Path, label: str, lists: bool = False) -> Table:
     if not records:
         raise EmptyDatasetError("no JSON objects in the file", path=label)
     header = list(dict.fromkeys(k for r in records for k in r))
-    table = Table(header=header, columns={}, n=len(records), parts=[_Part(label, 0, lines.__getitem__)])
+    table = Table(
+        header=header, columns={}, n=len(records), parts=[_Part(label, 0, lines.__getitem__)], format="jsonl"
+    )
     for name in header:
         cells = [r.get(name) for r in records]
         if {type(c) for c in cells} != {str}:
@@ -256,9 +314,9 @@ def read_table(path: Path, label: str, delimiter: str | None = None, lists: bool
     """CSV (.csv, .tsv) or JSON Lines (.jsonl, .ndjson, .json), each optionally gzipped."""
     if not path.is_file():
         read_bytes(path, label)  # says "not found" or "a directory" before judging the suffix
-    kind = _kind(path)
+    kind = kind_of(path)
     if kind in (".csv", ".tsv"):
-        return read_csv(path, label, delimiter or ("\t" if kind == ".tsv" else ","))
+        return read_csv(path, label, delimiter, "\t" if kind == ".tsv" else ",")
     if kind in (".jsonl", ".ndjson", ".json"):
         return read_jsonl(path, label, lists)
     raise DataError(
@@ -410,14 +468,13 @@ def parse_events(
 ) -> np.ndarray:
     """int8[n] ``EventType.code``; ``renames`` maps the file's names to native ones."""
     renames = renames or {}
-    known = ", ".join(EVENT_CODES)
-    also = " (or a name from the mapping's 'events')" if renames else ""
+    also = ", or a name from the mapping's 'events'" if renames else ""
 
     def code(cell: str) -> int:
         name = cell.strip()
         name = renames.get(name, name.lower()) if name else (default or "")
         if name not in EVENT_CODES:
-            raise CellError(f"unknown event {_shown(cell)}, expected one of: {known}{also}")
+            raise CellError(unknown_name("event", cell, list(EVENT_CODES), also))
         return EVENT_CODES[name]
 
     return map_distinct(table, column, code, np.int8)
@@ -429,9 +486,7 @@ def parse_channels(table: Table, column: str) -> np.ndarray:
     def code(cell: str) -> int:
         name = cell.strip().lower()
         if name and name not in _CHANNEL_CODES:
-            raise CellError(
-                f"unknown channel {cell!r}, expected one of: {', '.join(_CHANNEL_CODES)} or empty"
-            )
+            raise CellError(unknown_name("channel", cell, list(_CHANNEL_CODES), " or an empty cell"))
         return _CHANNEL_CODES[name] if name else -1
 
     return map_distinct(table, column, code, np.int8)
@@ -449,6 +504,18 @@ def token_features(visitor: Sequence[str], cells: Sequence[str], prefix: str) ->
 
 
 # -- events before ids are made dense -------------------------------------------------------------------
+class FileRead(msgspec.Struct, frozen=True, kw_only=True):
+    """One file a load read: its path, its data rows (before any preset rule) and how it was read
+    ("csv", "csv (';' detected)", "jsonl", ...; empty when a preset's reader does not say)."""
+
+    path: str
+    rows: int
+    format: str = ""
+
+
+_EVENT_ARRAYS = ("visitor", "item", "event", "ts", "session", "channel", "quantity", "value")
+
+
 @dataclass
 class RawEvents:
     """Parsed events of one input, one entry per event (n rows), before ``EventLog.build``.
@@ -469,15 +536,41 @@ class RawEvents:
     catalog: list[CatalogItem] = field(default_factory=list)
     features: dict[str, list[str]] = field(default_factory=dict)
     source: str = ""
+    filtered: dict[str, int] = field(default_factory=dict)  # rows a preset's rules dropped, by rule
+    files: list[FileRead] = field(default_factory=list)  # default: one file, ``path``, with every row
 
     def __post_init__(self) -> None:
         n = len(self.visitor)
         if n == 0:
             raise EmptyDatasetError(f"no events ({self.source or 'nothing to load'})", path=self.path)
+        if not self.files:
+            self.files = [FileRead(path=self.path, rows=n + sum(self.filtered.values()))]
         self.session = np.full(n, -1, np.int64) if self.session is None else self.session.astype(np.int64)
         self.channel = np.full(n, -1, np.int8) if self.channel is None else self.channel.astype(np.int8)
         self.quantity = np.ones(n, np.float32) if self.quantity is None else self.quantity.astype(np.float32)
         self.value = np.full(n, np.nan, np.float32) if self.value is None else self.value.astype(np.float32)
+
+    @classmethod
+    def concat(cls, parts: Sequence[RawEvents], path: str) -> RawEvents:
+        """Every part's events in order; catalogs merge (a later part's entry wins), so do features."""
+        if len(parts) == 1:
+            return parts[0]
+
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts])
+
+        filtered: Counter[str] = Counter()
+        for p in parts:
+            filtered.update(p.filtered)
+        return cls(
+            path=path,
+            **{name: joined(name) for name in _EVENT_ARRAYS},
+            catalog=merge_catalogs(*(p.catalog for p in parts)),
+            features=merge_features(*(p.features for p in parts)),
+            source="; ".join(p.source for p in parts),
+            filtered=dict(filtered),
+            files=[f for p in parts for f in p.files],
+        )
 
     def columns(self) -> dict[str, Any]:
         """Keyword arguments for ``EventLog.build`` (ids as str arrays, which build accepts)."""

@@ -124,6 +124,17 @@ def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None
         (["inspect", "{tmp}/nothing-here"], ("nothing-here",)),
         (["train", "--events", "{shop}/events.csv", "--out", "{tmp}/m", "--preset", "nope"], ("--preset",)),
         (["simulate", "--out", "{tmp}/s", "--visitors", "0"], ("--visitors",)),
+        (
+            ["evaluate", "--events", "{shop}/events.csv", "--split-at", SPLIT, "--models", "stage-aware"],
+            (
+                "unknown model 'stage-aware' (expected one of: stage_aware, lightfm,",
+                "did you mean stage_aware?",
+            ),
+        ),
+        (
+            ["train", "--events", "{shop}/events.csv", "--events", "{shop}", "--out", "{tmp}/m"],
+            ("events.csv: named twice (through", "would count twice"),
+        ),
     ],
 )
 def test_user_errors_are_one_line_with_exit_2(
@@ -147,3 +158,103 @@ def test_too_little_data_for_the_blend_is_one_line(capsys: pytest.CaptureFixture
     otto = Path(__file__).parents[1] / "fixtures" / "otto-sample.jsonl"
     argv = ["evaluate", "--preset", "otto", "--events", str(otto), "--split-at", "2022-08-20", "--k", "5"]
     _one_line_error(capsys, argv, "too little data to fit the blend", "2022-08-17")
+
+
+def test_train_reads_repeated_events_and_directories_and_says_what(
+    shop: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = (shop / "events.csv").read_text().splitlines(keepends=True)
+    head, body = lines[0], lines[1:]
+    half = len(body) // 2
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "1.csv").write_text(head + "".join(body[:half]))
+    (exports / "2.csv").write_text(head + "".join(body[half:]))
+    first = tmp_path / "first.csv"
+    first.write_text(head + body[0])
+    args = ["train", "--events", str(first), "--events", str(exports), "--catalog", str(shop / "catalog.csv")]
+    assert main([*args, "--out", str(tmp_path / "m"), "--epochs", "2", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["events"] == len(body) + 1  # every file, not the last one only
+    load = info["load"]
+    assert [(Path(f["path"]).name, f["rows"]) for f in load["files"]] == [
+        ("first.csv", 1),
+        ("1.csv", half),
+        ("2.csv", len(body) - half),
+    ]
+    assert (load["rows"], load["events"], load["filtered"]) == (len(body) + 1, len(body) + 1, {})
+    assert load["catalog"] == str(shop / "catalog.csv")
+
+    assert main([*args, "--out", str(tmp_path / "m"), "--epochs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert f"read 3 files (native): {len(body) + 1:,} rows -> {len(body) + 1:,} events; filtered none" in text
+    assert f"1.csv: {half:,} rows (csv)" in text
+    assert "published" in text
+
+
+def test_evaluate_prints_and_writes_what_it_read(
+    shop: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--events", str(shop / "events.csv"), "--split-at", SPLIT, "--k", "5"]
+    argv += ["--epochs", "2", "--models", "popularity,buy_again", "--json", str(out)]
+    assert main(argv) == 0
+    n = len((shop / "events.csv").read_text().splitlines()) - 1
+    err = capsys.readouterr().err
+    assert f"read 1 file (native): {n:,} rows -> {n:,} events; filtered none" in err
+    inputs = json.loads(out.read_text())["inputs"]
+    assert list(inputs) == ["events"]
+    assert inputs["events"]["files"] == [{"path": str(shop / "events.csv"), "rows": n, "format": "csv"}]
+
+
+def test_evaluate_train_test_accept_several_files(
+    shop: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = (shop / "events.csv").read_text().splitlines(keepends=True)
+    head, body = lines[0], lines[1:]
+    before = [r for r in body if r.split(",")[3] < SPLIT]
+    after = [r for r in body if r.split(",")[3] >= SPLIT]
+    paths = {}
+    for name, rows in {"a": before[::2], "b": before[1::2], "t": after}.items():
+        paths[name] = tmp_path / f"{name}.csv"
+        paths[name].write_text(head + "".join(rows))
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--train", str(paths["a"]), "--train", str(paths["b"]), "--test", str(paths["t"])]
+    argv += ["--k", "5", "--epochs", "2", "--models", "popularity", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert (result["train_events"], result["test_events"]) == (len(before), len(after))
+    assert [f["rows"] for f in result["inputs"]["train"]["files"]] == [len(before[::2]), len(before[1::2])]
+    assert result["split"] == "train a.csv + b.csv / test t.csv"
+    err = capsys.readouterr().err
+    assert "train: read 2 files (native)" in err
+    assert "test: read 1 file (native)" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needles"),
+    [
+        ("e.csv", "visitor_id,item_id,event,timestamp\nv,i,add-to-cart,2024-01-01\n",
+         ("e.csv:2 column 'event': unknown event 'add-to-cart' (expected one of: page_view,",
+          "add_to_cart,", "did you mean add_to_cart?")),
+        ("u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n",
+         ("u.data: looks like MovieLens ratings", "use --preset movielens-100k")),
+    ],
+)  # fmt: skip
+def test_input_hints_are_one_line_with_exit_2(
+    tmp_path: Path, name: str, text: str, needles: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    _one_line_error(capsys, ["train", "--events", str(path), "--out", str(tmp_path / "m")], *needles)
+
+
+def test_a_semicolon_file_under_a_comma_mapping_gets_a_delimiter_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "e.csv"
+    events.write_text("visitor_id;item_id;event;timestamp\nv;i;purchase;2024-01-01\n")
+    mapping = tmp_path / "m.json"
+    mapping.write_text('{"delimiter": ","}')
+    argv = ["train", "--events", str(events), "--mapping", str(mapping), "--out", str(tmp_path / "m")]
+    _one_line_error(capsys, argv, "e.csv:1: the header looks separated by ';'", '"delimiter": ";"')

@@ -21,8 +21,10 @@ from training.loaders import (
     load_events,
     load_mapping,
     load_train_test,
+    read_events,
+    read_train_test,
 )
-from training.tables import session_keys
+from training.tables import did_you_mean, session_keys
 
 OTTO = Path(__file__).parents[1] / "fixtures" / "otto-sample.jsonl"
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()
@@ -305,7 +307,7 @@ def test_missing_column_lists_the_found_ones(tmp_path: Path) -> None:
 def test_missing_file_directory_and_unknown_suffix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"nope\.csv: file not found"):
         load_events(tmp_path / "nope.csv")
-    with pytest.raises(DataError, match="is a directory"):
+    with pytest.raises(DataError, match="no events files in this directory"):
         load_events(tmp_path)
     with pytest.raises(DataError, match=r"events\.xlsx: unknown file type '\.xlsx'"):
         load_events(write(tmp_path / "events.xlsx", HEAD))
@@ -338,7 +340,12 @@ def test_empty_jsonl(tmp_path: Path) -> None:
     [
         ("item_id,stages\na,awareness|buying\n", 2, "stages", "unknown stage 'buying'"),
         ("item_id,in_stock\na,maybe\n", 2, "in_stock", "true/false"),
-        ("item_id,kind\na,service\n", 2, "kind", "product or content"),
+        (
+            "item_id,kind\na,service\n",
+            2,
+            "kind",
+            "unknown kind 'service' (expected one of: product, content)",
+        ),
         ("item_id,price\na,-1\n", 2, "price", "price >= 0"),
         ("item_id\na\nb\na\n", 4, "item_id", "duplicate item id 'a' (first on line 2)"),
     ],
@@ -404,6 +411,19 @@ def test_uci_rules_on_a_directory(tmp_path: Path) -> None:
         assert rule in log.source
     assert "filtered 5 rows" in log.source
     assert "2 file(s), 11 rows" in log.source
+    _, summary = read_events(tmp_path / "by-day", preset="uci-online-retail")
+    assert [(Path(f.path).name, f.rows) for f in summary.files] == [
+        ("2010-12-01.csv", 5),
+        ("2010-12-02.csv", 6),
+    ]
+    assert (summary.rows, summary.events) == (11, 6)
+    assert summary.filtered == {
+        "no CustomerID": 2,
+        "non-product StockCode": 1,
+        "sale with Quantity <= 0": 1,
+        "sale with UnitPrice <= 0": 1,
+    }
+    assert "filtered 5 (no CustomerID 2, non-product StockCode 1," in summary.lines()[0]
     heart = next(c for c in log.catalog if c.item_id == "85123A")
     assert heart.title == "WHITE HANGING HEART T-LIGHT HOLDER"
     assert heart.category == "holder"
@@ -569,3 +589,170 @@ def test_native_train_test_share_one_id_space(tmp_path: Path) -> None:
     assert a.concat(b).n_events == 5
     with pytest.raises(EmptyDatasetError, match=r"empty\.csv"):
         load_train_test(train, write(tmp_path / "empty.csv", HEAD))
+
+
+# -- several files and directories ------------------------------------------------------------------------
+EXPORT_A = (
+    '{"visitor_id": "a", "item_id": "x", "event": "product_view", "timestamp": "2024-01-01T00:00:00Z"}\n'
+    '{"visitor_id": "a", "item_id": "x", "event": "add_to_cart", "timestamp": "2024-01-01T00:01:00Z"}\n'
+)
+EXPORT_B = '{"visitor_id": "b", "item_id": "y", "event": "purchase", "timestamp": "2024-01-02T00:00:00Z"}\n'
+
+
+def test_repeated_paths_and_directories_read_every_file_in_order(tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    write(exports / "002.jsonl", EXPORT_B)
+    write(exports / "001.jsonl", EXPORT_A)
+    write(exports / "000-old.csv", HEAD + "c,z,search,2023-12-31T00:00:00Z\n")  # formats may be mixed
+    (exports / "003.jsonl.gz").write_bytes(gzip.compress(EXPORT_B.replace('"b"', '"d"').encode()))
+    write(exports / "README.md", "how these were exported")
+    write(exports / ".002.jsonl.x1y2.tmp", "half-written")  # export-events' temporary file
+    write(exports / "archive" / "old.jsonl", EXPORT_B)  # subdirectories are not read
+    catalog = write(exports / "catalog.csv", "item_id,title\nx,X\n")  # the --catalog is not events
+    extra = write(tmp_path / "later.csv", HEAD + "e,x,purchase,2024-02-01\n")
+
+    log, summary = read_events([exports, extra], catalog=catalog)
+
+    read = [(Path(f.path).name, f.rows, f.format) for f in summary.files]
+    assert read == [
+        ("000-old.csv", 1, "csv"),
+        ("001.jsonl", 2, "jsonl"),
+        ("002.jsonl", 1, "jsonl"),
+        ("003.jsonl.gz", 1, "jsonl"),
+        ("later.csv", 1, "csv"),
+    ]
+    assert sorted(Path(p).name for p in summary.skipped) == [
+        ".002.jsonl.x1y2.tmp", "README.md", "archive", "catalog.csv",
+    ]  # fmt: skip
+    assert (summary.reader, summary.rows, summary.events, summary.filtered) == ("native", 6, 6, {})
+    assert (summary.catalog, summary.catalog_items) == (str(catalog), 1)
+    assert log.n_events == 6
+    assert log.visitor_ids == ["a", "b", "c", "d", "e"]
+    lines = summary.lines()
+    assert lines[0] == "read 5 files (native): 6 rows -> 6 events; filtered none"
+    assert any("001.jsonl: 2 rows (jsonl)" in line for line in lines)
+    assert any(line.startswith("  not read:") and "README.md" in line for line in lines)
+    # the same events as one file: nothing lost, nothing counted twice
+    one = load_events(write(tmp_path / "all.csv", HEAD + "a,x,product_view,2024-01-01T00:00:00Z\n"
+        "a,x,add_to_cart,2024-01-01T00:01:00Z\nb,y,purchase,2024-01-02\nc,z,search,2023-12-31\n"
+        "d,y,purchase,2024-01-02\ne,x,purchase,2024-02-01\n"))  # fmt: skip
+    assert sorted(log.ts.tolist()) == sorted(one.ts.tolist())
+
+
+def test_a_repeated_events_option_is_not_the_last_file_only(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.jsonl", EXPORT_A)
+    b = write(tmp_path / "b.jsonl", EXPORT_B)
+    assert load_events([a, b]).n_events == 3
+    assert load_events(a).n_events == 2  # one path still reads as before
+
+
+def test_a_file_named_twice_or_an_empty_directory_is_refused(tmp_path: Path) -> None:
+    a = write(tmp_path / "d" / "a.jsonl", EXPORT_A)
+    with pytest.raises(ValidationError, match=r"a\.jsonl: named twice \(through .*d and .*a\.jsonl\)"):
+        load_events([tmp_path / "d", a])
+    with pytest.raises(ValidationError, match=r"a\.jsonl: named twice; its events would count twice"):
+        load_events([a, a])
+    write(tmp_path / "e" / "notes.txt", "nothing here")
+    with pytest.raises(DataError, match=r"e: no events files in this directory \(read: \*\.csv .*\.gz\)"):
+        load_events(tmp_path / "e")
+
+
+def test_otto_directory_and_train_test_summaries(tmp_path: Path) -> None:
+    sessions = OTTO.read_text().splitlines()
+    write(tmp_path / "otto" / "part-1.jsonl", "\n".join(sessions[:5]) + "\n")
+    write(tmp_path / "otto" / "part-2.jsonl", "\n".join(sessions[5:]) + "\n")
+    log, summary = read_events(tmp_path / "otto", preset="otto")
+    assert log.n_events == load_events(OTTO, preset="otto").n_events == 862
+    assert [Path(f.path).name for f in summary.files] == ["part-1.jsonl", "part-2.jsonl"]
+    assert {f.format for f in summary.files} == {"otto"}
+    assert sum(f.rows for f in summary.files) == summary.rows == summary.events == 862
+
+    train = write(tmp_path / "train.csv", HEAD + "a,x,purchase,1\nb,y,product_view,2\n")
+    test = [write(tmp_path / "t1.jsonl", EXPORT_A), write(tmp_path / "t2.jsonl", EXPORT_B)]
+    a, b, sa, sb = read_train_test(train, test)
+    assert a.visitor_ids is b.visitor_ids
+    assert (a.n_events, b.n_events) == (2, 3)
+    assert [(Path(f.path).name, f.rows) for f in sb.files] == [("t1.jsonl", 2), ("t2.jsonl", 1)]
+    assert (sa.events, sb.events) == (2, 3)
+    with pytest.raises(ValidationError, match=r"t1\.jsonl: read as training and as test events"):
+        read_train_test([train, test[0]], test)
+
+
+# -- hints for files another option reads ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("header", "sep", "shown"),
+    [
+        ("visitor_id;item_id;event;timestamp", ";", "';'"),
+        ("visitor_id\titem_id\tevent\ttimestamp", "\t", "tabs"),
+    ],
+)
+def test_a_semicolon_or_tab_separated_csv_is_detected_and_said(
+    tmp_path: Path, header: str, sep: str, shown: str
+) -> None:
+    rows = [["a", "x", "purchase", "2024-01-01"], ["b", "y", "product_view", "2024-01-02"]]
+    path = write(tmp_path / "e.csv", "\n".join([header, *(sep.join(r) for r in rows)]) + "\n")
+    log, summary = read_events(path)
+    assert log.n_events == 2
+    assert summary.files[0].format == f"csv ({shown} detected)"
+
+
+def test_a_delimiter_that_leaves_one_column_names_the_likely_one(tmp_path: Path) -> None:
+    path = write(tmp_path / "e.csv", "visitor_id;item_id;event;timestamp\na;x;purchase;1\n")
+    mapping = load_mapping(write(tmp_path / "m.json", '{"delimiter": ","}'))
+    with pytest.raises(DataError) as exc:
+        load_events(path, mapping=mapping)
+    assert str(error_of(exc)).endswith(
+        "e.csv:1: the header looks separated by ';' (not ','): use a --mapping file with \"delimiter\": \";\""
+    )
+    tsv = write(tmp_path / "e.tsv", "visitor_id|item_id|event|timestamp\na|x|purchase|1\n")
+    assert read_events(tsv)[1].files[0].format == "tsv ('|' detected)"
+    tie = write(tmp_path / "tie.csv", "visitor_id;item_id|event\n")
+    with pytest.raises(DataError, match=r"looks separated by ';' or '\|' \(cannot tell which\)"):
+        load_events(tie)
+    # a comma-separated header keeps its commas even when cells hold semicolons
+    plain = write(tmp_path / "plain.csv", HEAD + "a;1,x,purchase,1\n")
+    assert load_events(plain).visitor_ids == ["a;1"]
+
+
+@pytest.mark.parametrize("name", ["u.data", "ua.base", "ratings.csv", "ratings.tsv"])
+def test_movielens_ratings_without_the_preset_suggest_it(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / name, "196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    with pytest.raises(DataError) as exc:
+        load_events(path)
+    assert str(error_of(exc)) == (
+        f"{path}: looks like MovieLens ratings (user, item, rating, time; tab-separated, no header):"
+        " use --preset movielens-100k"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "valid", "expected"),
+    [
+        ("add-to-cart", ["page_view", "add_to_cart"], "add_to_cart"),
+        ("Add To Cart", ["page_view", "add_to_cart"], "add_to_cart"),
+        ("purchse", ["page_view", "purchase"], "purchase"),
+        ("teleport", ["page_view", "purchase"], None),
+    ],
+)
+def test_did_you_mean(value: str, valid: list[str], expected: str | None) -> None:
+    assert did_you_mean(value, valid) == expected
+
+
+def test_enum_errors_list_the_values_and_the_closest(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as exc:
+        load_events(write(tmp_path / "e.csv", HEAD + "a,x,add-to-cart,1\n"))
+    message = str(error_of(exc))
+    names = ", ".join(e.value for e in EventType)
+    assert message.endswith(
+        f"unknown event 'add-to-cart' (expected one of: {names}); did you mean add_to_cart?"
+    )
+    with pytest.raises(
+        DataError, match=r"unknown channel 'e-mail' \(expected one of: .*email.*\); did you mean email\?"
+    ):
+        load_events(write(tmp_path / "c.csv", HEAD.strip() + ",channel\na,x,purchase,1,e-mail\n"))
+    with pytest.raises(DataError, match=r"unknown stage 'decison' .*; did you mean decision\?"):
+        load_catalog(write(tmp_path / "catalog.csv", "item_id,stages\na,decison\n"))
+    with pytest.raises(
+        DataError, match=r"'basket' maps to unknown event 'add-to-cart' .*did you mean add_to_cart\?"
+    ):
+        load_mapping(write(tmp_path / "m.json", '{"events": {"basket": "add-to-cart"}}'))
