@@ -274,16 +274,29 @@ class LoadSummary(msgspec.Struct, frozen=True, kw_only=True):
     catalog_items: int | None
     detail: str
 
-    def lines(self) -> list[str]:
-        """The summary for a terminal: totals, then one line per file."""
+    def lines(self, max_files: int = 12) -> list[str]:
+        """The summary for a terminal: totals, then one line per file (beyond ``max_files`` files, the
+        first ones, a count of the middle ones and the last one; the JSON lists them all)."""
         n = len(self.files)
         why = ", ".join(f"{reason} {count:,}" for reason, count in self.filtered.items())
         filtered = f"filtered {sum(self.filtered.values()):,} ({why})" if why else "filtered none"
         files = f"{n} file{'s' * (n != 1)}"
         out = [f"read {files} ({self.reader}): {self.rows:,} rows -> {self.events:,} events; {filtered}"]
-        out += [f"  {f.path}: {f.rows:,} rows{f' ({f.format})' if f.format else ''}" for f in self.files]
+
+        def line(f: FileRead) -> str:
+            return f"  {f.path}: {f.rows:,} rows{f' ({f.format})' if f.format else ''}"
+
+        if n <= max_files:
+            out += map(line, self.files)
+        else:
+            middle = self.files[max_files - 2 : -1]
+            out += map(line, self.files[: max_files - 2])
+            out.append(f"  and {len(middle):,} more files with {sum(f.rows for f in middle):,} rows, then")
+            out.append(line(self.files[-1]))
         if self.skipped:
-            out.append(f"  not read: {', '.join(self.skipped)}")
+            more = len(self.skipped) - 5
+            shown = ", ".join(self.skipped[:5]) + (f" and {more:,} more" if more > 0 else "")
+            out.append(f"  not read: {shown}")
         if self.catalog is not None:
             out.append(f"  catalog {self.catalog}: {self.catalog_items:,} items")
         return out

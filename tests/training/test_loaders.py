@@ -639,6 +639,22 @@ def test_repeated_paths_and_directories_read_every_file_in_order(tmp_path: Path)
     assert sorted(log.ts.tolist()) == sorted(one.ts.tolist())
 
 
+def test_the_summary_of_many_files_stays_short(tmp_path: Path) -> None:
+    for day in range(1, 31):
+        write(
+            tmp_path / "days" / f"2024-01-{day:02}.csv", HEAD + f"v{day},x,purchase,2024-01-{day:02}\n" * day
+        )
+        write(tmp_path / "days" / f"2024-01-{day:02}.txt", "notes")
+    _, summary = read_events(tmp_path / "days")
+    assert len(summary.files) == 30
+    assert summary.rows == summary.events == sum(range(1, 31))
+    lines = summary.lines()
+    assert len(lines) == 1 + 10 + 2 + 1
+    assert lines[11] == f"  and 19 more files with {sum(range(11, 30)):,} rows, then"
+    assert lines[12].endswith("2024-01-30.csv: 30 rows (csv)")
+    assert lines[13].endswith("2024-01-05.txt and 25 more")
+
+
 def test_a_repeated_events_option_is_not_the_last_file_only(tmp_path: Path) -> None:
     a = write(tmp_path / "a.jsonl", EXPORT_A)
     b = write(tmp_path / "b.jsonl", EXPORT_B)
