@@ -29,7 +29,7 @@ import numpy as np
 from models.dataset import EventLog
 from models.domain import CatalogItem, ItemKind, Stage
 from models.errors import DataError, EmptyDatasetError, ValidationError
-from training.presets import READERS
+from training.presets import PRESETS
 from training.tables import (
     EVENT_CODES,
     CellError,
@@ -49,14 +49,6 @@ from training.tables import (
     token_features,
     unknown_name,
 )
-
-#: Preset name -> what it reads ("native" here, the others in ``training.presets``).
-PRESETS: dict[str, str] = {
-    "native": "native CSV / JSON Lines events (the default)",
-    "uci-online-retail": "UCI Online Retail invoice lines (directory of per-day CSVs or one CSV)",
-    "movielens-100k": "MovieLens 100K ratings (u.data or a split such as ua.base; u.item/u.user beside it)",
-    "otto": "OTTO session JSON Lines (clicks, carts, orders)",
-}
 
 EVENT_COLUMNS = (
     "visitor_id", "item_id", "event", "timestamp", "session_id", "channel", "quantity", "value", "country",
@@ -241,13 +233,6 @@ def load_catalog(path: str | Path, mapping: ColumnMapping | None = None) -> list
 
 
 # -- public API -----------------------------------------------------------------------------------------
-#: Suffixes (before an optional .gz) of the files a reader takes from a directory; a reader not listed reads
-#: a directory itself.
-DIRECTORY_FILES: dict[str, tuple[str, ...]] = {
-    "native": (".csv", ".tsv", ".jsonl", ".ndjson", ".json"),
-    "otto": (".jsonl", ".ndjson"),
-}
-
 Paths = str | Path | Sequence[str | Path]
 
 
@@ -306,16 +291,16 @@ def _reader(preset: str | None, mapping: ColumnMapping | None) -> str:
     name = preset or "native"
     if name not in PRESETS:
         raise ValidationError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    if name != "native" and mapping is not None:
+    if PRESETS[name].reader is not None and mapping is not None:
         raise ValidationError(f"a column mapping applies to the native format, not to preset {name!r}")
     return name
 
 
 def _read(path: str | Path, preset: str | None, mapping: ColumnMapping | None) -> RawEvents:
-    name = _reader(preset, mapping)
-    if name == "native":
+    reader = PRESETS[_reader(preset, mapping)].reader
+    if reader is None:
         return read_native(Path(path), str(path), mapping or ColumnMapping())
-    return READERS[name](Path(path), str(path))
+    return reader(Path(path), str(path))
 
 
 def _as_list(paths: Paths) -> list[str | Path]:
@@ -326,7 +311,7 @@ def expand_paths(
     paths: Paths, reader: str, catalog: str | Path | None = None
 ) -> tuple[list[Path], list[str]]:
     """(files to read in order, entries not read) for the given paths; see the module docstring."""
-    suffixes = DIRECTORY_FILES.get(reader)
+    suffixes = PRESETS[reader].directory_files
     given = _as_list(paths)
     if not given:
         raise ValidationError("no events path given")

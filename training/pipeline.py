@@ -12,9 +12,7 @@ import numpy as np
 
 from models import artifact
 from models.dataset import EventLog
-from models.domain import EventType
 from models.journey import stages_at
-from models.weights import DEFAULT_POSITIVE
 from training.baselines import (
     BuyAgainRanker,
     ItemKnnRanker,
@@ -22,29 +20,15 @@ from training.baselines import (
     PopularityRanker,
     TrendingRanker,
 )
-from training.factorization import FactorParams
+from training.presets import PRESETS
 from training.stage_model import StageAwareRanker, StageModelConfig, fit_stage_model
-
-#: What each preset's data means for training: which events are positives, how to carve validation.
-PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "native": {"positive": DEFAULT_POSITIVE},
-    # a longer validation window: re-buys of wholesale customers need months to show
-    "uci-online-retail": {"positive": frozenset({EventType.PURCHASE}), "validation_fraction": 0.3},
-    "otto": {"positive": frozenset({EventType.ADD_TO_CART, EventType.PURCHASE})},
-    # MovieLens rating splits are not ordered in time per user: validate on a random holdout. Its holdout
-    # keeps 15 % of the positives from the first fit, so the factorisation gets the longer schedule
-    # (measured: with the defaults tuned for the 1M-event benchmark, P@10 fell to 0.92x plain LightFM)
-    "movielens-100k": {
-        "positive": frozenset({EventType.REVIEW}),
-        "validation": "holdout",
-        "factors": FactorParams(epochs=20, max_sampled=30, warm_epochs=10),
-    },
-}
 
 
 def config_for(preset: str | None, **overrides: Any) -> StageModelConfig:
-    """The default config for a preset with explicit overrides (None values are ignored)."""
-    base = dict(PRESET_DEFAULTS.get(preset or "native", PRESET_DEFAULTS["native"]))
+    """The default config for a preset (``training.presets.PRESETS``) with explicit overrides (None values
+    are ignored)."""
+    known = PRESETS.get(preset or "native", PRESETS["native"])
+    base = dict(known.training)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return StageModelConfig(**base)
 
