@@ -201,7 +201,7 @@ def test_readme_mapping_example_maps_events_and_catalog(readme_text: str, tmp_pa
 
 def test_readme_example_is_a_real_answer(readme_text: str, tmp_path: Path) -> None:
     """The README's example decodes as the API's own types, and the generator makes it from a real call."""
-    from tests.service.api_fixtures import train_storefront_model
+    from tests.storefront import train_storefront_model
 
     shown = readme.region(readme_text, "example")
     blocks = re.findall(r"```json\n(.*?)```", shown, re.DOTALL)

@@ -4,12 +4,11 @@ scoring on a real (small) trained model."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.artifact import ModelBundle, load
+from models.artifact import ModelBundle
 from models.candidates import (
     CandidateIndex,
     CandidateSettings,
@@ -22,7 +21,6 @@ from models.candidates import (
 from models.domain import Event, EventType
 from models.recommender import Recommender
 from models.request import Filters, VisitorContext
-from tests.service.api_fixtures import train_storefront_model
 
 
 def _blobs(rng: np.random.Generator, centres: np.ndarray, per: int) -> np.ndarray:
@@ -133,9 +131,8 @@ def test_select_scores_every_candidate_exactly() -> None:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
-    d: Path = tmp_path_factory.mktemp("cand-model")
-    return load(train_storefront_model(d))
+def bundle(recommender: Recommender) -> ModelBundle:
+    return recommender.bundle
 
 
 def _contexts(rec: Recommender) -> list[VisitorContext]:

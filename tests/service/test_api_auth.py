@@ -13,21 +13,7 @@ from models.recommender import Recommender
 from service.app import create_app
 from service.model_holder import ModelHolder
 from service.settings import load_settings
-from tests.service import api_fixtures
-from tests.service.api_fixtures import (
-    H_ADMIN,
-    H_INGEST,
-    H_READ,
-    event,
-    make_app,
-    memory_store,
-)
-
-# shared fixtures (pytest finds them as module attributes)
-app = api_fixtures.app
-client = api_fixtures.client
-models_dir = api_fixtures.models_dir
-recommender = api_fixtures.recommender
+from tests.service.api_fixtures import H_ADMIN, H_INGEST, H_READ, event, make_app, memory_store
 
 Client = TestClient[Litestar]
 EVENT = event("auth-v", "auth-i", "page_view")

@@ -1,7 +1,8 @@
 """End to end over real HTTP: ``journeyrec serve`` (Granian) against a real Redis server.
 
-Needs Redis at JOURNEYREC_TEST_REDIS_URL (default redis://127.0.0.1:6379/15). When that variable is set
-and Redis does not answer the tests fail; when it is unset and the default does not answer they skip.
+Needs the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``: the tests fail when
+JOURNEYREC_TEST_REDIS_URL is set and Redis does not answer, and skip when it is unset and the default does
+not answer).
 Every run uses its own key prefix and deletes its keys afterwards.
 """
 
@@ -26,34 +27,17 @@ import redis
 
 from models.artifact import LATEST, resolve_latest
 from tests.artifact_faults import corrupt_inside_npz
-from tests.service import api_fixtures
-from tests.service.api_fixtures import (
-    ADMIN_KEY,
-    H_ADMIN,
-    H_INGEST,
-    H_READ,
-    KEYS_SPEC,
-    product_id,
-    train_storefront_model,
-)
-
-# shared fixtures (pytest finds them as module attributes)
-models_dir = api_fixtures.models_dir
+from tests.conftest import REDIS_URL
+from tests.service.api_fixtures import ADMIN_KEY, H_ADMIN, H_INGEST, H_READ, KEYS_SPEC
+from tests.storefront import product_id, train_storefront_model
 
 pytestmark = pytest.mark.redis
-REDIS_URL = os.environ.get("JOURNEYREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as e:
-        if "JOURNEYREC_TEST_REDIS_URL" in os.environ:
-            pytest.fail(f"Redis at {REDIS_URL} does not answer: {e}")
-        pytest.skip(f"no Redis at {REDIS_URL}")
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
     yield client
     client.close()
 

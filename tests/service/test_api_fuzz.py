@@ -30,12 +30,8 @@ from models.recommender import Recommender
 from service.app import create_app
 from service.auth import API_KEY_HEADER, parse_api_keys
 from service.model_holder import ModelHolder
-from tests.service import api_fixtures
-from tests.service.api_fixtures import api_settings, make_app, memory_store, storefront_catalog
-
-# shared fixtures (pytest finds them as module attributes)
-models_dir = api_fixtures.models_dir
-recommender = api_fixtures.recommender
+from tests.service.api_fixtures import api_settings, make_app, memory_store
+from tests.storefront import storefront_catalog
 
 FUZZ_KEY = "fuzz-all-scopes-key-0123456789"
 HEADERS = {API_KEY_HEADER: FUZZ_KEY}

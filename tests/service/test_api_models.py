@@ -19,19 +19,8 @@ from models.recommender import Recommender
 from service.app import create_app
 from service.model_holder import ModelHolder, ReloadResult
 from tests.artifact_faults import corrupt_inside_npz
-from tests.service import api_fixtures
-from tests.service.api_fixtures import (
-    H_ADMIN,
-    H_READ,
-    api_settings,
-    make_app,
-    memory_store,
-    train_storefront_model,
-)
-
-# shared fixtures (pytest finds them as module attributes)
-models_dir = api_fixtures.models_dir
-recommender = api_fixtures.recommender
+from tests.service.api_fixtures import H_ADMIN, H_READ, api_settings, make_app, memory_store
+from tests.storefront import train_storefront_model
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from models.recommender import Recommender
 from models.request import Recommendations, VisitorContext
 from service.api.deps import context_of
 from service.store.base import VisitorState
-from tests.service import api_fixtures
 from tests.service.api_fixtures import (
     H_ADMIN,
     H_INGEST,
@@ -24,15 +23,8 @@ from tests.service.api_fixtures import (
     event,
     make_app,
     memory_store,
-    product_id,
-    storefront_catalog,
 )
-
-# shared fixtures (pytest finds them as module attributes)
-app = api_fixtures.app
-client = api_fixtures.client
-models_dir = api_fixtures.models_dir
-recommender = api_fixtures.recommender
+from tests.storefront import product_id, storefront_catalog
 
 Client = TestClient[Litestar]
 KETTLE = product_id("Kettle")

@@ -12,20 +12,8 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from models.recommender import Recommender
-from tests.service import api_fixtures
-from tests.service.api_fixtures import (
-    H_INGEST,
-    H_READ,
-    event,
-    make_app,
-    product_id,
-)
-
-# shared fixtures (pytest finds them as module attributes)
-app = api_fixtures.app
-client = api_fixtures.client
-models_dir = api_fixtures.models_dir
-recommender = api_fixtures.recommender
+from tests.service.api_fixtures import H_INGEST, H_READ, event, make_app
+from tests.storefront import product_id
 
 Client = TestClient[Litestar]
 

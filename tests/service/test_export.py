@@ -1,14 +1,14 @@
 """``service.export.export_events``: the Redis event stream as a JSON Lines training file.
 
-Needs Redis at JOURNEYREC_TEST_REDIS_URL (default redis://127.0.0.1:6379/15): fails when that variable is
-set and Redis does not answer, skips when it is unset. Each test uses its own key prefix and cleans up.
+Needs the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``: fails when JOURNEYREC_TEST_REDIS_URL
+is set and Redis does not answer, skips when it is unset and the default does not answer). Each test uses
+its own key prefix and cleans up.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -16,28 +16,20 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from models.domain import Channel, Event, EventType
 from models.errors import StoreUnavailableError, ValidationError
 from service.export import ExportSummary, export_events
 from service.settings import Settings, load_settings
 from service.store.redis_store import RedisStore
+from tests.conftest import REDIS_URL
 
-REDIS_URL = os.environ.get("JOURNEYREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z
 
 
 @pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    raw = aioredis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        await raw.ping()
-    except (RedisError, OSError) as e:
-        await raw.aclose()
-        if "JOURNEYREC_TEST_REDIS_URL" in os.environ:
-            pytest.fail(f"Redis at {REDIS_URL} does not answer: {e}")
-        pytest.skip(f"no Redis at {REDIS_URL}")
+async def prefix(redis_url: str) -> AsyncIterator[str]:
+    raw = aioredis.Redis.from_url(redis_url, socket_timeout=5)
     p = f"jrtest-{uuid.uuid4().hex[:12]}"
     try:
         yield p

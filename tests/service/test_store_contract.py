@@ -1,14 +1,13 @@
 """The VisitorStore contract: the same tests run against MemoryStore and RedisStore.
 
-The Redis params need Redis at JOURNEYREC_TEST_REDIS_URL (default redis://127.0.0.1:6379/15). When that
-variable is set and Redis does not answer they fail; when it is unset and the default does not answer they
-skip. Every test uses its own key prefix and deletes its keys afterwards.
+The Redis params need the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``: they fail when
+JOURNEYREC_TEST_REDIS_URL is set and Redis does not answer, and skip when it is unset and the default does
+not answer). Every test uses its own key prefix and deletes its keys afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
 import socket
@@ -20,7 +19,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from models.domain import Channel, Event, EventType
 from models.errors import StoreUnavailableError, ValidationError
@@ -28,8 +26,6 @@ from service.store.base import AppendResult, VisitorState, VisitorStore
 from service.store.memory_store import MemoryStore
 from service.store.redis_store import RedisStore
 
-REDIS_URL = os.environ.get("JOURNEYREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-REDIS_REQUIRED = "JOURNEYREC_TEST_REDIS_URL" in os.environ
 DEFAULTS: dict[str, int] = {"visitor_ttl": 3600, "recent_events": 200, "stream_maxlen": 100_000}
 T0 = 1_735_689_600.0  # 2025-01-01T00:00:00Z, event times
 E = EventType
@@ -78,19 +74,13 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness("memory", make_memory, advance)
         return
 
-    raw = aioredis.Redis.from_url(REDIS_URL, socket_timeout=5)
-    try:
-        await raw.ping()
-    except (RedisError, OSError) as e:
-        await raw.aclose()
-        if REDIS_REQUIRED:
-            pytest.fail(f"Redis at {REDIS_URL} does not answer: {e}")
-        pytest.skip(f"no Redis at {REDIS_URL}")
+    url: str = request.getfixturevalue("redis_url")
+    raw = aioredis.Redis.from_url(url, socket_timeout=5)
     prefix = f"jrtest-{uuid.uuid4().hex[:12]}"
     stores: list[RedisStore] = []
 
     def make_redis(**kw: Any) -> VisitorStore:
-        store = RedisStore.from_url(REDIS_URL, prefix=prefix, socket_timeout=5, **{**DEFAULTS, **kw})
+        store = RedisStore.from_url(url, prefix=prefix, socket_timeout=5, **{**DEFAULTS, **kw})
         stores.append(store)
         return store
 

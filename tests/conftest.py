@@ -1,0 +1,57 @@
+"""Fixtures shared by every test package: the storefront model, and the test Redis.
+
+Redis: ``JOURNEYREC_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/15). A test that asks for ``redis_url``
+fails when that variable is set and Redis does not answer, and is skipped when it is unset and nothing
+answers at the default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import redis
+
+from models.recommender import Recommender
+from tests.storefront import train_storefront_model
+
+REDIS_URL_VARIABLE = "JOURNEYREC_TEST_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = os.environ.get(REDIS_URL_VARIABLE, DEFAULT_REDIS_URL)
+
+
+def require_redis(url: str, environ: Mapping[str, str]) -> str:
+    """``url`` once a Redis there answers a ping; else the test fails when ``environ`` names a test Redis
+    explicitly (it was asked for) and is skipped when it does not."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as e:
+        if REDIS_URL_VARIABLE in environ:
+            pytest.fail(f"{REDIS_URL_VARIABLE}={url}: Redis does not answer: {e}")
+        pytest.skip(f"no Redis at {url} (set {REDIS_URL_VARIABLE} to require one)")
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis's URL (see the module docstring). Each test uses its own key prefix and cleans up."""
+    return require_redis(REDIS_URL, os.environ)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory with one version trained on the storefront (``tests.storefront``)."""
+    d = tmp_path_factory.mktemp("models")
+    train_storefront_model(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def recommender(models_dir: Path) -> Recommender:
+    return Recommender.load(models_dir)
