@@ -12,6 +12,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from models.domain import Channel
+from models.errors import ValidationError
 
 _MEDIUM = {
     "cpc": Channel.AD,
@@ -35,16 +36,25 @@ _WEBMAIL = frozenset({"mail", "outlook", "gmail", "webmail"})
 
 
 def channel_from_referrer(referrer: str) -> Channel:
-    """The channel of a visit whose referrer is ``referrer`` (a URL or a bare host; "" for none)."""
+    """The channel of a visit whose referrer is ``referrer`` (a URL or a bare host; "" for none).
+
+    Raises ValidationError naming the referrer when it cannot be parsed as a URL (e.g. an unclosed IPv6
+    bracket, which urllib.parse refuses with ValueError)."""
     text = referrer.strip()
     if not text:
         return Channel.DIRECT
-    parts = urlsplit(text if "//" in text else "//" + text)
-    for medium in parse_qs(parts.query).get("utm_medium", []):
+    try:
+        parts = urlsplit(text if "//" in text else "//" + text)
+        mediums = parse_qs(parts.query).get("utm_medium", [])
+        host = parts.hostname or ""
+    except ValueError as e:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ValidationError(f"referrer {shown!r} is not a valid URL: {e}") from None
+    for medium in mediums:
         channel = _MEDIUM.get(medium.strip().lower())
         if channel is not None:
             return channel
-    labels = (parts.hostname or "").lower().removeprefix("www.").split(".")
+    labels = host.lower().removeprefix("www.").split(".")
     names = set(labels[:-1]) if len(labels) > 1 else set(labels)  # "" for no host: no known name
     # webmail first: mail.google.com and mail.yahoo.com are under a search engine's name
     for known, channel in ((_WEBMAIL, Channel.EMAIL), (_SEARCH, Channel.SEARCH), (_SOCIAL, Channel.SOCIAL)):

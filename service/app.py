@@ -9,6 +9,7 @@ Every JSON body's nesting depth is checked before msgspec decodes it.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from litestar import Litestar, Request, Router
@@ -20,7 +21,7 @@ from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from litestar.types import Middleware
+from litestar.types import Middleware, ReceiveMessage
 
 from models.errors import ArtifactError
 from service.api.deps import Services
@@ -31,9 +32,9 @@ from service.api.items import ItemsController
 from service.api.model_versions import ModelsController
 from service.api.visitors import VisitorsController
 from service.auth import API_KEY_HEADER, Authenticator, check_auth_configured
-from service.errors import EXCEPTION_HANDLERS
+from service.errors import EXCEPTION_HANDLERS, IncompleteBodyError
 from service.followers import Followers, every
-from service.json_guard import check_json_depth
+from service.json_guard import decode_json
 from service.model_holder import ModelHolder
 from service.openapi_body import keep_event_components
 from service.openapi_docs import document_scopes, reference_assets, reference_page
@@ -58,13 +59,33 @@ API_VERSION = "1"
 
 
 class GuardedRequest(Request[Any, Any, Any]):
-    """Checks the JSON nesting depth before Litestar hands the body to msgspec (see json_guard)."""
+    """Every JSON body goes through ``json_guard.decode_json`` (depth first; any decoder error a 400 naming
+    the field), and a body the client did not finish (it disconnected, or its chunked encoding was
+    malformed, which the server reports the same way) is an IncompleteBodyError (400), not Litestar's 500."""
 
     async def json(self) -> Any:
-        body = await self.body()
         settings: Settings = self.app.state.settings
-        check_json_depth(body, settings.max_json_depth)
-        return await super().json()
+        data = self.route_handler.parsed_data_field
+        schema = data.annotation if data is not None else None
+        return decode_json(await self.body() or b"null", settings.max_json_depth, schema)
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        receive = self.receive
+
+        async def until_complete() -> ReceiveMessage:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise IncompleteBodyError(
+                    "request body incomplete: the client disconnected or sent a malformed chunked body"
+                )
+            return message
+
+        self.receive = until_complete
+        try:
+            async for chunk in super().stream():
+                yield chunk
+        finally:
+            self.receive = receive
 
 
 def create_app(

@@ -1,15 +1,27 @@
-"""A cheap JSON nesting-depth check that runs before msgspec decodes a request body.
+"""Every JSON request body is decoded here (``decode_json``), and converted to its type here (``convert``).
 
-On Python < 3.14 msgspec can overflow the C stack on deeply nested JSON (even inside a field it would
-ignore), which kills the whole worker; its maintainers declined a limit. The body-size limit bounds the
-work here; this check bounds the depth, in a few vectorised passes over the bytes.
+Whatever the decoder raises on client bytes becomes one ValidationError (400) naming the field:
+msgspec.DecodeError (malformed JSON), msgspec.ValidationError (a number out of range, a wrong type, an
+invalid enum value, which also lists the valid ones), UnicodeDecodeError (invalid UTF-8 inside a string;
+msgspec raises it as is) and RecursionError (nesting beyond msgspec's own limit).
+
+Before decoding, a cheap nesting-depth check: on Python < 3.14 msgspec can overflow the C stack on deeply
+nested JSON (even inside a field it would ignore), which kills the whole worker; its maintainers declined
+a limit. The body-size limit bounds the work here; this check bounds the depth, in a few vectorised passes
+over the bytes.
 """
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+import msgspec
 import numpy as np
 
 from models.errors import ValidationError
+from service.errors import decode_error_detail
+
+T = TypeVar("T")
 
 _OPEN = frozenset(b"[{")
 
@@ -51,3 +63,81 @@ def check_json_depth(body: bytes, max_depth: int) -> None:
     depth = json_depth(body)
     if depth > max_depth:
         raise ValidationError(f"JSON nests {depth} levels deep; at most {max_depth} are allowed")
+
+
+def decode_json(body: bytes, max_depth: int, schema: Any = None) -> Any:
+    """``body`` as Python objects (dict, list, str, int, float, bool, None). Raises ValidationError.
+
+    ``schema``, the type the body is meant to have, only serves to name the field of a number out of range
+    (decoding without a type, msgspec cannot name object keys: ``$[...][0][...]``)."""
+    check_json_depth(body, max_depth)
+    try:
+        return msgspec.json.decode(body)
+    except UnicodeDecodeError:
+        raise ValidationError(_bad_utf8(body)) from None
+    except msgspec.ValidationError as e:  # a number out of range (JSON has no other type errors)
+        raise ValidationError(decode_error_detail(_located(e, body, schema), schema)) from None
+    except msgspec.DecodeError as e:
+        raise ValidationError(f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValidationError(f"JSON nests too deeply; at most {max_depth} levels are allowed") from None
+
+
+def convert(raw: Any, target: type[T], *, where: str = "body") -> T:
+    """``raw`` (from ``decode_json``) validated as ``target``. Raises ValidationError naming the field."""
+    try:
+        return msgspec.convert(raw, target)
+    except msgspec.ValidationError as e:
+        raise ValidationError(decode_error_detail(e, target, where=where)) from None
+
+
+def _located(exc: msgspec.ValidationError, body: bytes, schema: Any) -> msgspec.ValidationError:
+    """The same error found by decoding into ``schema``, whose message names the field, when it does."""
+    if schema is None or "[...]" not in str(exc):
+        return exc
+    try:
+        msgspec.json.decode(body, type=schema)
+    except msgspec.ValidationError as typed:
+        return typed
+    except (msgspec.DecodeError, TypeError, UnicodeDecodeError, RecursionError):
+        return exc
+    return exc
+
+
+def _bad_utf8(body: bytes) -> str:
+    """Where the first invalid UTF-8 byte of ``body`` is: the field whose string holds it, and its offset."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = f"byte 0x{body[e.start]:02x} at offset {e.start}"
+    else:  # msgspec raised for bytes Python accepts (surrogates): no offset to name
+        where = "a surrogate code point"
+    try:
+        tree = msgspec.json.decode(body.decode("utf-8", errors="replace"))
+    except (msgspec.DecodeError, RecursionError):
+        tree = None
+    path = _path_of(tree, "\ufffd") if tree is not None else None
+    if path is None:
+        return f"body: a string is not valid UTF-8 ({where})"
+    return f"body field {path!r}: not valid UTF-8 ({where})"
+
+
+def _path_of(tree: Any, marker: str, prefix: str = "") -> str | None:
+    """The path (``events[2].visitor_id``) of the first string in ``tree`` holding ``marker`` (in document
+    order; a key holding it names that key), else None."""
+    if isinstance(tree, str):
+        return prefix if marker in tree else None
+    if isinstance(tree, list):
+        for i, value in enumerate(tree):
+            found = _path_of(value, marker, f"{prefix}[{i}]")
+            if found is not None:
+                return found
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            here = f"{prefix}.{key}" if prefix else key
+            if marker in key:
+                return here
+            found = _path_of(value, marker, here)
+            if found is not None:
+                return found
+    return None

@@ -12,7 +12,10 @@ EVENTS = Counter("journeyrec_events_total", "Events received by POST /v1/events"
 RECOMMENDATIONS = Counter(
     "journeyrec_recommendations_total", "Recommendation answers by kind", ["endpoint", "fallback"]
 )
-STORE_ERRORS = Counter("journeyrec_store_unavailable_total", "Requests that found the store unreachable")
+STORE_ERRORS = Counter(
+    "journeyrec_store_unavailable_total",
+    "Store calls that found Redis unreachable (visitor store and rate limiter), counted where they failed",
+)
 MODEL_RELOADS = Counter("journeyrec_model_reloads_total", "Model reload attempts", ["outcome"])
 BACKGROUND_RESTARTS = Counter(
     "journeyrec_background_restarts_total", "Background tasks restarted after they failed", ["task"]

@@ -43,7 +43,6 @@ class EventsController(Controller):
         try:
             result = await svc.store.append(events)
         except StoreUnavailableError:
-            metrics.STORE_ERRORS.inc()
             metrics.EVENTS.labels("refused").inc(len(events))
             raise
         metrics.EVENTS.labels("accepted").inc(result.accepted)

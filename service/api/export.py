@@ -35,7 +35,6 @@ async def _lines(svc: NamedDependency[Services], model: Recommender, req: Export
                 await svc.store.mark_sent(visitor_id, req.campaign, [r.item_id for r in items])
             line = ExportLine(visitor_id, items_out(items))
         except StoreUnavailableError as e:
-            metrics.STORE_ERRORS.inc()
             line = ExportLine(visitor_id, [], error=str(e))
         metrics.RECOMMENDATIONS.labels("retargeting_export", "false").inc()
         yield encoder.encode(line) + b"\n"

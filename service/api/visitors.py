@@ -77,8 +77,7 @@ class VisitorsController(Controller):
         try:
             state = await svc.store.visitor(visitor_id)
             personalized = True
-        except StoreUnavailableError:
-            metrics.STORE_ERRORS.inc()
+        except StoreUnavailableError:  # counted where the store failed
             state, personalized = empty_state(visitor_id), False
         ctx = context_of(
             state,
@@ -122,11 +121,7 @@ class VisitorsController(Controller):
     ) -> RetargetingOut:
         check_k(k, svc.settings)
         model = svc.holder.require()
-        try:
-            state = await svc.store.visitor(visitor_id, campaign)
-        except StoreUnavailableError:
-            metrics.STORE_ERRORS.inc()
-            raise
+        state = await svc.store.visitor(visitor_id, campaign)
         items = model.retargeting(context_of(state), k, filters, state.sent)
         if campaign is not None and mark_sent and items:
             await svc.store.mark_sent(visitor_id, campaign, [r.item_id for r in items])
@@ -141,11 +136,7 @@ class VisitorsController(Controller):
         limit: Annotated[int, Parameter(ge=0, le=500, description="touchpoints, newest first")] = 20,
     ) -> JourneyOut:
         model = svc.holder.require()
-        try:
-            state = await svc.store.visitor(visitor_id)
-        except StoreUnavailableError:
-            metrics.STORE_ERRORS.inc()
-            raise
+        state = await svc.store.visitor(visitor_id)
         result = model.stage_of(context_of(state))
         recent = state.events[::-1][:limit]
         return JourneyOut(

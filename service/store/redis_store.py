@@ -49,6 +49,7 @@ from redis.exceptions import RedisError
 
 from models.domain import Event, EventType
 from models.errors import StoreUnavailableError
+from service import metrics
 from service.store.base import PURCHASE_LOG, AppendResult, StoreLimits, StreamEntry, VisitorState
 from service.store.memory_store import check_count, format_id, parse_after
 
@@ -207,6 +208,7 @@ def _unavailable(what: str) -> Iterator[None]:
     try:
         yield
     except (RedisError, OSError) as e:
+        metrics.STORE_ERRORS.inc()  # the one place visitor-store failures are counted
         # info, not warning: the caller reports the failure (HTTP handlers log a warning; the CLI one line)
         log.info("redis %s failed: %s: %s", what, type(e).__name__, e)
         raise StoreUnavailableError(

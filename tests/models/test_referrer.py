@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.domain import Channel
+from models.errors import ValidationError
 from models.referrer import channel_from_referrer
 
 
@@ -33,3 +34,18 @@ from models.referrer import channel_from_referrer
 )
 def test_channel_from_referrer(referrer: str, channel: Channel) -> None:
     assert channel_from_referrer(referrer) is channel
+
+
+@pytest.mark.parametrize(
+    "referrer",
+    [
+        "http://[::1",  # unclosed IPv6 bracket
+        "http://a]b/",  # a closing bracket without an opening one
+        "http://[zz]/",  # brackets around something that is not an address
+        "http://ex\u2100ample.com/",  # a host that NFKC normalisation turns into a path separator
+        "[::1",  # bare host, no scheme
+    ],
+)
+def test_a_malformed_referrer_is_a_validation_error_naming_it(referrer: str) -> None:
+    with pytest.raises(ValidationError, match=r"^referrer '.*' is not a valid URL: "):
+        channel_from_referrer(referrer)

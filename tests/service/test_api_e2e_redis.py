@@ -53,7 +53,7 @@ class Server:
     def __init__(
         self,
         models: Path,
-        redis_url: str,
+        redis_url: str | None,
         prefix: str,
         *,
         workers: int = 1,
@@ -69,7 +69,8 @@ class Server:
             **(env_extra or {}),
         }
         env.pop("JOURNEYREC_SETTINGS_JSON", None)
-        args = ["serve", "--models", str(models), "--redis-url", redis_url, "--port", str(self.port)]
+        args = ["serve", "--models", str(models), "--port", str(self.port)]
+        args += ["--redis-url", redis_url] if redis_url else []  # none: the embedded store
         args += ["--workers", str(workers)]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", *args],
@@ -360,6 +361,7 @@ def test_every_worker_refuses_a_damaged_version_and_adopts_the_next(
     server = Server(models, REDIS_URL, prefix, workers=2, env_extra={"JOURNEYREC_MODEL_POLL_SECONDS": "0.2"})
     try:
         server.wait_live().close()
+        _until_both_workers(server, lambda m: m["live"] is not None)  # both started on the good version
         live = resolve_latest(models)
         # both workers serve the first version before it moves (a worker still starting answers no model)
         _until_both_workers(server, lambda m: m["live"]["version"] == live.name)

@@ -44,7 +44,10 @@ def _post_events(client: Client, body: bytes | str) -> Any:
         ('"hello"', ("JSON str, not an object",)),
         ('{"visitor_id": 5, "item_id": "i", "event": "page_view"}', ("'visitor_id'", "Expected `str`")),
         ('{"item_id": "i", "event": "page_view"}', ("missing required field `visitor_id`",)),
-        ('{"visitor_id": "v", "item_id": "i", "event": "teleport"}', ("'event'", "Invalid enum value")),
+        (
+            '{"visitor_id": "v", "item_id": "i", "event": "add-to-cart"}',
+            ("'event'", "Invalid enum value 'add-to-cart'", "expected one of: page_view,", "add_to_cart"),
+        ),
         ('{"visitor_id": "v", "item_id": "i", "event": "page_view", "colour": 1}', ("unknown field",)),
         ('{"visitor_id": "", "item_id": "i", "event": "page_view"}', ("'visitor_id'", "length >= 1")),
         (
@@ -79,7 +82,17 @@ def _post_events(client: Client, body: bytes | str) -> Any:
                 '{"events": [{"visitor_id": "v", "item_id": "i", "event": "page_view"},'
                 ' {"visitor_id": "v", "item_id": "i", "event": "jump"}]}'
             ),
-            ("'events[1].event'", "Invalid enum value 'jump'"),
+            ("'events[1].event'", "Invalid enum value 'jump'", "expected one of: page_view,"),
+        ),
+        (
+            '{"visitor_id": "v", "item_id": "i", "event": "page_view", "timestamp": 1e400}',
+            ("body field 'timestamp'", "Number out of range"),
+        ),
+        (
+            '{"events": [{"visitor_id": "v", "item_id": "i", "event": "page_view", "value": 1'
+            + "0" * 5000
+            + "}]}",
+            ("body field 'events[0].value'", "out of range"),
         ),
         (
             '{"events": [{"visitor_id": "v", "item_id": "i", "event": "page_view", "timestamp": "x"}]}',
@@ -89,6 +102,49 @@ def _post_events(client: Client, body: bytes | str) -> Any:
 )
 def test_bad_event_bodies_are_400(client: Client, body: str, needles: tuple[str, ...]) -> None:
     _error(_post_events(client, body), 400, *needles)
+
+
+@pytest.mark.parametrize(
+    ("body", "needles"),
+    [
+        (
+            b'{"visitor_id": "a\xff\xfeb", "item_id": "i", "event": "page_view"}',
+            ("'visitor_id'", "byte 0xff"),
+        ),
+        (
+            (
+                b'{"events": [{"visitor_id": "v", "item_id": "i", "event": "page_view"},'
+                b' {"visitor_id": "v", "item_id": "cut\xc3", "event": "page_view"}]}'
+            ),
+            ("'events[1].item_id'", "not valid UTF-8", "byte 0xc3"),
+        ),
+        (
+            b'{"visitor_id": "v", "item_id": "i", "event": "page_view", "k\xed\xa0\x80": 1}',
+            ("not valid UTF-8",),
+        ),
+    ],
+)
+def test_invalid_utf8_inside_a_string_is_400_naming_the_field(
+    client: Client, body: bytes, needles: tuple[str, ...]
+) -> None:
+    _error(_post_events(client, body), 400, *needles)
+
+
+@pytest.mark.parametrize(
+    ("body", "needles"),
+    [
+        (b'{"visitor_ids": ["ok", "a\xffb"], "k": 3}', ("body field 'visitor_ids[1]'", "not valid UTF-8")),
+        (b'{"visitor_ids": ["a"], "k": 1e400}', ("body field 'k'", "out of range")),
+        (b'{"visitor_ids": ["a"], "campaign": "spr\xe9"}', ("body field 'campaign'", "not valid UTF-8")),
+    ],
+)
+def test_export_bodies_the_decoder_refuses_are_400(
+    client: Client, body: bytes, needles: tuple[str, ...]
+) -> None:
+    r = client.post(
+        "/v1/retargeting/export", content=body, headers={**H_READ, "Content-Type": "application/json"}
+    )
+    _error(r, 400, *needles)
 
 
 def test_deeply_nested_json_is_refused_before_decoding(client: Client) -> None:
@@ -125,9 +181,12 @@ def test_oversized_batch_and_body(models_dir: Path, recommender: Recommender) ->
         ("n_content=51", ("query parameter 'n_content'",)),
         ("min_price=50&max_price=10", ("min_price 50.0 is above max_price 10.0",)),
         ("min_price=-3", ("query parameter 'min_price'",)),
-        ("channel=telepathy", ("query parameter 'channel'",)),
-        ("stage=nirvana", ("query parameter 'stage'",)),
-        ("kind=service", ("query parameter 'kind'",)),
+        ("channel=telepathy", ("query parameter 'channel'", "expected one of: email, ad, search,")),
+        ("stage=nirvana", ("query parameter 'stage'", "expected one of: awareness, consideration,")),
+        ("kind=service", ("query parameter 'kind'", "expected one of: product, content")),
+        ("referrer=http://[::1", ("referrer 'http://[::1' is not a valid URL",)),
+        ("referrer=https://a]b/", ("referrer 'https://a]b/' is not a valid URL",)),
+        ("k=1e400", ("query parameter 'k'",)),
         ("placement=Home%20Page", ("query parameter 'placement'",)),
         ("in_stock_only=perhaps", ("query parameter 'in_stock_only'",)),
         ("country=x", ("query parameter 'country'",)),
