@@ -6,7 +6,9 @@ worker processes; a presented key is hashed and compared against every configure
 ``hmac.compare_digest`` (constant time; every key is compared, so timing does not reveal which matched).
 
 Scopes do not imply each other: an ``admin`` key may reload models and erase visitors but not ingest, so a
-leaked storefront key (ingest+read) can never erase data or swap the model.
+leaked storefront key (ingest+read) can never erase data or swap the model. A read route that can also
+write on request (retargeting with ``mark_sent=true`` records campaign sends) checks the extra scope with
+``require_scope`` when asked to write.
 """
 
 from __future__ import annotations
@@ -125,6 +127,15 @@ class Authenticator:
             need = " or ".join(sorted(s.value for s in required))
             raise PermissionDeniedException(f"this API key lacks the {need} scope")
         connection.state.api_key = key.name
+        connection.state.api_scopes = key.scopes
+
+
+def require_scope(connection: ASGIConnection[Any, Any, Any, Any], scope: Scope, what: str) -> None:
+    """403 unless the request's key holds ``scope`` (``what`` says what needs it); nothing to check when
+    API keys are off."""
+    held: frozenset[Scope] | None = getattr(connection.state, "api_scopes", None)
+    if held is not None and scope not in held:
+        raise PermissionDeniedException(f"{what} needs the {scope.value} scope, which this API key lacks")
 
 
 def scopes(*required: Scope) -> dict[str, Any]:

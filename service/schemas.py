@@ -145,12 +145,13 @@ class RetargetingOut(msgspec.Struct, frozen=True):
 class ExportIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Batch retargeting export.
 
-    ``mark_sent``: remember the items as sent by ``campaign`` so the next export skips them."""
+    ``mark_sent`` (default false): record the exported items as sent by ``campaign`` so the next export for
+    it skips them; a write, so it needs the ingest scope and a campaign."""
 
     visitor_ids: Annotated[list[Id], msgspec.Meta(min_length=1)]
     k: Annotated[int, msgspec.Meta(ge=1)] = 10
     campaign: ShortText | None = None
-    mark_sent: bool = True
+    mark_sent: bool = False
     category: ShortText | None = None
     exclude: list[Id] = msgspec.field(default_factory=list)
 

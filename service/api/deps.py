@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from models.domain import Channel, ItemKind, Stage
 from models.errors import ValidationError
 from models.request import Filters, VisitorContext
+from service.auth import Scope, require_scope
 from service.model_holder import ModelHolder
 from service.settings import Settings
 from service.store.base import VisitorState, VisitorStore
@@ -30,6 +32,13 @@ class Services:
     settings: Settings
     store: VisitorStore
     holder: ModelHolder
+
+
+def check_mark_sent(connection: ASGIConnection[Any, Any, Any, Any], campaign: str | None, name: str) -> None:
+    """``mark_sent=true`` records campaign sends: a write, so it needs the ingest scope, and a campaign."""
+    require_scope(connection, Scope.INGEST, f"{name}=true (recording campaign sends)")
+    if campaign is None:
+        raise ValidationError(f"{name}: true needs a campaign (sends are recorded per campaign)")
 
 
 def check_k(k: int, settings: Settings, name: str = "k") -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
-from litestar import Controller, post
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
@@ -15,7 +16,7 @@ from models.errors import StoreUnavailableError, ValidationError
 from models.recommender import Recommender
 from models.request import Filters
 from service import metrics
-from service.api.deps import Services, check_k, context_of
+from service.api.deps import Services, check_k, check_mark_sent, context_of
 from service.auth import Scope, scopes
 from service.schemas import ExportIn, ExportLine, items_out
 
@@ -31,7 +32,7 @@ async def _lines(svc: NamedDependency[Services], model: Recommender, req: Export
         try:
             state = await svc.store.visitor(visitor_id, req.campaign)
             items = model.retargeting(context_of(state), req.k, filters, state.sent)
-            if req.campaign is not None and req.mark_sent and items:
+            if req.mark_sent and req.campaign is not None and items:
                 await svc.store.mark_sent(visitor_id, req.campaign, [r.item_id for r in items])
             line = ExportLine(visitor_id, items_out(items))
         except StoreUnavailableError as e:
@@ -52,11 +53,19 @@ class ExportController(Controller):
         summary="Retargeting lists for many visitors (JSON Lines)",
         description=(
             'Body {"visitor_ids": [...], "k", "campaign", "mark_sent", "category", "exclude"}. Answers '
-            'one line {"visitor_id", "items"} per visitor (or {"visitor_id", "items": [], "error"}).'
+            'one line {"visitor_id", "items"} per visitor (or {"visitor_id", "items": [], "error"}). '
+            "`mark_sent` (default false): with `mark_sent: true` and a `campaign`, each "
+            "visitor's exported items are recorded as sent by that campaign, so the next export for the "
+            "same campaign skips them; this writes visitor state, so it also needs the `ingest` scope "
+            "(403 otherwise), and a campaign (400 without one)."
         ),
     )
-    async def export(self, svc: NamedDependency[Services], data: JSONBody[ExportIn]) -> Stream:
+    async def export(
+        self, request: Request[Any, Any, Any], svc: NamedDependency[Services], data: JSONBody[ExportIn]
+    ) -> Stream:
         check_k(data.k, svc.settings, "body field 'k'")
+        if data.mark_sent:
+            check_mark_sent(request, data.campaign, "body field 'mark_sent'")
         limit = svc.settings.max_export_visitors
         if len(data.visitor_ids) > limit:
             raise ValidationError(

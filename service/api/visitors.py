@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, delete, get
+from litestar import Controller, Request, delete, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
@@ -14,7 +14,16 @@ from models.errors import StoreUnavailableError
 from models.referrer import channel_from_referrer
 from models.request import Filters
 from service import metrics
-from service.api.deps import IdPath, K, Services, check_k, context_of, empty_state, provide_filters
+from service.api.deps import (
+    IdPath,
+    K,
+    Services,
+    check_k,
+    check_mark_sent,
+    context_of,
+    empty_state,
+    provide_filters,
+)
 from service.auth import Scope, scopes
 from service.schemas import (
     ErasedOut,
@@ -107,23 +116,32 @@ class VisitorsController(Controller):
         summary="Items to bring a visitor back (abandoned cart, browsed, complements)",
         description=(
             "Deduplicated against purchases, out-of-stock items and what `campaign` already sent. "
-            "With mark_sent=true (and a campaign) the returned items are remembered as sent."
+            "`mark_sent` (default false): with `mark_sent=true` and a `campaign`, the returned "
+            "items are recorded as sent by that campaign, so later calls for the same campaign skip them; "
+            "this writes visitor state, so it also needs the `ingest` scope (403 otherwise), and a "
+            "campaign (400 without one)."
         ),
     )
     async def retargeting(
         self,
+        request: Request[Any, Any, Any],
         svc: NamedDependency[Services],
         filters: NamedDependency[Filters],
         visitor_id: IdPath,
         k: K = 10,
         campaign: Annotated[str | None, Parameter(min_length=1, max_length=128)] = None,
-        mark_sent: Annotated[bool, Parameter(description="remember the items as sent by campaign")] = False,
+        mark_sent: Annotated[
+            bool,
+            Parameter(description="record the returned items as sent by `campaign` (needs the ingest scope)"),
+        ] = False,
     ) -> RetargetingOut:
         check_k(k, svc.settings)
+        if mark_sent:
+            check_mark_sent(request, campaign, "query parameter 'mark_sent'")
         model = svc.holder.require()
         state = await svc.store.visitor(visitor_id, campaign)
         items = model.retargeting(context_of(state), k, filters, state.sent)
-        if campaign is not None and mark_sent and items:
+        if mark_sent and campaign is not None and items:
             await svc.store.mark_sent(visitor_id, campaign, [r.item_id for r in items])
         metrics.RECOMMENDATIONS.labels("retargeting", "false").inc()
         return RetargetingOut(visitor_id, campaign, items_out(items), model.version)

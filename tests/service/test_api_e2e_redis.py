@@ -224,7 +224,8 @@ def test_erase_leaves_no_key_of_the_visitor(
         {"visitor_id": other, "item_id": kettle, "event": "product_view"},
     ]
     assert http.post("/v1/events", json={"events": events}, headers=H_INGEST).status_code == 200
-    http.get(f"/v1/visitors/{visitor}/retargeting?campaign=c1&mark_sent=true", headers=H_READ)
+    r = http.get(f"/v1/visitors/{visitor}/retargeting?campaign=c1&mark_sent=true", headers=H_INGEST)
+    assert r.status_code == 200, r.text
 
     def mentions(v: str) -> list[bytes]:
         keys = list(redis_client.scan_iter(match=f"*{prefix}*", count=1000))

@@ -143,7 +143,8 @@ def test_retargeting_and_campaign_dedup(client: Client) -> None:
     # without mark_sent nothing is remembered; with it, the next call skips what was sent
     again = client.get("/v1/visitors/v-rt/retargeting?k=5&campaign=spring", headers=H_READ).json()
     assert again["items"] == first["items"]
-    client.get("/v1/visitors/v-rt/retargeting?k=5&campaign=spring&mark_sent=true", headers=H_READ)
+    marked = client.get("/v1/visitors/v-rt/retargeting?k=5&campaign=spring&mark_sent=true", headers=H_INGEST)
+    assert marked.status_code == 200, marked.text
     after = client.get("/v1/visitors/v-rt/retargeting?k=5&campaign=spring", headers=H_READ).json()
     assert not set(_ids(after["items"])) & set(_ids(first["items"]))
     other = client.get("/v1/visitors/v-rt/retargeting?k=5&campaign=autumn", headers=H_READ).json()
@@ -163,12 +164,47 @@ def test_retargeting_export_streams_json_lines(client: Client) -> None:
     assert [x["visitor_id"] for x in lines] == ["v-x1", "v-x2", "nobody"]
     assert lines[0]["items"][0]["item_id"] == KETTLE
     assert lines[1]["items"][0]["item_id"] == product_id("Tent")
-    # mark_sent defaults to true for exports: a second run does not repeat the same items
-    r2 = client.post(
-        "/v1/retargeting/export", json={"visitor_ids": ["v-x1"], "k": 3, "campaign": "mail-1"}, headers=H_READ
-    )
-    again = json.loads(r2.text.splitlines()[0])
-    assert KETTLE not in _ids(again["items"])
+    # mark_sent defaults to false: a second run repeats the items until a run records them as sent
+    body = {"visitor_ids": ["v-x1"], "k": 3, "campaign": "mail-1"}
+    r2 = client.post("/v1/retargeting/export", json=body, headers=H_READ)
+    assert KETTLE in _ids(json.loads(r2.text.splitlines()[0])["items"])
+    r3 = client.post("/v1/retargeting/export", json={**body, "mark_sent": True}, headers=H_INGEST)
+    assert KETTLE in _ids(json.loads(r3.text.splitlines()[0])["items"])
+    r4 = client.post("/v1/retargeting/export", json=body, headers=H_READ)
+    assert KETTLE not in _ids(json.loads(r4.text.splitlines()[0])["items"])
+
+
+def test_recording_sends_needs_the_ingest_scope(client: Client) -> None:
+    _ingest(client, event("v-ro", KETTLE, "add_to_cart"))
+    url = "/v1/visitors/v-ro/retargeting?k=3&campaign=c-ro"
+    r = client.get(url + "&mark_sent=true", headers=H_READ)
+    assert r.status_code == 403, r.text
+    assert "mark_sent" in r.json()["detail"]
+    assert "ingest scope" in r.json()["detail"]
+    body = {"visitor_ids": ["v-ro"], "k": 3, "campaign": "c-ro", "mark_sent": True}
+    r = client.post("/v1/retargeting/export", json=body, headers=H_READ)
+    assert r.status_code == 403, r.text
+    assert "ingest scope" in r.json()["detail"]
+    # nothing was recorded: the cart item is still offered to that campaign
+    assert KETTLE in _ids(client.get(url, headers=H_READ).json()["items"])
+    # with the ingest scope it is recorded; without a campaign there is nothing to record it under
+    assert client.get(url + "&mark_sent=true", headers=H_INGEST).status_code == 200
+    assert KETTLE not in _ids(client.get(url, headers=H_READ).json()["items"])
+    r = client.get("/v1/visitors/v-ro/retargeting?mark_sent=true", headers=H_INGEST)
+    assert r.status_code == 400
+    assert "needs a campaign" in r.json()["detail"]
+
+
+def test_mark_sent_is_documented_on_both_operations(client: Client) -> None:
+    paths = client.get("/schema/openapi.json").json()["paths"]
+    for path, method in (
+        ("/v1/visitors/{visitor_id}/retargeting", "get"),
+        ("/v1/retargeting/export", "post"),
+    ):
+        description = paths[path][method]["description"]
+        assert "mark_sent" in description, path
+        assert "recorded as sent" in description, path
+        assert "ingest" in description, path
 
 
 def test_journey_and_erase(client: Client) -> None:
