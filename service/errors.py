@@ -224,8 +224,9 @@ def decode_error_detail(exc: msgspec.MsgspecError, target: Any = None, *, where:
     an invalid enum value also lists the valid ones (looked up in ``target``, the type decoded into)."""
     text = str(exc)
     head, sep, tail = text.partition(" - at `$")
-    if not sep:
-        return f"invalid JSON {where}: {text}"
+    if not sep:  # about the whole document: malformed JSON, or a required field missing at the top
+        valid_json = isinstance(exc, msgspec.ValidationError)
+        return f"{where}: {text}" if valid_json else f"invalid JSON {where}: {text}"
     path = tail.rstrip("`").lstrip(".")
     if target is not None:
         head = _with_choices(head, valid_values(target, path_parts(path)))

@@ -43,7 +43,7 @@ def _post_events(client: Client, body: bytes | str) -> Any:
         ("[1, 2]", ("JSON list, not an object",)),
         ('"hello"', ("JSON str, not an object",)),
         ('{"visitor_id": 5, "item_id": "i", "event": "page_view"}', ("'visitor_id'", "Expected `str`")),
-        ('{"item_id": "i", "event": "page_view"}', ("missing required field `visitor_id`",)),
+        ('{"item_id": "i", "event": "page_view"}', ("body: Object missing required field `visitor_id`",)),
         (
             '{"visitor_id": "v", "item_id": "i", "event": "add-to-cart"}',
             ("'event'", "Invalid enum value 'add-to-cart'", "expected one of: page_view,", "add_to_cart"),
