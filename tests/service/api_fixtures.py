@@ -3,6 +3,7 @@ down. The storefront and its model are in ``tests/storefront.py``; the fixtures 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,15 @@ class SwitchableStore:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class LogRecords(logging.Handler):
+    """Keeps the records of the service's logger (the app's logging config routes the root logger through a
+    queue, out of reach of pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

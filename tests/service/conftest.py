@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from models.recommender import Recommender
-from tests.service.api_fixtures import make_app
+from tests.service.api_fixtures import LogRecords, make_app
 
 
 @pytest.fixture
@@ -22,3 +23,13 @@ def app(models_dir: Path, recommender: Recommender) -> Litestar:
 def client(app: Litestar) -> Iterator[TestClient[Litestar]]:
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture
+def service_log() -> Iterator[LogRecords]:
+    """What the service logs (``journeyrec.service``) during the test."""
+    handler = LogRecords()
+    logger = logging.getLogger("journeyrec.service")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)

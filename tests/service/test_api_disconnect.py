@@ -15,14 +15,8 @@ import pytest
 from litestar import Litestar
 from prometheus_client import REGISTRY
 
-from tests.service import api_fixtures
 from tests.service.api_fixtures import INGEST_KEY, READ_KEY
 from tests.service.test_api_e2e_redis import Server
-
-# shared fixtures (pytest finds them as module attributes)
-app = api_fixtures.app
-models_dir = api_fixtures.models_dir
-recommender = api_fixtures.recommender
 
 
 def _server_errors(path: str) -> float:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from models.recommender import Recommender
 from service.app import create_app
 from service.model_holder import ModelHolder, ReloadResult
 from tests.artifact_faults import corrupt_inside_npz
-from tests.service.api_fixtures import H_ADMIN, H_READ, api_settings, make_app, memory_store
+from tests.service.api_fixtures import H_ADMIN, H_READ, LogRecords, api_settings, make_app, memory_store
 from tests.storefront import train_storefront_model
 
 
@@ -221,29 +219,8 @@ def test_manual_reload_of_a_version_damaged_inside_its_npz_is_refused(
         assert "BadZipFile" in refused["reason"]
 
 
-class _Records(logging.Handler):
-    """Keeps the records of one logger (the app's logging config routes the root logger through a queue,
-    out of reach of pytest's caplog)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def service_log() -> Iterator[_Records]:
-    handler = _Records()
-    logger = logging.getLogger("journeyrec.service")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-
-
 async def test_the_follower_refuses_a_damaged_version_and_adopts_the_next_good_one(
-    own_models: Path, recommender: Recommender, service_log: _Records
+    own_models: Path, recommender: Recommender, service_log: LogRecords
 ) -> None:
     holder = ModelHolder.with_model(recommender, own_models)
     settings = api_settings(models_dir=str(own_models), model_poll_seconds=0.02)
@@ -292,7 +269,7 @@ async def test_any_loader_failure_is_a_refusal(own_models: Path, recommender: Re
 
 
 async def test_the_latest_follower_is_restarted_when_it_fails(
-    own_models: Path, recommender: Recommender, service_log: _Records
+    own_models: Path, recommender: Recommender, service_log: LogRecords
 ) -> None:
     holder = ModelHolder.with_model(recommender, own_models)
     real = holder.reload_if_changed

@@ -27,12 +27,7 @@ from models.recommender import Recommender
 from service.api.deps import IdPath
 from service.errors import EXCEPTION_HANDLERS, IncompleteBodyError, NotReadyError
 from service.store.factory import build_store
-from tests.service import api_fixtures
-from tests.service.api_fixtures import H_INGEST, H_READ, api_settings, make_app
-
-# shared fixtures (pytest finds them as module attributes)
-models_dir = api_fixtures.models_dir
-recommender = api_fixtures.recommender
+from tests.service.api_fixtures import H_ADMIN, H_INGEST, H_READ, api_settings, make_app
 
 
 class _OddUserError(JourneyrecError):
@@ -117,6 +112,6 @@ def test_store_errors_are_counted_once_per_failure(models_dir: Path, recommender
         )
         assert r.status_code == 503
         assert _store_errors() == before + 3
-        r = c.delete("/v1/visitors/v", headers=api_fixtures.H_ADMIN)
+        r = c.delete("/v1/visitors/v", headers=H_ADMIN)
         assert r.status_code == 503
         assert _store_errors() == before + 4  # erase was not counted at all when each handler counted

@@ -3,38 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Iterator
 
-import pytest
 from prometheus_client import REGISTRY
 
 from service.followers import Followers, every
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def service_log() -> Iterator[_Records]:
-    handler = _Records()
-    logger = logging.getLogger("journeyrec.service")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
+from tests.service.api_fixtures import LogRecords
 
 
 def _restarts(task: str) -> float:
     return REGISTRY.get_sample_value("journeyrec_background_restarts_total", {"task": task}) or 0.0
 
 
-async def test_a_follower_whose_body_raises_is_restarted_with_backoff(service_log: _Records) -> None:
+async def test_a_follower_whose_body_raises_is_restarted_with_backoff(service_log: LogRecords) -> None:
     followers = Followers(backoff_s=0.001, max_backoff_s=0.01)
     runs: list[int] = []
     done = asyncio.Event()
