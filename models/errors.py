@@ -34,7 +34,7 @@ class ArtifactError(JourneyrecError):
     """A model directory is missing, incomplete, tampered with or of an unknown format."""
 
 
-class ValidationError(JourneyrecError):
+class InvalidInputError(JourneyrecError):
     """A request or option is out of range or inconsistent."""
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from models.domain import Channel
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 
 _MEDIUM = {
     "cpc": Channel.AD,
@@ -38,7 +38,7 @@ _WEBMAIL = frozenset({"mail", "outlook", "gmail", "webmail"})
 def channel_from_referrer(referrer: str) -> Channel:
     """The channel of a visit whose referrer is ``referrer`` (a URL or a bare host; "" for none).
 
-    Raises ValidationError naming the referrer when it cannot be parsed as a URL (e.g. an unclosed IPv6
+    Raises InvalidInputError naming the referrer when it cannot be parsed as a URL (e.g. an unclosed IPv6
     bracket, which urllib.parse refuses with ValueError)."""
     text = referrer.strip()
     if not text:
@@ -49,7 +49,7 @@ def channel_from_referrer(referrer: str) -> Channel:
         host = parts.hostname or ""
     except ValueError as e:
         shown = text if len(text) <= 80 else text[:77] + "..."
-        raise ValidationError(f"referrer {shown!r} is not a valid URL: {e}") from None
+        raise InvalidInputError(f"referrer {shown!r} is not a valid URL: {e}") from None
     for medium in mediums:
         channel = _MEDIUM.get(medium.strip().lower())
         if channel is not None:

@@ -92,7 +92,7 @@ def create_app(
     settings: Settings, *, store: VisitorStore | None = None, model_holder: ModelHolder | None = None
 ) -> Litestar:
     """The service app. A store or holder passed in is used as is (and the store is not closed on
-    shutdown: its owner closes it); otherwise they are built from ``settings``. Raises ValidationError when
+    shutdown: its owner closes it); otherwise they are built from ``settings``. Raises InvalidInputError when
     no API keys are configured and auth was not switched off."""
     check_auth_configured(settings.api_keys, settings.insecure_no_auth)
     if settings.insecure_no_auth:

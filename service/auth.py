@@ -23,7 +23,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 
 API_KEY_HEADER = "X-API-Key"
 MIN_KEY_LENGTH = 16
@@ -49,7 +49,7 @@ def digest(key: str) -> bytes:
 
 
 def parse_api_keys(spec: str, *, source: str = "JOURNEYREC_API_KEYS") -> tuple[ApiKey, ...]:
-    """Parse ``"k1:ingest+read;k2:admin"`` into keys. Raises ValidationError naming the bad entry."""
+    """Parse ``"k1:ingest+read;k2:admin"`` into keys. Raises InvalidInputError naming the bad entry."""
     keys: list[ApiKey] = []
     seen: set[bytes] = set()
     for n, raw in enumerate((p.strip() for p in spec.split(";")), start=1):
@@ -58,9 +58,9 @@ def parse_api_keys(spec: str, *, source: str = "JOURNEYREC_API_KEYS") -> tuple[A
         key, sep, scope_part = raw.rpartition(":")
         key = key.strip()
         if not sep or not key:
-            raise ValidationError(f"{source}: entry {n} must look like '<key>:<scope>+<scope>'")
+            raise InvalidInputError(f"{source}: entry {n} must look like '<key>:<scope>+<scope>'")
         if len(key) < MIN_KEY_LENGTH:
-            raise ValidationError(
+            raise InvalidInputError(
                 f"{source}: key of entry {n} has {len(key)} characters; use at least {MIN_KEY_LENGTH} "
                 "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
             )
@@ -70,12 +70,12 @@ def parse_api_keys(spec: str, *, source: str = "JOURNEYREC_API_KEYS") -> tuple[A
                 scopes.add(Scope(name.strip().lower()))
             except ValueError:
                 allowed = ", ".join(s.value for s in Scope)
-                raise ValidationError(
+                raise InvalidInputError(
                     f"{source}: entry {n} has unknown scope {name.strip()!r} (allowed: {allowed})"
                 ) from None
         d = digest(key)
         if d in seen:
-            raise ValidationError(f"{source}: entry {n} repeats a key given before")
+            raise InvalidInputError(f"{source}: entry {n} repeats a key given before")
         seen.add(d)
         keys.append(ApiKey(name=f"key{n}", digest=d, scopes=frozenset(scopes)))
     return tuple(keys)
@@ -84,7 +84,7 @@ def parse_api_keys(spec: str, *, source: str = "JOURNEYREC_API_KEYS") -> tuple[A
 def check_auth_configured(api_keys: tuple[ApiKey, ...], insecure_no_auth: bool) -> None:
     """The server refuses to start without keys unless auth was switched off explicitly."""
     if not api_keys and not insecure_no_auth:
-        raise ValidationError(
+        raise InvalidInputError(
             "no API keys configured: set JOURNEYREC_API_KEYS='<key>:ingest+read;<key>:admin' "
             "or pass --insecure-no-auth (local demo only)"
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from models.errors import JourneyrecError, ValidationError
+from models.errors import InvalidInputError, JourneyrecError
 from service.auth import check_auth_configured
 from service.settings import ENV, Settings, export_for_workers, load_settings
 
@@ -92,11 +92,11 @@ def check_serve_settings(settings: Settings) -> None:
     """Refuse settings the server cannot run with, before any worker starts."""
     check_auth_configured(settings.api_keys, settings.insecure_no_auth)
     if not settings.models_dir:
-        raise ValidationError(f"--models / {ENV['models_dir']}: a models directory is required")
+        raise InvalidInputError(f"--models / {ENV['models_dir']}: a models directory is required")
     if not Path(settings.models_dir).is_dir():
-        raise ValidationError(f"--models / {ENV['models_dir']}: {settings.models_dir} is not a directory")
+        raise InvalidInputError(f"--models / {ENV['models_dir']}: {settings.models_dir} is not a directory")
     if settings.workers > 1 and not settings.redis_url:
-        raise ValidationError(
+        raise InvalidInputError(
             f"--workers {settings.workers} needs --redis-url: the embedded store lives in one process"
         )
 

@@ -89,7 +89,7 @@ RULES: dict[type[Exception], Rule] = {
     DataError: Rule(422),
     JourneyrecError: Rule(
         400
-    ),  # ValidationError, IncompleteBodyError and any other problem the caller can fix
+    ),  # InvalidInputError, IncompleteBodyError and any other problem the caller can fix
     ValidationException: Rule(400),  # Litestar's parameter and body validation
     HTTPException: Rule(None),  # Litestar's own (401, 403, 404, 405, 413, 429...)
     msgspec.MsgspecError: Rule(400),  # a decode error that escaped the body decoder; still the client's fault

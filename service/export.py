@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from models.domain import Event
-from models.errors import StoreUnavailableError, ValidationError
+from models.errors import InvalidInputError, StoreUnavailableError
 from service.settings import Settings
 from service.store.base import StreamEntry
 from service.store.factory import redis_store
@@ -69,16 +69,16 @@ async def export_events(
 ) -> ExportSummary:
     """Write every stream entry after ``after`` to ``out`` (JSON Lines); returns what was written.
 
-    Raises ValidationError without a Redis URL or for a bad ``after`` id, StoreUnavailableError (one line,
+    Raises InvalidInputError without a Redis URL or for a bad ``after`` id, StoreUnavailableError (one line,
     naming the Redis server without credentials) when Redis cannot be read; ``out`` is then left untouched.
     """
     if not settings.redis_url:
-        raise ValidationError("exporting the event stream needs a Redis URL (--redis-url)")
+        raise InvalidInputError("exporting the event stream needs a Redis URL (--redis-url)")
     out = Path(out)
     if not out.parent.is_dir():
-        raise ValidationError(f"--out {out}: directory {out.parent} does not exist")
+        raise InvalidInputError(f"--out {out}: directory {out.parent} does not exist")
     if out.is_dir():
-        raise ValidationError(f"--out {out}: is a directory, not a file name")
+        raise InvalidInputError(f"--out {out}: is a directory, not a file name")
     store = redis_store(settings)
     encoder = msgspec.json.Encoder()
     written, last = 0, None

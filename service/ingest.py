@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.domain import Event
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from service.json_guard import convert, decode_json
 from service.schemas import EventBatchIn, EventIn, to_event
 
@@ -20,18 +20,18 @@ _SHAPE = 'send one event object {"visitor_id", "item_id", "event", ...} or {"eve
 def decode_events(body: bytes, *, now: float, max_batch: int, max_depth: int) -> list[Event]:
     """Validated events of one ingest body (POSIX-second timestamps; absent ones set to ``now``).
 
-    Raises ValidationError naming the field (e.g. ``body field 'events[3].event': Invalid enum value``).
+    Raises InvalidInputError naming the field (e.g. ``body field 'events[3].event': Invalid enum value``).
     """
     if not body.strip():
-        raise ValidationError(f"empty body: {_SHAPE}")
+        raise InvalidInputError(f"empty body: {_SHAPE}")
     # the schema only names the field of a number out of range: a guess by the "events" key is enough
     raw: Any = decode_json(body, max_depth, EventBatchIn if b'"events"' in body else EventIn)
     if not isinstance(raw, dict):
-        raise ValidationError(f"body is a JSON {type(raw).__name__}, not an object: {_SHAPE}")
+        raise InvalidInputError(f"body is a JSON {type(raw).__name__}, not an object: {_SHAPE}")
     if "events" in raw:
         n = len(raw["events"]) if isinstance(raw["events"], list) else 0
         if n > max_batch:
-            raise ValidationError(f"body field 'events': {n} events; at most {max_batch} per request")
+            raise InvalidInputError(f"body field 'events': {n} events; at most {max_batch} per request")
         batch = convert(raw, EventBatchIn)
         return [to_event(e, now, f"events[{i}].timestamp") for i, e in enumerate(batch.events)]
     return [to_event(convert(raw, EventIn), now)]

@@ -1,6 +1,6 @@
 """Every JSON request body is decoded here (``decode_json``), and converted to its type here (``convert``).
 
-Whatever the decoder raises on client bytes becomes one ValidationError (400) naming the field:
+Whatever the decoder raises on client bytes becomes one InvalidInputError (400) naming the field:
 msgspec.DecodeError (malformed JSON), msgspec.ValidationError (a number out of range, a wrong type, an
 invalid enum value, which also lists the valid ones), UnicodeDecodeError (invalid UTF-8 inside a string;
 msgspec raises it as is) and RecursionError (nesting beyond msgspec's own limit).
@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 import numpy as np
 
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from service.errors import decode_error_detail
 
 T = TypeVar("T")
@@ -56,17 +56,17 @@ def json_depth(body: bytes) -> int:
 
 
 def check_json_depth(body: bytes, max_depth: int) -> None:
-    """Raise ValidationError when ``body`` nests deeper than ``max_depth``."""
+    """Raise InvalidInputError when ``body`` nests deeper than ``max_depth``."""
     # fast path: fewer opening brackets in total than the limit cannot nest beyond it
     if sum(body.count(bytes([c])) for c in _OPEN) <= max_depth:
         return
     depth = json_depth(body)
     if depth > max_depth:
-        raise ValidationError(f"JSON nests {depth} levels deep; at most {max_depth} are allowed")
+        raise InvalidInputError(f"JSON nests {depth} levels deep; at most {max_depth} are allowed")
 
 
 def decode_json(body: bytes, max_depth: int, schema: Any = None) -> Any:
-    """``body`` as Python objects (dict, list, str, int, float, bool, None). Raises ValidationError.
+    """``body`` as Python objects (dict, list, str, int, float, bool, None). Raises InvalidInputError.
 
     ``schema``, the type the body is meant to have, only serves to name the field of a number out of range
     (decoding without a type, msgspec cannot name object keys: ``$[...][0][...]``)."""
@@ -74,21 +74,21 @@ def decode_json(body: bytes, max_depth: int, schema: Any = None) -> Any:
     try:
         return msgspec.json.decode(body)
     except UnicodeDecodeError:
-        raise ValidationError(_bad_utf8(body)) from None
+        raise InvalidInputError(_bad_utf8(body)) from None
     except msgspec.ValidationError as e:  # a number out of range (JSON has no other type errors)
-        raise ValidationError(decode_error_detail(_located(e, body, schema), schema)) from None
+        raise InvalidInputError(decode_error_detail(_located(e, body, schema), schema)) from None
     except msgspec.DecodeError as e:
-        raise ValidationError(f"body is not valid JSON: {e}") from None
+        raise InvalidInputError(f"body is not valid JSON: {e}") from None
     except RecursionError:
-        raise ValidationError(f"JSON nests too deeply; at most {max_depth} levels are allowed") from None
+        raise InvalidInputError(f"JSON nests too deeply; at most {max_depth} levels are allowed") from None
 
 
 def convert(raw: Any, target: type[T], *, where: str = "body") -> T:
-    """``raw`` (from ``decode_json``) validated as ``target``. Raises ValidationError naming the field."""
+    """``raw`` (from ``decode_json``) validated as ``target``. Raises InvalidInputError naming the field."""
     try:
         return msgspec.convert(raw, target)
     except msgspec.ValidationError as e:
-        raise ValidationError(decode_error_detail(e, target, where=where)) from None
+        raise InvalidInputError(decode_error_detail(e, target, where=where)) from None
 
 
 def _located(exc: msgspec.ValidationError, body: bytes, schema: Any) -> msgspec.ValidationError:

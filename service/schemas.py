@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from models.domain import Channel, Event, EventType, Source
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from models.journey import StageResult
@@ -50,18 +50,18 @@ def parse_timestamp(value: float | str | None, now: float, where: str) -> float:
         try:
             t = dt.datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValidationError(
+            raise InvalidInputError(
                 f"{where}: {value!r} is not an ISO-8601 timestamp or POSIX seconds"
             ) from None
         if t.tzinfo is None:
-            raise ValidationError(f"{where}: {value!r} has no UTC offset (add 'Z' or '+00:00')")
+            raise InvalidInputError(f"{where}: {value!r} has no UTC offset (add 'Z' or '+00:00')")
         ts = t.timestamp()
     else:
         ts = float(value)
     if not math.isfinite(ts) or ts < 0:
-        raise ValidationError(f"{where}: {value!r} is not a valid time")
+        raise InvalidInputError(f"{where}: {value!r} is not a valid time")
     if ts > now + MAX_CLOCK_SKEW_S:
-        raise ValidationError(f"{where}: {value!r} lies more than a day in the future")
+        raise InvalidInputError(f"{where}: {value!r} lies more than a day in the future")
     return ts
 
 

@@ -2,7 +2,7 @@
 
 This is the only module of journeyrec that touches ``os.environ``. Precedence: a flag given on the command
 line, then the ``JOURNEYREC_*`` environment variable, then the default. Bad values raise
-``models.errors.ValidationError`` naming the flag and the variable.
+``models.errors.InvalidInputError`` naming the flag and the variable.
 
 Worker processes (Granian/Uvicorn with ``--workers N``) import the app factory afresh; the parent process
 hands them the exact settings it validated through one environment variable (``JOURNEYREC_SETTINGS_JSON``,
@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from service.auth import ApiKey, parse_api_keys
 
 WORKER_SETTINGS_ENV = "JOURNEYREC_SETTINGS_JSON"
@@ -127,7 +127,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     def __post_init__(self) -> None:
         if self.redis_url is not None and not re.match(r"^(redis|rediss|unix)://", self.redis_url):
-            raise ValidationError(
+            raise InvalidInputError(
                 f"{flag_name('redis_url')} / {ENV['redis_url']}: {self.redis_url!r} is not a redis://, "
                 "rediss:// or unix:// URL"
             )
@@ -148,7 +148,7 @@ def _env_value(field: str, raw: str) -> Any:
     if field == "insecure_no_auth":
         value = _BOOLS.get(raw.strip().lower())
         if value is None:
-            raise ValidationError(f"{name}: {raw!r} is not a boolean (use 1/0, true/false, yes/no)")
+            raise InvalidInputError(f"{name}: {raw!r} is not a boolean (use 1/0, true/false, yes/no)")
         return value
     if field == "redis_url" and not raw.strip():
         return None
@@ -160,7 +160,7 @@ def load_settings(
 ) -> Settings:
     """Build the settings from flags (``None`` values are "not given") over environment over defaults.
 
-    ``environ`` defaults to ``os.environ``; tests pass a dict. Raises ``ValidationError`` on any bad value,
+    ``environ`` defaults to ``os.environ``; tests pass a dict. Raises ``InvalidInputError`` on any bad value,
     naming the flag and the environment variable.
     """
     env = os.environ if environ is None else environ
@@ -170,7 +170,7 @@ def load_settings(
             raw[field] = _env_value(field, env[name])
     for field, value in (flags or {}).items():
         if field not in ENV:
-            raise ValidationError(f"unknown setting {field!r}")
+            raise InvalidInputError(f"unknown setting {field!r}")
         if value is not None:
             raw[field] = value
     if isinstance(raw.get("api_keys"), str):
@@ -179,7 +179,7 @@ def load_settings(
         # strict=False: environment values are strings ("8000" -> 8000)
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as e:
-        raise ValidationError(_name_setting(str(e))) from None
+        raise InvalidInputError(_name_setting(str(e))) from None
 
 
 def _name_setting(message: str) -> str:
@@ -208,7 +208,7 @@ def export_for_workers(settings: Settings) -> Path | None:
         return None
     if "prometheus_client" in sys.modules:
         # the client picks its value storage at import: imported here, forked workers would keep their own
-        raise ValidationError("internal: prometheus_client was imported before the workers were set up")
+        raise InvalidInputError("internal: prometheus_client was imported before the workers were set up")
     metrics_dir = Path(tempfile.mkdtemp(prefix="journeyrec-metrics-"))
     os.environ[_METRICS_DIR_ENV] = str(metrics_dir)
     return metrics_dir
@@ -222,4 +222,4 @@ def settings_for_worker() -> Settings:
     try:
         return msgspec.json.decode(blob, type=Settings)
     except msgspec.MsgspecError as e:
-        raise ValidationError(f"{WORKER_SETTINGS_ENV}: not valid settings: {e}") from None
+        raise InvalidInputError(f"{WORKER_SETTINGS_ENV}: not valid settings: {e}") from None

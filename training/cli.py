@@ -17,7 +17,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from models import artifact
 from models.blend import FEATURE_NAMES, BlendWeights
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from training import evaluate as evaluation
 from training.loaders import PRESETS, LoadSummary, load_mapping, read_events, read_train_test
 from training.pipeline import config_for, rankers_for, split_stages, train_and_publish
@@ -51,7 +51,7 @@ def _parse_time(value: str, option: str) -> float:
     try:
         t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ValidationError(
+        raise InvalidInputError(
             f"{option}: expected an ISO-8601 date/time or POSIX seconds, got {value!r}"
         ) from None
     return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
@@ -224,9 +224,9 @@ def evaluate(
         dataset = Path(train_path[0]).parent.name
         inputs = {"train": train_summary, "test": test_summary}
     else:
-        raise ValidationError("give either --events with --split-at, or --train with --test")
+        raise InvalidInputError("give either --events with --split-at, or --train with --test")
     if train_log.n_events == 0 or test_log.n_events == 0:
-        raise ValidationError(
+        raise InvalidInputError(
             f"the split leaves {train_log.n_events} training and {test_log.n_events} test events"
         )
     cfg = _cfg(preset, seed, threads, epochs, exclude_seen=exclude_seen)
@@ -237,7 +237,7 @@ def evaluate(
             unknown = wanted - {r.name for r in rankers}
             if unknown:
                 known = [r.name for r in rankers]
-                raise ValidationError(f"--models: {unknown_name('model', sorted(unknown)[0], known)}")
+                raise InvalidInputError(f"--models: {unknown_name('model', sorted(unknown)[0], known)}")
             rankers = [r for r in rankers if r.name in wanted]
         end = float(test_log.ts.max()) + 1.0
         full_log = train_log.concat(test_log)

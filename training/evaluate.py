@@ -24,7 +24,7 @@ from rich.text import Text
 
 from models.dataset import EventLog
 from models.domain import STAGES, EventType
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from models.metrics import METRICS, MetricSummary, per_user, summarise
 from models.ranking import Ranker
 from models.weights import positive_codes
@@ -126,7 +126,7 @@ def evaluate(
     say = progress or (lambda _m: None)
     visitors, relevant = relevant_targets(train, test, positive)
     if len(visitors) == 0:
-        raise ValidationError("no test visitor has a positive test event on an item known at training time")
+        raise InvalidInputError("no test visitor has a positive test event on an item known at training time")
     known = np.zeros(train.n_items, dtype=bool)
     known[np.unique(train.item)] = True
     n_candidates = int((product_mask(train) & known).sum())

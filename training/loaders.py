@@ -28,7 +28,7 @@ import numpy as np
 
 from models.dataset import EventLog
 from models.domain import CatalogItem, ItemKind, Stage
-from models.errors import DataError, EmptyDatasetError, ValidationError
+from models.errors import DataError, EmptyDatasetError, InvalidInputError
 from training.presets import PRESETS
 from training.tables import (
     EVENT_CODES,
@@ -290,9 +290,9 @@ class LoadSummary(msgspec.Struct, frozen=True, kw_only=True):
 def _reader(preset: str | None, mapping: ColumnMapping | None) -> str:
     name = preset or "native"
     if name not in PRESETS:
-        raise ValidationError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        raise InvalidInputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     if PRESETS[name].reader is not None and mapping is not None:
-        raise ValidationError(f"a column mapping applies to the native format, not to preset {name!r}")
+        raise InvalidInputError(f"a column mapping applies to the native format, not to preset {name!r}")
     return name
 
 
@@ -314,7 +314,7 @@ def expand_paths(
     suffixes = PRESETS[reader].directory_files
     given = _as_list(paths)
     if not given:
-        raise ValidationError("no events path given")
+        raise InvalidInputError("no events path given")
     not_events = {Path(catalog).resolve()} if catalog is not None else set()
     files: list[Path] = []
     skipped: list[str] = []
@@ -338,7 +338,7 @@ def expand_paths(
             key = f.resolve()
             if key in origin:
                 via = f" (through {origin[key]} and {p})" if origin[key] != p else ""
-                raise ValidationError(f"{f}: named twice{via}; its events would count twice")
+                raise InvalidInputError(f"{f}: named twice{via}; its events would count twice")
             origin[key] = p
         files += picked
     return files, skipped
@@ -454,7 +454,7 @@ def read_train_test(
     shared = {f.resolve() for f in files_a} & {f.resolve() for f in files_b}
     if shared:
         name = next(f for f in files_b if f.resolve() in shared)
-        raise ValidationError(f"{name}: read as training and as test events; a file belongs to one of them")
+        raise InvalidInputError(f"{name}: read as training and as test events; a file belongs to one of them")
     a, b = _read_all(train, files_a, preset, mapping), _read_all(test, files_b, preset, mapping)
     both = RawEvents.concat([a, b], f"{a.path} + {b.path}")
     both.catalog = merge_catalogs(b.catalog, a.catalog)

@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 
 from models.domain import EVENT_TYPES, STAGES, CatalogItem, Channel, EventType, ItemKind, Stage
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 
 DAY = 86_400
 CHANNELS: tuple[Channel, ...] = tuple(Channel)
@@ -165,7 +165,7 @@ class _Shop:
         m = max(1, round((cfg.content_share * cfg.items - k) / (5 * k)))  # pages per (category, stage)
         n = cfg.items - k * (1 + 5 * m)
         if n < 3 * k:
-            raise ValidationError(f"items={cfg.items} is too small for {k} categories and their content")
+            raise InvalidInputError(f"items={cfg.items} is too small for {k} categories and their content")
         defs = _CATEGORIES[:k]
         names = [d[0] for d in defs]
         counts = np.full(k, n // k) + (np.arange(k) < n % k)
@@ -510,11 +510,11 @@ def _iso(ts: np.ndarray) -> list[str]:
 def simulate(cfg: SimulationConfig) -> Simulation:
     """Simulate the storefront in memory (no disk); deterministic by ``cfg.seed``."""
     if cfg.visitors < 1 or cfg.days < 1 or cfg.warmup_days < 0:
-        raise ValidationError("visitors and days must be at least 1, warmup_days at least 0")
+        raise InvalidInputError("visitors and days must be at least 1, warmup_days at least 0")
     try:
         t0 = dt.datetime.fromisoformat(cfg.start)
     except ValueError:
-        raise ValidationError(f"start: expected an ISO date like 2024-01-01, got {cfg.start!r}") from None
+        raise InvalidInputError(f"start: expected an ISO date like 2024-01-01, got {cfg.start!r}") from None
     start = int((t0 if t0.tzinfo else t0.replace(tzinfo=dt.UTC)).timestamp())
     rng = np.random.default_rng(cfg.seed)
     shop = _Shop(cfg, rng)

@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from models.domain import Channel, ItemKind, Stage
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from models.request import Filters, VisitorContext
 from service.auth import Scope, require_scope
 from service.model_holder import ModelHolder
@@ -38,12 +38,12 @@ def check_mark_sent(connection: ASGIConnection[Any, Any, Any, Any], campaign: st
     """``mark_sent=true`` records campaign sends: a write, so it needs the ingest scope, and a campaign."""
     require_scope(connection, Scope.INGEST, f"{name}=true (recording campaign sends)")
     if campaign is None:
-        raise ValidationError(f"{name}: true needs a campaign (sends are recorded per campaign)")
+        raise InvalidInputError(f"{name}: true needs a campaign (sends are recorded per campaign)")
 
 
 def check_k(k: int, settings: Settings, name: str = "k") -> int:
     if not 1 <= k <= settings.max_k:
-        raise ValidationError(f"query parameter {name!r}: {k} is out of range; use 1..{settings.max_k}")
+        raise InvalidInputError(f"query parameter {name!r}: {k} is out of range; use 1..{settings.max_k}")
     return k
 
 
@@ -63,7 +63,7 @@ async def provide_filters(
     include_cart: Annotated[bool, Parameter(description="allow items in the cart")] = False,
 ) -> Filters:
     if min_price is not None and max_price is not None and min_price > max_price:
-        raise ValidationError(f"query parameters: min_price {min_price} is above max_price {max_price}")
+        raise InvalidInputError(f"query parameters: min_price {min_price} is above max_price {max_price}")
     return Filters(
         category=category,
         min_price=min_price,

@@ -12,7 +12,7 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK
 
-from models.errors import StoreUnavailableError, ValidationError
+from models.errors import InvalidInputError, StoreUnavailableError
 from models.recommender import Recommender
 from models.request import Filters
 from service import metrics
@@ -68,7 +68,7 @@ class ExportController(Controller):
             check_mark_sent(request, data.campaign, "body field 'mark_sent'")
         limit = svc.settings.max_export_visitors
         if len(data.visitor_ids) > limit:
-            raise ValidationError(
+            raise InvalidInputError(
                 f"body field 'visitor_ids': {len(data.visitor_ids)} visitors; at most {limit} per request"
             )
         model = svc.holder.require()  # one model version for the whole export

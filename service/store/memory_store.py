@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from models.domain import PURCHASE_LOG_EVENTS, Event, EventType
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from service.store.base import (
     PURCHASE_LOG,
     AppendResult,
@@ -57,16 +57,16 @@ _MAX_U64 = 2**64 - 1
 
 
 def parse_after(after: str) -> StreamId:
-    """``"<ms>"`` or ``"<ms>-<seq>"`` -> (ms, seq); raises ValidationError for anything else."""
+    """``"<ms>"`` or ``"<ms>-<seq>"`` -> (ms, seq); raises InvalidInputError for anything else."""
     m = _STREAM_ID.match(after.strip())
     if m is None or int(m.group(1)) > _MAX_U64 or int(m.group(2) or 0) > _MAX_U64:
-        raise ValidationError(f"stream id {after!r} is not of the form <ms> or <ms>-<seq> (e.g. 0)")
+        raise InvalidInputError(f"stream id {after!r} is not of the form <ms> or <ms>-<seq> (e.g. 0)")
     return int(m.group(1)), int(m.group(2) or 0)
 
 
 def check_count(count: int) -> None:
     if count < 1:
-        raise ValidationError(f"stream page size {count} must be at least 1")
+        raise InvalidInputError(f"stream page size {count} must be at least 1")
 
 
 def format_id(sid: StreamId) -> str:

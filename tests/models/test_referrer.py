@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.domain import Channel
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from models.referrer import channel_from_referrer
 
 
@@ -47,5 +47,5 @@ def test_channel_from_referrer(referrer: str, channel: Channel) -> None:
     ],
 )
 def test_a_malformed_referrer_is_a_validation_error_naming_it(referrer: str) -> None:
-    with pytest.raises(ValidationError, match=r"^referrer '.*' is not a valid URL: "):
+    with pytest.raises(InvalidInputError, match=r"^referrer '.*' is not a valid URL: "):
         channel_from_referrer(referrer)

@@ -8,7 +8,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from models.recommender import Recommender
 from service.app import create_app
 from service.model_holder import ModelHolder
@@ -68,7 +68,7 @@ def test_health_metrics_and_schema_need_no_key(client: Client) -> None:
 
 def test_refuses_to_start_without_keys(models_dir: Path, recommender: Recommender) -> None:
     holder = ModelHolder.with_model(recommender, models_dir)
-    with pytest.raises(ValidationError, match="no API keys configured"):
+    with pytest.raises(InvalidInputError, match="no API keys configured"):
         create_app(load_settings({}, environ={}), store=memory_store(), model_holder=holder)
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from service.json_guard import check_json_depth, json_depth
 
 
@@ -38,7 +38,7 @@ def test_depth_matches_the_parsed_structure(value: Any) -> None:
 
 def test_deep_nesting_is_refused_cheaply() -> None:
     body = b'{"events": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
-    with pytest.raises(ValidationError, match=r"nests 200001 levels deep; at most 32"):
+    with pytest.raises(InvalidInputError, match=r"nests 200001 levels deep; at most 32"):
         check_json_depth(body, 32)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from service.auth import Scope, check_auth_configured, match_key, parse_api_keys
 
 K1 = "k1-0123456789abcdef"
@@ -27,12 +27,12 @@ def test_key_may_contain_colons() -> None:
 
 
 def test_refuses_to_start_without_keys() -> None:
-    with pytest.raises(ValidationError, match="no API keys configured"):
+    with pytest.raises(InvalidInputError, match="no API keys configured"):
         check_auth_configured((), insecure_no_auth=False)
     check_auth_configured((), insecure_no_auth=True)
     check_auth_configured(parse_api_keys(f"{K1}:read"), insecure_no_auth=False)
 
 
 def test_empty_scope_is_refused() -> None:
-    with pytest.raises(ValidationError, match="unknown scope ''"):
+    with pytest.raises(InvalidInputError, match="unknown scope ''"):
         parse_api_keys(f"{K1}:")

@@ -18,10 +18,10 @@ from models.errors import (
     ArtifactError,
     DataError,
     EmptyDatasetError,
+    InvalidInputError,
     JourneyrecError,
     NotFoundError,
     StoreUnavailableError,
-    ValidationError,
 )
 from models.recommender import Recommender
 from service.api.deps import IdPath
@@ -41,7 +41,7 @@ _RAISED: dict[str, Exception] = {
     "artifact": ArtifactError("reload refused: bad zip"),
     "data": DataError("bad row", path="a.csv", line=3),
     "empty": EmptyDatasetError("no rows left"),
-    "validation": ValidationError("query parameter 'k': 0 is out of range"),
+    "validation": InvalidInputError("query parameter 'k': 0 is out of range"),
     "incomplete": IncompleteBodyError("request body incomplete"),
     "odd": _OddUserError("something the caller can fix"),
     "denied": PermissionDeniedException("this API key lacks the admin scope"),

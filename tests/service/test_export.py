@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from models.domain import Channel, Event, EventType
-from models.errors import StoreUnavailableError, ValidationError
+from models.errors import InvalidInputError, StoreUnavailableError
 from service.export import ExportSummary, export_events
 from service.settings import Settings, load_settings
 from service.store.redis_store import RedisStore
@@ -128,7 +128,7 @@ async def test_export_writes_the_stream_as_native_json_lines(prefix: str, tmp_pa
 async def test_export_refuses_a_bad_after_id_and_keeps_the_old_file(prefix: str, tmp_path: Path) -> None:
     out = tmp_path / "events.jsonl"
     out.write_text("old\n")
-    with pytest.raises(ValidationError, match="stream id"):
+    with pytest.raises(InvalidInputError, match="stream id"):
         await export_events(settings_for(prefix), out, after="yesterday")
     assert out.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]
@@ -150,7 +150,7 @@ async def test_export_from_an_unreachable_redis_is_one_line_and_writes_nothing(t
 
 
 async def test_export_needs_a_redis_url_and_an_existing_directory(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="Redis URL"):
+    with pytest.raises(InvalidInputError, match="Redis URL"):
         await export_events(load_settings({}, environ={}), tmp_path / "x.jsonl")
-    with pytest.raises(ValidationError, match="does not exist"):
+    with pytest.raises(InvalidInputError, match="does not exist"):
         await export_events(settings_for("p"), tmp_path / "missing" / "x.jsonl")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from service.auth import Scope
 from service.settings import Settings, load_settings
 
@@ -70,14 +70,14 @@ def test_flags_win_over_environment_and_none_means_not_given() -> None:
     ],
 )
 def test_bad_values_name_flag_and_variable(env: dict[str, str], needle: str) -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InvalidInputError) as info:
         load_settings({}, environ=env)
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_unknown_flag_is_refused() -> None:
-    with pytest.raises(ValidationError, match="unknown setting 'prot'"):
+    with pytest.raises(InvalidInputError, match="unknown setting 'prot'"):
         load_settings({"prot": 1}, environ={})
 
 
@@ -136,6 +136,6 @@ def test_metrics_directory_refused_once_the_client_is_loaded(monkeypatch: pytest
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.delenv(mod.WORKER_SETTINGS_ENV, raising=False)
     two = load_settings({"workers": 2, "redis_url": "redis://127.0.0.1:6379/0"}, environ={})
-    with pytest.raises(ValidationError, match="prometheus_client was imported"):
+    with pytest.raises(InvalidInputError, match="prometheus_client was imported"):
         mod.export_for_workers(two)
     monkeypatch.delenv(mod.WORKER_SETTINGS_ENV, raising=False)

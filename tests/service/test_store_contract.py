@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from models.domain import Channel, Event, EventType
-from models.errors import StoreUnavailableError, ValidationError
+from models.errors import InvalidInputError, StoreUnavailableError
 from service.store.base import AppendResult, VisitorState, VisitorStore
 from service.store.memory_store import MemoryStore
 from service.store.redis_store import RedisStore
@@ -490,9 +490,9 @@ async def test_stream_is_read_in_order_after_an_id(harness: Harness) -> None:
     assert seq == "0"
     assert await store.read_stream(ms, 100) == entries[1:]
     for bad in ("", "abc", "1-2-3", "-1", "1-"):
-        with pytest.raises(ValidationError):
+        with pytest.raises(InvalidInputError):
             await store.read_stream(bad, 10)
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInputError):
         await store.read_stream("0", 0)
 
 

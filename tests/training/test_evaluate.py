@@ -10,7 +10,7 @@ import pytest
 
 from models.dataset import EventLog
 from models.domain import CatalogItem, EventType, Stage
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from models.weights import EventWeights
 from training.baselines import BuyAgainRanker, PopularityRanker
 from training.evaluate import EvalResult, evaluate, relevant_targets, split_at
@@ -108,7 +108,7 @@ def test_buy_again_and_popularity_known_answers() -> None:
 
 def test_no_test_visitor_is_a_clear_error() -> None:
     train, _ = split_at(_log(), 1000 * DAY)
-    with pytest.raises(ValidationError, match="no test visitor"):
+    with pytest.raises(InvalidInputError, match="no test visitor"):
         evaluate(
             [],
             train,

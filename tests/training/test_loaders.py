@@ -14,7 +14,7 @@ import pytest
 
 from models.dataset import CHANNELS
 from models.domain import Channel, EventType, ItemKind, Stage
-from models.errors import DataError, EmptyDatasetError, ValidationError
+from models.errors import DataError, EmptyDatasetError, InvalidInputError
 from training.loaders import (
     PRESETS,
     load_catalog,
@@ -363,9 +363,9 @@ def test_preset_options_are_checked(tmp_path: Path) -> None:
     assert set(PRESETS) == {"native", "uci-online-retail", "movielens-100k", "otto"}
     path = write(tmp_path / "e.csv", HEAD + "a,x,purchase,1\n")
     assert load_events(path, preset="native").n_events == 1
-    with pytest.raises(ValidationError, match="unknown preset"):
+    with pytest.raises(InvalidInputError, match="unknown preset"):
         load_events(path, preset="retailrocket")
-    with pytest.raises(ValidationError, match="native format"):
+    with pytest.raises(InvalidInputError, match="native format"):
         load_events(OTTO, preset="otto", mapping=load_mapping(write(tmp_path / "m.json", "{}")))
 
 
@@ -664,9 +664,9 @@ def test_a_repeated_events_option_is_not_the_last_file_only(tmp_path: Path) -> N
 
 def test_a_file_named_twice_or_an_empty_directory_is_refused(tmp_path: Path) -> None:
     a = write(tmp_path / "d" / "a.jsonl", EXPORT_A)
-    with pytest.raises(ValidationError, match=r"a\.jsonl: named twice \(through .*d and .*a\.jsonl\)"):
+    with pytest.raises(InvalidInputError, match=r"a\.jsonl: named twice \(through .*d and .*a\.jsonl\)"):
         load_events([tmp_path / "d", a])
-    with pytest.raises(ValidationError, match=r"a\.jsonl: named twice; its events would count twice"):
+    with pytest.raises(InvalidInputError, match=r"a\.jsonl: named twice; its events would count twice"):
         load_events([a, a])
     write(tmp_path / "e" / "notes.txt", "nothing here")
     with pytest.raises(DataError, match=r"e: no events files in this directory \(read: \*\.csv .*\.gz\)"):
@@ -690,7 +690,7 @@ def test_otto_directory_and_train_test_summaries(tmp_path: Path) -> None:
     assert (a.n_events, b.n_events) == (2, 3)
     assert [(Path(f.path).name, f.rows) for f in sb.files] == [("t1.jsonl", 2), ("t2.jsonl", 1)]
     assert (sa.events, sb.events) == (2, 3)
-    with pytest.raises(ValidationError, match=r"t1\.jsonl: read as training and as test events"):
+    with pytest.raises(InvalidInputError, match=r"t1\.jsonl: read as training and as test events"):
         read_train_test([train, test[0]], test)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models.domain import EVENT_NAMES, STAGES, Channel, EventType, ItemKind
-from models.errors import ValidationError
+from models.errors import InvalidInputError
 from training.simulate import Simulation, SimulationConfig, SimulationSummary, simulate, write_simulation
 
 SMALL = SimulationConfig(visitors=600, items=300, days=60, seed=3)
@@ -228,9 +228,9 @@ def test_volume_per_visitor_near_fifty() -> None:
 
 
 def test_bad_config_is_a_validation_error() -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInputError):
         simulate(SimulationConfig(visitors=0))
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInputError):
         simulate(SimulationConfig(start="yesterday"))
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInputError):
         simulate(SimulationConfig(items=5))
