@@ -24,6 +24,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import Middleware, ReceiveMessage
 
 from models.errors import ArtifactError
+from service.admission import admission_middleware
 from service.api.deps import Services
 from service.api.events import EventsController
 from service.api.export import ExportController
@@ -142,7 +143,7 @@ def create_app(
         group_path=True,  # label by route template: no visitor ids in metric labels
         exclude=["/metrics", "/health"],
     )
-    middleware: list[Middleware] = [prometheus.middleware]
+    middleware: list[Middleware] = [prometheus.middleware, *admission_middleware(settings)]
     stores = rate_limit_stores(settings)
     if settings.rate_limit_per_minute > 0:
         limiter = RateLimitConfig(

@@ -20,6 +20,8 @@ from service.auth import check_auth_configured
 from service.settings import ENV, Settings, export_for_workers, load_settings
 
 APP_FACTORY = "service.app:app_from_environment"
+#: Granian's default listen backlog, of which it gives each worker an equal share of connections
+GRANIAN_BACKLOG = 1024
 
 
 class OneLineError(click.ClickException):
@@ -77,7 +79,8 @@ def serve(**flags: Any) -> None:
     store = settings.redis_url or "embedded in-process store"
     click.echo(
         f"journeyrec serving http://{settings.host}:{settings.port} "
-        f"(models {settings.models_dir}, {store}, {settings.workers} worker(s), {settings.server})",
+        f"(models {settings.models_dir}, {store}, {settings.workers} worker(s), {settings.server}, "
+        f"{settings.max_concurrency} requests at once per worker)",
         err=True,
     )
     metrics_dir = export_for_workers(settings)
@@ -114,10 +117,13 @@ def run_server(settings: Settings) -> None:
             workers=settings.workers,
             log_level=settings.log_level,
             proxy_headers=False,  # never trust X-Forwarded-For unless a proxy is configured for it
+            # no limit_concurrency: Uvicorn would answer 503 without Retry-After before the admission gate
+            # (service.admission) sees the request; Uvicorn has no header read timeout
         )
         return
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
     Granian(
@@ -128,7 +134,19 @@ def run_server(settings: Settings) -> None:
         interface=Interfaces.ASGI,
         factory=True,
         log_level=LogLevels(settings.log_level),
+        # connections accepted per worker: above what the admission gate holds, so that excess requests
+        # get a 503 from the gate instead of waiting unseen in the listen backlog
+        backpressure=granian_backpressure(settings),
+        http1_settings=HTTP1Settings(header_read_timeout=round(settings.header_read_timeout_seconds * 1000)),
     ).serve()
+
+
+def granian_backpressure(settings: Settings) -> int:
+    """Connections Granian accepts per worker (each holds its place while kept alive, idle or not): every
+    request the admission gate holds (in progress or waiting, see ``service.admission``) plus Granian's own
+    default share (listen backlog / workers) for kept-alive connections and the ungated paths. With less,
+    excess connections would wait un-accepted in the listen backlog, where no 503 reaches them."""
+    return settings.max_concurrency + settings.max_queued + GRANIAN_BACKLOG // settings.workers
 
 
 @click.command("export-events", cls=OneLineCommand)

@@ -52,6 +52,11 @@ ENV: dict[str, str] = {
     "rate_limit_per_minute": "JOURNEYREC_RATE_LIMIT_PER_MINUTE",
     "retry_after": "JOURNEYREC_RETRY_AFTER",
     "model_poll_seconds": "JOURNEYREC_MODEL_POLL_SECONDS",
+    "max_concurrency": "JOURNEYREC_MAX_CONCURRENCY",
+    "max_queued": "JOURNEYREC_MAX_QUEUED",
+    "queue_timeout_seconds": "JOURNEYREC_QUEUE_TIMEOUT_SECONDS",
+    "header_read_timeout_seconds": "JOURNEYREC_HEADER_READ_TIMEOUT_SECONDS",
+    "body_read_timeout_seconds": "JOURNEYREC_BODY_READ_TIMEOUT_SECONDS",
 }
 FLAGS: dict[str, str] = {"models_dir": "--models"}
 _BOOLS = {
@@ -124,6 +129,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # every worker checks this often whether ``latest`` moved and loads it (0: only POST /v1/models/reload,
     # which reaches one worker of several)
     model_poll_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    # requests one worker process handles at once (health and metrics are not counted); each holds at most
+    # one Redis connection at a time, and the worker's Redis pool has this many connections plus a few for
+    # the health checks, so an admitted request never waits for a connection. Keep it small: the requests
+    # of a worker share one CPU, and a Redis reply waits behind all of them (at most redis_socket_timeout)
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 32
+    # requests one worker keeps waiting for a free place beyond max_concurrency; more are answered 503 with
+    # Retry-After at once
+    max_queued: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 1024
+    # seconds a waiting request may wait for a place before it is answered 503 with Retry-After
+    queue_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 2.0
+    # seconds a client has to send a request's headers once it starts (Granian closes the connection
+    # after that; Uvicorn has no such limit)
+    header_read_timeout_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=600)] = 10.0
+    # seconds a client has to send a whole request body once the service starts reading it; the answer
+    # after that is 408
+    body_read_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
 
     def __post_init__(self) -> None:
         if self.redis_url is not None and not re.match(r"^(redis|rediss|unix)://", self.redis_url):

@@ -34,6 +34,7 @@ from service.schemas import (
     items_out,
     touchpoint,
 )
+from service.store.base import StoreBusyError, failure_of
 
 Placement = Annotated[
     str,
@@ -56,7 +57,8 @@ class VisitorsController(Controller):
         summary="Stage-aware products and content for a visitor",
         description=(
             "Unknown visitors get a cold-start answer from context and stage. When the state store is "
-            "unreachable the answer is non-personalized and flagged fallback=true."
+            "unreachable the answer is non-personalized and flagged fallback=true; when the service is busy "
+            "the answer is 503 with Retry-After."
         ),
     )
     async def recommendations(
@@ -86,7 +88,10 @@ class VisitorsController(Controller):
         try:
             state = await svc.store.visitor(visitor_id)
             personalized = True
-        except StoreUnavailableError:  # counted where the store failed
+        except StoreBusyError:
+            raise  # the store is up: 503 with Retry-After, never a silently worse answer
+        except StoreUnavailableError as e:  # counted where the store failed
+            metrics.count_fallback(failure_of(e), str(e))
             state, personalized = empty_state(visitor_id), False
         ctx = context_of(
             state,

@@ -3,15 +3,45 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Protocol
 
 import msgspec
 
 from models.domain import Event
+from models.errors import StoreUnavailableError
 
 #: how many purchase and cancel events (``PURCHASE_LOG_EVENTS``) a store keeps per visitor
 #: (``VisitorState.purchase_log``)
 PURCHASE_LOG = 1000
+
+
+class StoreFailure(enum.StrEnum):
+    """Why a store that is down did not answer: the ``cause`` of a fallback answer."""
+
+    CONNECTION = "connection"  # no connection: refused, reset or closed by the server
+    TIMEOUT = "timeout"  # connecting or a reply took longer than the socket timeout
+    ERROR = "error"  # the store answered with an error (read-only replica, out of memory, loading, ...)
+
+
+class StoreDownError(StoreUnavailableError):
+    """The store could not be reached or did not answer: reads may fall back to non-personalised answers."""
+
+    def __init__(self, message: str, cause: StoreFailure) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class StoreBusyError(StoreUnavailableError):
+    """The store is up but this process had no free connection to it within the wait limit: more requests
+    in flight than connections. Never a reason to fall back (the answer is 503 with Retry-After); the
+    admission limit (``Settings.max_concurrency``) and the pool size derived from it keep it from
+    happening."""
+
+
+def failure_of(exc: StoreUnavailableError) -> StoreFailure:
+    """The cause of a store failure; a store that does not tell counts as ``ERROR``."""
+    return exc.cause if isinstance(exc, StoreDownError) else StoreFailure.ERROR
 
 
 class StoreLimits:

@@ -7,6 +7,16 @@ from service.store.base import VisitorStore
 from service.store.memory_store import MemoryStore
 from service.store.redis_store import RedisStore
 
+#: connections of a worker's Redis pool beyond ``max_concurrency``: for the requests the admission limit
+#: does not count (``/health/ready`` pings the store)
+UNCOUNTED_CONNECTIONS = 4
+
+
+def pool_size(settings: Settings) -> int:
+    """Redis connections per worker process: one for every request admitted at once (a request holds at
+    most one at a time), plus ``UNCOUNTED_CONNECTIONS``. An admitted request then never waits for one."""
+    return settings.max_concurrency + UNCOUNTED_CONNECTIONS
+
 
 def redis_store(settings: Settings) -> RedisStore:
     """The Redis store of ``settings.redis_url`` (which must be set)."""
@@ -19,6 +29,7 @@ def redis_store(settings: Settings) -> RedisStore:
         recent_events=settings.recent_events,
         stream_maxlen=settings.stream_maxlen,
         socket_timeout=settings.redis_socket_timeout,
+        max_connections=pool_size(settings),
     )
 
 

@@ -29,13 +29,17 @@ Writes are Lua scripts, so each is atomic: ``append`` deduplicates and applies a
 and the sent sets named in ``campaigns``, which are not in KEYS: fine on one Redis server; on Redis Cluster
 the sent sets share the visitor's slot but the stream does not (it would need one stream per slot).
 
-Failures: any Redis error becomes ``StoreUnavailableError``. The client never retries a command by itself
-(a write that timed out may have run; running it again would store events without an event_id twice); the
-caller retries with the same event ids, which is harmless.
+Failures: a Redis that cannot be reached or does not answer becomes ``StoreDownError`` naming the cause
+(``StoreFailure``: connection, timeout, error); no free connection in this process's pool within the wait
+limit becomes ``StoreBusyError`` (Redis is up, this process is over-committed: never a reason to fall
+back). The client never retries a command by itself (a write that timed out may have run; running it again
+would store events without an event_id twice); the caller retries with the same event ids, which is
+harmless.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,18 +49,29 @@ import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.domain import Event, EventType
 from models.errors import StoreUnavailableError
 from service import metrics
-from service.store.base import PURCHASE_LOG, AppendResult, StoreLimits, StreamEntry, VisitorState
+from service.store.base import (
+    PURCHASE_LOG,
+    AppendResult,
+    StoreBusyError,
+    StoreDownError,
+    StoreFailure,
+    StoreLimits,
+    StreamEntry,
+    VisitorState,
+)
 from service.store.memory_store import check_count, format_id, parse_after
 
 log = logging.getLogger("journeyrec.store")
 
 APPEND_CHUNK = 1000  # events per script call: bounds how long one call holds the Redis server
-MAX_CONNECTIONS = 64  # per process; a command needs a connection only for one round trip
+MAX_CONNECTIONS = 64  # per process unless told; a command needs a connection only for one round trip
 # order used by the scripts (KEYS[k + 0 .. k + 6] of a visitor)
 _VISITOR_KEYS = ("events", "cart", "purchases", "ids", "sids", "campaigns", "buys")
 
@@ -201,18 +216,52 @@ def _hex(text: str) -> str:
     return text.encode("utf-8").hex()
 
 
+class PoolExhaustedError(RedisConnectionError):
+    """Every connection of the pool stayed in use for the pool's wait limit (Redis itself may be fine)."""
+
+
+class AdmissionPool(BlockingConnectionPool):
+    """redis-py's blocking pool, telling "no free connection" (``PoolExhaustedError``) apart from "cannot
+    connect" (both are ``ConnectionError`` in redis-py; the pool's own wait is the one that ends in an
+    ``asyncio.TimeoutError``)."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as e:
+            if isinstance(e.__cause__, asyncio.TimeoutError):
+                raise PoolExhaustedError(
+                    f"all {self.max_connections} connections in use for {self.timeout} s"
+                ) from e
+            raise
+
+
+def _failure(e: BaseException) -> StoreFailure:
+    # redis-py's TimeoutError is not an OSError; the built-in one is (so it is checked first)
+    if isinstance(e, RedisTimeoutError | TimeoutError):
+        return StoreFailure.TIMEOUT
+    if isinstance(e, RedisConnectionError | OSError):
+        return StoreFailure.CONNECTION
+    return StoreFailure.ERROR
+
+
 @contextmanager
 def _unavailable(what: str) -> Iterator[None]:
-    """Any Redis failure -> StoreUnavailableError with a message fit for an HTTP client (no host, no URL);
-    the cause is logged and chained."""
+    """Redis failures -> ``StoreBusyError`` (no free pool connection) or ``StoreDownError`` (with its cause),
+    with a message fit for an HTTP client (no host, no URL); the cause is logged and chained."""
     try:
         yield
+    except PoolExhaustedError as e:
+        log.info("redis %s: no free connection: %s", what, e)
+        raise StoreBusyError(
+            f"the visitor store is busy ({what}: no free connection in this worker); retry later"
+        ) from e
     except (RedisError, OSError) as e:
         metrics.STORE_ERRORS.inc()  # the one place visitor-store failures are counted
         # info, not warning: the caller reports the failure (HTTP handlers log a warning; the CLI one line)
         log.info("redis %s failed: %s: %s", what, type(e).__name__, e)
-        raise StoreUnavailableError(
-            f"the visitor store is unavailable ({what}: {type(e).__name__}); retry later"
+        raise StoreDownError(
+            f"the visitor store is unavailable ({what}: {type(e).__name__}); retry later", _failure(e)
         ) from e
 
 
@@ -264,10 +313,11 @@ class RedisStore(StoreLimits):
         """A store on a new connection pool (nothing connects until the first command).
 
         The pool blocks: beyond ``max_connections`` commands in flight a command waits up to
-        ``socket_timeout`` for a free connection (redis-py's default pool fails at once with "Too many
-        connections", which would turn a burst of requests into 503s).
+        ``socket_timeout`` for a free connection and then fails with ``StoreBusyError`` (redis-py's default
+        pool fails at once with "Too many connections"). The service sizes the pool from the requests it
+        admits at once (``service.store.factory.pool_size``), so that wait stays empty.
         """
-        pool = BlockingConnectionPool.from_url(
+        pool = AdmissionPool.from_url(
             url,
             max_connections=max_connections,
             timeout=socket_timeout,
@@ -284,6 +334,11 @@ class RedisStore(StoreLimits):
             stream_maxlen=stream_maxlen,
             purchase_log=purchase_log,
         )
+
+    @property
+    def max_connections(self) -> int:
+        """Connections this store's pool opens at most."""
+        return int(self._r.connection_pool.max_connections)
 
     # -- keys ---------------------------------------------------------------------------------------------
 
@@ -317,9 +372,7 @@ class RedisStore(StoreLimits):
             except StoreUnavailableError as e:
                 if accepted or duplicates:
                     # earlier chunks are stored: say so; a retry with the same event ids skips them
-                    raise StoreUnavailableError(
-                        f"{e} (the first {start} of {len(events)} events were stored)"
-                    ) from e.__cause__
+                    e.args = (f"{e} (the first {start} of {len(events)} events were stored)",)
                 raise
             accepted += int(result[0])
             duplicates += int(result[1])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from service.cli import cli
+from service.cli import cli, run_server
+from service.settings import load_settings
 
 KEYS = "cli-key-0123456789abcdef:read"
 
@@ -44,3 +48,61 @@ def test_bad_options_one_line_exit_2(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
     assert needle in lines[0]
+
+
+def test_granian_gets_the_read_timeout_and_room_above_the_admission_gate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import granian
+
+    seen: dict[str, Any] = {}
+
+    class Recorder:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            seen.update(kwargs)
+
+        def serve(self) -> None:
+            seen["served"] = True
+
+    monkeypatch.setattr(granian, "Granian", Recorder)
+    env = {
+        "JOURNEYREC_HEADER_READ_TIMEOUT_SECONDS": "2.5",
+        "JOURNEYREC_MAX_CONCURRENCY": "32",
+        "JOURNEYREC_MAX_QUEUED": "100",
+        "JOURNEYREC_WORKERS": "2",
+    }
+    run_server(load_settings({}, environ=env))
+    assert seen["served"]
+    assert seen["http1_settings"].header_read_timeout == 2500  # Granian counts milliseconds
+    assert seen["backpressure"] > 32 + 100
+
+
+_PARENT_IMPORTS = """
+import sys
+import granian
+from service.cli import run_server
+from service.settings import load_settings
+
+class Recorder:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def serve(self):
+        print("prometheus_client" in sys.modules)
+
+granian.Granian = Recorder
+run_server(load_settings({"workers": 2}, environ={}))
+"""
+
+
+def test_the_server_process_does_not_load_the_metrics_client() -> None:
+    """prometheus_client loaded in the process Granian forks its workers from would make every worker write
+    the parent's value files."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PARENT_IMPORTS],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "False", out.stderr

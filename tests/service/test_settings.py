@@ -63,6 +63,17 @@ def test_flags_win_over_environment_and_none_means_not_given() -> None:
         ({"JOURNEYREC_REDIS_URL": "http://x"}, "is not a redis://"),
         ({"JOURNEYREC_REDIS_PREFIX": "has space"}, "--redis-prefix / JOURNEYREC_REDIS_PREFIX"),
         ({"JOURNEYREC_MAX_JSON_DEPTH": "1"}, "--max-json-depth / JOURNEYREC_MAX_JSON_DEPTH"),
+        (
+            {"JOURNEYREC_MAX_CONCURRENCY": "0"},
+            "--max-concurrency / JOURNEYREC_MAX_CONCURRENCY: Expected `int` >= 1",
+        ),
+        ({"JOURNEYREC_MAX_QUEUED": "-1"}, "--max-queued / JOURNEYREC_MAX_QUEUED: Expected `int` >= 0"),
+        (
+            {"JOURNEYREC_QUEUE_TIMEOUT_SECONDS": "0"},
+            "--queue-timeout-seconds / JOURNEYREC_QUEUE_TIMEOUT_SECONDS",
+        ),
+        ({"JOURNEYREC_HEADER_READ_TIMEOUT_SECONDS": "0"}, "JOURNEYREC_HEADER_READ_TIMEOUT_SECONDS: Expected"),
+        ({"JOURNEYREC_BODY_READ_TIMEOUT_SECONDS": "soon"}, "JOURNEYREC_BODY_READ_TIMEOUT_SECONDS: Expected"),
         ({"JOURNEYREC_API_KEYS": "short:read"}, "use at least 16"),
         ({"JOURNEYREC_API_KEYS": f"{KEY_A}:write"}, "unknown scope 'write'"),
         ({"JOURNEYREC_API_KEYS": f"{KEY_A}"}, "entry 1 must look like"),
