@@ -12,6 +12,7 @@ import platform
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 BENCH_JSON = Path("reports") / "bench.json"
 
@@ -102,6 +103,13 @@ def read_report(path: Path = BENCH_JSON) -> BenchReport | None:
     return msgspec.json.decode(path.read_bytes(), type=BenchReport)
 
 
+def _plain(obj: object) -> object:
+    """numpy scalars (the timing helpers return them) as Python numbers."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
 def record(figures: TrainFigures | ServiceFigures, path: Path = BENCH_JSON) -> None:
     """Replace this benchmark's section of the report, keeping the other one."""
     old = read_report(path) or BenchReport()
@@ -112,6 +120,6 @@ def record(figures: TrainFigures | ServiceFigures, path: Path = BENCH_JSON) -> N
         new = msgspec.structs.replace(old, service=ServiceRun(this_machine(), date, figures))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(new)) + b"\n")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(new, enc_hook=_plain)) + b"\n")
     tmp.replace(path)
     print(f"figures written to {path}")
