@@ -257,7 +257,10 @@ def bench_table(report: BenchReport) -> str:
         ]
     machines = {m for _name, m, _date in runs}
     if len(machines) == 1:
-        dates = " and ".join(f"{name} on {date[:10]}" for name, _m, date in runs)
+        days = sorted({date[:10] for _name, _m, date in runs})
+        dates = (
+            days[0] if len(days) == 1 else " and ".join(f"{name} on {date[:10]}" for name, _m, date in runs)
+        )
         head = f"`make bench` on {_machine(runs[0][1])} ({dates}):"
     else:
         head = "`make bench` " + "; ".join(f"{name} on {_machine(m)} ({d[:10]})" for name, m, d in runs) + ":"
