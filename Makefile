@@ -65,6 +65,9 @@ eval: $(STAMP)
 	$(BIN)/journeyrec evaluate --preset movielens-100k --train $(DATA)/movielens-100k/ua.base \
 		--test $(DATA)/movielens-100k/ua.test --exclude-seen --k 10 \
 		--json reports/movielens-100k.json --report reports/movielens-100k.html
+	$(BIN)/journeyrec evaluate --preset movielens-100k --train $(DATA)/movielens-100k/ua.base \
+		--test $(DATA)/movielens-100k/ua.test --exclude-seen --k 10 --cold-items 0.2 \
+		--models stage_aware,lightfm --json reports/movielens-100k-cold.json
 	$(BIN)/journeyrec simulate --out reports/sim --visitors 20000 --seed 1
 	$(BIN)/journeyrec evaluate --events reports/sim/events.csv --catalog reports/sim/catalog.csv \
 		--split-at $(SIM_SPLIT) --k 10 --json reports/simulated.json --report reports/simulated.html

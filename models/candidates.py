@@ -152,6 +152,26 @@ class ItemClusters:
     def n_clusters(self) -> int:
         return len(self.centroids)
 
+    def with_new_items(self, vectors: np.ndarray) -> ItemClusters:
+        """Clusters over the items plus m new ones (vectors float32 [m, d], item rows ``n_items``
+        onwards), each joining its nearest centroid (one blocked GEMM, no re-clustering); the centroids
+        become their members' means again, so a centroid's score stays its items' mean score."""
+        n, c = len(self.order), self.n_clusters
+        label = np.empty(n + len(vectors), np.int64)
+        label[self.order] = np.repeat(np.arange(c), np.diff(self.starts))
+        label[n:] = _assign(vectors, self.centroids)
+        every = np.empty((n + len(vectors), self.vectors.shape[1]), np.float32)
+        every[self.order] = self.vectors
+        every[n:] = vectors
+        counts = np.bincount(label, minlength=c)
+        centroids = self.centroids.copy()
+        filled = counts > 0
+        sums = _cluster_sums(every, label, c)
+        centroids[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
+        order = np.argsort(label, kind="stable").astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return ItemClusters(centroids, order, starts, np.ascontiguousarray(every[order]))
+
     @property
     def mean_size(self) -> int:
         return len(self.order) // max(self.n_clusters, 1)
@@ -202,6 +222,16 @@ class CandidateIndex:
         position[clusters.order] = np.arange(len(vectors))
         favourite_vectors = np.ascontiguousarray(vectors[fav], dtype=np.float32)
         return cls(settings, clusters, favourites, favourite_vectors, position)
+
+    def with_new_items(self, vectors: np.ndarray) -> CandidateIndex:
+        """The index with m new items (vectors float32 [m, d] laid out as the index's, [item_repr,
+        item_bias], for item rows ``n_items`` onwards) in their nearest clusters. New items have no
+        crowd score, so the favourites stay. This index is unchanged (build off the request path, swap)."""
+        vectors = np.asarray(vectors, np.float32).reshape(-1, self.clusters.vectors.shape[1])
+        clusters = self.clusters.with_new_items(vectors)
+        position = np.empty(len(clusters.order), np.int64)
+        position[clusters.order] = np.arange(len(clusters.order))
+        return CandidateIndex(self.settings, clusters, self.favourite_rows, self.favourite_vectors, position)
 
     def select(self, query: np.ndarray, key: int, extra: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(item rows int64 [c] sorted, their scores float32 [c]): the probed clusters, the key's crowd

@@ -69,6 +69,40 @@ class CatalogColumns:
     def __len__(self) -> int:
         return len(self.items)
 
+    def extend(self, new: Sequence[CatalogItem]) -> CatalogColumns:
+        """New columns with ``new`` items appended as rows ``len(self)`` onwards (this one is unchanged, so
+        a server can build the extended catalog off the request path and swap it in as a whole). New
+        categories get the next codes; the ids must be new and distinct (ValueError naming one)."""
+        seen = set(self.index)
+        for c in new:
+            if c.item_id in seen:
+                raise ValueError(f"item {c.item_id!r} is already in the catalog")
+            seen.add(c.item_id)
+        part = CatalogColumns.build(list(new))
+        categories = dict(self.categories)
+        # part.categories maps names to codes 0..k-1 in insertion order: recode them into the full map
+        recode = np.array([categories.setdefault(n, len(categories)) for n in part.categories], np.int32)
+        n = len(self.items)
+        index = dict(self.index)
+        index.update({c.item_id: n + i for i, c in enumerate(new)})
+        in_stock = np.concatenate([self.in_stock, part.in_stock])
+        is_product = np.concatenate([self.is_product, part.is_product])
+        serves = np.concatenate([self.serves, part.serves], axis=1)
+        return CatalogColumns(
+            items=[*self.items, *new],
+            index=index,
+            is_product=is_product,
+            in_stock=in_stock,
+            repeatable=np.concatenate([self.repeatable, part.repeatable]),
+            price=np.concatenate([self.price, part.price]),
+            category=np.concatenate([self.category, recode[part.category] if len(new) else part.category]),
+            categories=categories,
+            serves=serves,
+            products_in_stock=is_product & in_stock,
+            specificity=-serves.sum(axis=0).astype(np.float32),
+            category_by_row=[*self.category_by_row, *part.category_by_row],
+        )
+
     def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
         """int64 [m]: the catalog rows of ``item_ids`` that are in the catalog (one lookup each)."""
         get = self.index.get

@@ -7,7 +7,7 @@ representations once, so scoring one visitor against every item is one GEMV.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +33,38 @@ class FactorModel:
         emb = np.ascontiguousarray(self.item_features @ self.item_emb, dtype=np.float32)
         bias = np.asarray(self.item_features @ self.item_bias, dtype=np.float32).ravel()
         return bias, emb
+
+    def represent(self, features: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [m] biases, float32 C-contiguous [m, d] embeddings) of item feature rows csr [m,
+        n_item_features] (e.g. ``features.feature_rows``): what ``item_representations`` gives an item
+        with that row."""
+        emb = np.ascontiguousarray(features @ self.item_emb, dtype=np.float32)
+        bias = np.asarray(features @ self.item_bias, dtype=np.float32).ravel()
+        return bias, emb
+
+    def with_item_rows(self, features: sp.csr_matrix) -> FactorModel:
+        """The same parameters with ``features`` (csr [m, n_item_features]) appended as m new item rows."""
+        if features.shape[1] != self.item_features.shape[1]:
+            raise ValueError(
+                f"item feature rows have {features.shape[1]} columns, the model {self.item_features.shape[1]}"
+            )
+        stacked = sp.vstack([self.item_features, features.astype(np.float32)], format="csr")
+        return replace(self, item_features=stacked)
+
+    def with_replaced_item_rows(self, items: np.ndarray, features: sp.csr_matrix) -> FactorModel:
+        """The same parameters with the feature rows of ``items`` (int64 [m] distinct item rows) replaced by
+        ``features`` (csr [m, n_item_features]), e.g. a trained item's row without its identity feature."""
+        n = self.item_features.shape[0]
+        keep = np.ones(n, np.float32)
+        keep[items] = 0.0
+        scatter = sp.csr_matrix(
+            (np.ones(len(items), np.float32), (np.asarray(items, np.int64), np.arange(len(items)))),
+            shape=(n, len(items)),
+        )
+        rows = sp.diags(keep, format="csr") @ self.item_features + scatter @ features.astype(np.float32)
+        rows = sp.csr_matrix(rows, dtype=np.float32)
+        rows.eliminate_zeros()
+        return replace(self, item_features=rows)
 
     def user_representations(self, user_features: sp.csr_matrix) -> np.ndarray:
         """float32 [u, d] from csr [u, n_user_features]."""

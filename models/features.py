@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import msgspec
 import numpy as np
 import scipy.sparse as sp
 
 from models.domain import STAGES, CatalogItem, Stage
+from models.factors import FactorModel
 
 
 class Vocabulary(msgspec.Struct, frozen=True):
@@ -75,6 +77,77 @@ def item_feature_matrix(
     return l1_rows(
         sp.csr_matrix((vals, (rows, cols)), shape=(len(catalog), len(vocab.names)), dtype=np.float32)
     )
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    """Items described by their features alone (no identity feature): what a model that never saw them
+    knows about them.
+
+    rows     csr float32 [m, n_item_features]: each item's known tokens share weight 1 (L1-normalised,
+             as the shared part of a row of ``item_feature_matrix``); an item with no known token has an
+             empty row (representation zero, bias zero)
+    unknown  per item, its tokens the vocabulary does not have (dropped), sorted
+    """
+
+    rows: sp.csr_matrix
+    unknown: tuple[tuple[str, ...], ...]
+
+
+def feature_rows(items: Sequence[CatalogItem], vocab_index: dict[str, int], edges: np.ndarray) -> FeatureRows:
+    """``item_feature_matrix`` rows of ``items`` without the identity feature, built the same way (the
+    same tokens and price bands from ``edges``, the tokens sharing one unit of weight); tokens unknown to
+    ``vocab_index`` are dropped and reported. One pass over the items' few tokens (off the request path:
+    an item's features change when the catalog does, not per request)."""
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    unknown: list[tuple[str, ...]] = []
+    for r, it in enumerate(items):
+        toks = set(item_tokens(it, edges))
+        known = sorted(idx for t in toks if (idx := vocab_index.get(t)) is not None)
+        unknown.append(tuple(sorted(t for t in toks if t not in vocab_index)))
+        rows.extend([r] * len(known))
+        cols.extend(known)
+        vals.extend([1.0 / max(len(known), 1)] * len(known))
+    m = sp.csr_matrix(
+        (np.asarray(vals, np.float32), (np.asarray(rows, np.int64), np.asarray(cols, np.int64))),
+        shape=(len(items), len(vocab_index)),
+        dtype=np.float32,
+    )
+    return FeatureRows(l1_rows(m), tuple(unknown))
+
+
+@dataclass(frozen=True)
+class ItemRepresentations:
+    """Items' parameters from their features: bias float32 [m], embedding float32 [m, d], and the
+    ``FeatureRows`` they come from (``rows`` are what ``FactorModel.item_features`` holds for them)."""
+
+    bias: np.ndarray
+    embedding: np.ndarray
+    features: FeatureRows
+
+
+def represent_items(
+    factors: FactorModel,
+    vocab: Vocabulary,
+    edges: np.ndarray,
+    items: Sequence[CatalogItem],
+    index: dict[str, int] | None = None,
+) -> ItemRepresentations:
+    """The representation a trained model gives ``items`` from their features alone: a LightFM item is
+    the weighted sum of its feature embeddings, so an item the model never saw (or one whose own
+    identity embedding never learned, such as an item without events) is scored through the embeddings
+    of its category, kind, price band, tags and stages. ``edges`` are the model's price band edges
+    (``ModelBundle.price_edges``); ``index`` is ``vocab.index()`` when the caller keeps one (building it
+    walks every feature name). One sparse product for the whole batch."""
+    if len(vocab.names) != factors.item_emb.shape[0]:
+        raise ValueError(
+            f"the vocabulary has {len(vocab.names)} features, the model {factors.item_emb.shape[0]}"
+        )
+    rows = feature_rows(items, vocab.index() if index is None else index, edges)
+    bias, emb = factors.represent(rows.rows)
+    return ItemRepresentations(bias, emb, rows)
 
 
 def l1_rows(m: sp.csr_matrix) -> sp.csr_matrix:

@@ -114,6 +114,20 @@ class StageScorer:
     def n_items(self) -> int:
         return int(self.item_repr.shape[0])
 
+    def with_new_items(self, features: sp.csr_matrix) -> StageScorer:
+        """A scorer over the items plus m new ones described by ``features`` (csr [m, n_item_features],
+        e.g. ``features.feature_rows(...).rows``: no identity feature), appended as rows ``n_items``
+        onwards. Their representations come from the feature embeddings, their table rows are empty
+        (``ItemTables.with_new_items``), so they are scored by their factor score alone until a model
+        learns them from events. This scorer is unchanged: build the new one off the request path and
+        swap it in whole."""
+        return StageScorer(
+            self.factors.with_item_rows(features),
+            self.tables.with_new_items(features.shape[0]),
+            self.blend_weights,
+            self.rules,
+        )
+
     def factor_scores(self, user_repr: np.ndarray) -> np.ndarray:
         """float32 [u, n_items] = user_repr [u, d] @ item_repr.T + item_bias."""
         return user_repr @ self.item_repr.T + self.item_bias[None, :]

@@ -101,6 +101,27 @@ class ItemTables:
     def n_items(self) -> int:
         return len(self.popularity)
 
+    def with_new_items(self, m: int) -> ItemTables:
+        """The tables with ``m`` items appended that have no events: zero popularity, trend and repeat
+        rate, no co-occurrence or similarity entries, not ``known``."""
+
+        def pad(x: sp.csr_matrix) -> sp.csr_matrix:
+            n = x.shape[0] + m
+            indptr = np.concatenate([x.indptr, np.full(m, x.indptr[-1], x.indptr.dtype)])
+            return sp.csr_matrix((x.data, x.indices, indptr), shape=(n, n))
+
+        def zeros(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([a, np.zeros(m, a.dtype)])
+
+        return ItemTables(
+            zeros(self.popularity),
+            zeros(self.trending),
+            zeros(self.repeat_rate),
+            pad(self.complements),
+            pad(self.similar),
+            zeros(self.known),
+        )
+
 
 def fit_item_tables(
     log: EventLog,

@@ -287,6 +287,13 @@ def eval_table(results: list[tuple[Path, EvalResult]]) -> str:
     rows: list[list[str]] = []
     for path, r in results:
         split = r.split + (", `--exclude-seen`" if r.exclude_seen else "")
+        c = r.cold_items
+        if c is not None:  # a --cold-items run: its figures are among the held-out items
+            for field, label in (("auc", "cold-item AUC"), ("precision", f"cold-item P@{c.k}")):
+                got = c.models
+                cells = [f"{getattr(got[n], field):.3f}" if n in got else "—" for n in _BASELINE_FIRST]
+                rows.append([f"{path.stem} ({split}, `--cold-items {c.fraction:g}`)", label, *cells, "—"])
+            continue
         for metric, label in (("ndcg", "NDCG"), ("precision", "P")):
 
             def score(name: str, metric: str = metric, r: EvalResult = r) -> float:

@@ -15,7 +15,7 @@ from scripts import readme
 from scripts.bench_report import ServiceFigures, TrainFigures, read_report, record
 from service.schemas import EventIn, RecommendationsOut
 from service.settings import ENV, Settings
-from training.evaluate import EvalResult, ModelResult
+from training.evaluate import ColdItemsResult, ColdModelResult, EvalResult, ModelResult
 from training.loaders import load_events, load_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +165,44 @@ def test_measured_tables_come_from_the_json_reports(tmp_path: Path) -> None:
         row == "| uci-online-retail (time split at 2011-07-01) | NDCG@10 | 0.326 | 0.238 | buy_again 0.317 |"
     )
     assert "unrelated" not in eval_text
+
+
+def test_a_cold_items_report_shows_its_cold_item_figures(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    cold = ColdItemsResult(
+        fraction=0.2,
+        seed=1,
+        items=336,
+        removed_train_events=100,
+        visitors=651,
+        positives=900,
+        k=10,
+        models={
+            "stage_aware": ColdModelResult(0.6795, 0.0157, 651),
+            "lightfm": ColdModelResult(0.5192, 0.0049, 651),
+        },
+    )
+    result = EvalResult(
+        dataset="movielens-100k",
+        k=10,
+        split="train ua.base / test ua.test",
+        models={"stage_aware": _metrics(0.3, 0.14), "lightfm": _metrics(0.27, 0.14)},
+        exclude_seen=True,
+        positive=["review"],
+        train_events=100,
+        test_events=20,
+        candidates=50,
+        transitions={},
+        cold_items=cold,
+    )
+    (reports / "movielens-100k-cold.json").write_bytes(msgspec.json.encode(result))
+    eval_text = readme.region(readme.generate(_EMPTY_MEASURED, reports=reports, only=("eval",)), "eval")
+    split = "train ua.base / test ua.test, `--exclude-seen`, `--cold-items 0.2`"
+    assert f"| movielens-100k-cold ({split}) | cold-item AUC | 0.679 | 0.519 | — |" in eval_text
+    assert f"| movielens-100k-cold ({split}) | cold-item P@10 | 0.016 | 0.005 | — |" in eval_text
+    # the warm figures of a run trained without the held-out items are not shown as the usual ones
+    assert "NDCG@10" not in eval_text
 
 
 def test_absent_reports_keep_the_measured_tables(tmp_path: Path) -> None:

@@ -150,3 +150,12 @@ class PlainLightFMRanker:
                 ok = ok & ~(seen_all[vb].toarray() > 0)
             out.append(top_k(s, k, ok))
         return np.concatenate(out) if out else np.zeros((0, k), np.int32)
+
+    def score_items(self, visitors: np.ndarray, now: float, items: np.ndarray) -> np.ndarray:  # noqa: ARG002
+        """float32 [u, c] scores of ``items`` (int64 [c]) for ``visitors`` (int32 [u]) from the learned
+        identity embeddings (an item without training events keeps what initialisation and negative
+        sampling gave it)."""
+        if self.train is None:
+            raise RuntimeError("fit() first")
+        s = self.user_repr[visitors] @ self.item_repr[items].T + self.item_bias[items][None, :]
+        return np.asarray(s, np.float32)

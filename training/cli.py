@@ -183,6 +183,13 @@ def train(
 @click.option("--exclude-seen", is_flag=True, help="Never recommend items the visitor had in training.")
 @click.option("--models", "only", default=None, help="Comma-separated subset of models to run.")
 @click.option(
+    "--cold-items",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=None,
+    help="Hold this share of products (seeded by --seed) out of training; rank them among themselves"
+    " from features only (AUC, precision@k).",
+)
+@click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON."
 )
 @click.option(
@@ -202,6 +209,7 @@ def evaluate(
     k: int,
     exclude_seen: bool,
     only: str | None,
+    cold_items: float | None,
     json_path: str | None,
     report_path: str | None,
 ) -> None:
@@ -229,6 +237,9 @@ def evaluate(
         raise InvalidInputError(
             f"the split leaves {train_log.n_events} training and {test_log.n_events} test events"
         )
+    cold = None
+    if cold_items is not None:
+        train_log, cold = evaluation.hold_out_items(train_log, cold_items, seed)
     cfg = _cfg(preset, seed, threads, epochs, exclude_seen=exclude_seen)
     with _progress(True) as say:
         rankers = rankers_for(cfg, say)
@@ -255,6 +266,7 @@ def evaluate(
             stage_of=at_split,
             stage_at_end=at_end,
             progress=say,
+            cold=cold,
         )
     result = msgspec.structs.replace(result, inputs=inputs)
     for name, summary in inputs.items():  # after the work, as in train

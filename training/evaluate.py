@@ -8,25 +8,35 @@ Protocol (documented in the README):
 - items seen in training are excluded from the lists only with ``exclude_seen``;
 - metrics at k (``models.metrics``); segments ``cold`` (no training events), ``warm`` and each visitor's
   journey stage at the split time (lowercase stage name).
+
+Cold items (``--cold-items FRACTION``, the LightFM paper's cold-start protocol): a seeded random share of
+the products with training events is held out of training entirely (every training event on them is
+removed; their catalog rows and features stay). The warm metrics above are then over the other items.
+Among the held-out items only, each model that can score given items (``ItemScorer``) ranks them for
+every test visitor with a positive test event on one of them: AUC (per visitor, ties count one half,
+averaged) and precision at k, the relevant items being that visitor's positive test items among them.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import numpy as np
 import scipy.sparse as sp
 from rich.console import Group
 from rich.text import Text
+from scipy.stats import rankdata
 
 from models.dataset import EventLog
 from models.domain import STAGES, EventType
 from models.errors import InvalidInputError
 from models.metrics import METRICS, MetricSummary, per_user, summarise
 from models.ranking import Ranker
+from models.scoring import top_k
 from models.weights import positive_codes
 from training.loaders import LoadSummary
 from training.stage_model import product_mask
@@ -38,6 +48,53 @@ class ModelResult(msgspec.Struct, frozen=True):
     segments: dict[str, MetricSummary]
     fit_seconds: float
     recommend_seconds: float
+
+
+@runtime_checkable
+class ItemScorer(Protocol):
+    """A ranker that can score given items (for the cold-item protocol)."""
+
+    name: str
+
+    def score_items(self, visitors: np.ndarray, now: float, items: np.ndarray) -> np.ndarray:
+        """float32 [u, c]: the scores of ``items`` (int64 [c] item rows) for ``visitors`` (int32 [u]) at
+        ``now``; higher ranks first."""
+        ...
+
+
+class ColdModelResult(msgspec.Struct, frozen=True):
+    """One model among the held-out items: mean per-visitor AUC, precision at k, visitors scored."""
+
+    auc: float
+    precision: float
+    users: int
+
+
+class ColdItemsResult(msgspec.Struct, frozen=True):
+    """The cold-item protocol's figures (see the module docstring).
+
+    items: held-out products; removed_train_events: their training events, dropped; visitors: test
+    visitors with a positive test event on a held-out item; positives: such distinct (visitor, item) pairs.
+    """
+
+    fraction: float
+    seed: int
+    items: int
+    removed_train_events: int
+    visitors: int
+    positives: int
+    k: int
+    models: dict[str, ColdModelResult]
+
+
+@dataclass(frozen=True)
+class ColdItems:
+    """Which items ``hold_out_items`` held out (int64 rows, sorted) and how many training events went."""
+
+    items: np.ndarray
+    fraction: float
+    seed: int
+    removed_train_events: int
 
 
 class EvalResult(msgspec.Struct, frozen=True):
@@ -59,6 +116,100 @@ class EvalResult(msgspec.Struct, frozen=True):
     candidates: int
     transitions: dict[str, dict[str, int]]
     inputs: dict[str, LoadSummary] = {}
+    cold_items: ColdItemsResult | None = None
+
+
+def hold_out_items(train: EventLog, fraction: float, seed: int) -> tuple[EventLog, ColdItems]:
+    """(``train`` without any event on the held-out items, which items): a ``fraction`` of the products
+    with training events, drawn with ``seed``. The catalog (and so every item's features) is unchanged."""
+    if not 0.0 < fraction < 1.0:
+        raise InvalidInputError(f"--cold-items: expected a fraction between 0 and 1, got {fraction}")
+    pool = np.flatnonzero(product_mask(train) & (np.bincount(train.item, minlength=train.n_items) > 0))
+    n = round(fraction * len(pool))
+    if n < 2 or n == len(pool):
+        raise InvalidInputError(
+            f"--cold-items {fraction}: holds out {n} of the {len(pool)} products with training events;"
+            " at least 2 must be held out and 1 kept"
+        )
+    rng = np.random.default_rng(seed)
+    cold = np.sort(rng.choice(pool, n, replace=False)).astype(np.int64)
+    drop = np.isin(train.item, cold)
+    return train.take(~drop), ColdItems(cold, fraction, seed, int(drop.sum()))
+
+
+def cold_item_targets(
+    test: EventLog, cold: np.ndarray, positive: frozenset[EventType]
+) -> tuple[np.ndarray, sp.csr_matrix]:
+    """(int32 [u] test visitors with a positive test event on a ``cold`` item (int64 [c] sorted), csr
+    float32 [u, c] their relevant cold items as columns of ``cold``)."""
+    col = np.full(test.n_items, -1, np.int64)
+    col[cold] = np.arange(len(cold))
+    pos = np.isin(test.event, positive_codes(positive)) & (col[test.item] >= 0)
+    visitors = np.unique(test.visitor[pos]).astype(np.int32)
+    row = np.searchsorted(visitors, test.visitor[pos])
+    rel = sp.csr_matrix(
+        (np.ones(int(pos.sum()), np.float32), (row, col[test.item[pos]])), shape=(len(visitors), len(cold))
+    )
+    rel.sum_duplicates()
+    rel.data[:] = 1.0
+    return visitors, rel
+
+
+def auc_per_user(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """float64 [u]: per row of scores float [u, c], the share of (relevant, non-relevant) pairs (relevant
+    bool [u, c]) the scores order correctly, ties counting one half (Mann-Whitney U from average ranks);
+    NaN for a row without relevant or without non-relevant items."""
+    ranks = rankdata(scores, method="average", axis=1) if scores.size else np.zeros(scores.shape)
+    p = relevant.sum(axis=1).astype(np.float64)
+    q = relevant.shape[1] - p
+    u = np.where(relevant, ranks, 0.0).sum(axis=1) - p * (p + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((p > 0) & (q > 0), u / (p * q), np.nan)
+
+
+def precision_per_user(scores: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """float64 [u]: the share of each row's top ``k`` by score (``top_k``'s order) that is relevant."""
+    top = top_k(np.asarray(scores, np.float32), k)
+    hit = np.take_along_axis(relevant, np.maximum(top, 0), axis=1) & (top >= 0)
+    return hit.sum(axis=1) / k
+
+
+def evaluate_cold_items(
+    rankers: Sequence[Ranker],
+    test: EventLog,
+    cold: ColdItems,
+    *,
+    k: int,
+    now: float,
+    positive: frozenset[EventType],
+) -> ColdItemsResult:
+    """Score the fitted ``rankers`` that are ``ItemScorer``s among the ``cold`` items only."""
+    visitors, rel = cold_item_targets(test, cold.items, positive)
+    if len(visitors) == 0:
+        raise InvalidInputError("--cold-items: no test visitor has a positive test event on a held-out item")
+    relevant = rel.toarray() > 0
+    models: dict[str, ColdModelResult] = {}
+    for r in rankers:
+        if not isinstance(r, ItemScorer):
+            continue
+        scores = r.score_items(visitors, now, cold.items)
+        auc = auc_per_user(scores, relevant)
+        ok = ~np.isnan(auc)
+        models[r.name] = ColdModelResult(
+            auc=round(float(auc[ok].mean()) if ok.any() else float("nan"), 4),
+            precision=round(float(precision_per_user(scores, relevant, k).mean()), 4),
+            users=int(ok.sum()),
+        )
+    return ColdItemsResult(
+        fraction=cold.fraction,
+        seed=cold.seed,
+        items=len(cold.items),
+        removed_train_events=cold.removed_train_events,
+        visitors=len(visitors),
+        positives=int(rel.nnz),
+        k=k,
+        models=models,
+    )
 
 
 def split_at(log: EventLog, at: float) -> tuple[EventLog, EventLog]:
@@ -118,10 +269,12 @@ def evaluate(
     stage_of: np.ndarray,
     stage_at_end: np.ndarray,
     progress: Callable[[str], None] | None = None,
+    cold: ColdItems | None = None,
 ) -> EvalResult:
     """Fit each ranker on ``train``, rank for the test visitors at ``now`` and score the lists.
 
     stage_of / stage_at_end: int8[n_visitors] stage index at the split and at the end of the test window.
+    cold: the items ``hold_out_items`` took out of ``train``, scored among themselves after fitting.
     """
     say = progress or (lambda _m: None)
     visitors, relevant = relevant_targets(train, test, positive)
@@ -147,6 +300,10 @@ def evaluate(
             fit_seconds=round(t1 - t0, 2),
             recommend_seconds=round(t2 - t1, 2),
         )
+    cold_result = None
+    if cold is not None:
+        say(f"scoring {len(cold.items):,} held-out items")
+        cold_result = evaluate_cold_items(rankers, test, cold, k=k, now=now, positive=positive)
     return EvalResult(
         dataset=dataset,
         k=k,
@@ -158,6 +315,7 @@ def evaluate(
         test_events=test.n_events,
         candidates=n_candidates,
         transitions=transitions(stage_of, stage_at_end, visitors),
+        cold_items=cold_result,
     )
 
 
@@ -180,6 +338,18 @@ def format_table(result: EvalResult, width: int = 100) -> Any:
     visitors = [f"{next(iter(models.values())).segments[s].users:,}" for s in segments]
     by_segment = {name: [f"{r.segments[s].ndcg:.4f}" for s in segments] for name, r in models.items()}
     title = f"{result.dataset}: {result.split}, k={k}, exclude_seen={result.exclude_seen}"
+    parts: list[Text | Group] = []
+    c = result.cold_items
+    if c is not None and c.models:
+        cold_title = (
+            f"cold items: {c.items:,} products ({c.fraction:g}) held out of training, ranked among"
+            f" themselves for {c.visitors:,} test visitors"
+        )
+        cold_cols = {
+            name: [f"{r.auc:.4f}", f"{r.precision:.4f}", f"{r.users:,}"] for name, r in c.models.items()
+        }
+        labels_cold = [["auc"], [f"precision@{c.k}"], ["users"]]
+        parts = [Text(""), column_blocks(cold_title, ["metric"], labels_cold, cold_cols, width)]
     return Group(
         column_blocks(title, ["metric"], labels, overall, width),
         Text(""),
@@ -190,4 +360,5 @@ def format_table(result: EvalResult, width: int = 100) -> Any:
             by_segment,
             width,
         ),
+        *parts,
     )

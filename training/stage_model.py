@@ -20,6 +20,7 @@ from models.features import (
     build_user_vocabulary,
     item_feature_matrix,
     price_band_edges,
+    represent_items,
     user_feature_rows,
 )
 from models.journey import DEFAULT_RULES, JourneyRules, stages_at, stages_before_events
@@ -318,6 +319,27 @@ class StageAwareRanker:
                 ok = ok & ~(prof.seen().toarray() > 0)
             out.append(top_k(scores, k, ok))
         return np.concatenate(out) if out else np.zeros((0, k), np.int32)
+
+    def score_items(self, visitors: np.ndarray, now: float, items: np.ndarray) -> np.ndarray:
+        """float32 [u, c] factor scores of ``items`` (int64 [c]) for ``visitors`` (int32 [u]), the items
+        represented from their features alone (``features.represent_items``: no identity feature), as
+        the service represents an item the model never learned. (Among items without training events
+        every other blend feature is zero, so this score orders them as the blend does.)"""
+        if self.fitted is None or self.train is None:
+            raise RuntimeError("fit() first")
+        log, fm = self.train, self.fitted
+        rep = represent_items(
+            fm.scorer.factors, fm.item_vocab, fm.price_edges, [log.catalog[i] for i in items]
+        )
+        stage_all, _ = stages_at(log, now, self.cfg.rules)
+        known_v = np.zeros(log.n_visitors, bool)
+        known_v[np.unique(log.visitor)] = True
+        vocab_index = fm.user_vocab.index()
+        uf = user_rows_for(
+            vocab_index, len(fm.user_vocab.names), log, visitors, stage_all[visitors], fm.context, known_v
+        )
+        user = fm.scorer.factors.user_representations(uf)
+        return np.asarray(user @ rep.embedding.T + rep.bias[None, :], np.float32)
 
 
 __all__ = ["FittedStageModel", "Stage", "StageAwareRanker", "StageModelConfig", "fit_stage_model"]

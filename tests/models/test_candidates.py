@@ -130,6 +130,42 @@ def test_select_scores_every_candidate_exactly() -> None:
     assert np.allclose(scores, x[rows] @ q, atol=1e-5)
 
 
+def test_new_items_join_their_nearest_cluster_and_are_selected() -> None:
+    rng = np.random.default_rng(6)
+    centres = 20.0 * np.eye(5, dtype=np.float32)
+    x = _blobs(rng, centres, 40)
+    fav = np.array([[0, 41, -1]], np.int64)
+    idx = CandidateIndex.build(x, fav, CandidateSettings(probe_items=30, items_per_cluster=40))
+    new = _blobs(rng, centres[[3, 1, 3]], 1)  # three new items, near blobs 3, 1 and 3
+    ext = idx.with_new_items(new)
+    n = len(x)
+    assert len(idx.position) == n  # the old index is unchanged
+    c = ext.clusters
+    assert sorted(c.order.tolist()) == list(range(n + 3))
+    every = np.concatenate([x, new])
+    assert np.array_equal(c.vectors[ext.position], every)  # position finds every item's vector
+    label = np.repeat(np.arange(c.n_clusters), np.diff(c.starts))[ext.position]
+    # naive reference: the nearest of the old centroids, one by one
+    for r, v in enumerate(new):
+        want = int(np.argmin(((idx.clusters.centroids - v) ** 2).sum(axis=1)))
+        assert label[n + r] == want
+    assert np.array_equal(
+        label[:n], np.repeat(np.arange(c.n_clusters), np.diff(idx.clusters.starts))[idx.position]
+    )
+    for j in range(c.n_clusters):  # centroids are their members' means again
+        assert np.allclose(c.centroids[j], every[label == j].mean(axis=0), atol=1e-4)
+    # probing towards blob 3 returns its new members with exact scores
+    q = centres[3] / 20.0
+    rows, scores = ext.select(q, 0, [])
+    assert {n, n + 2} <= set(rows.tolist())
+    assert n + 1 not in set(rows.tolist())
+    assert np.allclose(scores, every[rows] @ q, atol=1e-4)
+    # a new item given as an extra row (e.g. a sparse feature) is scored too
+    rows, scores = ext.select(q, 0, [np.array([n + 1], np.int64)])
+    assert n + 1 in set(rows.tolist())
+    assert np.allclose(scores, every[rows] @ q, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def bundle(recommender: Recommender) -> ModelBundle:
     return recommender.bundle

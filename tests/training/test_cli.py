@@ -107,6 +107,33 @@ def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None
     assert report.read_text().startswith("<!doctype html>")
 
 
+def test_evaluate_cold_items_scores_held_out_items_from_features(
+    shop: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cold.json"
+    argv = ["evaluate", "--events", str(shop / "events.csv"), "--catalog", str(shop / "catalog.csv")]
+    argv += ["--split-at", SPLIT, "--epochs", "3", "--cold-items", "0.3", "--json", str(out)]
+    argv += ["--models", "stage_aware,lightfm,popularity"]
+    assert main(argv) == 0
+    cold = json.loads(out.read_text())["cold_items"]
+    assert cold["fraction"] == 0.3
+    assert cold["items"] > 0
+    assert cold["removed_train_events"] > 0
+    assert cold["visitors"] > 0
+    assert set(cold["models"]) == {"stage_aware", "lightfm"}  # popularity cannot score given items
+    ours, ids_only = cold["models"]["stage_aware"], cold["models"]["lightfm"]
+    assert ours["users"] == ids_only["users"] > 0
+    # from features, the held-out items are ranked far better than by ids that never saw an event
+    assert ours["auc"] > 0.6
+    assert ours["auc"] > ids_only["auc"] + 0.05
+    assert 0.0 <= ours["precision"] <= 1.0
+    err = capsys.readouterr().err
+    assert "cold items:" in err
+    assert "auc" in err
+    # the other models' metrics are over the items left in training
+    assert 0.0 < json.loads(out.read_text())["models"]["stage_aware"]["overall"]["ndcg"] <= 1.0
+
+
 @pytest.mark.parametrize(
     ("argv", "needles"),
     [
@@ -122,6 +149,14 @@ def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None
         ),
         (["evaluate", "--events", "{shop}/events.csv", "--split-at", "2030-01-01"], ("0 test events",)),
         (["inspect", "{tmp}/nothing-here"], ("nothing-here",)),
+        (
+            ["evaluate", "--events", "{shop}/events.csv", "--split-at", SPLIT, "--cold-items", "1.5"],
+            ("--cold-items", "1.5"),
+        ),
+        (
+            ["evaluate", "--events", "{shop}/events.csv", "--split-at", SPLIT, "--cold-items", "0.0001"],
+            ("--cold-items 0.0001", "at least 2"),
+        ),
         (["train", "--events", "{shop}/events.csv", "--out", "{tmp}/m", "--preset", "nope"], ("--preset",)),
         (["simulate", "--out", "{tmp}/s", "--visitors", "0"], ("--visitors",)),
         (
