@@ -23,6 +23,10 @@ STORE_ERRORS = Counter(
     "journeyrec_store_unavailable_total",
     "Store calls that found Redis unreachable (visitor store and rate limiter), counted where they failed",
 )
+STORE_READ_RETRIES = Counter(
+    "journeyrec_store_read_retries_total",
+    "Visitor reads asked once more after a Redis timeout (a second timeout is a fallback)",
+)
 FALLBACKS = Counter(
     "journeyrec_fallbacks_total",
     "Non-personalised recommendation answers (fallback=true), by why the store did not answer",

@@ -119,7 +119,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     recent_events: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
     # approximate length cap of the event stream that `journeyrec export-events` reads
     stream_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 10_000_000
-    # seconds to wait for Redis before a recommendation falls back and other calls answer 503
+    # seconds to wait for a Redis reply; a visitor read that times out is asked once more, and a second
+    # timeout makes a recommendation fall back (other calls answer 503)
     redis_socket_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     # requests per minute per client address; with Redis the counts are shared by all workers (and requests
     # are let through when Redis does not answer); 0 switches the limiter off

@@ -413,7 +413,14 @@ class RedisStore(StoreLimits):
         if campaign is not None:
             keys.append(self.sent_key(visitor_id, campaign))
         with _unavailable("read visitor"):
-            replies: list[Any] = await self._read(keys=keys)
+            try:
+                replies: list[Any] = await self._read(keys=keys)
+            except (RedisTimeoutError, TimeoutError):
+                # A reply that waited behind a busy event loop (a burst of admitted requests) times out like
+                # a hung server. The read changes nothing, so it is asked once more, on a fresh connection:
+                # only a second timeout makes the store count as down (and the answer a fallback).
+                metrics.STORE_READ_RETRIES.inc()
+                replies = await self._read(keys=keys)
         return VisitorState(
             visitor_id=visitor_id,
             # the stored events are JSON objects: one decoder call over them as a JSON array

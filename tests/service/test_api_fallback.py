@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.recommender import Recommender
 from service import metrics
@@ -128,3 +129,31 @@ async def test_the_pool_holds_a_connection_for_every_admitted_request() -> None:
             assert store.max_connections > admitted  # and a few for the health checks
         finally:
             await store.close()
+
+
+async def test_a_read_that_times_out_once_is_asked_again_not_a_fallback(
+    models_dir: Path, recommender: Recommender, redis_url: str
+) -> None:
+    """A reply held up behind a busy event loop times out like a hung server: the read is asked once more."""
+    store, _ = _store(redis_url)
+    read = store._read
+    calls = 0
+
+    async def late_once(**kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RedisTimeoutError("Timeout reading from socket")
+        return await read(**kw)
+
+    store._read = late_once  # type: ignore[method-assign]
+    before, retries = _fallbacks(), metrics.STORE_READ_RETRIES._value.get()
+    try:
+        r = await _recommend(models_dir, recommender, store)
+    finally:
+        await store.close()
+    assert r.status_code == 200, r.text
+    assert r.json()["fallback"] is False
+    assert calls == 2
+    assert _fallbacks() == before
+    assert metrics.STORE_READ_RETRIES._value.get() == retries + 1
