@@ -77,6 +77,7 @@ def test_a_burst_never_falls_back_on_a_healthy_redis(
     finally:
         server.stop()
     assert sum(answers.values()) == n
+    print(f"burst of {n}: {dict(answers)}")  # the figures, shown with pytest -s
     assert answers[(200, "fallback=True")] == 0, answers
     # only personalised answers and explicit, retryable refusals
     assert set(answers) <= {(200, "fallback=False"), (503, "retry-after=1")}, answers
