@@ -9,7 +9,8 @@
     score       ``models.scoring``   one GEMV over precomputed item representations, plus the page's
                                      anchors (``models.related``)
     mask        ``models.catalog``   what the filters allow, minus what the visitor owns or sees
-    top-k       ``models.scoring``   one partial sort
+    top-k       ``models.scoring``   one partial sort; under merchandising rules ``models.rules``
+                                     (boost, bury, pin, hide, per-category caps) instead
     explain     ``models.explain``   the source and the reason of each chosen item
     content     ``models.content``   content serving the stage
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from models import artifact
@@ -46,7 +48,8 @@ from models.related import (
     retarget,
 )
 from models.request import Filters, Recommendations, RecommendedItem, VisitorContext
-from models.scoring import StageScorer, UserRow, top_k, top_k_one
+from models.rules import CompiledRules, RuleSet, apply_rules, compile_rules
+from models.scoring import StageScorer, UserRow, positions_in, top_k, top_k_one
 from models.serving_rules import ServingRules
 
 
@@ -81,10 +84,23 @@ class Recommender:
             base = np.where(self.catalog.products_in_stock[None, :], base, -np.inf).astype(np.float32)
             vectors = np.hstack([sc.item_repr, sc.item_bias[:, None]])
             self.candidates = CandidateIndex.build(vectors, top_k(base, cs.crowd_items).astype(np.int64), cs)
+        # the merchandising rules served by default (``install_rules``), compiled for this catalog
+        self.merchandising: CompiledRules | None = None
 
     @classmethod
     def load(cls, directory: Path, candidates: CandidateSettings | None = None) -> Recommender:
         return cls(artifact.load(Path(directory)), candidates)
+
+    def compile_rules(self, ruleset: RuleSet) -> CompiledRules:
+        """``ruleset`` compiled against this model's catalog, to pass to ``recommend`` (a preview)."""
+        return compile_rules(ruleset, self.catalog)
+
+    def install_rules(self, ruleset: RuleSet | None) -> CompiledRules | None:
+        """Serve ``ruleset`` (None: no rules) from the next request on; a new model or a new rule version
+        installs its rule set again. Returns the compiled rules (their ``unresolved`` pins to report)."""
+        compiled = None if ruleset is None else self.compile_rules(ruleset)
+        self.merchandising = compiled  # one reference swap: a request reads it once
+        return compiled
 
     def has_item(self, item_id: str) -> bool:
         return item_id in self.catalog.index
@@ -141,9 +157,24 @@ class Recommender:
         ]
         return self.candidates.select(query, key, strongest)
 
-    def recommend(self, ctx: VisitorContext, k: int, filters: Filters, n_content: int = 3) -> Recommendations:
-        """Up to ``k`` products and ``n_content`` content items for the visitor, with their stage."""
+    def recommend(
+        self,
+        ctx: VisitorContext,
+        k: int,
+        filters: Filters,
+        n_content: int = 3,
+        rules: CompiledRules | None = None,
+    ) -> Recommendations:
+        """Up to ``k`` products and ``n_content`` content items for the visitor, with their stage.
+
+        rules: the merchandising rules to apply (``compile_rules``), else the installed ones
+        (``install_rules``), if any; they act on the scored products before the top k, and the products'
+        scores are then those after boosts and buries (``models.rules``).
+        """
         c, sc = self.catalog, self.scorer
+        merch = self.merchandising if rules is None else rules
+        if merch is not None and merch.catalog is not c:  # compiled for another catalog: its masks do not fit
+            merch = compile_rules(merch.ruleset, c)
         # history
         event_rows = c.event_rows(ctx.events)
         older = older_purchases(ctx)
@@ -159,6 +190,8 @@ class Recommender:
         page = page_entries(sc.tables, ctx, anchors)
         # candidates
         picked = self._candidates(rep, stage.stage, live.is_new, [*features, *page])
+        if picked is not None and merch is not None:
+            picked = self._with_pins(picked, merch, stage.stage, ctx, rep)
         rows = picked[0] if picked is not None else self._every_row
         # mask
         allowed = allowed_mask(c, ctx, filters, ItemKind.PRODUCT, rows)
@@ -181,8 +214,12 @@ class Recommender:
         if near is not None:
             score = score + self.serving.context_weight * np.maximum(near[0], near[1])
         # top-k
-        pos = top_k_one(score, k, allowed)
-        pos = pos[pos >= 0].astype(np.int64)
+        if merch is None:
+            pos = top_k_one(score, k, allowed)
+            pos = pos[pos >= 0].astype(np.int64)
+        else:
+            outcome = apply_rules(merch, rows, score, allowed, stage.stage, ctx.placement, ctx.now, k)
+            pos, score = outcome.positions, outcome.score
         idx = rows[pos]
         # explain
         sources = item_sources(scored, pos, near, self.serving.anchor_threshold)
@@ -202,7 +239,35 @@ class Recommender:
         content = rank_content(
             c, self._stage_content[stage.stage.index], stage.stage, n_content, items, codes, rep
         )
-        return Recommendations(stage, products, content, self.version, fallback=False)
+        if merch is None:
+            return Recommendations(stage, products, content, self.version, fallback=False)
+        products = [
+            msgspec.structs.replace(p, rules=e) if e else p
+            for p, e in zip(products, outcome.effects, strict=True)
+        ]
+        return Recommendations(stage, products, content, self.version, False, merch.version, outcome.fallback)
+
+    def _with_pins(
+        self,
+        picked: tuple[np.ndarray, np.ndarray],
+        merch: CompiledRules,
+        stage: Stage,
+        ctx: VisitorContext,
+        rep: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The candidate set (rows int64 [c] sorted, factor scores float32 [c]) with the items the pins in
+        scope place: a pin works whether or not its item is among the visitor's candidates."""
+        pins = merch.pinned_rows(stage, ctx.placement, ctx.now)
+        if len(pins) == 0:
+            return picked
+        missing = pins[~positions_in(picked[0], pins)[1]]
+        if len(missing) == 0:
+            return picked
+        sc = self.scorer
+        raw = sc.item_repr[missing] @ rep
+        raw += sc.item_bias[missing]
+        at = np.searchsorted(picked[0], missing)
+        return np.insert(picked[0], at, missing), np.insert(picked[1], at, raw.astype(np.float32))
 
     def fallback(self, ctx: VisitorContext, k: int, filters: Filters, n_content: int = 3) -> Recommendations:
         """Non-personalised answer (popular and trending), used when the visitor's state is unavailable."""
