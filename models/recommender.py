@@ -47,7 +47,7 @@ from models.related import (
     related_items,
     retarget,
 )
-from models.request import Filters, Recommendations, RecommendedItem, VisitorContext
+from models.request import Filters, Recommendations, RecommendedItem, RuleEffect, VisitorContext
 from models.rules import CompiledRules, RuleSet, apply_rules, compile_rules
 from models.scoring import StageScorer, UserRow, positions_in, top_k, top_k_one
 from models.serving_rules import ServingRules
@@ -172,9 +172,7 @@ class Recommender:
         scores are then those after boosts and buries (``models.rules``).
         """
         c, sc = self.catalog, self.scorer
-        merch = self.merchandising if rules is None else rules
-        if merch is not None and merch.catalog is not c:  # compiled for another catalog: its masks do not fit
-            merch = compile_rules(merch.ruleset, c)
+        merch = self._merchandising(rules)
         # history
         event_rows = c.event_rows(ctx.events)
         older = older_purchases(ctx)
@@ -241,11 +239,16 @@ class Recommender:
         )
         if merch is None:
             return Recommendations(stage, products, content, self.version, fallback=False)
-        products = [
-            msgspec.structs.replace(p, rules=e) if e else p
-            for p, e in zip(products, outcome.effects, strict=True)
-        ]
+        products = _with_effects(products, outcome.effects)
         return Recommendations(stage, products, content, self.version, False, merch.version, outcome.fallback)
+
+    def _merchandising(self, rules: CompiledRules | None) -> CompiledRules | None:
+        """``rules``, else the installed rules; compiled again when compiled for another catalog (their
+        masks would not fit this one)."""
+        merch = self.merchandising if rules is None else rules
+        if merch is not None and merch.catalog is not self.catalog:
+            merch = compile_rules(merch.ruleset, self.catalog)
+        return merch
 
     def _with_pins(
         self,
@@ -269,19 +272,42 @@ class Recommender:
         at = np.searchsorted(picked[0], missing)
         return np.insert(picked[0], at, missing), np.insert(picked[1], at, raw.astype(np.float32))
 
-    def fallback(self, ctx: VisitorContext, k: int, filters: Filters, n_content: int = 3) -> Recommendations:
-        """Non-personalised answer (popular and trending), used when the visitor's state is unavailable."""
+    def fallback(
+        self,
+        ctx: VisitorContext,
+        k: int,
+        filters: Filters,
+        n_content: int = 3,
+        rules: CompiledRules | None = None,
+    ) -> Recommendations:
+        """Non-personalised answer (popular and trending), used when the visitor's state is unavailable;
+        ``rules`` as for ``recommend``."""
         stage = (
             self.stage_of(ctx)
             if ctx.events or ctx.stage_override
             else StageResult(Stage.AWARENESS, 0.0, ["visitor state unavailable: showing popular items"])
         )
         allowed = allowed_mask(self.catalog, ctx, filters, ItemKind.PRODUCT)
-        products = popular_items(
-            self.catalog, self.scorer.tables, self._fallback_score, allowed, k, stage.stage, self.serving
-        )
         content = fallback_content(self.catalog, stage.stage, n_content)
-        return Recommendations(stage, products, content, self.version, fallback=True)
+        merch = self._merchandising(rules)
+        score, tables = self._fallback_score, self.scorer.tables
+        if merch is None:
+            products = popular_items(self.catalog, tables, score, allowed, k, stage.stage, self.serving)
+            return Recommendations(stage, products, content, self.version, fallback=True)
+        rows = self._every_row
+        outcome = apply_rules(merch, rows, score, allowed, stage.stage, ctx.placement, ctx.now, k)
+        products = popular_items(
+            self.catalog,
+            tables,
+            outcome.score,
+            allowed,
+            k,
+            stage.stage,
+            self.serving,
+            chosen=outcome.positions,
+        )
+        products = _with_effects(products, outcome.effects)
+        return Recommendations(stage, products, content, self.version, True, merch.version, outcome.fallback)
 
     # -- item-to-item ----------------------------------------------------------------------------
     def similar(self, item_ids: list[str], k: int, filters: Filters) -> list[RecommendedItem]:
@@ -296,3 +322,10 @@ class Recommender:
         """Abandoned-cart and browsed items, then complements, for email/ad campaigns
         (``models.related.retarget``)."""
         return retarget(self.related, ctx, self.stage_of(ctx).stage, k, filters, sent)
+
+
+def _with_effects(
+    items: list[RecommendedItem], effects: list[tuple[RuleEffect, ...]]
+) -> list[RecommendedItem]:
+    """``items`` with the rules that changed each one (``RuleOutcome.effects``, aligned)."""
+    return [msgspec.structs.replace(p, rules=e) if e else p for p, e in zip(items, effects, strict=True)]

@@ -295,7 +295,9 @@ class ActiveRules:
     adjust_masks bool [n_adjust, n_items]: the masks of the boosts and buries, stacked (None: none)
     log_factor  float32 [n_items]: the net ln(factor) of the boosts and buries, clipped to
                 +-ln(MAX_FACTOR); None without boosts or buries
+    pins        the pin rules, by place then rule-set order, each item once (its first place)
     pin_rows    int64 [p] sorted distinct catalog rows of the pinned items
+    pin_items   int64 [p], pin_places int64 [p]: each of ``pins``' item row and place
     hidden      bool [n_items]: items a hide rule selects; None without hide rules
     """
 
@@ -307,6 +309,8 @@ class ActiveRules:
     hidden: np.ndarray | None
     pins: tuple[CompiledRule, ...]
     pin_rows: np.ndarray
+    pin_items: np.ndarray
+    pin_places: np.ndarray
     caps: tuple[CompiledRule, ...]
 
     @classmethod
@@ -325,7 +329,12 @@ class ActiveRules:
             hidden = np.zeros(n_items, dtype=bool)
             for r in hides:
                 hidden |= r.mask
-        pins = tuple(r for r in rules if r.type == "pin" and r.row >= 0)
+        pins: list[CompiledRule] = []
+        for r in sorted(
+            (r for r in rules if r.type == "pin" and r.row >= 0), key=lambda r: (r.position, r.index)
+        ):
+            if all(p.row != r.row for p in pins):  # an item pinned twice keeps its first place
+                pins.append(r)
         return cls(
             ids=tuple(r.rule.id for r in rules),
             adjust=adjust,
@@ -333,8 +342,10 @@ class ActiveRules:
             log_factor=log_factor,
             hides=hides,
             hidden=hidden,
-            pins=pins,
+            pins=tuple(pins),
             pin_rows=np.unique(np.array([r.row for r in pins], dtype=np.int64)),
+            pin_items=np.array([r.row for r in pins], dtype=np.int64),
+            pin_places=np.array([r.position for r in pins], dtype=np.int64),
             caps=tuple(r for r in rules if r.type == "cap_per_category"),
         )
 
@@ -479,7 +490,7 @@ def apply_rules(
     if act.log_factor is not None:
         adj = score + np.float32(score_spread(score, allowed)) * col(act.log_factor)
     ok = allowed if act.hidden is None else allowed & ~col(act.hidden)
-    pin_pos, slots, pin_rules = _place_pins(act.pins, rows, ok, k)
+    pin_pos, slots, pin_rules = _place_pins(act, rows, ok, k)
     need = k - len(pin_pos)
     free = ok
     if len(pin_pos):
@@ -487,7 +498,7 @@ def apply_rules(
         free[pin_pos] = False
     capped: list[tuple[int, RuleEffect]] = []
     if act.caps:
-        ranked, capped = _capped_top(compiled.catalog, act.caps, rows, adj, free, need, pin_pos)
+        ranked, capped = _capped_top(compiled.catalog, act.caps, rows, adj, free, need, pin_pos, removed)
     else:
         ranked = _top(adj, need, free)
     positions = _merge(pin_pos, slots, ranked, k)
@@ -520,7 +531,12 @@ def score_spread(score: np.ndarray, allowed: np.ndarray) -> float:
     sample = score[::step][allowed[::step]] if step > 1 else score[allowed]
     if len(sample) < 2:
         sample = score[allowed]
-    spread = float(sample.std()) if len(sample) > 1 else 0.0
+    n = len(sample)
+    spread = 0.0
+    if n > 1:
+        x = sample.astype(np.float64)
+        mean = float(x.sum()) / n
+        spread = math.sqrt(max(float(x @ x) / n - mean * mean, 0.0))
     return spread if math.isfinite(spread) and spread > 1e-9 else 1.0
 
 
@@ -533,33 +549,21 @@ def _top(score: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
 
 
 def _place_pins(
-    pins: tuple[CompiledRule, ...], rows: np.ndarray, ok: np.ndarray, k: int
+    act: ActiveRules, rows: np.ndarray, ok: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, list[CompiledRule]]:
     """(int64 [p] positions into ``rows`` of the pinned items shown, int64 [p] their 1-based places,
     the pin rule of each), in the order of their places."""
     empty = np.zeros(0, np.int64)
-    if not pins:
+    if not act.pins:
         return empty, empty, []
-    at, hit = positions_in(rows, np.array([r.row for r in pins], dtype=np.int64))
+    at, hit = positions_in(rows, act.pin_items)
     hit[hit] &= ok[at[hit]]
-    live = [(r.position, r.index, int(a), r) for r, a, h in zip(pins, at, hit, strict=True) if h]
-    live.sort(key=lambda t: (t[0], t[1]))
-    kept, seen = [], set()
-    for t in live:  # an item pinned twice keeps its first place
-        if t[2] not in seen:
-            seen.add(t[2])
-            kept.append(t)
-    if not kept:
-        return empty, empty, []
-    wanted = np.array([t[0] for t in kept], dtype=np.int64)
-    n = np.arange(len(kept))
-    slots = np.maximum.accumulate(wanted - n) + n  # a taken place pushes the later pin to the next one
-    show = slots <= k
-    return (
-        np.array([t[2] for t in kept], dtype=np.int64)[show],
-        slots[show],
-        [t[3] for t, s in zip(kept, show, strict=True) if s],
-    )
+    live = np.flatnonzero(hit)
+    wanted = act.pin_places[live]
+    n = np.arange(len(live))
+    slots = np.maximum.accumulate(wanted - n) + n if len(live) else empty  # a taken place: the next one
+    show = live[slots <= k]
+    return at[show], slots[slots <= k], [act.pins[int(i)] for i in show]
 
 
 def _merge(pin_pos: np.ndarray, slots: np.ndarray, ranked: np.ndarray, k: int) -> np.ndarray:
@@ -620,6 +624,7 @@ def _capped_top(
     free: np.ndarray,
     need: int,
     pin_pos: np.ndarray,
+    removed: bool,
 ) -> tuple[np.ndarray, list[tuple[int, RuleEffect]]]:
     """(int64 [m <= need] the best ``free`` positions by ``adj`` under the caps, the capped items that
     ranked before the last one taken). The best need x 4 are tried first, four times more while the
@@ -645,13 +650,15 @@ def _capped_top(
             break
         take = min(take * _CAP_OVERSAMPLE, n_free)
     taken = ranked_kept[:need]
+    if not removed:
+        return cand[taken], []
     last = int(taken[-1]) + len(pin_pos) if len(taken) else len(seq) - 1
-    removed = [
+    out = [
         (int(seq[i]), r.effect)
         for r, o in zip(caps, over, strict=True)
         for i in np.flatnonzero(o[: last + 1]).tolist()
     ]
-    return cand[taken], removed
+    return cand[taken], out
 
 
 def _hidden_out(

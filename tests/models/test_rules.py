@@ -698,3 +698,25 @@ def test_rules_compiled_for_another_catalog_are_compiled_again(
     got = rec.recommend(_visitor(), 5, Filters(), rules=foreign)
     assert got.products
     assert not any(p.item_id.startswith("p-kitchen") for p in got.products)
+
+
+def test_the_non_personalised_answer_follows_the_rules_too(rec: Recommender) -> None:
+    ctx = VisitorContext(visitor_id="gone", events=[], cart={}, purchases={}, now=NOW)
+    plain = rec.fallback(ctx, 5, Filters())
+    assert plain.rules_version is None
+    top = plain.products[0].item_id
+    tent = product_id("Tent") if not top.startswith("p-outdoor") else product_id("Kettle")
+    rs = _rules(
+        Rule(id="no-top", action=Hide(), condition=_cond(categories=(top.split("-")[1],))),
+        Rule(id="tent-first", action=Pin(item_id=tent, position=1)),
+        version=2,
+    )
+    rec.install_rules(rs)
+    got = rec.fallback(ctx, 5, Filters())
+    assert got.fallback
+    assert got.rules_version == 2
+    assert _ids(got)[0] == tent
+    assert got.products[0].rules == (RuleEffect("tent-first", "pinned"),)
+    assert not any(p.item_id.split("-")[1] == top.split("-")[1] for p in got.products)
+    rec.install_rules(None)
+    assert rec.fallback(ctx, 5, Filters()) == plain
