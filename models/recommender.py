@@ -248,6 +248,8 @@ class Recommender:
         merch = self.merchandising if rules is None else rules
         if merch is not None and merch.catalog is not self.catalog:
             merch = compile_rules(merch.ruleset, self.catalog)
+            if rules is None:  # the installed rules: once, not on every request
+                self.merchandising = merch
         return merch
 
     def _with_pins(

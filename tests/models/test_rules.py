@@ -698,6 +698,11 @@ def test_rules_compiled_for_another_catalog_are_compiled_again(
     got = rec.recommend(_visitor(), 5, Filters(), rules=foreign)
     assert got.products
     assert not any(p.item_id.startswith("p-kitchen") for p in got.products)
+    # installed for a catalog the model no longer serves: compiled again once, and kept
+    rec.merchandising = foreign
+    assert rec.recommend(_visitor(), 5, Filters()).products == got.products
+    assert rec.merchandising is not foreign
+    assert rec.merchandising.catalog is rec.catalog
 
 
 def test_the_non_personalised_answer_follows_the_rules_too(rec: Recommender) -> None:
