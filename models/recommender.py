@@ -49,7 +49,7 @@ from models.related import (
 )
 from models.request import Filters, Recommendations, RecommendedItem, RuleEffect, VisitorContext
 from models.rules import CompiledRules, RuleSet, apply_rules, compile_rules
-from models.scoring import StageScorer, UserRow, positions_in, top_k, top_k_one
+from models.scoring import StageScorer, UserRow, top_k, top_k_one
 from models.serving_rules import ServingRules
 
 
@@ -141,11 +141,12 @@ class Recommender:
         return uf, self.scorer.visitor_repr(uf, extra)
 
     def _candidates(
-        self, rep: np.ndarray, stage: Stage, new: bool, extra: list[Entry]
+        self, rep: np.ndarray, stage: Stage, new: bool, extra: list[Entry], pinned: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """(item rows int64 [c] sorted, their factor scores float32 [c]) to score, or None to score every
-        item (small catalogs): the best clusters for the visitor, the stage's crowd favourites, and the
-        strongest items of each ``extra`` entry (the visitor's sparse features, the page's anchors)."""
+        item (small catalogs): the best clusters for the visitor, the stage's crowd favourites, the
+        strongest items of each ``extra`` entry (the visitor's sparse features, the page's anchors), and
+        the ``pinned`` rows (int64, merchandising pins: placed whether or not the visitor would get them)."""
         if self.candidates is None:
             return None
         key = int(new) * len(STAGES) + stage.index
@@ -155,6 +156,8 @@ class Recommender:
         strongest = [
             idx if len(idx) <= cap else idx[np.argpartition(-vals, cap)[:cap]] for _, idx, vals in extra
         ]
+        if pinned is not None:
+            strongest.append(pinned)
         return self.candidates.select(query, key, strongest)
 
     def recommend(
@@ -187,9 +190,8 @@ class Recommender:
         anchors = page_anchors(c, ctx)
         page = page_entries(sc.tables, ctx, anchors)
         # candidates
-        picked = self._candidates(rep, stage.stage, live.is_new, [*features, *page])
-        if picked is not None and merch is not None:
-            picked = self._with_pins(picked, merch, stage.stage, ctx, rep)
+        pinned = None if merch is None else merch.pinned_rows(stage.stage, ctx.placement, ctx.now)
+        picked = self._candidates(rep, stage.stage, live.is_new, [*features, *page], pinned)
         rows = picked[0] if picked is not None else self._every_row
         # mask
         allowed = allowed_mask(c, ctx, filters, ItemKind.PRODUCT, rows)
@@ -251,28 +253,6 @@ class Recommender:
             if rules is None:  # the installed rules: once, not on every request
                 self.merchandising = merch
         return merch
-
-    def _with_pins(
-        self,
-        picked: tuple[np.ndarray, np.ndarray],
-        merch: CompiledRules,
-        stage: Stage,
-        ctx: VisitorContext,
-        rep: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The candidate set (rows int64 [c] sorted, factor scores float32 [c]) with the items the pins in
-        scope place: a pin works whether or not its item is among the visitor's candidates."""
-        pins = merch.pinned_rows(stage, ctx.placement, ctx.now)
-        if len(pins) == 0:
-            return picked
-        missing = pins[~positions_in(picked[0], pins)[1]]
-        if len(missing) == 0:
-            return picked
-        sc = self.scorer
-        raw = sc.item_repr[missing] @ rep
-        raw += sc.item_bias[missing]
-        at = np.searchsorted(picked[0], missing)
-        return np.insert(picked[0], at, missing), np.insert(picked[1], at, raw.astype(np.float32))
 
     def fallback(
         self,

@@ -648,31 +648,40 @@ def test_pins_in_the_request_path_respect_the_filters_and_what_the_visitor_owns(
     assert _ids(rec.recommend(_visitor(), 5, Filters()))[1] != tent
 
 
-def test_a_pin_outside_the_candidate_set_is_scored_and_placed(
+def test_a_pin_outside_the_candidate_set_joins_it_and_is_placed(
     recommender: Recommender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exhaustive = Recommender(recommender.bundle)
-    partial = Recommender(recommender.bundle, CandidateSettings(exhaustive_max_items=0))
+    partial = Recommender(
+        recommender.bundle,
+        CandidateSettings(exhaustive_max_items=0, probe_items=6, items_per_cluster=3, crowd_items=2),
+    )
     assert exhaustive.candidates is None
     assert partial.candidates is not None
-    tent = product_id("Tent")
-    row = partial.catalog.index[tent]
+    candidates: list[np.ndarray] = []
     select = partial._candidates
 
-    def without_the_tent(*args: object) -> tuple[np.ndarray, np.ndarray] | None:
+    def spy(*args: object) -> tuple[np.ndarray, np.ndarray] | None:
         picked = select(*args)  # type: ignore[arg-type]
         assert picked is not None
-        keep = picked[0] != row
-        return picked[0][keep], picked[1][keep]
+        candidates.append(picked[0])
+        return picked
 
-    monkeypatch.setattr(partial, "_candidates", without_the_tent)
-    assert tent not in _ids(partial.recommend(_visitor(), 20, Filters()))  # not a candidate
-    rs = _rules(Rule(id="tent-first", action=Pin(item_id=tent, position=1)))
-    got = partial.recommend(_visitor(), 3, Filters(), rules=partial.compile_rules(rs))
-    want = exhaustive.recommend(_visitor(), 3, Filters(), rules=exhaustive.compile_rules(rs))
-    assert _ids(got)[0] == tent
-    assert got.products[0].rules == (RuleEffect("tent-first", "pinned"),)
-    assert _ids(got) == _ids(want)
+    monkeypatch.setattr(partial, "_candidates", spy)
+    ctx = _visitor()
+    partial.recommend(ctx, 3, Filters())
+    c = partial.catalog
+    outside = next(
+        c.items[i].item_id
+        for i in np.flatnonzero(c.products_in_stock)
+        if i not in set(candidates[-1].tolist())
+    )
+    rs = _rules(Rule(id="first", action=Pin(item_id=outside, position=1)))
+    got = partial.recommend(ctx, 3, Filters(), rules=partial.compile_rules(rs))
+    assert c.index[outside] in set(candidates[-1].tolist())
+    assert _ids(got)[0] == outside
+    assert got.products[0].rules == (RuleEffect("first", "pinned"),)
+    want = exhaustive.recommend(ctx, 3, Filters(), rules=exhaustive.compile_rules(rs))
     assert got.products[0].score == pytest.approx(want.products[0].score, abs=1e-5)
 
 
