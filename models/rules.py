@@ -18,7 +18,9 @@ Actions.
   weight of an item is exp(score / s), s the standard deviation of the allowed candidates' scores, so
   a boost by f adds s * ln f to the score and a bury by f subtracts it. The change is the same for any
   shift or rescaling of the scores, rules compose by multiplying their factors (adding logs), and the
-  net factor of an item under several rules is held within [1 / MAX_FACTOR, MAX_FACTOR].
+  net factor of an item under several rules is held within [1 / MAX_FACTOR, MAX_FACTOR]. On a large
+  catalog the candidates are the request's candidate set (``models.candidates``), so a factor acts
+  relative to the spread among the items that compete for the list.
 - ``pin`` an item at a 1-based position of the list. A pin never overrides what the request forbids:
   the caller's filters (category, price, stock, excluded ids) and the visitor's own exclusions (bought,
   in the cart, on screen) leave the pin out, as does a hide rule in scope. Pins are placed in the order

@@ -389,6 +389,13 @@ def test_scope_stage_placement_window_and_enabled() -> None:
     assert shown(window, now=NOW + 10) == plain  # the end is not part of the window
     assert shown(window, now=NOW - 1) == plain
     assert shown(msgspec.structs.replace(base, enabled=False)) == plain
+    # Rule.in_scope says the same
+    assert window.in_scope(K, "home", NOW)
+    assert not window.in_scope(K, "home", NOW + 10)
+    assert not decision.in_scope(Stage.AWARENESS, "home", NOW)
+    assert cart.in_scope(K, "checkout", NOW)
+    assert not cart.in_scope(K, "home", NOW)
+    assert not msgspec.structs.replace(base, enabled=False).in_scope(K, "home", NOW)
 
 
 # -- the capped top-k against plain Python ----------------------------------------------------------------
