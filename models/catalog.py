@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from models.domain import STAGES, CatalogItem, Event, ItemKind
 from models.history import owned_items
@@ -27,6 +28,9 @@ class CatalogColumns:
     products_in_stock  is_product & in_stock (the common filter, precomputed)
     specificity        float32: minus the number of stages an item serves (stage-specific content first)
     category_by_row    the category of each row as a list (a visitor's few rows are read one by one)
+    tags               lowercased tag -> code
+    tag_items          csr bool [n_tags, n_items]: the items carrying each tag (merchandising rules'
+                       conditions, ``models.rules``)
     """
 
     items: list[CatalogItem]
@@ -41,6 +45,8 @@ class CatalogColumns:
     products_in_stock: np.ndarray
     specificity: np.ndarray
     category_by_row: list[str]
+    tags: dict[str, int]
+    tag_items: sp.csr_matrix
 
     @classmethod
     def build(cls, items: list[CatalogItem]) -> CatalogColumns:
@@ -51,6 +57,14 @@ class CatalogColumns:
         ).reshape(len(STAGES), len(items))
         is_product = np.array([c.kind is ItemKind.PRODUCT for c in items], dtype=bool)
         in_stock = np.array([c.in_stock for c in items], dtype=bool)
+        tags: dict[str, int] = {}
+        tag_code = [tags.setdefault(t.lower(), len(tags)) for c in items for t in c.tags]
+        tag_row = np.repeat(np.arange(len(items)), [len(c.tags) for c in items])
+        # an item listing a tag twice sums to 2: still True as a bool matrix
+        tag_items = sp.csr_matrix(
+            (np.ones(len(tag_code), dtype=bool), (np.array(tag_code, dtype=np.int64), tag_row)),
+            shape=(len(tags), len(items)),
+        )
         return cls(
             items=items,
             index={c.item_id: i for i, c in enumerate(items)},
@@ -64,6 +78,8 @@ class CatalogColumns:
             products_in_stock=is_product & in_stock,
             specificity=-serves.sum(axis=0).astype(np.float32),
             category_by_row=[c.category for c in items],
+            tags=tags,
+            tag_items=tag_items,
         )
 
     def __len__(self) -> int:
@@ -88,6 +104,11 @@ class CatalogColumns:
         in_stock = np.concatenate([self.in_stock, part.in_stock])
         is_product = np.concatenate([self.is_product, part.is_product])
         serves = np.concatenate([self.serves, part.serves], axis=1)
+        tags = dict(self.tags)
+        recode_tags = np.array([tags.setdefault(t, len(tags)) for t in part.tags], np.int64)
+        old, added = self.tag_items.tocoo(), part.tag_items.tocoo()
+        tag_code = np.concatenate([old.row, recode_tags[added.row]]).astype(np.int64)
+        tag_row = np.concatenate([old.col, added.col + n]).astype(np.int64)
         return CatalogColumns(
             items=[*self.items, *new],
             index=index,
@@ -101,6 +122,10 @@ class CatalogColumns:
             products_in_stock=is_product & in_stock,
             specificity=-serves.sum(axis=0).astype(np.float32),
             category_by_row=[*self.category_by_row, *part.category_by_row],
+            tags=tags,
+            tag_items=sp.csr_matrix(
+                (np.ones(len(tag_code), dtype=bool), (tag_code, tag_row)), shape=(len(tags), n + len(new))
+            ),
         )
 
     def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:

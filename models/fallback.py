@@ -28,10 +28,13 @@ def popular_items(
     k: int,
     stage: Stage,
     rules: ServingRules,
+    chosen: np.ndarray | None = None,
 ) -> list[RecommendedItem]:
-    """Up to ``k`` allowed items (bool [n_items]) by ``score`` (``crowd_score``), best first; an item is
-    "trending" when its trending score reaches ``trending_share`` of the highest one, else "popular"."""
-    idx = top_k(score[None, :], k, allowed)[0]
+    """Up to ``k`` allowed items (bool [n_items]) by ``score`` (``crowd_score``), best first, or the
+    ``chosen`` catalog rows (int [m], in order) when the caller picked them (merchandising rules); an
+    item is "trending" when its trending score reaches ``trending_share`` of the highest one, else
+    "popular"."""
+    idx = top_k(score[None, :], k, allowed)[0] if chosen is None else chosen
     trending = tables.trending
     cut = rules.trending_share * trending.max() if len(trending) else 0.0
     out = []

@@ -9,7 +9,8 @@
     score       ``models.scoring``   one GEMV over precomputed item representations, plus the page's
                                      anchors (``models.related``)
     mask        ``models.catalog``   what the filters allow, minus what the visitor owns or sees
-    top-k       ``models.scoring``   one partial sort
+    top-k       ``models.scoring``   one partial sort; under merchandising rules ``models.rules``
+                                     (boost, bury, pin, hide, per-category caps) instead
     explain     ``models.explain``   the source and the reason of each chosen item
     content     ``models.content``   content serving the stage
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 from models import artifact
@@ -45,7 +47,8 @@ from models.related import (
     related_items,
     retarget,
 )
-from models.request import Filters, Recommendations, RecommendedItem, VisitorContext
+from models.request import Filters, Recommendations, RecommendedItem, RuleEffect, VisitorContext
+from models.rules import CompiledRules, RuleSet, apply_rules, compile_rules
 from models.scoring import StageScorer, UserRow, top_k, top_k_one
 from models.serving_rules import ServingRules
 
@@ -81,10 +84,23 @@ class Recommender:
             base = np.where(self.catalog.products_in_stock[None, :], base, -np.inf).astype(np.float32)
             vectors = np.hstack([sc.item_repr, sc.item_bias[:, None]])
             self.candidates = CandidateIndex.build(vectors, top_k(base, cs.crowd_items).astype(np.int64), cs)
+        # the merchandising rules served by default (``install_rules``), compiled for this catalog
+        self.merchandising: CompiledRules | None = None
 
     @classmethod
     def load(cls, directory: Path, candidates: CandidateSettings | None = None) -> Recommender:
         return cls(artifact.load(Path(directory)), candidates)
+
+    def compile_rules(self, ruleset: RuleSet) -> CompiledRules:
+        """``ruleset`` compiled against this model's catalog, to pass to ``recommend`` (a preview)."""
+        return compile_rules(ruleset, self.catalog)
+
+    def install_rules(self, ruleset: RuleSet | None) -> CompiledRules | None:
+        """Serve ``ruleset`` (None: no rules) from the next request on; a new model or a new rule version
+        installs its rule set again. Returns the compiled rules (their ``unresolved`` pins to report)."""
+        compiled = None if ruleset is None else self.compile_rules(ruleset)
+        self.merchandising = compiled  # one reference swap: a request reads it once
+        return compiled
 
     def has_item(self, item_id: str) -> bool:
         return item_id in self.catalog.index
@@ -125,11 +141,12 @@ class Recommender:
         return uf, self.scorer.visitor_repr(uf, extra)
 
     def _candidates(
-        self, rep: np.ndarray, stage: Stage, new: bool, extra: list[Entry]
+        self, rep: np.ndarray, stage: Stage, new: bool, extra: list[Entry], pinned: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """(item rows int64 [c] sorted, their factor scores float32 [c]) to score, or None to score every
-        item (small catalogs): the best clusters for the visitor, the stage's crowd favourites, and the
-        strongest items of each ``extra`` entry (the visitor's sparse features, the page's anchors)."""
+        item (small catalogs): the best clusters for the visitor, the stage's crowd favourites, the
+        strongest items of each ``extra`` entry (the visitor's sparse features, the page's anchors), and
+        the ``pinned`` rows (int64, merchandising pins: placed whether or not the visitor would get them)."""
         if self.candidates is None:
             return None
         key = int(new) * len(STAGES) + stage.index
@@ -139,11 +156,26 @@ class Recommender:
         strongest = [
             idx if len(idx) <= cap else idx[np.argpartition(-vals, cap)[:cap]] for _, idx, vals in extra
         ]
+        if pinned is not None:
+            strongest.append(pinned)
         return self.candidates.select(query, key, strongest)
 
-    def recommend(self, ctx: VisitorContext, k: int, filters: Filters, n_content: int = 3) -> Recommendations:
-        """Up to ``k`` products and ``n_content`` content items for the visitor, with their stage."""
+    def recommend(
+        self,
+        ctx: VisitorContext,
+        k: int,
+        filters: Filters,
+        n_content: int = 3,
+        rules: CompiledRules | None = None,
+    ) -> Recommendations:
+        """Up to ``k`` products and ``n_content`` content items for the visitor, with their stage.
+
+        rules: the merchandising rules to apply (``compile_rules``), else the installed ones
+        (``install_rules``), if any; they act on the scored products before the top k, and the products'
+        scores are then those after boosts and buries (``models.rules``).
+        """
         c, sc = self.catalog, self.scorer
+        merch = self._merchandising(rules)
         # history
         event_rows = c.event_rows(ctx.events)
         older = older_purchases(ctx)
@@ -158,7 +190,8 @@ class Recommender:
         anchors = page_anchors(c, ctx)
         page = page_entries(sc.tables, ctx, anchors)
         # candidates
-        picked = self._candidates(rep, stage.stage, live.is_new, [*features, *page])
+        pinned = None if merch is None else merch.pinned_rows(stage.stage, ctx.placement, ctx.now)
+        picked = self._candidates(rep, stage.stage, live.is_new, [*features, *page], pinned)
         rows = picked[0] if picked is not None else self._every_row
         # mask
         allowed = allowed_mask(c, ctx, filters, ItemKind.PRODUCT, rows)
@@ -181,8 +214,12 @@ class Recommender:
         if near is not None:
             score = score + self.serving.context_weight * np.maximum(near[0], near[1])
         # top-k
-        pos = top_k_one(score, k, allowed)
-        pos = pos[pos >= 0].astype(np.int64)
+        if merch is None:
+            pos = top_k_one(score, k, allowed)
+            pos = pos[pos >= 0].astype(np.int64)
+        else:
+            outcome = apply_rules(merch, rows, score, allowed, stage.stage, ctx.placement, ctx.now, k)
+            pos, score = outcome.positions, outcome.score
         idx = rows[pos]
         # explain
         sources = item_sources(scored, pos, near, self.serving.anchor_threshold)
@@ -202,21 +239,57 @@ class Recommender:
         content = rank_content(
             c, self._stage_content[stage.stage.index], stage.stage, n_content, items, codes, rep
         )
-        return Recommendations(stage, products, content, self.version, fallback=False)
+        if merch is None:
+            return Recommendations(stage, products, content, self.version, fallback=False)
+        products = _with_effects(products, outcome.effects)
+        return Recommendations(stage, products, content, self.version, False, merch.version, outcome.fallback)
 
-    def fallback(self, ctx: VisitorContext, k: int, filters: Filters, n_content: int = 3) -> Recommendations:
-        """Non-personalised answer (popular and trending), used when the visitor's state is unavailable."""
+    def _merchandising(self, rules: CompiledRules | None) -> CompiledRules | None:
+        """``rules``, else the installed rules; compiled again when compiled for another catalog (their
+        masks would not fit this one)."""
+        merch = self.merchandising if rules is None else rules
+        if merch is not None and merch.catalog is not self.catalog:
+            merch = compile_rules(merch.ruleset, self.catalog)
+            if rules is None:  # the installed rules: once, not on every request
+                self.merchandising = merch
+        return merch
+
+    def fallback(
+        self,
+        ctx: VisitorContext,
+        k: int,
+        filters: Filters,
+        n_content: int = 3,
+        rules: CompiledRules | None = None,
+    ) -> Recommendations:
+        """Non-personalised answer (popular and trending), used when the visitor's state is unavailable;
+        ``rules`` as for ``recommend``."""
         stage = (
             self.stage_of(ctx)
             if ctx.events or ctx.stage_override
             else StageResult(Stage.AWARENESS, 0.0, ["visitor state unavailable: showing popular items"])
         )
         allowed = allowed_mask(self.catalog, ctx, filters, ItemKind.PRODUCT)
-        products = popular_items(
-            self.catalog, self.scorer.tables, self._fallback_score, allowed, k, stage.stage, self.serving
-        )
         content = fallback_content(self.catalog, stage.stage, n_content)
-        return Recommendations(stage, products, content, self.version, fallback=True)
+        merch = self._merchandising(rules)
+        score, tables = self._fallback_score, self.scorer.tables
+        if merch is None:
+            products = popular_items(self.catalog, tables, score, allowed, k, stage.stage, self.serving)
+            return Recommendations(stage, products, content, self.version, fallback=True)
+        rows = self._every_row
+        outcome = apply_rules(merch, rows, score, allowed, stage.stage, ctx.placement, ctx.now, k)
+        products = popular_items(
+            self.catalog,
+            tables,
+            outcome.score,
+            allowed,
+            k,
+            stage.stage,
+            self.serving,
+            chosen=outcome.positions,
+        )
+        products = _with_effects(products, outcome.effects)
+        return Recommendations(stage, products, content, self.version, True, merch.version, outcome.fallback)
 
     # -- item-to-item ----------------------------------------------------------------------------
     def similar(self, item_ids: list[str], k: int, filters: Filters) -> list[RecommendedItem]:
@@ -231,3 +304,10 @@ class Recommender:
         """Abandoned-cart and browsed items, then complements, for email/ad campaigns
         (``models.related.retarget``)."""
         return retarget(self.related, ctx, self.stage_of(ctx).stage, k, filters, sent)
+
+
+def _with_effects(
+    items: list[RecommendedItem], effects: list[tuple[RuleEffect, ...]]
+) -> list[RecommendedItem]:
+    """``items`` with the rules that changed each one (``RuleOutcome.effects``, aligned)."""
+    return [msgspec.structs.replace(p, rules=e) if e else p for p, e in zip(items, effects, strict=True)]

@@ -55,16 +55,36 @@ class Filters(msgspec.Struct, frozen=True, kw_only=True):
 Relation = Literal["similar", "complement"]
 
 
-class RecommendedItem(msgspec.Struct, frozen=True):
+#: what a merchandising rule did to an item (``models.rules``): the first three to an item in the list,
+#: the last two to an item it kept out of the list
+Effect = Literal["pinned", "boosted", "buried", "hidden", "capped"]
+
+
+class RuleEffect(msgspec.Struct, frozen=True, gc=False):
+    """``rule`` (a rule id) ``effect`` this item: "pinned by spring-sale"."""
+
+    rule: str
+    effect: Effect
+
+
+class RecommendedItem(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One item of an answer; ``rules``: the merchandising rules that changed it (left out when none)."""
+
     item_id: str
     score: float
     source: Source
     reason: str
+    rules: tuple[RuleEffect, ...] = ()
 
 
 class Recommendations(msgspec.Struct, frozen=True):
+    """rules_version: the merchandising rule set applied (None: none); rules_fallback: it would have
+    emptied the product list, which is served without it."""
+
     stage: StageResult
     products: list[RecommendedItem]
     content: list[RecommendedItem]
     model_version: str
     fallback: bool
+    rules_version: int | None = None
+    rules_fallback: bool = False

@@ -10,6 +10,7 @@ import msgspec
 
 from models.domain import Channel, Event, EventType, Source
 from models.errors import InvalidInputError
+from models.request import RuleEffect
 
 if TYPE_CHECKING:
     from models.journey import StageResult
@@ -98,30 +99,37 @@ class StageOut(msgspec.Struct, frozen=True):
         return cls(s.stage.value, round(float(s.confidence), 4), list(s.signals))
 
 
-class ItemOut(msgspec.Struct, frozen=True):
-    """One recommended item; ``source`` names the candidate source that explains it."""
+class ItemOut(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One recommended item; ``source`` names the candidate source that explains it; ``rules`` the
+    merchandising rules that changed it ("pinned by spring-sale"), left out when none did."""
 
     item_id: str
     score: float
     source: Source
     reason: str
+    rules: tuple[RuleEffect, ...] = ()
 
     @classmethod
     def of(cls, r: RecommendedItem) -> ItemOut:
-        return cls(r.item_id, r.score, r.source, r.reason)
+        return cls(r.item_id, r.score, r.source, r.reason, r.rules)
 
 
 def items_out(items: list[RecommendedItem]) -> list[ItemOut]:
     return [ItemOut.of(r) for r in items]
 
 
-class RecommendationsOut(msgspec.Struct, frozen=True):
+class RecommendationsOut(msgspec.Struct, frozen=True, omit_defaults=True):
+    """rules_version: the merchandising rule set applied (left out without rules); rules_fallback: it
+    would have emptied the list, which is served without it (left out when false)."""
+
     visitor_id: str
     stage: StageOut
     products: list[ItemOut]
     content: list[ItemOut]
     model_version: str
     fallback: bool
+    rules_version: int | None = None
+    rules_fallback: bool = False
 
 
 class RelatedOut(msgspec.Struct, frozen=True):

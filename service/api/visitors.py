@@ -113,6 +113,8 @@ class VisitorsController(Controller):
             content=items_out(rec.content),
             model_version=rec.model_version,
             fallback=rec.fallback,
+            rules_version=rec.rules_version,
+            rules_fallback=rec.rules_fallback,
         )
 
     @get(
