@@ -213,7 +213,14 @@ class Recommender:
         )
         allowed = allowed_mask(self.catalog, ctx, filters, ItemKind.PRODUCT)
         products = popular_items(
-            self.catalog, self.scorer.tables, self._fallback_score, allowed, k, stage.stage, self.serving
+            self.catalog,
+            self.scorer.tables,
+            self._fallback_score,
+            allowed,
+            k,
+            stage.stage,
+            self.serving,
+            now=ctx.now,
         )
         content = fallback_content(self.catalog, stage.stage, n_content)
         return Recommendations(stage, products, content, self.version, fallback=True)
