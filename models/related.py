@@ -96,8 +96,8 @@ def related_items(
     """Up to ``k`` items similar to (``which`` "similar") or bought with ("complement") ``item_ids``
     together, best first; the anchors themselves and what the filters refuse are left out.
 
-    Each item says what put it there (``evidence``): bought together with an anchor ("often bought
-    with"), alike ("similar to": co-interest, or item embeddings at least ``related_min_cosine`` apart),
+    Each item's source and reason say what put it there: bought together with an anchor ("often bought
+    with"), alike ("similar to": co-interest, or an embedding cosine of at least ``related_min_cosine``),
     else only the crowd ("popular in <category>"), so filler never claims a co-purchase."""
     c = rel.catalog
     anchors = c.rows_of(item_ids)

@@ -75,7 +75,7 @@ def test_an_item_never_bought_with_anything_has_no_often_bought_with(
         got = related_items(rel, [item], 6, Filters(), relation)
         assert len(got) == 6
         assert not [r for r in got if r.source is Source.COMPLEMENT or "often bought with" in r.reason]
-        # "similar to" only with evidence: co-interest, or embeddings at least related_min_cosine apart
+        # "similar to" only with evidence: co-interest, or an embedding cosine of at least related_min_cosine
         sim = rel.tables.similar
         anchor = rel.catalog.index[item]
         co_interest = {int(j) for j in sim.indices[sim.indptr[anchor] : sim.indptr[anchor + 1]]}
