@@ -21,14 +21,14 @@ import msgspec
 import numpy as np
 import scipy.sparse as sp
 
-from models.blend import BlendWeights
+from models.blend import N_FEATURES, BlendWeights
 from models.domain import CatalogItem
 from models.errors import ArtifactError
 from models.factors import FactorModel
 from models.features import Vocabulary
 from models.journey import JourneyRules
 from models.serving_rules import ServingRules
-from models.sources import ItemTables
+from models.sources import ItemTables, category_codes
 from models.weights import EventWeights
 
 FORMAT = "journeyrec-model/1"
@@ -313,12 +313,17 @@ def _assemble(
         _csr(a, "complements"),
         _csr(a, "similar"),
         a["known"],
+        category_codes(catalog),
+        as_of=manifest.trained_until,
     )
+    blend_weights = a["blend_weights"]
+    if blend_weights.shape[1] != N_FEATURES:  # fitted before a feature existed: that feature weighs 0
+        blend_weights = manifest.blend.matrix()
     return ModelBundle(
         manifest,
         factors,
         tables,
-        a["blend_weights"],
+        blend_weights,
         catalog,
         user_vocab,
         item_vocab,

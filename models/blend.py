@@ -26,6 +26,7 @@ from models.sources import (
     recency,
     row_max_normalise_sparse,
     similar_matrix,
+    substitute_matrix,
 )
 
 #: (feature name, the source it is reported as). Order = column in the blend weights.
@@ -47,6 +48,11 @@ FEATURES: tuple[tuple[str, Source], ...] = (
     ("lightfm_new", Source.PERSONALIZED),
     # how often the visitor bought the item, recent purchases counting more, relative to their top item
     ("bought_decayed", Source.BUY_AGAIN),
+    # a substitute of something the visitor just bought and will not buy again (another item of its
+    # category, not bought together with it; ``sources.substitute_matrix``): how far a stage pushes
+    # another kettle down right after a kettle is fitted; that it never pushes it up is the one thing
+    # assumed (``NON_POSITIVE``): on a small validation window the sign of a rare feature is noise
+    ("substitute", Source.SIMILAR),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f for f, _ in FEATURES)
 FEATURE_SOURCES: tuple[Source, ...] = tuple(s for _, s in FEATURES)
@@ -68,7 +74,10 @@ class BlendWeights(msgspec.Struct, frozen=True):
     stages: list[StageBlend]
 
     def matrix(self) -> np.ndarray:
-        return np.array([[s.weights[f] for f in FEATURE_NAMES] for s in self.stages], dtype=np.float32)
+        """A feature a model was fitted without has weight 0: the model scores as it was fitted."""
+        return np.array(
+            [[s.weights.get(f, 0.0) for f in FEATURE_NAMES] for s in self.stages], dtype=np.float32
+        )
 
 
 #: the column of each feature, by name (derived from ``FEATURES``, so the order is stated once)
@@ -78,6 +87,9 @@ REPEAT, TOUCH_RECENCY, INTEREST = _COLUMN["repeat_propensity"], _COLUMN["touch_r
 IN_CART, COMPLEMENT, SIMILAR = _COLUMN["in_cart"], _COLUMN["complement"], _COLUMN["similar"]
 POPULARITY, TRENDING, POPULARITY_NEW = _COLUMN["popularity"], _COLUMN["trending"], _COLUMN["popularity_new"]
 LIGHTFM_NEW, BOUGHT_DECAYED = _COLUMN["lightfm_new"], _COLUMN["bought_decayed"]
+SUBSTITUTE = _COLUMN["substitute"]
+#: features whose fitted weight is kept at or below 0 in every stage
+NON_POSITIVE: frozenset[str] = frozenset({"substitute"})
 
 
 def sparse_features(
@@ -108,6 +120,7 @@ def sparse_features(
         ),
         (SIMILAR, row_max_normalise_sparse(similar_matrix(tables, profiles, rules.similar_recency_days))),
         (BOUGHT_DECAYED, row_max_normalise_sparse(profiles.purchase_decay)),
+        (SUBSTITUTE, substitute_matrix(tables, profiles, rules.substitute_recency_days)),
     ]
 
 
@@ -155,11 +168,12 @@ def blend(
     """Weighted sum of features with per-row weights.
 
     weights float32 [u, n_features] (each visitor's stage row). Returns (float32 [u, n] scores,
-    int8 [u, n] the feature that contributed most, for the reported source).
+    int8 [u, n] the feature that raised the score most, for the reported source: LIGHTFM where none
+    raised it, so a feature with no value for an item, or one that lowered it, never explains it).
     """
     score = np.zeros((u, n), np.float32)
-    best = np.full((u, n), -np.inf, np.float32)
-    which = np.zeros((u, n), np.int8)
+    best = np.zeros((u, n), np.float32)
+    which = np.full((u, n), LIGHTFM, np.int8)
     for f, x in features:
         contrib = weights[:, f : f + 1] * x
         score += contrib
@@ -247,7 +261,8 @@ def sample_lists(
 
 def _softmax_fit(lists: ListSample, l2: float) -> np.ndarray:
     """Weights minimising the mean over positives of -log softmax(positive | positive + its negatives)
-    + l2/2 |w|^2 (a sampled listwise loss: it rewards putting positives at the very top)."""
+    + l2/2 |w|^2 (a sampled listwise loss: it rewards putting positives at the very top), with the
+    weights of ``NON_POSITIVE`` features bounded above by 0."""
     pos = lists.pos.astype(np.float64)
     neg = lists.neg.astype(np.float64)
     owner = lists.owner
@@ -268,7 +283,8 @@ def _softmax_fit(lists: ListSample, l2: float) -> np.ndarray:
         grad = (a_pos @ pos + np.einsum("vm,vmf->f", per_row, neg)) / n_pos + l2 * w
         return val, grad
 
-    res = scipy.optimize.minimize(loss, np.zeros(pos.shape[1]), jac=True, method="L-BFGS-B")
+    bounds = [(None, 0.0) if f in NON_POSITIVE else (None, None) for f in FEATURE_NAMES]
+    res = scipy.optimize.minimize(loss, np.zeros(pos.shape[1]), jac=True, method="L-BFGS-B", bounds=bounds)
     return np.asarray(res.x, dtype=np.float64)
 
 

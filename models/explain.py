@@ -109,6 +109,8 @@ def explain(
             anchor_relation=anchor_relation[r],
             age_s=age,
             count=bought.get(item.item_id, 0),
+            data_until=tables.as_of,
+            now=ctx.now,
         )
         out.append(RecommendedItem(item.item_id, round(float(scores[r]), 6), source, reason))
     return out

@@ -29,11 +29,13 @@ def popular_items(
     stage: Stage,
     rules: ServingRules,
     chosen: np.ndarray | None = None,
+    now: float | None = None,
 ) -> list[RecommendedItem]:
     """Up to ``k`` allowed items (bool [n_items]) by ``score`` (``crowd_score``), best first, or the
     ``chosen`` catalog rows (int [m], in order) when the caller picked them (merchandising rules); an
     item is "trending" when its trending score reaches ``trending_share`` of the highest one, else
-    "popular"."""
+    "popular". A trending reason is dated by the model's data (``tables.as_of``), "this week" only while
+    that is current at ``now`` (without ``now``: always by date)."""
     idx = top_k(score[None, :], k, allowed)[0] if chosen is None else chosen
     trending = tables.trending
     cut = rules.trending_share * trending.max() if len(trending) else 0.0
@@ -42,7 +44,10 @@ def popular_items(
         src = Source.TRENDING if trending[i] > 0 and trending[i] >= cut else Source.POPULAR
         out.append(
             RecommendedItem(
-                catalog.items[int(i)].item_id, round(float(score[i]), 6), src, reason_for(src, stage)
+                catalog.items[int(i)].item_id,
+                round(float(score[i]), 6),
+                src,
+                reason_for(src, stage, data_until=tables.as_of, now=now),
             )
         )
     return out

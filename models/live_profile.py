@@ -24,12 +24,13 @@ from models.blend import (
     INTEREST,
     REPEAT,
     SIMILAR,
+    SUBSTITUTE,
     TOUCH_RECENCY,
 )
 from models.domain import DAY, EventType
 from models.profiles import PURCHASE_DECAY_DAYS
 from models.serving_rules import ServingRules
-from models.sources import ItemTables, concat_ranges
+from models.sources import ItemTables, concat_ranges, substitute_weights
 
 _PURCHASE = EventType.PURCHASE.code
 _CANCEL = EventType.CANCEL.code
@@ -208,6 +209,7 @@ class LiveProfile:
         rec = np.exp(-self.touch_age[interested] / rules.similar_recency_days)
         sim = gather_rows(tables.similar, it[interested], np.log1p(self.interest[interested] * rec))
         decayed = self.purchase_decay > 0
+        sub = self._substitutes(tables, rules)
         f32 = np.float32
         bought_days, touch_days = rules.bought_recency_days, rules.touch_recency_days
         return [
@@ -220,4 +222,21 @@ class LiveProfile:
             (COMPLEMENT, *max_normalised(*comp)),
             (SIMILAR, *max_normalised(*sim)),
             (BOUGHT_DECAYED, *max_normalised(it[decayed], self.purchase_decay[decayed])),
+            (SUBSTITUTE, *sub),
         ]
+
+    def _substitutes(self, tables: ItemTables, rules: ServingRules) -> tuple[np.ndarray, np.ndarray]:
+        """``sources.substitute_matrix`` for this visitor: (item rows int64 sorted, values float32)."""
+        purchased = self.purchase_age > 0
+        w = substitute_weights(
+            tables.repeat_rate[self.items[purchased]],
+            self.purchase_age[purchased],
+            rules.substitute_recency_days,
+        )
+        anchors = self.items[purchased][w > 0]
+        cats = tables.category[anchors] if tables.category is not None else np.full(len(anchors), -1)
+        ok = cats >= 0
+        idx, vals = gather_rows(tables.category_members, cats[ok].astype(np.int64), w[w > 0][ok])
+        together, _ = gather_rows(tables.complements, anchors, np.ones(len(anchors)))
+        alike = ~np.isin(idx, np.union1d(together, anchors))
+        return idx[alike], np.minimum(vals[alike], np.float32(1.0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from models.domain import DAY, Source, Stage
 
 
@@ -37,6 +39,19 @@ _CONTENT = {
 }
 
 
+def trending(data_until: float | None, now: float | None) -> str:
+    """What "trending" means for a model whose data ends at ``data_until`` (epoch seconds; None: unknown),
+    asked at ``now``: "this week" only while the data is current (it ends within a day of ``now``), else
+    the week it is true of, by date."""
+    if data_until is None:
+        return "trending lately"
+    if now is not None and now - data_until <= DAY:
+        return "trending this week"
+    # the data ends just after its last event: that event's day closes the week
+    day = dt.datetime.fromtimestamp(data_until - 1.0, dt.UTC).date().isoformat()
+    return f"trending in the week to {day}"
+
+
 def relation(*, on_page: bool, in_cart: bool, bought: bool) -> str:
     """How the visitor met an anchor item, for "similar to the kettle <relation>"."""
     if on_page:
@@ -56,10 +71,13 @@ def reason_for(
     anchor_relation: str = "",
     age_s: float | None = None,
     count: int = 0,
+    data_until: float | None = None,
+    now: float | None = None,
 ) -> str:
     """One sentence explaining why an item is shown. ``anchor_title`` names the item it relates to and
     ``anchor_relation`` how the visitor met that item ("in your cart", "you bought", ...; see
-    ``relation``), or "" to let the stage decide."""
+    ``relation``), or "" to let the stage decide. ``data_until`` (the end of the model's data) and
+    ``now`` date a "trending" reason (``trending``)."""
     if source is Source.BUY_AGAIN:
         when = f" {ago(age_s)}" if age_s is not None else ""
         times = f" {count} times" if count > 1 else ""
@@ -83,7 +101,7 @@ def reason_for(
     if source is Source.IN_CART:
         return "waiting in your cart"
     if source is Source.TRENDING:
-        return "trending this week"
+        return trending(data_until, now)
     if source is Source.POPULAR:
         return "popular with shoppers" if stage is Stage.AWARENESS else "a popular choice"
     if source is Source.CONTENT:

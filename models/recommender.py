@@ -274,7 +274,9 @@ class Recommender:
         merch = self._merchandising(rules)
         score, tables = self._fallback_score, self.scorer.tables
         if merch is None:
-            products = popular_items(self.catalog, tables, score, allowed, k, stage.stage, self.serving)
+            products = popular_items(
+                self.catalog, tables, score, allowed, k, stage.stage, self.serving, now=ctx.now
+            )
             return Recommendations(stage, products, content, self.version, fallback=True)
         rows = self._every_row
         outcome = apply_rules(merch, rows, score, allowed, stage.stage, ctx.placement, ctx.now, k)
@@ -287,6 +289,7 @@ class Recommender:
             stage.stage,
             self.serving,
             chosen=outcome.positions,
+            now=ctx.now,
         )
         products = _with_effects(products, outcome.effects)
         return Recommendations(stage, products, content, self.version, True, merch.version, outcome.fallback)

@@ -94,7 +94,11 @@ def related_items(
     rel: RelatedItems, item_ids: list[str], k: int, filters: Filters, which: Relation
 ) -> list[RecommendedItem]:
     """Up to ``k`` items similar to (``which`` "similar") or bought with ("complement") ``item_ids``
-    together, best first; the anchors themselves and what the filters refuse are left out."""
+    together, best first; the anchors themselves and what the filters refuse are left out.
+
+    Each item's source and reason say what put it there: bought together with an anchor ("often bought
+    with"), alike ("similar to": co-interest, or an embedding cosine of at least ``related_min_cosine``),
+    else only the crowd ("popular in <category>"), so filler never claims a co-purchase."""
     c = rel.catalog
     anchors = c.rows_of(item_ids)
     if len(anchors) == 0:
@@ -111,11 +115,21 @@ def related_items(
     score = s + weight * emb.astype(np.float32) + 1e-3 * rel.fallback_score
     allowed = filter_mask(c, filters, filters.kind or ItemKind.PRODUCT)
     allowed[anchors] = False
-    idx = top_k_rows(score, k, allowed)
+    idx = top_k_rows(score, k, allowed).astype(np.int64)
     names = ", ".join(c.title(int(a)) for a in anchors[:3])
-    reason = f"often bought with {names}" if which == "complement" else f"similar to {names}"
-    source = Source.COMPLEMENT if which == "complement" else Source.SIMILAR
-    return [RecommendedItem(c.items[int(i)].item_id, round(float(score[i]), 6), source, reason) for i in idx]
+    together = s[idx] > 0 if which == "complement" else np.zeros(len(idx), bool)
+    alike = ~together & (((s[idx] > 0) & (which == "similar")) | (emb[idx] >= r.related_min_cosine))
+    out = []
+    for i, bought_with, like in zip(idx.tolist(), together.tolist(), alike.tolist(), strict=True):
+        if bought_with:
+            source, reason = Source.COMPLEMENT, f"often bought with {names}"
+        elif like:
+            source, reason = Source.SIMILAR, f"similar to {names}"
+        else:
+            category = c.items[i].category
+            source, reason = Source.POPULAR, f"popular in {category}" if category else "a popular choice"
+        out.append(RecommendedItem(c.items[i].item_id, round(float(score[i]), 6), source, reason))
+    return out
 
 
 def top_k_rows(score: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
@@ -168,5 +182,5 @@ def retarget(
     owned = list(ctx.cart) + list(ctx.purchases)
     if owned and len(out) < k:
         for r in related_items(rel, owned, k, filters, "complement"):
-            add(r.item_id, r.score, Source.COMPLEMENT, r.reason)
+            add(r.item_id, r.score, r.source, r.reason)
     return out

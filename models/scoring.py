@@ -266,8 +266,11 @@ class ItemScores:
     scorer: StageScorer
 
     def dominant_feature(self, positions: np.ndarray) -> np.ndarray:
-        """int64 [k]: for each of ``positions`` (int [k] into ``items``), the feature that contributed most
-        to its score."""
+        """int64 [k]: for each of ``positions`` (int [k] into ``items``), the feature that added most to its
+        score, as ``blend.blend`` reports it: only a feature that raised the score (so one with a value
+        for the item) can be the one, and an item no feature raised is the factor model's pick (LIGHTFM).
+        A feature the visitor has no value for ("bought before" without a purchase, "trending" without
+        a trend) never explains an item."""
         w, k = self.weights, len(positions)
         rows = self.items[positions]
         pop, trending = self.scorer.popularity[rows], self.scorer.trending[rows]
@@ -285,4 +288,5 @@ class ItemScores:
             order = np.argsort(positions)
             at, hit = positions_in(np.asarray(positions)[order], entries.position)
             contrib[order[at[hit]], entries.column[hit]] = entries.value[hit]
-        return np.asarray(contrib.argmax(axis=1))
+        contrib[contrib <= 0] = -np.inf
+        return np.where(np.isfinite(contrib).any(axis=1), contrib.argmax(axis=1), LIGHTFM)

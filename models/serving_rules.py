@@ -18,6 +18,8 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
     touch_recency_days           touch_recency is exp(-days since the last event on the item / this) (7)
     complement_recency_days      a bought item anchors complements with weight exp(-age / this) (60)
     similar_recency_days         a touched item anchors similar items with weight exp(-age / this) (30)
+    substitute_recency_days      a bought item makes the other items of its category substitutes with weight
+                                 exp(-age / this) x (1 - its repeat rate) (3)
 
     Request path:
     context_weight               weight of the page's anchors (product on screen, cart) added to the
@@ -30,6 +32,9 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
     content_stage_bonus          content serving only some stages, over content for every stage (0.5)
     similar_embedding_weight     item-to-item: weight of the embedding cosine next to co-occurrence, for
     complement_embedding_weight  similar items (0.3) and complements (0.05)
+    related_min_cosine           item-to-item: an item whose embedding cosine with the anchors reaches this
+                                 is reported as similar to them; filler below it, with no co-interest or
+                                 co-purchase either, as popular (0.5)
     abandoned_cart_score         retargeting: score of an item left in the cart (3.0)
     browsed_score                retargeting: score of a browsed item (2.0)
     fallback_trending_weight     the fallback's crowd score: log popularity + this x log trending (0.5)
@@ -41,6 +46,7 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
     touch_recency_days: float = 7.0
     complement_recency_days: float = 60.0
     similar_recency_days: float = 30.0
+    substitute_recency_days: float = 3.0
     context_weight: float = 1.0
     anchor_threshold: float = 0.2
     recent_for_cold: int = 10
@@ -48,6 +54,7 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
     content_stage_bonus: float = 0.5
     similar_embedding_weight: float = 0.3
     complement_embedding_weight: float = 0.05
+    related_min_cosine: float = 0.5
     abandoned_cart_score: float = 3.0
     browsed_score: float = 2.0
     fallback_trending_weight: float = 0.5
@@ -59,6 +66,7 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
             "touch_recency_days",
             "complement_recency_days",
             "similar_recency_days",
+            "substitute_recency_days",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ServingRules.{name} must be > 0, got {getattr(self, name)}")

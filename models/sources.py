@@ -6,13 +6,15 @@ blend adds them up per item; ``u`` is a batch, so memory stays bounded by the ca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
 
 from models.dataset import EventLog
-from models.domain import EventType
+from models.domain import CatalogItem, EventType
 from models.profiles import DAY, Profiles
 from models.serving_rules import DEFAULT_SERVING
 from models.weights import EventWeights, positive_codes
@@ -88,6 +90,10 @@ class ItemTables:
     complements   csr [n_items, n_items]  bought/carted together in one basket or session
     similar       csr [n_items, n_items]  cosine over visitors' interest
     known         bool[n_items]  the item occurs in the training events
+    category      int32 [n_items] the item's catalog category code (-1: none), from ``category_codes``;
+                  None: no categories at all
+    as_of         the time (epoch seconds) popularity and trending were counted up to: the end of the
+                  model's data, which "trending" reasons are dated by; None: unknown
     """
 
     popularity: np.ndarray
@@ -96,6 +102,8 @@ class ItemTables:
     complements: sp.csr_matrix
     similar: sp.csr_matrix
     known: np.ndarray
+    category: np.ndarray | None = None
+    as_of: float | None = None
 
     @property
     def n_items(self) -> int:
@@ -103,7 +111,7 @@ class ItemTables:
 
     def with_new_items(self, m: int) -> ItemTables:
         """The tables with ``m`` items appended that have no events: zero popularity, trend and repeat
-        rate, no co-occurrence or similarity entries, not ``known``."""
+        rate, no co-occurrence or similarity entries, not ``known``, no category (so no substitutes)."""
 
         def pad(x: sp.csr_matrix) -> sp.csr_matrix:
             n = x.shape[0] + m
@@ -120,7 +128,28 @@ class ItemTables:
             pad(self.complements),
             pad(self.similar),
             zeros(self.known),
+            None if self.category is None else np.concatenate([self.category, np.full(m, -1, np.int32)]),
+            as_of=self.as_of,
         )
+
+    @cached_property
+    def category_members(self) -> sp.csr_matrix:
+        """csr float32 [n_categories, n_items]: a 1 for every item of each category. "Same category as"
+        goes through it (gathered rows, or a product with its transpose) and never needs a
+        [n_items, n_items] matrix."""
+        cat = self.category if self.category is not None else np.full(self.n_items, -1, np.int32)
+        has = np.flatnonzero(cat >= 0)
+        n_cats = int(cat.max(initial=-1)) + 1
+        return sp.csr_matrix(
+            (np.ones(len(has), np.float32), (cat[has], has)), shape=(n_cats, self.n_items), dtype=np.float32
+        )
+
+
+def category_codes(catalog: Sequence[CatalogItem]) -> np.ndarray:
+    """int32 [n_items]: each item's category as a code (categories numbered in sorted order; -1: none)."""
+    names = sorted({c.category for c in catalog if c.category})
+    code = {n: i for i, n in enumerate(names)}
+    return np.array([code.get(c.category, -1) if c.category else -1 for c in catalog], dtype=np.int32)
 
 
 def fit_item_tables(
@@ -175,7 +204,8 @@ def fit_item_tables(
 
     known = np.zeros(n_items, dtype=bool)
     known[np.unique(it)] = True
-    return ItemTables(popularity, trending, repeat_rate, complements, similar, known)
+    category = category_codes(log.catalog)
+    return ItemTables(popularity, trending, repeat_rate, complements, similar, known, category, as_of=now)
 
 
 # -- per-visitor scores -------------------------------------------------------------------------------
@@ -196,6 +226,31 @@ def similar_matrix(tables: ItemTables, profiles: Profiles, recency_days: float) 
     weights = profiles.interest.multiply(rec).tocsr()
     weights.data = np.log1p(weights.data)
     return sp.csr_matrix(weights @ tables.similar, dtype=np.float32)
+
+
+def substitute_weights(repeat_rate: np.ndarray, age_days: np.ndarray, recency_days: float) -> np.ndarray:
+    """float32 [m]: how strongly each bought item (its ``repeat_rate`` [m] and days since its last purchase
+    [m]) makes its similar items substitutes: recent purchases of items bought once count most."""
+    return (np.exp(-age_days / recency_days) * (1.0 - np.clip(repeat_rate, 0.0, 1.0))).astype(np.float32)
+
+
+def substitute_matrix(tables: ItemTables, profiles: Profiles, recency_days: float) -> sp.csr_matrix:
+    """csr float32 [u, n_items] in [0, 1]: the other items of the categories of what the visitor bought
+    recently and is unlikely to buy again (another kettle after a kettle), by ``substitute_weights``;
+    items bought together with one of those purchases (the kettle's descaler, if it shares the category) are
+    complements, not substitutes, and are left out, as are the purchases themselves."""
+    bought = sp.csr_matrix(profiles.purchase_age, dtype=np.float32, copy=True)
+    bought.data = substitute_weights(tables.repeat_rate[bought.indices], bought.data, recency_days)
+    bought.eliminate_zeros()
+    members = tables.category_members
+    alike = sp.csr_matrix(bought @ members.T @ members, dtype=np.float32)  # via categories, never I x I
+    drop = sp.csr_matrix(bought @ tables.complements, dtype=np.float32) + bought
+    drop.data[:] = 1.0
+    out = sp.csr_matrix(alike - alike.multiply(drop), dtype=np.float32)
+    out.eliminate_zeros()
+    # not scaled per visitor: how recent the purchase is is the point (1 right after it, fading)
+    np.minimum(out.data, 1.0, out=out.data)
+    return out
 
 
 def similar_scores(

@@ -300,7 +300,7 @@ def blend_table(blend: BlendWeights, width: int) -> Any:
     it was fitted on, then each feature's weight."""
     labels = [["positives"], ["fitted on"], *([f] for f in FEATURE_NAMES)]
     columns = {
-        s.stage: [f"{s.positives:,}", s.fitted_on, *(f"{s.weights[f]:+.2f}" for f in FEATURE_NAMES)]
+        s.stage: [f"{s.positives:,}", s.fitted_on, *(f"{s.weights.get(f, 0.0):+.2f}" for f in FEATURE_NAMES)]
         for s in blend.stages
     }
     title = "Blend weights per stage (fitted on the validation window)"

@@ -188,3 +188,31 @@ def test_an_unexpected_error_while_loading_is_a_refusal_naming_it(tmp_path, monk
     monkeypatch.setattr(artifact, "_assemble", broken)
     with pytest.raises(ArtifactError, match="cannot read the model: RuntimeError: disk on fire"):
         artifact.load(v)
+
+
+def test_a_model_fitted_without_a_feature_scores_with_it_at_weight_zero(tmp_path, monkeypatch):
+    """A model published before the ``substitute`` feature existed (its weights have one column fewer)
+    loads, and weighs that feature 0."""
+    col = FEATURE_NAMES.index("substitute")
+    older = [f for f in FEATURE_NAMES if f != "substitute"]
+    blend = BlendWeights([StageBlend(s.value, dict.fromkeys(older, 0.5), 10, "all") for s in STAGES])
+    monkeypatch.setattr(
+        BlendWeights, "matrix", lambda self: np.full((len(STAGES), len(older)), 0.5, np.float32)
+    )
+    v = _publish(tmp_path)
+    monkeypatch.undo()
+    raw = msgspec.json.decode((v / artifact.MANIFEST).read_bytes())
+    raw["blend"] = msgspec.to_builtins(blend)
+    (v / artifact.MANIFEST).write_bytes(msgspec.json.encode(raw))
+    assert raw["shapes"]["blend_weights"] == [len(STAGES), N_FEATURES - 1]
+    b = artifact.load(v)
+    assert b.blend_weights.shape == (len(STAGES), N_FEATURES)
+    assert b.blend_weights[:, col].tolist() == [0.0] * len(STAGES)
+    assert np.allclose(np.delete(b.blend_weights, col, axis=1), 0.5)
+
+
+def test_the_tables_know_the_data_time_and_the_categories(tmp_path):
+    b = artifact.load(_publish(tmp_path))
+    assert b.tables.as_of == 123.0  # trained_until: "trending" reasons are dated by it
+    assert b.tables.category is not None
+    assert b.tables.category.tolist() == [-1, -1, -1, -1]  # the catalog has no categories

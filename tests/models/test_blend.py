@@ -5,6 +5,8 @@ import scipy.sparse as sp
 from models.blend import (
     FEATURE_NAMES,
     N_FEATURES,
+    NON_POSITIVE,
+    SUBSTITUTE,
     ListSample,
     _softmax_fit,
     blend,
@@ -38,13 +40,28 @@ def test_fit_learns_the_informative_feature_per_stage():
     assert w.matrix().shape == (len(STAGES), N_FEATURES)
 
 
+def test_a_substitute_weight_is_fitted_but_never_above_zero():
+    """Positives that avoid substitutes give the feature a negative weight; positives that seek them
+    cannot make it positive (a rare feature's sign on a small window is noise, its direction is known)."""
+    rng = np.random.default_rng(5)
+    stage = np.full(600, Stage.RETENTION.index, np.int8)
+    avoid = _lists(rng, 600, key=1)
+    avoid.neg[:, ::2, SUBSTITUTE] += 2.0  # half the negatives are substitutes, no positive is
+    w = fit_blend(avoid, stage, min_pos=500).stages[Stage.RETENTION.index].weights
+    assert w["substitute"] < -0.5
+    seek = _lists(rng, 600, key=SUBSTITUTE)
+    w = fit_blend(seek, stage, min_pos=500).stages[Stage.RETENTION.index].weights
+    assert w["substitute"] == 0.0
+    assert {"substitute"} == NON_POSITIVE
+
+
 def test_softmax_loss_gradient_matches_finite_differences():
     rng = np.random.default_rng(3)
     lists = _lists(rng, 30, key=2, m=7)
     lists = ListSample(lists.pos, rng.integers(0, 30, size=30), lists.neg, lists.row)
     captured = {}
 
-    def spy(fun, x0, jac, method):
+    def spy(fun, x0, jac, method, bounds):
         captured["f"] = fun
         return scipy.optimize.OptimizeResult(x=x0)
 
@@ -82,8 +99,9 @@ def test_sample_lists_uses_only_allowed_negatives_and_relevant_positives():
     assert lists.owner.tolist() == [0, 1, 1]
     assert np.allclose(lists.pos, feats[[0, 2, 2], [5, 7, 8]])
     for v, r in enumerate(lists.row):
+        own = relevant.indices[relevant.indptr[r] : relevant.indptr[r + 1]].tolist()
         for neg in lists.neg[v]:
             j = [i for i in range(n) if np.allclose(feats[r, i], neg)]
             assert j
             assert j[0] < 20
-            assert j[0] not in (5, 7, 8)
+            assert j[0] not in own  # never one of this visitor's relevant items

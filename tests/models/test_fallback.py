@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -18,7 +20,7 @@ from tests.storefront import product_id
 NOW = 1_750_000_000.0
 
 
-def _tables(popularity: list[float], trending: list[float]) -> ItemTables:
+def _tables(popularity: list[float], trending: list[float], as_of: float | None = None) -> ItemTables:
     n = len(popularity)
     empty = sp.csr_matrix((n, n), dtype=np.float32)
     return ItemTables(
@@ -28,6 +30,7 @@ def _tables(popularity: list[float], trending: list[float]) -> ItemTables:
         empty,
         empty,
         np.ones(n, bool),
+        as_of=as_of,
     )
 
 
@@ -52,6 +55,37 @@ def test_popular_items_are_best_first_and_trending_above_a_share_of_the_top() ->
     assert got[0].reason == "popular with shoppers"
     got = popular_items(catalog, t, score, allowed, 2, Stage.AWARENESS, ServingRules(trending_share=0.04))
     assert [r.source for r in got] == [Source.POPULAR, Source.TRENDING]
+
+
+def test_a_trending_reason_is_dated_by_the_models_data() -> None:
+    catalog = CatalogColumns.build([CatalogItem(item_id=f"i{i}") for i in range(2)])
+    data_end = 1_712_707_200.0  # 2024-04-10T00:00:00Z
+    t = _tables([5, 4], [10.0, 9.0], as_of=data_end)
+    score = np.array([0.9, 0.8], np.float32)
+    allowed = np.ones(2, bool)
+
+    def reasons(now: float | None) -> list[str]:
+        got = popular_items(catalog, t, score, allowed, 2, Stage.CONSIDERATION, DEFAULT_SERVING, now=now)
+        assert [r.source for r in got] == [Source.TRENDING, Source.TRENDING]
+        return [r.reason for r in got]
+
+    assert reasons(data_end + 600) == ["trending this week"] * 2
+    assert reasons(data_end + 30 * 86_400) == ["trending in the week to 2024-04-09"] * 2
+    assert reasons(None) == ["trending in the week to 2024-04-09"] * 2
+
+
+def test_the_fallback_dates_trending_by_the_model_not_the_clock(recommender: Recommender) -> None:
+    until = recommender.manifest.trained_until
+    assert recommender.scorer.tables.as_of == until
+
+    def trending_reasons(now: float) -> set[str]:
+        ctx = VisitorContext(visitor_id="s", events=[], cart={}, purchases={}, now=now)
+        got = recommender.fallback(ctx, 40, Filters()).products
+        return {r.reason for r in got if r.source is Source.TRENDING}
+
+    assert trending_reasons(until + 3600) == {"trending this week"}
+    day = dt.datetime.fromtimestamp(until - 1, dt.UTC).date().isoformat()
+    assert trending_reasons(until + 90 * 86_400) == {f"trending in the week to {day}"}
 
 
 def test_fallback_content_serves_the_stage_specific_first() -> None:

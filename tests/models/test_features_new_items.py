@@ -165,6 +165,11 @@ def test_the_scorer_extends_with_new_items(bundle: ModelBundle) -> None:
     assert (t.complements[:n, :n] != bundle.tables.complements).nnz == 0
     assert not ext.crowd[:, n:].any()
     assert np.array_equal(ext.crowd[:, :n], scorer.crowd)
+    # the data time and the trained items' categories stay; new items have none (no substitutes yet)
+    assert t.as_of == bundle.tables.as_of == bundle.manifest.trained_until
+    assert t.category is not None
+    assert bundle.tables.category is not None
+    assert np.array_equal(t.category, np.concatenate([bundle.tables.category, [-1, -1]]))
     # the new items are scored like the others: one GEMV over the extended representations
     user = np.random.default_rng(0).normal(size=(1, ext.item_repr.shape[1])).astype(np.float32)
     got = ext.factor_scores(user)[0, n:]

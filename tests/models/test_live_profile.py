@@ -10,8 +10,8 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.blend import sparse_features
-from models.domain import DAY, EVENT_TYPES, Event
+from models.blend import SUBSTITUTE, sparse_features
+from models.domain import DAY, EVENT_TYPES, Event, EventType
 from models.live_profile import LiveProfile, best_anchors, gather_rows
 from models.profiles import profile_from_events
 from models.serving_rules import DEFAULT_SERVING, ServingRules
@@ -30,6 +30,8 @@ def _tables(seed: int) -> ItemTables:
         complements=sp.random(N, N, density=0.15, random_state=seed, dtype=np.float32).tocsr(),
         similar=sp.random(N, N, density=0.2, random_state=seed + 1, dtype=np.float32).tocsr(),
         known=np.ones(N, bool),
+        # a few categories and some items without one (the substitute feature goes through them)
+        category=rng.integers(-1, 4, N).astype(np.int32),
     )
 
 
@@ -59,6 +61,7 @@ windows = st.sampled_from(
             touch_recency_days=0.5,
             complement_recency_days=9.0,
             similar_recency_days=2.0,
+            substitute_recency_days=20.0,
         ),
     ]
 )
@@ -141,3 +144,43 @@ def test_best_anchors_matches_a_dense_argmax(seed: int) -> None:
             assert block[got[t], t] == block[:, t].max()
         else:
             assert got[t] == -1
+
+
+def test_substitutes_are_the_rest_of_a_fresh_one_off_purchases_category() -> None:
+    """Items 0-3 are kettles, 4-5 teas, 6 a toaster (no category link). Kettle 0 was bought an hour ago
+    and sells with tea 4 and, in its own category, with a descaler-like kettle 3; tea 5 is bought
+    again and again."""
+    n = 7
+    comp = sp.csr_matrix(([0.5, 0.5], ([0, 0], [4, 3])), shape=(n, n), dtype=np.float32)
+    tables = ItemTables(
+        popularity=np.ones(n, np.float32),
+        trending=np.zeros(n, np.float32),
+        repeat_rate=np.array([0.0, 0, 0, 0, 0.9, 1.0, 0], np.float32),
+        complements=comp,
+        similar=sp.csr_matrix((n, n), dtype=np.float32),
+        known=np.ones(n, bool),
+        category=np.array([0, 0, 0, 0, 1, 1, -1], np.int32),
+    )
+    rules = ServingRules(substitute_recency_days=3.0)
+
+    def substitutes(bought: list[tuple[int, float]], now: float) -> np.ndarray:
+        items = np.array([i for i, _ in bought], np.int64)
+        codes = np.full(len(items), EventType.PURCHASE.code, np.int8)
+        live = LiveProfile.from_arrays(
+            items, codes, np.array([t for _, t in bought]), now, EventWeights().vector()
+        )
+        (entry,) = [(idx, vals) for j, idx, vals in live.features(tables, rules) if j == SUBSTITUTE]
+        out = np.zeros(n, np.float32)
+        out[entry[0]] = entry[1]
+        return out
+
+    now = 10 * DAY
+    got = substitutes([(0, now - 3600)], now)
+    # kettles 1 and 2: substitutes at nearly full strength; the kettle itself and its co-bought kettle 3
+    # and tea 4 are not; the toaster has no category in common
+    assert np.allclose(
+        got, [0, np.exp(-1 / 72), np.exp(-1 / 72), 0, 0, 0, 0], atol=1e-3
+    )  # 1 h of a 3-day window
+    assert substitutes([(0, now - 9 * DAY)], now).max() < 0.05  # weeks later the kettle no longer rules
+    # a tea bought again and again makes no other tea a substitute
+    assert substitutes([(5, now - 3600)], now).max() == 0.0

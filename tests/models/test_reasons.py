@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.domain import DAY, Source, Stage
-from models.reasons import ago, duration, reason_for, relation
+from models.reasons import ago, duration, reason_for, relation, trending
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,26 @@ def test_buy_again_reason_counts_and_dates() -> None:
         "you bought this 4 times 3 days ago — time to restock?"
     )
     assert reason_for(Source.BUY_AGAIN, Stage.AWARENESS) == "you bought this before"
+
+
+DATA_END = 1_712_707_200.0  # 2024-04-10T00:00:00Z: the model's data ends with 2024-04-09
+
+
+@pytest.mark.parametrize(
+    ("now", "text"),
+    [
+        (DATA_END + 3600, "trending this week"),  # the data is current
+        (DATA_END - 3600, "trending this week"),  # a clock slightly behind the data
+        (DATA_END + 2 * DAY, "trending in the week to 2024-04-09"),
+        (DATA_END + 200 * DAY, "trending in the week to 2024-04-09"),
+        (None, "trending in the week to 2024-04-09"),  # no clock: the date is always true
+    ],
+)
+def test_trending_is_true_of_the_models_data_not_the_clock(now: float | None, text: str) -> None:
+    assert trending(DATA_END, now) == text
+    assert reason_for(Source.TRENDING, Stage.AWARENESS, data_until=DATA_END, now=now) == text
+
+
+def test_trending_without_a_data_time_claims_no_week() -> None:
+    assert trending(None, DATA_END) == "trending lately"
+    assert reason_for(Source.TRENDING, Stage.DECISION) == "trending lately"

@@ -10,7 +10,7 @@ import pytest
 from models.domain import Event, EventType, ItemKind, Source, Stage
 from models.recommender import Recommender
 from models.related import page_anchors, related_items, retarget
-from models.request import Filters, VisitorContext
+from models.request import Filters, RecommendedItem, Relation, VisitorContext
 from models.serving_rules import ServingRules
 from tests.storefront import OUT_OF_STOCK_TITLE, product_id
 
@@ -28,13 +28,66 @@ def ctx_of(**kw: object) -> VisitorContext:
     return VisitorContext(**{**base, **kw})  # type: ignore[arg-type]
 
 
+def bought_with(rec: Recommender, item_ids: list[str]) -> set[str]:
+    """The items the model saw bought together with any of ``item_ids`` (co-purchase evidence)."""
+    m = rec.scorer.tables.complements
+    rows = [rec.catalog.index[i] for i in item_ids]
+    return {rec.catalog.items[int(j)].item_id for r in rows for j in m.indices[m.indptr[r] : m.indptr[r + 1]]}
+
+
+def assert_honest(rec: Recommender, got: list[RecommendedItem], anchors: list[str]) -> None:
+    """ "often bought with" exactly where there is co-purchase evidence; filler says what it is."""
+    evidence = bought_with(rec, anchors)
+    for r in got:
+        assert (r.source is Source.COMPLEMENT) == (r.item_id in evidence), r
+        assert r.reason.startswith("often bought with") == (r.item_id in evidence), r
+        if r.source is Source.POPULAR:
+            category = rec.catalog.items[rec.catalog.index[r.item_id]].category
+            assert r.reason == f"popular in {category}"
+
+
 def test_complements_recover_the_bundles_and_leave_out_the_anchor(recommender: Recommender) -> None:
-    got = related_items(recommender.related, [KETTLE], 5, Filters(), "complement")
+    got = related_items(recommender.related, [KETTLE], 8, Filters(), "complement")
     ids = [r.item_id for r in got]
-    assert TEAS & set(ids)  # the simulated bundles: kettles sell with tea
+    assert (
+        TEAS & set(ids) & bought_with(recommender, [KETTLE])
+    )  # the simulated bundles: kettles sell with tea
     assert KETTLE not in ids
-    assert all(r.source is Source.COMPLEMENT and r.reason.startswith("often bought with Kettle") for r in got)
+    assert (got[0].source, got[0].reason) == (Source.COMPLEMENT, "often bought with Kettle")
+    assert_honest(recommender, got, [KETTLE])
+    assert {r.source for r in got} - {Source.COMPLEMENT}  # past the bundles: filler, labelled as such
     assert [r.score for r in got] == sorted((r.score for r in got), reverse=True)
+
+
+@pytest.mark.parametrize("relation", ["complement", "similar"])
+def test_an_item_never_bought_with_anything_has_no_often_bought_with(
+    recommender: Recommender, relation: Relation
+) -> None:
+    rel = recommender.related
+    m = rel.tables.complements
+    alone = [
+        c.item_id
+        for r, c in enumerate(rel.catalog.items)
+        if c.kind is ItemKind.PRODUCT and m.indptr[r + 1] == m.indptr[r]
+    ]
+    assert alone  # the storefront sells some products only on their own
+    for item in alone:
+        got = related_items(rel, [item], 6, Filters(), relation)
+        assert len(got) == 6
+        assert not [r for r in got if r.source is Source.COMPLEMENT or "often bought with" in r.reason]
+        # "similar to" only with evidence: co-interest, or an embedding cosine of at least related_min_cosine
+        sim = rel.tables.similar
+        anchor = rel.catalog.index[item]
+        co_interest = {int(j) for j in sim.indices[sim.indptr[anchor] : sim.indptr[anchor + 1]]}
+        for r in got:
+            row = rel.catalog.index[r.item_id]
+            cosine = float(rel.norm_repr[anchor] @ rel.norm_repr[row])
+            alike = cosine >= rel.rules.related_min_cosine or (relation == "similar" and row in co_interest)
+            if alike:
+                assert (r.source, r.reason) == (Source.SIMILAR, f"similar to {rel.catalog.title(anchor)}")
+            else:
+                category = rel.catalog.items[row].category
+                assert (r.source, r.reason) == (Source.POPULAR, f"popular in {category}"), (r, cosine)
 
 
 def test_similar_items_respect_the_filters(recommender: Recommender) -> None:
@@ -81,8 +134,8 @@ def test_retargeting_puts_the_cart_first_then_browsed_items_then_complements(
     assert got[1].reason == "you viewed this 1 h ago — still deciding?"
     rest = got[2:]
     assert rest
-    assert all(r.source is Source.COMPLEMENT for r in rest)
-    assert TEAS & {r.item_id for r in rest}
+    assert_honest(recommender, rest, [KETTLE])
+    assert TEAS & {r.item_id for r in rest if r.source is Source.COMPLEMENT}
     assert len({r.item_id for r in got}) == len(got)
 
 
@@ -110,7 +163,10 @@ def test_advocates_get_only_complements_of_what_they_own(recommender: Recommende
     ctx = ctx_of(events=[ev(TOASTER, EventType.PRODUCT_VIEW, NOW - 60)], cart={KETTLE: NOW - 60})
     got = retarget(recommender.related, ctx, Stage.ADVOCACY, 5, Filters(), frozenset())
     assert got
-    assert all(r.source is Source.COMPLEMENT for r in got)
+    assert_honest(recommender, got, [KETTLE])
+    # what they own relates to each item: no abandoned-cart or browsed pushes
+    assert {r.source for r in got} <= {Source.COMPLEMENT, Source.SIMILAR, Source.POPULAR}
+    assert got[0].source is Source.COMPLEMENT
 
 
 def test_retargeting_scores_are_the_models_serving_rules(recommender: Recommender) -> None:

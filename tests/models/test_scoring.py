@@ -111,3 +111,31 @@ def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
     )
     assert np.allclose(part.score, one.score[subset], atol=1e-5)
     assert np.array_equal(part.dominant_feature(np.arange(13)), one.dominant_feature(subset))
+
+
+def test_a_feature_that_did_not_raise_an_items_score_never_explains_it():
+    """With every blend weight negative but the factor model's, nothing the visitor did raised any item:
+    no item is "bought before" or "trending" for lack of a better-scoring feature (an all-zero
+    contribution once won over negative ones)."""
+    rng = np.random.default_rng(7)
+    scorer = _scorer(rng)
+    scorer = StageScorer(scorer.factors, scorer.tables, -np.abs(scorer.blend_weights), scorer.rules)
+    events = [Event(visitor_id="v", item_id="3", event=EventType.PURCHASE, timestamp=86_400.0)]
+    live = LiveProfile.from_arrays(
+        np.array([3], np.int64),
+        np.array([EventType.PURCHASE.code], np.int8),
+        np.array([86_400.0]),
+        2 * 86_400.0,
+        EventWeights().vector(),
+    )
+    prof = profile_from_events(events, {str(i): i for i in range(40)}, 40, 2 * 86_400.0, EventWeights())
+    uf = sp.csr_matrix(np.ones((1, 12), np.float32))
+    rep = scorer.visitor_repr((uf.indices.astype(np.int64), uf.data))
+    for stage in range(len(STAGES)):
+        one = scorer.score_items(
+            None, rep, (uf.indices, uf.data), stage, live.features(scorer.tables, scorer.rules), False
+        )
+        everything = np.arange(40)
+        assert set(one.dominant_feature(everything).tolist()) == {0}  # LIGHTFM: the factor model's pick
+        _, which = scorer.score(prof, np.array([stage], np.int8), uf)
+        assert set(which[0].tolist()) == {0}

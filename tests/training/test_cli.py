@@ -77,6 +77,24 @@ def test_inspect_refuses_a_tampered_model(
     _one_line_error(capsys, ["inspect", str(copy)], "arrays.npz", "missing")
 
 
+def test_inspect_shows_a_model_whose_blend_lacks_a_newer_feature(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model published before a blend feature existed serves it with weight 0, and inspect shows 0."""
+    version = artifact.resolve_latest(models_dir)
+    copy = tmp_path / version.name
+    copy.mkdir()
+    for f in version.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((copy / artifact.MANIFEST).read_text())
+    for stage in manifest["blend"]["stages"]:
+        del stage["weights"]["substitute"]
+    (copy / artifact.MANIFEST).write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["inspect", str(copy)]) == 0
+    assert "substitute" in capsys.readouterr().out
+
+
 def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
     report = tmp_path / "eval.html"
