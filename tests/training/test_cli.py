@@ -61,14 +61,20 @@ def test_train_publishes_a_verified_version_and_inspect_shows_the_blend(
     assert set(manifest["files"]) >= {"arrays.npz", "catalog.json"}
 
 
-def test_inspect_refuses_a_tampered_model(
-    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _copy_latest(models_dir: Path, into: Path) -> Path:
+    """A copy of the latest version's files, to damage or edit."""
     version = artifact.resolve_latest(models_dir)
-    copy = tmp_path / version.name
+    copy = into / version.name
     copy.mkdir()
     for f in version.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
+    return copy
+
+
+def test_inspect_refuses_a_tampered_model(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = _copy_latest(models_dir, tmp_path)
     data = bytearray((copy / "catalog.json").read_bytes())
     data[10] ^= 1
     (copy / "catalog.json").write_bytes(bytes(data))
@@ -81,11 +87,7 @@ def test_inspect_shows_a_model_whose_blend_lacks_a_newer_feature(
     models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A model published before a blend feature existed serves it with weight 0, and inspect shows 0."""
-    version = artifact.resolve_latest(models_dir)
-    copy = tmp_path / version.name
-    copy.mkdir()
-    for f in version.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
+    copy = _copy_latest(models_dir, tmp_path)
     manifest = json.loads((copy / artifact.MANIFEST).read_text())
     for stage in manifest["blend"]["stages"]:
         del stage["weights"]["substitute"]
