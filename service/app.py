@@ -31,6 +31,7 @@ from service.api.export import ExportController
 from service.api.health import HealthController
 from service.api.items import ItemsController
 from service.api.model_versions import ModelsController
+from service.api.rules import RulesController
 from service.api.visitors import VisitorsController
 from service.auth import API_KEY_HEADER, Authenticator, check_auth_configured
 from service.errors import EXCEPTION_HANDLERS, IncompleteBodyError
@@ -41,9 +42,12 @@ from service.openapi_body import keep_event_components
 from service.openapi_docs import document_scopes, reference_assets, reference_page
 from service.process_tuning import tune_worker
 from service.rate_limit import RATE_LIMIT_STORE, SharedRateLimitStore, rate_limit_stores
+from service.rules_file import load_rules_file
+from service.rules_follower import RulesFollower
 from service.settings import Settings, settings_for_worker
 from service.store.base import VisitorStore
-from service.store.factory import build_store
+from service.store.factory import build_rules_store, build_store
+from service.store.rules_base import RulesStore
 
 log = logging.getLogger("journeyrec.service")
 
@@ -90,18 +94,25 @@ class GuardedRequest(Request[Any, Any, Any]):
 
 
 def create_app(
-    settings: Settings, *, store: VisitorStore | None = None, model_holder: ModelHolder | None = None
+    settings: Settings,
+    *,
+    store: VisitorStore | None = None,
+    model_holder: ModelHolder | None = None,
+    rules: RulesStore | None = None,
 ) -> Litestar:
     """The service app. A store or holder passed in is used as is (and the store is not closed on
-    shutdown: its owner closes it); otherwise they are built from ``settings``. Raises InvalidInputError when
-    no API keys are configured and auth was not switched off."""
+    shutdown: its owner closes it); otherwise they are built from ``settings`` (the rules store beside the
+    visitor store: ``build_rules_store``). Raises InvalidInputError when no API keys are configured and
+    auth was not switched off, or when the rules file (``settings.rules_file``) is not a valid rule set."""
     check_auth_configured(settings.api_keys, settings.insecure_no_auth)
+    seed = load_rules_file(settings.rules_file) if settings.rules_file else None
     if settings.insecure_no_auth:
         log.warning("API keys are OFF (--insecure-no-auth): for a local demo only")
     owns_store = store is None
     the_store = store if store is not None else build_store(settings)
     holder = model_holder if model_holder is not None else ModelHolder(settings.models_path)
-    services = Services(settings=settings, store=the_store, holder=holder)
+    rules_follower = RulesFollower(rules if rules is not None else build_rules_store(the_store), holder)
+    services = Services(settings=settings, store=the_store, holder=holder, rules=rules_follower)
 
     followers = Followers()
 
@@ -126,6 +137,10 @@ def create_app(
     async def start_followers() -> None:
         if settings.model_poll_seconds > 0 and holder.models_dir is not None:
             followers.start("follow-latest", every(settings.model_poll_seconds, check_latest))
+        if seed is not None:
+            await rules_follower.seed(seed, settings.rules_file or "")
+        await rules_follower.step()  # the stored rules apply before the first request
+        followers.start("follow-rules", every(settings.rules_poll_seconds, rules_follower.step))
 
     async def close_store() -> None:
         if owns_store:
@@ -157,7 +172,7 @@ def create_app(
     needs_key: list[dict[str, list[str]]] = [{"ApiKey": []}]
     api = Router(
         path="/v1",
-        route_handlers=[VisitorsController, ItemsController, ModelsController],
+        route_handlers=[VisitorsController, ItemsController, ModelsController, RulesController],
         security=needs_key,
     )
     bulk = Router(

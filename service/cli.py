@@ -17,6 +17,7 @@ import click
 
 from models.errors import InvalidInputError, JourneyrecError
 from service.auth import check_auth_configured
+from service.rules_file import load_rules_file
 from service.settings import ENV, Settings, export_for_workers, load_settings
 
 APP_FACTORY = "service.app:app_from_environment"
@@ -98,6 +99,8 @@ def check_serve_settings(settings: Settings) -> None:
         raise InvalidInputError(f"--models / {ENV['models_dir']}: a models directory is required")
     if not Path(settings.models_dir).is_dir():
         raise InvalidInputError(f"--models / {ENV['models_dir']}: {settings.models_dir} is not a directory")
+    if settings.rules_file:
+        load_rules_file(settings.rules_file)
     if settings.workers > 1 and not settings.redis_url:
         raise InvalidInputError(
             f"--workers {settings.workers} needs --redis-url: the embedded store lives in one process"

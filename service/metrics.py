@@ -52,6 +52,13 @@ MODEL_LOADED = Gauge(
     multiprocess_mode="liveall",
 )
 
+RULES_VERSION = Gauge(
+    "journeyrec_rules_version",
+    "The merchandising rule set version the live model serves (0: none); one series per worker process "
+    "with several workers",
+    multiprocess_mode="liveall",
+)
+
 
 def count_reload(changed: bool | None, loaded_at: float | None) -> None:
     """One reload attempt (by request or by following ``latest``): refused (``changed`` None), changed or

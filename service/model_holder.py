@@ -11,6 +11,9 @@ through ``reload_if_changed``, which the app calls every ``model_poll_seconds`` 
 link); a refused artifact is not tried again until ``latest`` points somewhere else or the refused
 directory's files change (an artifact repaired in place is picked up by the next poll).
 
+The holder also keeps the merchandising rule set this worker serves (``rules``, which
+``service.rules_follower`` follows): a new model installs it before it serves.
+
 Any failure while reading a version is a refusal (``ArtifactError``), whatever the loader raised: it is
 logged, counted (``journeyrec_model_reloads_total{outcome="refused"}``, here and nowhere else) and kept
 as ``last_refusal`` for ``GET /v1/models`` and the readiness detail.
@@ -29,8 +32,10 @@ import msgspec
 from models.artifact import list_versions, resolve_latest
 from models.errors import ArtifactError
 from models.recommender import Recommender
+from models.rules import RuleSet
 from service import metrics
 from service.errors import NotReadyError
+from service.rules_follower import install_rules, served_version
 from service.schemas import Refusal
 
 log = logging.getLogger("journeyrec.service")
@@ -71,6 +76,8 @@ class ModelHolder:
         self.last_refusal: Refusal | None = None
         # a bad artifact ``reload_if_changed`` will not retry while its files stay as they were
         self._refused: tuple[Path, Fingerprint] | None = None
+        #: the merchandising rule set this worker serves (None: not read from the store yet)
+        self.rules: RuleSet | None = None
 
     @classmethod
     def with_model(cls, recommender: Recommender, models_dir: Path | None = None) -> ModelHolder:
@@ -122,13 +129,18 @@ class ModelHolder:
                 seen = await asyncio.to_thread(fingerprint, target)
                 # hashing + loading arrays is CPU/disk work: off the event loop, beside the live model
                 model = await asyncio.to_thread(self._loader, target)
+                await asyncio.to_thread(install_rules, model, self.rules)
             except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
                 reason = str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
                 self._refuse(target, seen, reason, unexpected=not isinstance(e, ArtifactError))
                 kept = f"; still serving {previous.version}" if previous is not None else ""
                 raise ArtifactError(f"reload refused: {reason}{kept}") from None
+            rules = self.rules
+            if rules is not None and served_version(model) != rules.version:
+                install_rules(model, rules)  # the rules moved while it loaded
             # one reference assignment: requests already running keep the object they read
             self._current = model
+            metrics.RULES_VERSION.set(served_version(model))
             self._current_dir = target
             self.loaded_at = time.time()
             self.last_error = None

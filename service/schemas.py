@@ -11,6 +11,8 @@ import msgspec
 from models.domain import Channel, Event, EventType, Source
 from models.errors import InvalidInputError
 from models.request import RuleEffect
+from models.rules import PLACEMENT_PATTERN, Rule
+from service.store.rules_base import AuditEntry
 
 if TYPE_CHECKING:
     from models.journey import StageResult
@@ -236,3 +238,91 @@ class HealthOut(msgspec.Struct, frozen=True, omit_defaults=True):
     model_version: str | None = None
     store: str | None = None
     detail: str | None = None
+
+
+# -- merchandising rules (``/v1/rules``) ---------------------------------------------------------------------
+
+
+class RulesIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A whole rule set (``models.rules.Rule``). ``version``: the version this one was edited from; when
+    given and another change came first, the answer is 409 (absent: replace whatever is current). The
+    rules file (JOURNEYREC_RULES_FILE) has the same form; a ``version`` in it is not used."""
+
+    rules: tuple[Rule, ...]
+    version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class RulesOut(msgspec.Struct, frozen=True):
+    """The stored rule set (version 0: none stored yet); ``served_version``: the version the answering
+    worker's live model serves (None while no model is loaded), which follows ``version`` within
+    JOURNEYREC_RULES_POLL_SECONDS."""
+
+    version: int
+    rules: tuple[Rule, ...]
+    served_version: int | None
+
+
+class RulesChangeOut(msgspec.Struct, frozen=True):
+    """A stored change: its audit entry, and the pins the live model cannot place (unknown items,
+    content)."""
+
+    change: AuditEntry
+    warnings: list[str]
+
+
+class AuditOut(msgspec.Struct, frozen=True):
+    """Changes of the rule set, newest first."""
+
+    entries: list[AuditEntry]
+
+
+class PreviewIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A proposed rule set and whom to try it on: ``visitor_ids``, or else the ``sample`` most recent
+    distinct visitors of the event stream. Each visitor's list (``k`` products on ``placement``, at the
+    visitor's own stage) under the proposal is compared with their list under the current rule set."""
+
+    rules: tuple[Rule, ...]
+    visitor_ids: Annotated[list[Id], msgspec.Meta(min_length=1)] | None = None
+    sample: Annotated[int, msgspec.Meta(ge=1)] = 100
+    k: Annotated[int, msgspec.Meta(ge=1)] = 10
+    placement: Annotated[str, msgspec.Meta(pattern=PLACEMENT_PATTERN)] = "home"
+
+
+class VisitorPreviewOut(msgspec.Struct, frozen=True):
+    """One visitor's list under the current (``before``) and the proposed (``after``) rule set.
+
+    entered / left  items in the proposed top-k and not in the current one, and the other way round
+    changed         the list differs (items or order)
+    empty           the proposed list has no item
+    rules_fallback  the proposed rules would have emptied the list, which is then served without them
+    """
+
+    visitor_id: str
+    stage: str
+    before: list[str]
+    after: list[str]
+    entered: list[str]
+    left: list[str]
+    changed: bool
+    empty: bool
+    rules_fallback: bool
+
+
+class PreviewOut(msgspec.Struct, frozen=True):
+    """What the proposed rule set would change, before it goes live (nothing is stored).
+
+    current_version  the stored version the proposal is compared with
+    share_changed    changed / visitors (0 without visitors)
+    empty            lists the proposal leaves empty; rules_fallback: lists it would have emptied
+    warnings         pins of the proposal the live model cannot place
+    """
+
+    current_version: int
+    model_version: str
+    visitors: int
+    changed: int
+    share_changed: float
+    empty: int
+    rules_fallback: int
+    lists: list[VisitorPreviewOut]
+    warnings: list[str]

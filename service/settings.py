@@ -57,6 +57,8 @@ ENV: dict[str, str] = {
     "queue_timeout_seconds": "JOURNEYREC_QUEUE_TIMEOUT_SECONDS",
     "header_read_timeout_seconds": "JOURNEYREC_HEADER_READ_TIMEOUT_SECONDS",
     "body_read_timeout_seconds": "JOURNEYREC_BODY_READ_TIMEOUT_SECONDS",
+    "rules_file": "JOURNEYREC_RULES_FILE",
+    "rules_poll_seconds": "JOURNEYREC_RULES_POLL_SECONDS",
 }
 FLAGS: dict[str, str] = {"models_dir": "--models"}
 _BOOLS = {
@@ -146,6 +148,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # seconds a client has to send a whole request body once the service starts reading it; the answer
     # after that is 408
     body_read_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    # a JSON merchandising rule set (`{"rules": [...]}`, as PUT /v1/rules takes it) stored at start-up when
+    # the store holds no rule set yet; a store that holds one keeps it (change it with PUT /v1/rules)
+    rules_file: str | None = None
+    # every worker reads the rules version this often (one Redis read) and serves a new rule set when it
+    # moved
+    rules_poll_seconds: Annotated[float, msgspec.Meta(ge=0.01, le=60)] = 0.2
 
     def __post_init__(self) -> None:
         if self.redis_url is not None and not re.match(r"^(redis|rediss|unix)://", self.redis_url):

@@ -15,6 +15,7 @@ from models.errors import InvalidInputError
 from models.request import Filters, VisitorContext
 from service.auth import Scope, require_scope
 from service.model_holder import ModelHolder
+from service.rules_follower import RulesFollower
 from service.settings import Settings
 from service.store.base import VisitorState, VisitorStore
 
@@ -32,6 +33,7 @@ class Services:
     settings: Settings
     store: VisitorStore
     holder: ModelHolder
+    rules: RulesFollower  # the rules store, and this worker's copy of the rule set it serves
 
 
 def check_mark_sent(connection: ASGIConnection[Any, Any, Any, Any], campaign: str | None, name: str) -> None:

@@ -124,4 +124,9 @@ class VisitorStore(Protocol):
         """Events appended to the stream after entry id ``after`` ("0" for the start), oldest first."""
         ...
 
+    async def recent_visitors(self, limit: int, scan: int) -> list[str]:
+        """The distinct visitors of the newest stream entries, newest first: at most ``limit`` of them,
+        from at most the newest ``scan`` entries."""
+        ...
+
     async def close(self) -> None: ...

@@ -6,9 +6,12 @@ from service.settings import Settings
 from service.store.base import VisitorStore
 from service.store.memory_store import MemoryStore
 from service.store.redis_store import RedisStore
+from service.store.rules_base import RulesStore
+from service.store.rules_memory import MemoryRulesStore
+from service.store.rules_redis import RedisRulesStore
 
 #: connections of a worker's Redis pool beyond ``max_concurrency``: for the requests the admission limit
-#: does not count (``/health/ready`` pings the store)
+#: does not count (``/health/ready`` pings the store; the rules follower reads the rules version)
 UNCOUNTED_CONNECTIONS = 4
 
 
@@ -42,3 +45,11 @@ def build_store(settings: Settings) -> VisitorStore:
         recent_events=settings.recent_events,
         stream_maxlen=settings.stream_maxlen,
     )
+
+
+def build_rules_store(store: VisitorStore) -> RulesStore:
+    """The rules store beside ``store``: in the same Redis (sharing its connection pool) or, beside the
+    embedded store, in this process's memory."""
+    if isinstance(store, RedisStore):
+        return RedisRulesStore(store.client, prefix=store.prefix)
+    return MemoryRulesStore()

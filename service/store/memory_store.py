@@ -223,6 +223,17 @@ class MemoryStore(StoreLimits):
             i += 1
         return out
 
+    async def recent_visitors(self, limit: int, scan: int) -> list[str]:
+        seen: dict[str, None] = {}
+        i, read = len(self._order) - 1, 0
+        while i >= self._head and read < scan and len(seen) < limit:
+            event = self._entries.get(self._order[i])
+            if event is not None:
+                seen.setdefault(event.visitor_id)
+                read += 1
+            i -= 1
+        return list(seen)
+
     async def close(self) -> None:
         return None
 

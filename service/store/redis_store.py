@@ -70,6 +70,7 @@ from service.store.memory_store import check_count, format_id, parse_after
 
 log = logging.getLogger("journeyrec.store")
 
+RECENT_PAGE = 500  # stream entries per read of recent_visitors
 APPEND_CHUNK = 1000  # events per script call: bounds how long one call holds the Redis server
 MAX_CONNECTIONS = 64  # per process unless told; a command needs a connection only for one round trip
 # order used by the scripts (KEYS[k + 0 .. k + 6] of a visitor)
@@ -336,6 +337,11 @@ class RedisStore(StoreLimits):
         )
 
     @property
+    def client(self) -> Redis:
+        """The Redis client (its connection pool is shared with the rules store)."""
+        return self._r
+
+    @property
     def max_connections(self) -> int:
         """Connections this store's pool opens at most."""
         return int(self._r.connection_pool.max_connections)
@@ -457,6 +463,23 @@ class RedisStore(StoreLimits):
         return [
             StreamEntry(entry_id=sid.decode(), event=self._decode(fields[b"e"])) for sid, fields in rows or ()
         ]
+
+    async def recent_visitors(self, limit: int, scan: int) -> list[str]:
+        seen: dict[str, None] = {}
+        top, read = "+", 0
+        while read < scan and len(seen) < limit:
+            page = min(RECENT_PAGE, scan - read)
+            with _unavailable("read recent visitors"):
+                rows: Any = await self._r.xrevrange(self.stream_key, max=top, min="-", count=page)
+            for _sid, fields in rows or ():
+                seen.setdefault(self._decode(fields[b"e"]).visitor_id)
+                if len(seen) >= limit:
+                    break
+            read += len(rows or ())
+            if len(rows or ()) < page:
+                break
+            top = f"({rows[-1][0].decode()}"
+        return list(seen)
 
     async def close(self) -> None:
         """Close the connection pool; never raises (a dead server has nothing left to close)."""

@@ -46,13 +46,18 @@ def memory_store(**overrides: Any) -> MemoryStore:
 
 
 def make_app(
-    models_dir: Path, recommender: Recommender | None, store: Any = None, **settings: Any
+    models_dir: Path,
+    recommender: Recommender | None,
+    store: Any = None,
+    rules: Any = None,
+    **settings: Any,
 ) -> Litestar:
     holder = ModelHolder.with_model(recommender, models_dir) if recommender else ModelHolder(models_dir)
     return create_app(
         api_settings(models_dir=str(models_dir), **settings),
         store=store if store is not None else memory_store(),
         model_holder=holder,
+        rules=rules,
     )
 
 
@@ -100,6 +105,11 @@ class SwitchableStore:
         self._check()
         entries: list[StreamEntry] = await self.inner.read_stream(after, count)
         return entries
+
+    async def recent_visitors(self, limit: int, scan: int) -> list[str]:
+        self._check()
+        visitors: list[str] = await self.inner.recent_visitors(limit, scan)
+        return visitors
 
     async def close(self) -> None:
         await self.inner.close()

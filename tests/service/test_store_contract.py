@@ -595,3 +595,14 @@ async def test_unreachable_redis_raises_store_unavailable_and_ping_is_false() ->
             await store.read_stream("0", 10)
     finally:
         await store.close()
+
+
+async def test_recent_visitors_are_the_newest_distinct_ones_within_the_scan(harness: Harness) -> None:
+    store = harness.make()
+    order = ["a", "b", "a", "c", "d", "c", "e"]  # oldest first
+    await store.append([ev(v, "p1", E.PAGE_VIEW, T0 + i) for i, v in enumerate(order)])
+    assert await store.recent_visitors(10, 100) == ["e", "c", "d", "a", "b"]
+    assert await store.recent_visitors(2, 100) == ["e", "c"]
+    assert await store.recent_visitors(10, 3) == ["e", "c", "d"]  # the newest 3 entries only
+    await store.erase("c")
+    assert await store.recent_visitors(3, 100) == ["e", "d", "a"]
