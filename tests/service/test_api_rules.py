@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from models.errors import InvalidInputError
 from models.recommender import Recommender
+from service.cli import cli
 from service.rules_file import load_rules_file
 from service.store.rules_memory import MemoryRulesStore
 from tests.service.api_fixtures import H_ADMIN, H_INGEST, H_READ, api_settings, make_app, memory_store
@@ -397,3 +399,18 @@ def test_a_bad_rules_file_is_one_line_naming_it(tmp_path: Path, content: str | N
     settings = api_settings(rules_file=str(path))
     with pytest.raises(InvalidInputError):
         make_app(tmp_path, None, store=memory_store(), rules_file=settings.rules_file)
+
+
+def test_serve_stops_on_a_bad_rules_file_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.cli.run_server", lambda settings: None)  # never start a server here
+    path = tmp_path / "rules.json"
+    path.write_text('{"rules": [{"id": "x", "action": {"type": "pin", "item_id": "a", "position": 0}}]}')
+    env = {"JOURNEYREC_API_KEYS": "cli-key-0123456789abcdef:admin", "JOURNEYREC_RULES_FILE": str(path)}
+    clean = dict.fromkeys(("JOURNEYREC_MODELS", "JOURNEYREC_REDIS_URL"))
+    result = CliRunner().invoke(cli, ["serve", "--models", str(tmp_path)], env={**clean, **env})
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert f"JOURNEYREC_RULES_FILE: {path}: " in line
+    assert "rule 'x': action.position must be >= 1" in line
