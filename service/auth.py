@@ -5,6 +5,9 @@ Keys are configured as ``JOURNEYREC_API_KEYS="<key>:<scope>+<scope>;<key>:<scope
 worker processes; a presented key is hashed and compared against every configured digest with
 ``hmac.compare_digest`` (constant time; every key is compared, so timing does not reveal which matched).
 
+A key may be named after its scopes (``<key>:admin@merch-team``): the name is what logs and the rules
+audit list record for the key's changes; an unnamed key is ``key<N>``, N its place in the list.
+
 Scopes do not imply each other: an ``admin`` key may reload models and erase visitors but not ingest, so a
 leaked storefront key (ingest+read) can never erase data or swap the model. A read route that can also
 write on request (retargeting with ``mark_sent=true`` records campaign sends) checks the extra scope with
@@ -16,6 +19,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import re
 from typing import Any
 
 import msgspec
@@ -28,6 +32,8 @@ from models.errors import InvalidInputError
 API_KEY_HEADER = "X-API-Key"
 MIN_KEY_LENGTH = 16
 SCOPE_OPT = "scopes"  # route handler ``opt`` key: the scopes any one of which grants access
+KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_KEY_NAME = re.compile(KEY_NAME_PATTERN)
 
 
 class Scope(enum.Enum):
@@ -49,13 +55,18 @@ def digest(key: str) -> bytes:
 
 
 def parse_api_keys(spec: str, *, source: str = "JOURNEYREC_API_KEYS") -> tuple[ApiKey, ...]:
-    """Parse ``"k1:ingest+read;k2:admin"`` into keys. Raises InvalidInputError naming the bad entry."""
+    """Parse ``"k1:ingest+read;k2:admin@ops"`` into keys. Raises InvalidInputError naming the bad entry."""
     keys: list[ApiKey] = []
     seen: set[bytes] = set()
+    names: set[str] = set()
     for n, raw in enumerate((p.strip() for p in spec.split(";")), start=1):
         if not raw:
             continue
         key, sep, scope_part = raw.rpartition(":")
+        scope_part, at, key_name = scope_part.partition("@")
+        key_name = key_name.strip() if at else f"key{n}"
+        if not _KEY_NAME.match(key_name):
+            raise InvalidInputError(f"{source}: entry {n} has the name {key_name!r}; use {KEY_NAME_PATTERN}")
         key = key.strip()
         if not sep or not key:
             raise InvalidInputError(f"{source}: entry {n} must look like '<key>:<scope>+<scope>'")
@@ -76,8 +87,11 @@ def parse_api_keys(spec: str, *, source: str = "JOURNEYREC_API_KEYS") -> tuple[A
         d = digest(key)
         if d in seen:
             raise InvalidInputError(f"{source}: entry {n} repeats a key given before")
+        if key_name in names:
+            raise InvalidInputError(f"{source}: entry {n} repeats the name {key_name!r}")
         seen.add(d)
-        keys.append(ApiKey(name=f"key{n}", digest=d, scopes=frozenset(scopes)))
+        names.add(key_name)
+        keys.append(ApiKey(name=key_name, digest=d, scopes=frozenset(scopes)))
     return tuple(keys)
 
 

@@ -88,8 +88,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     models_dir: str | None = None
     # redis://, rediss:// or unix:// URL; unset: the embedded in-process store (one process only)
     redis_url: str | None = None
-    # `KEY:scope+scope;KEY:scope` with scopes ingest, read, admin and keys of 16+ characters (only their
-    # sha256 digests are kept); the server refuses to start without keys unless auth is switched off
+    # `KEY:scope+scope;KEY:scope@name` with scopes ingest, read, admin and keys of 16+ characters (only their
+    # sha256 digests are kept; the optional name is what the rules audit records, else keyN, N the entry's
+    # place); the server refuses to start without keys unless auth is switched off
     api_keys: tuple[ApiKey, ...] = ()
     # serve without API keys: a local demo only
     insecure_no_auth: bool = False

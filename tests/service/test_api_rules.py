@@ -16,10 +16,19 @@ from litestar.testing import TestClient
 
 from models.errors import InvalidInputError
 from models.recommender import Recommender
+from service.auth import parse_api_keys
 from service.cli import cli
 from service.rules_file import load_rules_file
 from service.store.rules_memory import MemoryRulesStore
-from tests.service.api_fixtures import H_ADMIN, H_INGEST, H_READ, api_settings, make_app, memory_store
+from tests.service.api_fixtures import (
+    ADMIN_KEY,
+    H_ADMIN,
+    H_INGEST,
+    H_READ,
+    api_settings,
+    make_app,
+    memory_store,
+)
 from tests.storefront import product_id, storefront_catalog
 
 Client = TestClient[Litestar]
@@ -414,3 +423,28 @@ def test_serve_stops_on_a_bad_rules_file_with_one_line(
     (line,) = result.output.strip().splitlines()
     assert f"JOURNEYREC_RULES_FILE: {path}: " in line
     assert "rule 'x': action.position must be >= 1" in line
+
+
+def test_preview_a_pin_and_a_cap(rules_client: Client) -> None:
+    visitors = ["p1", "p2"]
+    for v in visitors:
+        _awareness(rules_client, v)
+    tent = product_id("Tent")
+    rules = [
+        {"id": "tent-first", "action": {"type": "pin", "item_id": tent, "position": 1}},
+        {"id": "variety", "action": {"type": "cap_per_category", "max_items": 1}},
+    ]
+    out = _preview(rules_client, {"rules": rules, "visitor_ids": visitors, "k": 4})
+    for v in out["lists"]:
+        assert v["after"][0] == tent, v
+        categories = [CATEGORY[i] for i in v["after"]]
+        assert len(categories) == len(set(categories)) == 4, v  # one per category
+    assert out["share_changed"] == 1.0
+
+
+def test_the_audit_names_a_named_key(models_dir: Path, model: Recommender) -> None:
+    keys = parse_api_keys(f"{ADMIN_KEY}:admin@merch-team")
+    with TestClient(make_app(models_dir, model, rules=MemoryRulesStore(), api_keys=keys)) as c:
+        assert _put(c, {"rules": [HIDE_KETTLE]}).json()["change"]["who"] == "merch-team"
+        (entry,) = c.get("/v1/rules/audit", headers=H_ADMIN).json()["entries"]
+        assert entry["who"] == "merch-team"

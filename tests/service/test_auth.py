@@ -36,3 +36,14 @@ def test_refuses_to_start_without_keys() -> None:
 def test_empty_scope_is_refused() -> None:
     with pytest.raises(InvalidInputError, match="unknown scope ''"):
         parse_api_keys(f"{K1}:")
+
+
+def test_a_key_may_be_named() -> None:
+    keys = parse_api_keys(f"{K1}:read;{K2}:admin@merch-team")
+    assert [k.name for k in keys] == ["key1", "merch-team"]
+    assert match_key(K2, keys) is keys[1]
+    assert keys[1].scopes == frozenset({Scope.ADMIN})
+    with pytest.raises(InvalidInputError, match="entry 2 repeats the name 'key1'"):
+        parse_api_keys(f"{K1}:read;{K2}:admin@key1")
+    with pytest.raises(InvalidInputError, match="entry 1 has the name 'two words'"):
+        parse_api_keys(f"{K1}:read@two words")
