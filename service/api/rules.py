@@ -141,8 +141,10 @@ class RulesController(Controller):
 def _preview(
     model: Recommender, current: RuleSet, proposed: RuleSet, states: list[VisitorState], data: PreviewIn
 ) -> PreviewOut:
-    merch = model.merchandising
-    before_rules = merch if merch is not None and merch.ruleset is current else model.compile_rules(current)
+    merch = model.merchandising  # the stored set is most often the one this worker serves, compiled
+    before_rules = (
+        merch if merch is not None and merch.version == current.version else model.compile_rules(current)
+    )
     after_rules = model.compile_rules(proposed)
     now = time.time()
     lists: list[VisitorPreviewOut] = []
