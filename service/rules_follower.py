@@ -25,7 +25,7 @@ from models.errors import StoreUnavailableError
 from models.recommender import Recommender
 from models.rules import CompiledRules, Rule, RuleSet
 from service import metrics
-from service.store.rules_base import RulesConflictError, RulesStore
+from service.store.rules_base import RulesConflictError, RulesStore, UnreadableRulesError
 
 if TYPE_CHECKING:
     from service.model_holder import ModelHolder
@@ -60,6 +60,7 @@ class RulesFollower:
         self.holder = holder
         self._lock = asyncio.Lock()
         self._down = False
+        self._unreadable: int | None = None  # the stored version last found unreadable (logged once)
 
     async def seed(self, rules: tuple[Rule, ...], source: str) -> None:
         """Store ``rules`` (from the rules file ``source``) when the store holds no rule set yet."""
@@ -79,6 +80,12 @@ class RulesFollower:
             held = self.holder.rules
             if held is None or version != held.version:
                 await self.serve(await self.store.current())
+        except UnreadableRulesError as e:
+            if self._unreadable != e.version:
+                # the message says it all: no traceback
+                log.error("rules version %d cannot be served: %s; the rules held keep serving", e.version, e)  # noqa: TRY400
+                self._unreadable = e.version
+            return
         except StoreUnavailableError as e:
             if not self._down:
                 log.warning("the rules store does not answer (%s); the rules held keep serving", e)

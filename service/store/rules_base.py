@@ -14,6 +14,7 @@ Semantics
 - Every change appends an ``AuditEntry`` (who, when, the new version, the rule ids added, removed and
   changed); the list keeps the newest ``audit_cap`` entries. ``audit(limit)`` answers newest first.
 - ``version()`` is one cheap read: every worker polls it.
+- A stored set that does not decode (``UnreadableRulesError``, HTTP 422) can still be replaced by a put.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Protocol
 
 import msgspec
 
-from models.errors import JourneyrecError
+from models.errors import DataError, JourneyrecError
 from models.rules import Rule, RuleSet
 
 #: audit entries kept (the newest)
@@ -39,6 +40,15 @@ class RulesConflictError(JourneyrecError):
     def __init__(self, message: str, current: int) -> None:
         super().__init__(message)
         self.current = current
+
+
+class UnreadableRulesError(DataError):
+    """The stored rule set does not decode as a ``RuleSet`` (written by a version of journeyrec whose
+    rules this one does not accept). A put replaces it (its audit entry lists every rule as added)."""
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,7 +121,10 @@ class RulesWriter:
 
     async def put(self, rules: tuple[Rule, ...], who: str, expected: int | None = None) -> AuditEntry:
         for _ in range(PUT_ATTEMPTS):
-            old = await self.current()
+            try:
+                old = await self.current()
+            except UnreadableRulesError as e:
+                old = RuleSet(version=e.version)
             if expected is not None and old.version != expected:
                 raise _conflict(expected, old.version)
             new = RuleSet(version=old.version + 1, rules=tuple(rules))

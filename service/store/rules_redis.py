@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from models.rules import RuleSet
 from service.store.base import StoreBusyError, StoreDownError
 from service.store.redis_store import PoolExhaustedError, _failure
-from service.store.rules_base import AUDIT_CAP, AuditEntry, RulesWriter
+from service.store.rules_base import AUDIT_CAP, AuditEntry, RulesWriter, UnreadableRulesError
 
 log = logging.getLogger("journeyrec.store")
 
@@ -84,8 +84,16 @@ class RedisRulesStore(RulesWriter):
 
     async def current(self) -> RuleSet:
         with _unavailable("read the rules"):
-            raw: Any = await self._r.hget(self.current_key, "ruleset")
-        return self._decode_set(raw) if raw is not None else RuleSet(version=0)
+            version, raw = await self._r.hmget(self.current_key, ["version", "ruleset"])
+        if raw is None:
+            return RuleSet(version=0)
+        try:
+            return self._decode_set(raw)
+        except (msgspec.MsgspecError, ValueError) as e:
+            raise UnreadableRulesError(
+                f"the stored rule set (version {int(version or 0)}) does not decode: {e}; PUT a new one",
+                int(version or 0),
+            ) from None
 
     async def _commit(self, replaced: int, ruleset: RuleSet, entry: AuditEntry) -> int:
         keys = [self.current_key, self.audit_key]

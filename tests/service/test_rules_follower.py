@@ -13,6 +13,7 @@ from models.recommender import Recommender
 from models.rules import Hide, ItemCondition, Rule, RuleSet
 from service.model_holder import ModelHolder
 from service.rules_follower import RulesFollower, served_version
+from service.store.rules_base import UnreadableRulesError
 from service.store.rules_memory import MemoryRulesStore
 from tests.service.api_fixtures import LogRecords
 
@@ -32,6 +33,16 @@ class DownStore(MemoryRulesStore):
         if self.down:
             raise StoreUnavailableError("redis: connection refused")
         return await super().version()
+
+
+class UnreadableStore(MemoryRulesStore):
+    unreadable = False
+
+    async def current(self) -> RuleSet:
+        got = await super().current()
+        if self.unreadable:
+            raise UnreadableRulesError("the stored rule set does not decode", got.version)
+        return got
 
 
 async def test_a_new_version_is_installed_on_the_live_model(holder: ModelHolder) -> None:
@@ -101,3 +112,21 @@ async def test_a_store_outage_keeps_the_held_rules_and_is_logged_once(
     await follower.step()
     assert served_version(holder.current) == 2
     assert any("answers again" in r.getMessage() for r in service_log.records)
+
+
+async def test_an_unreadable_stored_set_keeps_the_held_rules_and_is_logged_once(
+    holder: ModelHolder, service_log: LogRecords
+) -> None:
+    store = UnreadableStore()
+    await store.put((HIDE_TEA,), "key3")
+    follower = RulesFollower(store, holder)
+    await follower.step()
+    store.unreadable = True
+    await store.put((HIDE_GARDEN,), "key3")  # version 2, which this worker cannot read
+    for _ in range(3):
+        await follower.step()
+    assert holder.current is not None
+    assert served_version(holder.current) == 1
+    logged = [r for r in service_log.records if "cannot be served" in r.getMessage()]
+    assert len(logged) == 1
+    assert "version 2" in logged[0].getMessage()

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from models.rules import Boost, Hide, ItemCondition, Pin, Rule, RuleSet
-from service.store.rules_base import AuditEntry, RulesConflictError, RulesStore
+from service.store.rules_base import AuditEntry, RulesConflictError, RulesStore, UnreadableRulesError
 from service.store.rules_memory import MemoryRulesStore
 from service.store.rules_redis import RedisRulesStore
 
@@ -149,3 +149,25 @@ async def test_redis_keys_share_one_hash_tag(harness: Harness) -> None:
     keys = sorted([k.decode() async for k in harness.raw.scan_iter(match=f"{harness.prefix}:*")])
     assert keys == [f"{harness.prefix}:{{rules}}:audit", f"{harness.prefix}:{{rules}}:current"]
     assert await harness.raw.ttl(keys[0]) == -1  # neither expires
+
+
+async def test_an_unreadable_stored_set_is_a_422_that_a_put_replaces(harness: Harness) -> None:
+    """A stored set this version cannot decode (a rule it no longer accepts) is reported, not served as
+    empty, and a put still replaces it."""
+    if harness.kind != "redis":
+        pytest.skip("only a shared store can hold what another version of journeyrec wrote")
+    assert harness.raw is not None
+    store = harness.make()
+    await store.put((BOOST,), "key3")
+    key = f"{harness.prefix}:{{rules}}:current"
+    await harness.raw.hset(
+        key, "ruleset", b'{"version": 1, "rules": [{"id": "x", "action": {"type": "spin"}}]}'
+    )
+    with pytest.raises(UnreadableRulesError) as err:
+        await store.current()
+    assert err.value.version == 1
+    assert "version 1" in str(err.value)
+    assert "PUT a new one" in str(err.value)
+    entry = await store.put((HIDE,), "key3")
+    assert (entry.version, entry.added, entry.removed) == (2, ("no-garden",), ())
+    assert await store.current() == RuleSet(version=2, rules=(HIDE,))
