@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from models.catalog import CatalogColumns, allowed_mask, filter_mask
 from models.domain import EventType, ItemKind, Source, Stage
+from models.explain import label_new
 from models.live_profile import Entry, gather_rows, max_normalised
 from models.reasons import ago, reason_for
 from models.request import Filters, RecommendedItem, Relation, VisitorContext
@@ -69,6 +70,8 @@ class RelatedItems:
     norm_repr       float32 [n_items, d] item representations scaled to unit length
     fallback_score  float32 [n_items] the crowd score in [0, 1] (a tie-break among equally related items)
     rules           the embedding weights and retargeting scores
+    new_from        rows from here on are items the model never saw (the live catalog's, represented
+                    from their features); None: there are none
     """
 
     catalog: CatalogColumns
@@ -76,6 +79,7 @@ class RelatedItems:
     norm_repr: np.ndarray
     fallback_score: np.ndarray
     rules: ServingRules
+    new_from: int | None = None
 
     @classmethod
     def build(
@@ -91,14 +95,22 @@ class RelatedItems:
 
 
 def related_items(
-    rel: RelatedItems, item_ids: list[str], k: int, filters: Filters, which: Relation
+    rel: RelatedItems,
+    item_ids: list[str],
+    k: int,
+    filters: Filters,
+    which: Relation,
+    now: float | None = None,
 ) -> list[RecommendedItem]:
     """Up to ``k`` items similar to (``which`` "similar") or bought with ("complement") ``item_ids``
-    together, best first; the anchors themselves and what the filters refuse are left out.
+    together, best first; the anchors themselves, what the filters refuse and what the live catalog does
+    not serve at ``now`` are left out.
 
     Each item's source and reason say what put it there: bought together with an anchor ("often bought
     with"), alike ("similar to": co-interest, or an embedding cosine of at least ``related_min_cosine``),
-    else only the crowd ("popular in <category>"), so filler never claims a co-purchase."""
+    else only the crowd ("popular in <category>"), so filler never claims a co-purchase. Items the model
+    never saw have no co-occurrence: as anchors they relate by their features alone (embedding cosine),
+    and say so; as answers they are "new in <category>" (``explain.label_new``)."""
     c = rel.catalog
     anchors = c.rows_of(item_ids)
     if len(anchors) == 0:
@@ -113,10 +125,13 @@ def related_items(
     r = rel.rules
     weight = r.similar_embedding_weight if which == "similar" else r.complement_embedding_weight
     score = s + weight * emb.astype(np.float32) + 1e-3 * rel.fallback_score
-    allowed = filter_mask(c, filters, filters.kind or ItemKind.PRODUCT)
+    allowed = filter_mask(c, filters, filters.kind or ItemKind.PRODUCT, None, now)
     allowed[anchors] = False
     idx = top_k_rows(score, k, allowed).astype(np.int64)
     names = ", ".join(c.title(int(a)) for a in anchors[:3])
+    new_from = len(c) if rel.new_from is None else rel.new_from
+    by_features = bool((anchors >= new_from).all())  # no history at all: only the features relate them
+    like_reason = f"similar to {names} by category, price and tags" if by_features else f"similar to {names}"
     together = s[idx] > 0 if which == "complement" else np.zeros(len(idx), bool)
     alike = ~together & (((s[idx] > 0) & (which == "similar")) | (emb[idx] >= r.related_min_cosine))
     out = []
@@ -124,12 +139,12 @@ def related_items(
         if bought_with:
             source, reason = Source.COMPLEMENT, f"often bought with {names}"
         elif like:
-            source, reason = Source.SIMILAR, f"similar to {names}"
+            source, reason = Source.SIMILAR, like_reason
         else:
             category = c.items[i].category
             source, reason = Source.POPULAR, f"popular in {category}" if category else "a popular choice"
         out.append(RecommendedItem(c.items[i].item_id, round(float(score[i]), 6), source, reason))
-    return out
+    return label_new(out, c, new_from)
 
 
 def top_k_rows(score: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
@@ -181,6 +196,6 @@ def retarget(
             )
     owned = list(ctx.cart) + list(ctx.purchases)
     if owned and len(out) < k:
-        for r in related_items(rel, owned, k, filters, "complement"):
+        for r in related_items(rel, owned, k, filters, "complement", ctx.now):
             add(r.item_id, r.score, r.source, r.reason)
     return out
