@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import msgspec
@@ -49,6 +50,7 @@ from models.overlay import EMPTY_OVERLAY, CatalogOverlay, LiveItem
 from models.related import (
     RelatedItems,
     aligned,
+    feature_neighbours,
     page_anchors,
     page_entries,
     related_items,
@@ -173,10 +175,17 @@ class Recommender:
             if base._item_vocab_index is None:
                 base._item_vocab_index = b.item_vocab.index()
             rep = represent_items(b.factors, b.item_vocab, b.price_edges, new, base._item_vocab_index)
-            out.scorer = sc = base.scorer.with_new_items(rep.features.rows)
-            out._fallback_score = crowd_score(sc.tables, base.serving)
             norm = rep.embedding / np.maximum(np.linalg.norm(rep.embedding, axis=1, keepdims=True), 1e-6)
             norm_repr = np.concatenate([base.related.norm_repr, norm.astype(np.float32)])
+            # as ``StageScorer.with_new_items``, with the new items linked to alike trained ones
+            bs = base.scorer
+            tables = bs.tables.with_new_items(len(new))
+            links = feature_neighbours(tables.similar, norm_repr, catalog, len(bc), tables.popularity)
+            tables = replace(tables, similar=links)
+            out.scorer = sc = StageScorer(
+                bs.factors.with_item_rows(rep.features.rows), tables, bs.blend_weights, bs.rules
+            )
+            out._fallback_score = crowd_score(sc.tables, base.serving)
             if base.candidates is not None:
                 out.candidates = base.candidates.with_new_items(np.hstack([rep.embedding, rep.bias[:, None]]))
         else:

@@ -4,13 +4,18 @@ and availability windows apply to every answer; new items join from their featur
 from __future__ import annotations
 
 import msgspec
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from models.domain import CatalogItem, Event, EventType, ItemKind, Stage
+from models.domain import CatalogItem, Event, EventType, ItemKind, Source, Stage
 from models.overlay import CatalogOverlay, LiveItem
 from models.recommender import Recommender
 from models.request import Filters, RecommendedItem, VisitorContext
-from tests.storefront import product_id
+from models.rules import Hide, ItemCondition, Pin, Rule, RuleSet
+from models.serving_rules import Exploration
+from tests.storefront import product_id, storefront_catalog
 
 NOW = 1_750_000_000.0
 KETTLE, TEAPOT, TENT = product_id("Kettle"), product_id("Teapot"), product_id("Tent")
@@ -196,3 +201,206 @@ def test_a_category_change_moves_the_category_filter(recommender: Recommender) -
     assert ids(live.fallback(ctx_of(), 30, Filters(category="kettles")).products) == [KETTLE]
     assert KETTLE not in ids(live.fallback(ctx_of(), 30, Filters(category="kitchen")).products)
     assert "kettles" not in recommender.catalog.categories
+
+
+NEW_KETTLE = CatalogItem(item_id="new-kettle", title="Kettle 2", category="kitchen", price=35.0)
+NEW_STOVE = CatalogItem(item_id="new-stove", title="Stove 2", category="outdoor", price=65.0)
+
+
+def fresh(c: CatalogItem, **live: object) -> LiveItem:
+    return LiveItem(item=c, updated_at=NOW - 10, **live)  # type: ignore[arg-type]
+
+
+def test_a_new_item_joins_similar_items_of_its_category_from_its_features(recommender: Recommender) -> None:
+    live = recommender.with_overlay(overlay(fresh(NEW_KETTLE), fresh(NEW_STOVE)))
+    assert live.has_item("new-kettle")
+    assert not recommender.has_item("new-kettle")
+    assert live.new_from == len(recommender.catalog) == len(live.catalog) - 2
+    got = {r.item_id: r for r in live.similar([KETTLE], 5, Filters(), now=NOW)}
+    assert got["new-kettle"].source is Source.NEW
+    assert got["new-kettle"].reason == "new in kitchen"
+    assert "new-stove" not in got
+    assert "new-stove" in ids(live.similar([TENT], 5, Filters(), now=NOW))
+    # a new item as the anchor: its features relate it to its category, and the reason says so
+    like = live.similar(["new-kettle"], 4, Filters(), now=NOW)
+    assert {item(recommender, i).category for i in ids(like)} == {"kitchen"}
+    assert all(r.reason == "similar to Kettle 2 by category, price and tags" for r in like)
+    # nothing was ever bought with it: no "often bought with"
+    assert all(
+        "bought with" not in r.reason for r in live.complements(["new-kettle"], 10, Filters(), now=NOW)
+    )
+
+
+def test_a_new_item_reaches_a_visitor_who_browses_its_category(recommender: Recommender) -> None:
+    """A new item is linked in the similarity table to the alike trained items of its category (both
+    ways), so the visitor's similar-items feature and the page's anchors reach it. (The storefront's
+    blend gives the factor score a negative weight in every stage, so the links are what lift it.)"""
+    live = recommender.with_overlay(overlay(fresh(NEW_KETTLE)))
+    sim = live.scorer.tables.similar.tocsr()
+    new = live.catalog.index["new-kettle"]
+    linked = sim.indices[sim.indptr[new] : sim.indptr[new + 1]]
+    assert {live.catalog.items[int(i)].category for i in linked} == {"kitchen"}
+    assert {int(i) for i in linked} <= set(np.flatnonzero(live.catalog.is_product).tolist())
+    assert np.all(sim[linked, new].toarray() > 0)  # and back
+    assert sim[: live.new_from, : live.new_from].nnz == recommender.scorer.tables.similar.nnz
+    ctx = kitchen_browser(current_item=KETTLE, stage_override=Stage.DECISION)
+    assert "new-kettle" not in ids(
+        recommender.with_overlay(CatalogOverlay()).recommend(ctx, 12, Filters()).products
+    )
+    got = [r for r in live.recommend(ctx, 12, Filters()).products if r.item_id == "new-kettle"]
+    assert [(r.source, r.reason, r.exploration) for r in got] == [(Source.NEW, "new in kitchen", False)]
+    # fallback: no history to be popular with; when it fills the list it says it is new
+    filler = {r.item_id: r for r in live.fallback(ctx_of(), 30, Filters()).products}
+    assert filler["new-kettle"].source is Source.NEW
+
+
+def test_exploration_keeps_a_share_of_slots_for_new_items(recommender: Recommender) -> None:
+    entries = (fresh(NEW_KETTLE), fresh(NEW_STOVE))
+    plain = recommender.with_overlay(overlay(*entries))
+    ctx = kitchen_browser(stage_override=Stage.CONSIDERATION)
+    organic = plain.recommend(ctx, 5, Filters())
+    assert not {"new-kettle", "new-stove"} & set(ids(organic.products))
+    assert b"exploration" not in msgspec.json.encode(organic)
+    shares = Exploration({Stage.CONSIDERATION: 0.2})
+    explored = recommender.with_overlay(overlay(*entries), exploration=shares)
+    # the new items in the order the model ranks them for this visitor (all products scored)
+    ranked = [i for i in ids(plain.recommend(ctx, 40, Filters()).products) if i.startswith("new-")]
+    assert sorted(ranked) == ["new-kettle", "new-stove"]
+    got = explored.recommend(ctx, 5, Filters())
+    assert ids(got.products) == [*ids(organic.products)[:4], ranked[0]]
+    last = got.products[-1]
+    category = "kitchen" if ranked[0] == "new-kettle" else "outdoor"
+    assert (last.source, last.reason, last.exploration) == (Source.NEW, f"new in {category}", True)
+    assert all(not r.exploration for r in got.products[:4])
+    assert b'"exploration":true' in msgspec.json.encode(got)
+    # two slots: both new items, best first
+    two = recommender.with_overlay(overlay(*entries), exploration=Exploration({Stage.CONSIDERATION: 0.4}))
+    assert ids(two.recommend(ctx, 5, Filters()).products) == [*ids(organic.products)[:3], *ranked]
+    # another stage has no share; filters and servability still apply to the explored items
+    assert explored.recommend(kitchen_browser(stage_override=Stage.DECISION), 5, Filters()) == (
+        plain.recommend(kitchen_browser(stage_override=Stage.DECISION), 5, Filters())
+    )
+    assert "new-kettle" not in ids(explored.recommend(ctx, 5, Filters(category="outdoor")).products)
+    hide = [fresh(c, hidden=c.item_id == ranked[0]) for c in (NEW_KETTLE, NEW_STOVE)]
+    hidden = recommender.with_overlay(overlay(*hide), shares)
+    assert ids(hidden.recommend(ctx, 5, Filters()).products)[-1] == ranked[1]
+
+
+def test_exploration_slots_round_half_up_and_refuse_bad_shares() -> None:
+    e = Exploration({Stage.AWARENESS: 0.25, Stage.DECISION: 1.0})
+    assert [e.slots(Stage.AWARENESS, k) for k in (1, 2, 4, 10)] == [0, 1, 1, 3]
+    assert e.slots(Stage.DECISION, 7) == 7
+    assert e.slots(Stage.RETENTION, 10) == 0
+    with pytest.raises(ValueError, match="awareness"):
+        Exploration({Stage.AWARENESS: 1.5})
+
+
+def test_a_newer_overlay_replaces_the_older_one(recommender: Recommender) -> None:
+    older = overlay(fresh(NEW_KETTLE), patched(recommender, TEAPOT, hidden=True), version=1)
+    newer = overlay(fresh(NEW_STOVE), patched(recommender, KETTLE, price=12.0), version=2)
+    twice = recommender.with_overlay(older).with_overlay(newer)
+    once = recommender.with_overlay(newer)
+    assert twice.base is recommender
+    assert twice.overlay is newer
+    assert not twice.has_item("new-kettle")
+    assert len(twice.catalog) == len(once.catalog) == len(recommender.catalog) + 1
+    for ctx in CONTEXTS:
+        assert every_answer(twice, ctx, [KETTLE, TEAPOT], Filters()) == every_answer(
+            once, ctx, [KETTLE, TEAPOT], Filters()
+        )
+    assert TEAPOT in ids(twice.similar([KETTLE], 30, Filters(), now=NOW))
+
+
+def test_a_retired_item_the_model_never_saw_is_left_out(recommender: Recommender) -> None:
+    live = recommender.with_overlay(overlay(fresh(NEW_KETTLE, retired=True)))
+    assert not live.has_item("new-kettle")
+    assert len(live.catalog) == len(recommender.catalog)
+
+
+def test_an_entry_must_hold_its_own_item(recommender: Recommender) -> None:
+    with pytest.raises(ValueError, match="'new-kettle'"):
+        recommender.with_overlay(CatalogOverlay(1, {"other": fresh(NEW_KETTLE)}))
+
+
+STOREFRONT = {c.item_id: c for c in storefront_catalog()}
+NEW_IDS = [f"new-{j}" for j in range(4)]
+CATEGORIES = ["kitchen", "tea", "garden", "outdoor", "toys"]
+
+live_flags = st.fixed_dictionaries(
+    {
+        "hidden": st.booleans(),
+        "retired": st.booleans(),
+        "available_from": st.none() | st.sampled_from([NOW - 100.0, NOW + 100.0]),
+        "expires_at": st.none() | st.sampled_from([NOW - 50.0, NOW + 50.0]),
+        "in_stock": st.booleans(),
+        "price": st.sampled_from([4.0, 30.0, 200.0]),
+    }
+)
+
+
+@st.composite
+def overlays(draw: st.DrawFn) -> CatalogOverlay:
+    chosen = draw(st.lists(st.sampled_from([*STOREFRONT, *NEW_IDS]), unique=True, max_size=12))
+    entries = []
+    for item_id in chosen:
+        flags = draw(live_flags)
+        fields = {"in_stock": flags.pop("in_stock"), "price": flags.pop("price")}
+        if item_id in NEW_IDS:
+            base = CatalogItem(item_id=item_id, title=item_id, category=draw(st.sampled_from(CATEGORIES)))
+        else:
+            base = STOREFRONT[item_id]
+            if base.kind is ItemKind.CONTENT:
+                fields = {}
+        c = msgspec.structs.replace(base, **fields)
+        entries.append(LiveItem(item=c, updated_at=NOW - 1.0, **flags))  # type: ignore[arg-type]
+    return overlay(*entries)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ov=overlays(), now=st.sampled_from([NOW, NOW + 75.0, NOW + 200.0]))
+def test_no_answer_ever_holds_an_item_the_live_catalog_does_not_serve(
+    recommender: Recommender, ov: CatalogOverlay, now: float
+) -> None:
+    live = recommender.with_overlay(ov, exploration=Exploration(dict.fromkeys(Stage, 0.3)))
+    never = {i for i, e in ov.items.items() if not e.servable_at(now)}
+    out_of_stock = {i for i, e in ov.items.items() if not e.item.in_stock}
+    anchors = [KETTLE, TENT, *NEW_IDS[:2]]
+    for visitor in (*CONTEXTS, kitchen_browser(now=now, cart={GREEN_TEA: now - 300})):
+        ctx = msgspec.structs.replace(visitor, now=now)
+        served = served_ids(live, ctx, anchors, Filters(in_stock_only=False))
+        assert served.isdisjoint(never), served & never
+        in_stock = served_ids(live, ctx, anchors, Filters())
+        assert in_stock.isdisjoint(never | out_of_stock), in_stock & (never | out_of_stock)
+
+
+def test_installed_rules_follow_the_live_catalog(recommender: Recommender) -> None:
+    """Rules installed on the serving front are compiled for the live catalog: a hide rule on a tag hides
+    a trained item the overlay tags, a pin never places an item the live catalog does not serve, and a
+    hidden new item is never explored."""
+    front = recommender.with_overlay(CatalogOverlay())
+    rules = RuleSet(
+        version=3,
+        rules=(
+            Rule(id="no-sale", action=Hide(), condition=ItemCondition(tags=("sale",))),
+            Rule(id="pin-teapot", action=Pin(item_id=TEAPOT, position=1)),
+        ),
+    )
+    front.install_rules(rules)
+    ctx = ctx_of(visitor_id="sim-0002")
+    shares = Exploration(dict.fromkeys(Stage, 0.2))
+    entries = (
+        patched(recommender, GREEN_TEA, tags=("Sale",)),
+        fresh(msgspec.structs.replace(NEW_KETTLE, tags=("sale",))),
+    )
+    live = front.with_overlay(overlay(*entries), exploration=shares)
+    assert live.merchandising is not None
+    assert live.merchandising.catalog is live.catalog
+    got = live.recommend(ctx, 10, Filters())
+    assert got.rules_version == 3
+    assert ids(got.products)[0] == TEAPOT
+    assert GREEN_TEA not in ids(got.products)
+    assert "new-kettle" not in ids(got.products)
+    assert GREEN_TEA in ids(front.recommend(ctx, 30, Filters()).products)
+    hidden = front.with_overlay(overlay(patched(recommender, TEAPOT, hidden=True)))
+    assert TEAPOT not in ids(hidden.recommend(ctx, 10, Filters()).products)
+    assert TEAPOT not in ids(hidden.fallback(ctx, 10, Filters()).products)
