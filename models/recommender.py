@@ -142,8 +142,18 @@ class Recommender:
         out = copy.copy(base)
         out.overlay = overlay
         out.exploration = exploration
-        if not overlay.items:
-            return out
+        if overlay.items:
+            out._apply(overlay)
+        # the rules this front serves, compiled for the live catalog here rather than on a request
+        merch = self.merchandising
+        if merch is not None and merch.catalog is not out.catalog:
+            merch = compile_rules(merch.ruleset, out.catalog)
+        out.merchandising = merch
+        return out
+
+    def _apply(self, overlay: CatalogOverlay) -> None:
+        """Set this copy of ``base`` up to serve ``overlay`` (``with_overlay``)."""
+        base, out = self.base, self
         bc = base.catalog
         trained_rows: list[int] = []
         trained: list[CatalogItem] = []
@@ -194,10 +204,6 @@ class Recommender:
             catalog, out.scorer.tables, norm_repr, out._fallback_score, base.serving, out.new_from
         )
         out._stage_content = stage_content(catalog, out.scorer, base.serving)
-        # the rules this front serves, compiled for the live catalog here rather than on a request
-        merch = self.merchandising
-        out.merchandising = None if merch is None else compile_rules(merch.ruleset, catalog)
-        return out
 
     def has_item(self, item_id: str) -> bool:
         return item_id in self.catalog.index

@@ -395,6 +395,9 @@ def test_installed_rules_follow_the_live_catalog(recommender: Recommender) -> No
     live = front.with_overlay(overlay(*entries), exploration=shares)
     assert live.merchandising is not None
     assert live.merchandising.catalog is live.catalog
+    emptied = live.with_overlay(CatalogOverlay())  # back to the model's catalog, the rules along
+    assert emptied.merchandising is not None
+    assert emptied.merchandising.catalog is emptied.catalog is recommender.catalog
     got = live.recommend(ctx, 10, Filters())
     assert got.rules_version == 3
     assert ids(got.products)[0] == TEAPOT
