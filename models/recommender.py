@@ -208,6 +208,11 @@ class Recommender:
     def has_item(self, item_id: str) -> bool:
         return item_id in self.catalog.index
 
+    def from_features(self, item_id: str) -> bool:
+        """Whether ``item_id`` is served from its features alone: the live catalog added it and the model
+        never saw it (False for trained items and for ids not in the catalog)."""
+        return self.catalog.index.get(item_id, -1) >= self.new_from
+
     def event_rows(self, events: Sequence[Event]) -> list[int]:
         """The catalog row of each event's item (-1: not in the catalog): ``CatalogColumns.event_rows``."""
         return self.catalog.event_rows(events)

@@ -215,6 +215,9 @@ def test_a_new_item_joins_similar_items_of_its_category_from_its_features(recomm
     live = recommender.with_overlay(overlay(fresh(NEW_KETTLE), fresh(NEW_STOVE)))
     assert live.has_item("new-kettle")
     assert not recommender.has_item("new-kettle")
+    assert live.from_features("new-kettle")
+    assert not live.from_features(KETTLE)
+    assert not live.from_features("ghost")
     assert live.new_from == len(recommender.catalog) == len(live.catalog) - 2
     got = {r.item_id: r for r in live.similar([KETTLE], 5, Filters(), now=NOW)}
     assert got["new-kettle"].source is Source.NEW
