@@ -102,6 +102,7 @@ class Recommender:
         self.new_from: int = len(self.catalog)
         self.exploration: Exploration | None = None
         self._item_vocab_index: dict[str, int] | None = None
+        self._category_code: dict[str, int] | None = None  # ``sources.category_codes``' map, when needed
 
     @classmethod
     def load(cls, directory: Path, candidates: CandidateSettings | None = None) -> Recommender:
@@ -187,11 +188,12 @@ class Recommender:
             rep = represent_items(b.factors, b.item_vocab, b.price_edges, new, base._item_vocab_index)
             norm = rep.embedding / np.maximum(np.linalg.norm(rep.embedding, axis=1, keepdims=True), 1e-6)
             norm_repr = np.concatenate([base.related.norm_repr, norm.astype(np.float32)])
-            # as ``StageScorer.with_new_items``, with the new items linked to alike trained ones
+            # as ``StageScorer.with_new_items``, with the new items linked to alike trained ones and in
+            # their categories (a new kettle is a substitute of a kettle just bought)
             bs = base.scorer
             tables = bs.tables.with_new_items(len(new))
             links = feature_neighbours(tables.similar, norm_repr, catalog, len(bc), tables.popularity)
-            tables = replace(tables, similar=links)
+            tables = replace(tables, similar=links, category=base._new_categories(tables.category, new))
             out.scorer = sc = StageScorer(
                 bs.factors.with_item_rows(rep.features.rows), tables, bs.blend_weights, bs.rules
             )
@@ -204,6 +206,19 @@ class Recommender:
             catalog, out.scorer.tables, norm_repr, out._fallback_score, base.serving, out.new_from
         )
         out._stage_content = stage_content(catalog, out.scorer, base.serving)
+
+    def _new_categories(self, codes: np.ndarray | None, new: list[CatalogItem]) -> np.ndarray | None:
+        """``ItemTables.category`` (int32 [n + m], the m new items -1) with the new items coded as
+        ``sources.category_codes`` codes the model's catalog; a category the model never saw gets the next
+        code. None when the model has no categories."""
+        if codes is None:
+            return None
+        if self._category_code is None:
+            names = sorted({c.category for c in self.catalog.items if c.category})
+            self._category_code = {n: i for i, n in enumerate(names)}
+        code = dict(self._category_code)
+        tail = [code.setdefault(c.category, len(code)) if c.category else -1 for c in new]
+        return np.concatenate([codes[: len(codes) - len(new)], np.array(tail, np.int32)])
 
     def has_item(self, item_id: str) -> bool:
         return item_id in self.catalog.index

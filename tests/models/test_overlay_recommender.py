@@ -3,12 +3,15 @@ and availability windows apply to every answer; new items join from their featur
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from models.blend import FEATURE_NAMES
 from models.domain import CatalogItem, Event, EventType, ItemKind, Source, Stage
 from models.overlay import CatalogOverlay, LiveItem
 from models.recommender import Recommender
@@ -410,3 +413,31 @@ def test_installed_rules_follow_the_live_catalog(recommender: Recommender) -> No
     hidden = front.with_overlay(overlay(patched(recommender, TEAPOT, hidden=True)))
     assert TEAPOT not in ids(hidden.recommend(ctx, 10, Filters()).products)
     assert TEAPOT not in ids(hidden.fallback(ctx, 10, Filters()).products)
+
+
+def test_a_new_item_is_a_substitute_of_a_purchase_of_its_category(recommender: Recommender) -> None:
+    """Right after a one-off kettle purchase retention demotes the kettle's substitutes (its category): a
+    new kitchen item is one of them. (The storefront's retention blend as in test_retention: the factor
+    score weighs +1, the substitute feature -3 or 0.)"""
+    live_item = fresh(msgspec.structs.replace(NEW_KETTLE, price=39.0))
+
+    def retention(substitute: float) -> list[str]:
+        w = dict.fromkeys(FEATURE_NAMES, 0.0)
+        w.update(lightfm=1.0, complement=1.0, similar=1.0, popularity=0.5, substitute=substitute)
+        weights = recommender.bundle.blend_weights.copy()
+        weights[Stage.RETENTION.index] = [w[f] for f in FEATURE_NAMES]
+        model = Recommender(replace(recommender.bundle, blend_weights=weights)).with_overlay(
+            overlay(live_item)
+        )
+        now = model.manifest.trained_until + 3600
+        events = [
+            ev(KETTLE, e, now - 900 + n, "walker")
+            for n, e in enumerate((EventType.PRODUCT_VIEW, EventType.ADD_TO_CART, EventType.PURCHASE))
+        ]
+        ctx = ctx_of(visitor_id="walker", events=events, purchases={KETTLE: now - 898}, now=now)
+        got = model.recommend(ctx, 10, Filters())
+        assert got.stage.stage is Stage.RETENTION
+        return ids(got.products)
+
+    assert "new-kettle" in retention(0.0)
+    assert "new-kettle" not in retention(-3.0)
