@@ -3,12 +3,16 @@ the visitor owns, has in the cart or sees on screen.
 
 A mask is over every item (``rows`` None) or over a candidate set (``rows`` int64 [c] sorted catalog
 rows); the handful of items to hide are then found by binary search.
+
+The live catalog (``models.overlay``) changes the columns of the items it lists (``with_live``) and adds
+``Availability``: hidden and retired items are never allowed, and items with an availability window only
+inside it, checked against the request's time over the few windowed rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,6 +21,29 @@ from models.domain import STAGES, CatalogItem, Event, ItemKind
 from models.history import owned_items
 from models.request import Filters, VisitorContext
 from models.scoring import positions_in
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Which items may be served, from the live catalog.
+
+    servable  bool [n_items]: False for hidden and retired items (whatever the time)
+    timed     int64 [w] sorted rows of the items with an availability window
+    opens     float64 [w]: POSIX seconds from which each is served (-inf: at once)
+    closes    float64 [w]: POSIX seconds from which it is not served any more (+inf: never)
+    """
+
+    servable: np.ndarray
+    timed: np.ndarray
+    opens: np.ndarray
+    closes: np.ndarray
+
+    def closed(self, now: float | None) -> np.ndarray:
+        """int64 [m]: the timed rows not served at ``now`` (all of them without a time: a caller that
+        cannot tell whether a window is open serves none of them)."""
+        if now is None:
+            return self.timed
+        return self.timed[~((self.opens <= now) & (now < self.closes))]
 
 
 @dataclass(frozen=True)
@@ -31,6 +58,7 @@ class CatalogColumns:
     tags               lowercased tag -> code
     tag_items          csr bool [n_tags, n_items]: the items carrying each tag (merchandising rules'
                        conditions, ``models.rules``)
+    availability       what the live catalog keeps from serving (None: every item, at any time)
     """
 
     items: list[CatalogItem]
@@ -47,6 +75,7 @@ class CatalogColumns:
     category_by_row: list[str]
     tags: dict[str, int]
     tag_items: sp.csr_matrix
+    availability: Availability | None = None
 
     @classmethod
     def build(cls, items: list[CatalogItem]) -> CatalogColumns:
@@ -126,6 +155,69 @@ class CatalogColumns:
             tag_items=sp.csr_matrix(
                 (np.ones(len(tag_code), dtype=bool), (tag_code, tag_row)), shape=(len(tags), n + len(new))
             ),
+            availability=None
+            if self.availability is None
+            else replace(
+                self.availability,
+                servable=np.concatenate([self.availability.servable, np.ones(len(new), bool)]),
+            ),
+        )
+
+    def with_live(
+        self, rows: np.ndarray, items: Sequence[CatalogItem], availability: Availability | None
+    ) -> CatalogColumns:
+        """New columns where the items at ``rows`` (int64 [m] distinct) take the fields of ``items`` (same
+        ids; kind, title, category, price, tags, stages, stock, repeatable) and ``availability`` applies.
+        Columns no item changes are shared with this one, which is unchanged (build off the request path,
+        swap in whole). New categories get the next codes."""
+        rows = np.asarray(rows, np.int64)
+        for r, it in zip(rows.tolist(), items, strict=True):
+            if self.items[r].item_id != it.item_id:
+                raise ValueError(f"row {r} is {self.items[r].item_id!r}, not {it.item_id!r}")
+        if len(rows) == 0:
+            return replace(self, availability=availability)
+        part = CatalogColumns.build(list(items))
+        categories = dict(self.categories)
+        recode = np.array([categories.setdefault(n, len(categories)) for n in part.categories], np.int32)
+
+        def put(a: np.ndarray, values: np.ndarray) -> np.ndarray:
+            out = a.copy()
+            out[..., rows] = values
+            return out
+
+        listed = list(self.items)
+        by_row = list(self.category_by_row)
+        for j, r in enumerate(rows.tolist()):
+            listed[r] = items[j]
+            by_row[r] = part.category_by_row[j]
+        is_product = put(self.is_product, part.is_product)
+        in_stock = put(self.in_stock, part.in_stock)
+        serves = put(self.serves, part.serves)
+        # tags: the patched items' entries replaced by their live ones (new tags take the next codes)
+        tags = dict(self.tags)
+        recode_tags = np.array([tags.setdefault(t, len(tags)) for t in part.tags], np.int64)
+        old, added = self.tag_items.tocoo(), part.tag_items.tocoo()
+        keep = ~np.isin(old.col, rows)
+        tag_code = np.concatenate([old.row[keep], recode_tags[added.row]]).astype(np.int64)
+        tag_row = np.concatenate([old.col[keep], rows[added.col]]).astype(np.int64)
+        return CatalogColumns(
+            items=listed,
+            index=self.index,
+            is_product=is_product,
+            in_stock=in_stock,
+            repeatable=put(self.repeatable, part.repeatable),
+            price=put(self.price, part.price),
+            category=put(self.category, recode[part.category]),
+            categories=categories,
+            serves=serves,
+            products_in_stock=is_product & in_stock,
+            specificity=-serves.sum(axis=0).astype(np.float32),
+            category_by_row=by_row,
+            tags=tags,
+            tag_items=sp.csr_matrix(
+                (np.ones(len(tag_code), dtype=bool), (tag_code, tag_row)), shape=(len(tags), len(listed))
+            ),
+            availability=availability,
         )
 
     def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -159,11 +251,29 @@ def hide(mask: np.ndarray, rows: np.ndarray | None, items: np.ndarray) -> None:
         mask[pos[hit]] = False
 
 
+def served_mask(catalog: CatalogColumns, now: float | None, rows: np.ndarray | None = None) -> np.ndarray:
+    """bool [n_items], or [c] for ``rows`` (int64 [c] sorted): what the live catalog serves at ``now``
+    (every item without ``Availability``)."""
+    n = len(catalog) if rows is None else len(rows)
+    live = catalog.availability
+    if live is None:
+        return np.ones(n, bool)
+    m = (live.servable if rows is None else live.servable[rows]).copy()
+    if len(live.timed):
+        hide(m, rows, live.closed(now))
+    return m
+
+
 def filter_mask(
-    catalog: CatalogColumns, f: Filters, kind: ItemKind, rows: np.ndarray | None = None
+    catalog: CatalogColumns,
+    f: Filters,
+    kind: ItemKind,
+    rows: np.ndarray | None = None,
+    now: float | None = None,
 ) -> np.ndarray:
     """bool [n_items], or [c] for ``rows`` (int64 [c] sorted catalog rows): the items of ``kind`` the
-    filters allow (category, price range, stock, excluded ids)."""
+    filters allow (category, price range, stock, excluded ids) that the live catalog serves at ``now``
+    (``Availability``; without ``now`` no windowed item is served)."""
     c = catalog
 
     def col(a: np.ndarray) -> np.ndarray:
@@ -184,6 +294,11 @@ def filter_mask(
         m &= col(c.price) <= f.max_price
     if f.exclude:
         hide(m, rows, c.rows_of(sorted(f.exclude)))
+    live = c.availability
+    if live is not None:  # hidden, retired, not yet or no longer available: a gather and the few windows
+        m &= col(live.servable)
+        if len(live.timed):
+            hide(m, rows, live.closed(now))
     return m
 
 
@@ -204,7 +319,7 @@ def hidden_rows(catalog: CatalogColumns, ctx: VisitorContext, f: Filters) -> np.
 def allowed_mask(
     catalog: CatalogColumns, ctx: VisitorContext, f: Filters, kind: ItemKind, rows: np.ndarray | None = None
 ) -> np.ndarray:
-    """bool [n_items] (or [c] for ``rows``): ``filter_mask`` minus ``hidden_rows``."""
-    m = filter_mask(catalog, f, kind, rows)
+    """bool [n_items] (or [c] for ``rows``): ``filter_mask`` at ``ctx.now`` minus ``hidden_rows``."""
+    m = filter_mask(catalog, f, kind, rows, ctx.now)
     hide(m, rows, hidden_rows(catalog, ctx, f))
     return m

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.catalog import CatalogColumns
+from models.catalog import CatalogColumns, served_mask
 from models.domain import STAGES, EventType, Source, Stage
 from models.reasons import reason_for
 from models.request import RecommendedItem
@@ -66,9 +66,10 @@ def rank_content(
     items: np.ndarray,
     codes: np.ndarray,
     rep: np.ndarray,
+    now: float | None = None,
 ) -> list[RecommendedItem]:
     """Up to ``n`` content items serving ``stage`` (``sc``), in the visitor's categories, ranked by the
-    factor model.
+    factor model; what the live catalog does not serve at ``now`` is left out (``served_mask``).
 
     items int64 [e], codes int8 [e]: the visitor's events on catalog items in time order
     (``history.event_arrays``); rep float32 [d]: the visitor's representation
@@ -78,7 +79,7 @@ def rank_content(
     c = catalog
     if n <= 0 or len(sc.rows) == 0:
         return []
-    allowed = np.ones(len(sc.rows), bool)
+    allowed = served_mask(c, now, sc.rows)
     read = items[codes == _CONTENT_VIEW]
     if len(read):  # content already read
         pos, hit = positions_in(sc.rows, read)
@@ -109,13 +110,18 @@ def rank_content(
     return out
 
 
-def fallback_content(catalog: CatalogColumns, stage: Stage, n: int) -> list[RecommendedItem]:
+def fallback_content(
+    catalog: CatalogColumns, stage: Stage, n: int, now: float | None = None
+) -> list[RecommendedItem]:
     """Up to ``n`` content items serving ``stage`` without the visitor's state: stage-specific content
-    first (content serving fewer stages is more specific), score 0."""
+    first (content serving fewer stages is more specific), score 0; only what the live catalog serves at
+    ``now``."""
     if n <= 0:
         return []
     c = catalog
     allowed = ~c.is_product & c.serves[stage.index]
+    if c.availability is not None:
+        allowed &= served_mask(c, now)
     idx = top_k(c.specificity[None, :], n, allowed)[0]
     return [
         RecommendedItem(

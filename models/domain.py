@@ -85,8 +85,9 @@ class Source(enum.StrEnum):
 
     personalized, buy_again, recently_viewed, in_cart, complement, similar, popular, trending: the blend
     feature that contributed most to the item's score (``models.blend.FEATURES``), or the page's anchors
-    (complement, similar); content: a content item for the stage; abandoned_cart, browsed: retargeting.
-    A ``str`` enum: members compare and encode as their values.
+    (complement, similar); content: a content item for the stage; abandoned_cart, browsed: retargeting;
+    new: an item the model never saw, added by the live catalog (``models.overlay``) and scored from its
+    features. A ``str`` enum: members compare and encode as their values.
     """
 
     PERSONALIZED = "personalized"
@@ -100,6 +101,7 @@ class Source(enum.StrEnum):
     CONTENT = "content"
     ABANDONED_CART = "abandoned_cart"
     BROWSED = "browsed"
+    NEW = "new"
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import msgspec
 import numpy as np
 
 from models.blend import FEATURE_SOURCES
@@ -14,7 +15,7 @@ from models.catalog import CatalogColumns
 from models.domain import Event, EventType, Source, Stage
 from models.history import ever_bought
 from models.live_profile import best_anchors
-from models.reasons import reason_for, relation
+from models.reasons import new_in, reason_for, relation
 from models.request import RecommendedItem, VisitorContext
 from models.scoring import ItemScores
 from models.sources import ItemTables
@@ -113,4 +114,29 @@ def explain(
             now=ctx.now,
         )
         out.append(RecommendedItem(item.item_id, round(float(scores[r]), 6), source, reason))
+    return out
+
+
+#: the sources the model's scores decide; an item the model never saw owes them nothing it learned
+_MODEL_SOURCES = frozenset(
+    {Source.PERSONALIZED, Source.POPULAR, Source.TRENDING, Source.SIMILAR, Source.COMPLEMENT}
+)
+
+
+def label_new(items: list[RecommendedItem], catalog: CatalogColumns, new_from: int) -> list[RecommendedItem]:
+    """``items`` with those the model never saw (catalog rows ``new_from`` onwards, added by the live
+    catalog) and chosen by the model's scores labelled ``Source.NEW``, "new in <category>": they have no
+    history to be popular, trending or bought with anything. What the visitor did with them (in the
+    cart, viewed, bought) keeps its source. One dict lookup per answered item."""
+    if new_from >= len(catalog):
+        return items
+    get = catalog.index.get
+    out = []
+    for r in items:
+        row = get(r.item_id, -1)
+        if row >= new_from and r.source in _MODEL_SOURCES:
+            reason = new_in(catalog.category_by_row[row])
+            out.append(msgspec.structs.replace(r, source=Source.NEW, reason=reason))
+        else:
+            out.append(r)
     return out

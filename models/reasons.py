@@ -52,6 +52,11 @@ def trending(data_until: float | None, now: float | None) -> str:
     return f"trending in the week to {day}"
 
 
+def new_in(category: str) -> str:
+    """The reason of an item the model never saw (``Source.NEW``): "new in kettles"."""
+    return f"new in {category}" if category else "new in the shop"
+
+
 def relation(*, on_page: bool, in_cart: bool, bought: bool) -> str:
     """How the visitor met an anchor item, for "similar to the kettle <relation>"."""
     if on_page:
@@ -76,8 +81,8 @@ def reason_for(
 ) -> str:
     """One sentence explaining why an item is shown. ``anchor_title`` names the item it relates to and
     ``anchor_relation`` how the visitor met that item ("in your cart", "you bought", ...; see
-    ``relation``), or "" to let the stage decide. ``data_until`` (the end of the model's data) and
-    ``now`` date a "trending" reason (``trending``)."""
+    ``relation``), or "" to let the stage decide; for a new item (``Source.NEW``) it is the category.
+    ``data_until`` (the end of the model's data) and ``now`` date a "trending" reason (``trending``)."""
     if source is Source.BUY_AGAIN:
         when = f" {ago(age_s)}" if age_s is not None else ""
         times = f" {count} times" if count > 1 else ""
@@ -104,6 +109,8 @@ def reason_for(
         return trending(data_until, now)
     if source is Source.POPULAR:
         return "popular with shoppers" if stage is Stage.AWARENESS else "a popular choice"
+    if source is Source.NEW:
+        return new_in(anchor_title)
     if source is Source.CONTENT:
         topic = f" about {anchor_title}" if anchor_title else ""
         return f"{_CONTENT[stage]}{topic}"

@@ -16,11 +16,17 @@
 
 The stage is plain Python over at most a few hundred events; the rest is a handful of vectorised arrays.
 ``LightFM.predict`` is never called.
+
+The live catalog (``models.overlay``) is applied off the request path by ``with_overlay``, which returns a
+new front serving the same model with the shop's current catalog.
 """
 
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import msgspec
@@ -30,18 +36,21 @@ from models import artifact
 from models.artifact import Manifest, ModelBundle
 from models.blend import POPULARITY_NEW
 from models.candidates import CandidateIndex, CandidateSettings
-from models.catalog import CatalogColumns, allowed_mask
+from models.catalog import Availability, CatalogColumns, allowed_mask
 from models.content import fallback_content, rank_content, stage_content
-from models.domain import STAGES, Event, ItemKind, Stage
-from models.explain import explain, item_sources
+from models.domain import STAGES, CatalogItem, Event, ItemKind, Stage
+from models.explain import explain, item_sources, label_new
+from models.exploration import explore
 from models.fallback import crowd_score, popular_items
-from models.features import user_feature_row
+from models.features import represent_items, user_feature_row
 from models.history import event_arrays, older_purchases
 from models.journey import JourneyRules, StageResult, infer_stage
 from models.live_profile import Entry, LiveProfile
+from models.overlay import EMPTY_OVERLAY, CatalogOverlay, LiveItem
 from models.related import (
     RelatedItems,
     aligned,
+    feature_neighbours,
     page_anchors,
     page_entries,
     related_items,
@@ -50,7 +59,7 @@ from models.related import (
 from models.request import Filters, Recommendations, RecommendedItem, RuleEffect, VisitorContext
 from models.rules import CompiledRules, RuleSet, apply_rules, compile_rules
 from models.scoring import StageScorer, UserRow, top_k, top_k_one
-from models.serving_rules import ServingRules
+from models.serving_rules import Exploration, ServingRules
 
 
 class Recommender:
@@ -86,6 +95,14 @@ class Recommender:
             self.candidates = CandidateIndex.build(vectors, top_k(base, cs.crowd_items).astype(np.int64), cs)
         # the merchandising rules served by default (``install_rules``), compiled for this catalog
         self.merchandising: CompiledRules | None = None
+        # the live catalog (``with_overlay``): the model as loaded, the overlay served, the first row of the
+        # items the model never saw (none here), and the slots kept for them
+        self.base: Recommender = self
+        self.overlay: CatalogOverlay = EMPTY_OVERLAY
+        self.new_from: int = len(self.catalog)
+        self.exploration: Exploration | None = None
+        self._item_vocab_index: dict[str, int] | None = None
+        self._category_code: dict[str, int] | None = None  # ``sources.category_codes``' map, when needed
 
     @classmethod
     def load(cls, directory: Path, candidates: CandidateSettings | None = None) -> Recommender:
@@ -102,8 +119,114 @@ class Recommender:
         self.merchandising = compiled  # one reference swap: a request reads it once
         return compiled
 
+    def with_overlay(self, overlay: CatalogOverlay, exploration: Exploration | None = None) -> Recommender:
+        """A new front serving the same model with the live catalog ``overlay``; this one is unchanged.
+        Built from the model as loaded every time (``base``), so a newer overlay replaces an older one and
+        nothing accumulates. Pure and off the request path: the service builds it and swaps it in.
+
+        - Items the model knows take the live fields (stock, price, category, kind, title, tags, stages,
+          repeatable) in the catalog columns: filters, categories and reasons follow them. Their learned
+          representation is kept: it is fitted to their events (its identity part carries most of it), and
+          the next retrain learns the new features from the exported catalog; so patches share every
+          model array.
+        - Items it never saw are appended (rows ``new_from`` onwards) and represented from their features
+          through the model's feature embeddings (``features.represent_items``: no identity, rows
+          normalised as in training); they join scoring, the candidate index and item-to-item answers by
+          embedding cosine, and are answered as ``Source.NEW`` "new in <category>". Retired ones are left
+          out.
+        - Hidden and retired items are never served, and items with ``available_from``/``expires_at`` only
+          inside that window at the request's time (``catalog.Availability``), by every path.
+        - ``exploration``: the share of each stage's product slots kept for the new items (None: off).
+        - The merchandising rules installed on this front are compiled for the live catalog.
+        """
+        base = self.base
+        out = copy.copy(base)
+        out.overlay = overlay
+        out.exploration = exploration
+        if overlay.items:
+            out._apply(overlay)
+        # the rules this front serves, compiled for the live catalog here rather than on a request
+        merch = self.merchandising
+        if merch is not None and merch.catalog is not out.catalog:
+            merch = compile_rules(merch.ruleset, out.catalog)
+        out.merchandising = merch
+        return out
+
+    def _apply(self, overlay: CatalogOverlay) -> None:
+        """Set this copy of ``base`` up to serve ``overlay`` (``with_overlay``)."""
+        base, out = self.base, self
+        bc = base.catalog
+        trained_rows: list[int] = []
+        trained: list[CatalogItem] = []
+        new: list[CatalogItem] = []
+        live = []  # (row, entry) of every item the overlay keeps in the catalog
+        for item_id, entry in overlay.items.items():
+            if entry.item.item_id != item_id:
+                raise ValueError(f"overlay entry {item_id!r} holds item {entry.item.item_id!r}")
+            row = bc.index.get(item_id)
+            if row is not None:
+                trained_rows.append(row)
+                trained.append(entry.item)
+            elif entry.retired:
+                continue  # never served, and the model never knew it: nothing to keep
+            else:
+                row = len(bc) + len(new)
+                new.append(entry.item)
+            live.append((row, entry))
+        catalog = bc.extend(new) if new else bc
+        catalog = catalog.with_live(
+            np.array(trained_rows, np.int64), trained, _availability(len(catalog), live)
+        )
+        out.catalog = catalog
+        out.new_from = len(bc)
+        out._every_row = np.arange(len(catalog), dtype=np.int64)
+        out._every_row.setflags(write=False)
+        if new:
+            b = base.bundle
+            if base._item_vocab_index is None:
+                base._item_vocab_index = b.item_vocab.index()
+            rep = represent_items(b.factors, b.item_vocab, b.price_edges, new, base._item_vocab_index)
+            norm = rep.embedding / np.maximum(np.linalg.norm(rep.embedding, axis=1, keepdims=True), 1e-6)
+            norm_repr = np.concatenate([base.related.norm_repr, norm.astype(np.float32)])
+            # as ``StageScorer.with_new_items``, with the new items linked to alike trained ones and in
+            # their categories (a new kettle is a substitute of a kettle just bought)
+            bs = base.scorer
+            tables = bs.tables.with_new_items(len(new))
+            links = feature_neighbours(tables.similar, norm_repr, catalog, len(bc), tables.popularity)
+            tables = replace(tables, similar=links, category=base._new_categories(tables.category, new))
+            out.scorer = sc = StageScorer(
+                bs.factors.with_item_rows(rep.features.rows), tables, bs.blend_weights, bs.rules
+            )
+            out._fallback_score = crowd_score(sc.tables, base.serving)
+            if base.candidates is not None:
+                out.candidates = base.candidates.with_new_items(np.hstack([rep.embedding, rep.bias[:, None]]))
+        else:
+            norm_repr = base.related.norm_repr
+        out.related = RelatedItems(
+            catalog, out.scorer.tables, norm_repr, out._fallback_score, base.serving, out.new_from
+        )
+        out._stage_content = stage_content(catalog, out.scorer, base.serving)
+
+    def _new_categories(self, codes: np.ndarray | None, new: list[CatalogItem]) -> np.ndarray | None:
+        """``ItemTables.category`` (int32 [n + m], the m new items -1) with the new items coded as
+        ``sources.category_codes`` codes the model's catalog; a category the model never saw gets the next
+        code. None when the model has no categories."""
+        if codes is None:
+            return None
+        if self._category_code is None:
+            names = sorted({c.category for c in self.catalog.items if c.category})
+            self._category_code = {n: i for i, n in enumerate(names)}
+        code = dict(self._category_code)
+        tail = [code.setdefault(c.category, len(code)) if c.category else -1 for c in new]
+        return np.concatenate([codes[: len(codes) - len(new)], np.array(tail, np.int32)])
+
     def has_item(self, item_id: str) -> bool:
         return item_id in self.catalog.index
+
+    def from_features(self, item_id: str) -> bool:
+        """Whether ``item_id`` is served from its features alone: the live catalog added it and the model
+        never saw it (False for trained items and for ids not in the catalog)."""
+        return self.catalog.index.get(item_id, -1) >= self.new_from
 
     def event_rows(self, events: Sequence[Event]) -> list[int]:
         """The catalog row of each event's item (-1: not in the catalog): ``CatalogColumns.event_rows``."""
@@ -237,12 +360,45 @@ class Recommender:
         )
         # content
         content = rank_content(
-            c, self._stage_content[stage.stage.index], stage.stage, n_content, items, codes, rep
+            c, self._stage_content[stage.stage.index], stage.stage, n_content, items, codes, rep, ctx.now
         )
+        if merch is not None:
+            products = _with_effects(products, outcome.effects)
+        if self.new_from < len(c):  # the live catalog's new items: "new in kettles", exploration slots
+            products = self._new_items(products, ctx, k, filters, merch, stage.stage, rep, uf, features, live)
         if merch is None:
             return Recommendations(stage, products, content, self.version, fallback=False)
-        products = _with_effects(products, outcome.effects)
         return Recommendations(stage, products, content, self.version, False, merch.version, outcome.fallback)
+
+    def _new_items(
+        self,
+        products: list[RecommendedItem],
+        ctx: VisitorContext,
+        k: int,
+        filters: Filters,
+        merch: CompiledRules | None,
+        stage: Stage,
+        rep: np.ndarray,
+        uf: UserRow,
+        features: list[Entry],
+        live: LiveProfile,
+    ) -> list[RecommendedItem]:
+        """``products`` with the live catalog's new items labelled "new in <category>" and, when
+        exploration is on, its share of slots (``models.exploration``); what the filters, the live
+        catalog or a hide rule keep out is never explored."""
+        c = self.catalog
+        products = label_new(products, c, self.new_from)
+        slots = self.exploration.slots(stage, k) if self.exploration is not None else 0
+        if not slots:
+            return products
+        allowed = allowed_mask(c, ctx, filters, ItemKind.PRODUCT, self._every_row[self.new_from :])
+        hidden = None if merch is None else merch.active(stage, ctx.placement, ctx.now).hidden
+        if hidden is not None:
+            allowed &= ~hidden[self.new_from :]
+        sc = self.scorer
+        return explore(
+            products, k, slots, c, sc, self.new_from, allowed, rep, uf, stage, features, live.is_new
+        )
 
     def _merchandising(self, rules: CompiledRules | None) -> CompiledRules | None:
         """``rules``, else the installed rules; compiled again when compiled for another catalog (their
@@ -270,13 +426,14 @@ class Recommender:
             else StageResult(Stage.AWARENESS, 0.0, ["visitor state unavailable: showing popular items"])
         )
         allowed = allowed_mask(self.catalog, ctx, filters, ItemKind.PRODUCT)
-        content = fallback_content(self.catalog, stage.stage, n_content)
+        content = fallback_content(self.catalog, stage.stage, n_content, ctx.now)
         merch = self._merchandising(rules)
         score, tables = self._fallback_score, self.scorer.tables
         if merch is None:
             products = popular_items(
                 self.catalog, tables, score, allowed, k, stage.stage, self.serving, now=ctx.now
             )
+            products = label_new(products, self.catalog, self.new_from)
             return Recommendations(stage, products, content, self.version, fallback=True)
         rows = self._every_row
         outcome = apply_rules(merch, rows, score, allowed, stage.stage, ctx.placement, ctx.now, k)
@@ -291,15 +448,22 @@ class Recommender:
             chosen=outcome.positions,
             now=ctx.now,
         )
-        products = _with_effects(products, outcome.effects)
+        products = label_new(_with_effects(products, outcome.effects), self.catalog, self.new_from)
         return Recommendations(stage, products, content, self.version, True, merch.version, outcome.fallback)
 
     # -- item-to-item ----------------------------------------------------------------------------
-    def similar(self, item_ids: list[str], k: int, filters: Filters) -> list[RecommendedItem]:
-        return related_items(self.related, item_ids, k, filters, "similar")
+    def similar(
+        self, item_ids: list[str], k: int, filters: Filters, now: float | None = None
+    ) -> list[RecommendedItem]:
+        """Items like ``item_ids``; ``now``: the request's time (POSIX seconds) for the live catalog's
+        availability windows, the wall clock when None."""
+        return related_items(self.related, item_ids, k, filters, "similar", _now(now))
 
-    def complements(self, item_ids: list[str], k: int, filters: Filters) -> list[RecommendedItem]:
-        return related_items(self.related, item_ids, k, filters, "complement")
+    def complements(
+        self, item_ids: list[str], k: int, filters: Filters, now: float | None = None
+    ) -> list[RecommendedItem]:
+        """Items bought with ``item_ids``; ``now`` as for ``similar``."""
+        return related_items(self.related, item_ids, k, filters, "complement", _now(now))
 
     def retargeting(
         self, ctx: VisitorContext, k: int, filters: Filters, sent: frozenset[str]
@@ -314,3 +478,28 @@ def _with_effects(
 ) -> list[RecommendedItem]:
     """``items`` with the rules that changed each one (``RuleOutcome.effects``, aligned)."""
     return [msgspec.structs.replace(p, rules=e) if e else p for p, e in zip(items, effects, strict=True)]
+
+
+def _now(now: float | None) -> float:
+    """The request's time: the caller's, else the wall clock (item-to-item requests carry no visitor)."""
+    return time.time() if now is None else now
+
+
+def _availability(n: int, live: list[tuple[int, LiveItem]]) -> Availability | None:
+    """The live catalog's ``Availability`` over ``n`` rows from its (row, entry) pairs, or None when it
+    keeps nothing from serving."""
+    off = [r for r, e in live if e.hidden or e.retired]
+    timed = sorted(
+        ((r, e) for r, e in live if e.available_from is not None or e.expires_at is not None),
+        key=lambda x: x[0],
+    )
+    if not off and not timed:
+        return None
+    servable = np.ones(n, bool)
+    servable[np.array(off, np.int64)] = False
+    return Availability(
+        servable,
+        np.array([r for r, _ in timed], np.int64),
+        np.array([-np.inf if e.available_from is None else e.available_from for _, e in timed], np.float64),
+        np.array([np.inf if e.expires_at is None else e.expires_at for _, e in timed], np.float64),
+    )

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from models.catalog import CatalogColumns, allowed_mask, filter_mask
 from models.domain import EventType, ItemKind, Source, Stage
+from models.explain import label_new
 from models.live_profile import Entry, gather_rows, max_normalised
 from models.reasons import ago, reason_for
 from models.request import Filters, RecommendedItem, Relation, VisitorContext
@@ -20,6 +21,12 @@ from models.serving_rules import ServingRules
 from models.sources import ItemTables
 
 _BROWSED = (EventType.PRODUCT_VIEW, EventType.COMPARE, EventType.WISHLIST)
+#: how many trained items a new item (the live catalog's) is linked to in the similarity table
+NEW_ITEM_NEIGHBOURS = 20
+#: a new item's neighbours are sought among at most this many trained items of its category and kind:
+#: the most popular ones (those visitors touch most, so whose links reach most visitors)
+NEW_ITEM_POOL = 2_000
+_BLOCK_CELLS = 1 << 22  # cosine cells per block of new items (16 MB of float32)
 
 
 def anchor_row(m: sp.csr_matrix, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +76,8 @@ class RelatedItems:
     norm_repr       float32 [n_items, d] item representations scaled to unit length
     fallback_score  float32 [n_items] the crowd score in [0, 1] (a tie-break among equally related items)
     rules           the embedding weights and retargeting scores
+    new_from        rows from here on are items the model never saw (the live catalog's, represented
+                    from their features); None: there are none
     """
 
     catalog: CatalogColumns
@@ -76,6 +85,7 @@ class RelatedItems:
     norm_repr: np.ndarray
     fallback_score: np.ndarray
     rules: ServingRules
+    new_from: int | None = None
 
     @classmethod
     def build(
@@ -90,15 +100,95 @@ class RelatedItems:
         return cls(catalog, tables, norm, fallback_score, rules)
 
 
+def feature_neighbours(
+    similar: sp.csr_matrix,
+    norm_repr: np.ndarray,
+    catalog: CatalogColumns,
+    new_from: int,
+    popularity: np.ndarray,
+    top_n: int = NEW_ITEM_NEIGHBOURS,
+    pool_size: int = NEW_ITEM_POOL,
+) -> sp.csr_matrix:
+    """The similarity table (csr float32 [n, n], rows and columns ``new_from`` onwards empty: items no
+    visitor has touched yet) with every new item linked both ways to its ``top_n`` most alike trained
+    items of the same category and kind, by the cosine of their representations (``norm_repr`` float32
+    [n, d], unit rows; a new item's comes from its features), among the ``pool_size`` most popular
+    (``popularity`` float32 [n]) trained items of that category and kind.
+
+    A link weighs cosine x the trained item's strongest co-interest similarity (the median of those when
+    it has none), so a new item sits among the trained item's own neighbours rather than above them.
+    With these links the visitor's similar-items feature, the page's anchors and item-to-item answers
+    reach new items the way they reach trained ones, with nothing added to the request path. Off the
+    request path: one blocked GEMM per category.
+    """
+    n = similar.shape[0]
+    if new_from >= n:
+        return similar
+    counts = np.diff(similar.indptr)
+    row_max = np.zeros(n, np.float32)
+    filled = counts > 0
+    if similar.nnz:
+        row_max[filled] = np.maximum.reduceat(similar.data, similar.indptr[:-1][filled])
+    typical = float(np.median(row_max[filled])) if filled.any() else 1.0
+    scale = np.where(filled, row_max, np.float32(typical)).astype(np.float32)
+    # group key: category code and kind; items without a category are linked to nothing
+    no_cat = catalog.categories.get("", -1)
+    key = catalog.category.astype(np.int64) * 2 + catalog.is_product
+    key[catalog.category == no_cat] = -1
+    trained_key, new_key = key[:new_from], key[new_from:]
+    src: list[np.ndarray] = []
+    dst: list[np.ndarray] = []
+    val: list[np.ndarray] = []
+    for g in np.unique(new_key[new_key >= 0]).tolist():
+        pool = np.flatnonzero(trained_key == g)
+        if len(pool) == 0:
+            continue
+        if len(pool) > pool_size:
+            pool = np.sort(pool[np.argpartition(-popularity[pool], pool_size - 1)[:pool_size]])
+        news = new_from + np.flatnonzero(new_key == g)
+        take = min(top_n, len(pool))
+        pool_t = np.ascontiguousarray(norm_repr[pool].T)
+        block = max(1, _BLOCK_CELLS // len(pool))
+        for i in range(0, len(news), block):
+            rows = news[i : i + block]
+            cos = norm_repr[rows] @ pool_t
+            best = np.argpartition(-cos, take - 1, axis=1)[:, :take] if take < len(pool) else None
+            if best is None:
+                best = np.broadcast_to(np.arange(len(pool)), cos.shape)
+            c = np.take_along_axis(cos, best, axis=1)
+            ok = c > 0
+            nb = pool[best][ok]
+            src.append(np.repeat(rows, take).reshape(len(rows), take)[ok])
+            dst.append(nb)
+            val.append((c[ok] * scale[nb]).astype(np.float32))
+    if not src:
+        return similar
+    a, b, v = np.concatenate(src), np.concatenate(dst), np.concatenate(val)
+    links = sp.csr_matrix(
+        (np.concatenate([v, v]), (np.concatenate([a, b]), np.concatenate([b, a]))),
+        shape=(n, n),
+        dtype=np.float32,
+    )
+    return sp.csr_matrix(similar + links, dtype=np.float32)
+
+
 def related_items(
-    rel: RelatedItems, item_ids: list[str], k: int, filters: Filters, which: Relation
+    rel: RelatedItems,
+    item_ids: list[str],
+    k: int,
+    filters: Filters,
+    which: Relation,
+    now: float | None = None,
 ) -> list[RecommendedItem]:
     """Up to ``k`` items similar to (``which`` "similar") or bought with ("complement") ``item_ids``
-    together, best first; the anchors themselves and what the filters refuse are left out.
+    together, best first; the anchors themselves, what the filters refuse and what the live catalog does
+    not serve at ``now`` are left out.
 
     Each item's source and reason say what put it there: bought together with an anchor ("often bought
     with"), alike ("similar to": co-interest, or an embedding cosine of at least ``related_min_cosine``),
-    else only the crowd ("popular in <category>"), so filler never claims a co-purchase."""
+    else only the crowd ("popular in <category>"), so filler never claims a co-purchase. Items the model
+    never saw have no co-occurrence: as anchors they relate by their features alone (embedding cosine),
+    and say so; as answers they are "new in <category>" (``explain.label_new``)."""
     c = rel.catalog
     anchors = c.rows_of(item_ids)
     if len(anchors) == 0:
@@ -113,10 +203,13 @@ def related_items(
     r = rel.rules
     weight = r.similar_embedding_weight if which == "similar" else r.complement_embedding_weight
     score = s + weight * emb.astype(np.float32) + 1e-3 * rel.fallback_score
-    allowed = filter_mask(c, filters, filters.kind or ItemKind.PRODUCT)
+    allowed = filter_mask(c, filters, filters.kind or ItemKind.PRODUCT, None, now)
     allowed[anchors] = False
     idx = top_k_rows(score, k, allowed).astype(np.int64)
     names = ", ".join(c.title(int(a)) for a in anchors[:3])
+    new_from = len(c) if rel.new_from is None else rel.new_from
+    by_features = bool((anchors >= new_from).all())  # no history at all: only the features relate them
+    like_reason = f"similar to {names} by category, price and tags" if by_features else f"similar to {names}"
     together = s[idx] > 0 if which == "complement" else np.zeros(len(idx), bool)
     alike = ~together & (((s[idx] > 0) & (which == "similar")) | (emb[idx] >= r.related_min_cosine))
     out = []
@@ -124,12 +217,12 @@ def related_items(
         if bought_with:
             source, reason = Source.COMPLEMENT, f"often bought with {names}"
         elif like:
-            source, reason = Source.SIMILAR, f"similar to {names}"
+            source, reason = Source.SIMILAR, like_reason
         else:
             category = c.items[i].category
             source, reason = Source.POPULAR, f"popular in {category}" if category else "a popular choice"
         out.append(RecommendedItem(c.items[i].item_id, round(float(score[i]), 6), source, reason))
-    return out
+    return label_new(out, c, new_from)
 
 
 def top_k_rows(score: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
@@ -181,6 +274,6 @@ def retarget(
             )
     owned = list(ctx.cart) + list(ctx.purchases)
     if owned and len(out) < k:
-        for r in related_items(rel, owned, k, filters, "complement"):
+        for r in related_items(rel, owned, k, filters, "complement", ctx.now):
             add(r.item_id, r.score, r.source, r.reason)
     return out

@@ -68,13 +68,16 @@ class RuleEffect(msgspec.Struct, frozen=True, gc=False):
 
 
 class RecommendedItem(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One item of an answer; ``rules``: the merchandising rules that changed it (left out when none)."""
+    """One item of an answer; ``rules``: the merchandising rules that changed it; ``exploration``: a new
+    item in a slot kept for exploration (``models.serving_rules.Exploration``); both left out when
+    empty or false."""
 
     item_id: str
     score: float
     source: Source
     reason: str
     rules: tuple[RuleEffect, ...] = ()
+    exploration: bool = False
 
 
 class Recommendations(msgspec.Struct, frozen=True):

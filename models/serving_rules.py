@@ -7,7 +7,11 @@ A manifest written without it loads with the defaults below.
 
 from __future__ import annotations
 
+import math
+
 import msgspec
+
+from models.domain import Stage
 
 
 class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,3 +79,25 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
 
 
 DEFAULT_SERVING = ServingRules()
+
+
+class Exploration(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Exploration: a share of each stage's product slots kept for items no one has interacted with yet
+    (the live catalog's new items, ``Recommender.with_overlay``), flagged ``exploration`` in the answer.
+
+    Off unless configured: a shop's policy, switched without retraining, so the service passes it from
+    its settings to ``with_overlay`` rather than storing it with the model as ``ServingRules``.
+
+    shares  stage -> share of the ``k`` product slots in [0, 1] (a stage left out: none)
+    """
+
+    shares: dict[Stage, float] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for stage, share in self.shares.items():
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"Exploration share of {stage.value} must be in [0, 1], got {share}")
+
+    def slots(self, stage: Stage, k: int) -> int:
+        """How many of ``k`` slots go to new items at ``stage``: share x k, rounded half up."""
+        return min(k, math.floor(self.shares.get(stage, 0.0) * k + 0.5))

@@ -103,17 +103,19 @@ class StageOut(msgspec.Struct, frozen=True):
 
 class ItemOut(msgspec.Struct, frozen=True, omit_defaults=True):
     """One recommended item; ``source`` names the candidate source that explains it; ``rules`` the
-    merchandising rules that changed it ("pinned by spring-sale"), left out when none did."""
+    merchandising rules that changed it ("pinned by spring-sale"), left out when none did;
+    ``exploration``: a new item shown in a slot kept for new items (left out when false)."""
 
     item_id: str
     score: float
     source: Source
     reason: str
     rules: tuple[RuleEffect, ...] = ()
+    exploration: bool = False
 
     @classmethod
     def of(cls, r: RecommendedItem) -> ItemOut:
-        return cls(r.item_id, r.score, r.source, r.reason, r.rules)
+        return cls(r.item_id, r.score, r.source, r.reason, r.rules, r.exploration)
 
 
 def items_out(items: list[RecommendedItem]) -> list[ItemOut]:

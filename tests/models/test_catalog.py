@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.catalog import CatalogColumns, allowed_mask, filter_mask, hidden_rows
-from models.domain import Event, EventType, ItemKind
+from models.catalog import Availability, CatalogColumns, allowed_mask, filter_mask, hidden_rows, served_mask
+from models.domain import Event, EventType, ItemKind, Stage
 from models.request import Filters, VisitorContext
 from tests.storefront import OUT_OF_STOCK_TITLE, product_id, storefront_catalog
 
@@ -110,3 +111,73 @@ def test_rows_of_skips_unknown_ids_and_event_rows_marks_them() -> None:
         Event(visitor_id="v", item_id=i, event=EventType.PAGE_VIEW, timestamp=1.0) for i in ("ghost", kettle)
     ]
     assert CATALOG.event_rows(events) == [-1, CATALOG.index[kettle]]
+
+
+def test_live_fields_give_the_columns_a_catalog_built_with_them_has() -> None:
+    rows = [
+        CATALOG.index[product_id("Kettle")],
+        CATALOG.index["c-tea-101"],
+        CATALOG.index[product_id("Tent")],
+    ]
+    live = [
+        msgspec.structs.replace(
+            ITEMS[rows[0]], price=12.0, in_stock=False, category="Kettles", repeatable=True, tags=("Sale",)
+        ),
+        msgspec.structs.replace(ITEMS[rows[1]], stages=(Stage.DECISION, Stage.RETENTION)),
+        msgspec.structs.replace(ITEMS[rows[2]], kind=ItemKind.CONTENT),
+    ]
+    got = CATALOG.with_live(np.array(rows), live, None)
+    items = list(ITEMS)
+    for r, c in zip(rows, live, strict=True):
+        items[r] = c
+    want = CatalogColumns.build(items)
+
+    # codes may differ (a new category takes the next one); the names per row agree
+    def names(c: CatalogColumns) -> list[str]:
+        by_code = {v: k for k, v in c.categories.items()}
+        return [by_code[int(x)] for x in c.category]
+
+    assert names(got) == names(want)
+    assert got.categories["kitchen"] == CATALOG.categories["kitchen"]  # an old name keeps its code
+    for name in (
+        "is_product",
+        "in_stock",
+        "repeatable",
+        "serves",
+        "products_in_stock",
+        "specificity",
+    ):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    assert np.array_equal(got.price, want.price, equal_nan=True)
+    assert got.items == want.items
+    assert got.category_by_row == want.category_by_row
+
+    def tagged(c: CatalogColumns) -> dict[str, list[int]]:
+        m = c.tag_items.tocsr()
+        return {t: sorted(m[code].indices.tolist()) for t, code in c.tags.items() if m[code].nnz}
+
+    assert tagged(got) == tagged(want)
+    assert tagged(got)["sale"] == [rows[0]]
+    assert CATALOG.price[rows[0]] == 39.0  # unchanged
+    with pytest.raises(ValueError, match="not 'x'"):
+        CATALOG.with_live(np.array([0]), [msgspec.structs.replace(ITEMS[0], item_id="x")], None)
+
+
+def test_availability_keeps_hidden_items_and_closed_windows_out_of_every_mask() -> None:
+    n = len(CATALOG)
+    kettle, tent, teapot = (CATALOG.index[product_id(t)] for t in ("Kettle", "Tent", "Teapot"))
+    servable = np.ones(n, bool)
+    servable[kettle] = False
+    live = Availability(servable, np.array([teapot, tent]), np.array([NOW, -np.inf]), np.array([np.inf, NOW]))
+    assert live.closed(NOW - 1).tolist() == [teapot]
+    assert live.closed(NOW).tolist() == [tent]
+    assert live.closed(None).tolist() == [teapot, tent]  # no time: no window can be trusted open
+    c = CatalogColumns.with_live(CATALOG, np.zeros(0, np.int64), [], live)
+    f = Filters(in_stock_only=False)
+    for now, off in ((NOW - 1, {kettle, teapot}), (NOW, {kettle, tent})):
+        m = filter_mask(c, f, ItemKind.PRODUCT, None, now)
+        assert set(np.flatnonzero(CATALOG.is_product & ~m).tolist()) == off
+        rows = np.array(sorted({kettle, tent, teapot, 0}))
+        assert filter_mask(c, f, ItemKind.PRODUCT, rows, now).tolist() == [r not in off for r in rows]
+        assert set(np.flatnonzero(~served_mask(c, now)).tolist()) == off
+        assert not allowed_mask(c, _ctx(now=now), f, ItemKind.PRODUCT)[sorted(off)].any()
