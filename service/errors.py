@@ -34,6 +34,10 @@ from models.errors import (
 log = logging.getLogger("journeyrec.service")
 
 
+class ConflictError(JourneyrecError):
+    """The request conflicts with the stored state (a write to a retired catalog item): 409."""
+
+
 class NotReadyError(JourneyrecError):
     """No model is loaded yet (the service answers 503 until one is)."""
 
@@ -85,6 +89,7 @@ RULES: dict[type[Exception], Rule] = {
     StoreUnavailableError: Rule(503, _retry_after),
     NotReadyError: Rule(503, _retry_after),
     NotFoundError: Rule(404),
+    ConflictError: Rule(409),
     ArtifactError: Rule(
         422
     ),  # only reached from a reload: the new artifact is refused, the live model serves

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from service.settings import Settings
 from service.store.base import VisitorStore
+from service.store.catalog_base import CatalogStore
+from service.store.memory_catalog import MemoryCatalog
 from service.store.memory_store import MemoryStore
+from service.store.redis_catalog import RedisCatalog
 from service.store.redis_store import RedisStore
 from service.store.rules_base import RulesStore
 from service.store.rules_memory import MemoryRulesStore
 from service.store.rules_redis import RedisRulesStore
 
 #: connections of a worker's Redis pool beyond ``max_concurrency``: for the requests the admission limit
-#: does not count (``/health/ready`` pings the store; the rules follower reads the rules version)
-UNCOUNTED_CONNECTIONS = 4
+#: does not count (``/health/ready`` pings the store; the rules and live catalog followers read their
+#: versions)
+UNCOUNTED_CONNECTIONS = 5
 
 
 def pool_size(settings: Settings) -> int:
@@ -53,3 +57,11 @@ def build_rules_store(store: VisitorStore) -> RulesStore:
     if isinstance(store, RedisStore):
         return RedisRulesStore(store.client, prefix=store.prefix)
     return MemoryRulesStore()
+
+
+def build_catalog(store: VisitorStore) -> CatalogStore:
+    """The live catalog beside ``store``: in the same Redis (on its connection pool) when ``store`` is the
+    Redis store, else the embedded one (one process only)."""
+    if isinstance(store, RedisStore):
+        return RedisCatalog(store.client, prefix=store.prefix)
+    return MemoryCatalog()

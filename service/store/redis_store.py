@@ -247,7 +247,7 @@ def _failure(e: BaseException) -> StoreFailure:
 
 
 @contextmanager
-def _unavailable(what: str) -> Iterator[None]:
+def unavailable(what: str, store: str = "visitor store") -> Iterator[None]:
     """Redis failures -> ``StoreBusyError`` (no free pool connection) or ``StoreDownError`` (with its cause),
     with a message fit for an HTTP client (no host, no URL); the cause is logged and chained."""
     try:
@@ -255,14 +255,14 @@ def _unavailable(what: str) -> Iterator[None]:
     except PoolExhaustedError as e:
         log.info("redis %s: no free connection: %s", what, e)
         raise StoreBusyError(
-            f"the visitor store is busy ({what}: no free connection in this worker); retry later"
+            f"the {store} is busy ({what}: no free connection in this worker); retry later"
         ) from e
     except (RedisError, OSError) as e:
-        metrics.STORE_ERRORS.inc()  # the one place visitor-store failures are counted
+        metrics.STORE_ERRORS.inc()  # the one place store failures (visitors, catalog) are counted
         # info, not warning: the caller reports the failure (HTTP handlers log a warning; the CLI one line)
         log.info("redis %s failed: %s: %s", what, type(e).__name__, e)
         raise StoreDownError(
-            f"the visitor store is unavailable ({what}: {type(e).__name__}); retry later", _failure(e)
+            f"the {store} is unavailable ({what}: {type(e).__name__}); retry later", _failure(e)
         ) from e
 
 
@@ -338,7 +338,7 @@ class RedisStore(StoreLimits):
 
     @property
     def client(self) -> Redis:
-        """The Redis client (its connection pool is shared with the rules store)."""
+        """The Redis client (its connection pool is shared with the rules and live catalog stores)."""
         return self._r
 
     @property
@@ -373,7 +373,7 @@ class RedisStore(StoreLimits):
         for start in range(0, len(events), APPEND_CHUNK):
             keys, args = self._append_call(events[start : start + APPEND_CHUNK])
             try:
-                with _unavailable("append"):
+                with unavailable("append"):
                     result = await self._append(keys=keys, args=args)
             except StoreUnavailableError as e:
                 if accepted or duplicates:
@@ -418,7 +418,7 @@ class RedisStore(StoreLimits):
         keys = [*every[:3], every[6]]  # events, cart, purchases, buys
         if campaign is not None:
             keys.append(self.sent_key(visitor_id, campaign))
-        with _unavailable("read visitor"):
+        with unavailable("read visitor"):
             try:
                 replies: list[Any] = await self._read(keys=keys)
             except (RedisTimeoutError, TimeoutError):
@@ -442,12 +442,12 @@ class RedisStore(StoreLimits):
             return
         keys = [*self.visitor_keys(visitor_id), self.sent_key(visitor_id, campaign)]
         args = [str(self.visitor_ttl), self.visitor_base(visitor_id), _hex(campaign), *item_ids]
-        with _unavailable("mark sent"):
+        with unavailable("mark sent"):
             await self._mark_sent(keys=keys, args=args)
 
     async def erase(self, visitor_id: str) -> int:
         keys = [self.stream_key, *self.visitor_keys(visitor_id)]
-        with _unavailable("erase"):
+        with unavailable("erase"):
             removed = await self._erase(
                 keys=keys, args=[str(self.visitor_ttl), self.visitor_base(visitor_id)]
             )
@@ -458,7 +458,7 @@ class RedisStore(StoreLimits):
         check_count(count)
         if (ms, seq) == (2**64 - 1, 2**64 - 1):
             return []  # nothing can follow the largest id (Redis refuses the interval)
-        with _unavailable("read stream"):
+        with unavailable("read stream"):
             rows: Any = await self._r.xrange(self.stream_key, min=f"({format_id((ms, seq))}", count=count)
         return [
             StreamEntry(entry_id=sid.decode(), event=self._decode(fields[b"e"])) for sid, fields in rows or ()
@@ -469,7 +469,7 @@ class RedisStore(StoreLimits):
         top, read = "+", 0
         while read < scan and len(seen) < limit:
             page = min(RECENT_PAGE, scan - read)
-            with _unavailable("read recent visitors"):
+            with unavailable("read recent visitors"):
                 rows: Any = await self._r.xrevrange(self.stream_key, max=top, min="-", count=page)
             for _sid, fields in rows or ():
                 seen.setdefault(self._decode(fields[b"e"]).visitor_id)
