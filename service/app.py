@@ -2,7 +2,8 @@
 
 Layout: ``/v1/...`` API (API-key scopes per route), ``/health/live`` and ``/health/ready`` (no key),
 ``/metrics`` (Prometheus, no key: bind it to a private network), OpenAPI at ``/schema``.
-Body limits: the ingest and export routes accept ``settings.max_body_bytes``; everything else 64 KiB.
+Body limits: the ingest, export and catalog batch routes accept ``settings.max_body_bytes``; everything else
+64 KiB. Every worker follows the live catalog (``service.catalog_follower``).
 Every JSON body's nesting depth is checked before msgspec decodes it.
 """
 
@@ -24,7 +25,9 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import Middleware, ReceiveMessage
 
 from models.errors import ArtifactError
+from models.serving_rules import Exploration
 from service.admission import admission_middleware
+from service.api.catalog import CatalogBatchController, CatalogController
 from service.api.deps import Services
 from service.api.events import EventsController
 from service.api.export import ExportController
@@ -34,6 +37,7 @@ from service.api.model_versions import ModelsController
 from service.api.rules import RulesController
 from service.api.visitors import VisitorsController
 from service.auth import API_KEY_HEADER, Authenticator, check_auth_configured
+from service.catalog_follower import CatalogFollower
 from service.errors import EXCEPTION_HANDLERS, IncompleteBodyError
 from service.followers import Followers, every
 from service.json_guard import decode_json
@@ -46,7 +50,8 @@ from service.rules_file import load_rules_file
 from service.rules_follower import RulesFollower
 from service.settings import Settings, settings_for_worker
 from service.store.base import VisitorStore
-from service.store.factory import build_rules_store, build_store
+from service.store.catalog_base import CatalogStore
+from service.store.factory import build_catalog, build_rules_store, build_store
 from service.store.rules_base import RulesStore
 
 log = logging.getLogger("journeyrec.service")
@@ -99,11 +104,13 @@ def create_app(
     store: VisitorStore | None = None,
     model_holder: ModelHolder | None = None,
     rules: RulesStore | None = None,
+    catalog: CatalogStore | None = None,
 ) -> Litestar:
-    """The service app. A store or holder passed in is used as is (and the store is not closed on
-    shutdown: its owner closes it); otherwise they are built from ``settings`` (the rules store beside the
-    visitor store: ``build_rules_store``). Raises InvalidInputError when no API keys are configured and
-    auth was not switched off, or when the rules file (``settings.rules_file``) is not a valid rule set."""
+    """The service app. A store, holder, rules store or catalog passed in is used as is (and the stores are
+    not closed on shutdown: their owner closes them); otherwise they are built from ``settings`` (the rules
+    store and the live catalog beside the visitor store: ``build_rules_store``, ``build_catalog``). Raises
+    InvalidInputError when no API keys are configured and auth was not switched off, or when the rules
+    file (``settings.rules_file``) is not a valid rule set."""
     check_auth_configured(settings.api_keys, settings.insecure_no_auth)
     seed = load_rules_file(settings.rules_file) if settings.rules_file else None
     if settings.insecure_no_auth:
@@ -111,8 +118,16 @@ def create_app(
     owns_store = store is None
     the_store = store if store is not None else build_store(settings)
     holder = model_holder if model_holder is not None else ModelHolder(settings.models_path)
+    shares = settings.exploration_shares
+    if shares:  # a shop's policy: a setting of the app, whichever holder serves
+        holder.exploration = Exploration(shares)
     rules_follower = RulesFollower(rules if rules is not None else build_rules_store(the_store), holder)
-    services = Services(settings=settings, store=the_store, holder=holder, rules=rules_follower)
+    owns_catalog = catalog is None
+    the_catalog = catalog if catalog is not None else build_catalog(the_store)
+    catalog_follower = CatalogFollower(the_catalog, holder)
+    services = Services(
+        settings=settings, store=the_store, holder=holder, rules=rules_follower, catalog=the_catalog
+    )
 
     followers = Followers()
 
@@ -134,15 +149,25 @@ def create_app(
         except OSError as e:
             log.warning("checking the models directory for a new version failed: %s", e)
 
+    async def follow_catalog() -> None:
+        await catalog_follower.step()
+
     async def start_followers() -> None:
         if settings.model_poll_seconds > 0 and holder.models_dir is not None:
             followers.start("follow-latest", every(settings.model_poll_seconds, check_latest))
+        try:
+            await catalog_follower.step()  # the live catalog applies before the first request
+        except Exception:  # logged; the follower tries the next version
+            log.exception("applying the live catalog failed; serving the model without it")
+        followers.start("follow-catalog", every(settings.catalog_poll_seconds, follow_catalog))
         if seed is not None:
             await rules_follower.seed(seed, settings.rules_file or "")
         await rules_follower.step()  # the stored rules apply before the first request
         followers.start("follow-rules", every(settings.rules_poll_seconds, rules_follower.step))
 
     async def close_store() -> None:
+        if owns_catalog:
+            await the_catalog.close()
         if owns_store:
             await the_store.close()
         for limiter_store in stores.values():
@@ -172,12 +197,18 @@ def create_app(
     needs_key: list[dict[str, list[str]]] = [{"ApiKey": []}]
     api = Router(
         path="/v1",
-        route_handlers=[VisitorsController, ItemsController, ModelsController, RulesController],
+        route_handlers=[
+            VisitorsController,
+            ItemsController,
+            CatalogController,
+            ModelsController,
+            RulesController,
+        ],
         security=needs_key,
     )
     bulk = Router(
         path="/v1",
-        route_handlers=[EventsController, ExportController],
+        route_handlers=[EventsController, ExportController, CatalogBatchController],
         request_max_body_size=settings.max_body_bytes,
         security=needs_key,
     )

@@ -1,16 +1,17 @@
 """API keys with scopes, sent as the ``X-API-Key`` header.
 
 Keys are configured as ``JOURNEYREC_API_KEYS="<key>:<scope>+<scope>;<key>:<scope>"`` (scopes: ``ingest``,
-``read``, ``admin``). Only the sha256 digest of each key is kept in memory and in the settings handed to
-worker processes; a presented key is hashed and compared against every configured digest with
+``read``, ``catalog``, ``admin``). Only the sha256 digest of each key is kept in memory and in the settings
+handed to worker processes; a presented key is hashed and compared against every configured digest with
 ``hmac.compare_digest`` (constant time; every key is compared, so timing does not reveal which matched).
 
 A key may be named after its scopes (``<key>:admin@merch-team``): the name is what logs and the rules
 audit list record for the key's changes; an unnamed key is ``key<N>``, N its place in the list.
 
 Scopes do not imply each other: an ``admin`` key may reload models and erase visitors but not ingest, so a
-leaked storefront key (ingest+read) can never erase data or swap the model. A read route that can also
-write on request (retargeting with ``mark_sent=true`` records campaign sends) checks the extra scope with
+leaked storefront key (ingest+read) can never erase data or swap the model; a ``catalog`` key (a product
+feed's) writes the live catalog (``/v1/items``) and nothing else. A read route that can also write on
+request (retargeting with ``mark_sent=true`` records campaign sends) checks the extra scope with
 ``require_scope`` when asked to write.
 """
 
@@ -39,6 +40,7 @@ _KEY_NAME = re.compile(KEY_NAME_PATTERN)
 class Scope(enum.Enum):
     INGEST = "ingest"
     READ = "read"
+    CATALOG = "catalog"
     ADMIN = "admin"
 
 

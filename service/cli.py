@@ -1,4 +1,5 @@
-"""``journeyrec serve`` and ``journeyrec export-events``: the operator's commands.
+"""``journeyrec serve``, ``journeyrec export-events`` and ``journeyrec export-catalog``: the operator's
+commands.
 
 Every option also comes from the environment (``JOURNEYREC_*``, see ``service.settings``). Options are
 taken as text and validated in one place (``load_settings``), so any bad value is reported as one line
@@ -175,6 +176,33 @@ def export_events_command(redis_url: str | None, redis_prefix: str | None, out: 
     click.echo(str(summary), err=True)
 
 
+@click.command("export-catalog", cls=OneLineCommand)
+@_opt("--models", "models_dir", "Models directory: the live model's catalog (its `latest`).")
+@_opt("--redis-url", "redis_url", "Redis URL holding the live catalog.")
+@_opt("--redis-prefix", "redis_prefix", "Key prefix (default journeyrec).")
+@click.option("--out", "out", required=True, metavar="FILE", help="Catalog CSV to write (training input).")
+def export_catalog_command(
+    models_dir: str | None, redis_url: str | None, redis_prefix: str | None, out: str
+) -> None:
+    """Write the trained catalog merged with the live catalog as the catalog CSV `train --catalog` reads,
+    so that the next model learns the new items. Hidden and retired items are written, flagged in the
+    hidden and retired columns (training reads only the native columns)."""
+    settings = _settings({"models_dir": models_dir, "redis_url": redis_url, "redis_prefix": redis_prefix})
+    if not settings.redis_url:
+        raise OneLineError(f"--redis-url / {ENV['redis_url']}: required to export the live catalog")
+    if not settings.models_dir:
+        raise OneLineError(f"--models / {ENV['models_dir']}: required (the trained catalog)")
+    import asyncio
+
+    from service.export_catalog import export_catalog
+
+    try:
+        summary = asyncio.run(export_catalog(settings, Path(out)))
+    except JourneyrecError as e:
+        raise OneLineError(str(e)) from None
+    click.echo(str(summary), err=True)
+
+
 @click.group("service")
 def cli() -> None:
     """journeyrec service commands."""
@@ -182,7 +210,8 @@ def cli() -> None:
 
 cli.add_command(serve)
 cli.add_command(export_events_command)
-COMMANDS: Sequence[click.Command] = (serve, export_events_command)
+cli.add_command(export_catalog_command)
+COMMANDS: Sequence[click.Command] = (serve, export_events_command, export_catalog_command)
 
 
 def main() -> None:  # pragma: no cover - thin entry point

@@ -117,11 +117,11 @@ async def _page(store: RedisStore, after: str, count: int, url: str) -> list[Str
         cause = e.__cause__ or e
         detail = " ".join(str(cause).split())
         raise StoreUnavailableError(
-            f"cannot read the event stream from {_safe_url(url)}: {type(cause).__name__}: {detail}"
+            f"cannot read the event stream from {safe_url(url)}: {type(cause).__name__}: {detail}"
         ) from cause
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """The Redis URL without a password (for messages)."""
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest.split("/", 1)[0]:

@@ -7,6 +7,7 @@ are validated one by one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from models.domain import Event
@@ -35,3 +36,9 @@ def decode_events(body: bytes, *, now: float, max_batch: int, max_depth: int) ->
         batch = convert(raw, EventBatchIn)
         return [to_event(e, now, f"events[{i}].timestamp") for i, e in enumerate(batch.events)]
     return [to_event(convert(raw, EventIn), now)]
+
+
+def count_unknown(events: list[Event], knows: Callable[[str], bool]) -> int:
+    """How many of ``events`` are about an item ``knows`` does not know (each distinct id asked once)."""
+    known = {item_id: knows(item_id) for item_id in {e.item_id for e in events}}
+    return sum(1 for e in events if not known[e.item_id])

@@ -46,6 +46,22 @@ MODEL_RELOADS = Counter("journeyrec_model_reloads_total", "Model reload attempts
 BACKGROUND_RESTARTS = Counter(
     "journeyrec_background_restarts_total", "Background tasks restarted after they failed", ["task"]
 )
+UNKNOWN_ITEM_EVENTS = Counter(
+    "journeyrec_unknown_item_events_total",
+    "Events accepted by POST /v1/events for items neither the live model nor the live catalog knows",
+)
+CATALOG_WRITES = Counter(
+    "journeyrec_catalog_writes_total",
+    "Items written to the live catalog (/v1/items), by outcome (stored, ignored_older, refused)",
+    ["outcome"],
+)
+for _outcome in ("stored", "ignored_older", "refused"):
+    CATALOG_WRITES.labels(_outcome)
+CATALOG_VERSION = Gauge(
+    "journeyrec_catalog_version",
+    "Version of the live catalog this worker serves; one series per worker process with several workers",
+    multiprocess_mode="liveall",
+)
 MODEL_LOADED = Gauge(
     "journeyrec_model_loaded_timestamp_seconds",
     "When the live model was loaded (POSIX s); one series per worker process with several workers",

@@ -14,6 +14,11 @@ directory's files change (an artifact repaired in place is picked up by the next
 The holder also keeps the merchandising rule set this worker serves (``rules``, which
 ``service.rules_follower`` follows): a new model installs it before it serves.
 
+And it serves the live catalog (``models.overlay``, which ``service.catalog_follower`` follows):
+``apply_overlay`` builds ``Recommender.with_overlay`` of the served front in a worker thread (from the model
+as loaded, keeping the front's rules) and swaps the result in the same way; a reload applies the held
+overlay to the new model before it serves, so a new model never serves an older catalog than the last one.
+
 Any failure while reading a version is a refusal (``ArtifactError``), whatever the loader raised: it is
 logged, counted (``journeyrec_model_reloads_total{outcome="refused"}``, here and nowhere else) and kept
 as ``last_refusal`` for ``GET /v1/models`` and the readiness detail.
@@ -31,8 +36,10 @@ import msgspec
 
 from models.artifact import list_versions, resolve_latest
 from models.errors import ArtifactError
+from models.overlay import EMPTY_OVERLAY, CatalogOverlay
 from models.recommender import Recommender
 from models.rules import RuleSet
+from models.serving_rules import Exploration
 from service import metrics
 from service.errors import NotReadyError
 from service.rules_follower import install_rules, served_version
@@ -65,8 +72,16 @@ class ReloadResult(msgspec.Struct, frozen=True):
 class ModelHolder:
     """The live ``Recommender`` of one process (``None`` until the first successful load)."""
 
-    def __init__(self, models_dir: Path | None, *, loader: Loader = Recommender.load) -> None:
+    def __init__(
+        self,
+        models_dir: Path | None,
+        *,
+        loader: Loader = Recommender.load,
+        exploration: Exploration | None = None,
+    ) -> None:
         self.models_dir = models_dir
+        #: the share of product slots kept for the live catalog's new items (None: off)
+        self.exploration = exploration
         self._loader = loader
         self._current: Recommender | None = None
         self._current_dir: Path | None = None
@@ -78,6 +93,10 @@ class ModelHolder:
         self._refused: tuple[Path, Fingerprint] | None = None
         #: the merchandising rule set this worker serves (None: not read from the store yet)
         self.rules: RuleSet | None = None
+        #: the live catalog the served model follows (version 0: nothing told yet)
+        self.overlay: CatalogOverlay = EMPTY_OVERLAY
+        #: the last catalog version that could not be applied (not tried again)
+        self.overlay_failed: int | None = None
 
     @classmethod
     def with_model(cls, recommender: Recommender, models_dir: Path | None = None) -> ModelHolder:
@@ -91,6 +110,37 @@ class ModelHolder:
     @property
     def current(self) -> Recommender | None:
         return self._current
+
+    @property
+    def base(self) -> Recommender | None:
+        """The live model as loaded (``current`` without the live catalog)."""
+        model = self._current
+        return None if model is None else model.base
+
+    def knows(self, item_id: str) -> bool:
+        """Whether the item is in the loaded model or the live catalog (retired items included)."""
+        base = self.base
+        return item_id in self.overlay.items or (base is not None and base.has_item(item_id))
+
+    async def apply_overlay(self, overlay: CatalogOverlay) -> bool:
+        """Serve ``overlay``: the live model with it is built in a worker thread (requests keep being served
+        by the current one), then swapped in. False when there was nothing to do; raises what
+        ``with_overlay`` raised (the current model keeps serving, and this version is not tried again:
+        ``overlay_failed``)."""
+        async with self._lock:
+            if overlay.version == self.overlay.version:
+                return False
+            front = self._current
+            if front is not None:
+                try:
+                    served = await asyncio.to_thread(front.with_overlay, overlay, self.exploration)
+                except Exception:
+                    self.overlay_failed = overlay.version
+                    raise
+                self._current = served
+            self.overlay = overlay
+            metrics.CATALOG_VERSION.set(overlay.version)
+            return True
 
     def require(self) -> Recommender:
         """The live model, or NotReadyError (503) while none is loaded."""
@@ -128,7 +178,9 @@ class ModelHolder:
                 # taken before loading: a repair that lands during the load is then still seen as a change
                 seen = await asyncio.to_thread(fingerprint, target)
                 # hashing + loading arrays is CPU/disk work: off the event loop, beside the live model
-                model = await asyncio.to_thread(self._loader, target)
+                loaded = await asyncio.to_thread(self._loader, target)
+                # the live catalog and the rules apply before the new model serves
+                model = await asyncio.to_thread(loaded.with_overlay, self.overlay, self.exploration)
                 await asyncio.to_thread(install_rules, model, self.rules)
             except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
                 reason = str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"

@@ -85,10 +85,13 @@ def to_event(e: EventIn, now: float, timestamp_field: str = "timestamp") -> Even
 
 
 class IngestOut(msgspec.Struct, frozen=True):
-    """accepted: newly stored; duplicates: already stored before under the same event_id (skipped)."""
+    """accepted: newly stored; duplicates: already stored before under the same event_id (skipped);
+    unknown_items: events of the request (stored like any other) whose item neither the live model nor
+    the live catalog knows."""
 
     accepted: int
     duplicates: int
+    unknown_items: int = 0
 
 
 class StageOut(msgspec.Struct, frozen=True):
@@ -220,13 +223,15 @@ class Refusal(msgspec.Struct, frozen=True):
 
 class ModelsOut(msgspec.Struct, frozen=True):
     """``last_error``: why the last reload failed (None once a reload succeeds); ``last_refused``: the last
-    version this worker refused, kept after later versions load."""
+    version this worker refused, kept after later versions load; ``catalog_version``: the version of the
+    live catalog this worker serves."""
 
     live: ModelInfo | None
     latest: str | None
     versions: list[str]
     last_error: str | None
     last_refused: Refusal | None = None
+    catalog_version: int = 0
 
 
 class ReloadOut(msgspec.Struct, frozen=True):

@@ -11,6 +11,7 @@ API keys as sha256 digests only) instead of re-parsing flags it no longer has.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -21,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from models.domain import Stage
 from models.errors import InvalidInputError
 from service.auth import ApiKey, parse_api_keys
 
@@ -59,6 +61,9 @@ ENV: dict[str, str] = {
     "body_read_timeout_seconds": "JOURNEYREC_BODY_READ_TIMEOUT_SECONDS",
     "rules_file": "JOURNEYREC_RULES_FILE",
     "rules_poll_seconds": "JOURNEYREC_RULES_POLL_SECONDS",
+    "catalog_poll_seconds": "JOURNEYREC_CATALOG_POLL_SECONDS",
+    "max_catalog_batch": "JOURNEYREC_MAX_CATALOG_BATCH",
+    "exploration": "JOURNEYREC_EXPLORATION",
 }
 FLAGS: dict[str, str] = {"models_dir": "--models"}
 _BOOLS = {
@@ -88,9 +93,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     models_dir: str | None = None
     # redis://, rediss:// or unix:// URL; unset: the embedded in-process store (one process only)
     redis_url: str | None = None
-    # `KEY:scope+scope;KEY:scope@name` with scopes ingest, read, admin and keys of 16+ characters (only their
-    # sha256 digests are kept; the optional name is what the rules audit records, else keyN, N the entry's
-    # place); the server refuses to start without keys unless auth is switched off
+    # `KEY:scope+scope;KEY:scope@name` with scopes ingest, read, catalog, admin and keys of 16+ characters
+    # (only their sha256 digests are kept; the optional name is what the rules audit records, else keyN, N
+    # the entry's place); the server refuses to start without keys unless auth is switched off
     api_keys: tuple[ApiKey, ...] = ()
     # serve without API keys: a local demo only
     insecure_no_auth: bool = False
@@ -104,7 +109,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     server: Literal["granian", "uvicorn"] = "granian"
     # the least severe log records written
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # largest body of POST /v1/events and POST /v1/retargeting/export, in bytes (other routes: 64 KiB)
+    # largest body of POST /v1/events, POST /v1/retargeting/export and POST /v1/items, in bytes (other
+    # routes: 64 KiB)
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     # most events in one POST /v1/events
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
@@ -155,13 +161,46 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # every worker reads the rules version this often (one Redis read) and serves a new rule set when it
     # moved
     rules_poll_seconds: Annotated[float, msgspec.Meta(ge=0.01, le=60)] = 0.2
+    # every worker reads the live catalog's version this often (one Redis GET) and, when it moved, builds
+    # the model serving the new catalog in a thread beside the live one and swaps it in
+    catalog_poll_seconds: Annotated[float, msgspec.Meta(ge=0.01, le=60)] = 0.2
+    # most items in one POST /v1/items
+    max_catalog_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    # share of each stage's product slots kept for the live catalog's new items (no interactions yet),
+    # flagged `exploration` in the answer: `stage=share,...` with shares 0 to 1, e.g.
+    # `awareness=0.2,consideration=0.1`; empty: off
+    exploration: str = ""
 
     def __post_init__(self) -> None:
+        self.exploration_shares  # noqa: B018 (raises InvalidInputError naming the setting)
         if self.redis_url is not None and not re.match(r"^(redis|rediss|unix)://", self.redis_url):
             raise InvalidInputError(
                 f"{flag_name('redis_url')} / {ENV['redis_url']}: {self.redis_url!r} is not a redis://, "
                 "rediss:// or unix:// URL"
             )
+
+    @property
+    def exploration_shares(self) -> dict[Stage, float]:
+        """``exploration`` parsed: stage -> share of its product slots (empty: off)."""
+        where = f"{flag_name('exploration')} / {ENV['exploration']}"
+        shares: dict[Stage, float] = {}
+        for part in (p.strip() for p in self.exploration.split(",")):
+            if not part:
+                continue
+            name, sep, value = part.partition("=")
+            try:
+                stage = Stage(name.strip().lower())
+            except ValueError:
+                known = ", ".join(s.value for s in Stage)
+                raise InvalidInputError(f"{where}: unknown stage {name.strip()!r} (known: {known})") from None
+            try:
+                share = float(value)
+            except ValueError:
+                share = math.nan
+            if not sep or not 0.0 <= share <= 1.0:
+                raise InvalidInputError(f"{where}: {part!r} must be <stage>=<share from 0 to 1>")
+            shares[stage] = share
+        return shares
 
     @property
     def models_path(self) -> Path | None:

@@ -18,6 +18,7 @@ from service.model_holder import ModelHolder
 from service.rules_follower import RulesFollower
 from service.settings import Settings
 from service.store.base import VisitorState, VisitorStore
+from service.store.catalog_base import CatalogStore
 
 IdPath = Annotated[str, Parameter(min_length=1, max_length=256, description="visitor or item id")]
 # the upper bound is a server setting, checked by ``check_k``: the schema can only state it in words
@@ -34,6 +35,7 @@ class Services:
     store: VisitorStore
     holder: ModelHolder
     rules: RulesFollower  # the rules store, and this worker's copy of the rule set it serves
+    catalog: CatalogStore
 
 
 def check_mark_sent(connection: ASGIConnection[Any, Any, Any, Any], campaign: str | None, name: str) -> None:

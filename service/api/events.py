@@ -13,7 +13,7 @@ from models.errors import StoreUnavailableError
 from service import metrics
 from service.api.deps import Services
 from service.auth import Scope, scopes
-from service.ingest import decode_events
+from service.ingest import count_unknown, decode_events
 from service.openapi_body import EventsOperation
 from service.schemas import IngestOut
 
@@ -32,6 +32,8 @@ class EventsController(Controller):
             'Body: one event {"event_id", "visitor_id", "item_id", "event", "timestamp", ...} or '
             '{"events": [...]}. timestamp: ISO-8601 with offset or POSIX seconds; absent = now. '
             "A repeated event_id is skipped (counted in duplicates), so retries are harmless. "
+            "Events for items neither the model nor the live catalog knows are stored too, and counted in "
+            "unknown_items. "
             "503 with Retry-After when the store cannot be reached: nothing was stored."
         ),
     )
@@ -47,4 +49,6 @@ class EventsController(Controller):
             raise
         metrics.EVENTS.labels("accepted").inc(result.accepted)
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
-        return IngestOut(result.accepted, result.duplicates)
+        unknown = count_unknown(events, svc.holder.knows)
+        metrics.UNKNOWN_ITEM_EVENTS.inc(unknown)
+        return IngestOut(result.accepted, result.duplicates, unknown)

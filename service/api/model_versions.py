@@ -31,6 +31,7 @@ class ModelsController(Controller):
             versions=holder.versions(),
             last_error=holder.last_error,
             last_refused=holder.last_refusal,
+            catalog_version=holder.overlay.version,
         )
 
     @post(

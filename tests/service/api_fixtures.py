@@ -22,10 +22,12 @@ from service.store.memory_store import MemoryStore
 INGEST_KEY = "ingest-read-key-0123456789"
 READ_KEY = "read-only-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789abcdef"
-KEYS_SPEC = f"{INGEST_KEY}:ingest+read;{READ_KEY}:read;{ADMIN_KEY}:admin"
+CATALOG_KEY = "catalog-key-0123456789abcdef"
+KEYS_SPEC = f"{INGEST_KEY}:ingest+read;{READ_KEY}:read;{ADMIN_KEY}:admin;{CATALOG_KEY}:catalog"
 H_INGEST = {"X-API-Key": INGEST_KEY}
 H_READ = {"X-API-Key": READ_KEY}
 H_ADMIN = {"X-API-Key": ADMIN_KEY}
+H_CATALOG = {"X-API-Key": CATALOG_KEY}
 
 
 def api_settings(**overrides: Any) -> Settings:
@@ -50,6 +52,7 @@ def make_app(
     recommender: Recommender | None,
     store: Any = None,
     rules: Any = None,
+    catalog: Any = None,
     **settings: Any,
 ) -> Litestar:
     holder = ModelHolder.with_model(recommender, models_dir) if recommender else ModelHolder(models_dir)
@@ -58,6 +61,7 @@ def make_app(
         store=store if store is not None else memory_store(),
         model_holder=holder,
         rules=rules,
+        catalog=catalog,
     )
 
 

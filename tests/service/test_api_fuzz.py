@@ -84,7 +84,7 @@ schema = schemathesis.openapi.from_dict(
 
 @pytest.fixture(scope="module")
 def fuzz_app(models_dir: Path, recommender: Recommender) -> Litestar:
-    app = make_app(models_dir, recommender, api_keys=parse_api_keys(f"{FUZZ_KEY}:ingest+read+admin"))
+    app = make_app(models_dir, recommender, api_keys=parse_api_keys(f"{FUZZ_KEY}:ingest+read+catalog+admin"))
     with TestClient(app) as client:
         served = client.get(SCHEMA_PATH).json()
     assert served == OPENAPI, "the app under test serves another document than the one fuzzed"

@@ -73,8 +73,8 @@ def test_unknown_visitor_gets_a_cold_start_answer(client: Client, recommender: R
 
 def test_ingest_is_idempotent_and_visible_immediately(client: Client) -> None:
     ev = event("v-cart", KETTLE, "add_to_cart", event_id="e-1")
-    assert _ingest(client, ev) == {"accepted": 1, "duplicates": 0}
-    assert _ingest(client, ev) == {"accepted": 0, "duplicates": 1}
+    assert _ingest(client, ev) == {"accepted": 1, "duplicates": 0, "unknown_items": 0}
+    assert _ingest(client, ev) == {"accepted": 0, "duplicates": 1, "unknown_items": 0}
     body = _recs(client, "v-cart", "k=10")
     assert KETTLE not in _ids(body["products"])  # in the cart: not recommended again
     with_cart = _recs(client, "v-cart", "k=22&include_cart=true")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from models.domain import Stage
 from models.errors import InvalidInputError
 from service.auth import Scope
 from service.settings import Settings, load_settings
@@ -74,6 +75,14 @@ def test_flags_win_over_environment_and_none_means_not_given() -> None:
         ),
         ({"JOURNEYREC_HEADER_READ_TIMEOUT_SECONDS": "0"}, "JOURNEYREC_HEADER_READ_TIMEOUT_SECONDS: Expected"),
         ({"JOURNEYREC_BODY_READ_TIMEOUT_SECONDS": "soon"}, "JOURNEYREC_BODY_READ_TIMEOUT_SECONDS: Expected"),
+        (
+            {"JOURNEYREC_CATALOG_POLL_SECONDS": "0"},
+            "--catalog-poll-seconds / JOURNEYREC_CATALOG_POLL_SECONDS",
+        ),
+        ({"JOURNEYREC_MAX_CATALOG_BATCH": "0"}, "--max-catalog-batch / JOURNEYREC_MAX_CATALOG_BATCH"),
+        ({"JOURNEYREC_EXPLORATION": "buying=0.2"}, "--exploration / JOURNEYREC_EXPLORATION: unknown stage"),
+        ({"JOURNEYREC_EXPLORATION": "awareness=1.5"}, "'awareness=1.5' must be <stage>=<share from 0 to 1>"),
+        ({"JOURNEYREC_EXPLORATION": "awareness"}, "'awareness' must be <stage>=<share"),
         ({"JOURNEYREC_API_KEYS": "short:read"}, "use at least 16"),
         ({"JOURNEYREC_API_KEYS": f"{KEY_A}:write"}, "unknown scope 'write'"),
         ({"JOURNEYREC_API_KEYS": f"{KEY_A}"}, "entry 1 must look like"),
@@ -85,6 +94,12 @@ def test_bad_values_name_flag_and_variable(env: dict[str, str], needle: str) -> 
         load_settings({}, environ=env)
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_exploration_shares_per_stage() -> None:
+    s = load_settings({}, environ={"JOURNEYREC_EXPLORATION": " Awareness=0.2, consideration=0.1 ,"})
+    assert s.exploration_shares == {Stage.AWARENESS: 0.2, Stage.CONSIDERATION: 0.1}
+    assert load_settings({}, environ={}).exploration_shares == {}
 
 
 def test_unknown_flag_is_refused() -> None:
