@@ -165,8 +165,8 @@ def test_an_older_update_is_ignored_and_delete_retires(server: Server) -> None:
 
 def test_a_new_item_is_served_from_its_features(server: Server) -> None:
     """A product the model never saw, PUT once, is served by every worker: similar for a same-category
-    item, recommended to a visitor who browses its category, and its own similar items come from its
-    features."""
+    item, recommended ("new in kitchen") to a visitor who browses its category, and its own similar items
+    come from its features."""
     visitor = _browser(server)
     new = f"p-kitchen-new-{uuid.uuid4().hex[:6]}"
     answer = _write(
@@ -178,8 +178,9 @@ def test_a_new_item_is_served_from_its_features(server: Server) -> None:
     view = _get(server, f"/v1/items/{new}")
     assert (view["represented"], view["servable"], view["model"]) == ("features", True, None)
     for _ in range(REQUESTS):
-        assert new in _ids(_get(server, f"/v1/items/{KETTLE}/similar", k=30)["items"])
+        assert new in _ids(_get(server, f"/v1/items/{KETTLE}/similar", k=10)["items"])
         recs = _get(server, f"/v1/visitors/{visitor}/recommendations", k=5, category="kitchen")["products"]
-        assert new in _ids(recs), recs
+        shown = [r for r in recs if r["item_id"] == new]
+        assert [(r["source"], r["reason"]) for r in shown] == [("new", "new in kitchen")], recs
         own = _get(server, f"/v1/items/{new}/similar", k=3)["items"]
         assert all(i["item_id"].startswith("p-kitchen-") for i in own), own
