@@ -58,6 +58,13 @@ class ServiceFigures(msgspec.Struct, frozen=True):
     identical: float
     probes: int
     probe_recall: float
+    # the same server and visitors again with live_items live catalog items and 20 merchandising rules
+    # (bench_live); absent from runs made with --no-live
+    live_items: int = 0
+    live_p50_ms: float | None = None
+    live_p99_ms: float | None = None
+    live_saturation_rps: float | None = None
+    patch_visible_s: float | None = None
 
 
 class TrainRun(msgspec.Struct, frozen=True):

@@ -42,6 +42,7 @@ from models.domain import Event, EventType, ItemKind
 from models.recommender import Recommender
 from models.request import Filters, VisitorContext
 from models.scoring import StageScorer
+from scripts import bench_live
 from scripts.bench_report import BENCH_JSON, ServiceFigures, record
 from training.loaders import load_events
 from training.pipeline import config_for, train_and_publish
@@ -115,7 +116,7 @@ def context(v: str, evs: list[Event]) -> VisitorContext:
 
 def start_server(models: Path, port: int, prefix: str, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    env["JOURNEYREC_API_KEYS"] = f"{API_KEY}:ingest+read+admin"
+    env["JOURNEYREC_API_KEYS"] = f"{API_KEY}:ingest+read+admin+catalog"
     env["JOURNEYREC_REDIS_PREFIX"] = prefix
     env["JOURNEYREC_LOG_LEVEL"] = "warning"
     cmd = [
@@ -386,6 +387,42 @@ def in_process(models: Path, ctxs: list[VisitorContext], calls: int) -> dict[str
     return out
 
 
+def under_load(
+    base: str, warm: list[str], args: argparse.Namespace, root: Path, res: dict[str, float], key: str
+) -> tuple[str, str]:
+    """Recommend latency at concurrency 1 and saturation; figures into ``res`` under ``key`` + p50/p99/rps.
+    Returns (latency client, saturation client)."""
+    lat = sequential(base, warm, args.requests, warmup=200)
+    res[key + "p50"], res[key + "p99"] = pct(lat, 50), pct(lat, 99)
+    latency_client = "httpx client, one connection"
+    print(
+        f"recommend{' (live)' if key else ''} (k=10, concurrency 1, httpx client, {len(lat)} requests after "
+        f"200 warm-up): p50 {pct(lat, 50):.2f} ms, p90 {pct(lat, 90):.2f} ms, p99 {pct(lat, 99):.2f} ms, "
+        f"max {max(lat):.2f} ms",
+        flush=True,
+    )
+    wrk = None if args.no_wrk else shutil.which("wrk")
+    if wrk:
+        # the figure of record: wrk's C client adds far less than httpx's Python one
+        w = sequential_wrk(wrk, base, warm, args.duration, root)
+        res[key + "p50"], res[key + "p99"] = w["50"], w["99"]
+        latency_client = "wrk -t1 -c1"
+        print(
+            f"recommend{' (live)' if key else ''} (k=10, concurrency 1, wrk -t1 -c1, {w['n']:,.0f} requests "
+            f"in {args.duration} s): p50 {w['50']:.2f} ms, p90 {w['90']:.2f} ms, p99 {w['99']:.2f} ms",
+            flush=True,
+        )
+        rps, how = saturate_wrk(wrk, base, warm, args.connections, args.duration, root)
+    else:
+        rps, how = asyncio.run(saturate_httpx(base, warm, args.connections, args.duration))
+    res[key + "rps"] = rps
+    print(
+        f"saturation{' (live)' if key else ''}: {rps:,.0f} req/s ({how}; generator shares the cores)",
+        flush=True,
+    )
+    return latency_client, how
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--visitors", type=int, default=20_000)
@@ -402,6 +439,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--naive-calls", type=int, default=300)
     ap.add_argument("--report", type=Path, default=BENCH_JSON, help="JSON file the figures are written to")
+    ap.add_argument("--no-live", action="store_true", help="skip the run with 10,000 live items and 20 rules")
     ap.add_argument("--no-wrk", action="store_true", help="use the httpx load generator even if wrk exists")
     ap.add_argument(
         "--workdir", type=Path, help="keep the simulation and model here and reuse them on the next run"
@@ -434,7 +472,8 @@ def main() -> None:
             flush=True,
         )
 
-        products = [c.item_id for c in log.catalog if c.kind is ItemKind.PRODUCT]
+        product_items = [c for c in log.catalog if c.kind is ItemKind.PRODUCT]
+        products = [c.item_id for c in product_items]
         rng = np.random.default_rng(args.seed)
         warm = [log.visitor_ids[i] for i in rng.choice(log.n_visitors, args.warm_visitors, replace=False)]
         events = make_events(warm, products, args.events_per_visitor, args.seed)
@@ -467,32 +506,24 @@ def main() -> None:
                 flush=True,
             )
 
-            lat = sequential(base, warm, args.requests, warmup=200)
-            res["p50"], res["p99"] = pct(lat, 50), pct(lat, 99)
-            print(
-                f"recommend (k=10, concurrency 1, httpx client, {len(lat)} requests after 200 warm-up): "
-                f"p50 {res['p50']:.2f} ms, p90 {pct(lat, 90):.2f} ms, p99 {res['p99']:.2f} ms, "
-                f"max {max(lat):.2f} ms",
-                flush=True,
-            )
-            wrk = None if args.no_wrk else shutil.which("wrk")
-            if wrk:
-                # the figure of record: wrk's C client adds far less than httpx's Python one
-                w = sequential_wrk(wrk, base, warm, args.duration, root)
-                res["p50"], res["p99"] = w["50"], w["99"]
-                latency_client = "wrk -t1 -c1"
+            latency_client, saturation_client = under_load(base, warm, args, root, res, "")
+            if not args.no_live:
+                # the same server and visitors with 10,000 live items and 20 rules
+                live = bench_live.install(base, {"X-API-Key": API_KEY}, product_items, args.seed)
+                res.update(live)
                 print(
-                    f"recommend (k=10, concurrency 1, wrk -t1 -c1, {w['n']:,.0f} requests in "
-                    f"{args.duration} s): p50 {w['50']:.2f} ms, p90 {w['90']:.2f} ms, p99 {w['99']:.2f} ms",
+                    f"live catalog: {live['live_items']:,.0f} items written in {live['live_write_s']:.1f} s "
+                    f"(5,000 new, 5,000 patched) and 20 rules; every worker served both "
+                    f"{live['live_applied_s']:.2f} s after the last write",
                     flush=True,
                 )
-
-            if wrk:
-                rps, how = saturate_wrk(wrk, base, warm, args.connections, args.duration, root)
-            else:
-                rps, how = asyncio.run(saturate_httpx(base, warm, args.connections, args.duration))
-            res["rps"], saturation_client = rps, how
-            print(f"saturation: {rps:,.0f} req/s ({how}; generator shares the cores)", flush=True)
+                under_load(base, warm, args, root, res, "live_")
+                res["patch_visible"] = bench_live.patch_visible(base, {"X-API-Key": API_KEY}, products[0])
+                print(
+                    f"PATCH in_stock=false served by every worker {res['patch_visible']:.2f} s after it "
+                    f"answered ({bench_live.AGREE} consecutive answers on new connections)",
+                    flush=True,
+                )
         finally:
             stop_server(proc)
             removed = clean_prefix(prefix)
@@ -519,6 +550,24 @@ def main() -> None:
         ("recommend p50 (ms, conc 1)", f"{res['p50']:.2f}", "<= 2", res["p50"] <= 2),
         ("recommend p99 (ms, conc 1)", f"{res['p99']:.2f}", "<= 5", res["p99"] <= 5),
         ("saturation req/s", f"{res['rps']:,.0f}", ">= 1,200", res["rps"] >= 1200),
+    ]
+    if "live_p50" in res:
+        rows += [
+            (
+                "live: p50 vs without (ms)",
+                f"{res['live_p50']:.2f}/{res['p50']:.2f}",
+                "<= +10 %",
+                res["live_p50"] <= 1.1 * res["p50"],
+            ),
+            (
+                "live: req/s vs without",
+                f"{res['live_rps']:,.0f}/{res['rps']:,.0f}",
+                ">= -10 %",
+                res["live_rps"] >= 0.9 * res["rps"],
+            ),
+            ("PATCH on every worker (s)", f"{res['patch_visible']:.2f}", "<= 1", res["patch_visible"] <= 1),
+        ]
+    rows += [
         (
             "scoring step speed-up vs predict",
             f"{res['score_naive'] / res['score_vec']:.1f}x",
@@ -550,6 +599,11 @@ def main() -> None:
         identical=res["identical"],
         probes=int(res["probes"]),
         probe_recall=res["probe_recall"],
+        live_items=int(res.get("live_items", 0)),
+        live_p50_ms=res.get("live_p50"),
+        live_p99_ms=res.get("live_p99"),
+        live_saturation_rps=res.get("live_rps"),
+        patch_visible_s=res.get("patch_visible"),
     )
     record(figures, args.report)
 

@@ -231,6 +231,32 @@ def bench_table(report: BenchReport) -> str:
                 f"p50 {s.p50_ms:.2f} ms, p99 {s.p99_ms:.2f} ms",
             ],
             [f"recommend at saturation ({s.saturation_client})", f"{s.saturation_rps:,.0f} req/s"],
+            *(
+                [
+                    [
+                        (
+                            f"the same with {s.live_items:,} live catalog items (half new, half patched) "
+                            "and 20 merchandising rules"
+                        ),
+                        (
+                            f"p50 {s.live_p50_ms:.2f} ms, p99 {s.live_p99_ms:.2f} ms; "
+                            f"{s.live_saturation_rps:,.0f} req/s"
+                        ),
+                    ]
+                ]
+                if s.live_p50_ms is not None and s.live_p99_ms is not None and s.live_saturation_rps
+                else []
+            ),
+            *(
+                [
+                    [
+                        "a PATCH of an item served by every worker",
+                        f"{s.patch_visible_s:.2f} s after it answered",
+                    ]
+                ]
+                if s.patch_visible_s is not None
+                else []
+            ),
             [
                 f"whole recommend call in-process at {at}",
                 (

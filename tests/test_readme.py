@@ -122,6 +122,11 @@ def test_measured_tables_come_from_the_json_reports(tmp_path: Path) -> None:
         identical=1.0,
         probes=4_100,
         probe_recall=0.987,
+        live_items=10_000,
+        live_p50_ms=1.61,
+        live_p99_ms=3.02,
+        live_saturation_rps=1_250.0,
+        patch_visible_s=0.31,
     )
     record(service, bench)
     report = read_report(bench)
@@ -157,6 +162,11 @@ def test_measured_tables_come_from_the_json_reports(tmp_path: Path) -> None:
     assert "51,234 events/s" in bench_text
     assert "p50 1.52 ms, p99 2.87 ms" in bench_text
     assert "1,333 req/s" in bench_text
+    assert "10,000 live catalog items (half new, half patched) and 20 merchandising rules | p50 1.61 ms" in (
+        bench_text
+    )
+    assert "1,250 req/s" in bench_text
+    assert "served by every worker | 0.31 s after it answered" in bench_text
     assert "0.31 ms vs 5.80 ms (19×)" in bench_text
     assert "top 10 identical in 4,100 of 4,100 contexts" in bench_text
     assert "old bench" not in bench_text
