@@ -90,6 +90,7 @@ LIGHTFM_NEW, BOUGHT_DECAYED = _COLUMN["lightfm_new"], _COLUMN["bought_decayed"]
 SUBSTITUTE = _COLUMN["substitute"]
 #: features whose fitted weight is kept at or below 0 in every stage
 NON_POSITIVE: frozenset[str] = frozenset({"substitute"})
+NON_POSITIVE_COLUMNS: frozenset[int] = frozenset(_COLUMN[f] for f in NON_POSITIVE)
 
 
 def sparse_features(

@@ -188,10 +188,11 @@ class LiveProfile:
             spread(self.purchase_decay),
         )
 
-    def features(self, tables: ItemTables, rules: ServingRules) -> list[Entry]:
+    def features(self, tables: ItemTables, rules: ServingRules, substitutes: bool = True) -> list[Entry]:
         """The visitor's sparse blend features, as ``blend.sparse_features`` computes them for a one-row
         ``Profiles`` with the same ``rules``; none at all for a visitor with no touched item and an empty
-        cart."""
+        cart. ``substitutes=False`` leaves out the substitute feature (a whole category per recent
+        purchase): the request path takes it for its candidate rows only (``substitutes_at``)."""
         if self.is_new and not self.cart.any():
             return []
         it = self.items
@@ -209,7 +210,7 @@ class LiveProfile:
         rec = np.exp(-self.touch_age[interested] / rules.similar_recency_days)
         sim = gather_rows(tables.similar, it[interested], np.log1p(self.interest[interested] * rec))
         decayed = self.purchase_decay > 0
-        sub = self._substitutes(tables, rules)
+        sub = self._substitutes(tables, rules) if substitutes else None
         f32 = np.float32
         bought_days, touch_days = rules.bought_recency_days, rules.touch_recency_days
         return [
@@ -222,8 +223,56 @@ class LiveProfile:
             (COMPLEMENT, *max_normalised(*comp)),
             (SIMILAR, *max_normalised(*sim)),
             (BOUGHT_DECAYED, *max_normalised(it[decayed], self.purchase_decay[decayed])),
-            (SUBSTITUTE, *sub),
+            *([] if sub is None else [(SUBSTITUTE, *sub)]),
         ]
+
+    def substitutes_at(self, tables: ItemTables, rules: ServingRules, rows: np.ndarray) -> Entry | None:
+        """The substitute feature (``features``' entry) at ``rows`` only (int64 [c] sorted catalog rows, a
+        request's candidates), or None when it is empty: one lookup of each row's category in the few
+        categories of the visitor's recent one-off purchases, O(c) however large those categories are."""
+        if self.is_new and not self.cart.any():
+            return None
+        per_cat, anchors = self._substitute_categories(tables, rules)
+        if not per_cat:
+            return None
+        assert tables.category is not None  # per_cat is empty without categories
+        row_cat = tables.category[rows]
+        vals = np.zeros(len(rows), np.float64)
+        for code, weight in per_cat.items():  # the categories of a few recent purchases
+            vals[row_cat == code] += weight
+        drop = self._not_substitutes(tables, anchors)
+        if len(drop):
+            pos = np.minimum(np.searchsorted(rows, drop), len(rows) - 1)
+            vals[pos[rows[pos] == drop]] = 0.0
+        hit = vals > 0
+        if not hit.any():
+            return None
+        return SUBSTITUTE, rows[hit], np.minimum(vals[hit], 1.0).astype(np.float32)
+
+    def _substitute_categories(
+        self, tables: ItemTables, rules: ServingRules
+    ) -> tuple[dict[int, float], np.ndarray]:
+        """({category code: summed weight} of the recent one-off purchases, their item rows int64)."""
+        purchased = self.purchase_age > 0
+        w = substitute_weights(
+            tables.repeat_rate[self.items[purchased]],
+            self.purchase_age[purchased],
+            rules.substitute_recency_days,
+        )
+        anchors = self.items[purchased][w > 0]
+        if tables.category is None or len(anchors) == 0:
+            return {}, anchors
+        per_cat: dict[int, float] = {}
+        for code, weight in zip(tables.category[anchors].tolist(), w[w > 0].tolist(), strict=True):
+            if code >= 0:
+                per_cat[code] = per_cat.get(code, 0.0) + weight
+        return per_cat, anchors
+
+    @staticmethod
+    def _not_substitutes(tables: ItemTables, anchors: np.ndarray) -> np.ndarray:
+        """int64 sorted: items bought with an anchor, and the anchors themselves, are not substitutes."""
+        together, _ = gather_rows(tables.complements, anchors, np.ones(len(anchors)))
+        return np.union1d(together, anchors)
 
     def _substitutes(self, tables: ItemTables, rules: ServingRules) -> tuple[np.ndarray, np.ndarray]:
         """``sources.substitute_matrix`` for this visitor: (item rows int64 sorted, values float32)."""
@@ -236,7 +285,27 @@ class LiveProfile:
         anchors = self.items[purchased][w > 0]
         cats = tables.category[anchors] if tables.category is not None else np.full(len(anchors), -1)
         ok = cats >= 0
-        idx, vals = gather_rows(tables.category_members, cats[ok].astype(np.int64), w[w > 0][ok])
+        if not ok.any():
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        # gather_rows(category_members, cats, w) without its sort of a whole category (thousands of items
+        # on a large catalog): categories are disjoint rows, so the few weights are summed per category
+        # and each category's members (sorted in their row) are taken as they are
+        ucats, inv = np.unique(cats[ok].astype(np.int64), return_inverse=True)
+        per_cat = np.bincount(inv.ravel(), weights=w[w > 0][ok], minlength=len(ucats))
+        m = tables.category_members
+        starts = m.indptr[ucats]
+        counts = m.indptr[ucats + 1] - starts
+        offsets = concat_ranges(starts, counts)
+        idx = m.indices[offsets].astype(np.int64)
+        vals = (m.data[offsets] * np.repeat(per_cat, counts)).astype(np.float32)
+        if len(ucats) > 1:
+            order = np.argsort(idx, kind="stable")
+            idx, vals = idx[order], vals[order]
+        # items bought with an anchor, and the anchors themselves, are not substitutes
         together, _ = gather_rows(tables.complements, anchors, np.ones(len(anchors)))
-        alike = ~np.isin(idx, np.union1d(together, anchors))
+        drop = np.union1d(together, anchors)
+        alike = np.ones(len(idx), bool)
+        if len(idx) and len(drop):
+            pos = np.minimum(np.searchsorted(idx, drop), len(idx) - 1)
+            alike[pos[idx[pos] == drop]] = False
         return idx[alike], np.minimum(vals[alike], np.float32(1.0))

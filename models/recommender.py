@@ -34,7 +34,7 @@ import numpy as np
 
 from models import artifact
 from models.artifact import Manifest, ModelBundle
-from models.blend import POPULARITY_NEW
+from models.blend import NON_POSITIVE_COLUMNS, POPULARITY_NEW, SUBSTITUTE
 from models.candidates import CandidateIndex, CandidateSettings
 from models.catalog import Availability, CatalogColumns, allowed_mask
 from models.content import fallback_content, rank_content, stage_content
@@ -275,9 +275,13 @@ class Recommender:
         key = int(new) * len(STAGES) + stage.index
         query = np.append(rep, np.float32(1.0))
         cap = self.candidate_settings.feature_items
-        # a visitor with a long history has thousands of weakly similar items: the strongest ones join
+        # a visitor with a long history has thousands of weakly similar items: the strongest ones join;
+        # a feature whose fitted weight is never positive (substitutes of a purchase) cannot lift an item
+        # into the list, so its items (a whole category) are not candidates for it
         strongest = [
-            idx if len(idx) <= cap else idx[np.argpartition(-vals, cap)[:cap]] for _, idx, vals in extra
+            idx if len(idx) <= cap else idx[np.argpartition(-vals, cap)[:cap]]
+            for f, idx, vals in extra
+            if f not in NON_POSITIVE_COLUMNS
         ]
         if pinned is not None:
             strongest.append(pinned)
@@ -308,7 +312,9 @@ class Recommender:
         # profile: the visitor's sparse features, representation and the page's anchor items
         live = LiveProfile.from_arrays(items, codes, ts, ctx.now, self._event_weights)
         live = live.with_cart(c.rows_of(list(ctx.cart)))
-        features = live.features(sc.tables, self.serving)
+        # without the substitute feature: a whole category per recent one-off purchase, taken for the
+        # rows that are scored once they are known (``LiveProfile.substitutes_at``)
+        features = live.features(sc.tables, self.serving, substitutes=False)
         uf, rep = self._visitor(ctx, stage.stage, items)
         anchors = page_anchors(c, ctx)
         page = page_entries(sc.tables, ctx, anchors)
@@ -323,6 +329,9 @@ class Recommender:
             picked, rows = None, self._every_row
             allowed = allowed_mask(c, ctx, filters, ItemKind.PRODUCT, rows)
         # score
+        sub = live.substitutes_at(sc.tables, self.serving, rows)
+        if sub is not None:
+            features = [*features, sub]
         scored = sc.score_items(
             None if picked is None else picked[0],
             rep,
@@ -396,6 +405,9 @@ class Recommender:
         if hidden is not None:
             allowed &= ~hidden[self.new_from :]
         sc = self.scorer
+        new_rows = self._every_row[self.new_from :]
+        sub = live.substitutes_at(sc.tables, self.serving, new_rows)
+        features = [f for f in features if f[0] != SUBSTITUTE] + ([] if sub is None else [sub])
         return explore(
             products, k, slots, c, sc, self.new_from, allowed, rep, uf, stage, features, live.is_new
         )

@@ -103,6 +103,14 @@ def test_features_match_the_batch_profile(rows, seed, cart, rules) -> None:
         assert np.allclose(got[j], dense, atol=1e-6), j
     assert live.is_new == (prof.touch_age.nnz == 0)
 
+    # the request path takes the substitute feature at its candidate rows only: the same values there
+    rows = np.flatnonzero(np.random.default_rng(seed).random(N) < 0.6).astype(np.int64)
+    sub = live.substitutes_at(tables, rules, rows)
+    full = want.get(SUBSTITUTE, np.zeros(N))[rows]
+    got_sub = np.zeros(len(rows)) if sub is None else _dense(sub[1], sub[2])[rows]
+    assert np.allclose(got_sub, full, atol=1e-6)
+    assert SUBSTITUTE not in {j for j, _, _ in live.features(tables, rules, substitutes=False)}
+
 
 @pytest.mark.parametrize("seed", range(4))
 def test_gather_rows_is_a_weighted_row_sum(seed: int) -> None:
