@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgspec
@@ -103,6 +103,8 @@ class Recommender:
         self.exploration: Exploration | None = None
         self._item_vocab_index: dict[str, int] | None = None
         self._category_code: dict[str, int] | None = None  # ``sources.category_codes``' map, when needed
+        # the arrays the live catalog's new items last needed (``_apply``), by what they depend on
+        self._new_item_arrays: tuple[object, _NewItems] | None = None
 
     @classmethod
     def load(cls, directory: Path, candidates: CandidateSettings | None = None) -> Recommender:
@@ -173,7 +175,24 @@ class Recommender:
                 row = len(bc) + len(new)
                 new.append(entry.item)
             live.append((row, entry))
-        catalog = bc.extend(new) if new else bc
+        # What the new items need (their representations, links, scorer, index) depends on them and on the
+        # category and kind of the trained items they link to, not on stock, price or visibility: a change
+        # of those (the common write) reuses the arrays the previous overlay built.
+        moved = tuple(
+            (r, c.category, c.kind)
+            for r, c in zip(trained_rows, trained, strict=True)
+            if c.category != bc.items[r].category or c.kind is not bc.items[r].kind
+        )
+        key = (tuple(new), moved) if new else None
+        cached = base._new_item_arrays
+        made: _NewItems | None
+        if new and cached is not None and cached[0] == key:
+            made = cached[1]
+        else:
+            made = base._build_new_items(new, trained_rows, trained) if new else None
+            if made is not None:
+                base._new_item_arrays = (key, made)
+        catalog = made.catalog if made is not None else bc
         catalog = catalog.with_live(
             np.array(trained_rows, np.int64), trained, _availability(len(catalog), live)
         )
@@ -181,31 +200,45 @@ class Recommender:
         out.new_from = len(bc)
         out._every_row = np.arange(len(catalog), dtype=np.int64)
         out._every_row.setflags(write=False)
-        if new:
-            b = base.bundle
-            if base._item_vocab_index is None:
-                base._item_vocab_index = b.item_vocab.index()
-            rep = represent_items(b.factors, b.item_vocab, b.price_edges, new, base._item_vocab_index)
-            norm = rep.embedding / np.maximum(np.linalg.norm(rep.embedding, axis=1, keepdims=True), 1e-6)
-            norm_repr = np.concatenate([base.related.norm_repr, norm.astype(np.float32)])
-            # as ``StageScorer.with_new_items``, with the new items linked to alike trained ones and in
-            # their categories (a new kettle is a substitute of a kettle just bought)
-            bs = base.scorer
-            tables = bs.tables.with_new_items(len(new))
-            links = feature_neighbours(tables.similar, norm_repr, catalog, len(bc), tables.popularity)
-            tables = replace(tables, similar=links, category=base._new_categories(tables.category, new))
-            out.scorer = sc = StageScorer(
-                bs.factors.with_item_rows(rep.features.rows), tables, bs.blend_weights, bs.rules
-            )
-            out._fallback_score = crowd_score(sc.tables, base.serving)
-            if base.candidates is not None:
-                out.candidates = base.candidates.with_new_items(np.hstack([rep.embedding, rep.bias[:, None]]))
+        if made is not None:
+            out.scorer, out._fallback_score, norm_repr = made.scorer, made.fallback_score, made.norm_repr
+            if made.candidates is not None:
+                out.candidates = made.candidates
         else:
             norm_repr = base.related.norm_repr
         out.related = RelatedItems(
             catalog, out.scorer.tables, norm_repr, out._fallback_score, base.serving, out.new_from
         )
         out._stage_content = stage_content(catalog, out.scorer, base.serving)
+
+    def _build_new_items(
+        self, new: list[CatalogItem], trained_rows: list[int], trained: list[CatalogItem]
+    ) -> _NewItems:
+        """The arrays the live catalog's ``new`` items need, on this (base) front: the catalog extended with
+        them (the trained items' live category and kind applied, which their links read), their
+        representations from features, the similarity table with each linked to alike trained items, the
+        scorer, the crowd scores and the candidate index."""
+        bc, b = self.catalog, self.bundle
+        extended = bc.extend(new)
+        catalog = extended.with_live(np.array(trained_rows, np.int64), trained, None)  # categories, kinds
+        if self._item_vocab_index is None:
+            self._item_vocab_index = b.item_vocab.index()
+        rep = represent_items(b.factors, b.item_vocab, b.price_edges, new, self._item_vocab_index)
+        norm = rep.embedding / np.maximum(np.linalg.norm(rep.embedding, axis=1, keepdims=True), 1e-6)
+        norm_repr = np.concatenate([self.related.norm_repr, norm.astype(np.float32)])
+        # as ``StageScorer.with_new_items``, with the new items linked to alike trained ones and in their
+        # categories (a new kettle is a substitute of a kettle just bought)
+        bs = self.scorer
+        tables = bs.tables.with_new_items(len(new))
+        links = feature_neighbours(tables.similar, norm_repr, catalog, len(bc), tables.popularity)
+        tables = replace(tables, similar=links, category=self._new_categories(tables.category, new))
+        sc = StageScorer(bs.factors.with_item_rows(rep.features.rows), tables, bs.blend_weights, bs.rules)
+        candidates = (
+            None
+            if self.candidates is None
+            else self.candidates.with_new_items(np.hstack([rep.embedding, rep.bias[:, None]]))
+        )
+        return _NewItems(extended, sc, crowd_score(sc.tables, self.serving), norm_repr, candidates)
 
     def _new_categories(self, codes: np.ndarray | None, new: list[CatalogItem]) -> np.ndarray | None:
         """``ItemTables.category`` (int32 [n + m], the m new items -1) with the new items coded as
@@ -495,6 +528,19 @@ def _with_effects(
 def _now(now: float | None) -> float:
     """The request's time: the caller's, else the wall clock (item-to-item requests carry no visitor)."""
     return time.time() if now is None else now
+
+
+@dataclass(frozen=True)
+class _NewItems:
+    """What the live catalog's new items add to a model (``Recommender._build_new_items``): the catalog
+    extended with them (model fields; the live ones are applied per overlay), the scorer, crowd scores,
+    unit item representations (float32 [n + m, d]) and candidate index over every item."""
+
+    catalog: CatalogColumns
+    scorer: StageScorer
+    fallback_score: np.ndarray
+    norm_repr: np.ndarray
+    candidates: CandidateIndex | None
 
 
 def _availability(n: int, live: list[tuple[int, LiveItem]]) -> Availability | None:

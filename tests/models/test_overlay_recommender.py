@@ -317,6 +317,30 @@ def test_a_newer_overlay_replaces_the_older_one(recommender: Recommender) -> Non
     assert TEAPOT in ids(twice.similar([KETTLE], 30, Filters(), now=NOW))
 
 
+def test_a_stock_or_price_write_reuses_the_new_items_arrays(recommender: Recommender) -> None:
+    """What new items need is built once per set of new items (and trained categories): a later write of
+    stock or price reuses it, and answers as a front built from scratch does; a category change does not."""
+    first = recommender.with_overlay(overlay(fresh(NEW_KETTLE), patched(recommender, TEAPOT, price=9.0)))
+    stock = overlay(
+        fresh(NEW_KETTLE),
+        patched(recommender, TEAPOT, price=9.0),
+        patched(recommender, KETTLE, in_stock=False),
+    )
+    again = first.with_overlay(stock)
+    assert again.scorer is first.scorer
+    assert again.candidates is first.candidates
+    assert not again.catalog.in_stock[again.catalog.index[KETTLE]]
+    recommender._new_item_arrays = None  # a front built from scratch
+    scratch = recommender.with_overlay(stock)
+    assert scratch.scorer is not again.scorer
+    for ctx in CONTEXTS:
+        assert every_answer(again, ctx, [KETTLE, TEAPOT], Filters()) == every_answer(
+            scratch, ctx, [KETTLE, TEAPOT], Filters()
+        )
+    moved = overlay(fresh(NEW_KETTLE), patched(recommender, TEAPOT, category="outdoor"))
+    assert recommender.with_overlay(moved).scorer is not scratch.scorer
+
+
 def test_a_retired_item_the_model_never_saw_is_left_out(recommender: Recommender) -> None:
     live = recommender.with_overlay(overlay(fresh(NEW_KETTLE, retired=True)))
     assert not live.has_item("new-kettle")
