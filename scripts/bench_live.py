@@ -120,14 +120,20 @@ def live_items(products: list[CatalogItem], n_new: int, n_patched: int, seed: in
 def _everywhere(
     base: str, headers: dict[str, str], ok: Callable[[httpx.Client], bool], timeout: float
 ) -> float:
-    """Seconds until ``AGREE`` consecutive answers on new connections (so both workers answer some) hold."""
+    """Seconds until the change holds everywhere: from the start to the first of ``AGREE`` consecutive
+    answers on new connections (so both workers answer some) that all show it."""
     t0 = time.perf_counter()
-    agree = 0
+    agree, since = 0, 0.0
     while time.perf_counter() - t0 < timeout:
+        asked = time.perf_counter()
         with httpx.Client(base_url=base, headers=headers, timeout=10) as c:
-            agree = agree + 1 if ok(c) else 0
+            if ok(c):
+                since = since if agree else asked - t0
+                agree += 1
+            else:
+                agree = 0
         if agree >= AGREE:
-            return time.perf_counter() - t0
+            return since
         time.sleep(0.01)
     raise SystemExit(f"a change did not reach every worker within {timeout:.0f} s")
 
