@@ -521,7 +521,8 @@ def main() -> None:
                 res["patch_visible"] = bench_live.patch_visible(base, {"X-API-Key": API_KEY}, products[0])
                 print(
                     f"PATCH in_stock=false served by every worker {res['patch_visible']:.2f} s after it "
-                    f"answered (from then on {bench_live.AGREE} consecutive answers on new connections showed it)",
+                    f"answered (from then on {bench_live.AGREE} consecutive answers on new connections "
+                    "showed it)",
                     flush=True,
                 )
         finally:
