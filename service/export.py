@@ -64,6 +64,16 @@ def event_line(e: Event) -> dict[str, Any]:
     return line
 
 
+def out_file(out: Path) -> Path:
+    """``--out`` of an export: a file name in an existing directory (InvalidInputError naming it else)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"--out {out}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise InvalidInputError(f"--out {out}: is a directory, not a file name")
+    return out
+
+
 async def export_events(
     settings: Settings, out: Path, *, after: str = "0", page_size: int = PAGE_SIZE
 ) -> ExportSummary:
@@ -74,11 +84,7 @@ async def export_events(
     """
     if not settings.redis_url:
         raise InvalidInputError("exporting the event stream needs a Redis URL (--redis-url)")
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"--out {out}: directory {out.parent} does not exist")
-    if out.is_dir():
-        raise InvalidInputError(f"--out {out}: is a directory, not a file name")
+    out = out_file(out)
     store = redis_store(settings)
     encoder = msgspec.json.Encoder()
     written, last = 0, None

@@ -29,7 +29,7 @@ from models import artifact
 from models.domain import CatalogItem
 from models.errors import InvalidInputError, StoreUnavailableError
 from models.overlay import CatalogOverlay, LiveItem
-from service.export import safe_url
+from service.export import out_file, safe_url
 from service.settings import Settings
 from service.store.redis_catalog import RedisCatalog
 
@@ -113,11 +113,7 @@ async def export_catalog(settings: Settings, out: Path) -> CatalogExportSummary:
         raise InvalidInputError("exporting the live catalog needs a Redis URL (--redis-url)")
     if not settings.models_path:
         raise InvalidInputError("exporting the catalog needs the models directory (--models)")
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise InvalidInputError(f"--out {out}: directory {out.parent} does not exist")
-    if out.is_dir():
-        raise InvalidInputError(f"--out {out}: is a directory, not a file name")
+    out = out_file(out)
     bundle = artifact.load(settings.models_path)
     store = RedisCatalog.from_url(
         settings.redis_url, prefix=settings.redis_prefix, socket_timeout=settings.redis_socket_timeout
