@@ -2,7 +2,9 @@
 every route, read from the route's own declaration (``opt=scopes(...)``, which ``service.auth`` enforces).
 
 The page's JavaScript, CSS and icon are vendored under ``service/static/swagger-ui`` (version and source
-in its README) and served at ``/schema/assets``; the JSON document stays at ``/schema/openapi.json``.
+in its README) and served at ``/schema/assets``; the JSON document stays at ``/schema/openapi.json``. The
+largest file, Swagger UI's bundle, is kept gzip-compressed (``NAME.gz``): it is sent as it is to clients
+that accept gzip, and decompressed once for any other.
 ``route_docs`` lists every route with its scope for the README generator (``scripts/readme.py``), and
 ``document_scopes`` writes the same statement into each operation's description, so the README, the OpenAPI
 document and the guard cannot disagree.
@@ -11,15 +13,20 @@ document and the guard cannot disagree.
 from __future__ import annotations
 
 import enum
+import functools
+import gzip
+import mimetypes
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Litestar, Router
+from litestar import Litestar, Request, Response, Router, get
+from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.plugins import OpenAPIRenderPlugin, SwaggerRenderPlugin
+from litestar.params import Parameter
 from litestar.routes import HTTPRoute
-from litestar.static_files import create_static_files_router
 
 from service.auth import API_KEY_HEADER, SCOPE_OPT, Scope
 
@@ -144,6 +151,44 @@ def reference_page() -> list[OpenAPIRenderPlugin]:
     ]
 
 
+@functools.cache
+def _asset(name: str) -> tuple[bytes, bool] | None:
+    """(the file's bytes, whether they are gzip-compressed) of a vendored asset, or None when there is none
+    of that name: ``name`` itself, else ``name.gz``."""
+    if "/" in name or name.startswith("."):
+        return None
+    for candidate, compressed in ((ASSETS_DIR / name, False), (ASSETS_DIR / f"{name}.gz", True)):
+        if candidate.is_file():
+            return candidate.read_bytes(), compressed
+    return None
+
+
+@functools.cache
+def _decompressed(name: str) -> bytes:
+    found = _asset(name)
+    assert found is not None
+    return gzip.decompress(found[0])
+
+
+@get(f"{ASSETS_PATH}/{{name:str}}", include_in_schema=False, name="schema-assets", sync_to_thread=False)
+def _serve_asset(
+    name: Annotated[str, Parameter(max_length=128)], request: Request[Any, Any, Any]
+) -> Response[bytes]:
+    found = _asset(name)
+    if found is None:
+        raise NotFoundException(f"no asset {name!r}")
+    body, compressed = found
+    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    headers = {"Cache-Control": "public, max-age=86400"}
+    if compressed:
+        headers["Vary"] = "Accept-Encoding"
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+        else:
+            body = _decompressed(name)
+    return Response(body, media_type=media_type, headers=headers)
+
+
 def reference_assets() -> Router:
-    """The static files route serving the vendored Swagger UI (no API key, not in the schema)."""
-    return create_static_files_router(path=ASSETS_PATH, directories=[ASSETS_DIR], name="schema-assets")
+    """The route serving the vendored Swagger UI (no API key, not in the schema)."""
+    return Router(path="/", route_handlers=[_serve_asset])

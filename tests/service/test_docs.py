@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import re
 import tomllib
 from collections.abc import Iterator
@@ -34,6 +35,17 @@ def docs_client(docs_app: Litestar) -> Iterator[TestClient[Litestar]]:
         yield c
 
 
+def _vendored_file(name: str) -> Path:
+    """The file behind an asset: ``name``, or ``name.gz`` for the ones kept compressed."""
+    plain = ASSETS_DIR / name
+    return plain if plain.is_file() else ASSETS_DIR / f"{name}.gz"
+
+
+def _vendored(name: str) -> bytes:
+    path = _vendored_file(name)
+    return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+
+
 def _references(html: str) -> list[str]:
     return re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)
 
@@ -53,7 +65,7 @@ def test_reference_page_loads_only_same_origin_assets(docs_client: TestClient[Li
         assert asset.status_code == 200, url
         want = _CONTENT_TYPES[Path(url).suffix]
         assert asset.headers["content-type"].startswith(want), (url, asset.headers["content-type"])
-        assert asset.content == (ASSETS_DIR / Path(url).name).read_bytes()
+        assert asset.content == _vendored(Path(url).name)
 
 
 def test_referenced_assets_are_package_data(docs_client: TestClient[Litestar]) -> None:
@@ -61,7 +73,7 @@ def test_referenced_assets_are_package_data(docs_client: TestClient[Litestar]) -
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     patterns = data["service"]
     for url in _references(docs_client.get("/schema").text):
-        rel = (ASSETS_DIR / Path(url).name).relative_to(ROOT / "service").as_posix()
+        rel = _vendored_file(Path(url).name).relative_to(ROOT / "service").as_posix()
         assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"{rel} is not in service's package-data"
     for name in ("LICENSE", "NOTICE", "README.md"):
         assert (ASSETS_DIR / name).is_file()
@@ -75,6 +87,22 @@ def test_openapi_json_stays_at_its_path(docs_client: TestClient[Litestar]) -> No
 
 def test_unknown_asset_is_404(docs_client: TestClient[Litestar]) -> None:
     assert docs_client.get("/schema/assets/no-such-file.js").status_code == 404
+    assert docs_client.get("/schema/assets/..README.md").status_code == 404
+
+
+def test_a_compressed_asset_is_sent_as_gzip_or_decompressed(docs_client: TestClient[Litestar]) -> None:
+    """Swagger UI's bundle is kept as ``.gz`` (the vendored files stay under 1 MB each): a client that
+    accepts gzip gets those bytes as they are, any other the plain script."""
+    url = "/schema/assets/swagger-ui-bundle.js"
+    stored = (ASSETS_DIR / "swagger-ui-bundle.js.gz").read_bytes()
+    with docs_client.stream("GET", url, headers={"Accept-Encoding": "gzip"}) as r:
+        assert r.headers["content-encoding"] == "gzip"
+        assert r.headers["content-type"].startswith("text/javascript")
+        assert b"".join(r.iter_raw()) == stored
+    plain = docs_client.get(url, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert plain.content == gzip.decompress(stored)
+    assert all(f.stat().st_size < 1_000_000 for f in ASSETS_DIR.iterdir())
 
 
 def test_every_operation_states_the_scope_its_route_declares(
