@@ -59,6 +59,16 @@ def gather_rows(m: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> tupl
     return uniq[keep].astype(np.int64), summed[keep]
 
 
+def _found(sorted_rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """bool [len(sorted_rows)]: which of ``sorted_rows`` (int64 sorted) are among ``items`` (a binary search
+    of each item, as ``scoring.positions_in``, which imports this module)."""
+    hit = np.zeros(len(sorted_rows), bool)
+    if len(sorted_rows) and len(items):
+        pos = np.minimum(np.searchsorted(sorted_rows, items), len(sorted_rows) - 1)
+        hit[pos[sorted_rows[pos] == items]] = True
+    return hit
+
+
 def best_anchors(m: sp.csr_matrix, anchors: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """int64 [t]: for each of ``targets`` (column indices), the position in ``anchors`` (int64 [a] row
     indices of csr ``m``) of the anchor row with the largest entry in that column; -1 where none has one.
@@ -240,10 +250,7 @@ class LiveProfile:
         vals = np.zeros(len(rows), np.float64)
         for code, weight in per_cat.items():  # the categories of a few recent purchases
             vals[row_cat == code] += weight
-        drop = self._not_substitutes(tables, anchors)
-        if len(drop):
-            pos = np.minimum(np.searchsorted(rows, drop), len(rows) - 1)
-            vals[pos[rows[pos] == drop]] = 0.0
+        vals[_found(rows, self._not_substitutes(tables, anchors))] = 0.0
         hit = vals > 0
         if not hit.any():
             return None
@@ -276,36 +283,21 @@ class LiveProfile:
 
     def _substitutes(self, tables: ItemTables, rules: ServingRules) -> tuple[np.ndarray, np.ndarray]:
         """``sources.substitute_matrix`` for this visitor: (item rows int64 sorted, values float32)."""
-        purchased = self.purchase_age > 0
-        w = substitute_weights(
-            tables.repeat_rate[self.items[purchased]],
-            self.purchase_age[purchased],
-            rules.substitute_recency_days,
-        )
-        anchors = self.items[purchased][w > 0]
-        cats = tables.category[anchors] if tables.category is not None else np.full(len(anchors), -1)
-        ok = cats >= 0
-        if not ok.any():
+        per_cat, anchors = self._substitute_categories(tables, rules)
+        if not per_cat:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        # gather_rows(category_members, cats, w) without its sort of a whole category (thousands of items
-        # on a large catalog): categories are disjoint rows, so the few weights are summed per category
-        # and each category's members (sorted in their row) are taken as they are
-        ucats, inv = np.unique(cats[ok].astype(np.int64), return_inverse=True)
-        per_cat = np.bincount(inv.ravel(), weights=w[w > 0][ok], minlength=len(ucats))
+        # gather_rows(category_members, categories, weights) without its sort of a whole category
+        # (thousands of items on a large catalog): categories are disjoint rows, each sorted in itself
+        ucats = np.array(sorted(per_cat), np.int64)
         m = tables.category_members
         starts = m.indptr[ucats]
         counts = m.indptr[ucats + 1] - starts
         offsets = concat_ranges(starts, counts)
         idx = m.indices[offsets].astype(np.int64)
-        vals = (m.data[offsets] * np.repeat(per_cat, counts)).astype(np.float32)
+        weights = np.array([per_cat[c] for c in ucats.tolist()], np.float64)
+        vals = (m.data[offsets] * np.repeat(weights, counts)).astype(np.float32)
         if len(ucats) > 1:
             order = np.argsort(idx, kind="stable")
             idx, vals = idx[order], vals[order]
-        # items bought with an anchor, and the anchors themselves, are not substitutes
-        together, _ = gather_rows(tables.complements, anchors, np.ones(len(anchors)))
-        drop = np.union1d(together, anchors)
-        alike = np.ones(len(idx), bool)
-        if len(idx) and len(drop):
-            pos = np.minimum(np.searchsorted(idx, drop), len(idx) - 1)
-            alike[pos[idx[pos] == drop]] = False
+        alike = ~_found(idx, self._not_substitutes(tables, anchors))
         return idx[alike], np.minimum(vals[alike], np.float32(1.0))
