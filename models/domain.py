@@ -48,6 +48,9 @@ class EventType(enum.Enum):
     SHARE = "share"
     REFERRAL = "referral"
     WISHLIST = "wishlist"
+    # an item shown to the visitor from a served list (``Event.recommendation_id`` names the list): feedback
+    # for attribution and experiments, not journey history (the stores keep it out of the visitor's events)
+    IMPRESSION = "impression"
 
     # small integer code used in columnar arrays (int8): the position in ``EVENT_TYPES``. A plain attribute
     # set as each member is created: a request reads it for every stored event, and a property plus a dict
@@ -125,6 +128,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=T
     quantity: float | None = None
     value: float | None = None
     country: str | None = None
+    # the served list this event answers (``recommendation_id`` of a list answer): set on an impression,
+    # and on a view, add-to-cart or purchase that came from a recommendation (direct attribution)
+    recommendation_id: str | None = None
 
 
 class CatalogItem(msgspec.Struct, frozen=True, kw_only=True, gc=False):

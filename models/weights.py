@@ -27,6 +27,7 @@ DEFAULT_WEIGHTS: dict[EventType, float] = {
     EventType.REVIEW: 4.0,
     EventType.SHARE: 3.0,
     EventType.REFERRAL: 3.0,
+    EventType.IMPRESSION: 0.0,  # being shown an item says nothing about wanting it
 }
 
 #: Events that count as "the visitor wanted this item" when evaluating or fitting a blend.

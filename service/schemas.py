@@ -37,6 +37,7 @@ class EventIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     quantity: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
     value: Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)] | None = None
     country: Annotated[str, msgspec.Meta(min_length=2, max_length=64)] | None = None
+    recommendation_id: ShortText | None = None
 
 
 class EventBatchIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -81,6 +82,7 @@ def to_event(e: EventIn, now: float, timestamp_field: str = "timestamp") -> Even
         quantity=e.quantity,
         value=e.value,
         country=e.country,
+        recommendation_id=e.recommendation_id,
     )
 
 
