@@ -69,9 +69,12 @@ class StageBlend(msgspec.Struct, frozen=True):
 
 
 class BlendWeights(msgspec.Struct, frozen=True):
-    """Blend weights for every stage (``matrix()`` gives float32 [n_stages, n_features])."""
+    """Blend weights for every stage (``matrix()`` gives float32 [n_stages, n_features]); ``pooled``: the
+    one weight vector fitted on every stage's positives together (None in models trained before it was
+    kept: ``stage_agnostic_weights``)."""
 
     stages: list[StageBlend]
+    pooled: dict[str, float] | None = None
 
     def matrix(self) -> np.ndarray:
         """A feature a model was fitted without has weight 0: the model scores as it was fitted."""
@@ -303,4 +306,19 @@ def fit_blend(
         n = int(m.sum())
         w, how = (_softmax_fit(lists.subset(m), l2), "stage") if n >= min_pos else (overall, "all")
         out.append(StageBlend(s.value, {f: float(x) for f, x in zip(FEATURE_NAMES, w, strict=True)}, n, how))
-    return BlendWeights(out)
+    return BlendWeights(out, pooled={f: float(x) for f, x in zip(FEATURE_NAMES, overall, strict=True)})
+
+
+def stage_agnostic_weights(weights: BlendWeights) -> np.ndarray:
+    """float32 [n_stages, n_features]: one blend for every stage, for the "does the stage help?"
+    experiment. The pooled fit (the same loss over every stage's validation positives together: what a
+    stage-unaware blend would learn) when the model kept it; for an older model, the average of the
+    per-stage vectors weighted by each stage's validation positives (the stages a pooled fit would have
+    weighed most). The factor model's stage user feature is untouched: only the blend loses the stage."""
+    if weights.pooled is not None:
+        row = np.array([weights.pooled.get(f, 0.0) for f in FEATURE_NAMES], dtype=np.float64)
+    else:
+        m = weights.matrix().astype(np.float64)
+        n = np.array([s.positives for s in weights.stages], dtype=np.float64)
+        row = (n @ m) / n.sum() if n.sum() > 0 else m.mean(axis=0)
+    return np.tile(row.astype(np.float32), (len(weights.stages), 1))

@@ -154,6 +154,13 @@ class Recommender:
         out.merchandising = merch
         return out
 
+    def with_crowd_score(self, score: np.ndarray) -> Recommender:
+        """A front whose non-personalised answer (``fallback``) ranks by ``score`` (float32 [n_items] over
+        this front's catalog, e.g. ``scorer.trending``: a trending-only list); this one is unchanged."""
+        out = copy.copy(self)
+        out._fallback_score = score
+        return out
+
     def _apply(self, overlay: CatalogOverlay) -> None:
         """Set this copy of ``base`` up to serve ``overlay`` (``with_overlay``)."""
         base, out = self.base, self

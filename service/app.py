@@ -30,6 +30,7 @@ from service.admission import admission_middleware
 from service.api.catalog import CatalogBatchController, CatalogController
 from service.api.deps import Services
 from service.api.events import EventsController
+from service.api.experiments import ExperimentsController
 from service.api.export import ExportController
 from service.api.health import HealthController
 from service.api.items import ItemsController
@@ -39,6 +40,8 @@ from service.api.visitors import VisitorsController
 from service.auth import API_KEY_HEADER, Authenticator, check_auth_configured
 from service.catalog_follower import CatalogFollower
 from service.errors import EXCEPTION_HANDLERS, IncompleteBodyError
+from service.experiment_runtime import ExperimentFollower, ExperimentRuntime
+from service.experiments_results import NoFeedback, StatsProvider
 from service.followers import Followers, every
 from service.json_guard import decode_json
 from service.model_holder import ModelHolder
@@ -51,7 +54,8 @@ from service.rules_follower import RulesFollower
 from service.settings import Settings, settings_for_worker
 from service.store.base import VisitorStore
 from service.store.catalog_base import CatalogStore
-from service.store.factory import build_catalog, build_rules_store, build_store
+from service.store.experiments_base import ExperimentStore
+from service.store.factory import build_catalog, build_experiments_store, build_rules_store, build_store
 from service.store.rules_base import RulesStore
 
 log = logging.getLogger("journeyrec.service")
@@ -105,6 +109,8 @@ def create_app(
     model_holder: ModelHolder | None = None,
     rules: RulesStore | None = None,
     catalog: CatalogStore | None = None,
+    experiments: ExperimentStore | None = None,
+    feedback: StatsProvider | None = None,
 ) -> Litestar:
     """The service app. A store, holder, rules store or catalog passed in is used as is (and the stores are
     not closed on shutdown: their owner closes them); otherwise they are built from ``settings`` (the rules
@@ -125,8 +131,18 @@ def create_app(
     owns_catalog = catalog is None
     the_catalog = catalog if catalog is not None else build_catalog(the_store)
     catalog_follower = CatalogFollower(the_catalog, holder)
+    experiment_follower = ExperimentFollower(
+        experiments if experiments is not None else build_experiments_store(the_store),
+        ExperimentRuntime(holder, settings.experiments_holdout),
+    )
     services = Services(
-        settings=settings, store=the_store, holder=holder, rules=rules_follower, catalog=the_catalog
+        settings=settings,
+        store=the_store,
+        holder=holder,
+        rules=rules_follower,
+        catalog=the_catalog,
+        experiments=experiment_follower,
+        feedback=feedback if feedback is not None else NoFeedback(),
     )
 
     followers = Followers()
@@ -164,6 +180,13 @@ def create_app(
             await rules_follower.seed(seed, settings.rules_file or "")
         await rules_follower.step()  # the stored rules apply before the first request
         followers.start("follow-rules", every(settings.rules_poll_seconds, rules_follower.step))
+        try:
+            await experiment_follower.step()  # running experiments apply before the first request
+        except Exception:  # logged; the follower tries again
+            log.exception("following the experiments failed; serving without them until the next poll")
+        followers.start(
+            "follow-experiments", every(settings.experiments_poll_seconds, experiment_follower.step)
+        )
 
     async def close_store() -> None:
         if owns_catalog:
@@ -203,6 +226,7 @@ def create_app(
             CatalogController,
             ModelsController,
             RulesController,
+            ExperimentsController,
         ],
         security=needs_key,
     )

@@ -19,6 +19,11 @@ And it serves the live catalog (``models.overlay``, which ``service.catalog_foll
 as loaded, keeping the front's rules) and swaps the result in the same way; a reload applies the held
 overlay to the new model before it serves, so a new model never serves an older catalog than the last one.
 
+Experiments serve other versions and blends beside the live model (``variant``): a small LRU
+(``VARIANT_CAP``) of fronts loaded and verified like a reload, each kept serving the held live catalog and
+rules (brought up to date by the first request after either moved; ``service.experiment_runtime`` also
+refreshes them every poll).
+
 Any failure while reading a version is a refusal (``ArtifactError``), whatever the loader raised: it is
 logged, counted (``journeyrec_model_reloads_total{outcome="refused"}``, here and nowhere else) and kept
 as ``last_refusal`` for ``GET /v1/models`` and the readiness detail.
@@ -27,14 +32,17 @@ as ``last_refusal`` for ``GET /v1/models`` and the readiness detail.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
 from models.artifact import list_versions, resolve_latest
+from models.blend import stage_agnostic_weights
 from models.errors import ArtifactError
 from models.overlay import EMPTY_OVERLAY, CatalogOverlay
 from models.recommender import Recommender
@@ -48,6 +56,10 @@ from service.schemas import Refusal
 log = logging.getLogger("journeyrec.service")
 
 Loader = Callable[[Path], Recommender]
+#: fronts of other model versions and blends kept loaded for experiments (each holds a whole model)
+VARIANT_CAP = 4
+#: the blend a variant front serves: the model's per-stage blend, or one blend for every stage
+STAGE_AWARE, STAGE_AGNOSTIC = "stage_aware", "stage_agnostic"
 #: (name, size, mtime_ns) of each file of a version directory: what a refused artifact looked like
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -97,6 +109,9 @@ class ModelHolder:
         self.overlay: CatalogOverlay = EMPTY_OVERLAY
         #: the last catalog version that could not be applied (not tried again)
         self.overlay_failed: int | None = None
+        # (version, blend) -> (the front as loaded, the front serving the held overlay and rules), LRU order
+        self._variants: OrderedDict[tuple[str, str], tuple[Recommender, Recommender]] = OrderedDict()
+        self._variant_lock = asyncio.Lock()
 
     @classmethod
     def with_model(cls, recommender: Recommender, models_dir: Path | None = None) -> ModelHolder:
@@ -214,6 +229,60 @@ class ModelHolder:
             log.error("model reload refused: %s%s", reason, kept, exc_info=True)
         else:
             log.error("model reload refused: %s%s", reason, kept)
+
+    def _fresh(self, front: Recommender) -> bool:
+        """Whether ``front`` serves the held live catalog and rule set."""
+        held = self.rules.version if self.rules is not None else 0
+        return front.overlay is self.overlay and served_version(front) == held
+
+    async def variant(self, version: str | None, blend: str = STAGE_AWARE) -> Recommender:
+        """A front serving model ``version`` (None: the live one) with ``blend`` (``STAGE_AWARE``, or
+        ``STAGE_AGNOSTIC``: ``blend.stage_agnostic_weights``), the held live catalog and rules. The live
+        front itself when that is what is asked. Another version is loaded and verified as a reload is
+        (in a worker thread); raises ArtifactError when it is refused or not published, NotReadyError
+        while no model is loaded. At most ``VARIANT_CAP`` are kept, least recently used dropped first."""
+        live = self.require()
+        name = live.version if version is None else version
+        if name == live.version and blend == STAGE_AWARE:
+            return live
+        key = (name, blend)
+        entry = self._variants.get(key)
+        if entry is not None and self._fresh(entry[1]):
+            self._variants.move_to_end(key)
+            return entry[1]
+        async with self._variant_lock:
+            entry = self._variants.get(key)
+            if entry is not None and self._fresh(entry[1]):
+                return entry[1]
+            loaded = (
+                entry[0] if entry is not None else await asyncio.to_thread(self._load_variant, name, blend)
+            )
+            front = await asyncio.to_thread(loaded.with_overlay, self.overlay, self.exploration)
+            await asyncio.to_thread(install_rules, front, self.rules)
+            self._variants[key] = (loaded, front)
+            self._variants.move_to_end(key)
+            while len(self._variants) > VARIANT_CAP:
+                self._variants.popitem(last=False)
+            return front
+
+    def _load_variant(self, version: str, blend: str) -> Recommender:
+        """Model ``version`` as loaded (the live one's arrays when it is the live version), with ``blend``."""
+        live = self.require().base
+        if version == live.version:
+            model = live
+        else:
+            if self.models_dir is None or version not in list_versions(self.models_dir):
+                raise ArtifactError(f"model version {version!r} is not published (GET /v1/models)")
+            try:
+                model = self._loader(self.models_dir / version)
+            except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
+                reason = str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
+                raise ArtifactError(f"model version {version!r}: {reason}") from None
+        if blend == STAGE_AWARE:
+            return model
+        weights = stage_agnostic_weights(model.manifest.blend)
+        bundle = dataclasses.replace(model.bundle, blend_weights=weights)
+        return Recommender(bundle, model.candidate_settings)
 
     def refusal_pending(self) -> Refusal | None:
         """The last refusal if it came after the live model was loaded (this worker is behind), else None."""

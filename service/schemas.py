@@ -139,9 +139,11 @@ class RecommendationsOut(msgspec.Struct, frozen=True, omit_defaults=True):
     fallback: bool
     rules_version: int | None = None
     rules_fallback: bool = False
+    experiment: str | None = None
+    variant: str | None = None
 
 
-class RelatedOut(msgspec.Struct, frozen=True):
+class RelatedOut(msgspec.Struct, frozen=True, omit_defaults=True):
     """Items related to ``item_ids`` (similar or complements).
 
     ``unknown``: requested anchors the model does not know (skipped)."""
@@ -150,13 +152,17 @@ class RelatedOut(msgspec.Struct, frozen=True):
     items: list[ItemOut]
     unknown: list[str]
     model_version: str
+    experiment: str | None = None
+    variant: str | None = None
 
 
-class RetargetingOut(msgspec.Struct, frozen=True):
+class RetargetingOut(msgspec.Struct, frozen=True, omit_defaults=True):
     visitor_id: str
     campaign: str | None
     items: list[ItemOut]
     model_version: str
+    experiment: str | None = None
+    variant: str | None = None
 
 
 class ExportIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -179,6 +185,8 @@ class ExportLine(msgspec.Struct, frozen=True, omit_defaults=True):
     visitor_id: str
     items: list[ItemOut]
     error: str | None = None
+    experiment: str | None = None
+    variant: str | None = None
 
 
 class TouchpointOut(msgspec.Struct, frozen=True):

@@ -64,6 +64,8 @@ ENV: dict[str, str] = {
     "catalog_poll_seconds": "JOURNEYREC_CATALOG_POLL_SECONDS",
     "max_catalog_batch": "JOURNEYREC_MAX_CATALOG_BATCH",
     "exploration": "JOURNEYREC_EXPLORATION",
+    "experiments_poll_seconds": "JOURNEYREC_EXPERIMENTS_POLL_SECONDS",
+    "experiments_holdout": "JOURNEYREC_EXPERIMENTS_HOLDOUT",
 }
 FLAGS: dict[str, str] = {"models_dir": "--models"}
 _BOOLS = {
@@ -170,6 +172,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # flagged `exploration` in the answer: `stage=share,...` with shares 0 to 1, e.g.
     # `awareness=0.2,consideration=0.1`; empty: off
     exploration: str = ""
+    # every worker reads the experiments' version this often (one Redis GET) and follows a change (a new,
+    # started or stopped experiment); the same poll brings the fronts of running variants up to date
+    experiments_poll_seconds: Annotated[float, msgspec.Meta(ge=0.01, le=60)] = 0.5
+    # share of people kept out of every experiment (served the default and counted in none): a hash of the
+    # person alone, so the same people whatever the experiments; 0 to below 1
+    experiments_holdout: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
 
     def __post_init__(self) -> None:
         self.exploration_shares  # noqa: B018 (raises InvalidInputError naming the setting)

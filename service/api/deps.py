@@ -14,6 +14,8 @@ from models.domain import Channel, ItemKind, Stage
 from models.errors import InvalidInputError
 from models.request import Filters, VisitorContext
 from service.auth import Scope, require_scope
+from service.experiment_runtime import ExperimentFollower
+from service.experiments_results import StatsProvider
 from service.model_holder import ModelHolder
 from service.rules_follower import RulesFollower
 from service.settings import Settings
@@ -36,6 +38,8 @@ class Services:
     holder: ModelHolder
     rules: RulesFollower  # the rules store, and this worker's copy of the rule set it serves
     catalog: CatalogStore
+    experiments: ExperimentFollower  # the experiments store, and this worker's running experiments
+    feedback: StatsProvider  # the feedback counters experiment results are computed from
 
 
 def check_mark_sent(connection: ASGIConnection[Any, Any, Any, Any], campaign: str | None, name: str) -> None:

@@ -13,7 +13,7 @@ from models.domain import Channel, Stage
 from models.errors import StoreUnavailableError
 from models.referrer import channel_from_referrer
 from models.request import Filters
-from service import metrics
+from service import experiment_runtime, metrics
 from service.api.deps import (
     IdPath,
     K,
@@ -43,6 +43,8 @@ Placement = Annotated[
         description="page or channel asking: home, product, cart, checkout, email, ad, ...",
     ),
 ]
+#: the placement experiments name to apply to retargeting (``/retargeting``)
+RETARGETING = "retargeting"
 Country = Annotated[str | None, Parameter(min_length=2, max_length=64, description="visitor's country")]
 
 
@@ -101,10 +103,10 @@ class VisitorsController(Controller):
             placement=placement,
             stage_override=stage,
         )
-        if personalized:
-            rec = model.recommend(ctx, k, filters, n_content)
-        else:
-            rec = model.fallback(ctx, k, filters, n_content)
+        served = await svc.experiments.runtime.serve(placement, visitor_id)
+        rec = experiment_runtime.recommend(
+            served, model, ctx, k, filters, n_content, personalized=personalized
+        )
         metrics.RECOMMENDATIONS.labels("recommendations", str(rec.fallback).lower()).inc()
         return RecommendationsOut(
             visitor_id=visitor_id,
@@ -115,6 +117,7 @@ class VisitorsController(Controller):
             fallback=rec.fallback,
             rules_version=rec.rules_version,
             rules_fallback=rec.rules_fallback,
+            **experiment_runtime.names(served),
         )
 
     @get(
@@ -147,11 +150,15 @@ class VisitorsController(Controller):
             check_mark_sent(request, campaign, "query parameter 'mark_sent'")
         model = svc.holder.require()
         state = await svc.store.visitor(visitor_id, campaign)
-        items = model.retargeting(context_of(state), k, filters, state.sent)
+        served = await svc.experiments.runtime.serve(RETARGETING, visitor_id)
+        items = experiment_runtime.retarget(served, model, context_of(state), k, filters, state.sent)
         if mark_sent and campaign is not None and items:
             await svc.store.mark_sent(visitor_id, campaign, [r.item_id for r in items])
         metrics.RECOMMENDATIONS.labels("retargeting", "false").inc()
-        return RetargetingOut(visitor_id, campaign, items_out(items), model.version)
+        version = served.model.version if served is not None else model.version
+        return RetargetingOut(
+            visitor_id, campaign, items_out(items), version, **experiment_runtime.names(served)
+        )
 
     @get("/journey", opt=scopes(Scope.READ), summary="Journey stage, signals and recent touchpoints")
     async def journey(

@@ -5,6 +5,9 @@ from __future__ import annotations
 from service.settings import Settings
 from service.store.base import VisitorStore
 from service.store.catalog_base import CatalogStore
+from service.store.experiments_base import ExperimentStore
+from service.store.experiments_memory import MemoryExperimentStore
+from service.store.experiments_redis import RedisExperimentStore
 from service.store.memory_catalog import MemoryCatalog
 from service.store.memory_store import MemoryStore
 from service.store.redis_catalog import RedisCatalog
@@ -65,3 +68,11 @@ def build_catalog(store: VisitorStore) -> CatalogStore:
     if isinstance(store, RedisStore):
         return RedisCatalog(store.client, prefix=store.prefix)
     return MemoryCatalog()
+
+
+def build_experiments_store(store: VisitorStore) -> ExperimentStore:
+    """The experiments store beside ``store``: in the same Redis (on its connection pool), else in this
+    process's memory."""
+    if isinstance(store, RedisStore):
+        return RedisExperimentStore(store.client, prefix=store.prefix)
+    return MemoryExperimentStore()

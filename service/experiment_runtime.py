@@ -1,0 +1,230 @@
+"""Experiments on the request path: which variant a request gets, and what serves it.
+
+``ExperimentRuntime`` holds this worker's copy of the running experiments, indexed by placement
+(``install``, swapped whole). For a request at a placement, ``serve`` picks the first running experiment
+(oldest start first) on that placement that assigns the person (``models.experiments.assign``): a
+person in several experiments' traffic on one placement is in the oldest only, so experiments sharing a
+placement never mix their effects in one list. A person in the service-wide holdout
+(``Settings.experiments_holdout``, ``models.experiments.in_global_holdout``) is in no experiment at all.
+The person is the visitor id (identity resolution, when a visitor is linked to a user, hashes the user
+id instead: ``person``). Assignment is a pure function of (salt, experiment, person), so every worker
+and a restarted one agree without storing anything.
+
+What serves the variant (``Served``), built once per (experiment, variant, front) off the hot path:
+
+- ``model_version`` / ``blend``: ``ModelHolder.variant`` (the live front, or a loaded one from its LRU);
+- ``rules_version``: 0 serves no merchandising rules; another version is the rule set snapshot the
+  experiment document keeps (``Experiment.rules``), compiled for the front's catalog;
+- ``strategy``: ``popular`` is the front's non-personalised answer (``Recommender.fallback``),
+  ``trending`` the same ranked by the trending score alone.
+
+Per request this costs one blake2b digest per running experiment on the placement and a few dict
+lookups; nothing loops over items.
+
+``ExperimentFollower`` keeps the runtime following the store: every ``experiments_poll_seconds`` one
+read of the store's version; when it moved, the documents; and every poll brings the fronts of running
+variants up to date (a new live catalog, rule set or model), so requests rarely wait for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from dataclasses import dataclass
+
+import msgspec
+
+from models.errors import ArtifactError, StoreUnavailableError
+from models.experiments import Experiment, Strategy, Variant, assign_experiment, in_global_holdout
+from models.recommender import Recommender
+from models.request import Filters, Recommendations, RecommendedItem, VisitorContext
+from models.rules import CompiledRules, RuleSet
+from service.model_holder import STAGE_AWARE, ModelHolder
+from service.store.experiments_base import ExperimentStore
+
+log = logging.getLogger("journeyrec.service")
+
+
+@dataclass(frozen=True)
+class Served:
+    """How one variant serves: ``model`` (the front), ``rules`` to pass to it (None: the front's
+    installed ones), the strategy, and the names the answer carries."""
+
+    model: Recommender
+    rules: CompiledRules | None
+    strategy: Strategy
+    experiment: str
+    variant: str
+
+
+def build_served(experiment: Experiment, variant: Variant, front: Recommender) -> Served:
+    """What serves ``variant`` on ``front`` (module docstring); CPU work: run it in a thread."""
+    model, rules = front, None
+    if variant.strategy == "trending":
+        model = model.with_crowd_score(model.scorer.trending)
+    if variant.rules_version == 0:
+        model = copy.copy(model) if model is front else model
+        model.merchandising = None  # on a copy: the front keeps its rules
+    elif variant.rules_version is not None:
+        rules = front.compile_rules(rules_snapshot(experiment, variant.rules_version))
+    return Served(model, rules, variant.strategy, experiment.id, variant.name)
+
+
+def rules_snapshot(experiment: Experiment, version: int) -> RuleSet:
+    """The rule set of ``version`` the experiment keeps (``service.api.experiments`` stores it)."""
+    for rs in experiment.rules:
+        if rs.version == version:
+            return rs
+    raise ArtifactError(f"experiment {experiment.id!r} holds no snapshot of rules version {version}")
+
+
+class ExperimentRuntime:
+    """This worker's running experiments and the fronts serving their variants."""
+
+    def __init__(self, holder: ModelHolder, holdout: float = 0.0) -> None:
+        self.holder = holder
+        self.holdout = holdout
+        self.running: tuple[Experiment, ...] = ()
+        self._by_placement: dict[str, tuple[Experiment, ...]] = {}
+        # (experiment, variant) -> (the front it was built on, what serves it)
+        self._served: dict[tuple[str, str], tuple[Recommender, Served]] = {}
+
+    def install(self, experiments: list[Experiment]) -> None:
+        """Serve the running ones of ``experiments`` from the next request on (one swap)."""
+        running = tuple(
+            sorted((e for e in experiments if e.state == "running"), key=lambda e: (e.started_at or 0, e.id))
+        )
+        by_placement: dict[str, list[Experiment]] = {}
+        for e in running:
+            for p in e.placements:
+                by_placement.setdefault(p, []).append(e)
+        self.running = running
+        self._by_placement = {p: tuple(es) for p, es in by_placement.items()}
+        keep = {(e.id, v.name) for e in running for v in e.variants}
+        self._served = {k: v for k, v in self._served.items() if k in keep}
+
+    def person(self, visitor_id: str) -> str:
+        """The id assignment hashes: the visitor id (identity resolution links it to a user id)."""
+        return visitor_id
+
+    def choose(self, placement: str, visitor_id: str) -> tuple[Experiment, Variant] | None:
+        """The experiment and variant of a request at ``placement`` (None: no experiment applies)."""
+        candidates = self._by_placement.get(placement)
+        if not candidates:
+            return None
+        person = self.person(visitor_id)
+        if in_global_holdout(person, self.holdout):
+            return None
+        for e in candidates:
+            name = assign_experiment(e, person)
+            if name is not None:
+                return e, next(v for v in e.variants if v.name == name)
+        return None
+
+    async def serve(self, placement: str, visitor_id: str) -> Served | None:
+        """What serves this request's variant (None: the default serves it)."""
+        picked = self.choose(placement, visitor_id)
+        if picked is None:
+            return None
+        return await self.served(*picked)
+
+    async def served(self, experiment: Experiment, variant: Variant) -> Served:
+        front = await self.holder.variant(variant.model_version, variant.blend or STAGE_AWARE)
+        key = (experiment.id, variant.name)
+        cached = self._served.get(key)
+        if cached is not None and cached[0] is front:
+            return cached[1]
+        out = await asyncio.to_thread(build_served, experiment, variant, front)
+        self._served[key] = (front, out)
+        return out
+
+    async def refresh(self) -> None:
+        """Bring every running variant's front up to date (loaded, built) before a request needs it."""
+        for e in self.running:
+            for v in e.variants:
+                try:
+                    await self.served(e, v)
+                except ArtifactError as err:
+                    log.warning("experiment %s, variant %s cannot be served: %s", e.id, v.name, err)
+
+
+class ExperimentFollower:
+    """Keeps the runtime following the store (module docstring)."""
+
+    def __init__(self, store: ExperimentStore, runtime: ExperimentRuntime) -> None:
+        self.store = store
+        self.runtime = runtime
+        self._version: int | None = None
+        self._down = False
+
+    async def step(self) -> None:
+        try:
+            version = await self.store.version()
+            if version != self._version:
+                self.runtime.install(await self.store.list())
+                self._version = version
+        except StoreUnavailableError as e:
+            if not self._down:
+                log.warning(
+                    "the experiments store does not answer (%s); the experiments held keep running", e
+                )
+                self._down = True
+            return
+        if self._down:
+            log.warning("the experiments store answers again")
+            self._down = False
+        if self.runtime.holder.current is not None:
+            await self.runtime.refresh()
+
+    async def changed(self) -> None:
+        """This worker changed the store: follow it at once."""
+        self._version = None
+        await self.step()
+
+
+def recommend(
+    served: Served | None,
+    model: Recommender,
+    ctx: VisitorContext,
+    k: int,
+    filters: Filters,
+    n_content: int,
+    *,
+    personalized: bool,
+) -> Recommendations:
+    """The visitor's list: by the variant when one applies (``served``), else by ``model``; a visitor whose
+    state is unavailable gets the non-personalised answer either way (flagged ``fallback``). A variant's
+    ``popular``/``trending`` list is what it is meant to serve: not flagged."""
+    if served is None:
+        return (
+            model.recommend(ctx, k, filters, n_content)
+            if personalized
+            else model.fallback(ctx, k, filters, n_content)
+        )
+    m = served.model
+    if personalized and served.strategy == "model":
+        return m.recommend(ctx, k, filters, n_content, rules=served.rules)
+    rec = m.fallback(ctx, k, filters, n_content, rules=served.rules)
+    return msgspec.structs.replace(rec, fallback=False) if personalized else rec
+
+
+def retarget(
+    served: Served | None,
+    model: Recommender,
+    ctx: VisitorContext,
+    k: int,
+    filters: Filters,
+    sent: frozenset[str],
+) -> list[RecommendedItem]:
+    """Retargeting items: by the variant when one applies (a ``popular``/``trending`` variant sends the
+    crowd's favourites, less what was sent), else by ``model``."""
+    if served is None or served.strategy == "model":
+        return (model if served is None else served.model).retargeting(ctx, k, filters, sent)
+    products = served.model.fallback(ctx, k + len(sent), filters, 0, rules=served.rules).products
+    return [p for p in products if p.item_id not in sent][:k]
+
+
+def names(served: Served | None) -> dict[str, str]:
+    """The ``experiment`` and ``variant`` fields of an answer (none without an experiment)."""
+    return {} if served is None else {"experiment": served.experiment, "variant": served.variant}
