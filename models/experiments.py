@@ -93,7 +93,7 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     strategy: Strategy = "model"
 
 
-class Experiment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class Experiment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An experiment (module docstring). ``traffic``: the share of people (after the holdout) it takes;
     ``holdout``: the share of people kept out of it (served the default, counted nowhere); ``salt``: a
     new salt reshuffles everyone. ``state``, ``started_at``, ``stopped_at`` (POSIX seconds) are kept by
