@@ -45,6 +45,10 @@ from service.store.experiments_base import ExperimentStore
 
 log = logging.getLogger("journeyrec.service")
 
+#: the placements experiments name to apply to the answers without a page placement: retargeting (one
+#: visitor or the export), similar items and complements (with the asking visitor's ``visitor_id``)
+RETARGETING, SIMILAR, COMPLEMENTS = "retargeting", "similar", "complements"
+
 
 @dataclass(frozen=True)
 class Served:
@@ -223,6 +227,15 @@ def retarget(
         return (model if served is None else served.model).retargeting(ctx, k, filters, sent)
     products = served.model.fallback(ctx, k + len(sent), filters, 0, rules=served.rules).products
     return [p for p in products if p.item_id not in sent][:k]
+
+
+def related(
+    served: Served | None, model: Recommender, item_ids: list[str], k: int, filters: Filters, which: str
+) -> list[RecommendedItem]:
+    """Similar items (``which`` "similar") or complements of ``item_ids``, by the variant's model when one
+    applies (a ``popular``/``trending`` strategy has no item-to-item form: the variant's model answers)."""
+    m = model if served is None else served.model
+    return m.similar(item_ids, k, filters) if which == "similar" else m.complements(item_ids, k, filters)
 
 
 def names(served: Served | None) -> dict[str, str]:

@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_200_OK
 from models.errors import InvalidInputError, StoreUnavailableError
 from models.recommender import Recommender
 from models.request import Filters
-from service import metrics
+from service import experiment_runtime, metrics
 from service.api.deps import Services, check_k, check_mark_sent, context_of
 from service.auth import Scope, scopes
 from service.schemas import ExportIn, ExportLine, items_out
@@ -31,10 +31,12 @@ async def _lines(svc: NamedDependency[Services], model: Recommender, req: Export
     for visitor_id in dict.fromkeys(req.visitor_ids):
         try:
             state = await svc.store.visitor(visitor_id, req.campaign)
-            items = model.retargeting(context_of(state), req.k, filters, state.sent)
+            served = await svc.experiments.runtime.serve(experiment_runtime.RETARGETING, visitor_id)
+            ctx = context_of(state)
+            items = experiment_runtime.retarget(served, model, ctx, req.k, filters, state.sent)
             if req.mark_sent and req.campaign is not None and items:
                 await svc.store.mark_sent(visitor_id, req.campaign, [r.item_id for r in items])
-            line = ExportLine(visitor_id, items_out(items))
+            line = ExportLine(visitor_id, items_out(items), **experiment_runtime.names(served))
         except StoreUnavailableError as e:
             line = ExportLine(visitor_id, [], error=str(e))
         metrics.RECOMMENDATIONS.labels("retargeting_export", "false").inc()

@@ -11,7 +11,7 @@ from litestar.params import Parameter
 from models.errors import NotFoundError
 from models.recommender import Recommender
 from models.request import Filters, Relation
-from service import metrics
+from service import experiment_runtime, metrics
 from service.api.deps import IdPath, K, Services, check_k, provide_filters
 from service.auth import Scope, scopes
 from service.schemas import RelatedOut, items_out
@@ -20,20 +20,41 @@ ItemIds = Annotated[
     list[str],
     Parameter(min_items=1, max_items=100, description="anchor item ids, repeatable: ?item_id=a&item_id=b"),
 ]
+VisitorId = Annotated[
+    str | None,
+    Parameter(
+        min_length=1,
+        max_length=256,
+        description="the visitor asking (optional): experiments on the placement `similar` or "
+        "`complements` assign them a variant",
+    ),
+]
 
 
-def _related(svc: Services, item_ids: list[str], k: int, filters: Filters, which: Relation) -> RelatedOut:
+async def _related(
+    svc: Services, item_ids: list[str], k: int, filters: Filters, which: Relation, visitor_id: str | None
+) -> RelatedOut:
     check_k(k, svc.settings)
     model: Recommender = svc.holder.require()
+    placement = experiment_runtime.SIMILAR if which == "similar" else experiment_runtime.COMPLEMENTS
+    served = None if visitor_id is None else await svc.experiments.runtime.serve(placement, visitor_id)
+    if served is not None:
+        model = served.model
     anchors = list(dict.fromkeys(item_ids))  # dedupe, keep order
     known = [i for i in anchors if model.has_item(i)]
     unknown = [i for i in anchors if not model.has_item(i)]
     if not known:
         names = ", ".join(repr(i) for i in unknown[:5])
         raise NotFoundError(f"unknown item{'s' if len(unknown) > 1 else ''} {names} (model {model.version})")
-    items = model.similar(known, k, filters) if which == "similar" else model.complements(known, k, filters)
+    items = experiment_runtime.related(served, model, known, k, filters, which)
     metrics.RECOMMENDATIONS.labels(which, "false").inc()
-    return RelatedOut(item_ids=known, items=items_out(items), unknown=unknown, model_version=model.version)
+    return RelatedOut(
+        item_ids=known,
+        items=items_out(items),
+        unknown=unknown,
+        model_version=model.version,
+        **experiment_runtime.names(served),
+    )
 
 
 class ItemsController(Controller):
@@ -48,8 +69,9 @@ class ItemsController(Controller):
         filters: NamedDependency[Filters],
         item_id: IdPath,
         k: K = 10,
+        visitor_id: VisitorId = None,
     ) -> RelatedOut:
-        return _related(svc, [item_id], k, filters, "similar")
+        return await _related(svc, [item_id], k, filters, "similar", visitor_id)
 
     @get("/{item_id:str}/complements", opt=scopes(Scope.READ), summary="Complements of one item")
     async def complements_one(
@@ -58,8 +80,9 @@ class ItemsController(Controller):
         filters: NamedDependency[Filters],
         item_id: IdPath,
         k: K = 10,
+        visitor_id: VisitorId = None,
     ) -> RelatedOut:
-        return _related(svc, [item_id], k, filters, "complement")
+        return await _related(svc, [item_id], k, filters, "complement", visitor_id)
 
     @get(
         "/similar",
@@ -73,8 +96,9 @@ class ItemsController(Controller):
         filters: NamedDependency[Filters],
         item_id: ItemIds,
         k: K = 10,
+        visitor_id: VisitorId = None,
     ) -> RelatedOut:
-        return _related(svc, item_id, k, filters, "similar")
+        return await _related(svc, item_id, k, filters, "similar", visitor_id)
 
     @get(
         "/complements",
@@ -88,5 +112,6 @@ class ItemsController(Controller):
         filters: NamedDependency[Filters],
         item_id: ItemIds,
         k: K = 10,
+        visitor_id: VisitorId = None,
     ) -> RelatedOut:
-        return _related(svc, item_id, k, filters, "complement")
+        return await _related(svc, item_id, k, filters, "complement", visitor_id)

@@ -43,8 +43,6 @@ Placement = Annotated[
         description="page or channel asking: home, product, cart, checkout, email, ad, ...",
     ),
 ]
-#: the placement experiments name to apply to retargeting (``/retargeting``)
-RETARGETING = "retargeting"
 Country = Annotated[str | None, Parameter(min_length=2, max_length=64, description="visitor's country")]
 
 
@@ -150,7 +148,7 @@ class VisitorsController(Controller):
             check_mark_sent(request, campaign, "query parameter 'mark_sent'")
         model = svc.holder.require()
         state = await svc.store.visitor(visitor_id, campaign)
-        served = await svc.experiments.runtime.serve(RETARGETING, visitor_id)
+        served = await svc.experiments.runtime.serve(experiment_runtime.RETARGETING, visitor_id)
         items = experiment_runtime.retarget(served, model, context_of(state), k, filters, state.sent)
         if mark_sent and campaign is not None and items:
             await svc.store.mark_sent(visitor_id, campaign, [r.item_id for r in items])

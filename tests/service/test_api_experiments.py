@@ -4,6 +4,7 @@ endpoint over a fake feedback provider (known answer)."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,8 @@ def _app(published: Path, recommender: Recommender, store: Any, feedback: Any, *
     return create_app(
         api_settings(models_dir=str(published), **settings),
         store=memory_store(),
-        model_holder=ModelHolder.with_model(recommender, published),
+        # a front of its own: rules installed here stay here
+        model_holder=ModelHolder.with_model(copy.copy(recommender), published),
         experiments=store,
         feedback=feedback,
     )
@@ -313,3 +315,56 @@ async def test_the_global_holdout_keeps_people_out_of_every_experiment(
     await follower.step()
     out = sum(follower.runtime.choose("home", p) is None for p in _people(5000))
     assert abs(out / 5000 - 0.3) < 0.03
+
+
+def _in(experiment: str, arms: list[tuple[str, float]], variant: str) -> str:
+    return next(p for p in _people(200) if assign("s1", experiment, p, arms, 1.0, 0.0) == variant)
+
+
+def test_rules_variants_serve_their_snapshot_or_no_rules(client: TestClient[Litestar]) -> None:
+    hide = {"id": "hide-all-cheap", "condition": {"max_price": 1e9}, "action": {"type": "boost", "factor": 2}}
+    assert client.put("/v1/rules", json={"rules": [hide]}, headers=H_ADMIN).status_code == 200
+    arms = [
+        {"name": "live", "control": True},
+        {"name": "none", "rules_version": 0},
+        {"name": "v1", "rules_version": 1},
+    ]
+    assert client.put(f"{PREFIX}/rx", json=body(variants=arms), headers=H_ADMIN).status_code == 200
+    client.post(f"{PREFIX}/rx/start", headers=H_ADMIN)
+    weights = [("live", 1.0), ("none", 1.0), ("v1", 1.0)]
+    # the stored rules move on to version 2: the snapshot keeps serving version 1
+    assert client.put("/v1/rules", json={"rules": [hide]}, headers=H_ADMIN).status_code == 200
+
+    def answer(variant: str) -> dict[str, Any]:
+        out = client.get(f"/v1/visitors/{_in('rx', weights, variant)}/recommendations", headers=H_READ).json()
+        assert out["variant"] == variant
+        return out
+
+    assert answer("live")["rules_version"] == 2
+    assert "rules_version" not in answer("none")
+    assert answer("v1")["rules_version"] == 1
+
+
+def test_a_trending_variant_and_item_to_item_placements(
+    client: TestClient[Litestar], recommender: Recommender
+) -> None:
+    arms = [{"name": "ctl", "control": True}, {"name": "trend", "strategy": "trending"}]
+    doc = body(variants=arms, placements=["home", "similar", "complements", "retargeting"])
+    assert client.put(f"{PREFIX}/tr", json=doc, headers=H_ADMIN).status_code == 200
+    client.post(f"{PREFIX}/tr/start", headers=H_ADMIN)
+    who = _in("tr", [("ctl", 1.0), ("trend", 1.0)], "trend")
+    out = client.get(f"/v1/visitors/{who}/recommendations?k=5", headers=H_READ).json()
+    # ranked by the trending score alone
+    trending = recommender.scorer.trending
+    scores = [float(trending[recommender.catalog.index[p["item_id"]]]) for p in out["products"]]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(float(trending[recommender.catalog.products_in_stock].max()))
+    item = recommender.catalog.items[0].item_id
+    sim = client.get(f"/v1/items/{item}/similar?visitor_id={who}", headers=H_READ).json()
+    assert (sim["experiment"], sim["variant"]) == ("tr", "trend")
+    assert "experiment" not in client.get(f"/v1/items/{item}/similar", headers=H_READ).json()
+    comp = client.get(f"/v1/items/complements?item_id={item}&visitor_id={who}", headers=H_READ).json()
+    assert comp["variant"] == "trend"
+    r = client.post("/v1/retargeting/export", json={"visitor_ids": [who]}, headers=H_READ)
+    line = msgspec.json.decode(r.content.splitlines()[0])
+    assert (line["experiment"], line["variant"]) == ("tr", "trend")
