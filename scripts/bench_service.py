@@ -387,6 +387,44 @@ def in_process(models: Path, ctxs: list[VisitorContext], calls: int) -> dict[str
     return out
 
 
+EXPERIMENT = "bench-blend"
+
+
+def start_experiment(base: str, visitors: list[str], timeout: float = 120.0) -> float:
+    """Create and start an experiment (control vs the stage-agnostic blend, every visitor, placement
+    home); returns the seconds until 40 consecutive answers on new connections (so from both workers,
+    each with its stage-agnostic front built) carry it."""
+    headers = {"X-API-Key": API_KEY}
+    doc = {
+        "placements": ["home"],
+        "variants": [{"name": "aware", "control": True}, {"name": "agnostic", "blend": "stage_agnostic"}],
+    }
+    r = httpx.put(f"{base}/v1/experiments/{EXPERIMENT}", json=doc, headers=headers, timeout=timeout)
+    if r.status_code != 200:
+        sys.exit(f"experiment: HTTP {r.status_code}: {r.text[:300]}")
+    t0 = time.perf_counter()
+    httpx.post(f"{base}/v1/experiments/{EXPERIMENT}/start", headers=headers, timeout=30).raise_for_status()
+    agree, i = 0, 0
+    while agree < 40:
+        if time.perf_counter() - t0 > timeout:
+            sys.exit(f"experiment not served by every worker after {timeout:.0f} s")
+        v = visitors[i % len(visitors)]
+        i += 1
+        with httpx.Client(base_url=base, headers=headers, timeout=timeout) as c:
+            out = c.get(f"/v1/visitors/{v}/recommendations", params={"k": 10}).json()
+        agree = agree + 1 if out.get("experiment") == EXPERIMENT else 0
+    return time.perf_counter() - t0
+
+
+def _label(key: str) -> str:
+    return {"": "", "live_": " (live)", "exp_": " (experiment)"}.get(key, f" ({key})")
+
+
+def stop_experiment(base: str) -> None:
+    headers = {"X-API-Key": API_KEY}
+    httpx.post(f"{base}/v1/experiments/{EXPERIMENT}/stop", headers=headers, timeout=30).raise_for_status()
+
+
 def under_load(
     base: str, warm: list[str], args: argparse.Namespace, root: Path, res: dict[str, float], key: str
 ) -> tuple[str, str]:
@@ -396,7 +434,7 @@ def under_load(
     res[key + "p50"], res[key + "p99"] = pct(lat, 50), pct(lat, 99)
     latency_client = "httpx client, one connection"
     print(
-        f"recommend{' (live)' if key else ''} (k=10, concurrency 1, httpx client, {len(lat)} requests after "
+        f"recommend{_label(key)} (k=10, concurrency 1, httpx client, {len(lat)} requests after "
         f"200 warm-up): p50 {pct(lat, 50):.2f} ms, p90 {pct(lat, 90):.2f} ms, p99 {pct(lat, 99):.2f} ms, "
         f"max {max(lat):.2f} ms",
         flush=True,
@@ -408,7 +446,7 @@ def under_load(
         res[key + "p50"], res[key + "p99"] = w["50"], w["99"]
         latency_client = "wrk -t1 -c1"
         print(
-            f"recommend{' (live)' if key else ''} (k=10, concurrency 1, wrk -t1 -c1, {w['n']:,.0f} requests "
+            f"recommend{_label(key)} (k=10, concurrency 1, wrk -t1 -c1, {w['n']:,.0f} requests "
             f"in {args.duration} s): p50 {w['50']:.2f} ms, p90 {w['90']:.2f} ms, p99 {w['99']:.2f} ms",
             flush=True,
         )
@@ -417,7 +455,7 @@ def under_load(
         rps, how = asyncio.run(saturate_httpx(base, warm, args.connections, args.duration))
     res[key + "rps"] = rps
     print(
-        f"saturation{' (live)' if key else ''}: {rps:,.0f} req/s ({how}; generator shares the cores)",
+        f"saturation{_label(key)}: {rps:,.0f} req/s ({how}; generator shares the cores)",
         flush=True,
     )
     return latency_client, how
@@ -440,6 +478,9 @@ def main() -> None:
     ap.add_argument("--naive-calls", type=int, default=300)
     ap.add_argument("--report", type=Path, default=BENCH_JSON, help="JSON file the figures are written to")
     ap.add_argument("--no-live", action="store_true", help="skip the run with 10,000 live items and 20 rules")
+    ap.add_argument(
+        "--no-experiment", action="store_true", help="skip the run with an experiment on every request"
+    )
     ap.add_argument("--no-wrk", action="store_true", help="use the httpx load generator even if wrk exists")
     ap.add_argument(
         "--workdir", type=Path, help="keep the simulation and model here and reuse them on the next run"
@@ -507,6 +548,16 @@ def main() -> None:
             )
 
             latency_client, saturation_client = under_load(base, warm, args, root, res, "")
+            if not args.no_experiment:
+                # the same server and visitors with an experiment running on every recommendation
+                res["exp_ready"] = start_experiment(base, warm)
+                print(
+                    "experiment: control vs stage-agnostic blend on placement home, 100 % traffic; every "
+                    f"worker served it {res['exp_ready']:.2f} s after the start",
+                    flush=True,
+                )
+                under_load(base, warm, args, root, res, "exp_")
+                stop_experiment(base)
             if not args.no_live:
                 # the same server and visitors with 10,000 live items and 20 rules
                 live = bench_live.install(base, {"X-API-Key": API_KEY}, product_items, args.seed)
@@ -552,6 +603,21 @@ def main() -> None:
         ("recommend p99 (ms, conc 1)", f"{res['p99']:.2f}", "<= 5", res["p99"] <= 5),
         ("saturation req/s", f"{res['rps']:,.0f}", ">= 1,200", res["rps"] >= 1200),
     ]
+    if "exp_p50" in res:
+        rows += [
+            (
+                "experiment: p50 vs without (ms)",
+                f"{res['exp_p50']:.2f}/{res['p50']:.2f}",
+                "<= +10 %",
+                res["exp_p50"] <= 1.1 * res["p50"],
+            ),
+            (
+                "experiment: req/s vs without",
+                f"{res['exp_rps']:,.0f}/{res['rps']:,.0f}",
+                ">= -10 %",
+                res["exp_rps"] >= 0.9 * res["rps"],
+            ),
+        ]
     if "live_p50" in res:
         rows += [
             (
