@@ -206,7 +206,7 @@ def in_global_holdout(person_id: str, share: float) -> bool:
 
 # -- statistics -----------------------------------------------------------------------------------------
 class StatsCell(Protocol):
-    """Per-visitor sums of one (variant, stage) cell (``service.experiments_results.VariantStageStats``)."""
+    """What ``results`` reads of a cell: ``VariantStageStats`` or any object with its fields."""
 
     @property
     def variant(self) -> str: ...
@@ -231,6 +231,33 @@ class DayCell(Protocol):
     def stage(self) -> str: ...
     @property
     def counts(self) -> Mapping[str, float]: ...
+
+
+class VariantStageStats(msgspec.Struct, frozen=True):
+    """Per-visitor sums of one (variant, stage) cell, as the feedback counters answer them; ``stage`` "all"
+    counts each visitor once per variant.
+
+    visitors  distinct visitors served at least one list of the variant in that stage
+    sums      metric -> sum over visitors
+    squares   metric -> sum over visitors of (per-visitor value)^2
+    cross     "clicks*impressions" -> sum over visitors of clicks_v * impressions_v
+    """
+
+    variant: str
+    stage: str
+    visitors: int
+    sums: dict[str, float]
+    squares: dict[str, float]
+    cross: dict[str, float]
+
+
+class DailyCell(msgspec.Struct, frozen=True):
+    """Totals of one day (YYYY-MM-DD, UTC), variant and stage."""
+
+    day: str
+    variant: str
+    stage: str
+    counts: dict[str, float]
 
 
 class Estimate(msgspec.Struct, frozen=True):

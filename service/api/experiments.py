@@ -15,6 +15,7 @@ version, which the experiment then keeps. The service-wide holdout is a setting
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Annotated
 
 import msgspec
@@ -87,6 +88,13 @@ async def _checked(svc: Services, experiment: Experiment) -> Experiment:
     return msgspec.structs.replace(experiment, rules=tuple({r.version: r for r in snapshots}.values()))
 
 
+async def _followed(svc: Services, change: Awaitable[Experiment]) -> Experiment:
+    """The stored experiment ``change`` answers, once this worker follows it (the others within a poll)."""
+    out = await change
+    await svc.experiments.changed()
+    return out
+
+
 class ExperimentsController(Controller):
     path = "/experiments"
     tags = ["experiments"]  # noqa: RUF012 (Litestar reads a class attribute)
@@ -120,9 +128,7 @@ class ExperimentsController(Controller):
             )
         except msgspec.ValidationError as e:
             raise InvalidInputError(f"body: {e}") from None
-        stored = await svc.experiments.store.put(await _checked(svc, experiment))
-        await svc.experiments.changed()
-        return stored
+        return await _followed(svc, svc.experiments.store.put(await _checked(svc, experiment)))
 
     @post(
         "/{experiment_id:str}/start",
@@ -134,9 +140,7 @@ class ExperimentsController(Controller):
         ),
     )
     async def start(self, svc: NamedDependency[Services], experiment_id: ExperimentId) -> Experiment:
-        out = await svc.experiments.store.start(experiment_id)
-        await svc.experiments.changed()
-        return out
+        return await _followed(svc, svc.experiments.store.start(experiment_id))
 
     @post(
         "/{experiment_id:str}/stop",
@@ -145,9 +149,7 @@ class ExperimentsController(Controller):
         summary="Stop a running experiment (its results stay readable)",
     )
     async def stop(self, svc: NamedDependency[Services], experiment_id: ExperimentId) -> Experiment:
-        out = await svc.experiments.store.stop(experiment_id)
-        await svc.experiments.changed()
-        return out
+        return await _followed(svc, svc.experiments.store.stop(experiment_id))
 
     @delete(
         "/{experiment_id:str}",

@@ -28,7 +28,7 @@ from typing import Protocol
 import msgspec
 
 from models.errors import NotFoundError
-from models.experiments import Experiment
+from models.experiments import Experiment, State
 from service.errors import ConflictError
 
 #: how often a change is computed again when other writers keep changing the same document
@@ -108,30 +108,26 @@ class ExperimentWriter:
         return await self._stored(experiment.id, replace)
 
     async def start(self, experiment_id: str) -> Experiment:
-        now = self._clock()
-
-        def start(old: Experiment | None) -> Experiment:
-            old = _existing(experiment_id, old)
-            if old.state == "running":
-                return old
-            if old.state == "stopped":
-                raise ConflictError(f"experiment {experiment_id!r} is stopped: it cannot run again")
-            return msgspec.structs.replace(old, state="running", started_at=now)
-
-        return await self._stored(experiment_id, start)
+        return await self._move(experiment_id, "running", {"stopped": "is stopped: it cannot run again"})
 
     async def stop(self, experiment_id: str) -> Experiment:
+        return await self._move(experiment_id, "stopped", {"draft": "is a draft: it never ran"})
+
+    async def _move(self, experiment_id: str, to: State, refused: dict[str, str]) -> Experiment:
+        """Move the experiment to state ``to`` stamping the time (``started_at`` or ``stopped_at``); one
+        already there is answered as it is; a state in ``refused`` is a conflict saying why."""
         now = self._clock()
+        stamp = "started_at" if to == "running" else "stopped_at"
 
-        def stop(old: Experiment | None) -> Experiment:
+        def move(old: Experiment | None) -> Experiment:
             old = _existing(experiment_id, old)
-            if old.state == "stopped":
+            if old.state == to:
                 return old
-            if old.state == "draft":
-                raise ConflictError(f"experiment {experiment_id!r} is a draft: it never ran")
-            return msgspec.structs.replace(old, state="stopped", stopped_at=now)
+            if old.state in refused:
+                raise ConflictError(f"experiment {experiment_id!r} {refused[old.state]}")
+            return msgspec.structs.replace(old, state=to, **{stamp: now})
 
-        return await self._stored(experiment_id, stop)
+        return await self._stored(experiment_id, move)
 
     async def delete(self, experiment_id: str) -> None:
         def delete(old: Experiment | None) -> None:

@@ -17,8 +17,10 @@ from models.experiments import (
     BUCKETS,
     CROSS_CTR,
     Z95,
+    DailyCell,
     Experiment,
     Variant,
+    VariantStageStats,
     assign,
     assign_experiment,
     bounds,
@@ -30,22 +32,6 @@ from models.experiments import (
     results,
     sample_ratio,
 )
-
-
-class Cell(msgspec.Struct, frozen=True):
-    variant: str
-    stage: str
-    visitors: int
-    sums: dict[str, float]
-    squares: dict[str, float]
-    cross: dict[str, float]
-
-
-class Day(msgspec.Struct, frozen=True):
-    day: str
-    variant: str
-    stage: str
-    counts: dict[str, float]
 
 
 def exp(**kw: object) -> Experiment:
@@ -181,7 +167,7 @@ def test_a_skewed_split_raises_the_sample_ratio_flag() -> None:
     assert not sample_ratio({}, [("a", 1.0), ("b", 1.0)]).mismatch
 
 
-def _cell(variant: str, stage: str, per_visitor: dict[str, list[float]]) -> Cell:
+def _cell(variant: str, stage: str, per_visitor: dict[str, list[float]]) -> VariantStageStats:
     n = len(next(iter(per_visitor.values())))
     sums = {k: float(sum(v)) for k, v in per_visitor.items()}
     squares = {k: float(sum(x * x for x in v)) for k, v in per_visitor.items()}
@@ -190,7 +176,7 @@ def _cell(variant: str, stage: str, per_visitor: dict[str, list[float]]) -> Cell
             sum(c * i for c, i in zip(per_visitor["clicks"], per_visitor["impressions"], strict=True))
         )
     }
-    return Cell(variant, stage, n, sums, squares, cross)
+    return VariantStageStats(variant, stage, n, sums, squares, cross)
 
 
 def test_results_known_answer() -> None:
@@ -218,8 +204,8 @@ def test_results_known_answer() -> None:
         _cell("gone", "all", treat),  # a variant the experiment does not name: left out
     ]
     daily = [
-        Day("2026-01-02", "agnostic", "all", {"clicks": 1.0, "impressions": 4.0}),
-        Day("2026-01-01", "control", "all", {"clicks": 0.0, "impressions": 0.0}),
+        DailyCell("2026-01-02", "agnostic", "all", {"clicks": 1.0, "impressions": 4.0}),
+        DailyCell("2026-01-01", "control", "all", {"clicks": 0.0, "impressions": 0.0}),
     ]
     r = results(exp(), stats, daily)
     assert [(c.variant, c.stage) for c in r.cells] == [
