@@ -416,6 +416,15 @@ def start_experiment(base: str, visitors: list[str], timeout: float = 120.0) -> 
     return time.perf_counter() - t0
 
 
+def versus(res: dict[str, float], key: str, name: str) -> list[tuple[str, str, str, bool]]:
+    """The summary rows comparing the run ``key`` with the plain one: p50 within +10 %, req/s within -10 %."""
+    p50, rps = res[key + "p50"], res[key + "rps"]
+    return [
+        (f"{name}: p50 vs without (ms)", f"{p50:.2f}/{res['p50']:.2f}", "<= +10 %", p50 <= 1.1 * res["p50"]),
+        (f"{name}: req/s vs without", f"{rps:,.0f}/{res['rps']:,.0f}", ">= -10 %", rps >= 0.9 * res["rps"]),
+    ]
+
+
 def _label(key: str) -> str:
     return {"": "", "live_": " (live)", "exp_": " (experiment)"}.get(key, f" ({key})")
 
@@ -604,34 +613,10 @@ def main() -> None:
         ("saturation req/s", f"{res['rps']:,.0f}", ">= 1,200", res["rps"] >= 1200),
     ]
     if "exp_p50" in res:
-        rows += [
-            (
-                "experiment: p50 vs without (ms)",
-                f"{res['exp_p50']:.2f}/{res['p50']:.2f}",
-                "<= +10 %",
-                res["exp_p50"] <= 1.1 * res["p50"],
-            ),
-            (
-                "experiment: req/s vs without",
-                f"{res['exp_rps']:,.0f}/{res['rps']:,.0f}",
-                ">= -10 %",
-                res["exp_rps"] >= 0.9 * res["rps"],
-            ),
-        ]
+        rows += versus(res, "exp_", "experiment")
     if "live_p50" in res:
         rows += [
-            (
-                "live: p50 vs without (ms)",
-                f"{res['live_p50']:.2f}/{res['p50']:.2f}",
-                "<= +10 %",
-                res["live_p50"] <= 1.1 * res["p50"],
-            ),
-            (
-                "live: req/s vs without",
-                f"{res['live_rps']:,.0f}/{res['rps']:,.0f}",
-                ">= -10 %",
-                res["live_rps"] >= 0.9 * res["rps"],
-            ),
+            *versus(res, "live_", "live"),
             ("PATCH on every worker (s)", f"{res['patch_visible']:.2f}", "<= 1", res["patch_visible"] <= 1),
         ]
     rows += [
