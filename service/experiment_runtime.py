@@ -93,6 +93,8 @@ class ExperimentRuntime:
         self._by_placement: dict[str, tuple[Experiment, ...]] = {}
         # (experiment, variant) -> (the front it was built on, what serves it)
         self._served: dict[tuple[str, str], tuple[Recommender, Served]] = {}
+        # (experiment, variant) that could not be served (``_try``): not tried again until ``install``
+        self._broken: set[tuple[str, str]] = set()
 
     def install(self, experiments: list[Experiment]) -> None:
         """Serve the running ones of ``experiments`` from the next request on (one swap)."""
@@ -107,6 +109,7 @@ class ExperimentRuntime:
         self._by_placement = {p: tuple(es) for p, es in by_placement.items()}
         keep = {(e.id, v.name) for e in running for v in e.variants}
         self._served = {k: v for k, v in self._served.items() if k in keep}
+        self._broken = set()
 
     def person(self, visitor_id: str) -> str:
         """The id assignment hashes: the visitor id (identity resolution links it to a user id)."""
@@ -127,13 +130,15 @@ class ExperimentRuntime:
         return None
 
     async def serve(self, placement: str, visitor_id: str) -> Served | None:
-        """What serves this request's variant (None: the default serves it)."""
+        """What serves this request's variant (None: the default serves it, unstamped: no experiment
+        applies, or its variant cannot be served here)."""
         picked = self.choose(placement, visitor_id)
-        if picked is None:
+        if picked is None or (picked[0].id, picked[1].name) in self._broken:
             return None
-        return await self.served(*picked)
+        return await self._try(*picked)
 
     async def served(self, experiment: Experiment, variant: Variant) -> Served:
+        """What serves ``variant``; raises ArtifactError when its model version cannot be loaded."""
         front = await self.holder.variant(variant.model_version, variant.blend or STAGE_AWARE)
         key = (experiment.id, variant.name)
         cached = self._served.get(key)
@@ -143,14 +148,26 @@ class ExperimentRuntime:
         self._served[key] = (front, out)
         return out
 
+    async def _try(self, experiment: Experiment, variant: Variant) -> Served | None:
+        """``served``, or None for a variant that cannot be served (checked when the experiment was
+        written, so its version was removed or damaged since): logged once, its people get the default
+        and are counted nowhere, until the experiments change (``install``)."""
+        try:
+            return await self.served(experiment, variant)
+        except ArtifactError as e:
+            key = (experiment.id, variant.name)
+            if key not in self._broken:
+                # the message says it all: no traceback
+                log.error("experiment %s, variant %s cannot be served: %s", experiment.id, variant.name, e)  # noqa: TRY400
+                self._broken.add(key)
+            return None
+
     async def refresh(self) -> None:
         """Bring every running variant's front up to date (loaded, built) before a request needs it."""
         for e in self.running:
             for v in e.variants:
-                try:
-                    await self.served(e, v)
-                except ArtifactError as err:
-                    log.warning("experiment %s, variant %s cannot be served: %s", e.id, v.name, err)
+                if (e.id, v.name) not in self._broken:
+                    await self._try(e, v)
 
 
 class ExperimentFollower:

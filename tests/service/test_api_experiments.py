@@ -19,6 +19,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from models.blend import stage_agnostic_weights
+from models.errors import ArtifactError
 from models.experiments import assign, assign_experiment
 from models.recommender import Recommender
 from service.app import create_app
@@ -368,3 +369,32 @@ def test_a_trending_variant_and_item_to_item_placements(
     r = client.post("/v1/retargeting/export", json={"visitor_ids": [who]}, headers=H_READ)
     line = msgspec.json.decode(r.content.splitlines()[0])
     assert (line["experiment"], line["variant"]) == ("tr", "trend")
+
+
+async def test_a_variant_that_cannot_be_served_gets_the_default_unstamped(
+    published: Path, recommender: Recommender
+) -> None:
+    broken = {"v-copy"}
+
+    def loader(directory: Path) -> Recommender:
+        if directory.name in broken:
+            raise ArtifactError(f"{directory}: damaged")
+        return copy.copy(recommender)
+
+    holder = ModelHolder(published, loader=loader)
+    await holder.reload()
+    store = MemoryExperimentStore()
+    follower = ExperimentFollower(store, ExperimentRuntime(holder))
+    await store.put(
+        doc("mv", variants=[{"name": "a", "control": True}, {"name": "b", "model_version": "v-copy"}])
+    )
+    await store.start("mv")
+    await follower.step()  # refresh logs the broken variant once
+    people = _people(50)
+    served = [await follower.runtime.serve("home", p) for p in people]
+    names = {s.variant if s is not None else None for s in served}
+    assert names == {"a", None}  # b's people: the default, counted nowhere
+    broken.clear()  # repaired: tried again when the experiments change
+    await store.stop("mv")
+    await follower.step()
+    assert await follower.runtime.serve("home", people[0]) is None
