@@ -392,8 +392,8 @@ EXPERIMENT = "bench-blend"
 
 def start_experiment(base: str, visitors: list[str], timeout: float = 120.0) -> float:
     """Create and start an experiment (control vs the stage-agnostic blend, every visitor, placement
-    home); returns the seconds until 40 consecutive answers on new connections (so from both workers,
-    each with its stage-agnostic front built) carry it."""
+    home); returns the seconds from the start to the first of 40 consecutive answers on new connections
+    (so from both workers, each with its stage-agnostic front built) that carry it."""
     headers = {"X-API-Key": API_KEY}
     doc = {
         "placements": ["home"],
@@ -404,16 +404,21 @@ def start_experiment(base: str, visitors: list[str], timeout: float = 120.0) -> 
         sys.exit(f"experiment: HTTP {r.status_code}: {r.text[:300]}")
     t0 = time.perf_counter()
     httpx.post(f"{base}/v1/experiments/{EXPERIMENT}/start", headers=headers, timeout=30).raise_for_status()
-    agree, i = 0, 0
+    agree, i, since = 0, 0, t0
     while agree < 40:
         if time.perf_counter() - t0 > timeout:
             sys.exit(f"experiment not served by every worker after {timeout:.0f} s")
         v = visitors[i % len(visitors)]
         i += 1
+        asked = time.perf_counter()
         with httpx.Client(base_url=base, headers=headers, timeout=timeout) as c:
             out = c.get(f"/v1/visitors/{v}/recommendations", params={"k": 10}).json()
-        agree = agree + 1 if out.get("experiment") == EXPERIMENT else 0
-    return time.perf_counter() - t0
+        if out.get("experiment") != EXPERIMENT:
+            agree = 0
+        else:
+            since = asked if agree == 0 else since
+            agree += 1
+    return since - t0
 
 
 def versus(res: dict[str, float], key: str, name: str) -> list[tuple[str, str, str, bool]]:
@@ -427,6 +432,26 @@ def versus(res: dict[str, float], key: str, name: str) -> list[tuple[str, str, s
 
 def _label(key: str) -> str:
     return {"": "", "live_": " (live)", "exp_": " (experiment)"}.get(key, f" ({key})")
+
+
+def interleaved(base: str, visitors: list[str], n: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Milliseconds per GET recommendations with the experiment (placement home) and without it (placement
+    ``other``, the same work otherwise), alternated request by request on one keep-alive connection, so a
+    machine whose load drifts weighs on both alike. Returns (with, without)."""
+    headers = {"X-API-Key": API_KEY}
+    out: dict[str, list[float]] = {"home": [], "other": []}
+    with httpx.Client(base_url=base, headers=headers, timeout=10.0) as c:
+        for i in range(warmup + n):
+            v = visitors[i % len(visitors)]
+            for placement in ("home", "other") if i % 2 else ("other", "home"):
+                t0 = time.perf_counter()
+                r = c.get(f"/v1/visitors/{v}/recommendations", params={"k": 10, "placement": placement})
+                dt = time.perf_counter() - t0
+                if r.status_code != 200 or ("experiment" in r.json()) != (placement == "home"):
+                    sys.exit(f"recommendations at {placement}: HTTP {r.status_code}: {r.text[:300]}")
+                if i >= warmup:
+                    out[placement].append(dt * 1000)
+    return out["home"], out["other"]
 
 
 def stop_experiment(base: str) -> None:
@@ -562,10 +587,19 @@ def main() -> None:
                 res["exp_ready"] = start_experiment(base, warm)
                 print(
                     "experiment: control vs stage-agnostic blend on placement home, 100 % traffic; every "
-                    f"worker served it {res['exp_ready']:.2f} s after the start",
+                    f"worker served it from {res['exp_ready']:.2f} s after the start",
                     flush=True,
                 )
                 under_load(base, warm, args, root, res, "exp_")
+                on, off = interleaved(base, warm, args.requests, warmup=200)
+                res["pair_on_p50"], res["pair_off_p50"] = pct(on, 50), pct(off, 50)
+                print(
+                    f"recommend alternating with and without the experiment ({len(on)} pairs, one "
+                    "connection): "
+                    f"p50 {pct(on, 50):.2f} ms with, {pct(off, 50):.2f} ms without; p99 {pct(on, 99):.2f} / "
+                    f"{pct(off, 99):.2f} ms",
+                    flush=True,
+                )
                 stop_experiment(base)
             if not args.no_live:
                 # the same server and visitors with 10,000 live items and 20 rules
@@ -614,6 +648,8 @@ def main() -> None:
     ]
     if "exp_p50" in res:
         rows += versus(res, "exp_", "experiment")
+        on, off = res["pair_on_p50"], res["pair_off_p50"]
+        rows.append(("experiment: p50 alternating (ms)", f"{on:.2f}/{off:.2f}", "<= +10 %", on <= 1.1 * off))
     if "live_p50" in res:
         rows += [
             *versus(res, "live_", "live"),
