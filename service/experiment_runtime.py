@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import msgspec
 
 from models.errors import ArtifactError, StoreUnavailableError
-from models.experiments import Experiment, Strategy, Variant, assign_experiment, in_global_holdout
+from models.experiments import Assigner, Experiment, Strategy, Variant, in_global_holdout
 from models.recommender import Recommender
 from models.request import Filters, Recommendations, RecommendedItem, VisitorContext
 from models.rules import CompiledRules, RuleSet
@@ -90,7 +90,7 @@ class ExperimentRuntime:
         self.holder = holder
         self.holdout = holdout
         self.running: tuple[Experiment, ...] = ()
-        self._by_placement: dict[str, tuple[Experiment, ...]] = {}
+        self._by_placement: dict[str, tuple[Assigner, ...]] = {}
         # (experiment, variant) -> (the front it was built on, what serves it)
         self._served: dict[tuple[str, str], tuple[Recommender, Served]] = {}
         # (experiment, variant) that could not be served (``_try``): not tried again until ``install``
@@ -101,10 +101,11 @@ class ExperimentRuntime:
         running = tuple(
             sorted((e for e in experiments if e.state == "running"), key=lambda e: (e.started_at or 0, e.id))
         )
-        by_placement: dict[str, list[Experiment]] = {}
+        by_placement: dict[str, list[Assigner]] = {}
         for e in running:
+            assigner = Assigner(e)
             for p in e.placements:
-                by_placement.setdefault(p, []).append(e)
+                by_placement.setdefault(p, []).append(assigner)
         self.running = running
         self._by_placement = {p: tuple(es) for p, es in by_placement.items()}
         keep = {(e.id, v.name) for e in running for v in e.variants}
@@ -123,17 +124,23 @@ class ExperimentRuntime:
         person = self.person(visitor_id)
         if in_global_holdout(person, self.holdout):
             return None
-        for e in candidates:
-            name = assign_experiment(e, person)
-            if name is not None:
-                return e, next(v for v in e.variants if v.name == name)
+        for assigner in candidates:
+            variant = assigner(person)
+            if variant is not None:
+                return assigner.experiment, variant
         return None
 
     async def serve(self, placement: str, visitor_id: str) -> Served | None:
         """What serves this request's variant (None: the default serves it, unstamped: no experiment
         applies, or its variant cannot be served here)."""
         picked = self.choose(placement, visitor_id)
-        if picked is None or (picked[0].id, picked[1].name) in self._broken:
+        if picked is None:
+            return None
+        key = (picked[0].id, picked[1].name)
+        cached = self._served.get(key)
+        if cached is not None and cached[0] is self.holder.ready(picked[1].model_version, picked[1].blend):
+            return cached[1]  # the common case: nothing to await
+        if key in self._broken:
             return None
         return await self._try(*picked)
 

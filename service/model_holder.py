@@ -235,6 +235,16 @@ class ModelHolder:
         held = self.rules.version if self.rules is not None else 0
         return front.overlay is self.overlay and served_version(front) == held
 
+    def ready(self, version: str | None, blend: str | None = None) -> Recommender | None:
+        """What ``variant`` would answer when it has it ready (nothing to load or build), else None."""
+        live = self._current
+        if live is None:
+            return None
+        if (version is None or version == live.version) and (blend is None or blend == STAGE_AWARE):
+            return live
+        entry = self._variants.get((live.version if version is None else version, blend or STAGE_AWARE))
+        return entry[1] if entry is not None and self._fresh(entry[1]) else None
+
     async def variant(self, version: str | None, blend: str = STAGE_AWARE) -> Recommender:
         """A front serving model ``version`` (None: the live one) with ``blend`` (``STAGE_AWARE``, or
         ``STAGE_AGNOSTIC``: ``blend.stage_agnostic_weights``), the held live catalog and rules. The live

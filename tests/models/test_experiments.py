@@ -17,6 +17,7 @@ from models.experiments import (
     BUCKETS,
     CROSS_CTR,
     Z95,
+    Assigner,
     DailyCell,
     Experiment,
     Variant,
@@ -284,3 +285,21 @@ def test_sums_based_estimates_equal_the_naive_reference(rows: list[tuple[int, in
     assert r.value == pytest.approx(ratio)
     assert r.se is not None
     assert r.se**2 == pytest.approx(naive_se**2, rel=1e-6, abs=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(0.01, 100), min_size=2, max_size=5),
+    st.floats(0, 1),
+    st.floats(0, 0.99),
+    st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=30),
+)
+def test_the_request_paths_assigner_equals_assign(
+    weights: list[float], traffic: float, holdout: float, people: list[str]
+) -> None:
+    variants = [{"name": f"v{i}", "weight": w, "control": i == 0} for i, w in enumerate(weights)]
+    e = exp(variants=variants, traffic=traffic, holdout=holdout)
+    assigner = Assigner(e)
+    for p in people:
+        got = assigner(p)
+        assert (got.name if got is not None else None) == assign_experiment(e, p)
