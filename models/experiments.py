@@ -105,8 +105,8 @@ class Experiment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     ignored."""
 
     id: SafeId
-    placements: Annotated[tuple[Placement, ...], msgspec.Meta(min_length=1, max_length=32)]
-    variants: Annotated[tuple[Variant, ...], msgspec.Meta(min_length=2, max_length=16)]
+    placements: Annotated[list[Placement], msgspec.Meta(min_length=1, max_length=32)]
+    variants: Annotated[list[Variant], msgspec.Meta(min_length=2, max_length=16)]
     traffic: Share = 1.0
     holdout: Share = 0.0
     salt: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = "s1"
@@ -115,7 +115,7 @@ class Experiment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     stopped_at: float | None = None
     #: the rule sets the variants' ``rules_version`` name (0 excepted), kept with the experiment so a
     #: variant serves its version after the stored rules move on; the service fills it in
-    rules: tuple[RuleSet, ...] = ()
+    rules: list[RuleSet] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_experiment(self)

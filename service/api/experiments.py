@@ -46,8 +46,8 @@ ExperimentId = Annotated[str, Parameter(pattern=ID_PATTERN, description="experim
 class ExperimentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An experiment as a client writes it (its id is the path's); ``models.experiments.Experiment``."""
 
-    placements: Annotated[tuple[Placement, ...], msgspec.Meta(min_length=1, max_length=32)]
-    variants: Annotated[tuple[Variant, ...], msgspec.Meta(min_length=2, max_length=16)]
+    placements: Annotated[list[Placement], msgspec.Meta(min_length=1, max_length=32)]
+    variants: Annotated[list[Variant], msgspec.Meta(min_length=2, max_length=16)]
     traffic: Share = 1.0
     holdout: Share = 0.0
     salt: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = "s1"
@@ -85,7 +85,7 @@ async def _checked(svc: Services, experiment: Experiment) -> Experiment:
                     f"{current.version}); an experiment keeps the version stored when it is written"
                 )
             snapshots.append(current)
-    return msgspec.structs.replace(experiment, rules=tuple({r.version: r for r in snapshots}.values()))
+    return msgspec.structs.replace(experiment, rules=list({r.version: r for r in snapshots}.values()))
 
 
 async def _followed(svc: Services, change: Awaitable[Experiment]) -> Experiment:
