@@ -28,7 +28,7 @@ from models.factors import FactorModel
 from models.features import Vocabulary
 from models.journey import JourneyRules
 from models.serving_rules import ServingRules
-from models.sources import ItemTables, category_codes
+from models.sources import ItemTables, category_codes, repeatable_flags
 from models.weights import EventWeights
 
 FORMAT = "journeyrec-model/1"
@@ -102,6 +102,7 @@ def _arrays(
         "trending": tables.trending,
         "repeat_rate": tables.repeat_rate,
         "known": tables.known,
+        **({} if tables.category_repeat is None else {"category_repeat": tables.category_repeat}),
         "blend_weights": blend_weights,
         "price_edges": price_edges,
     }
@@ -315,6 +316,8 @@ def _assemble(
         a["known"],
         category_codes(catalog),
         as_of=manifest.trained_until,
+        category_repeat=a.get("category_repeat"),  # a model published before it: the items' own rates
+        repeatable=repeatable_flags(catalog),
     )
     blend_weights = a["blend_weights"]
     if blend_weights.shape[1] != N_FEATURES:  # fitted before a feature existed: that feature weighs 0

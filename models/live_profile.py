@@ -30,7 +30,7 @@ from models.blend import (
 from models.domain import DAY, EventType
 from models.profiles import PURCHASE_DECAY_DAYS
 from models.serving_rules import ServingRules
-from models.sources import ItemTables, concat_ranges, substitute_weights
+from models.sources import ItemTables, bought_once, concat_ranges, substitute_weights
 
 _PURCHASE = EventType.PURCHASE.code
 _CANCEL = EventType.CANCEL.code
@@ -251,10 +251,11 @@ class LiveProfile:
         for code, weight in per_cat.items():  # the categories of a few recent purchases
             vals[row_cat == code] += weight
         vals[_found(rows, self._not_substitutes(tables, anchors))] = 0.0
+        vals = np.minimum(vals, 1.0).astype(np.float32) * bought_once(tables, rows)
         hit = vals > 0
         if not hit.any():
             return None
-        return SUBSTITUTE, rows[hit], np.minimum(vals[hit], 1.0).astype(np.float32)
+        return SUBSTITUTE, rows[hit], vals[hit]
 
     def _substitute_categories(
         self, tables: ItemTables, rules: ServingRules
@@ -262,7 +263,7 @@ class LiveProfile:
         """({category code: summed weight} of the recent one-off purchases, their item rows int64)."""
         purchased = self.purchase_age > 0
         w = substitute_weights(
-            tables.repeat_rate[self.items[purchased]],
+            tables.rebuy_rate(self.items[purchased]),
             self.purchase_age[purchased],
             rules.substitute_recency_days,
         )
@@ -300,4 +301,6 @@ class LiveProfile:
             order = np.argsort(idx, kind="stable")
             idx, vals = idx[order], vals[order]
         alike = ~_found(idx, self._not_substitutes(tables, anchors))
-        return idx[alike], np.minimum(vals[alike], np.float32(1.0))
+        idx, vals = idx[alike], np.minimum(vals[alike], np.float32(1.0)) * bought_once(tables, idx[alike])
+        hit = vals > 0
+        return idx[hit], vals[hit]

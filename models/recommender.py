@@ -238,7 +238,14 @@ class Recommender:
         bs = self.scorer
         tables = bs.tables.with_new_items(len(new))
         links = feature_neighbours(tables.similar, norm_repr, catalog, len(bc), tables.popularity)
-        tables = replace(tables, similar=links, category=self._new_categories(tables.category, new))
+        tables = replace(
+            tables,
+            similar=links,
+            category=self._new_categories(tables.category, new),
+            repeatable=None
+            if tables.repeatable is None
+            else np.concatenate([tables.repeatable[: len(bc)], [c.repeatable for c in new]]).astype(bool),
+        )
         sc = StageScorer(bs.factors.with_item_rows(rep.features.rows), tables, bs.blend_weights, bs.rules)
         candidates = (
             None
@@ -362,14 +369,13 @@ class Recommender:
         pinned = None if merch is None else merch.pinned_rows(stage.stage, ctx.placement, ctx.now)
         picked = self._candidates(rep, stage.stage, live.is_new, [*features, *page], pinned)
         rows = picked[0] if picked is not None else self._every_row
-        # mask
-        allowed = allowed_mask(c, ctx, filters, ItemKind.PRODUCT, rows)
+        # mask: the filters, and in retention the substitutes of a fresh one-off purchase
+        allowed, sub = self._allowed(ctx, filters, live, stage.stage, rows)
         if picked is not None and int(allowed.sum()) < k:
             # the filters leave too few candidates: score the whole catalog instead
             picked, rows = None, self._every_row
-            allowed = allowed_mask(c, ctx, filters, ItemKind.PRODUCT, rows)
+            allowed, sub = self._allowed(ctx, filters, live, stage.stage, rows)
         # score
-        sub = live.substitutes_at(sc.tables, self.serving, rows)
         if sub is not None:
             features = [*features, sub]
         scored = sc.score_items(
@@ -419,6 +425,20 @@ class Recommender:
             return Recommendations(stage, products, content, self.version, fallback=False)
         return Recommendations(stage, products, content, self.version, False, merch.version, outcome.fallback)
 
+    def _allowed(
+        self, ctx: VisitorContext, filters: Filters, live: LiveProfile, stage: Stage, rows: np.ndarray
+    ) -> tuple[np.ndarray, Entry | None]:
+        """(bool [c] which of ``rows`` (int64 [c] sorted) may be served, the substitute feature at them or
+        None): the filters' mask (``catalog.allowed_mask``) and, at the retention stage, not the items
+        whose substitute value reaches ``ServingRules.substitute_cutoff`` (after a kettle, no other kettle:
+        its complements, replenishment and content instead; ``sources.substitutes_kept_out`` offline)."""
+        allowed = allowed_mask(self.catalog, ctx, filters, ItemKind.PRODUCT, rows)
+        sub = live.substitutes_at(self.scorer.tables, self.serving, rows)
+        if sub is not None and stage is Stage.RETENTION:
+            _, idx, vals = sub
+            allowed[np.searchsorted(rows, idx[vals >= np.float32(self.serving.substitute_cutoff)])] = False
+        return allowed, sub
+
     def _new_items(
         self,
         products: list[RecommendedItem],
@@ -440,13 +460,12 @@ class Recommender:
         slots = self.exploration.slots(stage, k) if self.exploration is not None else 0
         if not slots:
             return products
-        allowed = allowed_mask(c, ctx, filters, ItemKind.PRODUCT, self._every_row[self.new_from :])
+        new_rows = self._every_row[self.new_from :]
+        allowed, sub = self._allowed(ctx, filters, live, stage, new_rows)
         hidden = None if merch is None else merch.active(stage, ctx.placement, ctx.now).hidden
         if hidden is not None:
             allowed &= ~hidden[self.new_from :]
         sc = self.scorer
-        new_rows = self._every_row[self.new_from :]
-        sub = live.substitutes_at(sc.tables, self.serving, new_rows)
         features = [f for f in features if f[0] != SUBSTITUTE] + ([] if sub is None else [sub])
         return explore(
             products, k, slots, c, sc, self.new_from, allowed, rep, uf, stage, features, live.is_new

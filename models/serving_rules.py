@@ -22,8 +22,12 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
     touch_recency_days           touch_recency is exp(-days since the last event on the item / this) (7)
     complement_recency_days      a bought item anchors complements with weight exp(-age / this) (60)
     similar_recency_days         a touched item anchors similar items with weight exp(-age / this) (30)
-    substitute_recency_days      a bought item makes the other items of its category substitutes with weight
-                                 exp(-age / this) x (1 - its repeat rate) (3)
+    substitute_recency_days      a bought item makes the other one-off items of its category substitutes with
+                                 weight exp(-age / this) x (1 - its rebuy rate: ``ItemTables.rebuy_rate``)
+                                 (``sources.substitute_matrix``) (3)
+    substitute_cutoff            retention never serves an item whose substitute value reaches this: another
+                                 kettle within about two days of a kettle whose buyers rarely buy another
+                                 (0.5; the value is at most 1; training and evaluation apply it too)
 
     Request path:
     context_weight               weight of the page's anchors (product on screen, cart) added to the
@@ -51,6 +55,7 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
     complement_recency_days: float = 60.0
     similar_recency_days: float = 30.0
     substitute_recency_days: float = 3.0
+    substitute_cutoff: float = 0.5
     context_weight: float = 1.0
     anchor_threshold: float = 0.2
     recent_for_cold: int = 10
@@ -74,6 +79,10 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ServingRules.{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 < self.substitute_cutoff <= 1.0:
+            raise ValueError(
+                f"ServingRules.substitute_cutoff must be in (0, 1], got {self.substitute_cutoff}"
+            )
         if self.recent_for_cold < 1:
             raise ValueError(f"ServingRules.recent_for_cold must be >= 1, got {self.recent_for_cold}")
 

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from models.dataset import EventLog
 from models.domain import CatalogItem, EventType
 from models.profiles import DAY, Profiles
-from models.serving_rules import DEFAULT_SERVING
+from models.serving_rules import DEFAULT_SERVING, ServingRules
 from models.weights import EventWeights, positive_codes
 
 
@@ -94,6 +94,11 @@ class ItemTables:
                   None: no categories at all
     as_of         the time (epoch seconds) popularity and trending were counted up to: the end of the
                   model's data, which "trending" reasons are dated by; None: unknown
+    category_repeat  float32 [n_categories] by category code: share of the category's buyers who bought in
+                  it on two or more distinct days (a kettle's category: few; tea, or the bags a wholesaler
+                  restocks in many designs: most); None: not counted (a model fitted before it)
+    repeatable    bool [n_items] the catalog says the item is bought again and again
+                  (``CatalogItem.repeatable``, from the catalog as ``category``); None: not known
     """
 
     popularity: np.ndarray
@@ -104,14 +109,37 @@ class ItemTables:
     known: np.ndarray
     category: np.ndarray | None = None
     as_of: float | None = None
+    category_repeat: np.ndarray | None = None
+    repeatable: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
         return len(self.popularity)
 
+    def item_rebuy_rate(self, items: np.ndarray) -> np.ndarray:
+        """float32 [m]: how likely a buyer of each of ``items`` (int64 [m] rows) buys that item again: its
+        ``repeat_rate``, or 1 where the catalog says it is ``repeatable``."""
+        rate = np.clip(self.repeat_rate[items], 0.0, 1.0).astype(np.float32)
+        if self.repeatable is not None:
+            rate[self.repeatable[items]] = 1.0
+        return rate
+
+    def rebuy_rate(self, items: np.ndarray) -> np.ndarray:
+        """float32 [m]: how likely a buyer of each of ``items`` (int64 [m] rows) buys in its line again: the
+        larger of ``item_rebuy_rate`` and its category's ``category_repeat`` (an item without a category,
+        or of one the model never counted, has its own rate only)."""
+        rate = self.item_rebuy_rate(items)
+        if self.category is None or self.category_repeat is None or len(self.category_repeat) == 0:
+            return rate
+        code = self.category[items]
+        counted = (code >= 0) & (code < len(self.category_repeat))
+        cat = np.where(counted, self.category_repeat[np.where(counted, code, 0)], 0.0)
+        return np.maximum(rate, cat).astype(np.float32)
+
     def with_new_items(self, m: int) -> ItemTables:
         """The tables with ``m`` items appended that have no events: zero popularity, trend and repeat
-        rate, no co-occurrence or similarity entries, not ``known``, no category (so no substitutes)."""
+        rate, no co-occurrence or similarity entries, not ``known``, no category (so no substitutes), not
+        ``repeatable``."""
 
         def pad(x: sp.csr_matrix) -> sp.csr_matrix:
             n = x.shape[0] + m
@@ -130,6 +158,10 @@ class ItemTables:
             zeros(self.known),
             None if self.category is None else np.concatenate([self.category, np.full(m, -1, np.int32)]),
             as_of=self.as_of,
+            category_repeat=self.category_repeat,
+            repeatable=None
+            if self.repeatable is None
+            else np.concatenate([self.repeatable, np.zeros(m, bool)]),
         )
 
     @cached_property
@@ -150,6 +182,11 @@ def category_codes(catalog: Sequence[CatalogItem]) -> np.ndarray:
     names = sorted({c.category for c in catalog if c.category})
     code = {n: i for i, n in enumerate(names)}
     return np.array([code.get(c.category, -1) if c.category else -1 for c in catalog], dtype=np.int32)
+
+
+def repeatable_flags(catalog: Sequence[CatalogItem]) -> np.ndarray:
+    """bool [n_items]: ``CatalogItem.repeatable`` of each item."""
+    return np.array([c.repeatable for c in catalog], dtype=bool).reshape(len(catalog))
 
 
 def fit_item_tables(
@@ -178,13 +215,11 @@ def fit_item_tables(
 
     buy = ev == EventType.PURCHASE.code
     day = np.floor(ts[buy] / DAY).astype(np.int64)
-    vi = v[buy].astype(np.int64) * n_items + it[buy]
-    vid = np.unique(np.stack([vi, day], axis=1), axis=0) if buy.any() else np.zeros((0, 2), np.int64)
-    pair_ids, days_per_pair = np.unique(vid[:, 0], return_counts=True)
-    buyers = np.bincount(pair_ids % n_items, minlength=n_items)
-    repeaters = np.bincount(pair_ids[days_per_pair >= 2] % n_items, minlength=n_items)
-    repeat_rate = np.divide(repeaters, buyers, out=np.zeros(n_items, np.float64), where=buyers > 0).astype(
-        np.float32
+    repeat_rate = _repeat_share(v[buy], it[buy], day, n_items)
+    category = category_codes(log.catalog)
+    in_cat = category[it[buy]] >= 0
+    category_repeat = _repeat_share(
+        v[buy][in_cat], category[it[buy][in_cat]], day[in_cat], int(category.max(initial=-1)) + 1
     )
 
     # baskets: the session when known, else the visitor's calendar day
@@ -204,8 +239,33 @@ def fit_item_tables(
 
     known = np.zeros(n_items, dtype=bool)
     known[np.unique(it)] = True
-    category = category_codes(log.catalog)
-    return ItemTables(popularity, trending, repeat_rate, complements, similar, known, category, as_of=now)
+    return ItemTables(
+        popularity,
+        trending,
+        repeat_rate,
+        complements,
+        similar,
+        known,
+        category,
+        as_of=now,
+        category_repeat=category_repeat,
+        repeatable=repeatable_flags(log.catalog),
+    )
+
+
+def _repeat_share(visitor: np.ndarray, group: np.ndarray, day: np.ndarray, n_groups: int) -> np.ndarray:
+    """float32 [n_groups]: per group (an item, a category), the share of its buyers who bought in it on
+    two or more distinct days, from aligned purchases (visitor, group int [p], day int64 [p]); 0 without
+    buyers."""
+    if len(visitor) == 0:
+        return np.zeros(n_groups, np.float32)
+    key = visitor.astype(np.int64) * n_groups + group
+    ids, days = np.unique(np.unique(np.stack([key, day], axis=1), axis=0)[:, 0], return_counts=True)
+    buyers = np.bincount(ids % n_groups, minlength=n_groups)
+    repeaters = np.bincount(ids[days >= 2] % n_groups, minlength=n_groups)
+    return np.divide(repeaters, buyers, out=np.zeros(n_groups, np.float64), where=buyers > 0).astype(
+        np.float32
+    )
 
 
 # -- per-visitor scores -------------------------------------------------------------------------------
@@ -228,19 +288,28 @@ def similar_matrix(tables: ItemTables, profiles: Profiles, recency_days: float) 
     return sp.csr_matrix(weights @ tables.similar, dtype=np.float32)
 
 
-def substitute_weights(repeat_rate: np.ndarray, age_days: np.ndarray, recency_days: float) -> np.ndarray:
-    """float32 [m]: how strongly each bought item (its ``repeat_rate`` [m] and days since its last purchase
-    [m]) makes its similar items substitutes: recent purchases of items bought once count most."""
-    return (np.exp(-age_days / recency_days) * (1.0 - np.clip(repeat_rate, 0.0, 1.0))).astype(np.float32)
+def substitute_weights(rebuy: np.ndarray, age_days: np.ndarray, recency_days: float) -> np.ndarray:
+    """float32 [m]: how strongly each bought item (its ``ItemTables.rebuy_rate`` [m] and days since its last
+    purchase [m]) makes the rest of its category substitutes: recent purchases of items whose category
+    buyers rarely buy in again count most (a kettle; not a tea, nor a wholesaler's restocked line)."""
+    return (np.exp(-age_days / recency_days) * (1.0 - np.clip(rebuy, 0.0, 1.0))).astype(np.float32)
+
+
+def bought_once(tables: ItemTables, items: np.ndarray) -> np.ndarray:
+    """float32 [m]: 1 - ``ItemTables.item_rebuy_rate`` of ``items`` (int64 [m] rows). A substitute is
+    something bought once in place of the purchase: an item of the kettle's category that is itself bought
+    again and again (the garden's plant food beside a garden hose) is not one, whatever its category."""
+    return 1.0 - tables.item_rebuy_rate(items)
 
 
 def substitute_matrix(tables: ItemTables, profiles: Profiles, recency_days: float) -> sp.csr_matrix:
     """csr float32 [u, n_items] in [0, 1]: the other items of the categories of what the visitor bought
-    recently and is unlikely to buy again (another kettle after a kettle), by ``substitute_weights``;
-    items bought together with one of those purchases (the kettle's descaler, if it shares the category) are
-    complements, not substitutes, and are left out, as are the purchases themselves."""
+    recently and is unlikely to buy again (another kettle after a kettle), by ``substitute_weights`` summed
+    per category and capped at 1, times ``bought_once`` of the item; items bought together with one of
+    those purchases (the kettle's descaler, if it shares the category) are complements, not substitutes,
+    and are left out, as are the purchases themselves."""
     bought = sp.csr_matrix(profiles.purchase_age, dtype=np.float32, copy=True)
-    bought.data = substitute_weights(tables.repeat_rate[bought.indices], bought.data, recency_days)
+    bought.data = substitute_weights(tables.rebuy_rate(bought.indices), bought.data, recency_days)
     bought.eliminate_zeros()
     members = tables.category_members
     alike = sp.csr_matrix(bought @ members.T @ members, dtype=np.float32)  # via categories, never I x I
@@ -250,6 +319,21 @@ def substitute_matrix(tables: ItemTables, profiles: Profiles, recency_days: floa
     out.eliminate_zeros()
     # not scaled per visitor: how recent the purchase is is the point (1 right after it, fading)
     np.minimum(out.data, 1.0, out=out.data)
+    out.data *= bought_once(tables, out.indices)
+    out.eliminate_zeros()
+    return out
+
+
+def substitutes_kept_out(
+    tables: ItemTables, profiles: Profiles, retention: np.ndarray, rules: ServingRules
+) -> sp.csr_matrix:
+    """csr bool [u, n_items]: what retention never serves (``ServingRules.substitute_cutoff``): for the
+    visitors at the retention stage (``retention`` bool [u]), the items whose ``substitute_matrix`` value
+    reaches the cutoff; nothing for the others. ``LiveProfile.substitutes_at`` gives the same per request."""
+    sub = substitute_matrix(tables, profiles, rules.substitute_recency_days)
+    sub = sp.csr_matrix(sp.diags(np.asarray(retention, np.float32)) @ sub)
+    out = sp.csr_matrix(sub >= np.float32(rules.substitute_cutoff), dtype=bool)
+    out.eliminate_zeros()
     return out
 
 

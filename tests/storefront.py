@@ -52,7 +52,7 @@ _PRODUCTS: dict[str, list[tuple[str, float, bool]]] = {
     ],
 }
 # pairs bought together (both directions), the structure complements must recover
-_BUNDLES = [
+BUNDLES = [
     ("Kettle", "Green tea"),
     ("Kettle", "Black tea"),
     ("Teapot", "Tea infuser"),
@@ -119,7 +119,7 @@ def simulate_storefront(n_visitors: int = 400, seed: int = 7) -> EventLog:
     for cid, _t, cat, _s in _CONTENT:
         content_by_cat.setdefault(cat, []).append(cid)
     partner: dict[str, list[str]] = {}
-    for a, b in _BUNDLES:
+    for a, b in BUNDLES:
         partner.setdefault(product_id(a), []).append(product_id(b))
         partner.setdefault(product_id(b), []).append(product_id(a))
     cats = list(_PRODUCTS)

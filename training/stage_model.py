@@ -27,7 +27,7 @@ from models.journey import DEFAULT_RULES, JourneyRules, stages_at, stages_before
 from models.profiles import profiles_from_log
 from models.scoring import StageScorer, top_k
 from models.serving_rules import DEFAULT_SERVING, ServingRules
-from models.sources import ItemTables, fit_item_tables
+from models.sources import ItemTables, fit_item_tables, substitutes_kept_out
 from models.weights import DEFAULT_POSITIVE, EventWeights, positive_codes
 from training.factorization import (
     FactorParams,
@@ -274,6 +274,8 @@ def _fit_blend(
         ok = np.broadcast_to(allowed, (len(vb), log.n_items)).copy()
         if cfg.exclude_seen:
             ok &= ~(prof.seen().toarray() > 0)
+        # what retention will never serve is neither a positive nor a negative of its fit
+        ok &= ~substitutes_kept_out(tables, prof, st == Stage.RETENTION.index, cfg.serving).toarray()
         rel = relevant[lo : lo + bs].multiply(ok).tocsr()
         rel.eliminate_zeros()
         part = sample_lists(feats, rel, ok, rng)
@@ -314,7 +316,11 @@ class StageAwareRanker:
             st = stage_all[vb]
             uf = user_rows_for(vocab_index, len(fm.user_vocab.names), log, vb, st, fm.context, known_v)
             scores, _ = fm.scorer.score(prof, st, uf)
-            ok = np.broadcast_to(allowed, scores.shape)
+            # as the service: retention never serves the substitutes of a fresh one-off purchase
+            kept_out = substitutes_kept_out(
+                fm.scorer.tables, prof, st == Stage.RETENTION.index, fm.scorer.rules
+            )
+            ok = np.broadcast_to(allowed, scores.shape) & ~kept_out.toarray()
             if exclude_seen:
                 ok = ok & ~(prof.seen().toarray() > 0)
             out.append(top_k(scores, k, ok))

@@ -19,10 +19,16 @@ from models.weights import EventWeights
 from tests.artifact_faults import corrupt_inside_npz, rehash
 
 
-def _publish(root: Path, seed: int = 0, serving: ServingRules = DEFAULT_SERVING) -> Path:
+def _publish(
+    root: Path,
+    seed: int = 0,
+    serving: ServingRules = DEFAULT_SERVING,
+    catalog: list[CatalogItem] | None = None,
+    category_repeat: np.ndarray | None = None,
+) -> Path:
     rng = np.random.default_rng(seed)
     n_items, n_if, n_uf, d = 4, 6, 5, 3
-    catalog = [
+    catalog = catalog or [
         CatalogItem(item_id=f"i{i}", kind=ItemKind.PRODUCT if i < 3 else ItemKind.CONTENT)
         for i in range(n_items)
     ]
@@ -42,6 +48,7 @@ def _publish(root: Path, seed: int = 0, serving: ServingRules = DEFAULT_SERVING)
         complements=sp.random(n_items, n_items, density=0.5, format="csr", dtype=np.float32, random_state=1),
         similar=sp.random(n_items, n_items, density=0.5, format="csr", dtype=np.float32, random_state=2),
         known=np.ones(n_items, bool),
+        category_repeat=category_repeat,
     )
     blend = BlendWeights([StageBlend(s.value, dict.fromkeys(FEATURE_NAMES, 0.5), 10, "all") for s in STAGES])
     return artifact.publish(
@@ -216,3 +223,27 @@ def test_the_tables_know_the_data_time_and_the_categories(tmp_path):
     assert b.tables.as_of == 123.0  # trained_until: "trending" reasons are dated by it
     assert b.tables.category is not None
     assert b.tables.category.tolist() == [-1, -1, -1, -1]  # the catalog has no categories
+
+
+def test_the_tables_keep_the_category_rebuy_rates_and_read_repeatable_from_the_catalog(tmp_path):
+    catalog = [
+        CatalogItem(item_id="k", category="kettles"),
+        CatalogItem(item_id="t", category="tea", repeatable=True),
+        CatalogItem(item_id="x"),
+        CatalogItem(item_id="c", kind=ItemKind.CONTENT),
+    ]
+    b = artifact.load(_publish(tmp_path, catalog=catalog, category_repeat=np.array([0.1, 0.7], np.float32)))
+    assert b.tables.category_repeat is not None
+    assert b.tables.category_repeat.tolist() == pytest.approx([0.1, 0.7])
+    assert b.tables.repeatable is not None
+    assert b.tables.repeatable.tolist() == [False, True, False, False]
+    own = b.tables.repeat_rate
+    assert b.tables.rebuy_rate(np.arange(4)).tolist() == pytest.approx(
+        [max(own[0], 0.1), 1.0, own[2], own[3]]
+    )
+    # a model published before the rates were counted: each item's own rate, as it was fitted
+    older = artifact.load(_publish(tmp_path / "older", catalog=catalog))
+    assert older.tables.category_repeat is None
+    assert (
+        older.tables.rebuy_rate(np.arange(4)).tolist() == older.tables.item_rebuy_rate(np.arange(4)).tolist()
+    )

@@ -15,7 +15,7 @@ from models.domain import DAY, EVENT_TYPES, Event, EventType
 from models.live_profile import LiveProfile, best_anchors, gather_rows
 from models.profiles import profile_from_events
 from models.serving_rules import DEFAULT_SERVING, ServingRules
-from models.sources import ItemTables
+from models.sources import ItemTables, substitutes_kept_out
 from models.weights import EventWeights
 
 N = 30
@@ -30,8 +30,11 @@ def _tables(seed: int) -> ItemTables:
         complements=sp.random(N, N, density=0.15, random_state=seed, dtype=np.float32).tocsr(),
         similar=sp.random(N, N, density=0.2, random_state=seed + 1, dtype=np.float32).tocsr(),
         known=np.ones(N, bool),
-        # a few categories and some items without one (the substitute feature goes through them)
-        category=rng.integers(-1, 4, N).astype(np.int32),
+        # a few categories and some items without one (the substitute feature goes through them), with
+        # their rebuy rates (one category the model never counted) and the catalog's repeatable flags
+        category=rng.integers(-1, 5, N).astype(np.int32),
+        category_repeat=rng.random(4).astype(np.float32),
+        repeatable=rng.random(N) < 0.2,
     )
 
 
@@ -62,6 +65,7 @@ windows = st.sampled_from(
             complement_recency_days=9.0,
             similar_recency_days=2.0,
             substitute_recency_days=20.0,
+            substitute_cutoff=0.3,
         ),
     ]
 )
@@ -110,6 +114,9 @@ def test_features_match_the_batch_profile(rows, seed, cart, rules) -> None:
     got_sub = np.zeros(len(rows)) if sub is None else _dense(sub[1], sub[2])[rows]
     assert np.allclose(got_sub, full, atol=1e-6)
     assert SUBSTITUTE not in {j for j, _, _ in live.features(tables, rules, substitutes=False)}
+    # what retention keeps out: the batch mask is the request path's cutoff of the same values
+    kept_out = substitutes_kept_out(tables, prof, np.array([True]), rules).toarray()[0]
+    assert np.array_equal(kept_out[rows], got_sub >= np.float32(rules.substitute_cutoff))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -155,19 +162,21 @@ def test_best_anchors_matches_a_dense_argmax(seed: int) -> None:
 
 
 def test_substitutes_are_the_rest_of_a_fresh_one_off_purchases_category() -> None:
-    """Items 0-3 are kettles, 4-5 teas, 6 a toaster (no category link). Kettle 0 was bought an hour ago
-    and sells with tea 4 and, in its own category, with a descaler-like kettle 3; tea 5 is bought
-    again and again."""
-    n = 7
+    """Items 0-3 are kettles, 4-5 teas, 6 a toaster (no category link), 7 a kettle filter the catalog
+    says is repeatable. Kettle 0 was bought an hour ago and sells with tea 4 and, in its own category,
+    with a descaler-like kettle 3; tea 5 is bought again and again. One kettle buyer in ten buys another."""
+    n = 8
     comp = sp.csr_matrix(([0.5, 0.5], ([0, 0], [4, 3])), shape=(n, n), dtype=np.float32)
     tables = ItemTables(
         popularity=np.ones(n, np.float32),
         trending=np.zeros(n, np.float32),
-        repeat_rate=np.array([0.0, 0, 0, 0, 0.9, 1.0, 0], np.float32),
+        repeat_rate=np.array([0.0, 0, 0, 0, 0.9, 1.0, 0, 0], np.float32),
         complements=comp,
         similar=sp.csr_matrix((n, n), dtype=np.float32),
         known=np.ones(n, bool),
-        category=np.array([0, 0, 0, 0, 1, 1, -1], np.int32),
+        category=np.array([0, 0, 0, 0, 1, 1, -1, 0], np.int32),
+        category_repeat=np.array([0.1, 0.6], np.float32),
+        repeatable=np.arange(n) == 7,
     )
     rules = ServingRules(substitute_recency_days=3.0)
 
@@ -184,11 +193,11 @@ def test_substitutes_are_the_rest_of_a_fresh_one_off_purchases_category() -> Non
 
     now = 10 * DAY
     got = substitutes([(0, now - 3600)], now)
-    # kettles 1 and 2: substitutes at nearly full strength; the kettle itself and its co-bought kettle 3
-    # and tea 4 are not; the toaster has no category in common
-    assert np.allclose(
-        got, [0, np.exp(-1 / 72), np.exp(-1 / 72), 0, 0, 0, 0], atol=1e-3
-    )  # 1 h of a 3-day window
+    # kettles 1 and 2: substitutes at nearly full strength (1 h of a 3-day window, 9 kettle buyers in 10
+    # buy one); the kettle itself, its co-bought kettle 3 and tea 4, and the filter (repeatable) are not;
+    # the toaster has no category in common
+    fresh = np.exp(-1 / 72) * 0.9
+    assert np.allclose(got, [0, fresh, fresh, 0, 0, 0, 0, 0], atol=1e-3)
     assert substitutes([(0, now - 9 * DAY)], now).max() < 0.05  # weeks later the kettle no longer rules
     # a tea bought again and again makes no other tea a substitute
     assert substitutes([(5, now - 3600)], now).max() == 0.0

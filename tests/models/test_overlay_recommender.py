@@ -440,28 +440,27 @@ def test_installed_rules_follow_the_live_catalog(recommender: Recommender) -> No
 
 
 def test_a_new_item_is_a_substitute_of_a_purchase_of_its_category(recommender: Recommender) -> None:
-    """Right after a one-off kettle purchase retention demotes the kettle's substitutes (its category): a
-    new kitchen item is one of them. (The storefront's retention blend as in test_retention: the factor
-    score weighs +1, the substitute feature -3 or 0.)"""
+    """Right after a one-off kettle purchase retention serves none of the kettle's substitutes (its
+    category): a new kitchen item is one of them, and is served again once the purchase is days old. (The
+    storefront's retention blend as in test_retention: the factor score weighs +1, the substitute feature
+    0, so the retention stage's cutoff alone keeps it out.)"""
     live_item = fresh(msgspec.structs.replace(NEW_KETTLE, price=39.0))
+    w = dict.fromkeys(FEATURE_NAMES, 0.0)
+    w.update(lightfm=1.0, complement=1.0, similar=1.0, popularity=0.5)
+    weights = recommender.bundle.blend_weights.copy()
+    weights[Stage.RETENTION.index] = [w[f] for f in FEATURE_NAMES]
+    model = Recommender(replace(recommender.bundle, blend_weights=weights)).with_overlay(overlay(live_item))
 
-    def retention(substitute: float) -> list[str]:
-        w = dict.fromkeys(FEATURE_NAMES, 0.0)
-        w.update(lightfm=1.0, complement=1.0, similar=1.0, popularity=0.5, substitute=substitute)
-        weights = recommender.bundle.blend_weights.copy()
-        weights[Stage.RETENTION.index] = [w[f] for f in FEATURE_NAMES]
-        model = Recommender(replace(recommender.bundle, blend_weights=weights)).with_overlay(
-            overlay(live_item)
-        )
+    def retention(ago: float) -> list[str]:
         now = model.manifest.trained_until + 3600
         events = [
-            ev(KETTLE, e, now - 900 + n, "walker")
+            ev(KETTLE, e, now - ago + n, "walker")
             for n, e in enumerate((EventType.PRODUCT_VIEW, EventType.ADD_TO_CART, EventType.PURCHASE))
         ]
-        ctx = ctx_of(visitor_id="walker", events=events, purchases={KETTLE: now - 898}, now=now)
+        ctx = ctx_of(visitor_id="walker", events=events, purchases={KETTLE: now - ago + 2}, now=now)
         got = model.recommend(ctx, 10, Filters())
         assert got.stage.stage is Stage.RETENTION
         return ids(got.products)
 
-    assert "new-kettle" in retention(0.0)
-    assert "new-kettle" not in retention(-3.0)
+    assert "new-kettle" not in retention(900)
+    assert "new-kettle" in retention(10 * 86_400)

@@ -1,26 +1,36 @@
 """What retention serves right after a one-off purchase: the kettle's tea, not another kitchen appliance.
 
-The storefront's model with a handcrafted retention blend (the storefront has too few retention visitors
-to fit one): every feature as a fitted blend weighs it, and the substitute feature at a negative weight,
-which is the direction the fit may take it (``blend.NON_POSITIVE``).
+Two blends of the storefront's model: the one it was fitted with (the storefront has too few retention
+visitors for its retention fit to mean much), and a handcrafted retention blend that weighs every feature
+as a fitted blend may, the substitute feature at 0: what keeps the substitutes out is the retention stage's
+candidates (``ServingRules.substitute_cutoff``), whatever the blend.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from models.blend import FEATURE_NAMES
-from models.domain import Event, EventType, ItemKind, Stage
+from models.domain import DAY, CatalogItem, Event, EventType, ItemKind, Stage
 from models.recommender import Recommender
 from models.request import Filters, Recommendations, VisitorContext
-from tests.storefront import product_id
+from tests.storefront import BUNDLES, product_id, storefront_catalog
 
 KETTLE = product_id("Kettle")
 # the kettle's bundles in the storefront: it sells with green and black tea
 TEAS_WITH_KETTLE = {product_id("Green tea"), product_id("Black tea")}
+GREEN_TEA = product_id("Green tea")
+PRODUCTS = [c for c in storefront_catalog() if c.kind is ItemKind.PRODUCT]
+# every one-off product a visitor can buy (in stock, not repeatable)
+ONE_OFF = [c for c in PRODUCTS if c.in_stock and not c.repeatable]
+# each product's bundle partner (tests/storefront.py): bought together, so complements
+PARTNER = {product_id(a): product_id(b) for pair in BUNDLES for a, b in (pair, pair[::-1])}
+K = 5
 
 
-def _retention_model(recommender: Recommender, substitute: float) -> Recommender:
+def _handcrafted(recommender: Recommender, substitute: float = 0.0) -> Recommender:
     w = dict.fromkeys(FEATURE_NAMES, 0.0)
     w.update(
         lightfm=1.0,
@@ -39,44 +49,98 @@ def _retention_model(recommender: Recommender, substitute: float) -> Recommender
     return Recommender(replace(recommender.bundle, blend_weights=weights))
 
 
-def _just_bought_the_kettle(model: Recommender) -> Recommendations:
-    """Compared kitchen items, then bought the (non-repeatable) kettle a quarter of an hour ago."""
+@pytest.fixture(scope="module", params=["fitted", "handcrafted"])
+def model(request: pytest.FixtureRequest, recommender: Recommender) -> Recommender:
+    return recommender if request.param == "fitted" else _handcrafted(recommender)
+
+
+def _bought(
+    model: Recommender, item: CatalogItem, ago: float = 898.0, before: list[Event] | None = None
+) -> Recommendations:
+    """Compared three other items of its category, then bought ``item`` ``ago`` seconds before now."""
     now = model.manifest.trained_until + 3600
-    viewed = [product_id(t) for t in ("Toaster", "Teapot", "Kettle", "Mug set", "Kettle")]
-    events = [
-        Event(visitor_id="walker", item_id=i, event=EventType.PRODUCT_VIEW, timestamp=now - 3600 + 60 * n)
+    others = [c.item_id for c in PRODUCTS if c.category == item.category and c.item_id != item.item_id][:3]
+    viewed = [*others, item.item_id]
+    t0 = now - ago - 3600
+    events = list(before or [])
+    events += [
+        Event(visitor_id="walker", item_id=i, event=EventType.PRODUCT_VIEW, timestamp=t0 + 60 * n)
         for n, i in enumerate(viewed)
     ]
     events += [
-        Event(visitor_id="walker", item_id=KETTLE, event=e, timestamp=now - 900 + n)
+        Event(visitor_id="walker", item_id=item.item_id, event=e, timestamp=now - ago - 2 + n)
         for n, e in enumerate((EventType.ADD_TO_CART, EventType.CHECKOUT, EventType.PURCHASE))
     ]
-    ctx = VisitorContext(visitor_id="walker", events=events, cart={}, purchases={KETTLE: now - 898}, now=now)
-    return model.recommend(ctx, 5, Filters())
+    purchases = {e.item_id: e.timestamp for e in events if e.event is EventType.PURCHASE}
+    ctx = VisitorContext(visitor_id="walker", events=events, cart={}, purchases=purchases, now=now)
+    return model.recommend(ctx, K, Filters())
 
 
-def _categories(model: Recommender, got: Recommendations) -> list[str]:
-    c = model.catalog
-    return [c.items[c.index[r.item_id]].category for r in got.products]
+def _item(model: Recommender, item_id: str) -> CatalogItem:
+    return model.catalog.items[model.catalog.index[item_id]]
 
 
-def test_after_a_kettle_retention_serves_its_complements_not_more_kitchen_appliances(
-    recommender: Recommender,
-) -> None:
-    assert not recommender.catalog.items[recommender.catalog.index[KETTLE]].repeatable
-    model = _retention_model(recommender, substitute=-3.0)
-    got = _just_bought_the_kettle(model)
+def _kettle() -> CatalogItem:
+    return next(c for c in PRODUCTS if c.item_id == KETTLE)
+
+
+def test_after_a_kettle_retention_serves_its_complements_and_how_to_content(recommender: Recommender) -> None:
+    model = _handcrafted(recommender)
+    assert not _item(model, KETTLE).repeatable
+    got = _bought(model, _kettle())
     assert got.stage.stage is Stage.RETENTION
     assert {r.item_id for r in got.products[:2]} == TEAS_WITH_KETTLE
     assert got.products[0].reason == "complements the Kettle you bought"
-    assert "kitchen" not in _categories(model, got)  # no substitute of the kettle at all
-    kinds = {model.catalog.items[model.catalog.index[r.item_id]].kind for r in got.products}
-    assert kinds == {ItemKind.PRODUCT}
+    assert "kitchen" not in {_item(model, r.item_id).category for r in got.products}
+    assert got.content[0].item_id == "c-kettle-care"  # "Descaling your kettle", retention's how-to
 
 
-def test_without_the_substitute_feature_the_kitchen_comes_back(recommender: Recommender) -> None:
-    """The same blend with the substitute feature weighing nothing serves kitchen items again: the
-    feature, not the rest of the handcrafted blend, keeps them out."""
-    model = _retention_model(recommender, substitute=0.0)
-    got = _just_bought_the_kettle(model)
-    assert "kitchen" in _categories(model, got)
+def test_right_after_any_one_off_purchase_retention_serves_no_substitute(model: Recommender) -> None:
+    """For every one-off product of the storefront: no other one-off product of its category that was not
+    bought with it. What of its category may remain are its bundle partner (a complement: most of the
+    storefront's bundles share a category, the teapot's tea infuser is kitchen too) and repeatable items
+    (the garden's plant food after a garden hose); without the partners, at most 10 % of the slots."""
+    slots = repeatable = substitutes = 0
+    for item in ONE_OFF:
+        got = _bought(model, item)
+        assert got.stage.stage is Stage.RETENTION, item.title
+        alike = [c for c in (_item(model, r.item_id) for r in got.products) if c.category == item.category]
+        slots += len(got.products)
+        repeatable += sum(c.repeatable for c in alike)
+        substitutes += sum(not c.repeatable and PARTNER.get(item.item_id) != c.item_id for c in alike)
+    assert slots == K * len(ONE_OFF)
+    assert substitutes == 0
+    assert repeatable <= 0.10 * slots, (repeatable, slots)
+
+
+def test_complements_are_served_after_the_purchase_even_in_its_own_category(recommender: Recommender) -> None:
+    """Each bundle's partner is served right after the other was bought (handcrafted blend: the complement
+    feature weighs as much as the factor score); most bundles share a category, so the cutoff spares them."""
+    model = _handcrafted(recommender)
+    for item in ONE_OFF:
+        partner = PARTNER.get(item.item_id)
+        if partner is None or not _item(model, partner).in_stock:
+            continue
+        assert partner in [r.item_id for r in _bought(model, item).products], item.title
+
+
+def test_a_repeatable_item_is_still_replenished(model: Recommender) -> None:
+    """Green tea bought 20 days ago (a repeatable item: its pack runs out), a kettle now: the tea is
+    served again."""
+    now = model.manifest.trained_until + 3600
+    tea = [
+        Event(visitor_id="walker", item_id=GREEN_TEA, event=e, timestamp=now - 20 * DAY + n)
+        for n, e in enumerate((EventType.PRODUCT_VIEW, EventType.ADD_TO_CART, EventType.PURCHASE))
+    ]
+    got = _bought(model, _kettle(), before=tea)
+    assert got.stage.stage is Stage.RETENTION
+    assert GREEN_TEA in [r.item_id for r in got.products]
+
+
+def test_days_after_the_purchase_its_category_may_be_served_again(recommender: Recommender) -> None:
+    """The cutoff is about right after the purchase: ten days on, the substitute value has faded below it
+    and, with the substitute feature at 0, kitchen items come back (the test above can fail)."""
+    model = _handcrafted(recommender)
+    got = _bought(model, _kettle(), ago=10 * DAY)
+    assert got.stage.stage is Stage.RETENTION
+    assert "kitchen" in {_item(model, r.item_id).category for r in got.products}

@@ -4,14 +4,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.dataset import EventLog
-from models.domain import EventType
+from models.domain import DAY, CatalogItem, EventType
 from models.profiles import profiles_from_log
+from models.serving_rules import ServingRules
 from models.sources import (
     basket_cooccurrence,
     buy_again_scores,
     cosine_item_similarity,
     fit_item_tables,
     row_max_normalise,
+    substitute_matrix,
+    substitutes_kept_out,
     top_n_per_row,
 )
 from models.weights import EventWeights
@@ -104,3 +107,70 @@ def test_buy_again_ranks_by_count_then_popularity():
     ix = {i: n for n, i in enumerate(log.item_ids)}
     assert s[ix["x"]] > s[ix["y"]] > 0
     assert s[ix["z"]] == 0
+
+
+def _kitchen_log() -> tuple[EventLog, float]:
+    """Kettles k1, k2 and a kettle filter f (kettles, f repeatable by the catalog), teas t1 (repeatable by
+    the catalog) and t2, a toaster with no category. Kettle buyers a, b, c, d: only c bought kettles on two
+    days; tea buyers a (two days) and b; d bought kettle k1 an hour before ``now``."""
+    now = 30 * DAY
+    catalog = [
+        CatalogItem(item_id="k1", category="kettles"),
+        CatalogItem(item_id="k2", category="kettles"),
+        CatalogItem(item_id="f", category="kettles", repeatable=True),
+        CatalogItem(item_id="t1", category="tea", repeatable=True),
+        CatalogItem(item_id="t2", category="tea"),
+        CatalogItem(item_id="toaster"),
+    ]
+    rows = [
+        ("a", "k1", 0.0),
+        ("a", "t1", 0.0),
+        ("a", "t2", 5 * DAY),
+        ("b", "k2", DAY),
+        ("b", "t1", DAY),
+        ("c", "k1", 2 * DAY),
+        ("c", "k2", 9 * DAY),
+        ("c", "f", 9 * DAY),
+        ("c", "toaster", 9 * DAY),
+        ("d", "k1", now - 3600.0),
+    ]
+    log = EventLog.build(
+        visitor_ids=[r[0] for r in rows],
+        item_ids=[r[1] for r in rows],
+        event=np.full(len(rows), P),
+        ts=np.array([r[2] for r in rows]),
+        catalog=catalog,
+    )
+    return log, now
+
+
+def test_rebuy_rates_count_the_item_the_catalog_and_the_category():
+    log, now = _kitchen_log()
+    t = fit_item_tables(log, now + 1, EventWeights(), frozenset({EventType.PURCHASE}))
+    ix = {i: n for n, i in enumerate(log.item_ids)}
+    # categories are coded in name order: kettles 0, tea 1
+    assert np.allclose(t.category_repeat, [1 / 4, 1 / 2])
+    items = np.array([ix[i] for i in ("k1", "k2", "f", "t1", "t2", "toaster")], np.int64)
+    assert np.allclose(t.item_rebuy_rate(items), [0, 0, 1, 1, 0, 0])  # nobody bought one item on two days
+    assert np.allclose(t.rebuy_rate(items), [1 / 4, 1 / 4, 1, 1, 1 / 2, 0])
+
+
+def test_substitutes_kept_out_are_fresh_one_off_alikes_for_retention_visitors_only():
+    log, now = _kitchen_log()
+    t = fit_item_tables(log, now + 1, EventWeights(), frozenset({EventType.PURCHASE}))
+    ix = {i: n for n, i in enumerate(log.item_ids)}
+    d = np.array([log.visitor_ids.index("d")], np.int32)
+    prof = profiles_from_log(log, d, now, EventWeights())
+    rules = ServingRules()
+    sub = substitute_matrix(t, prof, rules.substitute_recency_days).toarray()[0]
+    # k2: a kettle bought once by its buyers, 3/4 of kettle buyers buy one kettle; the catalog's repeatable
+    # filter and the teas are no substitutes, nor is the kettle itself
+    want = np.zeros(log.n_items)
+    want[ix["k2"]] = np.exp(-1 / 72) * (1 - 1 / 4)
+    assert np.allclose(sub, want, atol=1e-3)
+    assert (
+        substitutes_kept_out(t, prof, np.array([True]), rules).toarray()[0].tolist() == (want >= 0.5).tolist()
+    )
+    assert substitutes_kept_out(t, prof, np.array([False]), rules).nnz == 0
+    fading = ServingRules(substitute_cutoff=0.8)  # above k2's value: nothing is kept out
+    assert substitutes_kept_out(t, prof, np.array([True]), fading).nnz == 0
