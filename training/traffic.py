@@ -191,6 +191,10 @@ class _Http:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _json(body: Any) -> bytes:
+    return msgspec.json.encode(body)
+
+
 def _retry_after(value: str | None, attempt: int) -> float:
     """Seconds to wait: the Retry-After header's seconds (capped), else an exponential back-off."""
     try:
@@ -235,9 +239,9 @@ class _Traffic:
         events = self.pending.pop(v, [])
         for a in range(0, len(events), _BATCH):
             batch = events[a : a + _BATCH]
-            r = await self.http.call("events", "POST", "/v1/events", json={"events": batch})
+            r = await self.http.call("events", "POST", "/v1/events", content=_json({"events": batch}))
             if r is not None and r.status_code == 200:
-                body = r.json()
+                body = msgspec.json.decode(r.content)
                 self.s.events_accepted += int(body.get("accepted", 0))
                 self.s.events_duplicate += int(body.get("duplicates", 0))
                 self.events.update(e["event"] for e in batch)
@@ -247,7 +251,7 @@ class _Traffic:
             self.s.logins_unsupported += 1
             return
         body = {"anonymous_id": self.anon[v], "user_id": self.user[v]}
-        r = await self.http.call("identities", "POST", "/v1/identities", (404, 405), json=body)
+        r = await self.http.call("identities", "POST", "/v1/identities", (404, 405), content=_json(body))
         if r is None:
             return
         if r.status_code in (404, 405):
@@ -274,7 +278,7 @@ class _Traffic:
             )
         if r is None or r.status_code != 200:
             return None
-        answer: dict[str, Any] = r.json()
+        answer: dict[str, Any] = msgspec.json.decode(r.content)
         return answer
 
     # -- one step --------------------------------------------------------------------------------------
@@ -449,7 +453,7 @@ async def run_traffic(
     limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
     async with httpx.AsyncClient(
         base_url=cfg.url,
-        headers={"X-API-Key": cfg.api_key},
+        headers={"X-API-Key": cfg.api_key, "Content-Type": "application/json"},
         timeout=cfg.timeout,
         limits=limits,
         transport=transport,
