@@ -10,6 +10,18 @@ consumables run out) as well as on their static taste, and some churn at every s
 All visitors advance one session per step of a lock-step loop vectorised over visitors, so Python loops run
 per session *step* and event slot, never per visitor or event: the defaults (20k visitors, ~1M events) take
 about 1.5 s including the CSV text. The same seed gives byte-identical files.
+
+The response model (``ResponseModel``, ``respond``) makes visitors react to a list they are shown; the
+files above never use it (``journeyrec simulate-traffic``, ``training.traffic``, does). For an item at
+1-based rank r, P(click) = position_bias(r) x (base + w_rel x relevance + w_fit x stage_fit), with
+position_bias(r) = 1 / log2(r + 1) (the examination hypothesis), ``relevance`` the item's fit to the
+visitor's latent taste (favourite categories, price tier) and ``stage_fit`` its fit to the visitor's *true*
+stage and state (guides in awareness, products of the category being compared in consideration,
+accessories of the carted item in decision, accessories and replenishment in retention, referral and review
+pages in advocacy); both are in [0, 1] and documented on their functions. A clicked product in stock is
+carted and bought with stage-dependent probabilities, and ``Walk.react`` carries the outcomes into the
+journeys. The model draws from its own Generator in a fixed order, vectorised over visitors x slots, so the
+same inputs and seed give the same reactions.
 """
 
 from __future__ import annotations
