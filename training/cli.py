@@ -152,36 +152,9 @@ def simulate(out_dir: str, visitors: int, items: int, days: int, seed: int, as_j
 @click.option(
     "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON."
 )
-def simulate_traffic(
-    url: str,
-    api_key: str,
-    visitors: int,
-    concurrency: int,
-    seed: int,
-    days: int,
-    placement: str,
-    items: int,
-    shop_seed: int,
-    k: int,
-    n_content: int,
-    prefix: str,
-    out_path: str | None,
-) -> None:
+def simulate_traffic(url: str, out_path: str | None, **options: Any) -> None:
     """Drive a running server with simulated visitors who react to what they are shown."""
-    cfg = TrafficConfig(
-        url=url.rstrip("/"),
-        api_key=api_key,
-        visitors=visitors,
-        concurrency=concurrency,
-        seed=seed,
-        days=days,
-        placement=placement,
-        items=items,
-        shop_seed=shop_seed,
-        k=k,
-        n_content=n_content,
-        prefix=prefix,
-    )
+    cfg = TrafficConfig(url=url.rstrip("/"), **options)  # every other option is a TrafficConfig field
     with _progress(True) as say:
         summary = asyncio.run(run_traffic(cfg, progress=say))
     for line in summary_lines(summary):
