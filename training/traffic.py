@@ -191,6 +191,20 @@ class _Http:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _no_route(r: httpx.Response) -> bool:
+    """Whether the server has no such route: 405, or Litestar's bare 404 ("Not Found"), not a 404 that
+    names something missing."""
+    if r.status_code == 405:
+        return True
+    if r.status_code != 404:
+        return False
+    try:
+        detail = msgspec.json.decode(r.content).get("detail")
+    except (msgspec.DecodeError, AttributeError):
+        return True
+    return detail in (None, "Not Found")
+
+
 def _json(body: Any) -> bytes:
     return msgspec.json.encode(body)
 
@@ -224,6 +238,7 @@ class _Traffic:
         self.user = [f"{p}-u{i}" for i in range(cfg.visitors)]
         self.registered = self.rng.random(cfg.visitors) < cfg.login_share
         self.logged_in = np.zeros(cfg.visitors, bool)
+        self.visited = np.zeros(cfg.visitors, bool)  # had a session before
         self.identities = True  # until the server says it has none
         self.pending: dict[int, list[dict[str, Any]]] = {}
         self.sem = asyncio.Semaphore(cfg.concurrency)
@@ -254,12 +269,14 @@ class _Traffic:
         r = await self.http.call("identities", "POST", "/v1/identities", (404, 405), content=_json(body))
         if r is None:
             return
-        if r.status_code in (404, 405):
+        if _no_route(r):
             self.identities = False
             self.s.logins_unsupported += 1
         elif r.status_code < 300:
             self.logged_in[v] = True
             self.s.logins += 1
+        elif r.status_code in (404, 405):  # a 404 naming something: an error like any other
+            self.http.errors[str(r.status_code)] += 1
 
     async def session(self, v: int, login: bool, channel: str) -> dict[str, Any] | None:
         """Visitor ``v``'s requests of one session up to the list it is shown (None when it got none)."""
@@ -289,7 +306,10 @@ class _Traffic:
         if len(act) == 0:
             return 0
         aud = Audience.of(walk, act)
-        login = self.registered[act] & ~self.logged_in[act] & (self.rng.random(len(act)) < LOGIN_P[aud.stage])
+        # a visitor logs in on a later visit, never on its first page (the server knows the anonymous id)
+        draw = self.rng.random(len(act)) < LOGIN_P[aud.stage]
+        login = self.registered[act] & ~self.logged_in[act] & self.visited[act] & draw
+        self.visited[act] = True
         channels = [CHANNELS[c].value for c in walk.chan[act].tolist()]
         sessions = walk.sess[act].tolist()
         walk.play(act)

@@ -34,6 +34,8 @@ class FakeServer:
         self, *, ids: bool = True, identities: bool = True, busy: int = 0, status: int = 200
     ) -> None:
         self.ids, self.identities, self.busy, self.status = ids, identities, busy, status
+        self.unknown_anonymous = False  # answer 404 "unknown anonymous id" instead of linking
+        self.linked_unseen: list[str] = []  # anonymous ids linked before any of their events arrived
         self.events: dict[str, dict[str, Any]] = {}
         self.answers: dict[str, dict[str, Any]] = {}
         self.links: dict[str, str] = {}
@@ -59,6 +61,10 @@ class FakeServer:
             if not self.identities:
                 return httpx.Response(404, json={"detail": "Not Found"})
             body = json.loads(request.content)
+            if self.unknown_anonymous:
+                return httpx.Response(404, json={"detail": f"unknown visitor {body['anonymous_id']!r}"})
+            if not any(e["visitor_id"] == body["anonymous_id"] for e in self.events.values()):
+                self.linked_unseen.append(body["anonymous_id"])
             self.links[body["anonymous_id"]] = body["user_id"]
             return httpx.Response(200, json={"linked": True})
         if path.endswith("/recommendations"):
@@ -146,6 +152,7 @@ def test_logins_switch_the_visitor_to_the_user_id(current: tuple[FakeServer, Tra
     server, summary = current
     assert summary.logins == len(server.links) > 0
     assert summary.logins_unsupported == 0
+    assert server.linked_unseen == []  # logins come on a later visit, once the server knows the visitor
     users = set(server.links.values())
     for anon, user in server.links.items():
         assert anon.replace("-a", "-u") == user
@@ -165,6 +172,14 @@ def test_an_older_server_gets_no_impressions_and_no_logins() -> None:
     assert server.calls["POST identities"] == 1  # asked once, then skipped
     assert summary.errors == {}
     assert sum(o.clicks for o in summary.outcomes) > 0  # visitors still click, without an id
+
+
+def test_a_404_naming_something_is_an_error_not_a_missing_route() -> None:
+    server = FakeServer()
+    server.unknown_anonymous = True
+    summary = _run(server, visitors=60)
+    assert summary.logins == summary.logins_unsupported == 0
+    assert server.calls["POST identities"] == summary.errors["404"] > 1  # still tried: the route exists
 
 
 def test_busy_answers_are_retried_after_retry_after() -> None:
