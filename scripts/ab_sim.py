@@ -1,6 +1,6 @@
 """A simulated A/B test: the stage-aware blend against a stage-agnostic control, on a live server.
 
-Usage: python -m scripts.ab_sim --url URL --admin-key KEY --api-key KEY [--visitors 20000] [--days 30]
+Usage: python -m scripts.ab_sim --url URL --admin-key KEY --api-key KEY [--visitors 20000] [--days 14]
                                 [--items 2000 --shop-seed 1] [--experiment ID] [--out reports/ab-sim.json]
        python -m scripts.ab_sim --serve [--visitors 20000] ...      (``make ab``)
 
@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--visitors", type=int, default=20_000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--days", type=int, default=14)
     ap.add_argument("--placement", default="home")
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--shop-seed", type=int, default=1)
