@@ -105,7 +105,8 @@ class Outcome(msgspec.Struct, kw_only=True):
     stage: str  # the visitor's true stage when the list was served
     lists: int = 0
     impressions: int = 0  # items shown (sent as impression events when the answer had an id)
-    clicks: int = 0
+    clicks: int = 0  # product clicks (product_view with the list's id)
+    content_clicks: int = 0  # clicks on content (content_view with the list's id)
     carts: int = 0
     purchases: int = 0
     revenue: float = 0.0
@@ -126,6 +127,7 @@ class TrafficSummary(msgspec.Struct, kw_only=True):
     events: dict[str, int] = msgspec.field(default_factory=dict)  # sent in answered batches, by type
     events_accepted: int = 0
     events_duplicate: int = 0
+    impressions_counted: int = 0  # impressions a server counts apart from its stored events (its answer's)
     lists: int = 0
     lists_without_recommendation_id: int = 0
     unknown_items_shown: int = 0
@@ -259,6 +261,7 @@ class _Traffic:
                 body = msgspec.json.decode(r.content)
                 self.s.events_accepted += int(body.get("accepted", 0))
                 self.s.events_duplicate += int(body.get("duplicates", 0))
+                self.s.impressions_counted += int(body.get("impressions", 0))
                 self.events.update(e["event"] for e in batch)
 
     async def login(self, v: int) -> None:
@@ -358,9 +361,11 @@ class _Traffic:
     def tally(self, aud: Audience, items: np.ndarray, r: Reactions, meta: list[_Shown]) -> None:
         """Add the step's lists to the outcomes by (variant, true stage)."""
         value = np.where(r.purchase, self.price[np.maximum(items, 0)] * r.quantity, 0.0)
+        product = (items >= 0) & (items < self.shop.n_products)
         per = (
             (items != -1).sum(axis=1),
-            r.click.sum(axis=1),
+            (r.click & product).sum(axis=1),
+            (r.click & ~product).sum(axis=1),
             r.cart.sum(axis=1),
             r.purchase.sum(axis=1),
             value.sum(axis=1),
@@ -375,9 +380,10 @@ class _Traffic:
             o.lists += 1
             o.impressions += int(per[0][row])
             o.clicks += int(per[1][row])
-            o.carts += int(per[2][row])
-            o.purchases += int(per[3][row])
-            o.revenue += float(per[4][row])
+            o.content_clicks += int(per[2][row])
+            o.carts += int(per[3][row])
+            o.purchases += int(per[4][row])
+            o.revenue += float(per[5][row])
             o.served_at_stage += m.stage == STAGES[stage].value
 
     def queue(
@@ -509,18 +515,25 @@ def summary_lines(s: TrafficSummary) -> list[str]:
         f"elapsed {s.elapsed_seconds:.1f} s, {s.requests_per_second:,.1f} requests/s",
         f"events {_pairs(s.events)}",
         f"accepted {s.events_accepted:,}, duplicates {s.events_duplicate:,}",
+        f"impressions counted apart from stored events {s.impressions_counted:,}",
         f"lists {s.lists:,}, without recommendation_id {s.lists_without_recommendation_id:,}",
         f"unknown items shown {s.unknown_items_shown:,}",
         f"logins {s.logins:,}, skipped (no /v1/identities) {s.logins_unsupported:,}",
         f"errors {_pairs(s.errors)}",
     ]
-    head = ("variant", "true stage", "lists", "shown", "clicks", "CTR", "carts", "buys", "revenue", "agreed")
-    lines.append("{:<16} {:<14} {:>8} {:>9} {:>8} {:>7} {:>7} {:>6} {:>11} {:>7}".format(*head))
+    lines.append(
+        "the simulator's counts (CTR: product clicks / items shown, as the feedback counters count):"
+    )
+    head = ("variant", "true stage", "lists", "shown", "clicks", "content", "CTR", "carts", "buys", "revenue")
+    lines.append(
+        "{:<16} {:<14} {:>8} {:>9} {:>8} {:>8} {:>7} {:>7} {:>6} {:>11} {:>7}".format(*head, "agreed")
+    )
     for o in s.outcomes:
         ctr = o.clicks / o.impressions if o.impressions else 0.0
         agreed = o.served_at_stage / o.lists if o.lists else 0.0
         lines.append(
-            f"{o.variant:<16} {o.stage:<14} {o.lists:>8,} {o.impressions:>9,} {o.clicks:>8,} {ctr:>7.2%}"
-            f" {o.carts:>7,} {o.purchases:>6,} {o.revenue:>11,.2f} {agreed:>7.0%}"
+            f"{o.variant:<16} {o.stage:<14} {o.lists:>8,} {o.impressions:>9,} {o.clicks:>8,}"
+            f" {o.content_clicks:>8,} {ctr:>7.2%} {o.carts:>7,} {o.purchases:>6,} {o.revenue:>11,.2f}"
+            f" {agreed:>7.0%}"
         )
     return lines

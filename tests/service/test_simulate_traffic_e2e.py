@@ -104,8 +104,9 @@ def test_the_command_reports_every_visitor_and_no_error(served: tuple[Server, di
     assert s["errors"] == {}
     assert s["unknown_items_shown"] == 0  # the served model knows the simulator's catalog
     assert s["events_duplicate"] == 0
-    assert s["events_accepted"] == sum(s["events"].values())
-    clicks = sum(o["clicks"] for o in s["outcomes"])
+    # a server with feedback counters counts impressions apart from the events it stores
+    assert s["events_accepted"] + s["impressions_counted"] == sum(s["events"].values())
+    clicks = sum(o["clicks"] + o["content_clicks"] for o in s["outcomes"])
     assert clicks > 0
     assert s["events"]["purchase"] > 0
     if s["lists_without_recommendation_id"] == 0:  # a server with list ids: one impression per shown item
@@ -134,3 +135,24 @@ def test_the_visitors_exist_on_the_server(served: tuple[Server, dict[str, Any]])
                 touchpoints += len(r.json()["touchpoints"])
             found += touchpoints > 0
     assert found == 30  # every visitor has at least one session, so at least one event
+
+
+def test_the_feedback_counters_count_what_the_visitors_did(served: tuple[Server, dict[str, Any]]) -> None:
+    """Where the server counts feedback (``GET /v1/feedback/summary``): the lists, impressions, product
+    clicks and carts it credited to lists are exactly what the simulator sent with list ids; purchases at
+    least those (a purchase without an id may be credited by last touch)."""
+    server, s = served
+    r = httpx.get(f"{server.base}/v1/feedback/summary", headers=H_READ, timeout=10)
+    if r.status_code == 404:
+        pytest.skip("this server has no feedback counters")
+    assert r.status_code == 200
+    totals = r.json()["totals"]
+    got = {m: sum(row[m] for row in totals) for m in ("lists", "impressions", "clicks", "carts", "purchases")}
+    sent = {
+        m: sum(o[m] for o in s["outcomes"]) for m in ("lists", "impressions", "clicks", "carts", "purchases")
+    }
+    assert got["lists"] == s["lists"] == sent["lists"]
+    assert got["impressions"] == sent["impressions"] == s["events"]["impression"]
+    assert got["clicks"] == sent["clicks"]
+    assert got["carts"] == sent["carts"]
+    assert got["purchases"] >= sent["purchases"]
