@@ -93,4 +93,4 @@ def test_the_experiment_pits_the_stage_aware_blend_against_a_stage_agnostic_cont
     from models.experiments import Experiment
 
     doc = msgspec.convert({"id": "ab-sim-1", **body}, Experiment)
-    assert doc.placements == ("home",)
+    assert list(doc.placements) == ["home"]
