@@ -11,7 +11,7 @@ DEMO := demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test lint typecheck check run demo-model bench eval readme readme-example clean
+.PHONY: install test lint typecheck check run demo-model bench eval ab readme readme-example clean
 
 # One install at a time: `make run` and `make test` started together both find the stamp missing, and two
 # pips writing one venv break each other. flock(1) serialises the recipe; whoever waited finds the stamp
@@ -81,6 +81,11 @@ bench: $(STAMP)
 	$(BIN)/python -m scripts.bench_train --visitors 20000 --threads 2
 	$(BIN)/python -m scripts.bench_service
 	$(BIN)/python -m scripts.readme
+
+# A simulated A/B test (stage-aware blend vs a stage-agnostic control) on a 2-worker server over Redis
+# db 14, started and stopped by the script: per-stage results with intervals, reports/ab-sim.json.
+ab: $(STAMP)
+	$(BIN)/python -m scripts.ab_sim --serve --visitors 20000
 
 # README.md's generated regions: routes and scopes, settings, and the latest bench / eval figures
 # (reports/*.json; kept as they are when absent). `make test` fails when routes or settings are stale.

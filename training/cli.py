@@ -1,7 +1,8 @@
-"""``journeyrec train | evaluate | simulate | inspect``: the data scientist's commands."""
+"""``journeyrec train | evaluate | simulate | simulate-traffic | inspect``: the data scientist's commands."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -25,6 +26,7 @@ from training.report import write_report
 from training.simulate import SimulationConfig, write_simulation
 from training.tables import unknown_name
 from training.terminal import column_blocks
+from training.traffic import TrafficConfig, run_traffic, summary_lines
 
 err = Console(stderr=True)
 out = Console()
@@ -124,6 +126,42 @@ def simulate(out_dir: str, visitors: int, items: int, days: int, seed: int, as_j
     else:
         out.print(f"wrote {out_dir}/events.csv and catalog.csv in {took:.1f} s")
         out.print(msgspec.to_builtins(summary))
+
+
+@click.command("simulate-traffic")
+@click.option("--url", required=True, help="The running server, e.g. http://127.0.0.1:8000.")
+@click.option("--api-key", required=True, help="A key with the ingest and read scopes.")
+@click.option("--visitors", type=click.IntRange(1, 10_000_000), default=1000, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=16, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="Visitors and their reactions.")
+@click.option("--days", type=click.IntRange(1, 3650), default=30, show_default=True)
+@click.option("--placement", default="home", show_default=True, help="Placement asked for the lists.")
+@click.option(
+    "--items",
+    type=click.IntRange(10, 10_000_000),
+    default=2_000,
+    show_default=True,
+    help="Catalog size of the `simulate` run the served model was trained on.",
+)
+@click.option(
+    "--shop-seed", type=int, default=1, show_default=True, help="Seed of that `simulate` run (its catalog)."
+)
+@click.option("--k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--n-content", type=click.IntRange(0, 50), default=3, show_default=True)
+@click.option("--prefix", default="", help="Visitor id prefix (default sim<seed>).")
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON."
+)
+def simulate_traffic(url: str, out_path: str | None, **options: Any) -> None:
+    """Drive a running server with simulated visitors who react to what they are shown."""
+    cfg = TrafficConfig(url=url.rstrip("/"), **options)  # every other option is a TrafficConfig field
+    with _progress(True) as say:
+        summary = asyncio.run(run_traffic(cfg, progress=say))
+    for line in summary_lines(summary):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if out_path:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
 
 
 @click.command()
@@ -308,5 +346,5 @@ def blend_table(blend: BlendWeights, width: int) -> Any:
 
 
 def register(group: click.Group) -> None:
-    for cmd in (train, evaluate, simulate, inspect):
+    for cmd in (train, evaluate, simulate, simulate_traffic, inspect):
         group.add_command(cmd)

@@ -10,6 +10,18 @@ consumables run out) as well as on their static taste, and some churn at every s
 All visitors advance one session per step of a lock-step loop vectorised over visitors, so Python loops run
 per session *step* and event slot, never per visitor or event: the defaults (20k visitors, ~1M events) take
 about 1.5 s including the CSV text. The same seed gives byte-identical files.
+
+The response model (``ResponseModel``, ``respond``) makes visitors react to a list they are shown; the
+files above never use it (``journeyrec simulate-traffic``, ``training.traffic``, does). For an item at
+1-based rank r, P(click) = position_bias(r) x (base + w_rel x relevance + w_fit x stage_fit), with
+position_bias(r) = 1 / log2(r + 1) (the examination hypothesis), ``relevance`` the item's fit to the
+visitor's latent taste (favourite categories, price tier) and ``stage_fit`` its fit to the visitor's *true*
+stage and state (guides in awareness, products of the category being compared in consideration,
+accessories of the carted item in decision, accessories and replenishment in retention, referral and review
+pages in advocacy); both are in [0, 1] and documented on their functions. A clicked product in stock is
+carted and bought with stage-dependent probabilities, and ``Walk.react`` carries the outcomes into the
+journeys. The model draws from its own Generator in a fixed order, vectorised over visitors x slots, so the
+same inputs and seed give the same reactions.
 """
 
 from __future__ import annotations
@@ -157,7 +169,7 @@ def _page(item_id: str, title: str, category: str, kind: str, stages: tuple[Stag
     )
 
 
-class _Shop:
+class Shop:
     """The catalog as arrays by item index (products first, then landing pages, then stage content)."""
 
     def __init__(self, cfg: SimulationConfig, rng: np.random.Generator) -> None:
@@ -216,7 +228,18 @@ class _Shop:
                     )
                     self.items.append(_page(f"c-{name}-{kind}-{j // 2 + 1}", title, name, kind, (stage,)))
         n_content = len(self.items) - n
+        self.n_products = n
         self.cat = np.concatenate([pcat, np.repeat(np.arange(k), 1 + 5 * m)])  # int64[n_items]
+        self.tier = np.concatenate(
+            [tier, np.full(n_content, -1)]
+        )  # int64[n_items] price tier, -1 for content
+        # int64[n_items]: the stage index a content page serves; -1 for products and landing pages
+        per_cat = np.concatenate([[-1], np.repeat(np.arange(5), m)])
+        self.page_stage = np.concatenate([np.full(n, -1), np.tile(per_cat, k)])
+        self.in_stock = np.concatenate([in_stock, np.zeros(n_content, bool)])  # bool[n_items]
+        self.pairs = np.zeros((k, k), bool)  # bool[k, k]: category b sells accessories of category a
+        for c, d in enumerate(defs):
+            self.pairs[c, [names.index(p) for p in d[4] if p in names]] = True
         self.price = np.concatenate([price, np.zeros(n_content)])  # float64[n_items], 0 for content
         self.cycle = np.concatenate([cycle, np.zeros(n_content)])  # float64[n_items] replenishment days
         # int64[n_items]: the item itself, or for out-of-stock products their category's bestseller
@@ -242,10 +265,10 @@ class _Shop:
         self.g_key = group[self.g_items] + np.minimum(share, 1.0)
 
 
-class _Walk:
+class Walk:
     """Lock-step journeys: per-visitor state arrays (length V, int64 item/category indices, -1 = none)."""
 
-    def __init__(self, cfg: SimulationConfig, shop: _Shop, rng: np.random.Generator) -> None:
+    def __init__(self, cfg: SimulationConfig, shop: Shop, rng: np.random.Generator) -> None:
         v, k = cfg.visitors, len(shop.landing)
         self.cfg, self.shop, self.rng, self.end = cfg, shop, rng, cfg.days * DAY
         first = rng.choice(k, v, p=shop.cat_p)
@@ -270,6 +293,7 @@ class _Walk:
         self.gap = np.zeros(v)  # days until the next session
         self.sess = np.zeros(v, np.int64)
         self.chan = np.zeros(v, np.int64)
+        self.n_sessions = 0  # sessions started so far: the next session's number
         self.chunks: list[tuple[np.ndarray, ...]] = []
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -326,9 +350,18 @@ class _Walk:
         if cart:
             self.emit(idx, items, _E.ADD_TO_CART)
             self.emit(idx, items, _E.CHECKOUT)
-        cyc = self.shop.cycle[items]
-        qty = np.where(cyc > 0, 1 + self.rng.binomial(2, 0.3, len(idx)), 1)
+        qty = self.quantity(items)
         self.emit(idx, items, _E.PURCHASE, qty=qty)
+        self.own(idx, items, qty)
+
+    def quantity(self, items: np.ndarray) -> np.ndarray:
+        """int64[n] units bought of ``items``: consumables come by 1-3, durables one at a time."""
+        return np.where(self.shop.cycle[items] > 0, 1 + self.rng.binomial(2, 0.3, len(items)), 1)
+
+    def own(self, idx: np.ndarray, items: np.ndarray, qty: np.ndarray) -> None:
+        """What a purchase of ``qty`` units of ``items`` sets up for ``idx``: the accessories of durables,
+        the replenishment date of consumables."""
+        cyc = self.shop.cycle[items]
         c = cyc > 0
         self.cons[idx[c]] = items[c]
         run_out = cyc[c] * qty[c] * self.rng.lognormal(0.0, 0.2, int(c.sum())) * DAY
@@ -353,6 +386,44 @@ class _Walk:
         self.stage[idx] = np.where(self.some(idx, 0.35), _AWARE, _CONSIDER)
         self.short[idx] = -1
         self.cart[idx] = -1
+
+    def take_events(self) -> tuple[np.ndarray, ...]:
+        """The events emitted since the last call, as aligned columns sorted by (visitor, time) (visitor,
+        item, event code, clock, session, channel, quantity), and forget them."""
+        chunks, self.chunks = self.chunks, []
+        if not chunks:
+            return tuple(np.zeros(0, np.int64) for _ in range(7))
+        cols = [np.concatenate(c) for c in zip(*chunks, strict=True)]
+        order = np.lexsort((cols[3], cols[0]))
+        return tuple(c[order] for c in cols)
+
+    def react(self, idx: np.ndarray, items: np.ndarray, r: Reactions, model: ResponseModel) -> None:
+        """Carry what visitors ``idx`` (int[n]) did with the lists ``items`` (int[n, k]) they were shown into
+        their journeys: clicked products join the shortlist (in awareness, a click starts comparing its
+        category with probability ``model.advance``); a carted product not bought fills an empty cart and
+        moves the visitor to decision; a purchase sets up accessories and replenishment like any purchase,
+        and with nothing left in the cart moves the visitor to retention."""
+        s = self.shop
+        it = np.maximum(items, 0)
+        product = r.click & (items >= 0) & (it < s.n_products)
+        for j in range(items.shape[1]):  # slot by slot: the last product clicked ends up first
+            m = product[:, j]
+            self.shortlist(idx[m], items[m, j])
+        first = it[np.arange(len(idx)), np.argmax(product, axis=1)]
+        go = product.any(axis=1) & (self.stage[idx] == _AWARE) & self.some(idx, model.advance)
+        self.fc[idx[go]], self.stage[idx[go]] = s.cat[first[go]], _CONSIDER
+        kept = r.cart & ~r.purchase
+        carted = it[np.arange(len(idx)), np.argmax(kept, axis=1)]
+        fill = kept.any(axis=1) & (self.cart[idx, 0] < 0)
+        self.cart[idx[fill], 0] = carted[fill]
+        early = fill & (self.stage[idx] < _DECIDE)
+        self.fc[idx[early]], self.stage[idx[early]] = s.cat[carted[early]], _DECIDE
+        for j in range(items.shape[1]):
+            m = r.purchase[:, j]
+            self.own(idx[m], items[m, j], r.quantity[m, j])
+            self.cart[idx[m & (self.cart[idx, 0] == items[:, j])], 0] = -1
+        done = r.purchase.any(axis=1) & (self.cart[idx, 0] < 0) & (self.stage[idx] < _RETAIN)
+        self.stage[idx[done]] = _RETAIN
 
     # -- one session per stage ----------------------------------------------------------------------
     def awareness(self, idx: np.ndarray) -> None:
@@ -475,25 +546,39 @@ class _Walk:
         self.churn(idx[u >= 0.85], 0.6)
         self.wait(idx, 4.0)
 
+    def begin(self) -> np.ndarray:
+        """Start the next session of every visitor still around before the end: int64[a] their indices
+        (empty when none is left), with their clock, session number and channel set."""
+        act = np.flatnonzero(self.alive & (self.t < self.end))
+        if len(act) == 0:
+            return act
+        self.clock[act] = self.t[act]
+        self.sess[act] = self.n_sessions + np.arange(len(act))
+        self.n_sessions += len(act)
+        st = self.stage[act]
+        u = self.rng.random(len(act))
+        self.chan[act] = (u[:, None] > _CHANNEL_CDF[st, :-1]).sum(axis=1)  # last column: the rest
+        # an abandoned cart brings a reminder email
+        self.chan[act[(st == _DECIDE) & (self.cart[act, 0] >= 0) & (u < 0.5)]] = 0
+        return act
+
+    def play(self, act: np.ndarray) -> None:
+        """The sessions of ``act`` (from ``begin``), each by the handler of the visitor's stage."""
+        handlers = (self.awareness, self.consideration, self.decision, self.retention, self.advocacy)
+        st = self.stage[act]
+        for stage, handler in enumerate(handlers):
+            handler(act[st == stage])
+
+    def finish(self, act: np.ndarray) -> None:
+        """Schedule the next session of ``act`` after the gap their sessions chose."""
+        nxt = self.clock[act] + (self.gap[act] * DAY).astype(np.int64)
+        self.t[act] = np.maximum(nxt - nxt % DAY + _time_of_day(self.rng, len(act)), self.clock[act] + 1800)
+
     def run(self) -> None:
         """Advance every visitor still around by one session per step until all churned or the end."""
-        handlers = (self.awareness, self.consideration, self.decision, self.retention, self.advocacy)
-        n_sessions = 0
-        while len(act := np.flatnonzero(self.alive & (self.t < self.end))):
-            self.clock[act] = self.t[act]
-            self.sess[act] = n_sessions + np.arange(len(act))
-            n_sessions += len(act)
-            st = self.stage[act]
-            u = self.rng.random(len(act))
-            self.chan[act] = (u[:, None] > _CHANNEL_CDF[st, :-1]).sum(axis=1)  # last column: the rest
-            # an abandoned cart brings a reminder email
-            self.chan[act[(st == _DECIDE) & (self.cart[act, 0] >= 0) & (u < 0.5)]] = 0
-            for stage, handler in enumerate(handlers):
-                handler(act[st == stage])
-            nxt = self.clock[act] + (self.gap[act] * DAY).astype(np.int64)
-            self.t[act] = np.maximum(
-                nxt - nxt % DAY + _time_of_day(self.rng, len(act)), self.clock[act] + 1800
-            )
+        while len(act := self.begin()):
+            self.play(act)
+            self.finish(act)
 
 
 def _time_of_day(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -517,8 +602,8 @@ def simulate(cfg: SimulationConfig) -> Simulation:
         raise InvalidInputError(f"start: expected an ISO date like 2024-01-01, got {cfg.start!r}") from None
     start = int((t0 if t0.tzinfo else t0.replace(tzinfo=dt.UTC)).timestamp())
     rng = np.random.default_rng(cfg.seed)
-    shop = _Shop(cfg, rng)
-    walk = _Walk(cfg, shop, rng)
+    shop = Shop(cfg, rng)
+    walk = Walk(cfg, shop, rng)
     walk.run()
     cols = (
         [np.concatenate(c) for c in zip(*walk.chunks, strict=True)]
@@ -581,3 +666,190 @@ def write_simulation(cfg: SimulationConfig, out_dir: Path) -> SimulationSummary:
     (out_dir / "events.csv").write_text(events_csv(sim), encoding="utf-8")
     (out_dir / "catalog.csv").write_text(catalog_csv(sim.catalog), encoding="utf-8")
     return sim.summary()
+
+
+# -- the response model: how a visitor reacts to a list it is shown ----------------------------------------
+
+
+class ResponseModel(msgspec.Struct, frozen=True, kw_only=True):
+    """How a simulated visitor reacts to a served list (see ``click_probability`` and ``respond``).
+
+    P(click) = position_bias(rank) * (base + relevance * r + stage_fit * f), with r and f in [0, 1]; a clicked
+    product in stock is added to the cart with ``cart[stage] * (0.5 + 0.5 r)``, a carted one bought with
+    ``purchase[stage]`` (stage: the visitor's true stage, in Stage order)."""
+
+    base: float = 0.01  # attraction of an item that fits neither the visitor's taste nor their stage
+    relevance: float = 0.14  # added at full relevance (a favourite category, the visitor's price tier)
+    stage_fit: float = 0.22  # added at full stage fit (what the visitor's stage is looking for)
+    cart: tuple[float, float, float, float, float] = (0.04, 0.12, 0.35, 0.25, 0.10)
+    purchase: tuple[float, float, float, float, float] = (0.30, 0.40, 0.65, 0.75, 0.50)
+    advance: float = 0.3  # a visitor in awareness who clicks a product starts comparing its category
+
+    def __post_init__(self) -> None:
+        shares = (self.base, self.relevance, self.stage_fit, *self.cart, *self.purchase, self.advance)
+        if min(shares) < 0 or max(shares) > 1 or self.base + self.relevance + self.stage_fit > 1:
+            raise InvalidInputError(
+                "ResponseModel: every share lies in [0, 1] and base+relevance+stage_fit <= 1"
+            )
+
+
+@dataclass(frozen=True)
+class Audience:
+    """What the simulator knows of n visitors at the moment a list is served (int64 arrays, -1 = none).
+
+    pref [n, 2] favourite categories;  tier [n] preferred price tier;  stage [n] true stage index;
+    focus [n] the category of the journey;  cart [n] carted item;  owned [n] last durable bought;
+    cons [n] last consumable bought;  last [n] last item bought
+    """
+
+    pref: np.ndarray
+    tier: np.ndarray
+    stage: np.ndarray
+    focus: np.ndarray
+    cart: np.ndarray
+    owned: np.ndarray
+    cons: np.ndarray
+    last: np.ndarray
+
+    @classmethod
+    def of(cls, walk: Walk, idx: np.ndarray) -> Audience:
+        """A copy of the state of ``walk``'s visitors ``idx`` (int[n])."""
+        w = walk
+        return cls(
+            w.pref[idx], w.tier[idx], w.stage[idx], w.fc[idx], w.cart[idx, 0], w.owned[idx], w.cons[idx],
+            w.last[idx],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Reactions:
+    """What n visitors did with the k slots they were shown (arrays [n, k]).
+
+    p_click float64 the click probability;  click, cart, purchase bool;  quantity int64 units bought
+    (1 where nothing was bought)
+    """
+
+    p_click: np.ndarray
+    click: np.ndarray
+    cart: np.ndarray
+    purchase: np.ndarray
+    quantity: np.ndarray
+
+
+def position_bias(rank: np.ndarray) -> np.ndarray:
+    """float64: the chance a visitor looks at the slot of 1-based ``rank``, 1 / log2(rank + 1)."""
+    return 1.0 / np.log2(np.asarray(rank, np.float64) + 1.0)
+
+
+def click_probability(
+    relevance: np.ndarray, fit: np.ndarray, rank: np.ndarray, model: ResponseModel
+) -> np.ndarray:
+    """float64, broadcast: P(click) of an item of ``relevance`` and stage ``fit`` (both in [0, 1]) at 1-based
+    ``rank`` (examination hypothesis: looked at x attractive)."""
+    attract = model.base + model.relevance * np.asarray(relevance) + model.stage_fit * np.asarray(fit)
+    return position_bias(rank) * attract
+
+
+def _valid(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``items`` with -1 (no item / unknown to the shop) replaced by 0, and the bool mask of real items."""
+    ok = items >= 0
+    return np.where(ok, items, 0), ok
+
+
+def relevance(shop: Shop, aud: Audience, items: np.ndarray) -> np.ndarray:
+    """float64[n, k] in [0, 1]: how well ``items`` (int[n, k], -1 = none) suit each visitor's static taste.
+
+    Category affinity (first favourite 1.0, second 0.8, a category selling accessories of a favourite 0.4,
+    else 0.05) times, for products, the price tier's fit (1.0 in the visitor's tier, 0.75 one off, 0.5 two
+    off). Unknown items are 0."""
+    it, ok = _valid(items)
+    cat = shop.cat[it]
+    p0, p1 = aud.pref[:, :1], aud.pref[:, 1:]
+    paired = shop.pairs[p0, cat] | shop.pairs[p1, cat]
+    aff = np.where(cat == p0, 1.0, np.where(cat == p1, 0.8, np.where(paired, 0.4, 0.05)))
+    tier = shop.tier[it]
+    tier_fit = np.where(tier >= 0, 1.0 - 0.25 * np.abs(tier - aud.tier[:, None]), 1.0)
+    return np.where(ok, aff * tier_fit, 0.0)
+
+
+def stage_fit(shop: Shop, aud: Audience, items: np.ndarray) -> np.ndarray:
+    """float64[n, k] in [0, 1]: how well ``items`` (int[n, k], -1 = none) serve each visitor's true stage.
+
+    awareness      guides and ideas (awareness pages) 1.0, landing pages 0.6, products 0.2
+    consideration  products of the journey's category (to compare) 1.0, comparisons and buying guides 0.8
+    decision       accessories of the carted item 1.0, reviews and FAQs 0.6, the carted item and others of
+                   its category 0.3 (without a cart: products of the journey's category 0.8)
+    retention      accessories of the last durable and consumables of the last consumable's category
+                   (replenishment) 1.0, how-to and care pages 0.6
+    advocacy       refer-a-friend and write-a-review pages 1.0, accessories of the last purchase 0.5
+    anything else 0.05; unknown items 0."""
+    it, ok = _valid(items)
+    st = aud.stage[:, None]
+    product = it < shop.n_products
+    page = shop.page_stage[it]
+    cat = shop.cat[it]
+    own_page = ~product & (page == st)
+
+    def accessory_of(anchor: np.ndarray) -> np.ndarray:
+        a = np.maximum(anchor, 0)
+        return (anchor[:, None] >= 0) & (it[:, :, None] == shop.comp[a][:, None, :]).any(axis=2)
+
+    cart = aud.cart[:, None]
+    has_cart = cart >= 0
+    cart_cat = shop.cat[np.maximum(cart, 0)]
+    focus_product = product & (cat == aud.focus[:, None])
+    refill = (
+        product
+        & (aud.cons[:, None] >= 0)
+        & (shop.cycle[it] > 0)
+        & (cat == shop.cat[np.maximum(aud.cons, 0)][:, None])
+    )
+    fit = np.select(
+        [
+            st == _AWARE,
+            st == _CONSIDER,
+            (st == _DECIDE) & has_cart,
+            st == _DECIDE,
+            st == _RETAIN,
+            st == _ADVOCATE,
+        ],
+        [
+            np.where(own_page, 1.0, np.where(page < 0, np.where(product, 0.2, 0.6), 0.05)),
+            np.where(focus_product, 1.0, np.where(own_page, 0.8, 0.05)),
+            np.where(
+                accessory_of(aud.cart),
+                1.0,
+                np.where(own_page, 0.6, np.where(product & (cat == cart_cat), 0.3, 0.05)),
+            ),
+            np.where(focus_product, 0.8, np.where(own_page, 0.6, 0.05)),
+            np.where(accessory_of(aud.owned) | refill, 1.0, np.where(own_page, 0.6, 0.05)),
+            np.where(own_page, 1.0, np.where(accessory_of(aud.last), 0.5, 0.05)),
+        ],
+        0.05,
+    )
+    return np.where(ok, fit, 0.0)
+
+
+def respond(
+    shop: Shop,
+    aud: Audience,
+    items: np.ndarray,
+    rank: np.ndarray,
+    model: ResponseModel,
+    rng: np.random.Generator,
+) -> Reactions:
+    """What n visitors do with the lists they were shown: ``items`` int[n, k] shop indices (-1 = empty slot
+    or an item the shop does not know), ``rank`` int[n, k] 1-based positions. Draws from ``rng`` in a fixed
+    order (clicks, carts, purchases, quantities: one [n, k] array each), so the same inputs and seed give the
+    same reactions."""
+    rel = relevance(shop, aud, items)
+    p = click_probability(rel, stage_fit(shop, aud, items), rank, model)
+    it, ok = _valid(items)
+    click = ok & (rng.random(items.shape) < p)
+    st = aud.stage[:, None]
+    sellable = (it < shop.n_products) & shop.in_stock[it]
+    p_cart = np.asarray(model.cart)[st] * (0.5 + 0.5 * rel)
+    cart = click & sellable & (rng.random(items.shape) < p_cart)
+    purchase = cart & (rng.random(items.shape) < np.asarray(model.purchase)[st])
+    qty = np.where(shop.cycle[it] > 0, 1 + rng.binomial(2, 0.3, items.shape), 1)
+    return Reactions(p, click, cart, purchase, np.where(purchase, qty, 1))

@@ -124,7 +124,9 @@ def test_worker_settings_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "JOURNEYREC_API_KEYS" not in mod.os.environ
     assert KEY_A not in mod.os.environ[mod.WORKER_SETTINGS_ENV]
     assert mod.settings_for_worker() == s
-    monkeypatch.delenv(mod.WORKER_SETTINGS_ENV)
+    # export_for_workers set it directly: popped directly (monkeypatch.delenv would record the value it set
+    # and put it back at teardown, into the environment of every later test, and of the servers they start)
+    mod.os.environ.pop(mod.WORKER_SETTINGS_ENV, None)
 
 
 def test_several_workers_share_a_fresh_metrics_directory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,8 +152,8 @@ def test_several_workers_share_a_fresh_metrics_directory(monkeypatch: pytest.Mon
         assert mod.export_for_workers(two) is None
     finally:
         d.rmdir()
-        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
-        monkeypatch.delenv(mod.WORKER_SETTINGS_ENV, raising=False)
+        mod.os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        mod.os.environ.pop(mod.WORKER_SETTINGS_ENV, None)
 
 
 def test_metrics_directory_refused_once_the_client_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,4 +166,4 @@ def test_metrics_directory_refused_once_the_client_is_loaded(monkeypatch: pytest
     two = load_settings({"workers": 2, "redis_url": "redis://127.0.0.1:6379/0"}, environ={})
     with pytest.raises(InvalidInputError, match="prometheus_client was imported"):
         mod.export_for_workers(two)
-    monkeypatch.delenv(mod.WORKER_SETTINGS_ENV, raising=False)
+    mod.os.environ.pop(mod.WORKER_SETTINGS_ENV, None)

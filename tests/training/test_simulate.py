@@ -138,8 +138,8 @@ def test_catalog_shape(sim: Simulation) -> None:
 
 def test_every_stage_of_the_journey_happens(sim: Simulation) -> None:
     counts = np.bincount(sim.event, minlength=len(EventType))
-    for e in EventType:
-        assert counts[e.code] > 0, e
+    for e in EventType:  # impressions need served lists: simulate-traffic sends them, the files have none
+        assert (counts[e.code] > 0) == (e is not EventType.IMPRESSION), e
     assert counts[EventType.PRODUCT_VIEW.code] > counts[EventType.ADD_TO_CART.code] > 0
     assert counts[EventType.ADD_TO_CART.code] > counts[EventType.REVIEW.code]
     assert len(np.unique(sim.channel)) == len(Channel)
