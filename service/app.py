@@ -32,6 +32,7 @@ from service.api.deps import Services
 from service.api.events import EventsController
 from service.api.export import ExportController
 from service.api.health import HealthController
+from service.api.identities import IdentitiesController
 from service.api.items import ItemsController
 from service.api.model_versions import ModelsController
 from service.api.rules import RulesController
@@ -203,6 +204,7 @@ def create_app(
             CatalogController,
             ModelsController,
             RulesController,
+            IdentitiesController,
         ],
         security=needs_key,
     )

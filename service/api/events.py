@@ -33,7 +33,8 @@ class EventsController(Controller):
             '{"events": [...]}. timestamp: ISO-8601 with offset or POSIX seconds; absent = now. '
             "A repeated event_id is skipped (counted in duplicates), so retries are harmless. "
             "Events for items neither the model nor the live catalog knows are stored too, and counted in "
-            "unknown_items. "
+            "unknown_items. Events for an anonymous id linked to a user (POST /v1/identities) are stored "
+            "under the user and counted in redirected. "
             "503 with Retry-After when the store cannot be reached: nothing was stored."
         ),
     )
@@ -51,4 +52,4 @@ class EventsController(Controller):
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         unknown = count_unknown(events, svc.holder.knows)
         metrics.UNKNOWN_ITEM_EVENTS.inc(unknown)
-        return IngestOut(result.accepted, result.duplicates, unknown)
+        return IngestOut(result.accepted, result.duplicates, unknown, result.redirected)
