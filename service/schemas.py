@@ -89,13 +89,13 @@ def to_event(e: EventIn, now: float, timestamp_field: str = "timestamp") -> Even
 class IngestOut(msgspec.Struct, frozen=True):
     """accepted: newly stored; duplicates: already stored before under the same event_id (skipped);
     unknown_items: events of the request (stored like any other) whose item neither the live model nor
-    the live catalog knows; redirected: events for an anonymous id linked to a user (``POST
-    /v1/identities``), stored under that user and counted in accepted or duplicates like any other."""
+    the live catalog knows; redirected (left out when none): events for an anonymous id linked to a user
+    (``POST /v1/identities``), stored under that user and counted in accepted or duplicates as any other."""
 
     accepted: int
     duplicates: int
     unknown_items: int = 0
-    redirected: int = 0
+    redirected: int | msgspec.UnsetType = msgspec.UNSET  # left out when no event was redirected
 
 
 class StageOut(msgspec.Struct, frozen=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK
@@ -52,4 +53,5 @@ class EventsController(Controller):
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         unknown = count_unknown(events, svc.holder.knows)
         metrics.UNKNOWN_ITEM_EVENTS.inc(unknown)
-        return IngestOut(result.accepted, result.duplicates, unknown, result.redirected)
+        redirected = result.redirected or msgspec.UNSET
+        return IngestOut(result.accepted, result.duplicates, unknown, redirected)
