@@ -10,47 +10,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL
+from tests.service import test_api_e2e_redis as e2e
 from tests.service.api_fixtures import H_ADMIN, H_INGEST, H_READ
-from tests.service.test_api_e2e_redis import Server, _dump
 from tests.storefront import product_id
 
 pytestmark = pytest.mark.redis
 DAY = 86_400.0
 
 
-@pytest.fixture(scope="module")
-def prefix() -> str:
-    return f"jrtest-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def store(redis_url: str, prefix: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, socket_timeout=2)
-    yield client
-    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        client.delete(key)
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def http(models_dir: Path, prefix: str, store: redis.Redis) -> Iterator[httpx.Client]:
-    del store  # cleans up after the server stopped
-    server = Server(models_dir, REDIS_URL, prefix)
-    try:
-        client = server.wait_live()
-        yield client
-        client.close()
-    finally:
-        server.stop()
+# the server of ``test_api_e2e_redis`` (one per module: this one runs its own, with its own key prefix)
+redis_client, prefix, http = e2e.redis_client, e2e.prefix, e2e.http
 
 
 def _ingest(http: httpx.Client, events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -68,7 +43,7 @@ def _journey(http: httpx.Client, visitor: str) -> dict[str, Any]:
 
 
 def test_login_carries_the_anonymous_visit_over_and_erase_cascades(
-    http: httpx.Client, store: redis.Redis, prefix: str
+    http: httpx.Client, redis_client: redis.Redis, prefix: str
 ) -> None:
     run = uuid.uuid4().hex[:8]
     anon, user, bystander = f"cookie-{run}", f"user-{run}", f"other-{run}"
@@ -122,8 +97,8 @@ def test_login_carries_the_anonymous_visit_over_and_erase_cascades(
 
     def mentions(v: str) -> list[bytes]:
         needles = (v.encode(), v.encode().hex().encode())
-        keys = list(store.scan_iter(match=f"{prefix}:*", count=1000))
-        return [k for k in keys if any(n in k or n in _dump(store, k) for n in needles)]
+        keys = list(redis_client.scan_iter(match=f"{prefix}:*", count=1000))
+        return [k for k in keys if any(n in k or n in e2e._dump(redis_client, k) for n in needles)]
 
     assert mentions(anon)
     assert mentions(user)
