@@ -37,6 +37,9 @@ retried, repeats steps that are idempotent: the retried merge finds the merge id
 nothing (the answer of a retry may count events the first attempt carried over; the state holds each
 once).
 
+Stream entries written before the link keep the anonymous id (the stream is a log of what arrived); the
+user's list of stream ids names them too, so erasing the user removes them.
+
 ``force`` moves the alias of an anonymous id that belongs to another user: from then on its events go to
 the new user; what was merged into the old user stays there (it cannot be told apart any more).
 """
@@ -55,8 +58,9 @@ from models.domain import Event, EventType
 from models.errors import InvalidInputError
 from service.errors import ConflictError
 
-#: appends, reads and sends follow at most this many aliases (there are no chains: see step 1)
-MAX_HOPS = 2
+#: appends, reads and sends follow at most this many aliases: one, as there are no chains (step 1); a
+#: chain (which only a bug could make) is refused rather than followed without end
+MAX_HOPS = 1
 _REMOVED_BY = (EventType.REMOVE_FROM_CART, EventType.PURCHASE)
 
 

@@ -98,11 +98,13 @@ _NK = len(_VISITOR_KEYS)
 # Shared Lua: refresh the ttl of one visitor's keys. KEYS[k .. k+7] are _VISITOR_KEYS but the alias (which
 # a visitor with state never has for long; it is refreshed on its own); `base` is "P:{v:H}". sids lives
 # one second longer than the rest: the stream keeps an entry at most `ttl` seconds after it was added
-# (XTRIM MINID), so while an entry exists the sids list naming it still exists.
+# (XTRIM MINID), so while an entry exists the sids list naming it still exists. linked likewise outlives
+# the aliases it names (an alias is refreshed just before the user's write that refreshes linked), so
+# erasing the user finds every live alias.
 _TOUCH = """
 local function touch(k, base, ttl)
   for j = 0, 7 do
-    redis.call('EXPIRE', KEYS[k + j], j == 4 and ttl + 1 or ttl)
+    redis.call('EXPIRE', KEYS[k + j], (j == 4 or j == 7) and ttl + 1 or ttl)
   end
   for _, c in ipairs(redis.call('SMEMBERS', KEYS[k + 5])) do
     redis.call('EXPIRE', base .. ':sent:' .. c, ttl)
@@ -262,7 +264,7 @@ _CLAIM = """
 local alias = redis.call('GET', KEYS[2])
 if alias then return {0, alias} end
 local added = redis.call('SADD', KEYS[1], ARGV[1])
-if redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) + 1)
 return {1, added}
 """
 
@@ -620,7 +622,7 @@ class RedisStore(StoreLimits):
         """One script call; the events of linked anonymous ids that it hands back are stored under their
         users by one more call."""
         result = AppendResult(0, 0)
-        for hop in range(MAX_HOPS):
+        for hop in range(MAX_HOPS + 1):
             keys, args = self._append_call(events)
             with unavailable("append"):
                 reply: list[Any] = await self._append(keys=keys, args=args)
@@ -665,7 +667,7 @@ class RedisStore(StoreLimits):
         return keys, [*head, *bases, *per_event]
 
     async def visitor(self, visitor_id: str, campaign: str | None = None) -> VisitorState:
-        for _ in range(MAX_HOPS):
+        for _ in range(MAX_HOPS + 1):
             replies = await self._read_one(visitor_id, campaign)
             if not isinstance(replies, bytes):
                 break
@@ -703,7 +705,7 @@ class RedisStore(StoreLimits):
     async def mark_sent(self, visitor_id: str, campaign: str, item_ids: list[str]) -> None:
         if not item_ids:
             return
-        for _ in range(MAX_HOPS):
+        for _ in range(MAX_HOPS + 1):
             keys = [*self.visitor_keys(visitor_id), self.sent_key(visitor_id, campaign)]
             args = [str(self.visitor_ttl), self.visitor_base(visitor_id), _hex(campaign), *item_ids]
             with unavailable("mark sent"):

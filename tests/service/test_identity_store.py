@@ -395,3 +395,16 @@ async def test_every_link_script_touches_one_visitor(
     await store.mark_sent("anon", "c", ["y"])
     assert len(calls) >= 9  # claim, alias, snapshot, merge, clear, 2 reads, 2 sends
     assert all(_one_slot(keys) for keys in calls), calls
+
+
+async def test_the_users_linked_set_outlives_the_aliases_it_names(harness: Harness) -> None:
+    """Erase finds every live alias through the user's set: the set never expires before an alias."""
+    only_redis(harness)
+    store = harness.make(visitor_ttl=1000)
+    assert isinstance(store, RedisStore)
+    await store.append([ev("anon", "p", E.PAGE_VIEW, T0)])
+    await store.link("anon", "user")
+    await store.append([ev("anon", "q", E.PAGE_VIEW, T0 + 1)])  # refreshes the alias, then the user
+    alias_ttl = await harness.redis.ttl(store.visitor_keys("anon")[8])
+    linked_ttl = await harness.redis.ttl(store.visitor_keys("user")[7])
+    assert 0 < alias_ttl <= 1000 < linked_ttl
