@@ -93,7 +93,6 @@ APPEND_CHUNK = 1000  # events per script call: bounds how long one call holds th
 MAX_CONNECTIONS = 64  # per process unless told; a command needs a connection only for one round trip
 # order used by the scripts (KEYS[k + 0 .. k + 8] of a visitor)
 _VISITOR_KEYS = ("events", "cart", "purchases", "ids", "sids", "campaigns", "buys", "linked", "alias")
-_NK = len(_VISITOR_KEYS)
 
 # Shared Lua: refresh the ttl of one visitor's keys. KEYS[k .. k+7] are _VISITOR_KEYS but the alias (which
 # a visitor with state never has for long; it is refreshed on its own); `base` is "P:{v:H}". sids lives
