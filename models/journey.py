@@ -430,3 +430,10 @@ def infer_stage(
     stage_idx, conf = _classify_one(s, rules)
     stage = STAGES[stage_idx]
     return StageResult(stage, round(conf, 4), _signals(stage, s, evs, now, rules, category_of or {}))
+
+
+def with_signal(result: StageResult, signal: str, *, explains: bool) -> StageResult:
+    """``result`` with one more signal from outside the event history (e.g. "cart carried over from the
+    anonymous visit" after a login): first when it ``explains`` the stage, else last."""
+    signals = [signal, *result.signals] if explains else [*result.signals, signal]
+    return StageResult(result.stage, result.confidence, signals)

@@ -33,6 +33,7 @@ from service.api.events import EventsController
 from service.api.experiments import ExperimentsController
 from service.api.export import ExportController
 from service.api.health import HealthController
+from service.api.identities import IdentitiesController
 from service.api.items import ItemsController
 from service.api.model_versions import ModelsController
 from service.api.rules import RulesController
@@ -227,6 +228,7 @@ def create_app(
             ModelsController,
             RulesController,
             ExperimentsController,
+            IdentitiesController,
         ],
         security=needs_key,
     )

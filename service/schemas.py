@@ -89,11 +89,13 @@ def to_event(e: EventIn, now: float, timestamp_field: str = "timestamp") -> Even
 class IngestOut(msgspec.Struct, frozen=True):
     """accepted: newly stored; duplicates: already stored before under the same event_id (skipped);
     unknown_items: events of the request (stored like any other) whose item neither the live model nor
-    the live catalog knows."""
+    the live catalog knows; redirected (left out when none): events for an anonymous id linked to a user
+    (``POST /v1/identities``), stored under that user and counted in accepted or duplicates as any other."""
 
     accepted: int
     duplicates: int
     unknown_items: int = 0
+    redirected: int | msgspec.UnsetType = msgspec.UNSET  # left out when no event was redirected
 
 
 class StageOut(msgspec.Struct, frozen=True):
@@ -215,6 +217,32 @@ class ErasedOut(msgspec.Struct, frozen=True):
     visitor_id: str
     erased: bool
     records_removed: int
+
+
+class IdentityIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A login: the anonymous visitor id (cookie) and the user id it belongs to. ``force`` moves an
+    anonymous id that is linked to another user."""
+
+    anonymous_id: Id
+    user_id: Id
+    force: bool = False
+
+
+class IdentityOut(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """linked: false when the pair was linked already (nothing changed); previous_user_id: the user a
+    forced link took the anonymous id from; events_carried / cart_carried: what of the anonymous state
+    joined the user's; stage: the user's stage after the link (its first signal says why it changed),
+    stage_before: the user's stage before it."""
+
+    anonymous_id: str
+    user_id: str
+    linked: bool
+    events_carried: int
+    cart_carried: list[str]
+    stage: StageOut
+    stage_before: str
+    model_version: str
+    previous_user_id: str | None = None
 
 
 class ModelInfo(msgspec.Struct, frozen=True):

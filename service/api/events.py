@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK
@@ -33,7 +34,8 @@ class EventsController(Controller):
             '{"events": [...]}. timestamp: ISO-8601 with offset or POSIX seconds; absent = now. '
             "A repeated event_id is skipped (counted in duplicates), so retries are harmless. "
             "Events for items neither the model nor the live catalog knows are stored too, and counted in "
-            "unknown_items. "
+            "unknown_items. Events for an anonymous id linked to a user (POST /v1/identities) are stored "
+            "under the user and counted in redirected. "
             "503 with Retry-After when the store cannot be reached: nothing was stored."
         ),
     )
@@ -51,4 +53,5 @@ class EventsController(Controller):
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         unknown = count_unknown(events, svc.holder.knows)
         metrics.UNKNOWN_ITEM_EVENTS.inc(unknown)
-        return IngestOut(result.accepted, result.duplicates, unknown)
+        redirected = result.redirected or msgspec.UNSET
+        return IngestOut(result.accepted, result.duplicates, unknown, redirected)

@@ -10,6 +10,7 @@ import msgspec
 
 from models.domain import Event
 from models.errors import StoreUnavailableError
+from service.store.identity import LinkResult
 
 #: how many purchase and cancel events (``PURCHASE_LOG_EVENTS``) a store keeps per visitor
 #: (``VisitorState.purchase_log``)
@@ -62,10 +63,22 @@ class StoreLimits:
 
 
 class AppendResult(msgspec.Struct, frozen=True):
-    """accepted: newly stored events; duplicates: events whose event_id was stored before (skipped)."""
+    """accepted: newly stored events; duplicates: events whose event_id was stored before (skipped);
+    redirected: events addressed to an anonymous id linked to a user, stored under (or found a duplicate
+    in) that user's state (counted in accepted or duplicates too); aliases: those anonymous ids -> user."""
 
     accepted: int
     duplicates: int
+    redirected: int = 0
+    aliases: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def plus(self, other: AppendResult) -> AppendResult:
+        return AppendResult(
+            self.accepted + other.accepted,
+            self.duplicates + other.duplicates,
+            self.redirected + other.redirected,
+            {**self.aliases, **other.aliases},
+        )
 
 
 class VisitorState(msgspec.Struct, frozen=True):
@@ -103,21 +116,42 @@ class VisitorStore(Protocol):
         """Store events durably (visitor state + event stream). Idempotent on ``event_id``.
 
         Raises ``models.errors.StoreUnavailableError`` when nothing could be written; never reports an
-        event as accepted that was not stored.
+        event as accepted that was not stored. An event for an anonymous id linked to a user is stored
+        under the user (its ``visitor_id`` becomes the user id): the alias is checked in the same atomic
+        step as the write.
         """
         ...
 
     async def visitor(self, visitor_id: str, campaign: str | None = None) -> VisitorState:
-        """State of one visitor; an unknown visitor gets an empty state, never an error."""
+        """State of one visitor; an unknown visitor gets an empty state, never an error. A linked anonymous
+        id reads its user's state (whose ``visitor_id`` is the user id)."""
         ...
 
     async def mark_sent(self, visitor_id: str, campaign: str, item_ids: list[str]) -> None:
-        """Remember that ``campaign`` sent these items to the visitor (retargeting dedup)."""
+        """Remember that ``campaign`` sent these items to the visitor (retargeting dedup; a linked anonymous
+        id's sends are the user's)."""
         ...
 
     async def erase(self, visitor_id: str) -> int:
         """Delete everything held about the visitor (GDPR); returns the number of keys/records removed.
-        Stream entries of the visitor are removed too."""
+        Stream entries of the visitor are removed too. A user's erase cascades to every anonymous id
+        linked to it (their aliases and anything left under them); the erase of a linked anonymous id
+        removes its alias and anything left under it, not the user's state its history has joined."""
+        ...
+
+    # -- identity (``service.store.identity``) ------------------------------------------------------------
+
+    async def link(self, anonymous_id: str, user_id: str, *, force: bool = False) -> LinkResult:
+        """Make ``anonymous_id`` an alias of ``user_id`` and merge its state into the user's (idempotent).
+        Raises InvalidInputError (the same id twice) or IdentityConflictError (refused)."""
+        ...
+
+    async def resolve(self, visitor_id: str) -> str:
+        """The user id ``visitor_id`` is linked to, else ``visitor_id`` itself."""
+        ...
+
+    async def resolve_many(self, visitor_ids: list[str]) -> dict[str, str]:
+        """``resolve`` of many ids in one round trip: id -> user id, for the linked ones only."""
         ...
 
     async def read_stream(self, after: str, count: int) -> list[StreamEntry]:

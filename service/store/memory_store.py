@@ -28,8 +28,14 @@ Semantics
   Redis-equivalent keys (events, cart, purchases, seen ids, stream-id list, campaign index, purchase log,
   one per sent set; empty ones do not exist) plus the number of stream entries removed.
 
-Concurrency: no method awaits while it reads or changes state, so every call is atomic with respect to the
-other coroutines of the event loop and no lock is needed. It is not thread-safe: use one event loop.
+Identity (``service.store.identity``): a linked anonymous id keeps only its alias (the user id) and is
+served the user's state; appends, reads and campaign sends follow the alias in the same atomic step. The
+alias lives ``visitor_ttl`` seconds after the link or the last event that followed it. The link runs as
+the documented single-visitor steps, each giving the event loop a turn first as a Redis round trip would.
+
+Concurrency: no method awaits while it reads or changes state, so every call (every link step) is
+atomic with respect to the other coroutines of the event loop and no lock is needed. It is not
+thread-safe: use one event loop.
 """
 
 from __future__ import annotations
@@ -37,12 +43,16 @@ from __future__ import annotations
 import bisect
 import re
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
+
+import msgspec
 
 from models.domain import PURCHASE_LOG_EVENTS, Event, EventType
 from models.errors import InvalidInputError
+from service.store import identity
 from service.store.base import (
     PURCHASE_LOG,
     AppendResult,
@@ -50,10 +60,13 @@ from service.store.base import (
     StreamEntry,
     VisitorState,
 )
+from service.store.identity import MAX_HOPS, Contribution, LinkResult, MergeOutcome, Snapshot
 
 StreamId = tuple[int, int]  # (milliseconds, sequence), ordered like Redis stream ids
 _STREAM_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 _MAX_U64 = 2**64 - 1
+_ENDS_CART = (EventType.REMOVE_FROM_CART, EventType.PURCHASE)
+_timestamp = attrgetter("timestamp")
 
 
 def parse_after(after: str) -> StreamId:
@@ -86,6 +99,8 @@ class _Visitor:
     seen: dict[str, float] = field(default_factory=dict)
     stream_ids: deque[StreamId] = field(default_factory=deque)
     sent: dict[str, set[str]] = field(default_factory=dict)
+    linked: set[str] = field(default_factory=set)  # anonymous ids linked to this user
+    alias: str | None = None  # the user this anonymous id is linked to
 
     def n_keys(self) -> int:
         """How many Redis keys this state would occupy (empty collections are no keys)."""
@@ -97,6 +112,8 @@ class _Visitor:
             self.stream_ids,
             self.sent,
             self.purchase_log,
+            self.linked,
+            self.alias,
         )
         return sum(1 for p in parts if p) + sum(1 for s in self.sent.values() if s)
 
@@ -139,10 +156,15 @@ class MemoryStore(StoreLimits):
             return AppendResult(accepted=0, duplicates=0)
         now = self._clock()
         self._expire(now)
-        accepted = duplicates = 0
+        accepted = duplicates = redirected = 0
+        aliases: dict[str, str] = {}
         min_time = now - self.visitor_ttl
         pruned: set[str] = set()
-        for e in events:
+        for original in events:
+            e = self._follow_alias(original, now)
+            if e is not original:
+                redirected += 1
+                aliases[original.visitor_id] = e.visitor_id
             v = self._visitors.get(e.visitor_id)
             if v is not None and e.visitor_id not in pruned:
                 _prune(v, min_time)
@@ -167,10 +189,16 @@ class MemoryStore(StoreLimits):
             self._visitors.move_to_end(e.visitor_id)
             accepted += 1
         self._trim_stream(now)
-        return AppendResult(accepted=accepted, duplicates=duplicates)
+        return AppendResult(accepted, duplicates, redirected, aliases)
 
     async def visitor(self, visitor_id: str, campaign: str | None = None) -> VisitorState:
-        v = self._live(visitor_id, self._clock())
+        now = self._clock()
+        v = self._live(visitor_id, now)
+        for _ in range(MAX_HOPS):
+            if v is None or v.alias is None:
+                break
+            visitor_id = v.alias
+            v = self._live(visitor_id, now)
         if v is None:
             return VisitorState(visitor_id=visitor_id, events=[], cart={}, purchases={})
         sent = frozenset(v.sent.get(campaign, ())) if campaign is not None else frozenset()
@@ -188,6 +216,7 @@ class MemoryStore(StoreLimits):
             return
         now = self._clock()
         self._expire(now)
+        visitor_id = self._resolve(visitor_id)
         v = self._visitors.get(visitor_id)
         if v is None:
             v = self._new_visitor(now)
@@ -200,15 +229,90 @@ class MemoryStore(StoreLimits):
         now = self._clock()
         self._trim_stream(now)  # entries older than the ttl go first, as in Redis
         self._expire(now)
-        v = self._visitors.pop(visitor_id, None)
+        v = self._visitors.get(visitor_id)
         if v is None:
             return 0
-        removed = v.n_keys()
-        for sid in v.stream_ids:
-            if self._entries.pop(sid, None) is not None:
-                removed += 1
+        # the anonymous ids linked to this user first (those still aliased to it), then the visitor itself
+        removed = sum(
+            self._erase_one(anon)
+            for anon in sorted(v.linked)
+            if (a := self._visitors.get(anon)) is not None and a.alias == visitor_id
+        )
+        removed += self._erase_one(visitor_id)
+        if v.alias is not None and (user := self._visitors.get(v.alias)) is not None:
+            user.linked.discard(visitor_id)
         self._compact()
         return removed
+
+    async def resolve(self, visitor_id: str) -> str:
+        self._expire(self._clock())
+        return self._resolve(visitor_id)
+
+    async def resolve_many(self, visitor_ids: list[str]) -> dict[str, str]:
+        self._expire(self._clock())
+        return {v: r for v in set(visitor_ids) if (r := self._resolve(v)) != v}
+
+    async def link(self, anonymous_id: str, user_id: str, *, force: bool = False) -> LinkResult:
+        return await identity.link(self, anonymous_id, user_id, force=force)
+
+    # -- the steps of a link (service.store.identity) -------------------------------------------------
+
+    async def link_claim(self, user_id: str, anonymous_id: str) -> tuple[bool, str | None]:
+        await identity.yield_between_steps()
+        now = self._clock()
+        u = self._write(user_id, now)
+        if u.alias is not None:
+            return False, u.alias
+        added = anonymous_id not in u.linked
+        u.linked.add(anonymous_id)
+        return added, None
+
+    async def link_unclaim(self, user_id: str, anonymous_id: str) -> None:
+        await identity.yield_between_steps()
+        u = self._live(user_id, self._clock())
+        if u is not None:
+            u.linked.discard(anonymous_id)
+
+    async def link_alias(self, anonymous_id: str, user_id: str, force: bool) -> tuple[str, str | None]:
+        await identity.yield_between_steps()
+        now = self._clock()
+        a = self._live(anonymous_id, now)
+        if a is not None and a.linked:
+            return "user", None
+        previous = a.alias if a is not None else None
+        if previous is not None and previous != user_id and not force:
+            return "taken", previous
+        self._write(anonymous_id, now).alias = user_id
+        return "ok", previous
+
+    async def link_snapshot(self, anonymous_id: str) -> Snapshot:
+        await identity.yield_between_steps()
+        a = self._live(anonymous_id, self._clock())
+        if a is None:
+            return Snapshot()
+        return Snapshot(
+            events=list(a.events),
+            cart=dict(a.cart),
+            purchases=dict(a.purchases),
+            ids=list(a.seen),
+            sids=[format_id(sid) for sid in a.stream_ids],
+            purchase_log=list(a.purchase_log),
+            sent={c: sorted(items) for c, items in a.sent.items()},
+        )
+
+    async def link_merge(self, user_id: str, contribution: Contribution) -> MergeOutcome:
+        await identity.yield_between_steps()
+        now = self._clock()
+        u = self._write(user_id, now)
+        return _merge(u, contribution, now)
+
+    async def link_clear(self, anonymous_id: str) -> None:
+        await identity.yield_between_steps()
+        a = self._live(anonymous_id, self._clock())
+        if a is not None:
+            fresh = self._new_visitor(a.expires_at)
+            fresh.alias, fresh.linked = a.alias, a.linked
+            self._visitors[anonymous_id] = fresh
 
     async def read_stream(self, after: str, count: int) -> list[StreamEntry]:
         start = parse_after(after)
@@ -245,6 +349,37 @@ class MemoryStore(StoreLimits):
             expires_at=expires_at,
             purchase_log=deque(maxlen=self.purchase_log),
         )
+
+    def _erase_one(self, visitor_id: str) -> int:
+        v = self._visitors.pop(visitor_id, None)
+        if v is None:
+            return 0
+        return v.n_keys() + sum(1 for sid in v.stream_ids if self._entries.pop(sid, None) is not None)
+
+    def _resolve(self, visitor_id: str) -> str:
+        v = self._visitors.get(visitor_id)
+        return v.alias if v is not None and v.alias is not None else visitor_id
+
+    def _follow_alias(self, e: Event, now: float) -> Event:
+        """``e`` re-addressed to the user its visitor id is linked to (the alias lives on), else ``e``."""
+        for _ in range(MAX_HOPS):
+            v = self._visitors.get(e.visitor_id)
+            if v is None or v.alias is None:
+                break
+            v.expires_at = now + self.visitor_ttl
+            self._visitors.move_to_end(e.visitor_id)
+            e = msgspec.structs.replace(e, visitor_id=v.alias)
+        return e
+
+    def _write(self, visitor_id: str, now: float) -> _Visitor:
+        """The visitor about to be written (created if new), its ttl refreshed."""
+        self._expire(now)
+        v = self._visitors.get(visitor_id)
+        if v is None:
+            v = self._visitors[visitor_id] = self._new_visitor(now)
+        v.expires_at = now + self.visitor_ttl
+        self._visitors.move_to_end(visitor_id)
+        return v
 
     def _live(self, visitor_id: str, now: float) -> _Visitor | None:
         v = self._visitors.get(visitor_id)
@@ -298,6 +433,77 @@ def _prune(v: _Visitor, min_time: float) -> None:
     min_ms = int(min_time * 1000)
     while v.stream_ids and v.stream_ids[0][0] < min_ms:
         v.stream_ids.popleft()
+
+
+def _merge(u: _Visitor, c: Contribution, now: float) -> MergeOutcome:
+    """Union an anonymous visitor's contribution into user state ``u`` (``service.store.identity``; the
+    Redis store's ``_MERGE`` script is the same algorithm)."""
+    inf = float("inf")
+    # the user's facts before the merge: its latest purchase of anything, and per item the latest
+    # remove or purchase (an older anonymous add of the item stays out of the cart)
+    u_ends: dict[str, float] = {}
+    for item, t in [
+        *((e.item_id, e.timestamp) for e in u.events if e.event in _ENDS_CART),
+        *((e.item_id, e.timestamp) for e in u.purchase_log if e.event is EventType.PURCHASE),
+        *u.purchases.items(),
+    ]:
+        u_ends[item] = max(u_ends.get(item, -inf), t)
+    last_purchase = max((e.timestamp for e in u.purchase_log if e.event is EventType.PURCHASE), default=-inf)
+    last_purchase = max(last_purchase, *u.purchases.values(), -inf)
+    u_cancels: dict[str, float] = {}
+    for e in u.purchase_log:
+        if e.event is EventType.CANCEL:
+            u_cancels[e.item_id] = max(u_cancels.get(e.item_id, -inf), e.timestamp)
+    # events: unseen merge ids only, then everything in time order (the user's first on a tie)
+    kept: list[Event] = []
+    for mid, e in c.events:
+        if mid not in u.seen:
+            u.seen[mid] = now
+            kept.append(e)
+    for event_id in c.ids:
+        u.seen.setdefault(event_id, now)
+    if kept:
+        u.events = deque(sorted([*u.events, *kept], key=_timestamp), maxlen=u.events.maxlen)
+    # purchase log: each entry as many times as the side holding it more often has it
+    have = Counter(_log_key(e) for e in u.purchase_log)
+    want = Counter(_log_key(e) for e in c.purchase_log)
+    extra: list[Event] = []
+    for e in c.purchase_log:
+        if have[_log_key(e)] < want[_log_key(e)]:
+            have[_log_key(e)] += 1
+            extra.append(e)
+    if extra:
+        u.purchase_log = deque(
+            sorted([*u.purchase_log, *extra], key=_timestamp), maxlen=u.purchase_log.maxlen
+        )
+    # purchases: the latest of both, gone when a cancel of either came at or after it
+    for item in {*c.purchases, *c.cancels}:
+        t = max(u.purchases.get(item, -inf), c.purchases.get(item, -inf))
+        if t == -inf:
+            continue
+        if max(c.cancels.get(item, -inf), u_cancels.get(item, -inf)) >= t:
+            u.purchases.pop(item, None)
+        else:
+            u.purchases[item] = t
+    # cart: the user's loses what the anonymous visitor removed or bought later; the anonymous cart's net
+    # adds since the user's last purchase join it
+    for item, t in c.ends.items():
+        if u.cart.get(item, inf) <= t:
+            del u.cart[item]
+    carried: list[str] = []
+    for item, t in c.cart.items():
+        if t > last_purchase and u_ends.get(item, -inf) < t:
+            if u.cart.get(item, t) <= t:
+                u.cart[item] = t
+            carried.append(item)
+    u.stream_ids = deque(sorted({*u.stream_ids, *(parse_after(s) for s in c.sids)}))
+    for campaign, items in c.sent.items():
+        u.sent.setdefault(campaign, set()).update(items)
+    return MergeOutcome(len(kept), sorted(carried))
+
+
+def _log_key(e: Event) -> tuple[EventType, float, str]:
+    return e.event, e.timestamp, e.item_id
 
 
 def _logged(e: Event) -> Event:

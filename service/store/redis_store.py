@@ -14,15 +14,24 @@ campaign name). Every visitor key carries the hash tag ``{v:H}``, so a visitor's
 - ``P:{v:H}:campaigns``  set: C of every campaign with a sent set (so erase and expiry find them)
 - ``P:{v:H}:buys``       list: the last ``purchase_log`` stored purchase/cancel events as
                          ``p|<ts>|<item_id>`` or ``c|<ts>|<item_id>``, oldest first
+- ``P:{v:H}:linked``     set: anonymous ids linked to this visitor (a user), for the erase cascade
+- ``P:{v:H}:alias``      string: the user id this anonymous id is linked to (``service.store.identity``)
 - ``P:{v:H}:sent:C``     set: item ids campaign C already sent to the visitor
 - ``P:stream``           stream: one entry per stored event, field ``e`` = the event's msgspec JSON
 
 Every visitor key expires ``visitor_ttl`` seconds after the visitor's last write (``sids``: one second
-later, see below); each write refreshes all of them, so a visitor expires as a whole. The stream has no
+later, see below); each write refreshes all of them, so a visitor expires as a whole. An alias expires
+``visitor_ttl`` seconds after the link or the last append that followed it. The stream has no
 TTL (``volatile-*`` eviction would never evict it; ``allkeys-*`` eviction must not be used): it is capped
 with ``XADD MAXLEN ~ stream_maxlen`` and trimmed of entries older than ``visitor_ttl`` (``XTRIM MINID``) on
 every append and erase. That age limit is what lets ``erase`` find every stream entry of a visitor through
 ``sids``: an entry is at most ``visitor_ttl`` old, and the ``sids`` list that names it outlives it.
+
+Identity: the append, read and mark-sent scripts look up the alias of each visitor they are given, in the
+same atomic step: an aliased visitor's events are not stored but handed back, and stored under the user
+by a second call (reads and sends likewise follow the alias). The link's steps are each one script over
+one visitor's keys (``_CLAIM``, ``_ALIAS``, ``_SNAPSHOT``, ``_MERGE``, ``_CLEAR``): no script spans two
+visitors.
 
 Writes are Lua scripts, so each is atomic: ``append`` deduplicates and applies a whole chunk of events
 (up to ``APPEND_CHUNK``; normally the whole batch) in one round trip. The scripts also touch the stream
@@ -41,7 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,6 +65,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from models.domain import Event, EventType
 from models.errors import StoreUnavailableError
 from service import metrics
+from service.store import identity
 from service.store.base import (
     PURCHASE_LOG,
     AppendResult,
@@ -66,6 +76,14 @@ from service.store.base import (
     StreamEntry,
     VisitorState,
 )
+from service.store.identity import (
+    MAX_HOPS,
+    Contribution,
+    IdentityConflictError,
+    LinkResult,
+    MergeOutcome,
+    Snapshot,
+)
 from service.store.memory_store import check_count, format_id, parse_after
 
 log = logging.getLogger("journeyrec.store")
@@ -73,16 +91,19 @@ log = logging.getLogger("journeyrec.store")
 RECENT_PAGE = 500  # stream entries per read of recent_visitors
 APPEND_CHUNK = 1000  # events per script call: bounds how long one call holds the Redis server
 MAX_CONNECTIONS = 64  # per process unless told; a command needs a connection only for one round trip
-# order used by the scripts (KEYS[k + 0 .. k + 6] of a visitor)
-_VISITOR_KEYS = ("events", "cart", "purchases", "ids", "sids", "campaigns", "buys")
+# order used by the scripts (KEYS[k + 0 .. k + 8] of a visitor)
+_VISITOR_KEYS = ("events", "cart", "purchases", "ids", "sids", "campaigns", "buys", "linked", "alias")
 
-# Shared Lua: refresh the ttl of one visitor's keys. KEYS[k .. k+6] are _VISITOR_KEYS; `base` is
-# "P:{v:H}". sids lives one second longer than the rest: the stream keeps an entry at most `ttl` seconds
-# after it was added (XTRIM MINID), so while an entry exists the sids list naming it still exists.
+# Shared Lua: refresh the ttl of one visitor's keys. KEYS[k .. k+7] are _VISITOR_KEYS but the alias (which
+# a visitor with state never has for long; it is refreshed on its own); `base` is "P:{v:H}". sids lives
+# one second longer than the rest: the stream keeps an entry at most `ttl` seconds after it was added
+# (XTRIM MINID), so while an entry exists the sids list naming it still exists. linked likewise outlives
+# the aliases it names (an alias is refreshed just before the user's write that refreshes linked), so
+# erasing the user finds every live alias.
 _TOUCH = """
 local function touch(k, base, ttl)
-  for j = 0, 6 do
-    redis.call('EXPIRE', KEYS[k + j], j == 4 and ttl + 1 or ttl)
+  for j = 0, 7 do
+    redis.call('EXPIRE', KEYS[k + j], (j == 4 or j == 7) and ttl + 1 or ttl)
   end
   for _, c in ipairs(redis.call('SMEMBERS', KEYS[k + 5])) do
     redis.call('EXPIRE', base .. ':sent:' .. c, ttl)
@@ -95,19 +116,23 @@ local function now_and_cutoff(ttl)
 end
 """
 
-# KEYS: events, cart, purchases, buys[, sent set]. One atomic read (a consistent snapshot, as MULTI/EXEC would
-# give) in one command: redis-py's transaction pipeline costs more client time than the read itself.
+# KEYS: events, cart, purchases, buys, alias[, sent set]. One atomic read (a consistent snapshot, as
+# MULTI/EXEC would give) in one command: redis-py's transaction pipeline costs more client time than the
+# read itself. A linked anonymous id answers with its user id only (the caller reads that one).
 _READ = """
+local alias = redis.call('GET', KEYS[5])
+if alias then return alias end
 local out = {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2]),
              redis.call('HGETALL', KEYS[3]), redis.call('LRANGE', KEYS[4], 0, -1)}
-if KEYS[5] then out[5] = redis.call('SMEMBERS', KEYS[5]) end
+if KEYS[6] then out[5] = redis.call('SMEMBERS', KEYS[6]) end
 return out
 """
 
-# KEYS[1] stream, then 7 keys per visitor group (_VISITOR_KEYS order).
+# KEYS[1] stream, then 9 keys per visitor group (_VISITOR_KEYS order).
 # ARGV: ttl, maxlen, recent, purchase_log, n_groups, base of each group, then 6 per event in batch order:
 #       group, kind, item, ts (Python repr of the float), "+"..event_id or "-", json
-# Returns {accepted, duplicates}.
+# Returns {accepted, duplicates, {group, user id, ...}}: the events of a group whose visitor is an alias
+# are not stored (nor counted); the caller stores them under the user. The alias's ttl is refreshed.
 _APPEND = (
     _TOUCH
     + """
@@ -116,18 +141,27 @@ local ttl, maxlen, recent, log_cap = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3
 local ngroups = tonumber(ARGV[5])
 local now_ms, cutoff = now_and_cutoff(ttl)
 redis.call('XTRIM', stream, 'MINID', cutoff)
+local redirect, redirected = {}, {}
 for g = 1, ngroups do
+  local k = 1 + (g - 1) * 9 + 1
   -- event ids older than the ttl window are forgotten: a retry that late is a new event
-  redis.call('ZREMRANGEBYSCORE', KEYS[1 + (g - 1) * 7 + 4], '-inf', '(' .. cutoff)
+  redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', '(' .. cutoff)
+  local user = redis.call('GET', KEYS[k + 8])
+  if user then
+    redirect[g] = true
+    redis.call('EXPIRE', KEYS[k + 8], ttl)
+    redirected[#redirected + 1] = g
+    redirected[#redirected + 1] = user
+  end
 end
 local stored = {}
 local accepted, duplicates = 0, 0
 for i = 6 + ngroups, #ARGV, 6 do
   local g = tonumber(ARGV[i])
-  local k = 1 + (g - 1) * 7 + 1
+  local k = 1 + (g - 1) * 9 + 1
   local kind, item, ts, eid, json = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  local new = true
-  if string.sub(eid, 1, 1) == '+' then
+  local new = not redirect[g]
+  if new and string.sub(eid, 1, 1) == '+' then
     new = redis.call('ZADD', KEYS[k + 3], 'NX', now_ms, string.sub(eid, 2)) == 1
   end
   if new then
@@ -155,13 +189,13 @@ for i = 6 + ngroups, #ARGV, 6 do
     end
     stored[g] = true
     accepted = accepted + 1
-  else
+  elseif not redirect[g] then
     duplicates = duplicates + 1
   end
 end
 for g = 1, ngroups do
   if stored[g] then
-    local k = 1 + (g - 1) * 7 + 1
+    local k = 1 + (g - 1) * 9 + 1
     redis.call('LTRIM', KEYS[k], -recent, -1)
     redis.call('LTRIM', KEYS[k + 6], -log_cap, -1)
     -- forget stream ids that XTRIM MINID has removed from the stream (they are in time order)
@@ -173,17 +207,20 @@ for g = 1, ngroups do
     touch(k, ARGV[5 + g], ttl)
   end
 end
-return {accepted, duplicates}
+return {accepted, duplicates, redirected}
 """
 )
 
-# KEYS: the 7 visitor keys, then the campaign's sent set. ARGV: ttl, base, C, item ids...
+# KEYS: the 9 visitor keys, then the campaign's sent set. ARGV: ttl, base, C, item ids...
+# Returns 1, or the user id of a linked anonymous id (nothing written: the caller sends to the user).
 _MARK_SENT = (
     _TOUCH
     + """
 local ttl = tonumber(ARGV[1])
+local alias = redis.call('GET', KEYS[9])
+if alias then return alias end
 for i = 4, #ARGV, 1000 do
-  redis.call('SADD', KEYS[8], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  redis.call('SADD', KEYS[10], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('SADD', KEYS[6], ARGV[3])
 touch(1, ARGV[2], ttl)
@@ -191,12 +228,16 @@ return 1
 """
 )
 
-# KEYS[1] stream, then the 7 visitor keys. ARGV: ttl, base. Returns keys + stream entries removed.
+# KEYS[1] stream, then the 9 visitor keys. ARGV: ttl, base, expected alias ("" = any). Returns {keys +
+# stream entries removed, the alias the visitor had or nil}; nothing is removed when an alias is expected
+# and the visitor's differs (an anonymous id moved to another user since the cascade read its user's set).
 _ERASE = (
     _TOUCH
     + """
 local stream = KEYS[1]
 local ttl = tonumber(ARGV[1])
+local alias = redis.call('GET', KEYS[10])
+if ARGV[3] ~= '' and alias ~= ARGV[3] then return {0, false} end
 local _, cutoff = now_and_cutoff(ttl)
 -- entries older than the ttl may belong to a visitor whose sids list has expired: drop them first
 redis.call('XTRIM', stream, 'MINID', cutoff)
@@ -208,7 +249,198 @@ end
 for _, c in ipairs(redis.call('SMEMBERS', KEYS[7])) do
   removed = removed + redis.call('DEL', ARGV[2] .. ':sent:' .. c)
 end
-return removed + redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+removed = removed + redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
+                                KEYS[9], KEYS[10])
+return {removed, alias}
+"""
+)
+
+# -- the steps of a link (service.store.identity): each script is over ONE visitor's keys -------------------
+
+# The user's slot. KEYS: linked, alias. ARGV: anonymous id, ttl. Returns {0, alias} when the user id is an
+# alias itself (nothing changed), else {1, 1 if the anonymous id is new in the set else 0}.
+_CLAIM = """
+local alias = redis.call('GET', KEYS[2])
+if alias then return {0, alias} end
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) + 1)
+return {1, added}
+"""
+
+# The anonymous slot. KEYS: linked, alias. ARGV: user id, force ("1"/"0"), ttl. Returns {"user"} (it has
+# linked ids: it is a user), {"taken", other user} (not forced), or {"ok"[, previous user]}: alias set.
+_ALIAS = """
+if redis.call('SCARD', KEYS[1]) > 0 then return {'user'} end
+local current = redis.call('GET', KEYS[2])
+if current and current ~= ARGV[1] and ARGV[2] ~= '1' then return {'taken', current} end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+if current then return {'ok', current} end
+return {'ok'}
+"""
+
+# The anonymous slot. KEYS: the 9 visitor keys. ARGV: base. Returns {events, cart, purchases, ids, sids,
+# buys, {C, {items}, C, {items}, ...}}.
+_SNAPSHOT = """
+local sent = {}
+for _, c in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+  sent[#sent + 1] = c
+  sent[#sent + 1] = redis.call('SMEMBERS', ARGV[1] .. ':sent:' .. c)
+end
+return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
+        redis.call('ZRANGE', KEYS[4], 0, -1), redis.call('LRANGE', KEYS[5], 0, -1),
+        redis.call('LRANGE', KEYS[7], 0, -1), sent}
+"""
+
+# The anonymous slot. KEYS: the 9 visitor keys. ARGV: base. Drops the state, keeps the alias (and linked).
+_CLEAR = """
+for _, c in ipairs(redis.call('SMEMBERS', KEYS[6])) do redis.call('DEL', ARGV[1] .. ':sent:' .. c) end
+return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+"""
+
+# The user's slot. KEYS: the 9 visitor keys. ARGV: ttl, recent, purchase_log, base, the contribution as
+# JSON (``_merge_payload``). The algorithm of ``memory_store._merge``; returns {events carried, {items of
+# the anonymous cart now in the user's}}.
+_MERGE = (
+    _TOUCH
+    + """
+local ttl, recent, log_cap, base = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local c = cjson.decode(ARGV[5])
+local events, cart, purchases, ids, sids, campaigns, buys = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+  KEYS[6], KEYS[7]
+local now_ms = now_and_cutoff(ttl)
+local function later(map, key, t)
+  if not map[key] or map[key] < t then map[key] = t end
+end
+local function rewrite(key, rows)
+  redis.call('DEL', key)
+  for i = 1, #rows, 1000 do redis.call('RPUSH', key, unpack(rows, i, math.min(i + 999, #rows))) end
+end
+local function by_time(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end
+local function tail(rows, cap)
+  local out = {}
+  for i = math.max(#rows - cap + 1, 1), #rows do out[#out + 1] = rows[i][3] end
+  return out
+end
+-- the user's facts before the merge
+local u_ends, u_cancels, last_purchase = {}, {}, -math.huge
+local rows = {}
+for i, json in ipairs(redis.call('LRANGE', events, 0, -1)) do
+  local e = cjson.decode(json)
+  rows[i] = {e.timestamp, i, json}
+  if e.event == 'remove_from_cart' or e.event == 'purchase' then later(u_ends, e.item_id, e.timestamp) end
+end
+local log_rows, have = {}, {}
+for i, entry in ipairs(redis.call('LRANGE', buys, 0, -1)) do
+  local kind, ts, item = string.match(entry, '^(%a)|([^|]*)|(.*)$')
+  local t = tonumber(ts)
+  log_rows[i] = {t, i, entry}
+  have[entry] = (have[entry] or 0) + 1
+  if kind == 'p' then
+    later(u_ends, item, t)
+    last_purchase = math.max(last_purchase, t)
+  else
+    later(u_cancels, item, t)
+  end
+end
+local flat = redis.call('HGETALL', purchases)
+for i = 1, #flat, 2 do
+  local t = tonumber(flat[i + 1])
+  later(u_ends, flat[i], t)
+  last_purchase = math.max(last_purchase, t)
+end
+-- events: unseen merge ids only, then everything in time order (the user's first on a tie)
+local carried, n = 0, #rows
+for _, x in ipairs(c.events) do
+  if redis.call('ZADD', ids, 'NX', now_ms, x[1]) == 1 then
+    carried = carried + 1
+    rows[#rows + 1] = {tonumber(x[2]), n + carried, x[3]}
+  end
+end
+for _, id in ipairs(c.ids) do redis.call('ZADD', ids, 'NX', now_ms, id) end
+if carried > 0 then
+  table.sort(rows, by_time)
+  rewrite(events, tail(rows, recent))
+end
+-- purchase log: each entry as many times as the side holding it more often has it
+local want, added, m = {}, false, #log_rows
+for _, entry in ipairs(c.buys) do want[entry] = (want[entry] or 0) + 1 end
+for _, entry in ipairs(c.buys) do
+  if (have[entry] or 0) < want[entry] then
+    have[entry] = (have[entry] or 0) + 1
+    m = m + 1
+    log_rows[m] = {tonumber(string.match(entry, '^%a|([^|]*)|')), m, entry}
+    added = true
+  end
+end
+if added then
+  table.sort(log_rows, by_time)
+  rewrite(buys, tail(log_rows, log_cap))
+end
+-- purchases: the latest of both, gone when a cancel of either came at or after it
+local items = {}
+for item in pairs(c.purchases) do items[item] = true end
+for item in pairs(c.cancels) do items[item] = true end
+for item in pairs(items) do
+  local mine = redis.call('HGET', purchases, item)
+  local best, text = -math.huge, nil
+  if mine then best, text = tonumber(mine), mine end
+  local theirs = c.purchases[item]
+  if theirs and tonumber(theirs) > best then best, text = tonumber(theirs), theirs end
+  if text then
+    local cancel = math.max(c.cancels[item] or -math.huge, u_cancels[item] or -math.huge)
+    if cancel >= best then redis.call('HDEL', purchases, item)
+    else redis.call('HSET', purchases, item, text) end
+  end
+end
+-- cart: the user's loses what the anonymous visitor removed or bought later; the anonymous cart's net
+-- adds since the user's last purchase join it
+for item, t in pairs(c.ends) do
+  local mine = redis.call('HGET', cart, item)
+  if mine and tonumber(mine) <= t then redis.call('HDEL', cart, item) end
+end
+local cart_carried = {}
+for item, ts in pairs(c.cart) do
+  local t = tonumber(ts)
+  if t > last_purchase and (u_ends[item] or -math.huge) < t then
+    local mine = redis.call('HGET', cart, item)
+    if not mine or tonumber(mine) <= t then redis.call('HSET', cart, item, ts) end
+    cart_carried[#cart_carried + 1] = item
+  end
+end
+-- stream ids: both lists are in stream order; merge them, once each
+if #c.sids > 0 then
+  local function key(sid)
+    local ms, seq = string.match(sid, '^(%d+)-(%d+)$')
+    return {tonumber(ms), tonumber(seq)}
+  end
+  local function less(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end
+  local mine, out, i, j = redis.call('LRANGE', sids, 0, -1), {}, 1, 1
+  while i <= #mine or j <= #c.sids do
+    local take
+    if j > #c.sids then take = mine[i]; i = i + 1
+    elseif i > #mine then take = c.sids[j]; j = j + 1
+    else
+      local a, b = key(mine[i]), key(c.sids[j])
+      if less(a, b) then take = mine[i]; i = i + 1
+      elseif less(b, a) then take = c.sids[j]; j = j + 1
+      else take = mine[i]; i = i + 1; j = j + 1 end
+    end
+    if out[#out] ~= take then out[#out + 1] = take end
+  end
+  rewrite(sids, out)
+end
+for _, pair in ipairs(c.sent) do
+  local campaign, members = pair[1], pair[2]
+  for i = 1, #members, 1000 do
+    redis.call('SADD', base .. ':sent:' .. campaign, unpack(members, i, math.min(i + 999, #members)))
+  end
+  redis.call('SADD', campaigns, campaign)
+end
+touch(1, base, ttl)
+return {carried, cart_carried}
 """
 )
 
@@ -294,6 +526,11 @@ class RedisStore(StoreLimits):
         self._mark_sent = client.register_script(_MARK_SENT)
         self._erase = client.register_script(_ERASE)
         self._read = client.register_script(_READ)
+        self._claim = client.register_script(_CLAIM)
+        self._alias = client.register_script(_ALIAS)
+        self._snapshot = client.register_script(_SNAPSHOT)
+        self._clear = client.register_script(_CLEAR)
+        self._merge = client.register_script(_MERGE)
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(Event).decode
         self._decode_list = msgspec.json.Decoder(list[Event]).decode
@@ -369,20 +606,35 @@ class RedisStore(StoreLimits):
             return False
 
     async def append(self, events: list[Event]) -> AppendResult:
-        accepted = duplicates = 0
+        total = AppendResult(0, 0)
         for start in range(0, len(events), APPEND_CHUNK):
-            keys, args = self._append_call(events[start : start + APPEND_CHUNK])
             try:
-                with unavailable("append"):
-                    result = await self._append(keys=keys, args=args)
+                total = total.plus(await self._append_chunk(events[start : start + APPEND_CHUNK]))
             except StoreUnavailableError as e:
-                if accepted or duplicates:
+                if total.accepted or total.duplicates:
                     # earlier chunks are stored: say so; a retry with the same event ids skips them
                     e.args = (f"{e} (the first {start} of {len(events)} events were stored)",)
                 raise
-            accepted += int(result[0])
-            duplicates += int(result[1])
-        return AppendResult(accepted=accepted, duplicates=duplicates)
+        return total
+
+    async def _append_chunk(self, events: Sequence[Event]) -> AppendResult:
+        """One script call; the events of linked anonymous ids that it hands back are stored under their
+        users by one more call."""
+        result = AppendResult(0, 0)
+        for hop in range(MAX_HOPS + 1):
+            keys, args = self._append_call(events)
+            with unavailable("append"):
+                reply: list[Any] = await self._append(keys=keys, args=args)
+            result = result.plus(AppendResult(int(reply[0]), int(reply[1])))
+            if not reply[2]:
+                return result
+            # the script numbers the visitor groups in order of first appearance in ``events``
+            groups = list(dict.fromkeys(e.visitor_id for e in events))
+            pairs = zip(reply[2][::2], reply[2][1::2], strict=True)
+            users = {groups[int(g) - 1]: user.decode() for g, user in pairs}
+            events = [_readdressed(e, users[e.visitor_id]) for e in events if e.visitor_id in users]
+            result = result.plus(AppendResult(0, 0, len(events) if hop == 0 else 0, users))
+        raise IdentityConflictError(f"visitor ids linked in a chain longer than {MAX_HOPS}: {sorted(users)}")
 
     def _append_call(self, events: Sequence[Event]) -> tuple[list[str], list[str | bytes]]:
         """KEYS and ARGV of one append script call (layout above _APPEND)."""
@@ -414,19 +666,15 @@ class RedisStore(StoreLimits):
         return keys, [*head, *bases, *per_event]
 
     async def visitor(self, visitor_id: str, campaign: str | None = None) -> VisitorState:
-        every = self.visitor_keys(visitor_id)
-        keys = [*every[:3], every[6]]  # events, cart, purchases, buys
-        if campaign is not None:
-            keys.append(self.sent_key(visitor_id, campaign))
-        with unavailable("read visitor"):
-            try:
-                replies: list[Any] = await self._read(keys=keys)
-            except (RedisTimeoutError, TimeoutError):
-                # A reply that waited behind a busy event loop (a burst of admitted requests) times out like
-                # a hung server. The read changes nothing, so it is asked once more, on a fresh connection:
-                # only a second timeout makes the store count as down (and the answer a fallback).
-                metrics.STORE_READ_RETRIES.inc()
-                replies = await self._read(keys=keys)
+        for _ in range(MAX_HOPS + 1):
+            replies = await self._read_one(visitor_id, campaign)
+            if not isinstance(replies, bytes):
+                break
+            visitor_id = replies.decode()  # a linked anonymous id: read its user
+        else:
+            raise IdentityConflictError(
+                f"visitor id {visitor_id!r} is linked in a chain longer than {MAX_HOPS}"
+            )
         return VisitorState(
             visitor_id=visitor_id,
             # the stored events are JSON objects: one decoder call over them as a JSON array
@@ -437,21 +685,125 @@ class RedisStore(StoreLimits):
             purchase_log=[_logged(visitor_id, raw) for raw in replies[3]],
         )
 
+    async def _read_one(self, visitor_id: str, campaign: str | None) -> Any:
+        """The ``_READ`` reply for one visitor id: its state, or (bytes) the user id it is linked to."""
+        every = self.visitor_keys(visitor_id)
+        keys = [*every[:3], every[6], every[8]]  # events, cart, purchases, buys, alias
+        if campaign is not None:
+            keys.append(self.sent_key(visitor_id, campaign))
+        with unavailable("read visitor"):
+            try:
+                return await self._read(keys=keys)
+            except (RedisTimeoutError, TimeoutError):
+                # A reply that waited behind a busy event loop (a burst of admitted requests) times out like
+                # a hung server. The read changes nothing, so it is asked once more, on a fresh connection:
+                # only a second timeout makes the store count as down (and the answer a fallback).
+                metrics.STORE_READ_RETRIES.inc()
+                return await self._read(keys=keys)
+
     async def mark_sent(self, visitor_id: str, campaign: str, item_ids: list[str]) -> None:
         if not item_ids:
             return
-        keys = [*self.visitor_keys(visitor_id), self.sent_key(visitor_id, campaign)]
-        args = [str(self.visitor_ttl), self.visitor_base(visitor_id), _hex(campaign), *item_ids]
-        with unavailable("mark sent"):
-            await self._mark_sent(keys=keys, args=args)
+        for _ in range(MAX_HOPS + 1):
+            keys = [*self.visitor_keys(visitor_id), self.sent_key(visitor_id, campaign)]
+            args = [str(self.visitor_ttl), self.visitor_base(visitor_id), _hex(campaign), *item_ids]
+            with unavailable("mark sent"):
+                reply = await self._mark_sent(keys=keys, args=args)
+            if not isinstance(reply, bytes):
+                return
+            visitor_id = reply.decode()  # a linked anonymous id: the sends are its user's
 
     async def erase(self, visitor_id: str) -> int:
-        keys = [self.stream_key, *self.visitor_keys(visitor_id)]
         with unavailable("erase"):
-            removed = await self._erase(
-                keys=keys, args=[str(self.visitor_ttl), self.visitor_base(visitor_id)]
+            linked: Any = await self._r.smembers(self.visitor_keys(visitor_id)[7])
+        # the anonymous ids still linked to this user first (a failure leaves the set for a retry)
+        removed = 0
+        for anon in sorted(m.decode() for m in linked):
+            removed += (await self._erase_one(anon, expected_alias=visitor_id))[0]
+        n, alias = await self._erase_one(visitor_id)
+        if alias is not None:  # an erased anonymous id is no longer linked to its user
+            with unavailable("erase"):
+                await self._r.srem(self.visitor_keys(alias)[7], visitor_id)
+        return removed + n
+
+    async def _erase_one(self, visitor_id: str, expected_alias: str = "") -> tuple[int, str | None]:
+        keys = [self.stream_key, *self.visitor_keys(visitor_id)]
+        args = [str(self.visitor_ttl), self.visitor_base(visitor_id), expected_alias]
+        with unavailable("erase"):
+            removed, alias = await self._erase(keys=keys, args=args)
+        return int(removed), alias.decode() if alias is not None else None
+
+    async def resolve(self, visitor_id: str) -> str:
+        return (await self.resolve_many([visitor_id])).get(visitor_id, visitor_id)
+
+    async def resolve_many(self, visitor_ids: list[str]) -> dict[str, str]:
+        distinct = list(dict.fromkeys(visitor_ids))
+        if not distinct:
+            return {}
+        # one pipelined GET per id (not MGET: the aliases live in as many slots as there are visitors)
+        async with self._r.pipeline(transaction=False) as pipe:
+            for v in distinct:
+                pipe.get(self.visitor_keys(v)[8])
+            with unavailable("resolve"):
+                users: list[bytes | None] = await pipe.execute()
+        return {v: u.decode() for v, u in zip(distinct, users, strict=True) if u is not None}
+
+    async def link(self, anonymous_id: str, user_id: str, *, force: bool = False) -> LinkResult:
+        return await identity.link(self, anonymous_id, user_id, force=force)
+
+    # -- the steps of a link (service.store.identity) ---------------------------------------------------
+
+    async def link_claim(self, user_id: str, anonymous_id: str) -> tuple[bool, str | None]:
+        keys = self.visitor_keys(user_id)
+        with unavailable("link"):
+            ok, value = await self._claim(keys=[keys[7], keys[8]], args=[anonymous_id, str(self.visitor_ttl)])
+        return (bool(value), None) if int(ok) else (False, value.decode())
+
+    async def link_unclaim(self, user_id: str, anonymous_id: str) -> None:
+        with unavailable("link"):
+            await self._r.srem(self.visitor_keys(user_id)[7], anonymous_id)
+
+    async def link_alias(self, anonymous_id: str, user_id: str, force: bool) -> tuple[str, str | None]:
+        keys = self.visitor_keys(anonymous_id)
+        args = [user_id, "1" if force else "0", str(self.visitor_ttl)]
+        with unavailable("link"):
+            reply: list[bytes] = await self._alias(keys=[keys[7], keys[8]], args=args)
+        return reply[0].decode(), reply[1].decode() if len(reply) > 1 else None
+
+    async def link_snapshot(self, anonymous_id: str) -> Snapshot:
+        with unavailable("link"):
+            r: list[Any] = await self._snapshot(
+                keys=self.visitor_keys(anonymous_id), args=[self.visitor_base(anonymous_id)]
             )
-        return int(removed)
+        events, cart, purchases, ids, sids, buys, sent = r
+        return Snapshot(
+            events=self._decode_list(b"[" + b",".join(events) + b"]"),
+            cart=_float_pairs(cart),
+            purchases=_float_pairs(purchases),
+            ids=[i.decode() for i in ids],
+            sids=[i.decode() for i in sids],
+            purchase_log=[_logged(anonymous_id, raw) for raw in buys],
+            sent={
+                bytes.fromhex(c.decode()).decode(): sorted(m.decode() for m in members)
+                for c, members in zip(sent[::2], sent[1::2], strict=True)
+            },
+        )
+
+    async def link_merge(self, user_id: str, contribution: Contribution) -> MergeOutcome:
+        args: list[str | bytes] = [
+            str(self.visitor_ttl),
+            str(self.recent_events),
+            str(self.purchase_log),
+            self.visitor_base(user_id),
+            _merge_payload(contribution, self._encode),
+        ]
+        with unavailable("link"):
+            carried, cart = await self._merge(keys=self.visitor_keys(user_id), args=args)
+        return MergeOutcome(int(carried), sorted(i.decode() for i in cart))
+
+    async def link_clear(self, anonymous_id: str) -> None:
+        with unavailable("link"):
+            await self._clear(keys=self.visitor_keys(anonymous_id), args=[self.visitor_base(anonymous_id)])
 
     async def read_stream(self, after: str, count: int) -> list[StreamEntry]:
         ms, seq = parse_after(after)
@@ -490,6 +842,28 @@ class RedisStore(StoreLimits):
 
 
 _LOGGED = {b"p": EventType.PURCHASE, b"c": EventType.CANCEL}
+
+
+def _merge_payload(c: Contribution, encode: Callable[[Any], bytes]) -> bytes:
+    """The contribution as ``_MERGE`` reads it (cjson): times that are stored go as their exact text
+    (``repr``, as ``append`` stores them), times that are only compared as numbers."""
+    return msgspec.json.encode(
+        {
+            "events": [(mid, repr(float(e.timestamp)), encode(e).decode()) for mid, e in c.events],
+            "ids": c.ids,
+            "cart": {item: repr(float(t)) for item, t in c.cart.items()},
+            "ends": c.ends,
+            "purchases": {item: repr(float(t)) for item, t in c.purchases.items()},
+            "cancels": c.cancels,
+            "buys": [f"{e.event.value[0]}|{float(e.timestamp)!r}|{e.item_id}" for e in c.purchase_log],
+            "sids": c.sids,
+            "sent": [(_hex(campaign), items) for campaign, items in c.sent.items()],
+        }
+    )
+
+
+def _readdressed(e: Event, visitor_id: str) -> Event:
+    return msgspec.structs.replace(e, visitor_id=visitor_id)
 
 
 def _logged(visitor_id: str, raw: bytes) -> Event:
