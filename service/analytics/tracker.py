@@ -1,0 +1,256 @@
+"""Stage transitions at ingest: after the events of a request are stored, each visitor's stage before and
+after, the transitions between them, and what they add to the rollups.
+
+Per request (``JourneyTracker.observe``), whatever its size: one pipelined read of the records and stored
+events of its visitors, one vectorised stage walk (``models.analytics.walk_stages``) for all of them, one
+pipelined compare-and-set of the records, one pipelined write of the rollups. A visitor whose record
+another request changed in between is read and walked again (at most ``ATTEMPTS`` times), so each
+transition is counted once.
+
+What is counted, and when
+- A transition: the stage the model's journey engine gives the visitor changed. Changes caused by the
+  request's events are dated at the ingest time and carry the channel of the visitor's newest event in the
+  request that has one ("none" otherwise). Changes by time alone (an abandoned cart expiring after
+  ``cart_ttl_hours``, a customer lapsing after ``retention_days``, ...) are counted when the visitor is
+  next seen by ingest, dated at the moment they took effect, with channel "none": a visitor never seen
+  again keeps the stage they were last seen in.
+- A stage entry: every transition into a stage, and a visitor's first sighting (their first evaluated
+  stage; not a transition).
+- Time in stage: on leaving a stage, the time since it was entered, in ``models.analytics.DWELL_EDGES``
+  buckets.
+- Visitor sets per period: ``seen:<stage>`` (evaluated in the stage at a time inside the period, or left
+  it then), ``adv:<stage>`` (moved from it to a later stage then), ``ch:<channel>`` (sent events through
+  the channel then), ``clk`` (sent a product view carrying a ``recommendation_id`` then). Ingest-time
+  entries fall in the period of the ingest time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from models.analytics import dwell_buckets, walk_stages
+from models.domain import STAGES, Event, EventType
+from models.errors import StoreUnavailableError
+from models.journey import JourneyRules
+from service import metrics
+from service.analytics.periods import GRANULARITIES, member_of, period_id, start_of
+from service.analytics.store_base import (
+    ADVANCED,
+    CAME,
+    CLICKED,
+    NO_CHANNEL,
+    SEEN,
+    AnalyticsStore,
+    Period,
+    PeriodDelta,
+    RecordWrite,
+)
+
+log = logging.getLogger("journeyrec.service")
+
+ATTEMPTS = 3  # reads of a visitor whose record other requests keep changing, before giving up on it
+_VIEW = EventType.PRODUCT_VIEW
+_IMPRESSION = EventType.IMPRESSION
+
+
+class _Request:
+    """What a request says about one visitor: the channel of its newest event with one, and a click."""
+
+    __slots__ = ("channel", "channel_ts", "clicked")
+
+    def __init__(self) -> None:
+        self.channel = NO_CHANNEL
+        self.channel_ts = -float("inf")
+        self.clicked = False
+
+
+class _Rollups:
+    """The rollup additions of one request, by period, with each visitor's set memberships (marks)."""
+
+    def __init__(self, store: AnalyticsStore) -> None:
+        self.deltas: dict[Period, PeriodDelta] = {}
+        self.transitions: dict[tuple[str, str], int] = {}
+        self._retention = store.retention
+        self._periods: dict[float, list[tuple[Period, str, float]]] = {}
+
+    def periods(self, t: float) -> list[tuple[Period, str, float]]:
+        """((granularity, start), period id, sets' expiry) of the hour and the day holding ``t``."""
+        got = self._periods.get(t)
+        if got is None:
+            got = []
+            for g in GRANULARITIES:
+                start = start_of(t, g)
+                got.append(((g, start), period_id(g, start), self._retention.sets_expire(g, start)))
+            self._periods[t] = got
+        return got
+
+    def count(self, t: float, field: str) -> None:
+        for period, _, _ in self.periods(t):
+            delta = self.deltas.get(period)
+            if delta is None:
+                delta = self.deltas[period] = PeriodDelta()
+            delta.counts[field] = delta.counts.get(field, 0) + 1
+
+    def put(self, t: float, name: str, member: str, marks: list[tuple[str, str, float]]) -> None:
+        for period, pid, expires in self.periods(t):
+            delta = self.deltas.get(period)
+            if delta is None:
+                delta = self.deltas[period] = PeriodDelta()
+            delta.members.setdefault(name, set()).add(member)
+            marks.append((pid, name, expires))
+
+
+class JourneyTracker:
+    """Counts stage transitions of ingested events into ``store`` (module docstring)."""
+
+    def __init__(self, store: AnalyticsStore, *, enabled: bool = True) -> None:
+        self.store = store
+        self.enabled = enabled
+
+    async def observe(self, events: Sequence[Event], rules: JourneyRules, now: float | None = None) -> int:
+        """Evaluate the visitors of ``events`` (already stored) and count their transitions; returns how
+        many transitions were counted. Never raises for a store outage: the events are stored, and the
+        failure is logged (the visitor's next request counts the changes missed, by time or by event)."""
+        if not self.enabled or not events:
+            return 0
+        when = time.time() if now is None else now
+        seen: dict[str, _Request] = {}
+        for e in events:
+            if e.event is _IMPRESSION:  # not journey history: it changes no stage
+                continue
+            r = seen.get(e.visitor_id)
+            if r is None:
+                r = seen[e.visitor_id] = _Request()
+            if e.channel is not None and e.timestamp >= r.channel_ts:
+                r.channel, r.channel_ts = e.channel.value, e.timestamp
+            if e.event is _VIEW and e.recommendation_id is not None:
+                r.clicked = True
+        if not seen:
+            return 0
+        rollups = _Rollups(self.store)
+        pending = list(seen)
+        try:
+            for _ in range(ATTEMPTS):
+                pending = await self._attempt(pending, seen, rules, when, rollups)
+                if not pending:
+                    break
+            else:
+                log.warning("journey analytics: %d visitors changed by other requests; skipped", len(pending))
+            await self.store.add(rollups.deltas)
+        except StoreUnavailableError as e:
+            log.warning("journey analytics skipped a request: %s", e)
+            return 0
+        for (src, dst), n in rollups.transitions.items():
+            metrics.STAGE_TRANSITIONS.labels(src, dst).inc(n)
+        return sum(rollups.transitions.values())
+
+    async def _attempt(
+        self,
+        visitors: list[str],
+        seen: dict[str, _Request],
+        rules: JourneyRules,
+        now: float,
+        rollups: _Rollups,
+    ) -> list[str]:
+        """Walk, commit and roll up ``visitors``; returns those whose commit lost to another request."""
+        snap = await self.store.snapshot(visitors)
+        m = len(visitors)
+        prev_stage = np.full(m, -1, dtype=np.int8)
+        prev_since = np.full(m, np.nan)
+        prev_at = np.full(m, np.nan)
+        for i, rec in enumerate(snap.records):
+            if rec is not None:
+                prev_stage[i], prev_since[i], prev_at[i] = rec.stage.index, rec.since, rec.at
+        owner = np.repeat(np.arange(m, dtype=np.int64), snap.counts)
+        walk = walk_stages(owner, snap.ts, snap.codes, prev_stage, prev_since, prev_at, now, rules)
+        buckets = dwell_buckets(np.nan_to_num(walk.dwell)).tolist()
+        # each visitor's changes: (source, target, at, by time, bucket), in walk order
+        changes: list[list[tuple[int, int, float, bool, int]]] = [[] for _ in range(m)]
+        for v, s, t, a, b, k in zip(
+            walk.visitor.tolist(),
+            walk.source.tolist(),
+            walk.target.tolist(),
+            walk.at.tolist(),
+            walk.by_time.tolist(),
+            buckets,
+            strict=True,
+        ):
+            changes[v].append((s, t, a, b, k))
+        final_at = np.maximum(now, np.nan_to_num(prev_at, nan=-np.inf)).tolist()
+        writes: list[RecordWrite] = []
+        plans: list[Any] = []
+        stage, since = walk.stage.tolist(), walk.since.tolist()
+        for i, visitor_id in enumerate(visitors):
+            marks: list[tuple[str, str, float]] = []
+            plan = self._plan(visitor_id, seen[visitor_id], changes[i], stage[i], final_at[i], rollups, marks)
+            plans.append(plan)
+            rec = snap.records[i]
+            writes.append(
+                RecordWrite(
+                    visitor_id=visitor_id,
+                    expected=rec.version if rec is not None else 0,
+                    stage=STAGES[stage[i]],
+                    since=since[i],
+                    at=final_at[i],
+                    marks=marks,
+                )
+            )
+        won = await self.store.commit(writes)
+        lost: list[str] = []
+        for visitor_id, ok, plan in zip(visitors, won, plans, strict=True):
+            if not ok:
+                lost.append(visitor_id)
+                continue
+            for t, field in plan[0]:
+                rollups.count(t, field)
+            for t, name, member in plan[1]:
+                rollups.put(t, name, member, [])
+            for key in plan[2]:
+                rollups.transitions[key] = rollups.transitions.get(key, 0) + 1
+        return lost
+
+    @staticmethod
+    def _plan(
+        visitor_id: str,
+        req: _Request,
+        changes: list[tuple[int, int, float, bool, int]],
+        final: int,
+        final_at: float,
+        rollups: _Rollups,
+        marks: list[tuple[str, str, float]],
+    ) -> tuple[list[tuple[float, str]], list[tuple[float, str, str]], list[tuple[str, str]]]:
+        """(counter fields, set memberships, metric labels) one visitor adds if its commit wins; ``marks``
+        gets the memberships' (period id, set, expiry)."""
+        member = member_of(visitor_id)
+        counts: list[tuple[float, str]] = []
+        sets: list[tuple[float, str, str]] = []
+        labels: list[tuple[str, str]] = []
+        for src, dst, at, by_time, bucket in changes:
+            channel = NO_CHANNEL if by_time else req.channel
+            to = STAGES[dst].value
+            counts.append((at, f"e|{to}|{channel}"))
+            sets.append((at, SEEN + to, member))
+            if src >= 0:
+                frm = STAGES[src].value
+                counts.append((at, f"t|{frm}|{to}|{channel}"))
+                counts.append((at, f"d|{frm}|{channel}|{bucket}"))
+                sets.append((at, SEEN + frm, member))
+                if dst > src:
+                    sets.append((at, ADVANCED + frm, member))
+                labels.append((frm, to))
+        sets.append((final_at, SEEN + STAGES[final].value, member))
+        sets.append((final_at, CAME + req.channel, member))
+        if req.clicked:
+            sets.append((final_at, CLICKED, member))
+        unique = list(dict.fromkeys(sets))
+        marks.extend(
+            dict.fromkeys(
+                (pid, name, expires) for t, name, _ in unique for _, pid, expires in rollups.periods(t)
+            )
+        )
+        return counts, unique, labels
