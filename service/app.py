@@ -16,7 +16,7 @@ from typing import Any
 from litestar import Litestar, Request, Router
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.logging import LoggingConfig
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
@@ -184,7 +184,7 @@ def create_app(
         return services
 
     # taking ``svc`` resolves it after ``svc``, not in a task group of its own (see ``provide_filters``)
-    def provide_journey(svc: Services) -> JourneyTracker:  # noqa: ARG001
+    def provide_journey(svc: NamedDependency[Services]) -> JourneyTracker:  # noqa: ARG001
         return tracker
 
     prometheus = PrometheusConfig(

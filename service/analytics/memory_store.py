@@ -46,7 +46,7 @@ class MemoryAnalyticsStore:
         self._ttl = visitor_ttl
         self._clock = clock
         self._records: dict[str, tuple[JourneyRecord, float]] = {}  # visitor -> (record, expires at)
-        self._marks: dict[str, dict[tuple[str, str], float]] = {}  # visitor -> (period id, set) -> expiry
+        self._marks: dict[str, dict[str, float]] = {}  # visitor -> period id -> its sets' expiry
         self._rollups: dict[str, _Rollup] = {}  # period id -> rollup
 
     def _record(self, visitor_id: str, now: float) -> JourneyRecord | None:
@@ -77,7 +77,7 @@ class MemoryAnalyticsStore:
             record = JourneyRecord(w.stage, w.since, w.at, w.expected + 1)
             self._records[w.visitor_id] = (record, now + self._ttl)
             marks = {k: e for k, e in self._marks.get(w.visitor_id, {}).items() if e > now}
-            marks.update(((p, s), e) for p, s, e in w.marks)
+            marks.update(w.marks)
             self._marks[w.visitor_id] = marks
             out.append(True)
         return out
@@ -123,11 +123,14 @@ class MemoryAnalyticsStore:
         member = member_of(visitor_id)
         marks = self._marks.pop(visitor_id, {})
         removed += int(any(e > now for e in marks.values()))  # the marks themselves, as Redis keeps a key
-        for (pid, name), expires in marks.items():
+        for pid, expires in marks.items():
             r = self._rollups.get(pid)
-            if expires > now and r is not None and member in r.sets.get(name, ()):
-                r.sets[name].discard(member)
-                removed += 1
+            if expires <= now or r is None:
+                continue
+            for members in r.sets.values():
+                if member in members:
+                    members.discard(member)
+                    removed += 1
         return removed
 
     async def close(self) -> None:

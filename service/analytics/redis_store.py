@@ -5,15 +5,15 @@ Keys (``P`` the prefix, ``{v:H}`` the visitor's tag of ``service.store.redis_sto
 ``h:YYYYMMDDHH`` or ``d:YYYYMMDD``, see ``service.analytics.periods``):
 
 - ``P:{v:H}:journey``  hash: ``s`` stage, ``since``, ``at``, ``n`` version; expires with the visitor
-- ``P:{v:H}:jmarks``   sorted set: ``I|<set name>`` of every rollup set the visitor was counted in, scored by
-                       that set's expiry (for erase); expires with the visitor
+- ``P:{v:H}:jmarks``   sorted set: ``I`` of every period whose visitor sets the visitor was counted in,
+                       scored by those sets' expiry (for erase); expires with the visitor
 - ``P:{jr:I}:n``       hash: the period's counters (``t|from|to|channel`` transitions, ``e|stage|channel``
                        stage entries, ``d|stage|channel|bucket`` time in stage)
 - ``P:{jr:I}:s:<name>`` set: visitor pseudonyms (``store_base.SET_NAMES``)
 
 Every script keeps to one slot: the record scripts to the visitor's tag, the rollup script to the period's
-tag ``{jr:I}``. Reads and writes of many visitors or periods are pipelined (one round trip), never one
-script over several slots.
+tag ``{jr:I}``. Reads and writes of many visitors or periods go in one round trip
+(``service.analytics.resp``), never as one script over several slots.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from models.domain import EventType, Stage
 from service.analytics.periods import Granularity, member_of, period_id
+from service.analytics.resp import Arg, evalsha, run
 from service.analytics.store_base import (
     SET_NAMES,
     JourneyRecord,
@@ -48,7 +49,7 @@ _SNAPSHOT = """
 return {redis.call('HMGET', KEYS[1], 's', 'since', 'at', 'n'), redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
-# KEYS: journey, jmarks. ARGV: expected version, stage, since, at, ttl, now, then (expiry, mark) pairs.
+# KEYS: journey, jmarks. ARGV: expected version, stage, since, at, ttl, now, then (expiry, period id) pairs.
 # Returns 1 when written, 0 when the version moved.
 _COMMIT = """
 local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
@@ -102,10 +103,7 @@ class _StageEvent(msgspec.Struct, frozen=True, gc=False):
     """The two fields of a stored event the stage engine reads (the decoder skips the others)."""
 
     timestamp: float
-    event: str
-
-
-_CODE = {e.value: e.code for e in EventType}
+    event: EventType
 
 
 class RedisAnalyticsStore:
@@ -121,6 +119,7 @@ class RedisAnalyticsStore:
         self._commit = self._r.register_script(_COMMIT)
         self._add = self._r.register_script(_ADD)
         self._take_marks = self._r.register_script(_TAKE_MARKS)
+        self._scripts = (self._snapshot, self._commit, self._add)
         self._decode = msgspec.json.Decoder(list[_StageEvent]).decode
 
     def _visitor_keys(self, visitor_id: str) -> list[str]:
@@ -131,29 +130,28 @@ class RedisAnalyticsStore:
         return f"{self._prefix}:{{jr:{pid}}}"
 
     async def snapshot(self, visitor_ids: Sequence[str]) -> Snapshot:
+        commands = []
+        for v in visitor_ids:
+            base = self._visitors.visitor_base(v)
+            commands.append(evalsha(self._snapshot, [f"{base}:journey", f"{base}:events"], ()))
         with unavailable("read journey records", STORE):
-            async with self._r.pipeline(transaction=False) as pipe:
-                for v in visitor_ids:
-                    base = self._visitors.visitor_base(v)
-                    await self._snapshot(keys=[f"{base}:journey", f"{base}:events"], client=pipe)
-                replies: list[Any] = await pipe.execute()
+            replies = await run(self._r, commands, self._scripts)
         records: list[JourneyRecord | None] = []
         raw: list[bytes] = []
         counts = np.zeros(len(visitor_ids), dtype=np.int64)
-        for i, (head, events) in enumerate(replies):
-            stage, since, at, n = head
+        for i, ((stage, since, at, n), events) in enumerate(replies):
             records.append(
                 JourneyRecord(_STAGES[stage], float(since), float(at), int(n)) if stage is not None else None
             )
             counts[i] = len(events)
             raw.extend(events)
+        # the stored events are JSON objects: one decoder call over them as a JSON array
         evs = self._decode(b"[" + b",".join(raw) + b"]")
-        code = _CODE
         return Snapshot(
             records=records,
             counts=counts,
             ts=np.fromiter((e.timestamp for e in evs), dtype=np.float64, count=len(evs)),
-            codes=np.fromiter((code[e.event] for e in evs), dtype=np.int8, count=len(evs)),
+            codes=np.fromiter((e.event.code for e in evs), dtype=np.int8, count=len(evs)),
         )
 
     async def commit(self, writes: Sequence[RecordWrite]) -> list[bool]:
@@ -161,37 +159,37 @@ class RedisAnalyticsStore:
             return []
         now = repr(time.time())
         ttl = str(self._ttl)
+        commands = []
+        for w in writes:
+            args: list[Arg] = [str(w.expected), w.stage.value, repr(w.since), repr(w.at), ttl, now]
+            for pid, expires in w.marks:
+                args += [repr(expires), pid]
+            commands.append(evalsha(self._commit, self._visitor_keys(w.visitor_id), args))
         with unavailable("write journey records", STORE):
-            async with self._r.pipeline(transaction=False) as pipe:
-                for w in writes:
-                    args: list[str] = [str(w.expected), w.stage.value, repr(w.since), repr(w.at), ttl, now]
-                    for pid, name, expires in w.marks:
-                        args += [repr(expires), f"{pid}|{name}"]
-                    await self._commit(keys=self._visitor_keys(w.visitor_id), args=args, client=pipe)
-                replies: list[Any] = await pipe.execute()
+            replies = await run(self._r, commands, self._scripts)
         return [bool(int(r)) for r in replies]
 
     async def add(self, deltas: Mapping[Period, PeriodDelta]) -> None:
         if not deltas:
             return
+        commands = []
+        for (granularity, start), delta in deltas.items():
+            base = self._period_base(period_id(granularity, start))
+            keys = [f"{base}:n"]
+            args: list[Arg] = [
+                str(int(self.retention.counts_expire(granularity, start))),
+                str(int(self.retention.sets_expire(granularity, start))),
+                str(len(delta.counts)),
+            ]
+            for field, n in delta.counts.items():
+                args += [field, str(n)]
+            for name, members in delta.members.items():
+                if members:
+                    keys.append(f"{base}:s:{name}")
+                    args += [str(len(members)), *members]
+            commands.append(evalsha(self._add, keys, args))
         with unavailable("write journey rollups", STORE):
-            async with self._r.pipeline(transaction=False) as pipe:
-                for (granularity, start), delta in deltas.items():
-                    base = self._period_base(period_id(granularity, start))
-                    keys = [f"{base}:n"]
-                    args: list[str] = [
-                        str(int(self.retention.counts_expire(granularity, start))),
-                        str(int(self.retention.sets_expire(granularity, start))),
-                        str(len(delta.counts)),
-                    ]
-                    for field, n in delta.counts.items():
-                        args += [field, str(n)]
-                    for name, members in delta.members.items():
-                        if members:
-                            keys.append(f"{base}:s:{name}")
-                            args += [str(len(members)), *members]
-                    await self._add(keys=keys, args=args, client=pipe)
-                await pipe.execute()
+            await run(self._r, commands, self._scripts)
 
     async def read(self, granularity: Granularity, starts: Sequence[float]) -> list[PeriodData]:
         with unavailable("read journey rollups", STORE):
@@ -223,8 +221,9 @@ class RedisAnalyticsStore:
                 return int(removed)
             async with self._r.pipeline(transaction=False) as pipe:
                 for mark in marks:
-                    pid, name = mark.decode().split("|", 1)
-                    pipe.srem(f"{self._period_base(pid)}:s:{name}", member)
+                    base = self._period_base(mark.decode())
+                    for name in SET_NAMES:
+                        pipe.srem(f"{base}:s:{name}", member)
                 replies: list[Any] = await pipe.execute()
         return int(removed) + sum(int(r) for r in replies)
 

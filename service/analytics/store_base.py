@@ -12,15 +12,15 @@ Semantics
   visitor store holds.
 - ``commit`` writes a record only if its version is still the one read (compare-and-set): of two requests
   that evaluated the same visitor at once, one wins, and the other reads again, so a transition is counted
-  once. It also remembers which rollup sets the visitor is about to be counted in (``marks``), so that
-  erase can take them out again.
+  once. It also remembers the periods whose visitor sets the visitor is about to be counted in
+  (``marks``), so that erase can take them out again.
 - Rollups (per period: a UTC hour or day): counters (``add`` adds to them) and sets of visitor pseudonyms
   (``periods.member_of``). Counters expire ``hourly_days`` / ``daily_days`` after their period; the visitor
   sets after ``sets_days`` (at most the counters' retention): they hold visitor pseudonyms, and only
   distinct counts need them. A change counted into a period whose sets have expired may count its
   visitor again there.
-- ``erase`` removes the record and the visitor's pseudonym from every rollup set it was marked in. Counters
-  hold no visitor data and stay.
+- ``erase`` removes the record and the visitor's pseudonym from every visitor set of the periods it was
+  marked in. Counters hold no visitor data and stay.
 """
 
 from __future__ import annotations
@@ -79,14 +79,15 @@ class Snapshot(msgspec.Struct, frozen=True):
 class RecordWrite(msgspec.Struct, frozen=True):
     """Write the record (stage, since, at) of ``visitor_id`` if its version is still ``expected``.
 
-    marks: the rollup sets the visitor is being counted in, as (period id, set name, expiry POSIX s)."""
+    marks: the periods whose visitor sets the visitor is being counted in, as (period id, the sets' expiry
+    in POSIX s)."""
 
     visitor_id: str
     expected: int
     stage: Stage
     since: float
     at: float
-    marks: list[tuple[str, str, float]]
+    marks: list[tuple[str, float]]
 
 
 class PeriodDelta(msgspec.Struct):

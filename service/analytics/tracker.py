@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -55,6 +54,8 @@ log = logging.getLogger("journeyrec.service")
 
 ATTEMPTS = 3  # reads of a visitor whose record other requests keep changing, before giving up on it
 _VIEW = EventType.PRODUCT_VIEW
+_VALUE = [s.value for s in STAGES]
+_SEEN = [SEEN + s.value for s in STAGES]
 _IMPRESSION = EventType.IMPRESSION
 
 
@@ -70,16 +71,17 @@ class _Request:
 
 
 class _Rollups:
-    """The rollup additions of one request, by period, with each visitor's set memberships (marks)."""
+    """The rollup additions of one request, by period (the hour and the day of each time)."""
 
     def __init__(self, store: AnalyticsStore) -> None:
-        self.deltas: dict[Period, PeriodDelta] = {}
         self.transitions: dict[tuple[str, str], int] = {}
         self._retention = store.retention
         self._periods: dict[float, list[tuple[Period, str, float]]] = {}
+        self._counts: dict[tuple[float, str], int] = {}
+        self._members: dict[tuple[float, str], list[str]] = {}
 
     def periods(self, t: float) -> list[tuple[Period, str, float]]:
-        """((granularity, start), period id, sets' expiry) of the hour and the day holding ``t``."""
+        """((granularity, start), period id, visitor sets' expiry) of the hour and the day holding ``t``."""
         got = self._periods.get(t)
         if got is None:
             got = []
@@ -90,19 +92,31 @@ class _Rollups:
         return got
 
     def count(self, t: float, field: str) -> None:
-        for period, _, _ in self.periods(t):
-            delta = self.deltas.get(period)
-            if delta is None:
-                delta = self.deltas[period] = PeriodDelta()
-            delta.counts[field] = delta.counts.get(field, 0) + 1
+        key = (t, field)
+        self._counts[key] = self._counts.get(key, 0) + 1
 
-    def put(self, t: float, name: str, member: str, marks: list[tuple[str, str, float]]) -> None:
-        for period, pid, expires in self.periods(t):
-            delta = self.deltas.get(period)
-            if delta is None:
-                delta = self.deltas[period] = PeriodDelta()
-            delta.members.setdefault(name, set()).add(member)
-            marks.append((pid, name, expires))
+    def put(self, t: float, name: str, member: str) -> None:
+        got = self._members.get((t, name))
+        if got is None:
+            self._members[(t, name)] = [member]
+        else:
+            got.append(member)
+
+    def deltas(self) -> dict[Period, PeriodDelta]:
+        out: dict[Period, PeriodDelta] = {}
+        for (t, field), n in self._counts.items():
+            for period, _, _ in self.periods(t):
+                delta = out.get(period)
+                if delta is None:
+                    delta = out[period] = PeriodDelta()
+                delta.counts[field] = delta.counts.get(field, 0) + n
+        for (t, name), members in self._members.items():
+            for period, _, _ in self.periods(t):
+                delta = out.get(period)
+                if delta is None:
+                    delta = out[period] = PeriodDelta()
+                delta.members.setdefault(name, set()).update(members)
+        return out
 
 
 class JourneyTracker:
@@ -141,7 +155,7 @@ class JourneyTracker:
                     break
             else:
                 log.warning("journey analytics: %d visitors changed by other requests; skipped", len(pending))
-            await self.store.add(rollups.deltas)
+            await self.store.add(rollups.deltas())
         except StoreUnavailableError as e:
             log.warning("journey analytics skipped a request: %s", e)
             return 0
@@ -163,94 +177,71 @@ class JourneyTracker:
         prev_stage = np.full(m, -1, dtype=np.int8)
         prev_since = np.full(m, np.nan)
         prev_at = np.full(m, np.nan)
+        versions = [0] * m
         for i, rec in enumerate(snap.records):
             if rec is not None:
                 prev_stage[i], prev_since[i], prev_at[i] = rec.stage.index, rec.since, rec.at
+                versions[i] = rec.version
         owner = np.repeat(np.arange(m, dtype=np.int64), snap.counts)
         walk = walk_stages(owner, snap.ts, snap.codes, prev_stage, prev_since, prev_at, now, rules)
-        buckets = dwell_buckets(np.nan_to_num(walk.dwell)).tolist()
-        # each visitor's changes: (source, target, at, by time, bucket), in walk order
-        changes: list[list[tuple[int, int, float, bool, int]]] = [[] for _ in range(m)]
-        for v, s, t, a, b, k in zip(
+        # each visitor's changes as (source, target, at, by time, dwell bucket), in time order
+        changes: dict[int, list[tuple[int, int, float, bool, int]]] = {}
+        for v, src, dst, at, by_time, bucket in zip(
             walk.visitor.tolist(),
             walk.source.tolist(),
             walk.target.tolist(),
             walk.at.tolist(),
             walk.by_time.tolist(),
-            buckets,
+            dwell_buckets(np.nan_to_num(walk.dwell)).tolist(),
             strict=True,
         ):
-            changes[v].append((s, t, a, b, k))
+            changes.setdefault(v, []).append((src, dst, at, by_time, bucket))
         final_at = np.maximum(now, np.nan_to_num(prev_at, nan=-np.inf)).tolist()
-        writes: list[RecordWrite] = []
-        plans: list[Any] = []
         stage, since = walk.stage.tolist(), walk.since.tolist()
+        marks_now = [(pid, expires) for _, pid, expires in rollups.periods(now)]
+        writes: list[RecordWrite] = []
         for i, visitor_id in enumerate(visitors):
-            marks: list[tuple[str, str, float]] = []
-            plan = self._plan(visitor_id, seen[visitor_id], changes[i], stage[i], final_at[i], rollups, marks)
-            plans.append(plan)
-            rec = snap.records[i]
+            mine = changes.get(i)
+            marks = marks_now
+            if mine is not None or final_at[i] != now:  # periods of other times too
+                times = {final_at[i], *(c[2] for c in mine or ())}
+                marks = list({pid: e for t in times for _, pid, e in rollups.periods(t)}.items())
             writes.append(
-                RecordWrite(
-                    visitor_id=visitor_id,
-                    expected=rec.version if rec is not None else 0,
-                    stage=STAGES[stage[i]],
-                    since=since[i],
-                    at=final_at[i],
-                    marks=marks,
-                )
+                RecordWrite(visitor_id, versions[i], STAGES[stage[i]], since[i], final_at[i], marks)
             )
         won = await self.store.commit(writes)
         lost: list[str] = []
-        for visitor_id, ok, plan in zip(visitors, won, plans, strict=True):
+        for i, (visitor_id, ok) in enumerate(zip(visitors, won, strict=True)):
             if not ok:
                 lost.append(visitor_id)
                 continue
-            for t, field in plan[0]:
-                rollups.count(t, field)
-            for t, name, member in plan[1]:
-                rollups.put(t, name, member, [])
-            for key in plan[2]:
-                rollups.transitions[key] = rollups.transitions.get(key, 0) + 1
+            member = member_of(visitor_id)
+            req = seen[visitor_id]
+            t = final_at[i]
+            rollups.put(t, _SEEN[stage[i]], member)
+            rollups.put(t, CAME + req.channel, member)
+            if req.clicked:
+                rollups.put(t, CLICKED, member)
+            if i in changes:
+                _changes(changes[i], req.channel, member, rollups)
         return lost
 
-    @staticmethod
-    def _plan(
-        visitor_id: str,
-        req: _Request,
-        changes: list[tuple[int, int, float, bool, int]],
-        final: int,
-        final_at: float,
-        rollups: _Rollups,
-        marks: list[tuple[str, str, float]],
-    ) -> tuple[list[tuple[float, str]], list[tuple[float, str, str]], list[tuple[str, str]]]:
-        """(counter fields, set memberships, metric labels) one visitor adds if its commit wins; ``marks``
-        gets the memberships' (period id, set, expiry)."""
-        member = member_of(visitor_id)
-        counts: list[tuple[float, str]] = []
-        sets: list[tuple[float, str, str]] = []
-        labels: list[tuple[str, str]] = []
-        for src, dst, at, by_time, bucket in changes:
-            channel = NO_CHANNEL if by_time else req.channel
-            to = STAGES[dst].value
-            counts.append((at, f"e|{to}|{channel}"))
-            sets.append((at, SEEN + to, member))
-            if src >= 0:
-                frm = STAGES[src].value
-                counts.append((at, f"t|{frm}|{to}|{channel}"))
-                counts.append((at, f"d|{frm}|{channel}|{bucket}"))
-                sets.append((at, SEEN + frm, member))
-                if dst > src:
-                    sets.append((at, ADVANCED + frm, member))
-                labels.append((frm, to))
-        sets.append((final_at, SEEN + STAGES[final].value, member))
-        sets.append((final_at, CAME + req.channel, member))
-        if req.clicked:
-            sets.append((final_at, CLICKED, member))
-        unique = list(dict.fromkeys(sets))
-        marks.extend(
-            dict.fromkeys(
-                (pid, name, expires) for t, name, _ in unique for _, pid, expires in rollups.periods(t)
-            )
-        )
-        return counts, unique, labels
+
+def _changes(
+    changes: list[tuple[int, int, float, bool, int]], channel: str, member: str, rollups: _Rollups
+) -> None:
+    """What one visitor's stage changes add to the rollups (see the module docstring)."""
+    for src, dst, at, by_time, bucket in changes:
+        ch = NO_CHANNEL if by_time else channel
+        to = _VALUE[dst]
+        rollups.count(at, f"e|{to}|{ch}")
+        rollups.put(at, _SEEN[dst], member)
+        if src < 0:
+            continue
+        frm = _VALUE[src]
+        rollups.count(at, f"t|{frm}|{to}|{ch}")
+        rollups.count(at, f"d|{frm}|{ch}|{bucket}")
+        rollups.put(at, _SEEN[src], member)
+        if dst > src:
+            rollups.put(at, ADVANCED + frm, member)
+        rollups.transitions[frm, to] = rollups.transitions.get((frm, to), 0) + 1

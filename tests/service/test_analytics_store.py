@@ -140,7 +140,7 @@ async def test_erase_takes_the_visitor_out_of_every_marked_set_and_drops_the_rec
     pid = period_id("day", start)
     expires = RETENTION.sets_expire("day", start) + 10 * 365 * 86_400  # not expired when the test runs
     me, other = member_of("gone"), member_of("stays")
-    await s.commit([RecordWrite("gone", 0, Stage.DECISION, now, now, [(pid, "seen:decision", expires)])])
+    await s.commit([RecordWrite("gone", 0, Stage.DECISION, now, now, [(pid, expires)])])
     await s.add({("day", start): PeriodDelta({"e|decision|none": 2}, {"seen:decision": {me, other}})})
     assert await s.erase("gone") == 3  # the record, the marks and one set membership
     snap = await s.snapshot(["gone"])
