@@ -16,9 +16,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 Arg = bytes | str
+
+try:  # the value redis-py's hiredis reader returns while a reply is incomplete
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+except ImportError:  # another redis-py: replies are read one at a time
+    _NOT_ENOUGH_DATA = None
 
 
 def pack(commands: Sequence[Sequence[Arg]]) -> bytes:
@@ -43,6 +48,25 @@ def _text(args: Sequence[Arg]) -> str:
     return f"*{len(args)}\r\n" + "".join([f"${len(a)}\r\n{a!s}\r\n" for a in args])
 
 
+async def _replies(parser: Any, n: int) -> list[Any]:
+    """``n`` replies. With hiredis, as many as the buffer holds are taken at once, and the socket is read
+    only when it holds none (one awaited read per buffer, not per reply); otherwise one at a time."""
+    reader: Any = getattr(parser, "_reader", None)
+    if _NOT_ENOUGH_DATA is None or not hasattr(reader, "gets") or not hasattr(parser, "read_from_socket"):
+        return [await parser.read_response() for _ in range(n)]
+    out: list[Any] = []
+    gets = reader.gets
+    while len(out) < n:
+        reply = gets()
+        if reply is _NOT_ENOUGH_DATA:
+            await parser.read_from_socket()
+        elif isinstance(reply, ConnectionError):  # a protocol error: the connection is out of step
+            raise reply
+        else:
+            out.append(reply)
+    return out
+
+
 async def _round_trip(client: Redis, commands: Sequence[Sequence[Arg]]) -> list[Any]:
     """Each command's reply (an error reply as its ``ResponseError``), in order."""
     pool = client.connection_pool
@@ -55,7 +79,7 @@ async def _round_trip(client: Redis, commands: Sequence[Sequence[Arg]]) -> list[
         parser = conn._parser
         limit = (conn.socket_timeout or 5.0) * (1.0 + len(commands) / 500)
         async with asyncio.timeout(limit):
-            replies = [await parser.read_response() for _ in commands]
+            replies = await _replies(parser, len(commands))
         clean = True
         return replies
     finally:
