@@ -442,11 +442,7 @@ def stages_of_queries(
     rules: JourneyRules = DEFAULT_RULES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The stage of each query over a small event log, in one vectorised pass (journey analytics asks it
-    for every visitor of an ingest request at once).
-
-    visitor int[n], ts float64[n], event int8[n] (``EventType.code``): the log, sorted by (visitor, ts).
-    q_visitor int[q]: the visitor of each query; q_end int64[q]: the query sees the rows [first row of the
-    visitor, q_end); q_time float64[q]: "now" of each query (rows at or after it must be left out by
-    ``q_end``, as ``infer_stage`` leaves them out). Returns (int8[q] ``Stage.index``, float32[q] confidence).
-    """
+    for every visitor of an ingest request at once). Arguments as for ``_state``; a query's rows at or
+    after its time must be left out by ``q_end``, as ``infer_stage`` leaves them out. Returns (int8[q]
+    ``Stage.index``, float32[q] confidence)."""
     return _classify(_state(visitor, ts, event, q_visitor, q_end, q_time, rules), rules)

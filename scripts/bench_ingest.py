@@ -115,7 +115,9 @@ def main() -> None:
         n_events = sum(len(v) for v in events.values())
         off = one_run(models, bodies, n_events, False, args, Path(d))
         on = one_run(models, bodies, n_events, True, args, Path(d))
-        print(f"with transitions: {on:,.0f} events/s ({on / off:.0%} of {off:,.0f} without); target >= 20,000")
+        print(
+            f"with transitions: {on:,.0f} events/s ({on / off:.0%} of {off:,.0f} without); target >= 20,000"
+        )
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from service.analytics.store_base import (
 log = logging.getLogger("journeyrec.service")
 
 ATTEMPTS = 3  # reads of a visitor whose record other requests keep changing, before giving up on it
+SKIP_LOG_INTERVAL_S = 10.0  # at most one log line this often about requests skipped by a store outage
 _VIEW = EventType.PRODUCT_VIEW
 _VALUE = [s.value for s in STAGES]
 _SEEN = [SEEN + s.value for s in STAGES]
@@ -125,6 +126,8 @@ class JourneyTracker:
     def __init__(self, store: AnalyticsStore, *, enabled: bool = True) -> None:
         self.store = store
         self.enabled = enabled
+        self._skipped = 0
+        self._log_due = 0.0
 
     async def observe(self, events: Sequence[Event], rules: JourneyRules, now: float | None = None) -> int:
         """Evaluate the visitors of ``events`` (already stored) and count their transitions; returns how
@@ -157,7 +160,11 @@ class JourneyTracker:
                 log.warning("journey analytics: %d visitors changed by other requests; skipped", len(pending))
             await self.store.add(rollups.deltas())
         except StoreUnavailableError as e:
-            log.warning("journey analytics skipped a request: %s", e)
+            self._skipped += 1
+            if time.monotonic() >= self._log_due:  # an outage would otherwise log every request
+                self._log_due = time.monotonic() + SKIP_LOG_INTERVAL_S
+                log.warning("journey analytics skipped %d requests: %s", self._skipped, e)
+                self._skipped = 0
             return 0
         for (src, dst), n in rollups.transitions.items():
             metrics.STAGE_TRANSITIONS.labels(src, dst).inc(n)

@@ -1,14 +1,30 @@
 """``GET /v1/analytics/journey`` in process (the embedded stores): scope, defaults, periods, errors, erase,
-and ingest with journey analytics switched off."""
+ingest with journey analytics switched off, and a store outage."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from litestar.testing import TestClient
 
+from models.domain import Event, EventType
+from models.journey import DEFAULT_RULES
 from models.recommender import Recommender
-from tests.service.api_fixtures import H_ADMIN, H_INGEST, H_READ, event, make_app
+from service.analytics.factory import retention_of
+from service.analytics.memory_store import MemoryAnalyticsStore
+from service.analytics.store_base import Snapshot
+from service.analytics.tracker import JourneyTracker
+from service.store.base import StoreDownError, StoreFailure
+from tests.service.api_fixtures import (
+    H_ADMIN,
+    H_INGEST,
+    H_READ,
+    api_settings,
+    event,
+    make_app,
+    memory_store,
+)
 
 
 def _walk(client: TestClient, visitor: str) -> None:
@@ -67,3 +83,14 @@ def test_switched_off_ingest_counts_nothing(models_dir: Path, recommender: Recom
         body = client.get("/v1/analytics/journey", headers=H_READ).json()
     assert body["transitions"] == []
     assert body["first_sightings"] == 0
+
+
+async def test_a_store_outage_skips_the_analytics_not_the_ingest() -> None:
+    class Down(MemoryAnalyticsStore):
+        async def snapshot(self, visitor_ids: Sequence[str]) -> Snapshot:
+            raise StoreDownError("the journey analytics store is unavailable", StoreFailure.CONNECTION)
+
+    visitors = memory_store()
+    tracker = JourneyTracker(Down(visitors, retention_of(api_settings()), visitor_ttl=60))
+    events = [Event(visitor_id="v", item_id="i", event=EventType.PAGE_VIEW, timestamp=1.0)]
+    assert await tracker.observe(events, DEFAULT_RULES) == 0

@@ -19,26 +19,15 @@ import redis
 
 from service.analytics.periods import member_of
 from tests.conftest import REDIS_URL
+from tests.service import test_api_e2e_redis as e2e
 from tests.service.api_fixtures import H_ADMIN, H_INGEST, H_READ
-from tests.service.test_api_e2e_redis import Server
 from tests.storefront import product_id
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture(scope="module")
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, socket_timeout=2)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def prefix(redis_client: redis.Redis) -> Iterator[str]:
-    p = f"jrtest-{uuid.uuid4().hex[:10]}"
-    yield p
-    for key in redis_client.scan_iter(match=f"{p}:*", count=1000):
-        redis_client.delete(key)
+Server = e2e.Server
+# the module-scoped Redis client and key prefix (its keys deleted afterwards) of the other end-to-end tests
+redis_client = e2e.redis_client
+prefix = e2e.prefix
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +125,11 @@ def test_a_known_sequence_reads_back_exact_counts(
 
     # erase takes the visitor's pseudonym out of every rollup set; the counters stay
     member = member_of(v1).encode()
-    sets = [k for k in redis_client.scan_iter(match=f"{prefix}:{{jr:*", count=1000) if redis_client.type(k) == b"set"]
+    sets = [
+        k
+        for k in redis_client.scan_iter(match=f"{prefix}:{{jr:*", count=1000)
+        if redis_client.type(k) == b"set"
+    ]
     assert any(redis_client.sismember(k, member) for k in sets)
     assert http.delete(f"/v1/visitors/{v1}", headers=H_ADMIN).status_code == 200
     assert not any(redis_client.sismember(k, member) for k in sets)
