@@ -18,6 +18,7 @@ from service.analytics.store_base import (
     RecordWrite,
     Retention,
     Snapshot,
+    channel_name,
 )
 from service.store.base import VisitorStore
 
@@ -46,7 +47,6 @@ class MemoryAnalyticsStore:
         self._ttl = visitor_ttl
         self._clock = clock
         self._records: dict[str, tuple[JourneyRecord, float]] = {}  # visitor -> (record, expires at)
-        self._marks: dict[str, dict[str, float]] = {}  # visitor -> period id -> its sets' expiry
         self._rollups: dict[str, _Rollup] = {}  # period id -> rollup
 
     def _record(self, visitor_id: str, now: float) -> JourneyRecord | None:
@@ -58,12 +58,17 @@ class MemoryAnalyticsStore:
     async def snapshot(self, visitor_ids: Sequence[str]) -> Snapshot:
         now = self._clock()
         records = [self._record(v, now) for v in visitor_ids]
+        for v, rec in zip(visitor_ids, records, strict=True):
+            if rec is not None:  # evaluated: the record lives as long as the visitor
+                self._records[v] = (rec, now + self._ttl)
         histories = [(await self._visitors.visitor(v)).events for v in visitor_ids]
+        events = [e for h in histories for e in h]
         return Snapshot(
             records=records,
             counts=np.array([len(h) for h in histories], dtype=np.int64),
-            ts=np.array([e.timestamp for h in histories for e in h], dtype=np.float64),
-            codes=np.array([e.event.code for h in histories for e in h], dtype=np.int8),
+            ts=np.array([e.timestamp for e in events], dtype=np.float64),
+            codes=np.array([e.event.code for e in events], dtype=np.int8),
+            channel=lambda i: channel_name(events[i].channel),
         )
 
     async def commit(self, writes: Sequence[RecordWrite]) -> list[bool]:
@@ -74,11 +79,8 @@ class MemoryAnalyticsStore:
             if (old.version if old is not None else 0) != w.expected:
                 out.append(False)
                 continue
-            record = JourneyRecord(w.stage, w.since, w.at, w.expected + 1)
+            record = JourneyRecord(w.stage, w.since, w.expected + 1)
             self._records[w.visitor_id] = (record, now + self._ttl)
-            marks = {k: e for k, e in self._marks.get(w.visitor_id, {}).items() if e > now}
-            marks.update(w.marks)
-            self._marks[w.visitor_id] = marks
             out.append(True)
         return out
 
@@ -119,13 +121,11 @@ class MemoryAnalyticsStore:
 
     async def erase(self, visitor_id: str) -> int:
         now = self._clock()
-        removed = int(self._records.pop(visitor_id, None) is not None)
+        removed = int(self._record(visitor_id, now) is not None)
+        self._records.pop(visitor_id, None)
         member = member_of(visitor_id)
-        marks = self._marks.pop(visitor_id, {})
-        removed += int(any(e > now for e in marks.values()))  # the marks themselves, as Redis keeps a key
-        for pid, expires in marks.items():
-            r = self._rollups.get(pid)
-            if expires <= now or r is None:
+        for r in self._rollups.values():
+            if r.sets_expire <= now:
                 continue
             for members in r.sets.values():
                 if member in members:

@@ -5,40 +5,45 @@
 (``tests/service/test_analytics_store.py``).
 
 Semantics
-- Journey record (per visitor): the stage, when it was entered (``since``), when it was last evaluated
-  (``at``) and a version that every successful ``commit`` raises by one. It lives in the visitor's slot
-  and expires with the visitor (``visitor_ttl`` after its last write).
-- ``snapshot`` reads, per visitor, the record and the stage-relevant fields (time, event) of the events the
-  visitor store holds.
-- ``commit`` writes a record only if its version is still the one read (compare-and-set): of two requests
-  that evaluated the same visitor at once, one wins, and the other reads again, so a transition is counted
-  once. It also remembers the periods whose visitor sets the visitor is about to be counted in
-  (``marks``), so that erase can take them out again.
+- Journey record (per visitor): the stage, when it was entered (``since``) and a version that every
+  successful ``commit`` raises by one. It lives in the visitor's slot and expires with the visitor
+  (``visitor_ttl`` after the visitor was last evaluated: ``snapshot`` refreshes it).
+- ``snapshot`` reads, per visitor, the record and the stage-relevant fields (time, event, channel) of the
+  events the visitor store holds.
+- ``commit`` writes a record (only when the stage changed) if its version is still the one read
+  (compare-and-set): of two requests that evaluated the same visitor at once, one wins, and the other reads
+  again, so a transition is counted once.
 - Rollups (per period: a UTC hour or day): counters (``add`` adds to them) and sets of visitor pseudonyms
   (``periods.member_of``). Counters expire ``hourly_days`` / ``daily_days`` after their period; the visitor
   sets after ``sets_days`` (at most the counters' retention): they hold visitor pseudonyms, and only
   distinct counts need them. A change counted into a period whose sets have expired may count its
   visitor again there.
-- ``erase`` removes the record and the visitor's pseudonym from every visitor set of the periods it was
-  marked in. Counters hold no visitor data and stay.
+- ``erase`` removes the record and the visitor's pseudonym from the visitor sets of every period whose sets
+  may still exist. Counters hold no visitor data and stay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
 import numpy as np
 
 from models.domain import Channel, Stage
-from service.analytics.periods import LENGTH, Granularity
+from service.analytics.periods import LENGTH, Granularity, covering
 
 DAY = 86_400.0
 
 #: the channel of a change no event caused, or of events that carry none
 NO_CHANNEL = "none"
 CHANNELS: tuple[str, ...] = (*(c.value for c in Channel), NO_CHANNEL)
+
+
+def channel_name(channel: Channel | None) -> str:
+    """A channel as the rollups name it (``NO_CHANNEL`` for none)."""
+    return NO_CHANNEL if channel is None else channel.value
+
 
 #: names of the per-period visitor sets
 SEEN = "seen:"  # + stage: visitors evaluated in the stage, or who left it, during the period
@@ -58,7 +63,6 @@ class JourneyRecord(msgspec.Struct, frozen=True):
 
     stage: Stage
     since: float
-    at: float
     version: int
 
 
@@ -68,26 +72,23 @@ class Snapshot(msgspec.Struct, frozen=True):
     records  one per visitor (None: no record)
     counts   int64[m] how many events each visitor has (the events are grouped by visitor, in that order)
     ts       float64[n] event times; codes int8[n] ``EventType.code``
+    channel  the channel of event i (``NO_CHANNEL`` when it carries none)
     """
 
     records: list[JourneyRecord | None]
     counts: np.ndarray
     ts: np.ndarray
     codes: np.ndarray
+    channel: Callable[[int], str]
 
 
 class RecordWrite(msgspec.Struct, frozen=True):
-    """Write the record (stage, since, at) of ``visitor_id`` if its version is still ``expected``.
-
-    marks: the periods whose visitor sets the visitor is being counted in, as (period id, the sets' expiry
-    in POSIX s)."""
+    """Write the record (stage, since) of ``visitor_id`` if its version is still ``expected``."""
 
     visitor_id: str
     expected: int
     stage: Stage
     since: float
-    at: float
-    marks: list[tuple[str, float]]
 
 
 class PeriodDelta(msgspec.Struct):
@@ -120,6 +121,11 @@ class Retention:
 
     def sets_expire(self, granularity: Granularity, start: float) -> float:
         return start + LENGTH[granularity] + min(self.sets_days, self.days[granularity]) * DAY
+
+    def sets_alive(self, granularity: Granularity, now: float) -> list[float]:
+        """Starts of the periods whose visitor sets may still exist at ``now`` (up to a day ahead)."""
+        keep = LENGTH[granularity] + min(self.sets_days, self.days[granularity]) * DAY
+        return covering(now - keep, now + DAY, granularity)
 
 
 Period = tuple[Granularity, float]  # (granularity, start)

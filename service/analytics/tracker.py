@@ -1,27 +1,30 @@
-"""Stage transitions at ingest: after the events of a request are stored, each visitor's stage before and
-after, the transitions between them, and what they add to the rollups.
+"""Stage transitions at ingest: after the events of a request are stored, each visitor's stage changes
+since their record, and what they add to the rollups.
 
-Per request (``JourneyTracker.observe``), whatever its size: one pipelined read of the records and stored
+Per request (``JourneyTracker.observe``), whatever its size: one round trip reading the records and stored
 events of its visitors, one vectorised stage walk (``models.analytics.walk_stages``) for all of them, one
-pipelined compare-and-set of the records, one pipelined write of the rollups. A visitor whose record
-another request changed in between is read and walked again (at most ``ATTEMPTS`` times), so each
-transition is counted once.
+round trip writing, compare-and-set, the records of the visitors whose stage changed, one round trip for the
+rollups. A visitor whose record another request changed in between is read and walked again (at most
+``ATTEMPTS`` times), so each transition is counted once.
 
 What is counted, and when
-- A transition: the stage the model's journey engine gives the visitor changed. Changes caused by the
-  request's events are dated at the ingest time and carry the channel of the visitor's newest event in the
-  request that has one ("none" otherwise). Changes by time alone (an abandoned cart expiring after
-  ``cart_ttl_hours``, a customer lapsing after ``retention_days``, ...) are counted when the visitor is
-  next seen by ingest, dated at the moment they took effect, with channel "none": a visitor never seen
-  again keeps the stage they were last seen in.
-- A stage entry: every transition into a stage, and a visitor's first sighting (their first evaluated
-  stage; not a transition).
+- A transition: the stage the model's journey engine gives the visitor changed, replayed event by event
+  and threshold by threshold since the recorded change (``models.analytics``). A change an event caused
+  is dated at the event's time with the event's channel ("none" when it carries none); several changes in
+  one request are each counted. A change by time alone (an abandoned cart expiring after
+  ``cart_ttl_hours``, a customer lapsing after ``retention_days``, ...) is counted when the visitor is
+  next seen by ingest, dated when it took effect, with channel "none": a visitor never seen again keeps
+  the stage they were last seen in. A change found only at the ingest time (events that arrived with
+  times before the recorded change) is dated then, with the channel of the visitor's newest event in the
+  request that has one.
+- A stage entry: every transition into a stage, and a visitor's first sighting (the stage they are first
+  evaluated in, at the ingest time; not a transition).
 - Time in stage: on leaving a stage, the time since it was entered, in ``models.analytics.DWELL_EDGES``
   buckets.
-- Visitor sets per period: ``seen:<stage>`` (evaluated in the stage at a time inside the period, or left
-  it then), ``adv:<stage>`` (moved from it to a later stage then), ``ch:<channel>`` (sent events through
-  the channel then), ``clk`` (sent a product view carrying a ``recommendation_id`` then). Ingest-time
-  entries fall in the period of the ingest time.
+- Visitor sets per period: ``seen:<stage>`` (evaluated in the stage at an ingest inside the period, or
+  entered or left it then), ``adv:<stage>`` (moved from it to a later stage then), ``ch:<channel>``
+  (the channel of their newest event with one in a request ingested then, "none" if no event had one),
+  ``clk`` (sent a product view carrying a ``recommendation_id`` in a request ingested then).
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.analytics import dwell_buckets, walk_stages
+from models.analytics import BY_EVENT, BY_REQUEST, dwell_buckets, walk_stages
 from models.domain import STAGES, Event, EventType
 from models.errors import StoreUnavailableError
 from models.journey import JourneyRules
 from service import metrics
-from service.analytics.periods import GRANULARITIES, member_of, period_id, start_of
+from service.analytics.periods import GRANULARITIES, member_of, start_of
 from service.analytics.store_base import (
     ADVANCED,
     CAME,
@@ -74,22 +77,17 @@ class _Request:
 class _Rollups:
     """The rollup additions of one request, by period (the hour and the day of each time)."""
 
-    def __init__(self, store: AnalyticsStore) -> None:
+    def __init__(self) -> None:
         self.transitions: dict[tuple[str, str], int] = {}
-        self._retention = store.retention
-        self._periods: dict[float, list[tuple[Period, str, float]]] = {}
+        self._periods: dict[float, list[Period]] = {}
         self._counts: dict[tuple[float, str], int] = {}
         self._members: dict[tuple[float, str], list[str]] = {}
 
-    def periods(self, t: float) -> list[tuple[Period, str, float]]:
-        """((granularity, start), period id, visitor sets' expiry) of the hour and the day holding ``t``."""
+    def periods(self, t: float) -> list[Period]:
+        """(granularity, start) of the hour and the day holding ``t``."""
         got = self._periods.get(t)
         if got is None:
-            got = []
-            for g in GRANULARITIES:
-                start = start_of(t, g)
-                got.append(((g, start), period_id(g, start), self._retention.sets_expire(g, start)))
-            self._periods[t] = got
+            got = self._periods[t] = [(g, start_of(t, g)) for g in GRANULARITIES]
         return got
 
     def count(self, t: float, field: str) -> None:
@@ -106,13 +104,13 @@ class _Rollups:
     def deltas(self) -> dict[Period, PeriodDelta]:
         out: dict[Period, PeriodDelta] = {}
         for (t, field), n in self._counts.items():
-            for period, _, _ in self.periods(t):
+            for period in self.periods(t):
                 delta = out.get(period)
                 if delta is None:
                     delta = out[period] = PeriodDelta()
                 delta.counts[field] = delta.counts.get(field, 0) + n
         for (t, name), members in self._members.items():
-            for period, _, _ in self.periods(t):
+            for period in self.periods(t):
                 delta = out.get(period)
                 if delta is None:
                     delta = out[period] = PeriodDelta()
@@ -149,7 +147,7 @@ class JourneyTracker:
                 r.clicked = True
         if not seen:
             return 0
-        rollups = _Rollups(self.store)
+        rollups = _Rollups()
         pending = list(seen)
         try:
             for _ in range(ATTEMPTS):
@@ -178,68 +176,58 @@ class JourneyTracker:
         now: float,
         rollups: _Rollups,
     ) -> list[str]:
-        """Walk, commit and roll up ``visitors``; returns those whose commit lost to another request."""
+        """Walk ``visitors``, commit the records of those whose stage changed and roll up what they add;
+        returns the visitors whose commit lost to another request (to be walked again)."""
         snap = await self.store.snapshot(visitors)
         m = len(visitors)
         prev_stage = np.full(m, -1, dtype=np.int8)
         prev_since = np.full(m, np.nan)
-        prev_at = np.full(m, np.nan)
         versions = [0] * m
         for i, rec in enumerate(snap.records):
             if rec is not None:
-                prev_stage[i], prev_since[i], prev_at[i] = rec.stage.index, rec.since, rec.at
-                versions[i] = rec.version
+                prev_stage[i], prev_since[i], versions[i] = rec.stage.index, rec.since, rec.version
         owner = np.repeat(np.arange(m, dtype=np.int64), snap.counts)
-        walk = walk_stages(owner, snap.ts, snap.codes, prev_stage, prev_since, prev_at, now, rules)
-        # each visitor's changes as (source, target, at, by time, dwell bucket), in time order
-        changes: dict[int, list[tuple[int, int, float, bool, int]]] = {}
-        for v, src, dst, at, by_time, bucket in zip(
+        walk = walk_stages(owner, snap.ts, snap.codes, prev_stage, prev_since, now, rules)
+        # each changed visitor's changes as (source, target, at, channel, dwell bucket), in time order
+        changes: dict[int, list[tuple[int, int, float, str, int]]] = {}
+        for v, src, dst, at, cause, row, bucket in zip(
             walk.visitor.tolist(),
             walk.source.tolist(),
             walk.target.tolist(),
             walk.at.tolist(),
-            walk.by_time.tolist(),
+            walk.cause.tolist(),
+            walk.row.tolist(),
             dwell_buckets(np.nan_to_num(walk.dwell)).tolist(),
             strict=True,
         ):
-            changes.setdefault(v, []).append((src, dst, at, by_time, bucket))
-        final_at = np.maximum(now, np.nan_to_num(prev_at, nan=-np.inf)).tolist()
+            if cause == BY_EVENT:
+                channel = snap.channel(row)
+            else:
+                channel = seen[visitors[v]].channel if cause == BY_REQUEST else NO_CHANNEL
+            changes.setdefault(v, []).append((src, dst, at, channel, bucket))
         stage, since = walk.stage.tolist(), walk.since.tolist()
-        marks_now = [(pid, expires) for _, pid, expires in rollups.periods(now)]
-        writes: list[RecordWrite] = []
+        changed = list(changes)
+        won = await self.store.commit(
+            [RecordWrite(visitors[i], versions[i], STAGES[stage[i]], since[i]) for i in changed]
+        )
+        lost = {i for i, ok in zip(changed, won, strict=True) if not ok}
         for i, visitor_id in enumerate(visitors):
-            mine = changes.get(i)
-            marks = marks_now
-            if mine is not None or final_at[i] != now:  # periods of other times too
-                times = {final_at[i], *(c[2] for c in mine or ())}
-                marks = list({pid: e for t in times for _, pid, e in rollups.periods(t)}.items())
-            writes.append(
-                RecordWrite(visitor_id, versions[i], STAGES[stage[i]], since[i], final_at[i], marks)
-            )
-        won = await self.store.commit(writes)
-        lost: list[str] = []
-        for i, (visitor_id, ok) in enumerate(zip(visitors, won, strict=True)):
-            if not ok:
-                lost.append(visitor_id)
+            if i in lost:
                 continue
             member = member_of(visitor_id)
             req = seen[visitor_id]
-            t = final_at[i]
-            rollups.put(t, _SEEN[stage[i]], member)
-            rollups.put(t, CAME + req.channel, member)
+            rollups.put(now, _SEEN[stage[i]], member)
+            rollups.put(now, CAME + req.channel, member)
             if req.clicked:
-                rollups.put(t, CLICKED, member)
+                rollups.put(now, CLICKED, member)
             if i in changes:
-                _changes(changes[i], req.channel, member, rollups)
-        return lost
+                _changes(changes[i], member, rollups)
+        return [visitors[i] for i in sorted(lost)]
 
 
-def _changes(
-    changes: list[tuple[int, int, float, bool, int]], channel: str, member: str, rollups: _Rollups
-) -> None:
+def _changes(changes: list[tuple[int, int, float, str, int]], member: str, rollups: _Rollups) -> None:
     """What one visitor's stage changes add to the rollups (see the module docstring)."""
-    for src, dst, at, by_time, bucket in changes:
-        ch = NO_CHANNEL if by_time else channel
+    for src, dst, at, ch, bucket in changes:
         to = _VALUE[dst]
         rollups.count(at, f"e|{to}|{ch}")
         rollups.put(at, _SEEN[dst], member)

@@ -8,6 +8,7 @@ key prefix and deletes its keys afterwards.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -91,17 +92,17 @@ async def test_snapshot_groups_the_stored_events_by_visitor_in_the_order_asked(h
 
 async def test_commit_is_a_compare_and_set_on_the_version(harness: Harness) -> None:
     s = harness.store
-    first = RecordWrite("v{1}", 0, Stage.AWARENESS, 100.0, 100.0, [])
+    first = RecordWrite("v{1}", 0, Stage.AWARENESS, 100.0)
     assert await s.commit([first]) == [True]
     # a second writer that read "no record" loses; one that read version 1 wins
     assert await s.commit([first]) == [False]
-    assert await s.commit([RecordWrite("v{1}", 1, Stage.CONSIDERATION, 150.5, 150.5, [])]) == [True]
+    assert await s.commit([RecordWrite("v{1}", 1, Stage.CONSIDERATION, 150.5)]) == [True]
     snap = await s.snapshot(["v{1}"])
-    assert snap.records == [JourneyRecord(Stage.CONSIDERATION, 150.5, 150.5, 2)]
+    assert snap.records == [JourneyRecord(Stage.CONSIDERATION, 150.5, 2)]
 
 
 async def test_concurrent_commits_of_one_version_let_exactly_one_win(harness: Harness) -> None:
-    writes = [RecordWrite("v", 0, Stage.DECISION, float(i), float(i), []) for i in range(8)]
+    writes = [RecordWrite("v", 0, Stage.DECISION, float(i)) for i in range(8)]
     results = await asyncio.gather(*(harness.store.commit([w]) for w in writes))
     assert sum(r[0] for r in results) == 1
 
@@ -131,23 +132,23 @@ async def test_rollups_add_up_and_unite_sets_per_period(harness: Harness) -> Non
     assert hourly[0].counts == {"e|decision|none": 1}
 
 
-async def test_erase_takes_the_visitor_out_of_every_marked_set_and_drops_the_record(
+async def test_erase_takes_the_visitor_out_of_every_live_set_and_drops_the_record(
     harness: Harness,
 ) -> None:
     s = harness.store
-    now = 1_800_000_000.0
-    start = start_of(now, "day")
-    pid = period_id("day", start)
-    expires = RETENTION.sets_expire("day", start) + 10 * 365 * 86_400  # not expired when the test runs
+    now = time.time()
+    start, hour = start_of(now, "day"), start_of(now - 3 * 86_400, "hour")
     me, other = member_of("gone"), member_of("stays")
-    await s.commit([RecordWrite("gone", 0, Stage.DECISION, now, now, [(pid, expires)])])
+    await s.commit([RecordWrite("gone", 0, Stage.DECISION, now)])
     await s.add({("day", start): PeriodDelta({"e|decision|none": 2}, {"seen:decision": {me, other}})})
-    assert await s.erase("gone") == 3  # the record, the marks and one set membership
+    await s.add({("hour", hour): PeriodDelta({}, {"clk": {me}, "ch:email": {me, other}})})
+    assert await s.erase("gone") == 4  # the record and three set memberships
     snap = await s.snapshot(["gone"])
     assert snap.records == [None]
     got = (await s.read("day", [start]))[0]
     assert got.sets == {"seen:decision": {other}}
     assert got.counts == {"e|decision|none": 2}  # counters hold no visitor data
+    assert (await s.read("hour", [hour]))[0].sets == {"ch:email": {other}}
     assert await s.erase("gone") == 0
 
 
@@ -157,7 +158,7 @@ async def test_redis_keys_keep_to_their_slots_and_expire(harness: Harness) -> No
     s = harness.store
     now = 1_800_000_000.0
     start = start_of(now, "hour")
-    await s.commit([RecordWrite("v", 0, Stage.AWARENESS, now, now, [])])
+    await s.commit([RecordWrite("v", 0, Stage.AWARENESS, now)])
     await s.add({("hour", start): PeriodDelta({"e|awareness|none": 1}, {"seen:awareness": {"m"}})})
     keys = [k.decode() async for k in harness.raw.scan_iter(match=f"{harness.prefix}:*")]
     pid = period_id("hour", start)
@@ -191,6 +192,8 @@ async def test_a_known_sequence_gives_exact_transition_counts(harness: Harness) 
     ]
     counted = [await _ingest(h, tracker, batch, t0 + 200 + 100 * i) for i, batch in enumerate(steps)]
     assert counted == [0, 2, 1, 1]
+    snap = await h.store.snapshot(["a"])
+    assert snap.records[0] == JourneyRecord(Stage.RETENTION, t0 + 180, 4)  # dated at the purchase
     day = start_of(t0, "day")
     got = (await h.store.read("day", [day]))[0]
     transitions = {k: n for k, n in got.counts.items() if k.startswith("t|")}
