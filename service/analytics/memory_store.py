@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+import msgspec
 import numpy as np
 
 from service.analytics.periods import Granularity, member_of, period_id
@@ -79,7 +80,7 @@ class MemoryAnalyticsStore:
             if (old.version if old is not None else 0) != w.expected:
                 out.append(False)
                 continue
-            record = JourneyRecord(w.stage, w.since, w.expected + 1)
+            record = JourneyRecord(w.stage, w.since, w.expected + 1, old.seen if old is not None else "")
             self._records[w.visitor_id] = (record, now + self._ttl)
             out.append(True)
         return out
@@ -93,6 +94,13 @@ class MemoryAnalyticsStore:
         if r.sets_expire <= now:
             r.sets = {}
         return r
+
+    async def mark_seen(self, sightings: Sequence[tuple[str, str]]) -> None:
+        now = self._clock()
+        for visitor_id, seen in sightings:
+            got = self._records.get(visitor_id)
+            if got is not None and got[1] > now:
+                self._records[visitor_id] = (msgspec.structs.replace(got[0], seen=seen), got[1])
 
     async def add(self, deltas: Mapping[Period, PeriodDelta]) -> None:
         now = self._clock()

@@ -4,8 +4,9 @@
 Keys (``P`` the prefix, ``{v:H}`` the visitor's tag of ``service.store.redis_store``, ``I`` a period id
 ``h:YYYYMMDDHH`` or ``d:YYYYMMDD``, see ``service.analytics.periods``):
 
-- ``P:{v:H}:journey``  hash: ``s`` stage, ``since``, ``n`` version; expires ``visitor_ttl`` after the
-                       visitor was last evaluated, as the visitor's other keys do after their last event
+- ``P:{v:H}:journey``  hash: ``s`` stage, ``since``, ``n`` version, ``p`` last sighting; expires
+                       ``visitor_ttl`` after the visitor was last evaluated, as the visitor's other keys do
+                       after their last event
 - ``P:{jr:I}:n``       hash: the period's counters (``t|from|to|channel`` transitions, ``e|stage|channel``
                        stage entries, ``d|stage|channel|bucket`` time in stage)
 - ``P:{jr:I}:s:<name>`` set: visitor pseudonyms (``store_base.SET_NAMES``)
@@ -44,11 +45,11 @@ from service.store.redis_store import RedisStore, unavailable
 STORE = "journey analytics store"
 CHUNK = 1000  # members or fields per SADD / ZADD call inside a script
 
-# KEYS: journey, events. ARGV: ttl. Returns {stage, since, n} and the stored events; refreshes the
+# KEYS: journey, events. ARGV: ttl. Returns {stage, since, n, p} and the stored events; refreshes the
 # record's ttl (the visitor was evaluated: the record lives as long as the visitor's events).
 _SNAPSHOT = """
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return {redis.call('HMGET', KEYS[1], 's', 'since', 'n'), redis.call('LRANGE', KEYS[2], 0, -1)}
+return {redis.call('HMGET', KEYS[1], 's', 'since', 'n', 'p'), redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 
 # KEYS: journey. ARGV: expected version, stage, since, ttl. Returns 1 when written, 0 when the version moved.
@@ -57,6 +58,12 @@ local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
 if n ~= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 's', ARGV[2], 'since', ARGV[3], 'n', n + 1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+# KEYS: journey. ARGV: the sighting. Only an existing record is written (erase may have removed it).
+_MARK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'p', ARGV[1]) end
 return 1
 """
 
@@ -104,7 +111,8 @@ class RedisAnalyticsStore:
         self._snapshot = self._r.register_script(_SNAPSHOT)
         self._commit = self._r.register_script(_COMMIT)
         self._add = self._r.register_script(_ADD)
-        self._scripts = (self._snapshot, self._commit, self._add)
+        self._mark = self._r.register_script(_MARK)
+        self._scripts = (self._snapshot, self._commit, self._add, self._mark)
         self._decode = msgspec.json.Decoder(list[_StageEvent]).decode
 
     def _period_base(self, pid: str) -> str:
@@ -121,8 +129,12 @@ class RedisAnalyticsStore:
         records: list[JourneyRecord | None] = []
         raw: list[bytes] = []
         counts = np.zeros(len(visitor_ids), dtype=np.int64)
-        for i, ((stage, since, n), events) in enumerate(replies):
-            records.append(JourneyRecord(_STAGES[stage], float(since), int(n)) if stage is not None else None)
+        for i, ((stage, since, n, seen), events) in enumerate(replies):
+            records.append(
+                JourneyRecord(_STAGES[stage], float(since), int(n), seen.decode() if seen else "")
+                if stage is not None
+                else None
+            )
             counts[i] = len(events)
             raw.extend(events)
         # the stored events are JSON objects: one decoder call over them as a JSON array
@@ -130,8 +142,8 @@ class RedisAnalyticsStore:
         return Snapshot(
             records=records,
             counts=counts,
-            ts=np.fromiter((e.timestamp for e in evs), dtype=np.float64, count=len(evs)),
-            codes=np.fromiter((e.event.code for e in evs), dtype=np.int8, count=len(evs)),
+            ts=np.array([e.timestamp for e in evs], dtype=np.float64),
+            codes=np.array([e.event.code for e in evs], dtype=np.int8),
             channel=lambda i: channel_name(evs[i].channel),
         )
 
@@ -150,6 +162,14 @@ class RedisAnalyticsStore:
         with unavailable("write journey records", STORE):
             replies = await run(self._r, commands, self._scripts)
         return [bool(int(r)) for r in replies]
+
+    async def mark_seen(self, sightings: Sequence[tuple[str, str]]) -> None:
+        commands = [
+            evalsha(self._mark, [f"{self._visitors.visitor_base(v)}:journey"], [seen])
+            for v, seen in sightings
+        ]
+        with unavailable("write journey sightings", STORE):
+            await run(self._r, commands, self._scripts)
 
     async def add(self, deltas: Mapping[Period, PeriodDelta]) -> None:
         if not deltas:

@@ -12,7 +12,8 @@ Semantics
   events the visitor store holds.
 - ``commit`` writes a record (only when the stage changed) if its version is still the one read
   (compare-and-set): of two requests that evaluated the same visitor at once, one wins, and the other reads
-  again, so a transition is counted once.
+  again, so a transition is counted once. ``mark_seen`` notes in the record the last sighting added to the
+  rollup sets (an optimisation: a repeated sighting is not sent again; the version does not move).
 - Rollups (per period: a UTC hour or day): counters (``add`` adds to them) and sets of visitor pseudonyms
   (``periods.member_of``). Counters expire ``hourly_days`` / ``daily_days`` after their period; the visitor
   sets after ``sets_days`` (at most the counters' retention): they hold visitor pseudonyms, and only
@@ -59,11 +60,13 @@ SET_NAMES: tuple[str, ...] = (
 
 
 class JourneyRecord(msgspec.Struct, frozen=True):
-    """A visitor's current stage; ``version`` 0 is "no record"."""
+    """A visitor's current stage; ``version`` 0 is "no record". ``seen``: the last sighting the rollup sets
+    hold for the visitor (``mark_seen``), "" when none."""
 
     stage: Stage
     since: float
     version: int
+    seen: str = ""
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -144,6 +147,11 @@ class AnalyticsStore(Protocol):
 
     async def add(self, deltas: Mapping[Period, PeriodDelta]) -> None:
         """Add counts and set members to the periods' rollups."""
+        ...
+
+    async def mark_seen(self, sightings: Sequence[tuple[str, str]]) -> None:
+        """Remember (visitor id, sighting) in the visitors' records, so that a sighting the rollup sets
+        already hold is not sent again (a record that does not exist is not created)."""
         ...
 
     async def read(self, granularity: Granularity, starts: Sequence[float]) -> list[PeriodData]:

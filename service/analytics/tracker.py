@@ -79,6 +79,7 @@ class _Rollups:
 
     def __init__(self) -> None:
         self.transitions: dict[tuple[str, str], int] = {}
+        self.sightings: list[tuple[str, str]] = []  # (visitor id, sighting) sent to the sets
         self._periods: dict[float, list[Period]] = {}
         self._counts: dict[tuple[float, str], int] = {}
         self._members: dict[tuple[float, str], list[str]] = {}
@@ -157,6 +158,8 @@ class JourneyTracker:
             else:
                 log.warning("journey analytics: %d visitors changed by other requests; skipped", len(pending))
             await self.store.add(rollups.deltas())
+            if rollups.sightings:  # once the sets hold them
+                await self.store.mark_seen(rollups.sightings)
         except StoreUnavailableError as e:
             self._skipped += 1
             if time.monotonic() >= self._log_due:  # an outage would otherwise log every request
@@ -211,15 +214,24 @@ class JourneyTracker:
             [RecordWrite(visitors[i], versions[i], STAGES[stage[i]], since[i]) for i in changed]
         )
         lost = {i for i, ok in zip(changed, won, strict=True) if not ok}
+        hour = start_of(now, "hour")
         for i, visitor_id in enumerate(visitors):
             if i in lost:
                 continue
-            member = member_of(visitor_id)
             req = seen[visitor_id]
-            rollups.put(now, _SEEN[stage[i]], member)
-            rollups.put(now, CAME + req.channel, member)
-            if req.clicked:
-                rollups.put(now, CLICKED, member)
+            rec = snap.records[i]
+            # the sets already hold this hour's sighting when the record says so: nothing to send
+            sighting = f"{hour:.0f}|{stage[i]}|{req.channel}|{int(req.clicked)}"
+            fresh = rec is None or rec.seen != sighting
+            if not fresh and i not in changes:
+                continue
+            member = member_of(visitor_id)
+            if fresh:
+                rollups.put(now, _SEEN[stage[i]], member)
+                rollups.put(now, CAME + req.channel, member)
+                if req.clicked:
+                    rollups.put(now, CLICKED, member)
+                rollups.sightings.append((visitor_id, sighting))
             if i in changes:
                 _changes(changes[i], member, rollups)
         return [visitors[i] for i in sorted(lost)]

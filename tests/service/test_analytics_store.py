@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -99,6 +100,16 @@ async def test_commit_is_a_compare_and_set_on_the_version(harness: Harness) -> N
     assert await s.commit([RecordWrite("v{1}", 1, Stage.CONSIDERATION, 150.5)]) == [True]
     snap = await s.snapshot(["v{1}"])
     assert snap.records == [JourneyRecord(Stage.CONSIDERATION, 150.5, 2)]
+
+
+async def test_mark_seen_notes_the_sighting_without_moving_the_version(harness: Harness) -> None:
+    s = harness.store
+    await s.commit([RecordWrite("v", 0, Stage.AWARENESS, 10.0)])
+    await s.mark_seen([("v", "h1|0|email|0"), ("nobody", "h1|0|none|0")])
+    snap = await s.snapshot(["v", "nobody"])
+    assert snap.records == [JourneyRecord(Stage.AWARENESS, 10.0, 1, "h1|0|email|0"), None]
+    assert await s.commit([RecordWrite("v", 1, Stage.CONSIDERATION, 20.0)]) == [True]
+    assert (await s.snapshot(["v"])).records == [JourneyRecord(Stage.CONSIDERATION, 20.0, 2, "h1|0|email|0")]
 
 
 async def test_concurrent_commits_of_one_version_let_exactly_one_win(harness: Harness) -> None:
@@ -192,8 +203,9 @@ async def test_a_known_sequence_gives_exact_transition_counts(harness: Harness) 
     ]
     counted = [await _ingest(h, tracker, batch, t0 + 200 + 100 * i) for i, batch in enumerate(steps)]
     assert counted == [0, 2, 1, 1]
-    snap = await h.store.snapshot(["a"])
-    assert snap.records[0] == JourneyRecord(Stage.RETENTION, t0 + 180, 4)  # dated at the purchase
+    rec = (await h.store.snapshot(["a"])).records[0]
+    assert rec is not None
+    assert (rec.stage, rec.since, rec.version) == (Stage.RETENTION, t0 + 180, 4)  # dated at the purchase
     day = start_of(t0, "day")
     got = (await h.store.read("day", [day]))[0]
     transitions = {k: n for k, n in got.counts.items() if k.startswith("t|")}
@@ -248,3 +260,24 @@ async def test_a_concurrent_ingest_counts_each_transition_once(harness: Harness)
     # the same visitor evaluated by several requests at once: the stage changed once
     counted = await asyncio.gather(*(tracker.observe(views, DEFAULT_RULES, t0 + 20) for _ in range(5)))
     assert sum(counted) == 1
+
+
+async def test_a_repeated_sighting_is_sent_once_and_a_new_one_again(harness: Harness) -> None:
+    h = harness
+    tracker = JourneyTracker(h.store)
+    t0 = 1_800_000_000.0
+    sent: list[int] = []
+    add = h.store.add
+
+    async def counting_add(deltas: Any) -> None:
+        sent.append(sum(len(m) for d in deltas.values() for m in d.members.values()))
+        await add(deltas)
+
+    h.store.add = counting_add  # type: ignore[method-assign]
+    await _ingest(h, tracker, [ev("r", E.PAGE_VIEW, t0)], t0 + 1)
+    await _ingest(h, tracker, [ev("r", E.PAGE_VIEW, t0 + 2)], t0 + 3)  # same hour, stage, channel
+    await _ingest(h, tracker, [ev("r", E.PAGE_VIEW, t0 + 4, channel=Channel.AD)], t0 + 5)
+    assert sent[1] == 0
+    assert sent[2] > 0
+    got = (await h.store.read("hour", [start_of(t0, "hour")]))[0]
+    assert got.sets["ch:none"] == got.sets["ch:ad"] == got.sets["seen:awareness"] == {member_of("r")}
