@@ -437,3 +437,19 @@ def with_signal(result: StageResult, signal: str, *, explains: bool) -> StageRes
     anonymous visit" after a login): first when it ``explains`` the stage, else last."""
     signals = [signal, *result.signals] if explains else [*result.signals, signal]
     return StageResult(result.stage, result.confidence, signals)
+
+
+def stages_of_queries(
+    visitor: np.ndarray,
+    ts: np.ndarray,
+    event: np.ndarray,
+    q_visitor: np.ndarray,
+    q_end: np.ndarray,
+    q_time: np.ndarray,
+    rules: JourneyRules = DEFAULT_RULES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stage of each query over a small event log, in one vectorised pass (journey analytics asks it
+    for every visitor of an ingest request at once). Arguments as for ``_state``; a query's rows at or
+    after its time must be left out by ``q_end``, as ``infer_stage`` leaves them out. Returns (int8[q]
+    ``Stage.index``, float32[q] confidence)."""
+    return _classify(_state(visitor, ts, event, q_visitor, q_end, q_time, rules), rules)

@@ -16,7 +16,7 @@ from typing import Any
 from litestar import Litestar, Request, Router
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.logging import LoggingConfig
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
@@ -27,6 +27,10 @@ from litestar.types import Middleware, ReceiveMessage
 from models.errors import ArtifactError
 from models.serving_rules import Exploration
 from service.admission import admission_middleware
+from service.analytics.factory import build_tracker
+from service.analytics.store_base import AnalyticsStore
+from service.analytics.tracker import JourneyTracker
+from service.api.analytics import AnalyticsController
 from service.api.catalog import CatalogBatchController, CatalogController
 from service.api.deps import Services
 from service.api.events import EventsController
@@ -112,6 +116,7 @@ def create_app(
     catalog: CatalogStore | None = None,
     experiments: ExperimentStore | None = None,
     feedback: StatsProvider | None = None,
+    analytics: AnalyticsStore | None = None,
 ) -> Litestar:
     """The service app. A store, holder, rules store or catalog passed in is used as is (and the stores are
     not closed on shutdown: their owner closes them); otherwise they are built from ``settings`` (the rules
@@ -146,6 +151,7 @@ def create_app(
         feedback=feedback if feedback is not None else NoFeedback(),
     )
 
+    tracker = build_tracker(the_store, settings, analytics)
     followers = Followers()
 
     async def load_model_on_startup() -> None:
@@ -201,6 +207,10 @@ def create_app(
     def provide_services() -> Services:
         return services
 
+    # taking ``svc`` resolves it after ``svc``, not in a task group of its own (see ``provide_filters``)
+    def provide_journey(svc: NamedDependency[Services]) -> JourneyTracker:  # noqa: ARG001
+        return tracker
+
     prometheus = PrometheusConfig(
         app_name="journeyrec",
         prefix="journeyrec_http",
@@ -229,6 +239,7 @@ def create_app(
             RulesController,
             ExperimentsController,
             IdentitiesController,
+            AnalyticsController,
         ],
         security=needs_key,
     )
@@ -252,7 +263,10 @@ def create_app(
     )
     config = AppConfig(
         route_handlers=[api, bulk, HealthController, MetricsController, reference_assets()],
-        dependencies={"svc": Provide(provide_services, sync_to_thread=False)},
+        dependencies={
+            "svc": Provide(provide_services, sync_to_thread=False),
+            "journey": Provide(provide_journey, sync_to_thread=False),
+        },
         guards=[Authenticator(settings.api_keys, enabled=settings.auth_enabled)],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         middleware=middleware,

@@ -46,6 +46,11 @@ MODEL_RELOADS = Counter("journeyrec_model_reloads_total", "Model reload attempts
 BACKGROUND_RESTARTS = Counter(
     "journeyrec_background_restarts_total", "Background tasks restarted after they failed", ["task"]
 )
+STAGE_TRANSITIONS = Counter(
+    "journeyrec_stage_transitions_total",
+    "Journey-stage transitions counted at ingest (by time or by event), by stage left and stage entered",
+    ["from", "to"],
+)
 UNKNOWN_ITEM_EVENTS = Counter(
     "journeyrec_unknown_item_events_total",
     "Events accepted by POST /v1/events for items neither the live model nor the live catalog knows",

@@ -66,6 +66,10 @@ ENV: dict[str, str] = {
     "exploration": "JOURNEYREC_EXPLORATION",
     "experiments_poll_seconds": "JOURNEYREC_EXPERIMENTS_POLL_SECONDS",
     "experiments_holdout": "JOURNEYREC_EXPERIMENTS_HOLDOUT",
+    "journey_analytics": "JOURNEYREC_JOURNEY_ANALYTICS",
+    "analytics_hourly_days": "JOURNEYREC_ANALYTICS_HOURLY_DAYS",
+    "analytics_daily_days": "JOURNEYREC_ANALYTICS_DAILY_DAYS",
+    "analytics_visitor_sets_days": "JOURNEYREC_ANALYTICS_VISITOR_SETS_DAYS",
 }
 FLAGS: dict[str, str] = {"models_dir": "--models"}
 _BOOLS = {
@@ -178,6 +182,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # share of people kept out of every experiment (served the default and counted in none): a hash of the
     # person alone, so the same people whatever the experiments; 0 to below 1
     experiments_holdout: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
+    # count journey-stage transitions at ingest (GET /v1/analytics/journey reads them); false: ingest only
+    # stores events
+    journey_analytics: bool = True
+    # days the hourly journey rollups are kept (and the longest range GET /v1/analytics/journey reads by
+    # hour)
+    analytics_hourly_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 14
+    # days the daily journey rollups are kept (and the longest range GET /v1/analytics/journey reads by day)
+    analytics_daily_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 400
+    # days the per-period sets of visitor pseudonyms are kept (distinct visitors per stage, funnel,
+    # recommendation impact); older periods keep only their counts
+    analytics_visitor_sets_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 35
 
     def __post_init__(self) -> None:
         self.exploration_shares  # noqa: B018 (raises InvalidInputError naming the setting)
@@ -223,7 +238,7 @@ def _env_value(field: str, raw: str) -> Any:
     name = ENV[field]
     if field == "api_keys":
         return parse_api_keys(raw, source=name)
-    if field == "insecure_no_auth":
+    if field in ("insecure_no_auth", "journey_analytics"):
         value = _BOOLS.get(raw.strip().lower())
         if value is None:
             raise InvalidInputError(f"{name}: {raw!r} is not a boolean (use 1/0, true/false, yes/no)")

@@ -11,7 +11,9 @@ from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK
 
 from models.errors import StoreUnavailableError
+from models.journey import DEFAULT_RULES
 from service import metrics
+from service.analytics.tracker import JourneyTracker
 from service.api.deps import Services
 from service.auth import Scope, scopes
 from service.ingest import count_unknown, decode_events
@@ -39,7 +41,12 @@ class EventsController(Controller):
             "503 with Retry-After when the store cannot be reached: nothing was stored."
         ),
     )
-    async def ingest(self, request: Request[Any, Any, Any], svc: NamedDependency[Services]) -> IngestOut:
+    async def ingest(
+        self,
+        request: Request[Any, Any, Any],
+        svc: NamedDependency[Services],
+        journey: NamedDependency[JourneyTracker],
+    ) -> IngestOut:
         # the body is decoded here, not by Litestar, so its depth is checked before msgspec sees it
         body = await request.body()
         s = svc.settings
@@ -51,6 +58,8 @@ class EventsController(Controller):
             raise
         metrics.EVENTS.labels("accepted").inc(result.accepted)
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
+        model = svc.holder.current  # stage transitions, by the live model's journey rules
+        await journey.observe(events, model.rules if model is not None else DEFAULT_RULES)
         unknown = count_unknown(events, svc.holder.knows)
         metrics.UNKNOWN_ITEM_EVENTS.inc(unknown)
         redirected = result.redirected or msgspec.UNSET

@@ -14,6 +14,7 @@ from models.errors import StoreUnavailableError
 from models.referrer import channel_from_referrer
 from models.request import Filters
 from service import experiment_runtime, metrics
+from service.analytics.tracker import JourneyTracker
 from service.api.deps import (
     IdPath,
     K,
@@ -184,6 +185,8 @@ class VisitorsController(Controller):
         opt=scopes(Scope.ADMIN),
         summary="Erase everything held about a visitor (GDPR)",
     )
-    async def erase(self, svc: NamedDependency[Services], visitor_id: IdPath) -> ErasedOut:
-        removed = await svc.store.erase(visitor_id)
+    async def erase(
+        self, svc: NamedDependency[Services], journey: NamedDependency[JourneyTracker], visitor_id: IdPath
+    ) -> ErasedOut:
+        removed = await journey.store.erase(visitor_id) + await svc.store.erase(visitor_id)
         return ErasedOut(visitor_id=visitor_id, erased=True, records_removed=removed)

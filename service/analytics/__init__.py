@@ -1,0 +1,1 @@
+"""Journey analytics: stage transitions counted at ingest, hourly and daily rollups, and their read side."""

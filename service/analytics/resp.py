@@ -1,0 +1,113 @@
+"""Many Redis commands in one round trip, packed here rather than by redis-py's pipeline.
+
+Journey analytics sends two commands per visitor of an ingest request (a read script and a
+compare-and-set script, each on one visitor's slot): hundreds per request. redis-py's pipeline packs each
+argument through several Python calls (type checks, encoders, buffer cutoffs), and that packing cost more
+than the rest of the work; ``pack`` writes the RESP bytes in one pass. The connection comes from the
+client's pool and goes back to it; one that was interrupted mid-reply (a cancelled request, a timeout) is
+disconnected first, so no later command can read a stale reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+
+Arg = bytes | str
+
+try:  # the value redis-py's hiredis reader returns while a reply is incomplete
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+except ImportError:  # another redis-py: replies are read one at a time
+    _NOT_ENOUGH_DATA = None
+
+
+def pack(commands: Sequence[Sequence[Arg]]) -> bytes:
+    """The RESP2 bytes of ``commands`` (each a command name and its arguments)."""
+    texts = [a for args in commands for a in args if isinstance(a, str)]
+    if len(texts) == sum(len(args) for args in commands):
+        # the usual case (keys, numbers, hex): one text, encoded once, lengths counted in characters,
+        # which are bytes only when every character is ASCII (checked; otherwise the general way)
+        text = "".join([_text(args) for args in commands])
+        if text.isascii():
+            return text.encode()
+    out: list[bytes] = []
+    for args in commands:
+        out.append(b"*%d\r\n" % len(args))
+        for a in args:
+            b = a if isinstance(a, bytes) else a.encode()
+            out.append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _text(args: Sequence[Arg]) -> str:
+    return f"*{len(args)}\r\n" + "".join([f"${len(a)}\r\n{a!s}\r\n" for a in args])
+
+
+async def _replies(parser: Any, n: int) -> list[Any]:
+    """``n`` replies. With hiredis, as many as the buffer holds are taken at once, and the socket is read
+    only when it holds none (one awaited read per buffer, not per reply); otherwise one at a time."""
+    reader: Any = getattr(parser, "_reader", None)
+    if _NOT_ENOUGH_DATA is None or not hasattr(reader, "gets") or not hasattr(parser, "read_from_socket"):
+        return [await parser.read_response() for _ in range(n)]
+    out: list[Any] = []
+    gets = reader.gets
+    while len(out) < n:
+        reply = gets()
+        if reply is _NOT_ENOUGH_DATA:
+            await parser.read_from_socket()
+        elif isinstance(reply, ConnectionError):  # a protocol error: the connection is out of step
+            raise reply
+        else:
+            out.append(reply)
+    return out
+
+
+async def _round_trip(client: Redis, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    """Each command's reply (an error reply as its ``ResponseError``), in order."""
+    pool = client.connection_pool
+    conn: Any = await pool.get_connection()
+    clean = False
+    try:
+        await conn.send_packed_command(pack(commands), check_health=False)
+        # the parser hands error replies back as ResponseError values (the connection's own
+        # read_response raises them, and sets a timeout per reply: one for the whole batch here)
+        parser = conn._parser
+        limit = (conn.socket_timeout or 5.0) * (1.0 + len(commands) / 500)
+        async with asyncio.timeout(limit):
+            replies = await _replies(parser, len(commands))
+        clean = True
+        return replies
+    finally:
+        if not clean:
+            await conn.disconnect()
+        await pool.release(conn)
+
+
+def evalsha(script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg]) -> list[Arg]:
+    """The command that runs ``script`` (its sha must be loaded: ``run`` loads it on NOSCRIPT)."""
+    return ["EVALSHA", script.sha, str(len(keys)), *keys, *args]
+
+
+async def run(client: Redis, commands: Sequence[Sequence[Arg]], scripts: Sequence[AsyncScript]) -> list[Any]:
+    """Run ``commands`` in one round trip; raise the first error reply. Commands refused because a script
+    was not loaded (a new or flushed server) are run again once ``scripts`` are loaded: a refused
+    command did not run, so running it again is safe."""
+    if not commands:
+        return []
+    replies = await _round_trip(client, commands)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        for s in scripts:
+            await client.script_load(s.script)
+        again = await _round_trip(client, [commands[i] for i in missing])
+        for i, r in zip(missing, again, strict=True):
+            replies[i] = r
+    for r in replies:
+        if isinstance(r, ResponseError):
+            raise r
+    return replies
