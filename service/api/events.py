@@ -59,6 +59,11 @@ class EventsController(Controller):
         metrics.EVENTS.labels("accepted").inc(result.accepted)
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         model = svc.holder.current  # stage transitions, by the live model's journey rules
+        if result.aliases:  # events of a linked anonymous id are the user's journey
+            events = [
+                msgspec.structs.replace(e, visitor_id=result.aliases.get(e.visitor_id, e.visitor_id))
+                for e in events
+            ]
         await journey.observe(events, model.rules if model is not None else DEFAULT_RULES)
         unknown = count_unknown(events, svc.holder.knows)
         metrics.UNKNOWN_ITEM_EVENTS.inc(unknown)
