@@ -188,5 +188,10 @@ class VisitorsController(Controller):
     async def erase(
         self, svc: NamedDependency[Services], journey: NamedDependency[JourneyTracker], visitor_id: IdPath
     ) -> ErasedOut:
-        removed = await journey.store.erase(visitor_id) + await svc.store.erase(visitor_id)
+        # the user's erase cascades to its linked anonymous ids: their journey records go too
+        linked = await svc.store.linked(visitor_id)
+        removed = 0
+        for v in [*linked, visitor_id]:
+            removed += await journey.store.erase(v)
+        removed += await svc.store.erase(visitor_id)
         return ErasedOut(visitor_id=visitor_id, erased=True, records_removed=removed)

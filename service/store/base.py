@@ -146,6 +146,11 @@ class VisitorStore(Protocol):
         Raises InvalidInputError (the same id twice) or IdentityConflictError (refused)."""
         ...
 
+    async def linked(self, visitor_id: str) -> list[str]:
+        """The anonymous ids linked to this user (sorted; empty for anyone else): what its erase cascades
+        to, so that stores kept beside this one (journey analytics) erase them too."""
+        ...
+
     async def resolve(self, visitor_id: str) -> str:
         """The user id ``visitor_id`` is linked to, else ``visitor_id`` itself."""
         ...

@@ -244,6 +244,11 @@ class MemoryStore(StoreLimits):
         self._compact()
         return removed
 
+    async def linked(self, visitor_id: str) -> list[str]:
+        self._expire(self._clock())
+        v = self._visitors.get(visitor_id)
+        return sorted(v.linked) if v is not None else []
+
     async def resolve(self, visitor_id: str) -> str:
         self._expire(self._clock())
         return self._resolve(visitor_id)

@@ -714,11 +714,9 @@ class RedisStore(StoreLimits):
             visitor_id = reply.decode()  # a linked anonymous id: the sends are its user's
 
     async def erase(self, visitor_id: str) -> int:
-        with unavailable("erase"):
-            linked: Any = await self._r.smembers(self.visitor_keys(visitor_id)[7])
         # the anonymous ids still linked to this user first (a failure leaves the set for a retry)
         removed = 0
-        for anon in sorted(m.decode() for m in linked):
+        for anon in await self.linked(visitor_id):
             removed += (await self._erase_one(anon, expected_alias=visitor_id))[0]
         n, alias = await self._erase_one(visitor_id)
         if alias is not None:  # an erased anonymous id is no longer linked to its user
@@ -732,6 +730,11 @@ class RedisStore(StoreLimits):
         with unavailable("erase"):
             removed, alias = await self._erase(keys=keys, args=args)
         return int(removed), alias.decode() if alias is not None else None
+
+    async def linked(self, visitor_id: str) -> list[str]:
+        with unavailable("linked"):
+            ids: Any = await self._r.smembers(self.visitor_keys(visitor_id)[7])
+        return sorted(i.decode() for i in ids)
 
     async def resolve(self, visitor_id: str) -> str:
         return (await self.resolve_many([visitor_id])).get(visitor_id, visitor_id)

@@ -249,7 +249,10 @@ async def test_erase_of_a_user_cascades_to_its_linked_ids(harness: Harness) -> N
     await store.link("anon-1", "user")
     await store.link("anon-2", "user")
     await store.append([ev("anon-1", "p-5", E.PAGE_VIEW, T0 + 1)])
+    assert await store.linked("user") == ["anon-1", "anon-2"]
+    assert await store.linked("anon-1") == await store.linked("bystander") == []
     assert await store.erase("user") > 0
+    assert await store.linked("user") == []
     for visitor in ("user", "anon-1", "anon-2"):
         assert await store.resolve(visitor) == visitor
         assert await store.visitor(visitor) == VisitorState(
@@ -270,6 +273,7 @@ async def test_erase_of_a_linked_anonymous_id_removes_its_alias_only(harness: Ha
     await store.link("anon", "user")
     state = await store.visitor("user")
     assert await store.erase("anon") == 1  # the alias
+    assert await store.linked("user") == []
     assert await store.resolve("anon") == "anon"
     assert await store.visitor("user") == state
     await store.append([ev("anon", "p-2", E.PAGE_VIEW, T0 + 1)])
