@@ -31,6 +31,7 @@ from service.api.catalog import CatalogBatchController, CatalogController
 from service.api.deps import Services
 from service.api.events import EventsController
 from service.api.export import ExportController
+from service.api.feedback import FeedbackController
 from service.api.health import HealthController
 from service.api.items import ItemsController
 from service.api.model_versions import ModelsController
@@ -39,6 +40,7 @@ from service.api.visitors import VisitorsController
 from service.auth import API_KEY_HEADER, Authenticator, check_auth_configured
 from service.catalog_follower import CatalogFollower
 from service.errors import EXCEPTION_HANDLERS, IncompleteBodyError
+from service.feedback.serve import build_feedback
 from service.followers import Followers, every
 from service.json_guard import decode_json
 from service.model_holder import ModelHolder
@@ -125,8 +127,14 @@ def create_app(
     owns_catalog = catalog is None
     the_catalog = catalog if catalog is not None else build_catalog(the_store)
     catalog_follower = CatalogFollower(the_catalog, holder)
+    feedback = build_feedback(settings, the_store)
     services = Services(
-        settings=settings, store=the_store, holder=holder, rules=rules_follower, catalog=the_catalog
+        settings=settings,
+        store=the_store,
+        holder=holder,
+        rules=rules_follower,
+        catalog=the_catalog,
+        feedback=feedback,
     )
 
     followers = Followers()
@@ -166,6 +174,7 @@ def create_app(
         followers.start("follow-rules", every(settings.rules_poll_seconds, rules_follower.step))
 
     async def close_store() -> None:
+        await feedback.close()  # counts the served lists still queued first
         if owns_catalog:
             await the_catalog.close()
         if owns_store:
@@ -203,6 +212,7 @@ def create_app(
             CatalogController,
             ModelsController,
             RulesController,
+            FeedbackController,
         ],
         security=needs_key,
     )

@@ -64,6 +64,10 @@ ENV: dict[str, str] = {
     "catalog_poll_seconds": "JOURNEYREC_CATALOG_POLL_SECONDS",
     "max_catalog_batch": "JOURNEYREC_MAX_CATALOG_BATCH",
     "exploration": "JOURNEYREC_EXPLORATION",
+    "attribution_click_window_seconds": "JOURNEYREC_ATTRIBUTION_CLICK_WINDOW_SECONDS",
+    "attribution_impression_window_seconds": "JOURNEYREC_ATTRIBUTION_IMPRESSION_WINDOW_SECONDS",
+    "served_lists_per_visitor": "JOURNEYREC_SERVED_LISTS_PER_VISITOR",
+    "log_served_lists": "JOURNEYREC_LOG_SERVED_LISTS",
 }
 FLAGS: dict[str, str] = {"models_dir": "--models"}
 _BOOLS = {
@@ -170,6 +174,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # flagged `exploration` in the answer: `stage=share,...` with shares 0 to 1, e.g.
     # `awareness=0.2,consideration=0.1`; empty: off
     exploration: str = ""
+    # a purchase without a recommendation_id is credited to the served list whose click (a product_view
+    # carrying the list's id) of the item is the latest within this many seconds before it (7 days)
+    attribution_click_window_seconds: Annotated[int, msgspec.Meta(ge=60, le=90 * _DAY)] = 7 * _DAY
+    # failing a click, to the list whose impression of the item is the latest within this many seconds
+    # before it (1 day); served lists are kept for the longer of the two windows
+    attribution_impression_window_seconds: Annotated[int, msgspec.Meta(ge=60, le=90 * _DAY)] = _DAY
+    # served lists kept per visitor for attribution (the newest)
+    served_lists_per_visitor: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+    # keep each list answered to a visitor for attribution (off: answers still carry a recommendation_id,
+    # but no event can be credited to them)
+    log_served_lists: bool = True
 
     def __post_init__(self) -> None:
         self.exploration_shares  # noqa: B018 (raises InvalidInputError naming the setting)
@@ -215,7 +230,7 @@ def _env_value(field: str, raw: str) -> Any:
     name = ENV[field]
     if field == "api_keys":
         return parse_api_keys(raw, source=name)
-    if field == "insecure_no_auth":
+    if field in ("insecure_no_auth", "log_served_lists"):
         value = _BOOLS.get(raw.strip().lower())
         if value is None:
             raise InvalidInputError(f"{name}: {raw!r} is not a boolean (use 1/0, true/false, yes/no)")

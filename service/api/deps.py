@@ -14,6 +14,7 @@ from models.domain import Channel, ItemKind, Stage
 from models.errors import InvalidInputError
 from models.request import Filters, VisitorContext
 from service.auth import Scope, require_scope
+from service.feedback.serve import Feedback
 from service.model_holder import ModelHolder
 from service.rules_follower import RulesFollower
 from service.settings import Settings
@@ -36,6 +37,7 @@ class Services:
     holder: ModelHolder
     rules: RulesFollower  # the rules store, and this worker's copy of the rule set it serves
     catalog: CatalogStore
+    feedback: Feedback  # recommendation ids, the served-list log, attribution counters
 
 
 def check_mark_sent(connection: ASGIConnection[Any, Any, Any, Any], campaign: str | None, name: str) -> None:

@@ -13,9 +13,11 @@ from models.errors import StoreUnavailableError
 from service import metrics
 from service.api.deps import Services
 from service.auth import Scope, scopes
+from service.feedback.ingest import feed, split_impressions
 from service.ingest import count_unknown, decode_events
 from service.openapi_body import EventsOperation
 from service.schemas import IngestOut
+from service.store.base import AppendResult
 
 
 class EventsController(Controller):
@@ -34,6 +36,10 @@ class EventsController(Controller):
             "A repeated event_id is skipped (counted in duplicates), so retries are harmless. "
             "Events for items neither the model nor the live catalog knows are stored too, and counted in "
             "unknown_items. "
+            'An impression {"event": "impression", "item_id": <shown item>, "recommendation_id": <list id>} '
+            "(one per item shown) is counted for attribution, not stored in the visitor's history, and "
+            "counted in impressions; it needs a recommendation_id (400 without). A product_view, add_to_cart "
+            "or purchase carrying a recommendation_id is credited to that list. "
             "503 with Retry-After when the store cannot be reached: nothing was stored."
         ),
     )
@@ -42,13 +48,15 @@ class EventsController(Controller):
         body = await request.body()
         s = svc.settings
         events = decode_events(body, now=time.time(), max_batch=s.max_batch, max_depth=s.max_json_depth)
+        history, _impressions = split_impressions(events)  # impressions are feedback, not history
         try:
-            result = await svc.store.append(events)
+            result = await svc.store.append(history) if history else AppendResult(accepted=0, duplicates=0)
         except StoreUnavailableError:
             metrics.EVENTS.labels("refused").inc(len(events))
             raise
+        fed = await feed(svc.feedback, events)
         metrics.EVENTS.labels("accepted").inc(result.accepted)
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         unknown = count_unknown(events, svc.holder.knows)
         metrics.UNKNOWN_ITEM_EVENTS.inc(unknown)
-        return IngestOut(result.accepted, result.duplicates, unknown)
+        return IngestOut(result.accepted, result.duplicates + fed.duplicates, unknown, fed.impressions)

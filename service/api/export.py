@@ -31,10 +31,19 @@ async def _lines(svc: NamedDependency[Services], model: Recommender, req: Export
     for visitor_id in dict.fromkeys(req.visitor_ids):
         try:
             state = await svc.store.visitor(visitor_id, req.campaign)
-            items = model.retargeting(context_of(state), req.k, filters, state.sent)
+            ctx = context_of(state)
+            items = model.retargeting(ctx, req.k, filters, state.sent)
             if req.mark_sent and req.campaign is not None and items:
                 await svc.store.mark_sent(visitor_id, req.campaign, [r.item_id for r in items])
-            line = ExportLine(visitor_id, items_out(items))
+            tag = await svc.feedback.served(
+                visitor_id,
+                stage=model.stage_of(ctx).stage.value,
+                placement="export",
+                items=[r.item_id for r in items],
+            )
+            line = ExportLine(
+                visitor_id, items_out(items), None, tag.recommendation_id, tag.experiment, tag.variant
+            )
         except StoreUnavailableError as e:
             line = ExportLine(visitor_id, [], error=str(e))
         metrics.RECOMMENDATIONS.labels("retargeting_export", "false").inc()

@@ -22,7 +22,9 @@ ItemIds = Annotated[
 ]
 
 
-def _related(svc: Services, item_ids: list[str], k: int, filters: Filters, which: Relation) -> RelatedOut:
+async def _related(
+    svc: Services, item_ids: list[str], k: int, filters: Filters, which: Relation
+) -> RelatedOut:
     check_k(k, svc.settings)
     model: Recommender = svc.holder.require()
     anchors = list(dict.fromkeys(item_ids))  # dedupe, keep order
@@ -33,7 +35,17 @@ def _related(svc: Services, item_ids: list[str], k: int, filters: Filters, which
         raise NotFoundError(f"unknown item{'s' if len(unknown) > 1 else ''} {names} (model {model.version})")
     items = model.similar(known, k, filters) if which == "similar" else model.complements(known, k, filters)
     metrics.RECOMMENDATIONS.labels(which, "false").inc()
-    return RelatedOut(item_ids=known, items=items_out(items), unknown=unknown, model_version=model.version)
+    # no visitor: stamped, not logged (nothing could be credited to it)
+    tag = await svc.feedback.served(None, stage="", placement=which, items=())
+    return RelatedOut(
+        item_ids=known,
+        items=items_out(items),
+        unknown=unknown,
+        model_version=model.version,
+        recommendation_id=tag.recommendation_id,
+        experiment=tag.experiment,
+        variant=tag.variant,
+    )
 
 
 class ItemsController(Controller):
@@ -49,7 +61,7 @@ class ItemsController(Controller):
         item_id: IdPath,
         k: K = 10,
     ) -> RelatedOut:
-        return _related(svc, [item_id], k, filters, "similar")
+        return await _related(svc, [item_id], k, filters, "similar")
 
     @get("/{item_id:str}/complements", opt=scopes(Scope.READ), summary="Complements of one item")
     async def complements_one(
@@ -59,7 +71,7 @@ class ItemsController(Controller):
         item_id: IdPath,
         k: K = 10,
     ) -> RelatedOut:
-        return _related(svc, [item_id], k, filters, "complement")
+        return await _related(svc, [item_id], k, filters, "complement")
 
     @get(
         "/similar",
@@ -74,7 +86,7 @@ class ItemsController(Controller):
         item_id: ItemIds,
         k: K = 10,
     ) -> RelatedOut:
-        return _related(svc, item_id, k, filters, "similar")
+        return await _related(svc, item_id, k, filters, "similar")
 
     @get(
         "/complements",
@@ -89,4 +101,4 @@ class ItemsController(Controller):
         item_id: ItemIds,
         k: K = 10,
     ) -> RelatedOut:
-        return _related(svc, item_id, k, filters, "complement")
+        return await _related(svc, item_id, k, filters, "complement")

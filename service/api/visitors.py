@@ -106,6 +106,12 @@ class VisitorsController(Controller):
         else:
             rec = model.fallback(ctx, k, filters, n_content)
         metrics.RECOMMENDATIONS.labels("recommendations", str(rec.fallback).lower()).inc()
+        tag = await svc.feedback.served(
+            visitor_id if personalized else None,  # a store that is down cannot log it either
+            stage=rec.stage.stage.value,
+            placement=placement,
+            items=[r.item_id for r in (*rec.products, *rec.content)],
+        )
         return RecommendationsOut(
             visitor_id=visitor_id,
             stage=StageOut.of(rec.stage),
@@ -115,6 +121,9 @@ class VisitorsController(Controller):
             fallback=rec.fallback,
             rules_version=rec.rules_version,
             rules_fallback=rec.rules_fallback,
+            recommendation_id=tag.recommendation_id,
+            experiment=tag.experiment,
+            variant=tag.variant,
         )
 
     @get(
@@ -147,11 +156,26 @@ class VisitorsController(Controller):
             check_mark_sent(request, campaign, "query parameter 'mark_sent'")
         model = svc.holder.require()
         state = await svc.store.visitor(visitor_id, campaign)
-        items = model.retargeting(context_of(state), k, filters, state.sent)
+        ctx = context_of(state)
+        items = model.retargeting(ctx, k, filters, state.sent)
         if mark_sent and campaign is not None and items:
             await svc.store.mark_sent(visitor_id, campaign, [r.item_id for r in items])
         metrics.RECOMMENDATIONS.labels("retargeting", "false").inc()
-        return RetargetingOut(visitor_id, campaign, items_out(items), model.version)
+        tag = await svc.feedback.served(
+            visitor_id,
+            stage=model.stage_of(ctx).stage.value,
+            placement="retargeting",
+            items=[r.item_id for r in items],
+        )
+        return RetargetingOut(
+            visitor_id,
+            campaign,
+            items_out(items),
+            model.version,
+            tag.recommendation_id,
+            tag.experiment,
+            tag.variant,
+        )
 
     @get("/journey", opt=scopes(Scope.READ), summary="Journey stage, signals and recent touchpoints")
     async def journey(
@@ -181,4 +205,5 @@ class VisitorsController(Controller):
     )
     async def erase(self, svc: NamedDependency[Services], visitor_id: IdPath) -> ErasedOut:
         removed = await svc.store.erase(visitor_id)
+        removed += await svc.feedback.store.erase(visitor_id)
         return ErasedOut(visitor_id=visitor_id, erased=True, records_removed=removed)
