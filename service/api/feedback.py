@@ -108,10 +108,10 @@ class FeedbackController(Controller):
         svc: NamedDependency[Services],
         from_day: Annotated[
             str | None,
-            QueryParameter(name="from", pattern=DAY_PATTERN, description="first day, YYYY-MM-DD (UTC)"),
+            QueryParameter(name="from", pattern=DAY_PATTERN, description="first day (UTC)"),
         ] = None,
         to_day: Annotated[
-            str | None, QueryParameter(name="to", pattern=DAY_PATTERN, description="last day, YYYY-MM-DD (UTC)")
+            str | None, QueryParameter(name="to", pattern=DAY_PATTERN, description="last day (UTC)")
         ] = None,
     ) -> FeedbackSummaryOut:
         last = _day(to_day, "to", dt.datetime.fromtimestamp(time.time(), dt.UTC).date())
