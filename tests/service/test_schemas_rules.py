@@ -44,15 +44,8 @@ def test_an_item_names_the_rules_that_changed_it() -> None:
 
 
 def test_the_answer_carries_the_rules_version_and_fallback_only_with_rules() -> None:
-    assert set(_answer()) == {
-        "visitor_id",
-        "stage",
-        "products",
-        "content",
-        "model_version",
-        "fallback",
-        "recommendation_id",
-    }
+    fields = "visitor_id stage products content model_version fallback recommendation_id"
+    assert set(_answer()) == set(fields.split())
     got = _answer(rules_version=3, rules_fallback=True)
     assert got["rules_version"] == 3
     assert got["rules_fallback"] is True
