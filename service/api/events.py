@@ -40,7 +40,9 @@ class EventsController(Controller):
             "(one per item shown) is counted for attribution, not stored in the visitor's history, and "
             "counted in impressions; it needs a recommendation_id (400 without). A product_view, add_to_cart "
             "or purchase carrying a recommendation_id is credited to that list. "
-            "503 with Retry-After when the store cannot be reached: nothing was stored."
+            "503 with Retry-After when the store cannot be reached: nothing was stored, or, when only "
+            "crediting the events failed, they were stored and a retry with the same event ids stores and "
+            "counts nothing twice."
         ),
     )
     async def ingest(self, request: Request[Any, Any, Any], svc: NamedDependency[Services]) -> IngestOut:
