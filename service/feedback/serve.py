@@ -4,8 +4,9 @@
 (and ``log_served_lists`` on), keeps the list in the visitor's served-list log with one store write, awaited,
 so that an impression or click sent right after the answer finds it. Counting the list (the visitor's
 exposures and the counters, three more round trips) happens off the request path: a queue that one task
-per worker empties in batches (of what arrived within ``BATCH_WAIT``). When that queue is full, or a write fails, the list is not counted; each such
-loss is counted (``journeyrec_feedback_write_failures_total``) and logged.
+per worker empties in batches (of what arrived within ``BATCH_WAIT``). When that queue is full, or a write
+fails, the list is not counted; each such loss is counted (``journeyrec_feedback_write_failures_total``)
+and logged.
 """
 
 from __future__ import annotations
