@@ -16,8 +16,23 @@ LENGTH = 26
 _RANDOM_BITS = 80
 _TIME_BITS = 48
 
-_lock = threading.Lock()
-_last = 0  # the last id made by this process, as a 128-bit integer
+
+class IdGenerator:
+    """Strictly increasing ids (see the module docstring); one per process is the default."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0  # the last id made, as a 128-bit integer
+
+    def new(self, now: float) -> str:
+        """A new id for a list served at ``now`` (POSIX seconds); greater than every id made before."""
+        ms = int(now * 1000) & ((1 << _TIME_BITS) - 1)
+        value = (ms << _RANDOM_BITS) | secrets.randbits(_RANDOM_BITS)
+        with self._lock:
+            if value <= self._last:
+                value = self._last + 1
+            self._last = value
+        return _encode(value)
 
 
 def _encode(value: int) -> str:
@@ -28,16 +43,12 @@ def _encode(value: int) -> str:
     return "".join(reversed(out))
 
 
+_PROCESS = IdGenerator()
+
+
 def new_recommendation_id(now: float) -> str:
     """A new id for a list served at ``now`` (POSIX seconds); greater than every id this process made."""
-    global _last  # noqa: PLW0603 (one counter per process is the point)
-    ms = int(now * 1000) & ((1 << _TIME_BITS) - 1)
-    value = (ms << _RANDOM_BITS) | secrets.randbits(_RANDOM_BITS)
-    with _lock:
-        if value <= _last:
-            value = _last + 1
-        _last = value
-    return _encode(value)
+    return _PROCESS.new(now)
 
 
 def time_of(recommendation_id: str) -> float:

@@ -36,8 +36,7 @@ def prefix(redis_url: str) -> Iterator[str]:
 def http(models_dir: Path, prefix: str) -> Iterator[httpx.Client]:
     server = Server(models_dir, REDIS_URL, prefix, workers=2)  # lists served by one, events to the other
     try:
-        with server.wait_live() as client:
-            yield client
+        yield server.wait_live()  # its connections close with the server
     finally:
         server.stop()
 
