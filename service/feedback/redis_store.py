@@ -11,10 +11,17 @@ hex of an experiment id, ``N`` the visitor's counter shard, ``store_base.shard_o
 - ``P:{v:H}:fbids``   sorted set: event ids counted -> ms they were counted (deduplication), pruned after
                       ``retention``; expires with it
 - ``P:{fb:X:N}:c``    hash: counter name -> total (``store_base``), no expiry
+- ``P:{fbv:N}:active`` sorted set: visitor ids of shard N that have feedback state -> ms of their last
+                      feedback write; members older than ``visitor_ttl`` are pruned on writes
 
 Every script touches the keys of one slot only: a visitor's three keys, or one counter key.
 
-Writes: keeping a served list is one script call (``RPUSH``/``LTRIM``/``EXPIRE``). Counting it and
+Feeding a batch of events first asks the ``active`` sets which of its visitors have any feedback state (one
+``ZMSCORE`` per shard): the others (never served a list, or not for ``visitor_ttl``) have nothing to
+credit, and cost no per-visitor call. A stale member only costs a read.
+
+Writes: keeping a served list is one script call (``RPUSH``/``LTRIM``/``EXPIRE``) and the visitor's
+``ZADD`` to its ``active`` set, pipelined: one round trip. Counting it and
 feeding events read the visitor's state (one call per visitor, pipelined), apply ``service.feedback.ledger``
 in Python, and write the state back only if its ``ver`` did not move meanwhile (else read and apply again),
 then add the counter increments, one call per counter key, pipelined. A counter write that fails after
@@ -24,7 +31,7 @@ its visitor write loses those increments (counted in ``journeyrec_feedback_write
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -135,6 +142,36 @@ class RedisFeedbackStore(FeedbackLimits):
     def counter_key(self, experiment: str, shard: int) -> str:
         return f"{self.prefix}:{{fb:{_hex(experiment)}:{shard}}}:c"
 
+    def active_key(self, shard: int) -> str:
+        return f"{self.prefix}:{{fbv:{shard}}}:active"
+
+    def _mark_active(self, pipe: Any, visitor_ids: list[str]) -> None:
+        """Queue the ``ZADD`` of these visitors to their active sets, and the pruning, on ``pipe``."""
+        now_ms = int(self.clock() * 1000)
+        by_shard: dict[int, dict[str, int]] = defaultdict(dict)
+        for v in visitor_ids:
+            by_shard[shard_of(v)][v] = now_ms
+        for shard, members in by_shard.items():
+            pipe.zadd(self.active_key(shard), members)
+            pipe.zremrangebyscore(self.active_key(shard), "-inf", f"({now_ms - self.visitor_ttl * 1000}")
+
+    async def _active(self, visitor_ids: list[str]) -> set[str]:
+        """The visitors that have feedback state (a superset: a member may have expired since)."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for v in visitor_ids:
+            by_shard[shard_of(v)].append(v)
+        with unavailable("read active visitors", "feedback store"):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for shard, members in by_shard.items():
+                    pipe.zmscore(self.active_key(shard), members)
+                replies = await pipe.execute()
+        return {
+            v
+            for members, scores in zip(by_shard.values(), replies, strict=True)
+            for v, score in zip(members, scores, strict=True)
+            if score is not None
+        }
+
     # -- the visitor's state ------------------------------------------------------------------------------
 
     def _state_of(self, replies: list[Any]) -> tuple[ledger.VisitorFeedback, str, list[bool]]:
@@ -198,8 +235,10 @@ class RedisFeedbackStore(FeedbackLimits):
                         keys = self.visitor_keys(v)[1:]
                         await self._write(keys=keys, args=self._write_args(state, ver, remember), client=pipe)
                         writes.append((v, deltas))
+                    if writes:
+                        self._mark_active(pipe, [v for v, _deltas in writes])
                     done = await pipe.execute() if writes else []
-            for (v, deltas), ok in zip(writes, done, strict=True):
+            for (v, deltas), ok in zip(writes, done, strict=False):  # the active-set replies follow
                 if int(ok):
                     total.merge(deltas)
                     del pending[v]
@@ -209,10 +248,14 @@ class RedisFeedbackStore(FeedbackLimits):
 
     async def log_served(self, visitor_id: str, served: ServedList) -> None:
         with unavailable("log served list", "feedback store"):
-            await self._push(
-                keys=self.visitor_keys(visitor_id)[:1],
-                args=[self._encode(served), str(self.cap), str(int(self.windows.retention))],
-            )
+            async with self._r.pipeline(transaction=False) as pipe:
+                await self._push(
+                    keys=self.visitor_keys(visitor_id)[:1],
+                    args=[self._encode(served), str(self.cap), str(int(self.windows.retention))],
+                    client=pipe,
+                )
+                self._mark_active(pipe, [visitor_id])
+                await pipe.execute()
 
     async def count_served(self, lists: Sequence[tuple[str, ServedList]]) -> Deltas:
         by_visitor: dict[str, list[ServedList]] = defaultdict(list)
@@ -278,9 +321,15 @@ class RedisFeedbackStore(FeedbackLimits):
             return change
 
         results: dict[str, tuple[dict[str, int], dict[tuple[str, str], int]]] = {}
+        active = await self._active(list(by_visitor)) if by_visitor else set()
+        # the others have nothing to credit and nothing is remembered of them (as of a visitor without state)
+        idle = Counter(e.event.value for v in by_visitor.keys() - active for e in by_visitor[v])
+        counts["impressions"] += idle[EventType.IMPRESSION.value]
+        outcomes.update({(kind, Method.UNATTRIBUTED.value): n for kind, n in idle.items()})
         changes = {
             v: ([e.event_id for e in mine if e.event_id is not None], change_for(v, mine))
             for v, mine in by_visitor.items()
+            if v in active
         }
         deltas = await self._update(changes)
         await self.add(deltas)
@@ -308,7 +357,9 @@ class RedisFeedbackStore(FeedbackLimits):
 
     async def erase(self, visitor_id: str) -> int:
         with unavailable("erase feedback", "feedback store"):
-            return int(await self._r.delete(*self.visitor_keys(visitor_id)))
+            removed = int(await self._r.delete(*self.visitor_keys(visitor_id)))
+            await self._r.zrem(self.active_key(shard_of(visitor_id)), visitor_id)
+        return removed
 
     async def close(self) -> None:
         return None  # the client belongs to the visitor store

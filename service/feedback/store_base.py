@@ -21,6 +21,7 @@ own state, see the stores), and are kept without expiry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -141,6 +142,7 @@ class Deltas:
         return any(self.by_key.values())
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def shard_of(visitor_id: str) -> int:
     """The counter shard a visitor's increments go to (stable across processes)."""
     digest = hashlib.blake2b(visitor_id.encode("utf-8"), digest_size=2).digest()
