@@ -37,6 +37,8 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from models.attribution import ATTRIBUTABLE, Method, ServedList, Windows
 from models.domain import Event, EventType
@@ -145,15 +147,40 @@ class RedisFeedbackStore(FeedbackLimits):
     def active_key(self, shard: int) -> str:
         return f"{self.prefix}:{{fbv:{shard}}}:active"
 
-    def _mark_active(self, pipe: Any, visitor_ids: list[str]) -> None:
-        """Queue the ``ZADD`` of these visitors to their active sets, and the pruning, on ``pipe``."""
+    async def _pipeline(
+        self,
+        calls: Sequence[tuple[AsyncScript, list[str], Sequence[str | bytes]]],
+        *,
+        active: Sequence[str] = (),
+        prune: bool = True,
+    ) -> list[Any]:
+        """Script calls, then the ``ZADD`` of ``active`` visitors to their active sets (and, with ``prune``,
+        the pruning of those sets), in one non-transactional pipeline: one round trip. The replies of the
+        script calls come first. ``EVALSHA`` is sent directly (redis-py's pipeline would ask ``SCRIPT
+        EXISTS`` first: another round trip); when the server has lost the scripts they are loaded and the
+        pipeline sent once more (every script call failed then; the rest is idempotent)."""
         now_ms = int(self.clock() * 1000)
         by_shard: dict[int, dict[str, int]] = defaultdict(dict)
-        for v in visitor_ids:
+        for v in active:
             by_shard[shard_of(v)][v] = now_ms
-        for shard, members in by_shard.items():
-            pipe.zadd(self.active_key(shard), members)
-            pipe.zremrangebyscore(self.active_key(shard), "-inf", f"({now_ms - self.visitor_ttl * 1000}")
+        for attempt in range(2):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                for shard, members in by_shard.items():
+                    pipe.zadd(self.active_key(shard), members)
+                    if prune:
+                        pipe.zremrangebyscore(
+                            self.active_key(shard), "-inf", f"({now_ms - self.visitor_ttl * 1000}"
+                        )
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    if attempt:
+                        raise
+            for script in {c[0] for c in calls}:
+                await self._r.script_load(script.script)
+        raise AssertionError("unreachable")
 
     async def _active(self, visitor_ids: list[str]) -> set[str]:
         """The visitors that have feedback state (a superset: a member may have expired since)."""
@@ -218,26 +245,23 @@ class RedisFeedbackStore(FeedbackLimits):
             if not pending:
                 return total
             visitors = list(pending)
+            reads = [(self._read, self.visitor_keys(v), pending[v][0]) for v in visitors]
             with unavailable("read feedback state", "feedback store"):
-                async with self._r.pipeline(transaction=False) as pipe:
-                    for v in visitors:
-                        await self._read(keys=self.visitor_keys(v), args=pending[v][0], client=pipe)
-                    replies = await pipe.execute()
+                replies = await self._pipeline(reads)
             writes: list[tuple[str, Deltas]] = []
+            calls: list[tuple[AsyncScript, list[str], list[str | bytes]]] = []
+            for v, reply in zip(visitors, replies, strict=True):
+                state, ver, seen = self._state_of(reply)
+                deltas, remember, changed = pending[v][1](state, seen)
+                if not changed:
+                    del pending[v]
+                    continue
+                calls.append((self._write, self.visitor_keys(v)[1:], self._write_args(state, ver, remember)))
+                writes.append((v, deltas))
+            if not writes:
+                continue
             with unavailable("write feedback state", "feedback store"):
-                async with self._r.pipeline(transaction=False) as pipe:
-                    for v, reply in zip(visitors, replies, strict=True):
-                        state, ver, seen = self._state_of(reply)
-                        deltas, remember, changed = pending[v][1](state, seen)
-                        if not changed:
-                            del pending[v]
-                            continue
-                        keys = self.visitor_keys(v)[1:]
-                        await self._write(keys=keys, args=self._write_args(state, ver, remember), client=pipe)
-                        writes.append((v, deltas))
-                    if writes:
-                        self._mark_active(pipe, [v for v, _deltas in writes])
-                    done = await pipe.execute() if writes else []
+                done = await self._pipeline(calls, active=[v for v, _deltas in writes])
             for (v, deltas), ok in zip(writes, done, strict=False):  # the active-set replies follow
                 if int(ok):
                     total.merge(deltas)
@@ -247,15 +271,11 @@ class RedisFeedbackStore(FeedbackLimits):
     # -- FeedbackStore ------------------------------------------------------------------------------------
 
     async def log_served(self, visitor_id: str, served: ServedList) -> None:
+        args: list[str | bytes] = [self._encode(served), str(self.cap), str(int(self.windows.retention))]
         with unavailable("log served list", "feedback store"):
-            async with self._r.pipeline(transaction=False) as pipe:
-                await self._push(
-                    keys=self.visitor_keys(visitor_id)[:1],
-                    args=[self._encode(served), str(self.cap), str(int(self.windows.retention))],
-                    client=pipe,
-                )
-                self._mark_active(pipe, [visitor_id])
-                await pipe.execute()
+            await self._pipeline(
+                [(self._push, self.visitor_keys(visitor_id)[:1], args)], active=[visitor_id], prune=False
+            )
 
     async def count_served(self, lists: Sequence[tuple[str, ServedList]]) -> Deltas:
         by_visitor: dict[str, list[ServedList]] = defaultdict(list)
@@ -276,13 +296,15 @@ class RedisFeedbackStore(FeedbackLimits):
     async def add(self, deltas: Deltas) -> None:
         if not deltas:
             return
+        calls: list[tuple[AsyncScript, list[str], list[str | bytes]]] = []
+        for (experiment, shard), names in deltas.by_key.items():
+            args: list[str | bytes] = [
+                x for name, amount in names.items() if amount for x in (name, repr(amount))
+            ]
+            if args:
+                calls.append((self._add, [self.counter_key(experiment, shard)], args))
         with unavailable("add feedback counters", "feedback store"):
-            async with self._r.pipeline(transaction=False) as pipe:
-                for (experiment, shard), names in deltas.by_key.items():
-                    args = [x for name, amount in names.items() if amount for x in (name, repr(amount))]
-                    if args:
-                        await self._add(keys=[self.counter_key(experiment, shard)], args=args, client=pipe)
-                await pipe.execute()
+            await self._pipeline(calls)
 
     async def record_events(self, events: list[Event]) -> FeedbackResult:
         by_visitor: dict[str, list[Event]] = defaultdict(list)
