@@ -36,6 +36,7 @@ from service.api.deps import Services
 from service.api.events import EventsController
 from service.api.experiments import ExperimentsController
 from service.api.export import ExportController
+from service.api.feedback import FeedbackController
 from service.api.health import HealthController
 from service.api.identities import IdentitiesController
 from service.api.items import ItemsController
@@ -46,7 +47,8 @@ from service.auth import API_KEY_HEADER, Authenticator, check_auth_configured
 from service.catalog_follower import CatalogFollower
 from service.errors import EXCEPTION_HANDLERS, IncompleteBodyError
 from service.experiment_runtime import ExperimentFollower, ExperimentRuntime
-from service.experiments_results import NoFeedback, StatsProvider
+from service.experiments_results import StatsProvider
+from service.feedback.serve import build_feedback
 from service.followers import Followers, every
 from service.json_guard import decode_json
 from service.model_holder import ModelHolder
@@ -115,12 +117,13 @@ def create_app(
     rules: RulesStore | None = None,
     catalog: CatalogStore | None = None,
     experiments: ExperimentStore | None = None,
-    feedback: StatsProvider | None = None,
+    stats: StatsProvider | None = None,
     analytics: AnalyticsStore | None = None,
 ) -> Litestar:
     """The service app. A store, holder, rules store or catalog passed in is used as is (and the stores are
     not closed on shutdown: their owner closes them); otherwise they are built from ``settings`` (the rules
     store and the live catalog beside the visitor store: ``build_rules_store``, ``build_catalog``). Raises
+    ``stats``: what experiment results read (default: the feedback store's counters). Raises
     InvalidInputError when no API keys are configured and auth was not switched off, or when the rules
     file (``settings.rules_file``) is not a valid rule set."""
     check_auth_configured(settings.api_keys, settings.insecure_no_auth)
@@ -141,6 +144,7 @@ def create_app(
         experiments if experiments is not None else build_experiments_store(the_store),
         ExperimentRuntime(holder, settings.experiments_holdout),
     )
+    feedback = build_feedback(settings, the_store)
     services = Services(
         settings=settings,
         store=the_store,
@@ -148,7 +152,8 @@ def create_app(
         rules=rules_follower,
         catalog=the_catalog,
         experiments=experiment_follower,
-        feedback=feedback if feedback is not None else NoFeedback(),
+        feedback=feedback,
+        stats=stats if stats is not None else feedback.store,
     )
 
     tracker = build_tracker(the_store, settings, analytics)
@@ -196,6 +201,7 @@ def create_app(
         )
 
     async def close_store() -> None:
+        await feedback.close()  # counts the served lists still queued first
         if owns_catalog:
             await the_catalog.close()
         if owns_store:
@@ -240,6 +246,7 @@ def create_app(
             ExperimentsController,
             IdentitiesController,
             AnalyticsController,
+            FeedbackController,
         ],
         security=needs_key,
     )

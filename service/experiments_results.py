@@ -13,18 +13,11 @@ from typing import Protocol
 
 from models.experiments import DailyCell, Experiment, ExperimentResults, VariantStageStats, results
 
-__all__ = ["DailyCell", "NoFeedback", "StatsProvider", "VariantStageStats", "experiment_results"]
+__all__ = ["DailyCell", "StatsProvider", "VariantStageStats", "experiment_results"]
 
 
 class StatsProvider(Protocol):
     async def experiment_stats(self, experiment: str) -> tuple[list[VariantStageStats], list[DailyCell]]: ...
-
-
-class NoFeedback:
-    """A provider with no counters (the feedback store is not configured): every result is empty."""
-
-    async def experiment_stats(self, experiment: str) -> tuple[list[VariantStageStats], list[DailyCell]]:  # noqa: ARG002
-        return [], []
 
 
 async def experiment_results(experiment: Experiment, provider: StatsProvider) -> ExperimentResults:

@@ -71,6 +71,11 @@ def parse_timestamp(value: float | str | None, now: float, where: str) -> float:
 
 def to_event(e: EventIn, now: float, timestamp_field: str = "timestamp") -> Event:
     """The domain Event of one validated client event; ``timestamp_field`` names it in error messages."""
+    if e.event is EventType.IMPRESSION and e.recommendation_id is None:
+        field = timestamp_field.removesuffix("timestamp") + "recommendation_id"
+        raise InvalidInputError(
+            f"body field {field!r}: an impression needs the recommendation_id of the list it was shown in"
+        )
     return Event(
         visitor_id=e.visitor_id,
         item_id=e.item_id,
@@ -89,12 +94,15 @@ def to_event(e: EventIn, now: float, timestamp_field: str = "timestamp") -> Even
 class IngestOut(msgspec.Struct, frozen=True):
     """accepted: newly stored; duplicates: already stored before under the same event_id (skipped);
     unknown_items: events of the request (stored like any other) whose item neither the live model nor
-    the live catalog knows; redirected (left out when none): events for an anonymous id linked to a user
-    (``POST /v1/identities``), stored under that user and counted in accepted or duplicates as any other."""
+    the live catalog knows; impressions: new impression events (counted for attribution, not stored in
+    the visitor's history; accepted does not include them); redirected (left out when none): events for an
+    anonymous id linked to a user (``POST /v1/identities``), stored under that user and counted in accepted
+    or duplicates as any other."""
 
     accepted: int
     duplicates: int
     unknown_items: int = 0
+    impressions: int = 0
     redirected: int | msgspec.UnsetType = msgspec.UNSET  # left out when no event was redirected
 
 
@@ -130,7 +138,9 @@ def items_out(items: list[RecommendedItem]) -> list[ItemOut]:
 
 
 class RecommendationsOut(msgspec.Struct, frozen=True, omit_defaults=True):
-    """rules_version: the merchandising rule set applied (left out without rules); rules_fallback: it
+    """recommendation_id: this answer's id (send it with the impressions, clicks, add-to-carts and
+    purchases it leads to); experiment, variant: the experiment and variant that made it (left out when
+    none); rules_version: the merchandising rule set applied (left out without rules); rules_fallback: it
     would have emptied the list, which is served without it (left out when false)."""
 
     visitor_id: str
@@ -139,6 +149,7 @@ class RecommendationsOut(msgspec.Struct, frozen=True, omit_defaults=True):
     content: list[ItemOut]
     model_version: str
     fallback: bool
+    recommendation_id: str
     rules_version: int | None = None
     rules_fallback: bool = False
     experiment: str | None = None
@@ -148,21 +159,26 @@ class RecommendationsOut(msgspec.Struct, frozen=True, omit_defaults=True):
 class RelatedOut(msgspec.Struct, frozen=True, omit_defaults=True):
     """Items related to ``item_ids`` (similar or complements).
 
-    ``unknown``: requested anchors the model does not know (skipped)."""
+    ``unknown``: requested anchors the model does not know (skipped); ``recommendation_id``,
+    ``experiment``, ``variant`` as in RecommendationsOut."""
 
     item_ids: list[str]
     items: list[ItemOut]
     unknown: list[str]
     model_version: str
+    recommendation_id: str
     experiment: str | None = None
     variant: str | None = None
 
 
 class RetargetingOut(msgspec.Struct, frozen=True, omit_defaults=True):
+    """``recommendation_id``, ``experiment``, ``variant`` as in RecommendationsOut."""
+
     visitor_id: str
     campaign: str | None
     items: list[ItemOut]
     model_version: str
+    recommendation_id: str
     experiment: str | None = None
     variant: str | None = None
 
@@ -182,11 +198,13 @@ class ExportIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class ExportLine(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One line of the JSON Lines export; ``error`` set (and ``items`` empty) when this visitor failed."""
+    """One line of the JSON Lines export; ``error`` set (and ``items`` empty, no ``recommendation_id``)
+    when this visitor failed; ``recommendation_id``, ``experiment``, ``variant`` as in RecommendationsOut."""
 
     visitor_id: str
     items: list[ItemOut]
     error: str | None = None
+    recommendation_id: str | None = None
     experiment: str | None = None
     variant: str | None = None
 

@@ -70,6 +70,10 @@ ENV: dict[str, str] = {
     "analytics_hourly_days": "JOURNEYREC_ANALYTICS_HOURLY_DAYS",
     "analytics_daily_days": "JOURNEYREC_ANALYTICS_DAILY_DAYS",
     "analytics_visitor_sets_days": "JOURNEYREC_ANALYTICS_VISITOR_SETS_DAYS",
+    "attribution_click_window_seconds": "JOURNEYREC_ATTRIBUTION_CLICK_WINDOW_SECONDS",
+    "attribution_impression_window_seconds": "JOURNEYREC_ATTRIBUTION_IMPRESSION_WINDOW_SECONDS",
+    "served_lists_per_visitor": "JOURNEYREC_SERVED_LISTS_PER_VISITOR",
+    "log_served_lists": "JOURNEYREC_LOG_SERVED_LISTS",
 }
 FLAGS: dict[str, str] = {"models_dir": "--models"}
 _BOOLS = {
@@ -193,6 +197,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # days the per-period sets of visitor pseudonyms are kept (distinct visitors per stage, funnel,
     # recommendation impact); older periods keep only their counts
     analytics_visitor_sets_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 35
+    # a purchase without a recommendation_id is credited to the served list whose click (a product_view
+    # carrying the list's id) of the item is the latest within this many seconds before it (7 days)
+    attribution_click_window_seconds: Annotated[int, msgspec.Meta(ge=60, le=90 * _DAY)] = 7 * _DAY
+    # failing a click, to the list whose impression of the item is the latest within this many seconds
+    # before it (1 day); served lists are kept for the longer of the two windows
+    attribution_impression_window_seconds: Annotated[int, msgspec.Meta(ge=60, le=90 * _DAY)] = _DAY
+    # served lists kept per visitor for attribution (the newest)
+    served_lists_per_visitor: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+    # keep each list answered to a visitor for attribution (off: answers still carry a recommendation_id,
+    # but no event can be credited to them)
+    log_served_lists: bool = True
 
     def __post_init__(self) -> None:
         self.exploration_shares  # noqa: B018 (raises InvalidInputError naming the setting)
@@ -238,7 +253,7 @@ def _env_value(field: str, raw: str) -> Any:
     name = ENV[field]
     if field == "api_keys":
         return parse_api_keys(raw, source=name)
-    if field in ("insecure_no_auth", "journey_analytics"):
+    if field in ("insecure_no_auth", "journey_analytics", "log_served_lists"):
         value = _BOOLS.get(raw.strip().lower())
         if value is None:
             raise InvalidInputError(f"{name}: {raw!r} is not a boolean (use 1/0, true/false, yes/no)")

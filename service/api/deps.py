@@ -16,6 +16,7 @@ from models.request import Filters, VisitorContext
 from service.auth import Scope, require_scope
 from service.experiment_runtime import ExperimentFollower
 from service.experiments_results import StatsProvider
+from service.feedback.serve import Feedback
 from service.model_holder import ModelHolder
 from service.rules_follower import RulesFollower
 from service.settings import Settings
@@ -39,7 +40,8 @@ class Services:
     rules: RulesFollower  # the rules store, and this worker's copy of the rule set it serves
     catalog: CatalogStore
     experiments: ExperimentFollower  # the experiments store, and this worker's running experiments
-    feedback: StatsProvider  # the feedback counters experiment results are computed from
+    stats: StatsProvider  # the feedback counters experiment results are computed from
+    feedback: Feedback  # recommendation ids, the served-list log, attribution counters
 
 
 def check_mark_sent(connection: ASGIConnection[Any, Any, Any, Any], campaign: str | None, name: str) -> None:

@@ -16,9 +16,11 @@ from service import metrics
 from service.analytics.tracker import JourneyTracker
 from service.api.deps import Services
 from service.auth import Scope, scopes
+from service.feedback.ingest import feed, split_impressions
 from service.ingest import count_unknown, decode_events
 from service.openapi_body import EventsOperation
 from service.schemas import IngestOut
+from service.store.base import AppendResult
 
 
 class EventsController(Controller):
@@ -38,7 +40,13 @@ class EventsController(Controller):
             "Events for items neither the model nor the live catalog knows are stored too, and counted in "
             "unknown_items. Events for an anonymous id linked to a user (POST /v1/identities) are stored "
             "under the user and counted in redirected. "
-            "503 with Retry-After when the store cannot be reached: nothing was stored."
+            'An impression {"event": "impression", "item_id": <shown item>, "recommendation_id": <list id>} '
+            "(one per item shown) is counted for attribution, not stored in the visitor's history, and "
+            "counted in impressions; it needs a recommendation_id (400 without). A product_view, add_to_cart "
+            "or purchase carrying a recommendation_id is credited to that list. "
+            "503 with Retry-After when the store cannot be reached: nothing was stored, or, when only "
+            "crediting the events failed, they were stored and a retry with the same event ids stores and "
+            "counts nothing twice."
         ),
     )
     async def ingest(
@@ -51,11 +59,13 @@ class EventsController(Controller):
         body = await request.body()
         s = svc.settings
         events = decode_events(body, now=time.time(), max_batch=s.max_batch, max_depth=s.max_json_depth)
+        history, _impressions = split_impressions(events)  # impressions are feedback, not history
         try:
-            result = await svc.store.append(events)
+            result = await svc.store.append(history) if history else AppendResult(accepted=0, duplicates=0)
         except StoreUnavailableError:
             metrics.EVENTS.labels("refused").inc(len(events))
             raise
+        fed = await feed(svc.feedback, events)
         metrics.EVENTS.labels("accepted").inc(result.accepted)
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         model = svc.holder.current  # stage transitions, by the live model's journey rules
@@ -68,4 +78,6 @@ class EventsController(Controller):
         unknown = count_unknown(events, svc.holder.knows)
         metrics.UNKNOWN_ITEM_EVENTS.inc(unknown)
         redirected = result.redirected or msgspec.UNSET
-        return IngestOut(result.accepted, result.duplicates, unknown, redirected)
+        return IngestOut(
+            result.accepted, result.duplicates + fed.duplicates, unknown, fed.impressions, redirected
+        )

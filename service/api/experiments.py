@@ -177,4 +177,4 @@ class ExperimentsController(Controller):
     )
     async def results(self, svc: NamedDependency[Services], experiment_id: ExperimentId) -> ExperimentResults:
         experiment = await svc.experiments.store.get(experiment_id)
-        return await experiment_results(experiment, svc.feedback)
+        return await experiment_results(experiment, svc.stats)

@@ -36,7 +36,16 @@ async def _lines(svc: NamedDependency[Services], model: Recommender, req: Export
             items = experiment_runtime.retarget(served, model, ctx, req.k, filters, state.sent)
             if req.mark_sent and req.campaign is not None and items:
                 await svc.store.mark_sent(visitor_id, req.campaign, [r.item_id for r in items])
-            line = ExportLine(visitor_id, items_out(items), **experiment_runtime.names(served))
+            tag = await svc.feedback.served(
+                visitor_id,
+                stage=model.stage_of(ctx).stage.value,
+                placement="export",
+                items=[r.item_id for r in items],
+                **experiment_runtime.names(served),
+            )
+            line = ExportLine(
+                visitor_id, items_out(items), None, tag.recommendation_id, tag.experiment, tag.variant
+            )
         except StoreUnavailableError as e:
             line = ExportLine(visitor_id, [], error=str(e))
         metrics.RECOMMENDATIONS.labels("retargeting_export", "false").inc()

@@ -48,12 +48,18 @@ async def _related(
         raise NotFoundError(f"unknown item{'s' if len(unknown) > 1 else ''} {names} (model {model.version})")
     items = experiment_runtime.related(served, model, known, k, filters, which)
     metrics.RECOMMENDATIONS.labels(which, "false").inc()
+    # stamped, not logged: an item page's list has no stage to count it under
+    tag = await svc.feedback.served(
+        None, stage="", placement=which, items=(), **experiment_runtime.names(served)
+    )
     return RelatedOut(
         item_ids=known,
         items=items_out(items),
         unknown=unknown,
         model_version=model.version,
-        **experiment_runtime.names(served),
+        recommendation_id=tag.recommendation_id,
+        experiment=tag.experiment,
+        variant=tag.variant,
     )
 
 

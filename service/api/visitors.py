@@ -107,6 +107,13 @@ class VisitorsController(Controller):
             served, model, ctx, k, filters, n_content, personalized=personalized
         )
         metrics.RECOMMENDATIONS.labels("recommendations", str(rec.fallback).lower()).inc()
+        tag = await svc.feedback.served(
+            visitor_id if personalized else None,  # a store that is down cannot log it either
+            stage=rec.stage.stage.value,
+            placement=placement,
+            items=[r.item_id for r in (*rec.products, *rec.content)],
+            **experiment_runtime.names(served),
+        )
         return RecommendationsOut(
             visitor_id=visitor_id,
             stage=StageOut.of(rec.stage),
@@ -116,7 +123,9 @@ class VisitorsController(Controller):
             fallback=rec.fallback,
             rules_version=rec.rules_version,
             rules_fallback=rec.rules_fallback,
-            **experiment_runtime.names(served),
+            recommendation_id=tag.recommendation_id,
+            experiment=tag.experiment,
+            variant=tag.variant,
         )
 
     @get(
@@ -150,13 +159,27 @@ class VisitorsController(Controller):
         model = svc.holder.require()
         state = await svc.store.visitor(visitor_id, campaign)
         served = await svc.experiments.runtime.serve(experiment_runtime.RETARGETING, visitor_id)
-        items = experiment_runtime.retarget(served, model, context_of(state), k, filters, state.sent)
+        ctx = context_of(state)
+        items = experiment_runtime.retarget(served, model, ctx, k, filters, state.sent)
         if mark_sent and campaign is not None and items:
             await svc.store.mark_sent(visitor_id, campaign, [r.item_id for r in items])
         metrics.RECOMMENDATIONS.labels("retargeting", "false").inc()
         version = served.model.version if served is not None else model.version
+        tag = await svc.feedback.served(
+            visitor_id,
+            stage=model.stage_of(ctx).stage.value,
+            placement="retargeting",
+            items=[r.item_id for r in items],
+            **experiment_runtime.names(served),
+        )
         return RetargetingOut(
-            visitor_id, campaign, items_out(items), version, **experiment_runtime.names(served)
+            visitor_id,
+            campaign,
+            items_out(items),
+            version,
+            tag.recommendation_id,
+            tag.experiment,
+            tag.variant,
         )
 
     @get("/journey", opt=scopes(Scope.READ), summary="Journey stage, signals and recent touchpoints")
@@ -188,10 +211,10 @@ class VisitorsController(Controller):
     async def erase(
         self, svc: NamedDependency[Services], journey: NamedDependency[JourneyTracker], visitor_id: IdPath
     ) -> ErasedOut:
-        # the user's erase cascades to its linked anonymous ids: their journey records go too
-        linked = await svc.store.linked(visitor_id)
+        # the user's erase cascades to its linked anonymous ids: their journey records and served lists
+        # go too (the visitor store's erase, last, removes the links themselves)
         removed = 0
-        for v in [*linked, visitor_id]:
-            removed += await journey.store.erase(v)
+        for v in [*await svc.store.linked(visitor_id), visitor_id]:
+            removed += await journey.store.erase(v) + await svc.feedback.store.erase(v)
         removed += await svc.store.erase(visitor_id)
         return ErasedOut(visitor_id=visitor_id, erased=True, records_removed=removed)

@@ -271,7 +271,7 @@ def test_ingest_counts_events_for_unknown_items(client: Client) -> None:
         event("v2", "p-nobody-knows", "add_to_cart"),
     ]
     r = client.post("/v1/events", json={"events": events}, headers=H_INGEST)
-    assert r.json() == {"accepted": 4, "duplicates": 0, "unknown_items": 2}
+    assert r.json() == {"accepted": 4, "duplicates": 0, "unknown_items": 2, "impressions": 0}
     assert counted() == before + 2
     j = client.get("/v1/visitors/v2/journey", headers=H_READ).json()
     assert [t["item_id"] for t in j["touchpoints"]] == ["p-nobody-knows"]  # stored, not dropped

@@ -199,7 +199,7 @@ def test_journey_walk_through_every_stage(http: httpx.Client) -> None:
             batch.append({"visitor_id": visitor, "timestamp": t0 + 60 * n, "event_id": f"{visitor}-{n}", **e})
         r = http.post("/v1/events", json={"events": batch}, headers=H_INGEST)
         assert r.status_code == 200, r.text
-        assert r.json() == {"accepted": len(batch), "duplicates": 0, "unknown_items": 0}
+        assert r.json() == {"accepted": len(batch), "duplicates": 0, "unknown_items": 0, "impressions": 0}
         stage, recs = _snapshot(http, visitor)
         assert stage == expected, (expected, stage, recs)
         seen.append((stage, recs))

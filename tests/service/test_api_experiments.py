@@ -92,7 +92,7 @@ def _app(published: Path, recommender: Recommender, store: Any, feedback: Any, *
         # a front of its own: rules installed here stay here
         model_holder=ModelHolder.with_model(copy.copy(recommender), published),
         experiments=store,
-        feedback=feedback,
+        stats=feedback,
     )
 
 

@@ -54,6 +54,7 @@ def test_login_carries_the_cart_over_and_the_stage_follows(client: Client) -> No
         "accepted": 1,
         "duplicates": 0,
         "unknown_items": 0,
+        "impressions": 0,
         "redirected": 1,
     }
     # reads of either id serve the user's state

@@ -86,7 +86,7 @@ def test_login_carries_the_anonymous_visit_over_and_erase_cascades(
     out = _ingest(
         http, [{"visitor_id": anon, "item_id": teapot, "event": "add_to_cart", "event_id": f"{run}-1"}]
     )
-    assert out == {"accepted": 1, "duplicates": 0, "unknown_items": 0, "redirected": 1}
+    assert out == {"accepted": 1, "duplicates": 0, "unknown_items": 0, "impressions": 0, "redirected": 1}
     assert _journey(http, anon)["cart"] == _journey(http, user)["cart"] == [teapot, kettle]
     for visitor in (anon, user):
         recs = http.get(f"/v1/visitors/{visitor}/recommendations?k=8", headers=H_READ).json()

@@ -55,7 +55,15 @@ def _ids(items: list[dict[str, Any]]) -> list[str]:
 
 def test_unknown_visitor_gets_a_cold_start_answer(client: Client, recommender: Recommender) -> None:
     body = _recs(client, "never-seen", "k=5&n_content=2")
-    assert set(body) == {"visitor_id", "stage", "products", "content", "model_version", "fallback"}
+    assert set(body) == {
+        "visitor_id",
+        "stage",
+        "products",
+        "content",
+        "model_version",
+        "fallback",
+        "recommendation_id",
+    }
     assert body["visitor_id"] == "never-seen"
     assert body["fallback"] is False
     assert body["model_version"] == recommender.version
@@ -73,8 +81,8 @@ def test_unknown_visitor_gets_a_cold_start_answer(client: Client, recommender: R
 
 def test_ingest_is_idempotent_and_visible_immediately(client: Client) -> None:
     ev = event("v-cart", KETTLE, "add_to_cart", event_id="e-1")
-    assert _ingest(client, ev) == {"accepted": 1, "duplicates": 0, "unknown_items": 0}
-    assert _ingest(client, ev) == {"accepted": 0, "duplicates": 1, "unknown_items": 0}
+    assert _ingest(client, ev) == {"accepted": 1, "duplicates": 0, "unknown_items": 0, "impressions": 0}
+    assert _ingest(client, ev) == {"accepted": 0, "duplicates": 1, "unknown_items": 0, "impressions": 0}
     body = _recs(client, "v-cart", "k=10")
     assert KETTLE not in _ids(body["products"])  # in the cart: not recommended again
     with_cart = _recs(client, "v-cart", "k=22&include_cart=true")

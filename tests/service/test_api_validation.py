@@ -242,7 +242,12 @@ def test_ingest_accepts_iso_and_posix_and_missing_timestamps(client: Client) -> 
     }
     r = _post_events(client, json.dumps(batch))
     assert r.status_code == 200, r.text
-    assert r.json() == {"accepted": 4, "duplicates": 0, "unknown_items": 4}  # i1..i4: no such items
+    assert r.json() == {
+        "accepted": 4,
+        "duplicates": 0,
+        "unknown_items": 4,
+        "impressions": 0,
+    }  # i1..i4: no such items
     j = client.get("/v1/visitors/iso/journey", headers=H_READ).json()
     stamps = {t["item_id"]: t["timestamp"] for t in j["touchpoints"]}
     assert stamps["i1"] == 1_735_725_600.0

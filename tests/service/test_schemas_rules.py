@@ -21,6 +21,7 @@ def _answer(**kw: object) -> dict[str, object]:
         content=[],
         model_version="m",
         fallback=False,
+        recommendation_id="01J0000000000000000000000",
         **kw,  # type: ignore[arg-type]
     )
     return msgspec.json.decode(msgspec.json.encode(out))
@@ -43,7 +44,8 @@ def test_an_item_names_the_rules_that_changed_it() -> None:
 
 
 def test_the_answer_carries_the_rules_version_and_fallback_only_with_rules() -> None:
-    assert set(_answer()) == {"visitor_id", "stage", "products", "content", "model_version", "fallback"}
+    fields = "visitor_id stage products content model_version fallback recommendation_id"
+    assert set(_answer()) == set(fields.split())
     got = _answer(rules_version=3, rules_fallback=True)
     assert got["rules_version"] == 3
     assert got["rules_fallback"] is True

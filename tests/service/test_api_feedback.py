@@ -1,0 +1,66 @@
+"""Recommendation ids, impressions and attribution over HTTP (Litestar TestClient, memory stores)."""
+
+from __future__ import annotations
+
+import json
+
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from tests.service import feedback_scenario
+from tests.service.api_fixtures import H_INGEST, H_READ
+from tests.storefront import product_id
+
+Client = TestClient[Litestar]
+
+
+def test_known_events_give_known_counts(client: Client) -> None:
+    feedback_scenario.run(client)
+
+
+def test_every_list_answer_carries_a_recommendation_id(client: Client) -> None:
+    kettle = product_id("Kettle")
+    answers = [
+        client.get("/v1/visitors/v/recommendations?k=3", headers=H_READ).json(),
+        client.get("/v1/visitors/v/recommendations?k=3", headers=H_READ).json(),
+        client.get(f"/v1/items/{kettle}/similar?k=3", headers=H_READ).json(),
+        client.get(f"/v1/items/complements?item_id={kettle}&k=3", headers=H_READ).json(),
+        client.get("/v1/visitors/v/retargeting?k=3", headers=H_READ).json(),
+    ]
+    r = client.post("/v1/retargeting/export", json={"visitor_ids": ["a", "b"], "k": 2}, headers=H_READ)
+    answers += [json.loads(line) for line in r.text.splitlines()]
+    rids = [a["recommendation_id"] for a in answers]
+    assert all(len(rid) == 26 for rid in rids)
+    assert rids == sorted(rids)
+    assert len(set(rids)) == len(rids)
+    # no experiment applied: experiment and variant are left out
+    assert all("experiment" not in a and "variant" not in a for a in answers)
+
+
+def test_an_impression_needs_a_recommendation_id(client: Client) -> None:
+    one = {"visitor_id": "v", "item_id": "x", "event": "impression"}
+    r = client.post("/v1/events", json=one, headers=H_INGEST)
+    assert r.status_code == 400
+    assert "'recommendation_id'" in r.text
+    ok = {**one, "recommendation_id": "r"}
+    r = client.post("/v1/events", json={"events": [ok, one]}, headers=H_INGEST)
+    assert r.status_code == 400
+    assert "events[1].recommendation_id" in r.text
+
+
+def test_attribution_is_counted_in_prometheus(client: Client) -> None:
+    feedback_scenario.run(client)
+    text = client.get("/metrics").text
+    assert 'journeyrec_attributed_events_total{event="purchase",method="last_touch"}' in text
+    assert 'journeyrec_attributed_events_total{event="product_view",method="unattributed"}' in text
+
+
+def test_summary_checks_its_days(client: Client) -> None:
+    r = client.get("/v1/feedback/summary?from=2025-01-02&to=2025-01-01", headers=H_READ)
+    assert r.status_code == 400
+    assert "after" in r.text
+    r = client.get("/v1/feedback/summary?from=2025-02-30", headers=H_READ)
+    assert r.status_code == 400
+    assert "'from'" in r.text
+    r = client.get("/v1/feedback/summary?from=2025-01-01&to=2025-01-31", headers=H_READ)
+    assert r.json() == {"first_day": "2025-01-01", "last_day": "2025-01-31", "rows": [], "totals": []}
