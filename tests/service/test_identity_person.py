@@ -4,11 +4,22 @@ person, a returning user keeps its own, a repeated link changes nothing, erase r
 
 from __future__ import annotations
 
+from typing import Any
+
+from service.store.base import VisitorStore
 from service.store.redis_store import RedisStore
 from tests.service import test_store_contract as contract
 from tests.service.test_store_contract import T0, E, Harness, ev
 
 harness = contract.harness  # the fixture: each test runs against the memory and the Redis store
+
+
+async def _first_login(harness: Harness, **overrides: Any) -> VisitorStore:
+    """A store where "anon" viewed a page, then logged in as "user" (which had no history)."""
+    store = harness.make(**overrides)
+    await store.append([ev("anon", "p-1", E.PAGE_VIEW, T0)])
+    await store.link("anon", "user")
+    return store
 
 
 async def test_the_person_is_the_visitor_id_until_a_link(harness: Harness) -> None:
@@ -19,9 +30,7 @@ async def test_the_person_is_the_visitor_id_until_a_link(harness: Harness) -> No
 
 
 async def test_a_first_login_takes_the_anonymous_person(harness: Harness) -> None:
-    store = harness.make()
-    await store.append([ev("anon", "p-1", E.PAGE_VIEW, T0)])
-    await store.link("anon", "user")
+    store = await _first_login(harness)
     for asked in ("anon", "user"):
         state = await store.visitor(asked, "c")
         assert (state.visitor_id, state.person) == ("user", "anon")
@@ -53,9 +62,7 @@ async def test_a_returning_user_keeps_its_person(harness: Harness) -> None:
 
 
 async def test_linking_again_keeps_the_person(harness: Harness) -> None:
-    store = harness.make()
-    await store.append([ev("anon", "p-1", E.PAGE_VIEW, T0)])
-    await store.link("anon", "user")
+    store = await _first_login(harness)
     state = await store.visitor("user")
     again = await store.link("anon", "user")
     assert not again.linked
@@ -73,9 +80,7 @@ async def test_a_forced_move_gives_the_new_user_the_anonymous_person(harness: Ha
 
 
 async def test_erase_removes_the_person(harness: Harness) -> None:
-    store = harness.make()
-    await store.append([ev("anon", "p-1", E.PAGE_VIEW, T0)])
-    await store.link("anon", "user")
+    store = await _first_login(harness)
     assert await store.erase("user") > 0
     for visitor in ("user", "anon"):
         assert (await store.visitor(visitor)).person == visitor
@@ -88,9 +93,7 @@ async def test_erase_removes_the_person(harness: Harness) -> None:
 
 
 async def test_the_person_expires_with_the_visitor(harness: Harness) -> None:
-    store = harness.make(visitor_ttl=1000)
-    await store.append([ev("anon", "p-1", E.PAGE_VIEW, T0)])
-    await store.link("anon", "user")
+    store = await _first_login(harness, visitor_ttl=1000)
     if isinstance(store, RedisStore):  # the person key lives as long as the user's events
         keys = store.visitor_keys("user")
         person_ttl, events_ttl = await harness.redis.ttl(keys[9]), await harness.redis.ttl(keys[0])
