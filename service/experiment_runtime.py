@@ -6,9 +6,11 @@
 person in several experiments' traffic on one placement is in the oldest only, so experiments sharing a
 placement never mix their effects in one list. A person in the service-wide holdout
 (``Settings.experiments_holdout``, ``models.experiments.in_global_holdout``) is in no experiment at all.
-The person is the visitor id (identity resolution, when a visitor is linked to a user, hashes the user
-id instead: ``person``). Assignment is a pure function of (salt, experiment, person), so every worker
-and a restarted one agree without storing anything.
+The person is the stored ``VisitorState.person`` of the visitor asking (read with the visitor's state):
+the visitor id, except after a first login, when the user's state keeps the anonymous visitor's person,
+so the visitor keeps their variants logged in, asked as either id (``service.store.identity``). A request
+whose visitor state cannot be read hashes the request's visitor id. Assignment is a pure function of
+(salt, experiment, person), so every worker and a restarted one agree without storing anything.
 
 What serves the variant (``Served``), built once per (experiment, variant, front) off the hot path:
 
@@ -41,6 +43,7 @@ from models.recommender import Recommender
 from models.request import Filters, Recommendations, RecommendedItem, VisitorContext
 from models.rules import CompiledRules, RuleSet
 from service.model_holder import STAGE_AWARE, ModelHolder
+from service.store.base import StoreBusyError, VisitorStore
 from service.store.experiments_base import ExperimentStore
 
 log = logging.getLogger("journeyrec.service")
@@ -112,16 +115,16 @@ class ExperimentRuntime:
         self._served = {k: v for k, v in self._served.items() if k in keep}
         self._broken = set()
 
-    def person(self, visitor_id: str) -> str:
-        """The id assignment hashes: the visitor id (identity resolution links it to a user id)."""
-        return visitor_id
+    def runs_on(self, placement: str) -> bool:
+        """Whether an experiment runs on ``placement``."""
+        return bool(self._by_placement.get(placement))
 
-    def choose(self, placement: str, visitor_id: str) -> tuple[Experiment, Variant] | None:
-        """The experiment and variant of a request at ``placement`` (None: no experiment applies)."""
+    def choose(self, placement: str, person: str) -> tuple[Experiment, Variant] | None:
+        """The experiment and variant of a request at ``placement`` by ``person`` (``VisitorState.person``;
+        None: no experiment applies)."""
         candidates = self._by_placement.get(placement)
         if not candidates:
             return None
-        person = self.person(visitor_id)
         if in_global_holdout(person, self.holdout):
             return None
         for assigner in candidates:
@@ -130,10 +133,10 @@ class ExperimentRuntime:
                 return assigner.experiment, variant
         return None
 
-    async def serve(self, placement: str, visitor_id: str) -> Served | None:
+    async def serve(self, placement: str, person: str) -> Served | None:
         """What serves this request's variant (None: the default serves it, unstamped: no experiment
         applies, or its variant cannot be served here)."""
-        picked = self.choose(placement, visitor_id)
+        picked = self.choose(placement, person)
         if picked is None:
             return None
         key = (picked[0].id, picked[1].name)
@@ -143,6 +146,20 @@ class ExperimentRuntime:
         if key in self._broken:
             return None
         return await self._try(*picked)
+
+    async def serve_visitor(self, placement: str, visitor_id: str, store: VisitorStore) -> Served | None:
+        """``serve`` for a request that reads no visitor state otherwise (similar items, complements):
+        the state is read for its person only when an experiment runs on ``placement``; a store that is
+        down gives the visitor id (a busy one raises, as everywhere)."""
+        if not self.runs_on(placement):
+            return None
+        try:
+            person = (await store.visitor(visitor_id)).person
+        except StoreBusyError:
+            raise
+        except StoreUnavailableError:
+            person = visitor_id
+        return await self.serve(placement, person)
 
     async def served(self, experiment: Experiment, variant: Variant) -> Served:
         """What serves ``variant``; raises ArtifactError when its model version cannot be loaded."""

@@ -31,7 +31,7 @@ async def _lines(svc: NamedDependency[Services], model: Recommender, req: Export
     for visitor_id in dict.fromkeys(req.visitor_ids):
         try:
             state = await svc.store.visitor(visitor_id, req.campaign)
-            served = await svc.experiments.runtime.serve(experiment_runtime.RETARGETING, visitor_id)
+            served = await svc.experiments.runtime.serve(experiment_runtime.RETARGETING, state.person)
             ctx = context_of(state)
             items = experiment_runtime.retarget(served, model, ctx, req.k, filters, state.sent)
             if req.mark_sent and req.campaign is not None and items:

@@ -37,7 +37,8 @@ async def _related(
     check_k(k, svc.settings)
     model: Recommender = svc.holder.require()
     placement = experiment_runtime.SIMILAR if which == "similar" else experiment_runtime.COMPLEMENTS
-    served = None if visitor_id is None else await svc.experiments.runtime.serve(placement, visitor_id)
+    runtime = svc.experiments.runtime
+    served = None if visitor_id is None else await runtime.serve_visitor(placement, visitor_id, svc.store)
     if served is not None:
         model = served.model
     anchors = list(dict.fromkeys(item_ids))  # dedupe, keep order

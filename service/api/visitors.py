@@ -102,7 +102,7 @@ class VisitorsController(Controller):
             placement=placement,
             stage_override=stage,
         )
-        served = await svc.experiments.runtime.serve(placement, visitor_id)
+        served = await svc.experiments.runtime.serve(placement, state.person)
         rec = experiment_runtime.recommend(
             served, model, ctx, k, filters, n_content, personalized=personalized
         )
@@ -158,7 +158,7 @@ class VisitorsController(Controller):
             check_mark_sent(request, campaign, "query parameter 'mark_sent'")
         model = svc.holder.require()
         state = await svc.store.visitor(visitor_id, campaign)
-        served = await svc.experiments.runtime.serve(experiment_runtime.RETARGETING, visitor_id)
+        served = await svc.experiments.runtime.serve(experiment_runtime.RETARGETING, state.person)
         ctx = context_of(state)
         items = experiment_runtime.retarget(served, model, ctx, k, filters, state.sent)
         if mark_sent and campaign is not None and items:

@@ -92,6 +92,10 @@ class VisitorState(msgspec.Struct, frozen=True):
                   order, reaching beyond the recent-events cap: what buy-again needs to count purchases
                   and their recency as the offline profiles do. Its events carry only visitor, item, event
                   and timestamp.
+    person        the id experiments hash (``service.experiment_runtime``): the visitor id, unless a
+                  first login stored the anonymous visitor's person in the user's state
+                  (``service.store.identity``), so that a visitor keeps their variants after logging in.
+                  Empty: the visitor id.
     """
 
     visitor_id: str
@@ -100,6 +104,11 @@ class VisitorState(msgspec.Struct, frozen=True):
     purchases: dict[str, float]
     sent: frozenset[str] = frozenset()
     purchase_log: list[Event] = msgspec.field(default_factory=list)
+    person: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.person:
+            msgspec.structs.force_setattr(self, "person", self.visitor_id)
 
 
 class StreamEntry(msgspec.Struct, frozen=True):
@@ -124,7 +133,8 @@ class VisitorStore(Protocol):
 
     async def visitor(self, visitor_id: str, campaign: str | None = None) -> VisitorState:
         """State of one visitor; an unknown visitor gets an empty state, never an error. A linked anonymous
-        id reads its user's state (whose ``visitor_id`` is the user id)."""
+        id reads its user's state (whose ``visitor_id`` is the user id, and whose ``person`` is the same
+        whichever of the two ids is asked)."""
         ...
 
     async def mark_sent(self, visitor_id: str, campaign: str, item_ids: list[str]) -> None:
@@ -142,7 +152,8 @@ class VisitorStore(Protocol):
     # -- identity (``service.store.identity``) ------------------------------------------------------------
 
     async def link(self, anonymous_id: str, user_id: str, *, force: bool = False) -> LinkResult:
-        """Make ``anonymous_id`` an alias of ``user_id`` and merge its state into the user's (idempotent).
+        """Make ``anonymous_id`` an alias of ``user_id`` and merge its state into the user's (idempotent); a
+        user with no events and no person of its own takes the anonymous visitor's person (a first login).
         Raises InvalidInputError (the same id twice) or IdentityConflictError (refused)."""
         ...
 

@@ -19,7 +19,8 @@ script over both visitors. In order:
    for ``anon`` finds the alias *inside the same atomic append* and is stored under the user instead: the
    anonymous state can no longer change. (A refused link takes its claim of step 1 back.)
 3. ``link_snapshot(anon)`` (anonymous slot): read that frozen state.
-4. ``link_merge(user, contribution)`` (user's slot, atomic): union it into the user's state. Every event
+4. ``link_merge(user, contribution)`` (user's slot, atomic): union it into the user's state (run even
+   when the anonymous state is empty: it may still bring its person, below). Every event
    carries a merge id (its ``event_id``, or for an event without one a hash of its JSON and its
    occurrence number, ``merge_id``) that goes into the user's idempotency set; an event whose merge id is
    there already is dropped. The other parts are unions that give the same result when applied twice
@@ -39,6 +40,13 @@ once).
 
 Stream entries written before the link keep the anonymous id (the stream is a log of what arrived); the
 user's list of stream ids names them too, so erasing the user removes them.
+
+The person (``VisitorState.person``, the id experiments hash): a user whose state has no events and no
+person of its own when the merge runs (a first login) stores the anonymous visitor's person (its stored
+one, else its id), so the visitor keeps their experiment variants after logging in, asked as either id. A
+user with history keeps its own person: a returning user logging in on a new device takes the user's
+variants, and what changes is the short anonymous session's. A retried or repeated link finds the person
+stored and keeps it.
 
 ``force`` moves the alias of an anonymous id that belongs to another user: from then on its events go to
 the new user; what was merged into the old user stays there (it cannot be told apart any more).
@@ -93,6 +101,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     events        recent events, in the order stored; ``ids``: the event ids in its idempotency set
     sids          ids of its stream entries (``"<ms>-<seq>"``), oldest first
     purchase_log  as ``VisitorState.purchase_log``; ``sent``: campaign -> item ids sent
+    person        the person stored for it (``VisitorState.person``), None when none is
     """
 
     events: list[Event] = msgspec.field(default_factory=list)
@@ -102,11 +111,11 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     sids: list[str] = msgspec.field(default_factory=list)
     purchase_log: list[Event] = msgspec.field(default_factory=list)
     sent: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    person: str | None = None
 
     def is_empty(self) -> bool:
-        return not (self.events or self.cart or self.purchases or self.ids or self.sids or self.sent) and (
-            not self.purchase_log
-        )
+        parts = (self.events, self.cart, self.purchases, self.ids, self.sids, self.sent, self.purchase_log)
+        return not any(parts) and self.person is None
 
 
 class Contribution(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,6 +125,7 @@ class Contribution(msgspec.Struct, frozen=True, kw_only=True):
     ends       item -> latest time the anonymous visitor removed or bought it: the user's cart loses an
                item added at or before that time
     cancels    item -> latest cancel in the anonymous purchase log
+    person     the anonymous visitor's person: the user takes it when it has no events and no person
     The rest as in ``Snapshot``.
     """
 
@@ -128,6 +138,7 @@ class Contribution(msgspec.Struct, frozen=True, kw_only=True):
     purchase_log: list[Event]
     sids: list[str]
     sent: dict[str, list[str]]
+    person: str
 
 
 class MergeOutcome(msgspec.Struct, frozen=True):
@@ -168,7 +179,7 @@ def merge_id(event: Event, occurrence: int) -> str:
     return "~merge:" + digest.hexdigest()
 
 
-def contribution(snapshot: Snapshot, user_id: str) -> Contribution:
+def contribution(snapshot: Snapshot, anonymous_id: str, user_id: str) -> Contribution:
     """The anonymous state, re-addressed to ``user_id``, with the merge ids and item times the merge needs."""
     seen: Counter[bytes] = Counter()
     events: list[tuple[str, Event]] = []
@@ -190,6 +201,7 @@ def contribution(snapshot: Snapshot, user_id: str) -> Contribution:
         purchase_log=[msgspec.structs.replace(e, visitor_id=user_id) for e in snapshot.purchase_log],
         sids=snapshot.sids,
         sent=snapshot.sent,
+        person=snapshot.person or anonymous_id,
     )
 
 
@@ -231,9 +243,8 @@ async def link(steps: LinkSteps, anonymous_id: str, user_id: str, *, force: bool
     if other is not None and other != user_id:
         await steps.link_unclaim(other, anonymous_id)
     snapshot = await steps.link_snapshot(anonymous_id)
-    outcome = MergeOutcome(0, [])
+    outcome = await steps.link_merge(user_id, contribution(snapshot, anonymous_id, user_id))
     if not snapshot.is_empty():
-        outcome = await steps.link_merge(user_id, contribution(snapshot, user_id))
         await steps.link_clear(anonymous_id)
     return LinkResult(
         anonymous_id=anonymous_id,

@@ -29,9 +29,10 @@ Semantics
   one per sent set; empty ones do not exist) plus the number of stream entries removed.
 
 Identity (``service.store.identity``): a linked anonymous id keeps only its alias (the user id) and is
-served the user's state; appends, reads and campaign sends follow the alias in the same atomic step. The
-alias lives ``visitor_ttl`` seconds after the link or the last event that followed it. The link runs as
-the documented single-visitor steps, each giving the event loop a turn first as a Redis round trip would.
+served the user's state (its person too: the anonymous visitor's, after a first login); appends, reads
+and campaign sends follow the alias in the same atomic step. The alias lives ``visitor_ttl`` seconds after
+the link or the last event that followed it. The link runs as the documented single-visitor steps, each
+giving the event loop a turn first as a Redis round trip would.
 
 Concurrency: no method awaits while it reads or changes state, so every call (every link step) is
 atomic with respect to the other coroutines of the event loop and no lock is needed. It is not
@@ -101,6 +102,7 @@ class _Visitor:
     sent: dict[str, set[str]] = field(default_factory=dict)
     linked: set[str] = field(default_factory=set)  # anonymous ids linked to this user
     alias: str | None = None  # the user this anonymous id is linked to
+    person: str | None = None  # the id experiments hash, when not the visitor id (``VisitorState.person``)
 
     def n_keys(self) -> int:
         """How many Redis keys this state would occupy (empty collections are no keys)."""
@@ -114,6 +116,7 @@ class _Visitor:
             self.purchase_log,
             self.linked,
             self.alias,
+            self.person,
         )
         return sum(1 for p in parts if p) + sum(1 for s in self.sent.values() if s)
 
@@ -209,6 +212,7 @@ class MemoryStore(StoreLimits):
             purchases=dict(v.purchases),
             sent=sent,
             purchase_log=list(v.purchase_log),
+            person=v.person or visitor_id,
         )
 
     async def mark_sent(self, visitor_id: str, campaign: str, item_ids: list[str]) -> None:
@@ -303,6 +307,7 @@ class MemoryStore(StoreLimits):
             sids=[format_id(sid) for sid in a.stream_ids],
             purchase_log=list(a.purchase_log),
             sent={c: sorted(items) for c, items in a.sent.items()},
+            person=a.person,
         )
 
     async def link_merge(self, user_id: str, contribution: Contribution) -> MergeOutcome:
@@ -444,6 +449,8 @@ def _merge(u: _Visitor, c: Contribution, now: float) -> MergeOutcome:
     """Union an anonymous visitor's contribution into user state ``u`` (``service.store.identity``; the
     Redis store's ``_MERGE`` script is the same algorithm)."""
     inf = float("inf")
+    if not u.events and u.person is None:  # a first login: the visitor keeps their person
+        u.person = c.person
     # the user's facts before the merge: its latest purchase of anything, and per item the latest
     # remove or purchase (an older anonymous add of the item stays out of the cart)
     u_ends: dict[str, float] = {}

@@ -16,6 +16,8 @@ campaign name). Every visitor key carries the hash tag ``{v:H}``, so a visitor's
                          ``p|<ts>|<item_id>`` or ``c|<ts>|<item_id>``, oldest first
 - ``P:{v:H}:linked``     set: anonymous ids linked to this visitor (a user), for the erase cascade
 - ``P:{v:H}:alias``      string: the user id this anonymous id is linked to (``service.store.identity``)
+- ``P:{v:H}:person``     string: the id experiments hash when it is not the visitor id
+                         (``VisitorState.person``: set by a first login's merge)
 - ``P:{v:H}:sent:C``     set: item ids campaign C already sent to the visitor
 - ``P:stream``           stream: one entry per stored event, field ``e`` = the event's msgspec JSON
 
@@ -91,19 +93,30 @@ log = logging.getLogger("journeyrec.store")
 RECENT_PAGE = 500  # stream entries per read of recent_visitors
 APPEND_CHUNK = 1000  # events per script call: bounds how long one call holds the Redis server
 MAX_CONNECTIONS = 64  # per process unless told; a command needs a connection only for one round trip
-# order used by the scripts (KEYS[k + 0 .. k + 8] of a visitor)
-_VISITOR_KEYS = ("events", "cart", "purchases", "ids", "sids", "campaigns", "buys", "linked", "alias")
+# order used by the scripts (KEYS[k + 0 .. k + 9] of a visitor)
+_VISITOR_KEYS = (
+    "events",
+    "cart",
+    "purchases",
+    "ids",
+    "sids",
+    "campaigns",
+    "buys",
+    "linked",
+    "alias",
+    "person",
+)
 
-# Shared Lua: refresh the ttl of one visitor's keys. KEYS[k .. k+7] are _VISITOR_KEYS but the alias (which
-# a visitor with state never has for long; it is refreshed on its own); `base` is "P:{v:H}". sids lives
+# Shared Lua: refresh the ttl of one visitor's keys. KEYS[k .. k+9] are _VISITOR_KEYS; all but the alias
+# (which a visitor with state never has for long; it is refreshed on its own); `base` is "P:{v:H}". sids lives
 # one second longer than the rest: the stream keeps an entry at most `ttl` seconds after it was added
 # (XTRIM MINID), so while an entry exists the sids list naming it still exists. linked likewise outlives
 # the aliases it names (an alias is refreshed just before the user's write that refreshes linked), so
 # erasing the user finds every live alias.
 _TOUCH = """
 local function touch(k, base, ttl)
-  for j = 0, 7 do
-    redis.call('EXPIRE', KEYS[k + j], (j == 4 or j == 7) and ttl + 1 or ttl)
+  for j = 0, 9 do
+    if j ~= 8 then redis.call('EXPIRE', KEYS[k + j], (j == 4 or j == 7) and ttl + 1 or ttl) end
   end
   for _, c in ipairs(redis.call('SMEMBERS', KEYS[k + 5])) do
     redis.call('EXPIRE', base .. ':sent:' .. c, ttl)
@@ -116,19 +129,20 @@ local function now_and_cutoff(ttl)
 end
 """
 
-# KEYS: events, cart, purchases, buys, alias[, sent set]. One atomic read (a consistent snapshot, as
+# KEYS: events, cart, purchases, buys, alias, person[, sent set]. One atomic read (a consistent snapshot, as
 # MULTI/EXEC would give) in one command: redis-py's transaction pipeline costs more client time than the
 # read itself. A linked anonymous id answers with its user id only (the caller reads that one).
 _READ = """
 local alias = redis.call('GET', KEYS[5])
 if alias then return alias end
 local out = {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2]),
-             redis.call('HGETALL', KEYS[3]), redis.call('LRANGE', KEYS[4], 0, -1)}
-if KEYS[6] then out[5] = redis.call('SMEMBERS', KEYS[6]) end
+             redis.call('HGETALL', KEYS[3]), redis.call('LRANGE', KEYS[4], 0, -1),
+             redis.call('GET', KEYS[6])}
+if KEYS[7] then out[6] = redis.call('SMEMBERS', KEYS[7]) end
 return out
 """
 
-# KEYS[1] stream, then 9 keys per visitor group (_VISITOR_KEYS order).
+# KEYS[1] stream, then 10 keys per visitor group (_VISITOR_KEYS order).
 # ARGV: ttl, maxlen, recent, purchase_log, n_groups, base of each group, then 6 per event in batch order:
 #       group, kind, item, ts (Python repr of the float), "+"..event_id or "-", json
 # Returns {accepted, duplicates, {group, user id, ...}}: the events of a group whose visitor is an alias
@@ -143,7 +157,7 @@ local now_ms, cutoff = now_and_cutoff(ttl)
 redis.call('XTRIM', stream, 'MINID', cutoff)
 local redirect, redirected = {}, {}
 for g = 1, ngroups do
-  local k = 1 + (g - 1) * 9 + 1
+  local k = 1 + (g - 1) * 10 + 1
   -- event ids older than the ttl window are forgotten: a retry that late is a new event
   redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', '(' .. cutoff)
   local user = redis.call('GET', KEYS[k + 8])
@@ -158,7 +172,7 @@ local stored = {}
 local accepted, duplicates = 0, 0
 for i = 6 + ngroups, #ARGV, 6 do
   local g = tonumber(ARGV[i])
-  local k = 1 + (g - 1) * 9 + 1
+  local k = 1 + (g - 1) * 10 + 1
   local kind, item, ts, eid, json = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local new = not redirect[g]
   if new and string.sub(eid, 1, 1) == '+' then
@@ -195,7 +209,7 @@ for i = 6 + ngroups, #ARGV, 6 do
 end
 for g = 1, ngroups do
   if stored[g] then
-    local k = 1 + (g - 1) * 9 + 1
+    local k = 1 + (g - 1) * 10 + 1
     redis.call('LTRIM', KEYS[k], -recent, -1)
     redis.call('LTRIM', KEYS[k + 6], -log_cap, -1)
     -- forget stream ids that XTRIM MINID has removed from the stream (they are in time order)
@@ -211,7 +225,7 @@ return {accepted, duplicates, redirected}
 """
 )
 
-# KEYS: the 9 visitor keys, then the campaign's sent set. ARGV: ttl, base, C, item ids...
+# KEYS: the 10 visitor keys, then the campaign's sent set. ARGV: ttl, base, C, item ids...
 # Returns 1, or the user id of a linked anonymous id (nothing written: the caller sends to the user).
 _MARK_SENT = (
     _TOUCH
@@ -220,7 +234,7 @@ local ttl = tonumber(ARGV[1])
 local alias = redis.call('GET', KEYS[9])
 if alias then return alias end
 for i = 4, #ARGV, 1000 do
-  redis.call('SADD', KEYS[10], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  redis.call('SADD', KEYS[11], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('SADD', KEYS[6], ARGV[3])
 touch(1, ARGV[2], ttl)
@@ -228,7 +242,7 @@ return 1
 """
 )
 
-# KEYS[1] stream, then the 9 visitor keys. ARGV: ttl, base, expected alias ("" = any). Returns {keys +
+# KEYS[1] stream, then the 10 visitor keys. ARGV: ttl, base, expected alias ("" = any). Returns {keys +
 # stream entries removed, the alias the visitor had or nil}; nothing is removed when an alias is expected
 # and the visitor's differs (an anonymous id moved to another user since the cascade read its user's set).
 _ERASE = (
@@ -250,7 +264,7 @@ for _, c in ipairs(redis.call('SMEMBERS', KEYS[7])) do
   removed = removed + redis.call('DEL', ARGV[2] .. ':sent:' .. c)
 end
 removed = removed + redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
-                                KEYS[9], KEYS[10])
+                                KEYS[9], KEYS[10], KEYS[11])
 return {removed, alias}
 """
 )
@@ -278,8 +292,8 @@ if current then return {'ok', current} end
 return {'ok'}
 """
 
-# The anonymous slot. KEYS: the 9 visitor keys. ARGV: base. Returns {events, cart, purchases, ids, sids,
-# buys, {C, {items}, C, {items}, ...}}.
+# The anonymous slot. KEYS: the 10 visitor keys. ARGV: base. Returns {events, cart, purchases, ids, sids,
+# buys, {C, {items}, C, {items}, ...}, person or nil}.
 _SNAPSHOT = """
 local sent = {}
 for _, c in ipairs(redis.call('SMEMBERS', KEYS[6])) do
@@ -288,16 +302,17 @@ for _, c in ipairs(redis.call('SMEMBERS', KEYS[6])) do
 end
 return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
         redis.call('ZRANGE', KEYS[4], 0, -1), redis.call('LRANGE', KEYS[5], 0, -1),
-        redis.call('LRANGE', KEYS[7], 0, -1), sent}
+        redis.call('LRANGE', KEYS[7], 0, -1), sent, redis.call('GET', KEYS[10])}
 """
 
-# The anonymous slot. KEYS: the 9 visitor keys. ARGV: base. Drops the state, keeps the alias (and linked).
+# The anonymous slot. KEYS: the 10 visitor keys. ARGV: base. Drops the state (and person), keeps the
+# alias (and linked).
 _CLEAR = """
 for _, c in ipairs(redis.call('SMEMBERS', KEYS[6])) do redis.call('DEL', ARGV[1] .. ':sent:' .. c) end
-return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[10])
 """
 
-# The user's slot. KEYS: the 9 visitor keys. ARGV: ttl, recent, purchase_log, base, the contribution as
+# The user's slot. KEYS: the 10 visitor keys. ARGV: ttl, recent, purchase_log, base, the contribution as
 # JSON (``_merge_payload``). The algorithm of ``memory_store._merge``; returns {events carried, {items of
 # the anonymous cart now in the user's}}.
 _MERGE = (
@@ -308,6 +323,10 @@ local c = cjson.decode(ARGV[5])
 local events, cart, purchases, ids, sids, campaigns, buys = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
   KEYS[6], KEYS[7]
 local now_ms = now_and_cutoff(ttl)
+-- a first login (no events, no person yet): the user takes the anonymous visitor's person
+if redis.call('LLEN', events) == 0 and redis.call('EXISTS', KEYS[10]) == 0 then
+  redis.call('SET', KEYS[10], c.person)
+end
 local function later(map, key, t)
   if not map[key] or map[key] < t then map[key] = t end
 end
@@ -681,14 +700,15 @@ class RedisStore(StoreLimits):
             events=self._decode_list(b"[" + b",".join(replies[0]) + b"]"),
             cart=_float_pairs(replies[1]),
             purchases=_float_pairs(replies[2]),
-            sent=frozenset(m.decode() for m in replies[4]) if campaign is not None else frozenset(),
+            sent=frozenset(m.decode() for m in replies[5]) if campaign is not None else frozenset(),
             purchase_log=[_logged(visitor_id, raw) for raw in replies[3]],
+            person=replies[4].decode() if replies[4] is not None else visitor_id,
         )
 
     async def _read_one(self, visitor_id: str, campaign: str | None) -> Any:
         """The ``_READ`` reply for one visitor id: its state, or (bytes) the user id it is linked to."""
         every = self.visitor_keys(visitor_id)
-        keys = [*every[:3], every[6], every[8]]  # events, cart, purchases, buys, alias
+        keys = [*every[:3], every[6], every[8], every[9]]  # events, cart, purchases, buys, alias, person
         if campaign is not None:
             keys.append(self.sent_key(visitor_id, campaign))
         with unavailable("read visitor"):
@@ -778,7 +798,7 @@ class RedisStore(StoreLimits):
             r: list[Any] = await self._snapshot(
                 keys=self.visitor_keys(anonymous_id), args=[self.visitor_base(anonymous_id)]
             )
-        events, cart, purchases, ids, sids, buys, sent = r
+        events, cart, purchases, ids, sids, buys, sent, person = r
         return Snapshot(
             events=self._decode_list(b"[" + b",".join(events) + b"]"),
             cart=_float_pairs(cart),
@@ -790,6 +810,7 @@ class RedisStore(StoreLimits):
                 bytes.fromhex(c.decode()).decode(): sorted(m.decode() for m in members)
                 for c, members in zip(sent[::2], sent[1::2], strict=True)
             },
+            person=person.decode() if person is not None else None,
         )
 
     async def link_merge(self, user_id: str, contribution: Contribution) -> MergeOutcome:
@@ -861,6 +882,7 @@ def _merge_payload(c: Contribution, encode: Callable[[Any], bytes]) -> bytes:
             "buys": [f"{e.event.value[0]}|{float(e.timestamp)!r}|{e.item_id}" for e in c.purchase_log],
             "sids": c.sids,
             "sent": [(_hex(campaign), items) for campaign, items in c.sent.items()],
+            "person": c.person,
         }
     )
 

@@ -100,9 +100,9 @@ async def test_a_repeated_merge_adds_nothing(harness: Harness) -> None:
     await store.mark_sent("anon", "c", ["x"])
     steps: Any = store
     snapshot = await steps.link_snapshot("anon")
-    first = await steps.link_merge("user", contribution(snapshot, "user"))
+    first = await steps.link_merge("user", contribution(snapshot, "anon", "user"))
     state = await store.visitor("user", "c")
-    second = await steps.link_merge("user", contribution(snapshot, "user"))
+    second = await steps.link_merge("user", contribution(snapshot, "anon", "user"))
     assert (first.events_carried, second.events_carried) == (5, 0)
     assert await store.visitor("user", "c") == state
     assert [e.item_id for e in state.events] == ["p-1", "p-1", "p-2", "p-2", "p-2"]
@@ -224,8 +224,9 @@ async def test_refused_links(harness: Harness) -> None:
     # nothing of the refused links stayed behind
     assert await store.resolve_many(["anon", "user", "anon-2", "user-2"]) == {"anon": "user"}
     await store.link("anon-3", "user-2")  # user-2 is still free to be a user
-    # anon-3's alias and user-2's set of linked ids (anon-3 only: the refused claims were taken back)
-    assert await store.erase("user-2") == 2
+    # anon-3's alias, user-2's set of linked ids (anon-3 only: the refused claims were taken back) and
+    # user-2's person (anon-3's: a first login)
+    assert await store.erase("user-2") == 3
 
 
 async def test_force_moves_the_alias_and_leaves_the_merged_history(harness: Harness) -> None:
