@@ -213,6 +213,7 @@ class VisitorsController(Controller):
     ) -> ErasedOut:
         # the user's erase cascades to its linked anonymous ids: their journey records and served lists
         # go too (the visitor store's erase, last, removes the links themselves)
+        await svc.feedback.drain()  # this worker's queued counts first: none lands after the erase
         removed = 0
         for v in [*await svc.store.linked(visitor_id), visitor_id]:
             removed += await journey.store.erase(v) + await svc.feedback.store.erase(v)

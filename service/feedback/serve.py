@@ -125,7 +125,7 @@ class Feedback:
                     queue.task_done()
 
     async def drain(self) -> None:
-        """Wait until every queued served list is counted (tests; shutdown)."""
+        """Wait until every queued served list is counted (erase, tests, shutdown)."""
         if self._queue is not None and self._task is not None and not self._task.done():
             await self._queue.join()
 

@@ -4,9 +4,12 @@ down. The storefront and its model are in ``tests/storefront.py``; the fixtures 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import redis
 from litestar import Litestar
 
 from models.domain import Event
@@ -129,3 +132,20 @@ class LogRecords(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key under ``prefix:`` (a test's own keys) from the Redis at ``redis_url``."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
+    try:
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def unique_prefix(redis_url: str) -> Iterator[str]:
+    """A fresh key prefix for a module's tests, its keys deleted afterwards (wrap in a fixture)."""
+    p = f"jrtest-{uuid.uuid4().hex[:10]}"
+    yield p
+    delete_prefix(redis_url, p)

@@ -17,10 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from tests.conftest import REDIS_URL
-from tests.service.api_fixtures import H_CATALOG, H_INGEST, H_READ
+from tests.service.api_fixtures import H_CATALOG, H_INGEST, H_READ, delete_prefix
 from tests.service.test_api_e2e_redis import Server
 from tests.storefront import product_id
 
@@ -40,10 +39,7 @@ def server(models_dir: Path, redis_url: str) -> Iterator[Server]:
         yield s
     finally:
         s.stop()
-        client = redis.Redis.from_url(redis_url, socket_timeout=2)
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            client.delete(key)
-        client.close()
+        delete_prefix(redis_url, prefix)
 
 
 def _get(server: Server, path: str, **params: Any) -> Any:

@@ -9,17 +9,15 @@ and deletes its keys afterwards.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from models.experiments import assign
 from tests.conftest import REDIS_URL
-from tests.service.api_fixtures import H_ADMIN, H_READ
+from tests.service.api_fixtures import H_ADMIN, H_READ, unique_prefix
 from tests.service.test_api_e2e_redis import Server
 
 pytestmark = pytest.mark.redis
@@ -37,12 +35,7 @@ DOC = {
 
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
-    p = f"jrtest-{uuid.uuid4().hex[:10]}"
-    yield p
-    client = redis.Redis.from_url(redis_url, socket_timeout=2)
-    for key in client.scan_iter(match=f"{p}:*", count=1000):
-        client.delete(key)
-    client.close()
+    yield from unique_prefix(redis_url)
 
 
 def _start(models_dir: Path, prefix: str) -> Server:

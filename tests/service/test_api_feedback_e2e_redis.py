@@ -7,7 +7,6 @@ deleted afterwards.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import redis
 
 from tests.conftest import REDIS_URL
 from tests.service import feedback_scenario
+from tests.service.api_fixtures import unique_prefix
 from tests.service.test_api_e2e_redis import Server
 
 pytestmark = pytest.mark.redis
@@ -24,12 +24,7 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture(scope="module")
 def prefix(redis_url: str) -> Iterator[str]:
-    p = f"jrtest-{uuid.uuid4().hex[:10]}"
-    yield p
-    client = redis.Redis.from_url(redis_url, socket_timeout=2)
-    for key in client.scan_iter(match=f"{p}:*", count=1000):
-        client.delete(key)
-    client.close()
+    yield from unique_prefix(redis_url)
 
 
 @pytest.fixture(scope="module")
