@@ -8,10 +8,12 @@ Every run uses its own key prefix and deletes its keys afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +80,7 @@ class Server:
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: stop() can reach a worker left behind
         )
 
     def wait_live(self) -> httpx.Client:
@@ -100,8 +103,10 @@ class Server:
         try:
             _out, err = self.proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _out, err = self.proc.communicate()
+            # a worker still shutting down holds stderr open: kill the whole group, or this waits forever
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            _out, err = self.proc.communicate(timeout=15)
         return err.decode(errors="replace") if err else ""
 
 
