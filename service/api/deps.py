@@ -12,11 +12,13 @@ from litestar.params import Parameter
 
 from models.domain import Channel, ItemKind, Stage
 from models.errors import InvalidInputError
-from models.request import Filters, VisitorContext
+from models.recommender import Recommender
+from models.request import Filters, RecommendedItem, VisitorContext
+from service import experiment_runtime
 from service.auth import Scope, require_scope
 from service.experiment_runtime import ExperimentFollower
 from service.experiments_results import StatsProvider
-from service.feedback.serve import Feedback
+from service.feedback.serve import Feedback, ServedTag
 from service.model_holder import ModelHolder
 from service.rules_follower import RulesFollower
 from service.settings import Settings
@@ -113,3 +115,35 @@ def context_of(
         placement=placement,
         stage_override=stage_override,
     )
+
+
+async def retarget_logged(
+    svc: Services,
+    model: Recommender,
+    visitor_id: str,
+    state: VisitorState,
+    k: int,
+    filters: Filters,
+    *,
+    campaign: str | None,
+    mark_sent: bool,
+    placement: str,
+) -> tuple[list[RecommendedItem], str, ServedTag]:
+    """A retargeting list of ``visitor_id`` (``GET .../retargeting`` and each export line) from its
+    ``state``: the person's experiment variant makes the items, the sends are recorded when asked (a
+    ``campaign`` and ``mark_sent``), and the list is logged for attribution under ``placement``. Returns
+    the items, the version of the model that made them and the answer's tag."""
+    served = await svc.experiments.runtime.serve(experiment_runtime.RETARGETING, state.person)
+    ctx = context_of(state)
+    items = experiment_runtime.retarget(served, model, ctx, k, filters, state.sent)
+    if mark_sent and campaign is not None and items:
+        await svc.store.mark_sent(visitor_id, campaign, [r.item_id for r in items])
+    tag = await svc.feedback.served(
+        visitor_id,
+        stage=model.stage_of(ctx).stage.value,
+        placement=placement,
+        items=[r.item_id for r in items],
+        **experiment_runtime.names(served),
+    )
+    version = served.model.version if served is not None else model.version
+    return items, version, tag

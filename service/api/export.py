@@ -15,8 +15,8 @@ from litestar.status_codes import HTTP_200_OK
 from models.errors import InvalidInputError, StoreUnavailableError
 from models.recommender import Recommender
 from models.request import Filters
-from service import experiment_runtime, metrics
-from service.api.deps import Services, check_k, check_mark_sent, context_of
+from service import metrics
+from service.api.deps import Services, check_k, check_mark_sent, retarget_logged
 from service.auth import Scope, scopes
 from service.schemas import ExportIn, ExportLine, items_out
 
@@ -31,17 +31,16 @@ async def _lines(svc: NamedDependency[Services], model: Recommender, req: Export
     for visitor_id in dict.fromkeys(req.visitor_ids):
         try:
             state = await svc.store.visitor(visitor_id, req.campaign)
-            served = await svc.experiments.runtime.serve(experiment_runtime.RETARGETING, state.person)
-            ctx = context_of(state)
-            items = experiment_runtime.retarget(served, model, ctx, req.k, filters, state.sent)
-            if req.mark_sent and req.campaign is not None and items:
-                await svc.store.mark_sent(visitor_id, req.campaign, [r.item_id for r in items])
-            tag = await svc.feedback.served(
+            items, _version, tag = await retarget_logged(
+                svc,
+                model,
                 visitor_id,
-                stage=model.stage_of(ctx).stage.value,
+                state,
+                req.k,
+                filters,
+                campaign=req.campaign,
+                mark_sent=req.mark_sent,
                 placement="export",
-                items=[r.item_id for r in items],
-                **experiment_runtime.names(served),
             )
             line = ExportLine(
                 visitor_id, items_out(items), None, tag.recommendation_id, tag.experiment, tag.variant

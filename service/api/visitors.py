@@ -24,6 +24,7 @@ from service.api.deps import (
     context_of,
     empty_state,
     provide_filters,
+    retarget_logged,
 )
 from service.auth import Scope, scopes
 from service.schemas import (
@@ -158,20 +159,18 @@ class VisitorsController(Controller):
             check_mark_sent(request, campaign, "query parameter 'mark_sent'")
         model = svc.holder.require()
         state = await svc.store.visitor(visitor_id, campaign)
-        served = await svc.experiments.runtime.serve(experiment_runtime.RETARGETING, state.person)
-        ctx = context_of(state)
-        items = experiment_runtime.retarget(served, model, ctx, k, filters, state.sent)
-        if mark_sent and campaign is not None and items:
-            await svc.store.mark_sent(visitor_id, campaign, [r.item_id for r in items])
-        metrics.RECOMMENDATIONS.labels("retargeting", "false").inc()
-        version = served.model.version if served is not None else model.version
-        tag = await svc.feedback.served(
+        items, version, tag = await retarget_logged(
+            svc,
+            model,
             visitor_id,
-            stage=model.stage_of(ctx).stage.value,
+            state,
+            k,
+            filters,
+            campaign=campaign,
+            mark_sent=mark_sent,
             placement="retargeting",
-            items=[r.item_id for r in items],
-            **experiment_runtime.names(served),
         )
+        metrics.RECOMMENDATIONS.labels("retargeting", "false").inc()
         return RetargetingOut(
             visitor_id,
             campaign,
