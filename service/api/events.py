@@ -16,7 +16,7 @@ from service import metrics
 from service.analytics.tracker import JourneyTracker
 from service.api.deps import Services
 from service.auth import Scope, scopes
-from service.feedback.ingest import feed, split_impressions
+from service.feedback.ingest import feed, history_of
 from service.ingest import count_unknown, decode_events
 from service.openapi_body import EventsOperation
 from service.schemas import IngestOut
@@ -59,7 +59,7 @@ class EventsController(Controller):
         body = await request.body()
         s = svc.settings
         events = decode_events(body, now=time.time(), max_batch=s.max_batch, max_depth=s.max_json_depth)
-        history, _impressions = split_impressions(events)  # impressions are feedback, not history
+        history = history_of(events)  # impressions are feedback, not history
         try:
             result = await svc.store.append(history) if history else AppendResult(accepted=0, duplicates=0)
         except StoreUnavailableError:
@@ -70,11 +70,11 @@ class EventsController(Controller):
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         model = svc.holder.current  # stage transitions, by the live model's journey rules
         if result.aliases:  # events of a linked anonymous id are the user's journey
-            events = [
+            history = [
                 msgspec.structs.replace(e, visitor_id=result.aliases.get(e.visitor_id, e.visitor_id))
-                for e in events
+                for e in history
             ]
-        await journey.observe(events, model.rules if model is not None else DEFAULT_RULES)
+        await journey.observe(history, model.rules if model is not None else DEFAULT_RULES)
         unknown = count_unknown(events, svc.holder.knows)
         metrics.UNKNOWN_ITEM_EVENTS.inc(unknown)
         redirected = result.redirected or msgspec.UNSET

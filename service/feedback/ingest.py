@@ -10,12 +10,11 @@ from service.feedback.serve import Feedback
 from service.feedback.store_base import FeedbackResult
 
 
-def split_impressions(events: list[Event]) -> tuple[list[Event], list[Event]]:
-    """(history, impressions): impressions are feedback only, never part of the visitor's history."""
+def history_of(events: list[Event]) -> list[Event]:
+    """The events that are journey history: all but impressions, which are feedback only."""
     if not any(e.event is EventType.IMPRESSION for e in events):
-        return events, []
-    history = [e for e in events if e.event is not EventType.IMPRESSION]
-    return history, [e for e in events if e.event is EventType.IMPRESSION]
+        return events
+    return [e for e in events if e.event is not EventType.IMPRESSION]
 
 
 async def feed(feedback: Feedback, events: list[Event]) -> FeedbackResult:
