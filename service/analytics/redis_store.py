@@ -4,6 +4,7 @@
 Keys (``P`` the prefix, ``{v:H}`` the visitor's tag of ``service.store.redis_store``, ``I`` a period id
 ``h:YYYYMMDDHH`` or ``d:YYYYMMDD``, see ``service.analytics.periods``):
 
+- ``P:{v:H}:trail``    the visitor store's packed events (``service.store.trail``): what the walk reads
 - ``P:{v:H}:journey``  hash: ``s`` stage, ``since``, ``n`` version, ``p`` last sighting; expires
                        ``visitor_ttl`` after the visitor was last evaluated, as the visitor's other keys do
                        after their last event
@@ -13,7 +14,7 @@ Keys (``P`` the prefix, ``{v:H}`` the visitor's tag of ``service.store.redis_sto
 
 Every script keeps to one slot: the record scripts to the visitor's tag, the rollup script to the period's
 tag ``{jr:I}``. Reads and writes of many visitors or periods go in one round trip
-(``service.analytics.resp``), never as one script over several slots.
+(``service.store.resp``), never as one script over several slots.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import msgspec
 import numpy as np
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from models.domain import Channel, EventType, Stage
+from models.domain import Stage
 from service.analytics.periods import GRANULARITIES, Granularity, member_of, period_id
-from service.analytics.resp import Arg, evalsha, run
 from service.analytics.store_base import (
     SET_NAMES,
     JourneyRecord,
@@ -40,17 +40,12 @@ from service.analytics.store_base import (
     Snapshot,
     channel_name,
 )
+from service.store import trail
 from service.store.redis_store import RedisStore, unavailable
+from service.store.resp import Arg, evalsha, round_trip_packed, run
 
 STORE = "journey analytics store"
 CHUNK = 1000  # members or fields per SADD / ZADD call inside a script
-
-# KEYS: journey, events. ARGV: ttl. Returns {stage, since, n, p} and the stored events; refreshes the
-# record's ttl (the visitor was evaluated: the record lives as long as the visitor's events).
-_SNAPSHOT = """
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return {redis.call('HMGET', KEYS[1], 's', 'since', 'n', 'p'), redis.call('LRANGE', KEYS[2], 0, -1)}
-"""
 
 # KEYS: journey. ARGV: expected version, stage, since, ttl. Returns 1 when written, 0 when the version moved.
 _COMMIT = """
@@ -91,12 +86,27 @@ return 1
 _STAGES = {s.value.encode(): s for s in Stage}
 
 
-class _StageEvent(msgspec.Struct, frozen=True, gc=False):
-    """The fields of a stored event the stage walk reads (the decoder skips the others)."""
+def _snapshot_text(base: str, ttl: str) -> str:
+    """RESP of a visitor's three snapshot commands (``_snapshot_commands``), lengths in characters."""
+    j, t = f"{base}:journey", f"{base}:trail"
+    return (
+        f"*6\r\n$5\r\nHMGET\r\n${len(j)}\r\n{j}\r\n$1\r\ns\r\n$5\r\nsince\r\n$1\r\nn\r\n$1\r\np\r\n"
+        f"*2\r\n$3\r\nGET\r\n${len(t)}\r\n{t}\r\n"
+        f"*3\r\n$6\r\nEXPIRE\r\n${len(j)}\r\n{j}\r\n${len(ttl)}\r\n{ttl}\r\n"
+    )
 
-    timestamp: float
-    event: EventType
-    channel: Channel | None = None
+
+def _snapshot_commands(visitors: RedisStore, visitor_ids: Sequence[str], ttl: str) -> list[list[Arg]]:
+    commands: list[list[Arg]] = []
+    for v in visitor_ids:
+        base = visitors.visitor_base(v)
+        journey = f"{base}:journey"
+        commands += [
+            ["HMGET", journey, "s", "since", "n", "p"],
+            ["GET", f"{base}:trail"],
+            ["EXPIRE", journey, ttl],
+        ]
+    return commands
 
 
 class RedisAnalyticsStore:
@@ -108,43 +118,46 @@ class RedisAnalyticsStore:
         self._r: Redis = visitors.client
         self._prefix = visitors.prefix
         self._ttl = visitors.visitor_ttl
-        self._snapshot = self._r.register_script(_SNAPSHOT)
         self._commit = self._r.register_script(_COMMIT)
         self._add = self._r.register_script(_ADD)
         self._mark = self._r.register_script(_MARK)
-        self._scripts = (self._snapshot, self._commit, self._add, self._mark)
-        self._decode = msgspec.json.Decoder(list[_StageEvent]).decode
+        self._scripts = (self._commit, self._add, self._mark)
 
     def _period_base(self, pid: str) -> str:
         return f"{self._prefix}:{{jr:{pid}}}"
 
     async def snapshot(self, visitor_ids: Sequence[str]) -> Snapshot:
-        commands = []
+        # per visitor: the record, then the trail (read after the record: a record that moved in between
+        # fails its compare-and-set), and the record's ttl refreshed (it lives as long as the visitor's
+        # events). Plain commands (the pair need not be atomic; a script per visitor costs more), packed
+        # from one template per visitor: hundreds of visitors per request made generic packing the
+        # largest cost of the read.
         ttl = str(self._ttl)
-        for v in visitor_ids:
-            base = self._visitors.visitor_base(v)
-            commands.append(evalsha(self._snapshot, [f"{base}:journey", f"{base}:events"], [ttl]))
+        text = "".join([_snapshot_text(self._visitors.visitor_base(v), ttl) for v in visitor_ids])
         with unavailable("read journey records", STORE):
-            replies = await run(self._r, commands, self._scripts)
+            if text.isascii():
+                replies = await round_trip_packed(self._r, text.encode(), 3 * len(visitor_ids))
+                for r in replies:
+                    if isinstance(r, ResponseError):
+                        raise r
+            else:  # a prefix beyond ASCII: lengths are bytes, not characters
+                replies = await run(self._r, _snapshot_commands(self._visitors, visitor_ids, ttl), ())
         records: list[JourneyRecord | None] = []
-        raw: list[bytes] = []
-        counts = np.zeros(len(visitor_ids), dtype=np.int64)
-        for i, ((stage, since, n, seen), events) in enumerate(replies):
+        for stage, since, n, seen in replies[::3]:
             records.append(
                 JourneyRecord(_STAGES[stage], float(since), int(n), seen.decode() if seen else "")
                 if stage is not None
                 else None
             )
-            counts[i] = len(events)
-            raw.extend(events)
-        # the stored events are JSON objects: one decoder call over them as a JSON array
-        evs = self._decode(b"[" + b",".join(raw) + b"]")
+        trails = [t or b"" for t in replies[1::3]]
+        rows = trail.rows(b"".join(trails))
+        channels = rows["channel"]
         return Snapshot(
             records=records,
-            counts=counts,
-            ts=np.array([e.timestamp for e in evs], dtype=np.float64),
-            codes=np.array([e.event.code for e in evs], dtype=np.int8),
-            channel=lambda i: channel_name(evs[i].channel),
+            counts=np.array([len(t) // trail.ROW_BYTES for t in trails], dtype=np.int64),
+            ts=rows["ts"].astype(np.float64),
+            codes=rows["code"].astype(np.int8),
+            channel=lambda i: channel_name(trail.channel_of(int(channels[i]))),
         )
 
     async def commit(self, writes: Sequence[RecordWrite]) -> list[bool]:

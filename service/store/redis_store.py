@@ -18,11 +18,18 @@ campaign name). Every visitor key carries the hash tag ``{v:H}``, so a visitor's
 - ``P:{v:H}:alias``      string: the user id this anonymous id is linked to (``service.store.identity``)
 - ``P:{v:H}:person``     string: the id experiments hash when it is not the visitor id
                          (``VisitorState.person``: set by a first login's merge)
+- ``P:{v:H}:trail``      string: 10 bytes per entry of ``events``, in the same order: its time, event and
+                         channel packed for the stage engine (``service.store.trail``)
 - ``P:{v:H}:sent:C``     set: item ids campaign C already sent to the visitor
 - ``P:stream``           stream: one entry per stored event, field ``e`` = the event's msgspec JSON
 
-Every visitor key expires ``visitor_ttl`` seconds after the visitor's last write (``sids``: one second
-later, see below); each write refreshes all of them, so a visitor expires as a whole. An alias expires
+Every visitor key expires ``visitor_ttl`` seconds after the visitor's last write (``sids`` and ``linked``:
+one second later, see below), so a visitor expires as a whole; a write refreshes the keys it writes, and
+all of them when their last full refresh is older than the slack, min(``visitor_ttl`` / 100,
+``TOUCH_SLACK_MAX``) seconds (an hour for the default 90 days): so the keys of a visitor that keeps
+writing expire between ``visitor_ttl`` minus the slack and ``visitor_ttl`` after the last write, ``sids``
+and ``linked`` exactly one second after it, and an append spends two ttl commands per visitor, not
+eleven, on a visitor seen within the slack. An alias expires
 ``visitor_ttl`` seconds after the link or the last append that followed it. The stream has no
 TTL (``volatile-*`` eviction would never evict it; ``allkeys-*`` eviction must not be used): it is capped
 with ``XADD MAXLEN ~ stream_maxlen`` and trimmed of entries older than ``visitor_ttl`` (``XTRIM MINID``) on
@@ -67,7 +74,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from models.domain import Event, EventType
 from models.errors import StoreUnavailableError
 from service import metrics
-from service.store import identity
+from service.store import identity, resp, trail
 from service.store.base import (
     PURCHASE_LOG,
     AppendResult,
@@ -93,7 +100,10 @@ log = logging.getLogger("journeyrec.store")
 RECENT_PAGE = 500  # stream entries per read of recent_visitors
 APPEND_CHUNK = 1000  # events per script call: bounds how long one call holds the Redis server
 MAX_CONNECTIONS = 64  # per process unless told; a command needs a connection only for one round trip
-# order used by the scripts (KEYS[k + 0 .. k + 9] of a visitor)
+# an append refreshes the ttl of all of a visitor's keys when the last such refresh is older than
+# min(visitor_ttl / 100, TOUCH_SLACK_MAX) seconds (module docstring)
+TOUCH_SLACK_MAX = 3600
+# order used by the scripts (KEYS[k + 0 .. k + 10] of a visitor)
 _VISITOR_KEYS = (
     "events",
     "cart",
@@ -105,20 +115,33 @@ _VISITOR_KEYS = (
     "linked",
     "alias",
     "person",
+    "trail",
 )
 
-# Shared Lua: refresh the ttl of one visitor's keys. KEYS[k .. k+9] are _VISITOR_KEYS; all but the alias
+# Shared Lua: a visitor's key names; refresh the ttl of one visitor's keys: all but the alias
 # (which a visitor with state never has for long; it is refreshed on its own); `base` is "P:{v:H}". sids lives
 # one second longer than the rest: the stream keeps an entry at most `ttl` seconds after it was added
 # (XTRIM MINID), so while an entry exists the sids list naming it still exists. linked likewise outlives
 # the aliases it names (an alias is refreshed just before the user's write that refreshes linked), so
 # erasing the user finds every live alias.
 _TOUCH = """
-local function touch(k, base, ttl)
-  for j = 0, 9 do
-    if j ~= 8 then redis.call('EXPIRE', KEYS[k + j], (j == 4 or j == 7) and ttl + 1 or ttl) end
+local VISITOR_KEYS = {VISITOR_KEY_NAMES}
+-- the 11 keys of a visitor (_VISITOR_KEYS order, K[1] .. K[11]): from KEYS[k ..] or from the base "P:{v:H}"
+local function keys_at(k)
+  local K = {}
+  for j = 1, 11 do K[j] = KEYS[k + j - 1] end
+  return K
+end
+local function keys_of(base)
+  local K = {}
+  for j = 1, 11 do K[j] = base .. ':' .. VISITOR_KEYS[j] end
+  return K
+end
+local function touch(K, base, ttl)
+  for j = 1, 11 do
+    if j ~= 9 then redis.call('EXPIRE', K[j], (j == 5 or j == 8) and ttl + 1 or ttl) end
   end
-  for _, c in ipairs(redis.call('SMEMBERS', KEYS[k + 5])) do
+  for _, c in ipairs(redis.call('SMEMBERS', K[6])) do
     redis.call('EXPIRE', base .. ':sent:' .. c, ttl)
   end
 end
@@ -126,6 +149,26 @@ local function now_and_cutoff(ttl)
   local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   return now_ms, math.max(now_ms - ttl * 1000, 0)
+end
+""".replace("VISITOR_KEY_NAMES", ", ".join(f"'{name}'" for name in _VISITOR_KEYS))
+
+# Shared Lua: the trail row of a stored event (``service.store.trail``), and a trail rebuilt from the events
+# list (for a list whose trail does not match it row for row).
+_EVENT_CODES = ", ".join(f'["{t.value}"] = {t.code}' for t in EventType)
+_CHANNEL_CODES = ", ".join(f'["{c.value}"] = {trail.channel_code(c)}' for c in trail.CHANNELS)
+_TRAIL = f"""
+local TRAIL_ROW = {trail.ROW_BYTES}
+local EVENT_CODE = {{{_EVENT_CODES}}}
+local CHANNEL_CODE = {{{_CHANNEL_CODES}}}
+local function trail_row(e)
+  return struct.pack('<dBB', e.timestamp, EVENT_CODE[e.event], CHANNEL_CODE[e.channel] or 0)
+end
+local function rebuild_trail(events_key, trail_key)
+  local out = {{}}
+  for i, json in ipairs(redis.call('LRANGE', events_key, 0, -1)) do
+    out[i] = trail_row(cjson.decode(json))
+  end
+  redis.call('SET', trail_key, table.concat(out))
 end
 """
 
@@ -142,66 +185,88 @@ if KEYS[7] then out[6] = redis.call('SMEMBERS', KEYS[7]) end
 return out
 """
 
-# KEYS[1] stream, then 10 keys per visitor group (_VISITOR_KEYS order).
-# ARGV: ttl, maxlen, recent, purchase_log, n_groups, base of each group, then 6 per event in batch order:
-#       group, kind, item, ts (Python repr of the float), "+"..event_id or "-", json
+# KEYS[1] stream, then the events key of each visitor group (its slot; the script names the visitor's
+# other keys from the group's base, in the same slot).
+# ARGV: ttl, maxlen, recent, purchase_log, n_groups, base of each group, then 7 per event in batch order:
+#       group, kind, item, ts (Python repr of the float), "+"..event_id or "-", json, channel code
+#       (``service.store.trail.channel_code``)
 # Returns {accepted, duplicates, {group, user id, ...}}: the events of a group whose visitor is an alias
 # are not stored (nor counted); the caller stores them under the user. The alias's ttl is refreshed.
 _APPEND = (
     _TOUCH
+    + _TRAIL
     + """
 local stream = KEYS[1]
 local ttl, maxlen, recent, log_cap = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local ngroups = tonumber(ARGV[5])
+local slack_ms = math.min(math.floor(ttl / 100), TOUCH_SLACK_MAX) * 1000
 local now_ms, cutoff = now_and_cutoff(ttl)
 redis.call('XTRIM', stream, 'MINID', cutoff)
-local redirect, redirected = {}, {}
+-- per group: its keys, whether its visitor is an alias, trail rows stored, events list length, the keys
+-- written ([index in K] = true), the purchase log's length
+local K, redirect, redirected = {}, {}, {}
+local stored, length, wrote, nbuys = {}, {}, {}, {}
 for g = 1, ngroups do
-  local k = 1 + (g - 1) * 10 + 1
-  -- event ids older than the ttl window are forgotten: a retry that late is a new event
-  redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', '(' .. cutoff)
-  local user = redis.call('GET', KEYS[k + 8])
+  K[g] = keys_of(ARGV[5 + g])
+  wrote[g] = {}
+  local user = redis.call('GET', K[g][9])
   if user then
     redirect[g] = true
-    redis.call('EXPIRE', KEYS[k + 8], ttl)
+    redis.call('EXPIRE', K[g][9], ttl)
     redirected[#redirected + 1] = g
     redirected[#redirected + 1] = user
   end
 end
-local stored = {}
 local accepted, duplicates = 0, 0
-for i = 6 + ngroups, #ARGV, 6 do
+for i = 6 + ngroups, #ARGV, 7 do
   local g = tonumber(ARGV[i])
-  local k = 1 + (g - 1) * 10 + 1
+  local k, w = K[g], wrote[g]
   local kind, item, ts, eid, json = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local new = not redirect[g]
   if new and string.sub(eid, 1, 1) == '+' then
-    new = redis.call('ZADD', KEYS[k + 3], 'NX', now_ms, string.sub(eid, 2)) == 1
+    if not w[4] then
+      -- event ids older than the ttl window are forgotten: a retry that late is a new event
+      redis.call('ZREMRANGEBYSCORE', k[4], '-inf', '(' .. cutoff)
+      w[4] = true
+    end
+    new = redis.call('ZADD', k[4], 'NX', now_ms, string.sub(eid, 2)) == 1
   end
   if new then
     local sid = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', json)
-    redis.call('RPUSH', KEYS[k + 4], sid)
-    redis.call('RPUSH', KEYS[k], json)
+    redis.call('RPUSH', k[5], sid)
     local t = tonumber(ts)
-    local cart, purchases = KEYS[k + 1], KEYS[k + 2]
     if kind == 'add_to_cart' then
-      local old = redis.call('HGET', cart, item)
-      if not old or tonumber(old) <= t then redis.call('HSET', cart, item, ts) end
+      local old = redis.call('HGET', k[2], item)
+      if not old or tonumber(old) <= t then
+        redis.call('HSET', k[2], item, ts)
+        w[2] = true
+      end
     elseif kind == 'remove_from_cart' or kind == 'purchase' then
-      local old = redis.call('HGET', cart, item)
-      if old and tonumber(old) <= t then redis.call('HDEL', cart, item) end
+      local old = redis.call('HGET', k[2], item)
+      if old and tonumber(old) <= t then redis.call('HDEL', k[2], item) end
       if kind == 'purchase' then
-        local last = redis.call('HGET', purchases, item)
-        if not last or tonumber(last) <= t then redis.call('HSET', purchases, item, ts) end
+        local last = redis.call('HGET', k[3], item)
+        if not last or tonumber(last) <= t then
+          redis.call('HSET', k[3], item, ts)
+          w[3] = true
+        end
       end
     elseif kind == 'cancel' then
-      local last = redis.call('HGET', purchases, item)
-      if last and tonumber(last) <= t then redis.call('HDEL', purchases, item) end
+      local last = redis.call('HGET', k[3], item)
+      if last and tonumber(last) <= t then redis.call('HDEL', k[3], item) end
     end
+    if not length[g] then
+      -- the group's first stored event: was the visitor's last full ttl refresh longer than the slack ago?
+      if redis.call('PTTL', k[1]) < ttl * 1000 - slack_ms then w.full = true end
+      stored[g] = {}
+    end
+    length[g] = redis.call('RPUSH', k[1], json)
     if kind == 'purchase' or kind == 'cancel' then
-      redis.call('RPUSH', KEYS[k + 6], string.sub(kind, 1, 1) .. '|' .. ts .. '|' .. item)
+      nbuys[g] = redis.call('RPUSH', k[7], string.sub(kind, 1, 1) .. '|' .. ts .. '|' .. item)
+      w[7] = true
     end
-    stored[g] = true
+    local rows = stored[g]
+    rows[#rows + 1] = struct.pack('<dBB', t, EVENT_CODE[kind], tonumber(ARGV[i + 6]))
     accepted = accepted + 1
   elseif not redirect[g] then
     duplicates = duplicates + 1
@@ -209,23 +274,44 @@ for i = 6 + ngroups, #ARGV, 6 do
 end
 for g = 1, ngroups do
   if stored[g] then
-    local k = 1 + (g - 1) * 10 + 1
-    redis.call('LTRIM', KEYS[k], -recent, -1)
-    redis.call('LTRIM', KEYS[k + 6], -log_cap, -1)
-    -- forget stream ids that XTRIM MINID has removed from the stream (they are in time order)
-    while true do
-      local head = redis.call('LINDEX', KEYS[k + 4], 0)
-      if not head or tonumber(string.match(head, '^(%d+)')) >= cutoff then break end
-      redis.call('LPOP', KEYS[k + 4])
+    local k, w = K[g], wrote[g]
+    -- the trail keeps one row per entry of the events list (rebuilt from the list if it does not)
+    local rows = redis.call('APPEND', k[11], table.concat(stored[g])) / TRAIL_ROW
+    if length[g] > recent then redis.call('LTRIM', k[1], -recent, -1) end
+    if rows ~= length[g] then
+      rebuild_trail(k[1], k[11])
+      w[11] = true
+    elseif rows > recent then
+      redis.call('SET', k[11], redis.call('GETRANGE', k[11], -recent * TRAIL_ROW, -1))
+      w[11] = true
+    elseif rows == #stored[g] then
+      w[11] = true  -- created by this call
     end
-    touch(k, ARGV[5 + g], ttl)
+    if nbuys[g] and nbuys[g] > log_cap then redis.call('LTRIM', k[7], -log_cap, -1) end
+    if w.full then
+      -- forget stream ids that XTRIM MINID has removed from the stream (they are in time order)
+      while true do
+        local head = redis.call('LINDEX', k[5], 0)
+        if not head or tonumber(string.match(head, '^(%d+)')) >= cutoff then break end
+        redis.call('LPOP', k[5])
+      end
+      touch(k, ARGV[5 + g], ttl)
+    else
+      -- refreshed in full less than the slack ago: only what must outlive the rest (sids, linked) and
+      -- the keys this call wrote
+      redis.call('EXPIRE', k[5], ttl + 1)
+      redis.call('EXPIRE', k[8], ttl + 1)
+      for j, _ in pairs(w) do
+        if j ~= 'full' then redis.call('EXPIRE', k[j], ttl) end
+      end
+    end
   end
 end
 return {accepted, duplicates, redirected}
-"""
+""".replace("TOUCH_SLACK_MAX", str(TOUCH_SLACK_MAX))
 )
 
-# KEYS: the 10 visitor keys, then the campaign's sent set. ARGV: ttl, base, C, item ids...
+# KEYS: the 11 visitor keys, then the campaign's sent set. ARGV: ttl, base, C, item ids...
 # Returns 1, or the user id of a linked anonymous id (nothing written: the caller sends to the user).
 _MARK_SENT = (
     _TOUCH
@@ -234,15 +320,15 @@ local ttl = tonumber(ARGV[1])
 local alias = redis.call('GET', KEYS[9])
 if alias then return alias end
 for i = 4, #ARGV, 1000 do
-  redis.call('SADD', KEYS[11], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  redis.call('SADD', KEYS[12], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('SADD', KEYS[6], ARGV[3])
-touch(1, ARGV[2], ttl)
+touch(keys_at(1), ARGV[2], ttl)
 return 1
 """
 )
 
-# KEYS[1] stream, then the 10 visitor keys. ARGV: ttl, base, expected alias ("" = any). Returns {keys +
+# KEYS[1] stream, then the 11 visitor keys. ARGV: ttl, base, expected alias ("" = any). Returns {keys +
 # stream entries removed, the alias the visitor had or nil}; nothing is removed when an alias is expected
 # and the visitor's differs (an anonymous id moved to another user since the cascade read its user's set).
 _ERASE = (
@@ -265,6 +351,7 @@ for _, c in ipairs(redis.call('SMEMBERS', KEYS[7])) do
 end
 removed = removed + redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
                                 KEYS[9], KEYS[10], KEYS[11])
+redis.call('DEL', KEYS[12])  -- the trail: a packed copy of the events list, not counted on its own
 return {removed, alias}
 """
 )
@@ -292,7 +379,7 @@ if current then return {'ok', current} end
 return {'ok'}
 """
 
-# The anonymous slot. KEYS: the 10 visitor keys. ARGV: base. Returns {events, cart, purchases, ids, sids,
+# The anonymous slot. KEYS: the 11 visitor keys. ARGV: base. Returns {events, cart, purchases, ids, sids,
 # buys, {C, {items}, C, {items}, ...}, person or nil}.
 _SNAPSHOT = """
 local sent = {}
@@ -305,18 +392,19 @@ return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2]), re
         redis.call('LRANGE', KEYS[7], 0, -1), sent, redis.call('GET', KEYS[10])}
 """
 
-# The anonymous slot. KEYS: the 10 visitor keys. ARGV: base. Drops the state (and person), keeps the
+# The anonymous slot. KEYS: the 11 visitor keys. ARGV: base. Drops the state (and person), keeps the
 # alias (and linked).
 _CLEAR = """
 for _, c in ipairs(redis.call('SMEMBERS', KEYS[6])) do redis.call('DEL', ARGV[1] .. ':sent:' .. c) end
-return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[10])
+return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[10], KEYS[11])
 """
 
-# The user's slot. KEYS: the 10 visitor keys. ARGV: ttl, recent, purchase_log, base, the contribution as
+# The user's slot. KEYS: the 11 visitor keys. ARGV: ttl, recent, purchase_log, base, the contribution as
 # JSON (``_merge_payload``). The algorithm of ``memory_store._merge``; returns {events carried, {items of
 # the anonymous cart now in the user's}}.
 _MERGE = (
     _TOUCH
+    + _TRAIL
     + """
 local ttl, recent, log_cap, base = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local c = cjson.decode(ARGV[5])
@@ -338,9 +426,9 @@ local function by_time(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   return a[2] < b[2]
 end
-local function tail(rows, cap)
+local function tail(rows, cap, field)
   local out = {}
-  for i = math.max(#rows - cap + 1, 1), #rows do out[#out + 1] = rows[i][3] end
+  for i = math.max(#rows - cap + 1, 1), #rows do out[#out + 1] = rows[i][field or 3] end
   return out
 end
 -- the user's facts before the merge
@@ -348,7 +436,7 @@ local u_ends, u_cancels, last_purchase = {}, {}, -math.huge
 local rows = {}
 for i, json in ipairs(redis.call('LRANGE', events, 0, -1)) do
   local e = cjson.decode(json)
-  rows[i] = {e.timestamp, i, json}
+  rows[i] = {e.timestamp, i, json, trail_row(e)}
   if e.event == 'remove_from_cart' or e.event == 'purchase' then later(u_ends, e.item_id, e.timestamp) end
 end
 local log_rows, have = {}, {}
@@ -375,13 +463,14 @@ local carried, n = 0, #rows
 for _, x in ipairs(c.events) do
   if redis.call('ZADD', ids, 'NX', now_ms, x[1]) == 1 then
     carried = carried + 1
-    rows[#rows + 1] = {tonumber(x[2]), n + carried, x[3]}
+    rows[#rows + 1] = {tonumber(x[2]), n + carried, x[3], trail_row(cjson.decode(x[3]))}
   end
 end
 for _, id in ipairs(c.ids) do redis.call('ZADD', ids, 'NX', now_ms, id) end
 if carried > 0 then
   table.sort(rows, by_time)
   rewrite(events, tail(rows, recent))
+  redis.call('SET', KEYS[11], table.concat(tail(rows, recent, 4)))
 end
 -- purchase log: each entry as many times as the side holding it more often has it
 local want, added, m = {}, false, #log_rows
@@ -458,7 +547,7 @@ for _, pair in ipairs(c.sent) do
   end
   redis.call('SADD', campaigns, campaign)
 end
-touch(1, base, ttl)
+touch(keys_at(1), base, ttl)
 return {carried, cart_carried}
 """
 )
@@ -643,7 +732,9 @@ class RedisStore(StoreLimits):
         for hop in range(MAX_HOPS + 1):
             keys, args = self._append_call(events)
             with unavailable("append"):
-                reply: list[Any] = await self._append(keys=keys, args=args)
+                # packed here (``service.store.resp``): redis-py's packing of the thousands of arguments
+                # of a batch cost more client time than the script's run
+                (reply,) = await resp.run(self._r, [resp.evalsha(self._append, keys, args)], [self._append])
             result = result.plus(AppendResult(int(reply[0]), int(reply[1])))
             if not reply[2]:
                 return result
@@ -655,27 +746,31 @@ class RedisStore(StoreLimits):
             result = result.plus(AppendResult(0, 0, len(events) if hop == 0 else 0, users))
         raise IdentityConflictError(f"visitor ids linked in a chain longer than {MAX_HOPS}: {sorted(users)}")
 
-    def _append_call(self, events: Sequence[Event]) -> tuple[list[str], list[str | bytes]]:
-        """KEYS and ARGV of one append script call (layout above _APPEND)."""
+    def _append_call(self, events: Sequence[Event]) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV of one append script call (layout above _APPEND): all text, which
+        ``service.store.resp`` packs fastest."""
         groups: dict[str, int] = {}
         keys: list[str] = [self.stream_key]
         bases: list[str] = []
-        per_event: list[str | bytes] = []
+        per_event: list[str] = []
+        encode = self._encode
         for e in events:
             g = groups.get(e.visitor_id)
             if g is None:
                 g = groups[e.visitor_id] = len(groups) + 1
-                keys.extend(self.visitor_keys(e.visitor_id))
-                bases.append(self.visitor_base(e.visitor_id))
+                base = self.visitor_base(e.visitor_id)
+                keys.append(f"{base}:events")
+                bases.append(base)
             per_event += [
                 str(g),
                 e.event.value,
                 e.item_id,
                 repr(float(e.timestamp)),  # shortest exact text: Lua compares it, Redis stores it as is
                 "-" if e.event_id is None else "+" + e.event_id,
-                self._encode(e),
+                encode(e).decode(),
+                _CHANNEL_TEXT[e.channel],
             ]
-        head: list[str | bytes] = [
+        head = [
             str(self.visitor_ttl),
             str(self.stream_maxlen),
             str(self.recent_events),
@@ -866,6 +961,7 @@ class RedisStore(StoreLimits):
 
 
 _LOGGED = {b"p": EventType.PURCHASE, b"c": EventType.CANCEL}
+_CHANNEL_TEXT = {c: str(trail.channel_code(c)) for c in (None, *trail.CHANNELS)}
 
 
 def _merge_payload(c: Contribution, encode: Callable[[Any], bytes]) -> bytes:

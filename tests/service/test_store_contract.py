@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from models.domain import Channel, Event, EventType
 from models.errors import InvalidInputError, StoreUnavailableError
+from service.store import trail
 from service.store.base import AppendResult, VisitorState, VisitorStore
 from service.store.memory_store import MemoryStore
 from service.store.redis_store import RedisStore
@@ -388,7 +389,7 @@ async def test_erase_leaves_no_trace_in_redis(harness: Harness) -> None:
                 found.append(key)
         return found
 
-    assert len(await mentions(visitor)) == 10  # 9 visitor keys (2 sent sets) + the stream
+    assert len(await mentions(visitor)) == 11  # 10 visitor keys (trail, 2 sent sets) + the stream
     assert await store.erase(visitor) > 0
     assert await mentions(visitor) == []
     assert await mentions(other)
@@ -402,8 +403,8 @@ async def test_every_visitor_key_has_a_ttl_and_the_stream_none(harness: Harness)
     store = harness.make(visitor_ttl=1000)
     await _populate(store, "v", "w")
     keys = await all_keys(harness)
-    # v: 7 + 2 sent sets; w: no purchases (so no purchase log), 1 sent set; the stream
-    assert len(keys) == 9 + 6 + 1
+    # v: 8 (trail included) + 2 sent sets; w: no purchases (so no purchase log), 1 sent set; the stream
+    assert len(keys) == 10 + 7 + 1
     stream_key = f"{harness.prefix}:stream".encode()
     for key in keys:
         ttl = await harness.redis.ttl(key)
@@ -606,3 +607,33 @@ async def test_recent_visitors_are_the_newest_distinct_ones_within_the_scan(harn
     assert await store.recent_visitors(10, 3) == ["e", "c", "d"]  # the newest 3 entries only
     await store.erase("c")
     assert await store.recent_visitors(3, 100) == ["e", "d", "a"]
+
+
+async def _trail_matches_events(h: Harness, store: RedisStore, visitor: str) -> int:
+    """The visitor's trail holds exactly the rows of its events list, in order; returns the row count."""
+    events = (await store.visitor(visitor)).events
+    raw = await h.redis.get(f"{store.visitor_base(visitor)}:trail")
+    assert raw == b"".join(trail.row(e) for e in events)
+    return len(events)
+
+
+async def test_trail_mirrors_the_events_list_through_trim_rebuild_and_merge(harness: Harness) -> None:
+    only_redis(harness)
+    store = harness.make(recent_events=4)
+    assert isinstance(store, RedisStore)
+    kinds = [E.PRODUCT_VIEW, E.ADD_TO_CART, E.PURCHASE, E.CONTENT_VIEW, E.REVIEW, E.SEARCH]
+    await store.append([ev("v", f"i{n}", kinds[n], T0 + n, channel=Channel.EMAIL) for n in range(3)])
+    assert await _trail_matches_events(harness, store, "v") == 3
+    await store.append([ev("v", f"i{n}", kinds[n], T0 + n) for n in range(3, 6)])  # trimmed to 4
+    assert await _trail_matches_events(harness, store, "v") == 4
+    # a trail out of step with its list (lost, or written by another version) is rebuilt from the list
+    await harness.redis.set(f"{store.visitor_base('v')}:trail", b"x" * 7)
+    await store.append([ev("v", "j", E.COMPARE, T0 + 9, channel=Channel.AD)])
+    assert await _trail_matches_events(harness, store, "v") == 4
+    # a login merges the anonymous events into the user's list in time order: the trail follows
+    await store.append([ev("anon", "k", E.WISHLIST, T0 + 2.5, channel=Channel.SOCIAL)])
+    await store.link("anon", "v")
+    assert await _trail_matches_events(harness, store, "v") == 4
+    rows = trail.rows(await harness.redis.get(f"{store.visitor_base('v')}:trail"))
+    assert [trail.channel_of(int(c)) for c in rows["channel"]][-1] is Channel.AD
+    assert rows["ts"].tolist() == sorted(rows["ts"].tolist())

@@ -1,4 +1,4 @@
-"""``service.analytics.resp``: RESP packing (known bytes, non-ASCII lengths) and one-round-trip runs against
+"""``service.store.resp``: RESP packing (known bytes, non-ASCII lengths) and one-round-trip runs against
 the test Redis (replies in order, error replies raised, scripts loaded on NOSCRIPT, no stale reply after a
 cancelled run)."""
 
@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from service.analytics.resp import evalsha, pack, run
+from service.store.resp import evalsha, pack, run
 
 
 def test_pack_writes_resp2() -> None:
@@ -72,3 +72,15 @@ async def test_a_cancelled_run_leaves_no_stale_reply(client: tuple[aioredis.Redi
         await task
     for i in range(20):
         assert await run(c, [["ECHO", f"x{i}"]], []) == [f"x{i}".encode()]
+
+
+def test_the_snapshot_template_packs_as_the_generic_commands() -> None:
+    from service.analytics.redis_store import _snapshot_commands, _snapshot_text
+
+    class Visitors:
+        def visitor_base(self, v: str) -> str:
+            return f"jr:{{v:{v.encode().hex()}}}"
+
+    ids = ["a", "visitor:{7}", "z" * 300]
+    text = "".join(_snapshot_text(Visitors().visitor_base(v), "7776000") for v in ids)
+    assert text.encode() == pack(_snapshot_commands(Visitors(), ids, "7776000"))  # type: ignore[arg-type]
