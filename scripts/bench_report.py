@@ -65,6 +65,13 @@ class ServiceFigures(msgspec.Struct, frozen=True):
     live_p99_ms: float | None = None
     live_saturation_rps: float | None = None
     patch_visible_s: float | None = None
+    # the plain figures above come from a server that logs no served lists; these from the same data on a
+    # server that logs every list (attribution), then with an experiment on every recommendation too;
+    # absent from runs made with --no-experiment
+    logged_p50_ms: float | None = None
+    logged_saturation_rps: float | None = None
+    experiment_p50_ms: float | None = None
+    experiment_saturation_rps: float | None = None
 
 
 class TrainRun(msgspec.Struct, frozen=True):

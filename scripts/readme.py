@@ -230,13 +230,36 @@ def bench_table(report: BenchReport) -> str:
                 f"recommend at {at}, concurrency 1 ({s.latency_client}, {s.workers} workers, Redis)",
                 f"p50 {s.p50_ms:.2f} ms, p99 {s.p99_ms:.2f} ms",
             ],
-            [f"recommend at saturation ({s.saturation_client})", f"{s.saturation_rps:,.0f} req/s"],
+            [
+                f"recommend at saturation ({s.saturation_client}); no served lists logged",
+                f"{s.saturation_rps:,.0f} req/s",
+            ],
+            *(
+                [
+                    [
+                        "the same, every served list logged for attribution",
+                        f"p50 {s.logged_p50_ms:.2f} ms; {s.logged_saturation_rps:,.0f} req/s",
+                    ]
+                ]
+                if s.logged_p50_ms is not None and s.logged_saturation_rps is not None
+                else []
+            ),
+            *(
+                [
+                    [
+                        "the same, lists logged and an experiment on every recommendation",
+                        f"p50 {s.experiment_p50_ms:.2f} ms; {s.experiment_saturation_rps:,.0f} req/s",
+                    ]
+                ]
+                if s.experiment_p50_ms is not None and s.experiment_saturation_rps is not None
+                else []
+            ),
             *(
                 [
                     [
                         (
-                            f"the same with {s.live_items:,} live catalog items (half new, half patched) "
-                            "and 20 merchandising rules"
+                            f"the same (lists logged) with {s.live_items:,} live catalog items (half new, "
+                            "half patched) and 20 merchandising rules"
                         ),
                         (
                             f"p50 {s.live_p50_ms:.2f} ms, p99 {s.live_p99_ms:.2f} ms; "

@@ -56,6 +56,7 @@ from service.feedback.store_base import (
     stats_of,
     sum_counters,
 )
+from service.store import resp
 from service.store.redis_store import unavailable
 
 MAX_ATTEMPTS = 20  # optimistic writes of one visitor's state before giving up (others kept writing it)
@@ -271,11 +272,18 @@ class RedisFeedbackStore(FeedbackLimits):
     # -- FeedbackStore ------------------------------------------------------------------------------------
 
     async def log_served(self, visitor_id: str, served: ServedList) -> None:
-        args: list[str | bytes] = [self._encode(served), str(self.cap), str(int(self.windows.retention))]
+        # on the request path: the push and the visitor's active-set entry in one round trip, packed by
+        # ``service.store.resp`` (a redis-py pipeline's own cost was a measurable part of a recommendation)
+        commands: list[list[resp.Arg]] = [
+            resp.evalsha(
+                self._push,
+                self.visitor_keys(visitor_id)[:1],
+                [self._encode(served).decode(), str(self.cap), str(int(self.windows.retention))],
+            ),
+            ["ZADD", self.active_key(shard_of(visitor_id)), str(int(self.clock() * 1000)), visitor_id],
+        ]
         with unavailable("log served list", "feedback store"):
-            await self._pipeline(
-                [(self._push, self.visitor_keys(visitor_id)[:1], args)], active=[visitor_id], prune=False
-            )
+            await resp.run(self._r, commands, [self._push])
 
     async def count_served(self, lists: Sequence[tuple[str, ServedList]]) -> Deltas:
         by_visitor: dict[str, list[ServedList]] = defaultdict(list)
