@@ -59,7 +59,7 @@ def console_files() -> dict[str, tuple[bytes, str]]:
 def _answer(name: str) -> Response[bytes]:
     found = console_files().get(name)
     if found is None:
-        raise NotFoundException(f"no console file {name!r}")
+        raise NotFoundException(f"no console file {name!r}", headers=HEADERS)
     body, media = found
     return Response(body, media_type=media, headers=HEADERS)
 

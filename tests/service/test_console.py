@@ -5,9 +5,11 @@ and the page's scripts build the DOM without HTML strings. The browser walk is
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import posixpath
 import re
+import tomllib
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -112,7 +114,10 @@ def test_console_routes_need_no_key_and_reach_nothing_else(client: TestClient) -
         "/console/vendor/chart.js/",
         "/console/.gitignore",
     ):
-        assert client.get(path).status_code == 404, path
+        r = client.get(path)
+        assert r.status_code == 404, path
+        if path.startswith("/console/") and ".." not in path and "%2e" not in path:
+            assert r.headers["content-security-policy"] == CSP, path  # an error page is one too
     # the data is not: /v1 still asks for a key
     assert client.get("/v1/models").status_code == 401
 
@@ -124,6 +129,18 @@ def test_the_scripts_never_write_html() -> None:
     assert len(scripts) >= 9
     for p in scripts:
         assert not forbidden.search(p.read_text()), p
+
+
+def test_the_package_ships_every_console_file() -> None:
+    """pyproject.toml's package data covers every file the console serves (a new folder needs a line)."""
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["package-data"]["service"]
+    service_dir = CONSOLE_DIR.parent
+    for name in console_files():
+        relative = (CONSOLE_DIR / name).relative_to(service_dir).as_posix()
+        assert any(fnmatch.fnmatch(relative, p) and "/" not in relative[len(p) - 1 :] for p in patterns), (
+            relative
+        )
 
 
 def test_the_vendored_chart_library_is_the_pinned_build() -> None:

@@ -291,6 +291,33 @@ def test_visitor_page(tab: Tab, served: Served) -> None:
     tab.shot("visitor")
 
 
+def test_what_is_typed_and_answered_stays_text(tab: Tab) -> None:
+    hostile = '<img src=x onerror="window.__owned=1">'
+    tab.goto("visitor")
+    tab.page.get_by_label("Visitor id").fill(hostile)
+    tab.page.get_by_role("button", name="Look up").click()
+    # the API echoes the id: shown as the characters typed, never parsed as HTML
+    tab.page.locator("dl.facts dd", has_text=hostile).first.wait_for()
+    tab.page.get_by_text("no touchpoint stored for this visitor").wait_for()
+    assert tab.page.locator("main img").count() == 0
+    assert tab.page.evaluate("window.__owned") is None
+
+
+def test_the_keyboard_reaches_every_page(tab: Tab) -> None:
+    tab.goto("journey")
+    tab.page.reload()  # the focus starts at the top of the document
+    tab.page.wait_for_selector('.tabs a[data-page="journey"][aria-current="page"]')
+    for _ in range(10):  # the skip link, then the page tabs
+        tab.page.keyboard.press("Tab")
+        if tab.page.evaluate("document.activeElement.dataset.page") == "models":
+            break
+    outline = tab.page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("", "none")  # the focus is visible
+    tab.page.keyboard.press("Enter")
+    tab.page.wait_for_selector('.tabs a[data-page="models"][aria-current="page"]')
+    tab.page.locator("table:has(caption:text('Versions, newest first'))").wait_for()
+
+
 def test_experiments_page(tab: Tab, served: Served) -> None:
     tab.goto("experiments")
     tab.page.get_by_role("button", name=f"Results of {EXPERIMENT}").click()
@@ -337,6 +364,7 @@ def test_models_page_rolls_back(tab: Tab, served: Served, two_models: tuple[Path
     tab.page.get_by_role("button", name=f"Activate {old}").click()
     tab.page.get_by_role("alertdialog").get_by_role("button", name="Activate").click()
     tab.page.get_by_text(f"Activated {old} (was {new})").wait_for()
+    tab.shot("models-rolled-back")
     assert served.call("GET", "/v1/models")["latest"] == old
     r = served.call("GET", f"/v1/visitors/{served.visitor}/recommendations")
     assert r["model_version"] == old
