@@ -1,5 +1,6 @@
 """The operator console in a real headless browser: Debian's ``/usr/bin/chromium`` driven by Playwright
-(never ``playwright install``), against ``journeyrec serve`` over Redis after ``simulate-traffic`` fed it.
+(never ``playwright install``), against ``journeyrec serve`` (two workers) over Redis after
+``simulate-traffic`` fed it.
 
 The tests walk every page in order with one browser tab: no data before a key, a refused key, the
 journey charts, a visitor looked up and previewed at another stage, an experiment's results and stop, an
@@ -21,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,7 +131,9 @@ def served(
     models, _old, _new = two_models
     prefix = f"jrtest-{uuid.uuid4().hex[:10]}"
     keys = f"{KEYS_SPEC};{OPERATOR_KEY}:read+admin"
-    server = Server(models, REDIS_URL, prefix, env_extra={"JOURNEYREC_API_KEYS": keys})
+    # two workers: a roll back the console asks one of them for reaches the other through `latest`
+    env = {"JOURNEYREC_API_KEYS": keys, "JOURNEYREC_MODEL_POLL_SECONDS": "0.2"}
+    server = Server(models, REDIS_URL, prefix, workers=2, env_extra=env)
     client = redis.Redis.from_url(redis_url, socket_timeout=2)
     try:
         server.wait_live().close()
@@ -366,8 +370,15 @@ def test_models_page_rolls_back(tab: Tab, served: Served, two_models: tuple[Path
     tab.page.get_by_text(f"Activated {old} (was {new})").wait_for()
     tab.shot("models-rolled-back")
     assert served.call("GET", "/v1/models")["latest"] == old
-    r = served.call("GET", f"/v1/visitors/{served.visitor}/recommendations")
-    assert r["model_version"] == old
+    # both workers serve it within their poll interval: 12 answers in a row from the old version
+    run = 0
+    for _ in range(300):
+        r = served.call("GET", f"/v1/visitors/{served.visitor}/recommendations")
+        run = run + 1 if r["model_version"] == old else 0
+        if run == 12:
+            break
+        time.sleep(0.05)
+    assert run == 12
 
 
 def test_a_read_only_key_sees_but_cannot_act(tab: Tab, served: Served) -> None:
