@@ -4,9 +4,9 @@ The console is a client of the public ``/v1`` API like any other: its pages and 
 every piece of data it shows comes from ``/v1`` with the operator's ``X-API-Key`` (entered once, kept in the
 browser's ``sessionStorage``). Every answer of these routes carries a strict Content-Security-Policy
 (``CSP``: same-origin scripts, styles and connections only, no inline script or style, no framing) and
-``X-Content-Type-Options: nosniff``. The files served are the ones under ``service/console`` when the
-process starts (a fixed table: no path from the request reaches the file system); the chart library is
-vendored there (``vendor/chart.js/README.md``).
+``X-Content-Type-Options: nosniff``. The files served are those under ``service/console``, read once into a
+table at the first request (no path from a request reaches the file system); the chart library is vendored
+there (``vendor/chart.js/README.md``).
 """
 
 from __future__ import annotations
