@@ -11,7 +11,7 @@ DEMO := demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test lint typecheck check run demo-model bench eval ab readme readme-example clean
+.PHONY: install test lint typecheck check run demo-model bench eval ab readme readme-example console-shots clean
 
 # One install at a time: `make run` and `make test` started together both find the stamp missing, and two
 # pips writing one venv break each other. flock(1) serialises the recipe; whoever waited finds the stamp
@@ -86,6 +86,13 @@ bench: $(STAMP)
 # db 14, started and stopped by the script: per-stage results with intervals, reports/ab-sim.json.
 ab: $(STAMP)
 	$(BIN)/python -m scripts.ab_sim --serve --visitors 20000
+
+# The operator console's browser tests (Playwright driving Debian's /usr/bin/chromium; `apt-get install
+# chromium` when it is missing), which walk every page against a real server over Redis and save a
+# screenshot per page under reports/console/.
+console-shots: $(STAMP)
+	JOURNEYREC_TEST_BROWSER=required $(BIN)/python -m pytest -q tests/service/test_console_browser.py
+	@ls -1 reports/console/*.png
 
 # README.md's generated regions: routes and scopes, settings, and the latest bench / eval figures
 # (reports/*.json; kept as they are when absent). `make test` fails when routes or settings are stale.

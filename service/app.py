@@ -1,7 +1,8 @@
 """The Litestar application: ``create_app(settings, store=..., model_holder=...)``.
 
 Layout: ``/v1/...`` API (API-key scopes per route), ``/health/live`` and ``/health/ready`` (no key),
-``/metrics`` (Prometheus, no key: bind it to a private network), OpenAPI at ``/schema``.
+``/metrics`` (Prometheus, no key: bind it to a private network), OpenAPI at ``/schema``, the operator
+console at ``/console`` (static files, no key; its data comes from ``/v1`` with the operator's key).
 Body limits: the ingest, export and catalog batch routes accept ``settings.max_body_bytes``; everything else
 64 KiB. Every worker follows the live catalog (``service.catalog_follower``).
 Every JSON body's nesting depth is checked before msgspec decodes it.
@@ -32,6 +33,7 @@ from service.analytics.store_base import AnalyticsStore
 from service.analytics.tracker import JourneyTracker
 from service.api.analytics import AnalyticsController
 from service.api.catalog import CatalogBatchController, CatalogController
+from service.api.console import console_router
 from service.api.deps import Services
 from service.api.events import EventsController
 from service.api.experiments import ExperimentsController
@@ -269,7 +271,14 @@ def create_app(
         ),
     )
     config = AppConfig(
-        route_handlers=[api, bulk, HealthController, MetricsController, reference_assets()],
+        route_handlers=[
+            api,
+            bulk,
+            HealthController,
+            MetricsController,
+            reference_assets(),
+            console_router(),
+        ],
         dependencies={
             "svc": Provide(provide_services, sync_to_thread=False),
             "journey": Provide(provide_journey, sync_to_thread=False),

@@ -24,6 +24,10 @@ Experiments serve other versions and blends beside the live model (``variant``):
 rules (brought up to date by the first request after either moved; ``service.experiment_runtime`` also
 refreshes them every poll).
 
+``activate`` rolls back (or forward) to a published version: it loads and verifies it as a reload does,
+then repoints ``latest`` at it atomically (a temporary symlink renamed over ``latest``, as publishing does)
+and serves it; the other workers follow ``latest`` within ``model_poll_seconds``.
+
 Any failure while reading a version is a refusal (``ArtifactError``), whatever the loader raised: it is
 logged, counted (``journeyrec_model_reloads_total{outcome="refused"}``, here and nowhere else) and kept
 as ``last_refusal`` for ``GET /v1/models`` and the readiness detail.
@@ -34,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -41,9 +46,9 @@ from pathlib import Path
 
 import msgspec
 
-from models.artifact import list_versions, resolve_latest
+from models.artifact import LATEST, MANIFEST, list_versions, resolve_latest
 from models.blend import stage_agnostic_weights
-from models.errors import ArtifactError
+from models.errors import ArtifactError, InvalidInputError, NotFoundError
 from models.overlay import EMPTY_OVERLAY, CatalogOverlay
 from models.recommender import Recommender
 from models.rules import RuleSet
@@ -72,6 +77,15 @@ def fingerprint(directory: Path) -> Fingerprint:
         )
     except OSError:
         return ()
+
+
+def point_latest(models_dir: Path, version: str) -> None:
+    """Point ``models_dir/latest`` at ``version`` atomically: a reader sees the old or the new link, never
+    none (a temporary link renamed over it, as ``models.artifact.publish`` does)."""
+    link_tmp = models_dir / f".latest-activate-{version}-{os.getpid()}"
+    link_tmp.unlink(missing_ok=True)
+    os.symlink(version, link_tmp)
+    os.replace(link_tmp, models_dir / LATEST)
 
 
 class ReloadResult(msgspec.Struct, frozen=True):
@@ -213,6 +227,52 @@ class ModelHolder:
             self.last_error = None
             old = previous.version if previous is not None else None
             log.info("model %s loaded from %s (previous: %s)", model.version, target, old)
+            metrics.count_reload(model.version != old, self.loaded_at)
+            return ReloadResult(model.version, old, model.version != old, str(target))
+
+    async def activate(self, version: str) -> ReloadResult:
+        """Serve the published ``version`` and point ``latest`` at it, so every worker follows.
+
+        The version is loaded and verified first (in a worker thread, beside the live model); only then is
+        ``latest`` repointed (atomically) and the version swapped in. Raises NotFoundError when ``version``
+        is not a published version, InvalidInputError naming it when it fails verification (``latest``
+        and the live model are then left as they were), ArtifactError when no models directory is set."""
+        if self.models_dir is None:
+            raise ArtifactError("no models directory configured (--models / JOURNEYREC_MODELS)")
+        models_dir = self.models_dir
+        if (models_dir / MANIFEST).is_file():
+            raise InvalidInputError(
+                f"{models_dir} is a single model version, not a directory of versions with a '{LATEST}' link"
+            )
+        if version not in await asyncio.to_thread(list_versions, models_dir):
+            raise NotFoundError(f"model version {version!r} is not published (GET /v1/models)")
+        async with self._lock:
+            previous = self._current
+            target = (models_dir / version).resolve()
+            if previous is not None and target == self._current_dir:
+                model = previous
+            else:
+                try:
+                    loaded = await asyncio.to_thread(self._loader, target)
+                    model = await asyncio.to_thread(loaded.with_overlay, self.overlay, self.exploration)
+                    await asyncio.to_thread(install_rules, model, self.rules)
+                except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
+                    reason = str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
+                    raise InvalidInputError(
+                        f"model version {version!r} failed verification and was not activated: {reason}"
+                    ) from None
+            await asyncio.to_thread(point_latest, models_dir, version)
+            if model is not previous:
+                rules = self.rules
+                if rules is not None and served_version(model) != rules.version:
+                    install_rules(model, rules)  # the rules moved while it loaded
+                self._current = model
+                metrics.RULES_VERSION.set(served_version(model))
+                self._current_dir = target
+                self.loaded_at = time.time()
+                self.last_error = None
+            old = previous.version if previous is not None else None
+            log.info("model %s activated: %s now points at it (previous: %s)", model.version, LATEST, old)
             metrics.count_reload(model.version != old, self.loaded_at)
             return ReloadResult(model.version, old, model.version != old, str(target))
 

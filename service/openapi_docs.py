@@ -40,6 +40,8 @@ UNDOCUMENTED: dict[str, str] = {
     SCHEMA_PATH: "API reference page (Swagger UI, served from the package)",
     OPENAPI_JSON_PATH: "the OpenAPI document (JSON)",
     "/metrics": "Prometheus text format",
+    "/console": "operator console (a static page served from the package; its data comes from /v1)",
+    "/console/{asset}": "the console's scripts, styles and vendored chart library",
 }
 _SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})  # Litestar answers OPTIONS itself on every path
 

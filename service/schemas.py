@@ -277,10 +277,24 @@ class Refusal(msgspec.Struct, frozen=True):
     at: float
 
 
+class VersionOut(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One published version as its manifest describes it: when it was made, what it was trained on, its
+    evaluation metrics; ``error``: why its manifest could not be read (the other fields are then empty)."""
+
+    version: str
+    created_at: str | None = None
+    trained_until: float | None = None
+    n_items: int | None = None
+    n_visitors: int | None = None
+    metrics: dict[str, Any] = msgspec.field(default_factory=dict)
+    error: str | None = None
+
+
 class ModelsOut(msgspec.Struct, frozen=True):
     """``last_error``: why the last reload failed (None once a reload succeeds); ``last_refused``: the last
     version this worker refused, kept after later versions load; ``catalog_version``: the version of the
-    live catalog this worker serves."""
+    live catalog this worker serves; ``published``: every version of ``versions`` with its manifest's
+    figures (oldest first)."""
 
     live: ModelInfo | None
     latest: str | None
@@ -288,12 +302,21 @@ class ModelsOut(msgspec.Struct, frozen=True):
     last_error: str | None
     last_refused: Refusal | None = None
     catalog_version: int = 0
+    published: list[VersionOut] = msgspec.field(default_factory=list)
 
 
 class ReloadOut(msgspec.Struct, frozen=True):
     version: str
     previous: str | None
     changed: bool
+
+
+class ActivateIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The published version to serve and point ``latest`` at (``GET /v1/models`` lists them)."""
+
+    version: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    ]
 
 
 class HealthOut(msgspec.Struct, frozen=True, omit_defaults=True):

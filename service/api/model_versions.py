@@ -1,15 +1,37 @@
-"""``GET /v1/models`` and ``POST /v1/models/reload`` (admin): versions and hot reload of ``latest``."""
+"""``GET /v1/models``, ``POST /v1/models/reload`` and ``POST /v1/models/activate`` (admin): the published
+versions, hot reload of ``latest``, and a roll back (or forward) to a published version."""
 
 from __future__ import annotations
+
+import asyncio
+from pathlib import Path
 
 import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
+from models.artifact import read_manifest
+from models.errors import ArtifactError
 from service.api.deps import Services
 from service.auth import Scope, scopes
-from service.schemas import ModelInfo, ModelsOut, ReloadOut
+from service.schemas import ActivateIn, ModelInfo, ModelsOut, ReloadOut, VersionOut
+
+
+def published(models_dir: Path | None, versions: list[str]) -> list[VersionOut]:
+    """Each version's manifest figures (its files are not hashed: that is what loading it does)."""
+    if models_dir is None:
+        return []
+    out: list[VersionOut] = []
+    for version in versions:
+        try:
+            m = read_manifest(models_dir / version)
+        except (ArtifactError, OSError) as e:
+            out.append(VersionOut(version, error=str(e)))
+            continue
+        out.append(VersionOut(version, m.created_at, m.trained_until, m.n_items, m.n_visitors, m.metrics))
+    return out
 
 
 class ModelsController(Controller):
@@ -25,13 +47,15 @@ class ModelsController(Controller):
             if model is not None
             else None
         )
+        versions = holder.versions()
         return ModelsOut(
             live=live,
             latest=holder.latest_name(),
-            versions=holder.versions(),
+            versions=versions,
             last_error=holder.last_error,
             last_refused=holder.last_refusal,
             catalog_version=holder.overlay.version,
+            published=await asyncio.to_thread(published, holder.models_dir, versions),
         )
 
     @post(
@@ -43,4 +67,20 @@ class ModelsController(Controller):
     )
     async def reload(self, svc: NamedDependency[Services]) -> ReloadOut:
         result = await svc.holder.reload()  # refused: ArtifactError (422), counted by the holder
+        return ReloadOut(result.version, result.previous, result.changed)
+
+    @post(
+        "/activate",
+        status_code=HTTP_200_OK,
+        opt=scopes(Scope.ADMIN),
+        summary="Serve a published version and point `latest` at it (roll back)",
+        description=(
+            'Body {"version"}: a version of `GET /v1/models`. It is loaded and verified, then `latest` is '
+            "repointed at it atomically and this worker serves it; every other worker follows `latest` "
+            "within JOURNEYREC_MODEL_POLL_SECONDS. 404 naming the version when it is not published; 400 "
+            "naming it when it fails verification (`latest` and the live model are left as they were)."
+        ),
+    )
+    async def activate(self, svc: NamedDependency[Services], data: JSONBody[ActivateIn]) -> ReloadOut:
+        result = await svc.holder.activate(data.version)
         return ReloadOut(result.version, result.previous, result.changed)
