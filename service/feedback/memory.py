@@ -7,9 +7,10 @@ the retention (deduplication). Counters never expire.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from models.attribution import ATTRIBUTABLE, Method, ServedList, Windows
 from models.domain import Event, EventType
@@ -63,6 +64,12 @@ class MemoryFeedbackStore(FeedbackLimits):
         state = self._load(visitor_id, now)
         state.served = ledger.keep([*state.served, served], now, self.windows.retention, self.cap)
         self._save(visitor_id, state, now)
+
+    async def send_served(self, visitor_id: str, served: ServedList) -> Awaitable[None]:
+        await self.log_served(visitor_id, served)  # in this process: done when it returns
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     async def count_served(self, lists: Sequence[tuple[str, ServedList]]) -> Deltas:
         now = self.clock()

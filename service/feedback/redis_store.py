@@ -20,8 +20,9 @@ Feeding a batch of events first asks the ``active`` sets which of its visitors h
 ``ZMSCORE`` per shard): the others (never served a list, or not for ``visitor_ttl``) have nothing to
 credit, and cost no per-visitor call. A stale member only costs a read.
 
-Writes: keeping a served list is one script call (``RPUSH``/``LTRIM``/``EXPIRE``) and the visitor's
-``ZADD`` to its ``active`` set, pipelined: one round trip. Counting it and
+Writes: keeping a served list is four plain commands (``RPUSH``/``LTRIM``/``EXPIRE`` and the visitor's
+``ZADD`` to its ``active`` set) written in one go; on the request path their replies are read after the
+answer has gone (``send_served``). Counting it and
 feeding events read the visitor's state (one call per visitor, pipelined), apply ``service.feedback.ledger``
 in Python, and write the state back only if its ``ver`` did not move meanwhile (else read and apply again),
 then add the counter increments, one call per counter key, pipelined. A counter write that fails after
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -47,6 +48,7 @@ from service.feedback.memory import FeedbackLimits
 from service.feedback.store_base import (
     SEP,
     SHARDS,
+    SUMMARY,
     DailyCell,
     Deltas,
     FeedbackResult,
@@ -61,14 +63,6 @@ from service.store.redis_store import unavailable
 
 MAX_ATTEMPTS = 20  # optimistic writes of one visitor's state before giving up (others kept writing it)
 
-# KEYS: served. ARGV: list JSON, cap, retention seconds
-_PUSH = """
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
 # KEYS: served, fb, fbids. ARGV: event ids. Returns {lists, fb hash, 1/0 per event id: seen}
 _READ = """
 local seen = {}
@@ -76,8 +70,22 @@ for i = 1, #ARGV do seen[i] = redis.call('ZSCORE', KEYS[3], ARGV[i]) and 1 or 0 
 return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('HGETALL', KEYS[2]), seen}
 """
 
+# KEYS: fb. The exposures only (the ``_READ`` reply without lists, touches or seen flags): all that
+# counting a served list needs.
+_READ_EXPOSURES = """
+local flat, out = redis.call('HGETALL', KEYS[1]), {}
+for i = 1, #flat, 2 do
+  if flat[i] ~= 't' then
+    out[#out + 1] = flat[i]
+    out[#out + 1] = flat[i + 1]
+  end
+end
+return {{}, out, {}}
+"""
+
 # KEYS: fb, fbids. ARGV: expected ver, visitor_ttl, retention, now_ms, n (exposure fields), n field/value
-# pairs, touches JSON, then the event ids to remember. Returns 1, or 0 when ver moved (nothing written).
+# pairs, touches JSON ("" keeps the stored touches), then the event ids to remember. Returns 1, or 0 when
+# ver moved (nothing written).
 _WRITE = """
 if (redis.call('HGET', KEYS[1], 'ver') or '0') ~= ARGV[1] then return 0 end
 local n = tonumber(ARGV[5])
@@ -86,7 +94,8 @@ for j = 1, n do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-redis.call('HSET', KEYS[1], 't', ARGV[i], 'ver', tonumber(ARGV[1]) + 1)
+if ARGV[i] ~= '' then redis.call('HSET', KEYS[1], 't', ARGV[i]) end
+redis.call('HSET', KEYS[1], 'ver', tonumber(ARGV[1]) + 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local now = tonumber(ARGV[4])
 if i + 1 <= #ARGV then
@@ -127,8 +136,8 @@ class RedisFeedbackStore(FeedbackLimits):
         super().__init__(windows=windows, cap=cap, visitor_ttl=visitor_ttl, clock=clock)
         self._r = client
         self.prefix = prefix
-        self._push = client.register_script(_PUSH)
         self._read = client.register_script(_READ)
+        self._read_exposures = client.register_script(_READ_EXPOSURES)
         self._write = client.register_script(_WRITE)
         self._add = client.register_script(_ADD)
         self._encode = msgspec.json.Encoder().encode
@@ -226,27 +235,37 @@ class RedisFeedbackStore(FeedbackLimits):
         )
         return state, ver, [bool(x) for x in seen]
 
-    def _write_args(self, state: ledger.VisitorFeedback, ver: str, ids: list[str]) -> list[str | bytes]:
+    def _write_args(
+        self, state: ledger.VisitorFeedback, ver: str, ids: list[str], *, touches: bool = True
+    ) -> list[str | bytes]:
+        """``_WRITE``'s ARGV; without ``touches`` (a state read without its lists) the stored ones stay."""
         pairs: list[str | bytes] = []
         for key, exposure in state.exposures.items():
             pairs += [f"{key}{SEP}first", repr(exposure.first)]
             for metric, value in exposure.values.items():
                 pairs += [f"{key}{SEP}{metric}", repr(value)]
-        touches = {
+        kept = {
             s.recommendation_id: (s.clicks, s.impressions) for s in state.served if s.clicks or s.impressions
         }
         head = [ver, str(self.visitor_ttl), str(int(self.windows.retention)), str(int(self.clock() * 1000))]
-        return [*head, str(len(pairs) // 2), *pairs, self._encode(touches), *ids]
+        return [*head, str(len(pairs) // 2), *pairs, self._encode(kept) if touches else "", *ids]
 
-    async def _update(self, changes: dict[str, tuple[list[str], Change]]) -> Deltas:
-        """Apply each visitor's change to their state, optimistically (see the module docstring)."""
+    async def _update(self, changes: dict[str, tuple[list[str], Change]], *, lists: bool = True) -> Deltas:
+        """Apply each visitor's change to their state, optimistically (see the module docstring). Without
+        ``lists`` the state is read without its served lists and touches (a change that needs only the
+        exposures), and the write leaves those as they are."""
         total = Deltas()
         pending = dict(changes)
         for _attempt in range(MAX_ATTEMPTS):
             if not pending:
                 return total
             visitors = list(pending)
-            reads = [(self._read, self.visitor_keys(v), pending[v][0]) for v in visitors]
+            reads = [
+                (self._read, self.visitor_keys(v), pending[v][0])
+                if lists
+                else (self._read_exposures, self.visitor_keys(v)[1:2], [])
+                for v in visitors
+            ]
             with unavailable("read feedback state", "feedback store"):
                 replies = await self._pipeline(reads)
             writes: list[tuple[str, Deltas]] = []
@@ -257,7 +276,8 @@ class RedisFeedbackStore(FeedbackLimits):
                 if not changed:
                     del pending[v]
                     continue
-                calls.append((self._write, self.visitor_keys(v)[1:], self._write_args(state, ver, remember)))
+                args = self._write_args(state, ver, remember, touches=lists)
+                calls.append((self._write, self.visitor_keys(v)[1:], args))
                 writes.append((v, deltas))
             if not writes:
                 continue
@@ -271,24 +291,44 @@ class RedisFeedbackStore(FeedbackLimits):
 
     # -- FeedbackStore ------------------------------------------------------------------------------------
 
-    async def log_served(self, visitor_id: str, served: ServedList) -> None:
-        # on the request path: the push and the visitor's active-set entry in one round trip, packed by
-        # ``service.store.resp`` (a redis-py pipeline's own cost was a measurable part of a recommendation)
-        commands: list[list[resp.Arg]] = [
-            resp.evalsha(
-                self._push,
-                self.visitor_keys(visitor_id)[:1],
-                [self._encode(served).decode(), str(self.cap), str(int(self.windows.retention))],
-            ),
+    def _served_commands(self, visitor_id: str, served: ServedList) -> list[list[resp.Arg]]:
+        """Keeping a served list as plain commands (nothing for the server to have lost, as a script
+        can be): push, trim to ``cap``, expiry, and the visitor's entry in its shard's active set. Not
+        atomic, and need not be: a reader between them sees the list kept, at worst one over ``cap``."""
+        key = self.visitor_keys(visitor_id)[0]
+        return [
+            ["RPUSH", key, self._encode(served).decode()],
+            ["LTRIM", key, str(-self.cap), "-1"],
+            ["EXPIRE", key, str(int(self.windows.retention))],
             ["ZADD", self.active_key(shard_of(visitor_id)), str(int(self.clock() * 1000)), visitor_id],
         ]
+
+    async def log_served(self, visitor_id: str, served: ServedList) -> None:
+        await (await self.send_served(visitor_id, served))
+
+    async def send_served(self, visitor_id: str, served: ServedList) -> Awaitable[None]:
+        # on the request path: written before the answer goes out, its replies read in the background
+        # (``service.feedback.serve``), so the answer does not wait a round trip for them
         with unavailable("log served list", "feedback store"):
-            await resp.run(self._r, commands, [self._push])
+            sent = await resp.send(self._r, self._served_commands(visitor_id, served))
+        return self._confirm(sent)
+
+    async def _confirm(self, sent: resp.Sent) -> None:
+        with unavailable("log served list", "feedback store"):
+            for reply in await sent.replies():
+                if isinstance(reply, Exception):
+                    raise reply
 
     async def count_served(self, lists: Sequence[tuple[str, ServedList]]) -> Deltas:
+        # a list of no experiment adds to the daily cells only: no visitor state to read or write. One of
+        # an experiment updates the visitor's exposures, read and written without the served lists.
+        total = Deltas()
         by_visitor: dict[str, list[ServedList]] = defaultdict(list)
         for visitor_id, served in lists:
-            by_visitor[visitor_id].append(served)
+            if served.experiment == SUMMARY:
+                total.merge(ledger.count_served(ledger.VisitorFeedback(), served, shard=shard_of(visitor_id)))
+            else:
+                by_visitor[visitor_id].append(served)
 
         def change_for(visitor_id: str, mine: list[ServedList]) -> Change:
             def change(state: ledger.VisitorFeedback, _seen: list[bool]) -> tuple[Deltas, list[str], bool]:
@@ -299,7 +339,12 @@ class RedisFeedbackStore(FeedbackLimits):
 
             return change
 
-        return await self._update({v: ([], change_for(v, mine)) for v, mine in by_visitor.items()})
+        if by_visitor:
+            changes: dict[str, tuple[list[str], Change]] = {
+                v: ([], change_for(v, mine)) for v, mine in by_visitor.items()
+            }
+            total.merge(await self._update(changes, lists=False))
+        return total
 
     async def add(self, deltas: Deltas) -> None:
         if not deltas:

@@ -1,12 +1,14 @@
 """The request-path side of feedback: stamp each list answer with a ``recommendation_id`` and log it.
 
 ``Feedback.served(...)`` is the one call a list endpoint makes: it makes the id and, for a visitor's list
-(and ``log_served_lists`` on), keeps the list in the visitor's served-list log with one store write, awaited,
-so that an impression or click sent right after the answer finds it. Counting the list (the visitor's
-exposures and the counters, three more round trips) happens off the request path: a queue that one task
-per worker empties in batches (of what arrived within ``BATCH_WAIT``). When that queue is full, or a write
-fails, the list is not counted; each such loss is counted (``journeyrec_feedback_write_failures_total``)
-and logged.
+(and ``log_served_lists`` on), keeps the list in the visitor's served-list log with one store write. The
+write is sent before the answer goes out, so an impression or click sent once the answer has arrived
+reaches the store after it and finds the list (Redis runs a connection's commands in the order they
+arrive); its reply is read after the answer, by a task, which then queues the list for counting. Counting
+(the visitor's exposures and the counters, further round trips) happens off the request path: a queue
+that one task per worker empties in batches (of what arrived within ``BATCH_WAIT``). When the write fails,
+or that queue is full, the list is not counted (nor, for a failed write, attributable); each such loss is
+counted (``journeyrec_feedback_write_failures_total``) and logged.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 
@@ -56,6 +58,7 @@ class Feedback:
         self.clock = clock
         self._queue: asyncio.Queue[tuple[str, ServedList]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._confirming: set[asyncio.Task[None]] = set()  # lists sent whose write is not confirmed yet
 
     async def served(
         self,
@@ -82,15 +85,29 @@ class Feedback:
             variant=variant or SUMMARY,
         )
         try:
-            await self.store.log_served(visitor_id, served)
+            confirmed = await self.store.send_served(visitor_id, served)
         except StoreUnavailableError as e:
-            # the answer is served anyway: it is only not attributable
-            metrics.WRITE_FAILURES.labels("served").inc()
-            log.warning("served list %s not logged: %s", tag.recommendation_id, e)
+            self._not_logged(served, e)
             return tag
+        # no await between sending and taking the confirmation: a cancelled request cannot strand it
+        task = asyncio.get_running_loop().create_task(self._confirm(confirmed, visitor_id, served))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+        return tag
+
+    async def _confirm(self, confirmed: Awaitable[None], visitor_id: str, served: ServedList) -> None:
+        try:
+            await confirmed
+        except StoreUnavailableError as e:
+            self._not_logged(served, e)
+            return
         metrics.SERVED_LISTS.inc()
         self._enqueue(visitor_id, served)
-        return tag
+
+    def _not_logged(self, served: ServedList, e: Exception) -> None:
+        # the answer is served anyway: the list is only not attributable
+        metrics.WRITE_FAILURES.labels("served").inc()
+        log.warning("served list %s not logged: %s", served.recommendation_id, e)
 
     def _enqueue(self, visitor_id: str, served: ServedList) -> None:
         if self._task is None or self._task.done():
@@ -125,7 +142,9 @@ class Feedback:
                     queue.task_done()
 
     async def drain(self) -> None:
-        """Wait until every queued served list is counted (erase, tests, shutdown)."""
+        """Wait until every served list sent is confirmed and counted (erase, tests, shutdown)."""
+        while self._confirming:
+            await asyncio.gather(*self._confirming, return_exceptions=True)
         if self._queue is not None and self._task is not None and not self._task.done():
             await self._queue.join()
 

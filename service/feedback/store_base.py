@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -72,6 +72,13 @@ class FeedbackStore(Protocol):
     async def log_served(self, visitor_id: str, served: ServedList) -> None:
         """Keep a served list for the visitor (one write in the visitor's slot): from now on events carrying
         its id are credited to it. Raises StoreUnavailableError."""
+        ...
+
+    async def send_served(self, visitor_id: str, served: ServedList) -> Awaitable[None]:
+        """``log_served`` in two halves, for the request path: when this returns the write is on its way,
+        ahead of any write or read a later request makes (so an event about the list, sent once the
+        answer is out, finds it); awaiting the result confirms it (StoreUnavailableError if it failed).
+        Raises StoreUnavailableError when nothing could be sent."""
         ...
 
     async def count_served(self, lists: Sequence[tuple[str, ServedList]]) -> Deltas:

@@ -79,23 +79,55 @@ async def _round_trip(client: Redis, commands: Sequence[Sequence[Arg]]) -> list[
 async def round_trip_packed(client: Redis, payload: bytes, n: int) -> list[Any]:
     """The ``n`` replies (an error reply as its ``ResponseError``) of the ``n`` commands packed in
     ``payload`` (RESP), in order: for a caller that packs a fixed command shape faster than ``pack``."""
+    return await (await send_packed(client, payload, n)).replies()
+
+
+class Sent:
+    """Commands written to a connection whose replies are still to be read (``replies``, once): the
+    connection stays out of the pool until then."""
+
+    def __init__(self, client: Redis, conn: Any, n: int) -> None:
+        self._pool = client.connection_pool
+        self._conn = conn
+        self._n = n
+
+    async def replies(self) -> list[Any]:
+        """The replies in order (an error reply as its ``ResponseError``); the connection goes back to the
+        pool, disconnected first unless every reply was read."""
+        conn, clean = self._conn, False
+        try:
+            # the parser hands error replies back as ResponseError values (the connection's own
+            # read_response raises them, and sets a timeout per reply: one for the whole batch here)
+            limit = (conn.socket_timeout or 5.0) * (1.0 + self._n / 500)
+            async with asyncio.timeout(limit):
+                replies = await _replies(conn._parser, self._n)
+            clean = True
+            return replies
+        finally:
+            if not clean:
+                await conn.disconnect()
+            await self._pool.release(conn)
+
+
+async def send_packed(client: Redis, payload: bytes, n: int) -> Sent:
+    """Write the ``n`` commands of ``payload`` to a pooled connection and return without waiting for the
+    replies: when this returns the bytes are in the socket, so the server runs them before any command
+    that a later request sends (on this or another connection) once it has been told of them."""
     pool = client.connection_pool
     conn: Any = await pool.get_connection()
-    clean = False
     try:
         await conn.send_packed_command(payload, check_health=False)
-        # the parser hands error replies back as ResponseError values (the connection's own
-        # read_response raises them, and sets a timeout per reply: one for the whole batch here)
-        parser = conn._parser
-        limit = (conn.socket_timeout or 5.0) * (1.0 + n / 500)
-        async with asyncio.timeout(limit):
-            replies = await _replies(parser, n)
-        clean = True
-        return replies
-    finally:
-        if not clean:
-            await conn.disconnect()
+    except BaseException:
+        await conn.disconnect()
         await pool.release(conn)
+        raise
+    return Sent(client, conn, n)
+
+
+async def send(client: Redis, commands: Sequence[Sequence[Arg]]) -> Sent:
+    """``send_packed`` of ``commands`` (plain commands: a script the server has lost cannot be retried
+    from here)."""
+    return await send_packed(client, pack(commands), len(commands))
 
 
 def evalsha(script: AsyncScript, keys: Sequence[Arg], args: Sequence[Arg]) -> list[Arg]:

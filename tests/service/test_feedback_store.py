@@ -381,3 +381,19 @@ async def test_redis_and_memory_agree_on_random_traffic(redis_url: str) -> None:
         async for key in raw.scan_iter(match=f"{prefix}:*", count=1000):
             await raw.delete(key)
         await raw.aclose()
+
+
+async def test_a_sent_list_is_credited_by_events_recorded_before_its_confirmation(
+    make: tuple[Make, FakeClock],
+) -> None:
+    """``send_served`` returns once the write is on its way: a click recorded right after (on another
+    connection, before the write's reply was read) finds the list; the confirmation comes after."""
+    factory, clock = make
+    writer = factory()
+    # another store on the same Redis (another connection), or the same one in memory
+    reader = writer if isinstance(writer, MemoryFeedbackStore) else factory()
+    confirmed = await writer.send_served("v", served("L1", ["a", "b"], "consideration", clock.now))
+    r = await reader.record_events([ev("v", E.PRODUCT_VIEW, "a", clock.now + 1, "L1")])
+    assert r.outcomes == {("product_view", "direct"): 1}
+    await confirmed
+    assert [s.recommendation_id for s in await writer.served("v")] == ["L1"]
