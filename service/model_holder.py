@@ -206,25 +206,13 @@ class ModelHolder:
                     return ReloadResult(previous.version, previous.version, False, str(target))
                 # taken before loading: a repair that lands during the load is then still seen as a change
                 seen = await asyncio.to_thread(fingerprint, target)
-                # hashing + loading arrays is CPU/disk work: off the event loop, beside the live model
-                loaded = await asyncio.to_thread(self._loader, target)
-                # the live catalog and the rules apply before the new model serves
-                model = await asyncio.to_thread(loaded.with_overlay, self.overlay, self.exploration)
-                await asyncio.to_thread(install_rules, model, self.rules)
+                model = await self._prepare(target)
             except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
                 reason = str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
                 self._refuse(target, seen, reason, unexpected=not isinstance(e, ArtifactError))
                 kept = f"; still serving {previous.version}" if previous is not None else ""
                 raise ArtifactError(f"reload refused: {reason}{kept}") from None
-            rules = self.rules
-            if rules is not None and served_version(model) != rules.version:
-                install_rules(model, rules)  # the rules moved while it loaded
-            # one reference assignment: requests already running keep the object they read
-            self._current = model
-            metrics.RULES_VERSION.set(served_version(model))
-            self._current_dir = target
-            self.loaded_at = time.time()
-            self.last_error = None
+            self._swap(model, target)
             old = previous.version if previous is not None else None
             log.info("model %s loaded from %s (previous: %s)", model.version, target, old)
             metrics.count_reload(model.version != old, self.loaded_at)
@@ -253,9 +241,7 @@ class ModelHolder:
                 model = previous
             else:
                 try:
-                    loaded = await asyncio.to_thread(self._loader, target)
-                    model = await asyncio.to_thread(loaded.with_overlay, self.overlay, self.exploration)
-                    await asyncio.to_thread(install_rules, model, self.rules)
+                    model = await self._prepare(target)
                 except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
                     reason = str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
                     raise InvalidInputError(
@@ -263,18 +249,31 @@ class ModelHolder:
                     ) from None
             await asyncio.to_thread(point_latest, models_dir, version)
             if model is not previous:
-                rules = self.rules
-                if rules is not None and served_version(model) != rules.version:
-                    install_rules(model, rules)  # the rules moved while it loaded
-                self._current = model
-                metrics.RULES_VERSION.set(served_version(model))
-                self._current_dir = target
-                self.loaded_at = time.time()
-                self.last_error = None
+                self._swap(model, target)
             old = previous.version if previous is not None else None
             log.info("model %s activated: %s now points at it (previous: %s)", model.version, LATEST, old)
             metrics.count_reload(model.version != old, self.loaded_at)
             return ReloadResult(model.version, old, model.version != old, str(target))
+
+    async def _prepare(self, target: Path) -> Recommender:
+        """The version in ``target`` loaded and verified, with the live catalog and the rules applied. Hashing
+        and loading arrays is CPU and disk work: off the event loop, beside the live model."""
+        loaded = await asyncio.to_thread(self._loader, target)
+        model = await asyncio.to_thread(loaded.with_overlay, self.overlay, self.exploration)
+        await asyncio.to_thread(install_rules, model, self.rules)
+        return model
+
+    def _swap(self, model: Recommender, target: Path) -> None:
+        """Serve ``model`` (loaded from ``target``); called under the lock."""
+        rules = self.rules
+        if rules is not None and served_version(model) != rules.version:
+            install_rules(model, rules)  # the rules moved while it loaded
+        # one reference assignment: requests already running keep the object they read
+        self._current = model
+        metrics.RULES_VERSION.set(served_version(model))
+        self._current_dir = target
+        self.loaded_at = time.time()
+        self.last_error = None
 
     def _refuse(self, target: Path | None, seen: Fingerprint, reason: str, *, unexpected: bool) -> None:
         """Record, log and count a refused version (the live model, if any, keeps serving)."""
