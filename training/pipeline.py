@@ -18,6 +18,7 @@ from training.baselines import (
     ItemKnnRanker,
     PlainLightFMRanker,
     PopularityRanker,
+    TifuKnnRanker,
     TrendingRanker,
 )
 from training.presets import PRESETS
@@ -78,6 +79,7 @@ def rankers_for(cfg: StageModelConfig, progress: Callable[[str], None] | None = 
         TrendingRanker(cfg.weights, cfg.positive),
         BuyAgainRanker(cfg.weights, cfg.positive),
         ItemKnnRanker(cfg.weights, cfg.positive),
+        TifuKnnRanker(cfg.weights, cfg.positive),
     ]
 
 

@@ -113,6 +113,7 @@ def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None
         "trending",
         "buy_again",
         "item_knn",
+        "tifu_knn",
     }
     keys = {"users", "precision", "recall", "ndcg", "hit_rate", "map", "coverage"}
     for model in result["models"].values():

@@ -11,8 +11,9 @@ import pytest
 from models.dataset import EventLog
 from models.domain import CatalogItem, EventType, Stage
 from models.errors import InvalidInputError
+from models.profiles import profiles_from_log
 from models.weights import EventWeights
-from training.baselines import BuyAgainRanker, PopularityRanker
+from training.baselines import BuyAgainRanker, PopularityRanker, TifuKnnRanker
 from training.evaluate import EvalResult, evaluate, relevant_targets, split_at
 from training.report import render_report, write_report
 from training.stage_model import stages_at
@@ -104,6 +105,32 @@ def test_buy_again_and_popularity_known_answers() -> None:
     assert result.candidates == 3
     assert set(ba.segments) >= {"cold", "warm", Stage.AWARENESS.value}
     assert result.transitions[Stage.AWARENESS.value][Stage.AWARENESS.value] >= 1
+
+
+def test_tifu_knn_ranks_own_decayed_baskets_then_neighbours_then_popularity() -> None:
+    pos = frozenset({EventType.PURCHASE})
+    r = TifuKnnRanker(EventWeights(), pos)
+    train, _ = split_at(_log(), SPLIT)
+    r.fit(train)
+    a, c = _ids(train, "ac")
+    x, y, z = (train.item_ids.index(i) for i in "xyz")
+    # a: baskets (one per day) {x} {x} {y}, one group: x (0.9**2 + 0.9) / 3, y 1 / 3; its only
+    # neighbour is d ({x}), so x gains 0.3 * 1 and y keeps 0.7 / 3; z is popularity filler; c is cold
+    want_x = 0.7 * (0.81 + 0.9) / 3 + 0.3
+    assert r.vectors[a, x] == pytest.approx((0.81 + 0.9) / 3)
+    lists = r.recommend(np.array([a, c], np.int32), SPLIT, 3, False).tolist()
+    assert lists[0] == [x, y, z]
+    assert lists[1][0] == x  # popularity: x has 2 buyers, y and z 1 each
+    prof = profiles_from_log(train, np.array([a], np.int32), SPLIT, EventWeights())
+    assert r.tables is not None
+    s = r.batch_scores(np.array([a], np.int32), r.tables, prof)[0]
+    assert s[x] == pytest.approx(1 + want_x)
+    assert s[y] == pytest.approx(1 + 0.7 / 3)
+    assert s[z] < 1
+    result = _toy_eval([r])
+    # a's relevant y at rank 2; c (cold) gets popularity: x first, relevant
+    assert result.models["tifu_knn"].segments["warm"].ndcg == pytest.approx(1 / math.log2(3))
+    assert result.models["tifu_knn"].segments["cold"].ndcg == pytest.approx(1.0)
 
 
 def test_no_test_visitor_is_a_clear_error() -> None:

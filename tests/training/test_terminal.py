@@ -14,7 +14,7 @@ from models.metrics import METRICS, MetricSummary
 from training.cli import blend_table
 from training.evaluate import EvalResult, ModelResult, format_table
 
-MODELS = ("stage_aware", "lightfm", "popularity", "trending", "buy_again", "item_knn")
+MODELS = ("stage_aware", "lightfm", "popularity", "trending", "buy_again", "item_knn", "tifu_knn")
 
 
 def _summary(users: int, seed: int) -> MetricSummary:
