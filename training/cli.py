@@ -228,6 +228,14 @@ def train(
     " from features only (AUC, precision@k).",
 )
 @click.option(
+    "--resamples",
+    type=click.IntRange(0, 1_000_000),
+    default=evaluation.RESAMPLES,
+    show_default=True,
+    help="Paired bootstrap resamples of the test visitors (seeded by --seed) for the 95%% intervals;"
+    " 0: none.",
+)
+@click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON."
 )
 @click.option(
@@ -248,6 +256,7 @@ def evaluate(
     exclude_seen: bool,
     only: str | None,
     cold_items: float | None,
+    resamples: int,
     json_path: str | None,
     report_path: str | None,
 ) -> None:
@@ -305,6 +314,8 @@ def evaluate(
             stage_at_end=at_end,
             progress=say,
             cold=cold,
+            resamples=resamples,
+            seed=seed,
         )
     result = msgspec.structs.replace(result, inputs=inputs)
     for name, summary in inputs.items():  # after the work, as in train

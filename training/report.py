@@ -15,9 +15,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from models.bootstrap import excludes_zero
 from models.domain import STAGES
 from models.metrics import METRICS
-from training.evaluate import EvalResult
+from training.evaluate import Difference, EvalResult
 
 
 def _png(fig: Figure) -> str:
@@ -58,13 +59,18 @@ def _transition_chart(result: EvalResult) -> str:
     return _png(fig)
 
 
+def _metric_cell(value: float, ci: tuple[float, float] | None) -> str:
+    lo_hi = "" if ci is None else f"<br><small>{ci[0]:.4f}&ndash;{ci[1]:.4f}</small>"
+    return f"<td>{value:.4f}{lo_hi}</td>"
+
+
 def _table(result: EvalResult) -> str:
     k = result.k
     head = "".join(f"<th>{m}@{k}</th>" for m in METRICS)
     rows = []
     for name, r in result.models.items():
         o = r.overall
-        cells = "".join(f"<td>{getattr(o, m):.4f}</td>" for m in METRICS)
+        cells = "".join(_metric_cell(getattr(o, m), o.ci95.get(m)) for m in METRICS)
         rows.append(
             f"<tr><td>{html.escape(name)}</td><td>{o.users:,}</td>{cells}"
             f"<td>{o.coverage:.3f}</td><td>{r.fit_seconds:.1f}</td></tr>"
@@ -74,6 +80,45 @@ def _table(result: EvalResult) -> str:
         + "".join(rows)
         + "</table>"
     )
+
+
+def _diff_cell(d: Difference) -> str:
+    """A difference, bold with a star when its interval excludes 0, with the interval below."""
+    text = f"{d.value:+.4f}"
+    if excludes_zero(d.ci95):
+        text = f'<strong class="sig">{text}&#8202;*</strong>'
+    return f"<td>{text}<br><small>{d.ci95[0]:+.4f}&ndash;{d.ci95[1]:+.4f}</small></td>"
+
+
+def _differences(result: EvalResult) -> str:
+    """The reference minus each baseline, overall per metric and per segment (ndcg), with intervals."""
+    b, diffs = result.bootstrap, result.differences
+    if b is None or not diffs:
+        return ""
+    k = result.k
+    head = "".join(f"<th>{m}@{k}</th>" for m in METRICS)
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>" + "".join(_diff_cell(c.overall[m]) for m in METRICS) + "</tr>"
+        for name, c in diffs.items()
+    )
+    segments = list(next(iter(diffs.values())).segments)
+    ref = result.models[b.reference]
+    seg_head = "".join(f"<th>{html.escape(s)} ({ref.segments[s].users:,})</th>" for s in segments)
+    seg_rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(_diff_cell(c.segments[s]["ndcg"]) for s in segments)
+        + "</tr>"
+        for name, c in diffs.items()
+    )
+    ref_name = html.escape(b.reference)
+    return f"""<h2>Is it real? {ref_name} minus each baseline</h2>
+<p>Differences of means over the same test visitors, with 95% paired bootstrap intervals: the test visitors
+resampled with replacement {b.resamples:,} times (seed {b.seed}), every model scored on the same resamples
+(per segment, within the segment's visitors); percentile intervals. <strong>Bold with *</strong>: the interval
+excludes 0. Each model's own intervals are under its figures above.</p>
+<table><tr><th>baseline</th>{head}</tr>{rows}</table>
+<h3>NDCG@{k} per segment (visitors)</h3>
+<table><tr><th>baseline</th>{seg_head}</tr>{seg_rows}</table>"""
 
 
 def render_report(result: EvalResult) -> str:
@@ -99,12 +144,14 @@ def render_report(result: EvalResult) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}
+.sig{{color:#064}}</style></head><body>
 <h1>{title}</h1>
 <p>{html.escape(result.split)}; k = {k}; positives: {html.escape(", ".join(result.positive))};
 exclude seen: {result.exclude_seen}; {result.train_events:,} training and {result.test_events:,} test events;
 {result.candidates:,} candidate items.</p>
 {_table(result)}
+{_differences(result)}
 <h2>Per model</h2><img alt="overall metrics" src="{overall}">
 <h2>Per segment</h2><img alt="ndcg per segment" src="{by_segment}">
 <h2>Journey</h2><img alt="stage transitions" src="{_transition_chart(result)}">
