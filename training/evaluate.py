@@ -136,6 +136,8 @@ class EvalResult(msgspec.Struct, frozen=True):
     inputs: what was read (``training.loaders.LoadSummary``): "events" for a time split, else "train" and
     "test".
     differences[baseline]: the reference (``bootstrap.reference``) minus that baseline.
+    configuration: the settings of the run by model (``stage_aware``: the model configuration file's
+    format, ``training.model_config``; a baseline with hyperparameters of its own: those).
     """
 
     dataset: str
@@ -152,6 +154,7 @@ class EvalResult(msgspec.Struct, frozen=True):
     cold_items: ColdItemsResult | None = None
     bootstrap: Bootstrap | None = None
     differences: dict[str, Comparison] = {}
+    configuration: dict[str, Any] = {}
 
 
 def hold_out_items(train: EventLog, fraction: float, seed: int) -> tuple[EventLog, ColdItems]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 
 import matplotlib as mpl
@@ -19,6 +20,7 @@ from models.bootstrap import excludes_zero
 from models.domain import STAGES
 from models.metrics import METRICS
 from training.evaluate import Difference, EvalResult
+from training.model_config import to_toml
 
 
 def _png(fig: Figure) -> str:
@@ -38,7 +40,8 @@ def _grouped_bars(groups: list[str], series: dict[str, list[float]], title: str,
     ax.set_xticks(x, groups)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8, ncols=min(len(series), 6))
+    # outside the axes, right of them (savefig's tight box keeps it): a legend never covers a bar
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
@@ -121,6 +124,17 @@ excludes 0. Each model's own intervals are under its figures above.</p>
 <table><tr><th>baseline</th>{seg_head}</tr>{seg_rows}</table>"""
 
 
+def _configuration(result: EvalResult) -> str:
+    """Each model's settings (stage_aware's in the model.toml format, a baseline's own hyperparameters)."""
+    if not result.configuration:
+        return ""
+    parts = []
+    for name, doc in result.configuration.items():
+        text = to_toml(doc) if name == "stage_aware" else json.dumps(doc, indent=2)
+        parts.append(f"<h3>{html.escape(name)}</h3><pre>{html.escape(text)}</pre>")
+    return "<h2>Configuration</h2>" + "".join(parts)
+
+
 def render_report(result: EvalResult) -> str:
     """The report as one HTML string (no external resources)."""
     k = result.k
@@ -152,8 +166,12 @@ exclude seen: {result.exclude_seen}; {result.train_events:,} training and {resul
 {result.candidates:,} candidate items.</p>
 {_table(result)}
 {_differences(result)}
+{_configuration(result)}
 <h2>Per model</h2><img alt="overall metrics" src="{overall}">
 <h2>Per segment</h2><img alt="ndcg per segment" src="{by_segment}">
+<p>Segments: <em>cold</em>, test visitors without any training event; <em>warm</em>, the others;
+{", ".join(f"<em>{s.value}</em>" for s in STAGES)}, the test visitors whose journey stage at the split
+(from their training events, by the model's journey rules) was that stage.</p>
 <h2>Journey</h2><img alt="stage transitions" src="{_transition_chart(result)}">
 </body></html>
 """

@@ -118,6 +118,15 @@ def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None
     assert main(argv) == 0
     result = json.loads(out.read_text())
     assert result["bootstrap"] == {"resamples": 1000, "seed": 1, "level": 0.95, "reference": "stage_aware"}
+    config = result["configuration"]
+    assert config["stage_aware"]["lightfm"]["epochs"] == 3
+    assert config["tifu_knn"] == {
+        "neighbours": 300,
+        "within_decay": 0.9,
+        "group_decay": 0.7,
+        "alpha": 0.7,
+        "group_size": 7,
+    }
     assert set(result["differences"]) == set(result["models"]) - {"stage_aware"}
     for comparison in result["differences"].values():
         for d in (
@@ -147,7 +156,10 @@ def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None
     ours, pop = result["models"]["stage_aware"]["overall"], result["models"]["popularity"]["overall"]
     # the simulated journeys reward knowing the visitor: even a 3-epoch model must beat the crowd
     assert ours["ndcg"] > pop["ndcg"]
-    assert report.read_text().startswith("<!doctype html>")
+    html = report.read_text()
+    assert html.startswith("<!doctype html>")
+    assert "<h2>Configuration</h2>" in html
+    assert "stage_aware minus each baseline" in html
 
 
 def test_evaluate_cold_items_scores_held_out_items_from_features(
