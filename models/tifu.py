@@ -116,12 +116,18 @@ def nearest_neighbours(
     if k_eff == 0 or len(rows) == 0:
         return idx_out, sim_out
     step = max(1, block_budget // max(n, 1))
-    t = normed.T.tocsr()
+    by_item = normed.tocsc()
     for lo in range(0, len(rows), step):
         q = np.asarray(rows[lo : lo + step], np.int64)
-        s = (normed[q] @ t).toarray().astype(np.float32, copy=False)
+        block = normed[q]
+        # similarities as sparse [n, items of the block] x dense [items of the block, b]: popular items
+        # make the product all but dense, which a sparse x sparse product builds slowly
+        cols = np.unique(block.indices)
+        dense = block[:, cols].toarray()
+        s = np.ascontiguousarray((by_item[:, cols] @ dense.T).T, dtype=np.float32)
         s[np.arange(len(q)), q] = -np.inf
-        part = np.argpartition(-s, k_eff - 1, axis=1)[:, :k_eff]  # k_eff < n: self is excluded
+        # the k largest: partitioned at n - k (measured several times faster than at k - 1 of -s)
+        part = np.argpartition(s, n - k_eff, axis=1)[:, n - k_eff :]  # k_eff < n: self is excluded
         vals = np.take_along_axis(s, part, axis=1)
         order = np.argsort(-vals, axis=1, kind="stable")
         part, vals = np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
