@@ -30,13 +30,27 @@ def _png(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _grouped_bars(groups: list[str], series: dict[str, list[float]], title: str, ylabel: str) -> str:
-    """One bar group per entry of ``groups``, one bar per series (model)."""
+def _grouped_bars(
+    groups: list[str],
+    series: dict[str, list[float]],
+    title: str,
+    ylabel: str,
+    intervals: dict[str, list[tuple[float, float] | None]] | None = None,
+) -> str:
+    """One bar group per entry of ``groups``, one bar per series (model); ``intervals`` (per series, per
+    group, (lo, hi) or None) drawn as error bars."""
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 2), 3.8))
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(groups))
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name)
+        spans = (intervals or {}).get(name)
+        err = None
+        if spans is not None and all(sp is not None for sp in spans):
+            v = np.asarray(values)
+            lo = np.array([sp[0] for sp in spans if sp is not None])
+            hi = np.array([sp[1] for sp in spans if sp is not None])
+            err = np.stack([np.maximum(v - lo, 0), np.maximum(hi - v, 0)])
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name, yerr=err, capsize=2)
     ax.set_xticks(x, groups)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -142,16 +156,18 @@ def render_report(result: EvalResult) -> str:
     overall = _grouped_bars(
         [f"{m}@{k}" for m in METRICS],
         {n: [getattr(result.models[n].overall, m) for m in METRICS] for n in models},
-        "Overall metrics per model",
+        "Overall metrics per model (whiskers: 95% intervals)",
         "value",
+        {n: [result.models[n].overall.ci95.get(m) for m in METRICS] for n in models},
     )
     segments = list(result.models[models[0]].segments)
     seg_labels = [f"{s}\n({result.models[models[0]].segments[s].users:,})" for s in segments]
     by_segment = _grouped_bars(
         seg_labels,
         {n: [result.models[n].segments[s].ndcg for s in segments] for n in models},
-        f"NDCG@{k} per segment (visitors in the segment)",
+        f"NDCG@{k} per segment (visitors in the segment; whiskers: 95% intervals)",
         f"ndcg@{k}",
+        {n: [result.models[n].segments[s].ci95.get("ndcg") for s in segments] for n in models},
     )
     title = html.escape(f"journeyrec evaluation: {result.dataset}")
     return f"""<!doctype html>
