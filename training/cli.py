@@ -363,14 +363,15 @@ def inspect(model_dir: str, as_json: bool) -> None:
     out.print(f"items {m.n_items:,}  visitors {m.n_visitors:,}")
     out.print(f"data fingerprint {m.data_fingerprint}")
     out.print(blend_table(m.blend, out.width))
-    source = m.metrics.get("config") or "no --config"
+    name = m.metrics.get("config")
+    source = f"trained with --config {name}" if name else "trained without --config"
     try:
         cfg = msgspec.convert(m.parameters, StageModelConfig)
     except msgspec.ValidationError:  # parameters of a format this version does not read: raw
-        out.print(f"configuration ({source}):", markup=False)
+        out.print(f"\nconfiguration ({source}):", markup=False)
         out.print(msgspec.json.format(msgspec.json.encode(m.parameters)).decode(), markup=False)
         return
-    out.print(f"configuration ({source}; the model.toml format, what --config takes):", markup=False)
+    out.print(f"\nconfiguration, in the format --config takes ({source}):", markup=False)
     out.print(to_toml(config_document(cfg)), markup=False, highlight=False, soft_wrap=True)
 
 

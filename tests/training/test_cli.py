@@ -68,7 +68,7 @@ def test_train_publishes_a_verified_version_and_inspect_shows_the_blend(
     assert manifest["parameters"]["neighbours"] == 50
     assert main(["inspect", str(models_dir)]) == 0
     shown = capsys.readouterr().out
-    assert "configuration (model.toml;" in shown
+    assert "configuration, in the format --config takes (trained with --config model.toml):" in shown
     assert "[lightfm]" in shown
     assert "no_components = 24" in shown
     assert "neighbours = 50" in shown
