@@ -13,6 +13,11 @@ neighbours; the mean is over those found (at most k).
 ``TIFU_DEFAULTS`` are the settings of the authors' published quick start (github.com/HaojiHu/TIFUKNN,
 README: ``python TIFUKNN.py ... 300 0.9 0.7 0.7 7 10`` = 300 neighbours, within-group decay 0.9,
 across-group decay 0.7, alpha 0.7, group size 7, top 10).
+
+The authors' script differs in details from the definition above, which this module follows: it cuts a
+history of at least m baskets into m groups of about equal size (fewer baskets: one group each), decays
+baskets by r_b over the whole history rather than within their group, and finds neighbours by Euclidean
+distance among a training subset of users.
 """
 
 from __future__ import annotations
