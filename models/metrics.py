@@ -17,7 +17,11 @@ METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "hit_rate", "map")
 
 
 class MetricSummary(msgspec.Struct, frozen=True):
-    """Means over ``users`` visitors, plus catalog coverage of their lists."""
+    """Means over ``users`` visitors, plus catalog coverage of their lists.
+
+    ci95: metric name -> (lo, hi), the paired bootstrap's 95% interval of the mean (``models.bootstrap``;
+    empty when not computed).
+    """
 
     users: int
     precision: float
@@ -26,6 +30,7 @@ class MetricSummary(msgspec.Struct, frozen=True):
     hit_rate: float
     map: float
     coverage: float
+    ci95: dict[str, tuple[float, float]] = {}
 
 
 def hit_matrix(recs: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:
@@ -75,4 +80,12 @@ def summarise(
     distinct = np.unique(sel[sel >= 0]).size
     m = int(sel.shape[0])
     means = {name: float(values[name][rows].mean()) if m else 0.0 for name in METRICS}
-    return MetricSummary(users=m, coverage=distinct / max(n_candidates, 1), **means)
+    return MetricSummary(
+        users=m,
+        precision=means["precision"],
+        recall=means["recall"],
+        ndcg=means["ndcg"],
+        hit_rate=means["hit_rate"],
+        map=means["map"],
+        coverage=distinct / max(n_candidates, 1),
+    )

@@ -348,19 +348,30 @@ def eval_table(results: list[tuple[Path, EvalResult]]) -> str:
             def score(name: str, metric: str = metric, r: EvalResult = r) -> float:
                 return float(getattr(r.models[name].overall, metric))
 
-            ours = [f"{score(n):.3f}" if n in r.models else "—" for n in _BASELINE_FIRST]
+            def shown(name: str, metric: str = metric, r: EvalResult = r) -> str:
+                """The figure, with its 95% interval when the run drew one."""
+                o = r.models[name].overall
+                ci = o.ci95.get(metric)
+                return f"{getattr(o, metric):.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+            ours = [shown(n) if n in r.models else "—" for n in _BASELINE_FIRST]
             others = [n for n in r.models if n not in _BASELINE_FIRST]
             best = max(others, key=score, default=None)
-            rows.append(
-                [
-                    f"{path.stem} ({split})",
-                    f"{label}@{r.k}",
-                    *ours,
-                    f"{best} {score(best):.3f}" if best is not None else "—",
-                ]
-            )
+            best_cell = "—"
+            if best is not None:
+                best_cell = f"{best} {shown(best)}"
+                d = r.differences.get(best)
+                if d is not None and metric in d.overall:
+                    dm = d.overall[metric]
+                    star = "\\*" if dm.ci95[0] > 0 or dm.ci95[1] < 0 else ""
+                    best_cell += f"; difference {dm.value:+.3f} [{dm.ci95[0]:+.3f}, {dm.ci95[1]:+.3f}]{star}"
+            rows.append([f"{path.stem} ({split})", f"{label}@{r.k}", *ours, best_cell])
     dates = sorted({_mtime(p) for p, _r in results})
-    head = f"`make eval` ({', '.join(dates)}); quality figures do not depend on the machine:"
+    head = (
+        f"`make eval` ({', '.join(dates)}); quality figures do not depend on the machine. In brackets: 95%"
+        " paired bootstrap intervals over test visitors; difference: stage_aware minus the best other model,"
+        " \\* where its interval excludes 0:"
+    )
     return (
         head + "\n\n" + _table(["data (split)", "metric", "stage_aware", "lightfm", "best other model"], rows)
     )

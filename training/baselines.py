@@ -11,7 +11,8 @@ from models.domain import EventType
 from models.profiles import Profiles, profiles_from_log
 from models.scoring import top_k
 from models.sources import ItemTables, buy_again_scores, fit_item_tables, similar_scores
-from models.weights import EventWeights
+from models.tifu import TIFU_DEFAULTS, TifuParams, basket_keys, predict, row_normalised, user_vectors
+from models.weights import EventWeights, positive_codes
 from training.factorization import FactorParams, interaction_matrices, new_model, train_epochs
 from training.stage_model import product_mask
 
@@ -35,6 +36,12 @@ class _TableRanker:
     def scores(self, tables: ItemTables, profiles: Profiles) -> np.ndarray:
         raise NotImplementedError
 
+    def batch_scores(self, visitors: np.ndarray, tables: ItemTables, profiles: Profiles) -> np.ndarray:
+        """float32 [u, n_items] for ``visitors`` (int32 [u]) whose ``profiles`` are given; by default
+        ``scores``, which needs the profiles only."""
+        del visitors
+        return self.scores(tables, profiles)
+
     def recommend(self, visitors: np.ndarray, now: float, k: int, exclude_seen: bool) -> np.ndarray:
         if self.train is None or self.tables is None:
             raise RuntimeError("fit() first")
@@ -44,7 +51,7 @@ class _TableRanker:
         for lo in range(0, len(visitors), bs):
             vb = visitors[lo : lo + bs]
             prof = profiles_from_log(self.train, vb, now, self.weights)
-            s = self.scores(self.tables, prof)
+            s = self.batch_scores(vb, self.tables, prof)
             ok = np.broadcast_to(allowed, s.shape)
             if exclude_seen:
                 ok = ok & ~(prof.seen().toarray() > 0)
@@ -96,6 +103,44 @@ class ItemKnnRanker(_TableRanker):
         s = similar_scores(tables, profiles)
         filler = tables.popularity / (tables.popularity.max() + 1.0)
         return (s + 1e-3 * filler[None, :]).astype(np.float32)
+
+
+class TifuKnnRanker(_TableRanker):
+    """TIFU-KNN (Hu et al., SIGIR 2020; ``models.tifu``) over the visitors' baskets of positive events (the
+    evaluation's relevance: purchases on retail data), baskets by session, else by day; the visitors
+    without any such basket get popularity, as in ``buy_again``, which also fills lists."""
+
+    name = "tifu_knn"
+
+    def __init__(
+        self, weights: EventWeights, positive: frozenset[EventType], params: TifuParams = TIFU_DEFAULTS
+    ) -> None:
+        super().__init__(weights, positive)
+        self.params = params
+        self.vectors = sp.csr_matrix((0, 0), dtype=np.float32)
+        self.normed = self.vectors
+
+    def fit(self, train: EventLog) -> None:
+        super().fit(train)
+        pos = np.isin(train.event, positive_codes(self.positive))
+        v, ts = train.visitor[pos], train.ts[pos]
+        self.vectors = user_vectors(
+            v,
+            train.item[pos],
+            basket_keys(v, train.session[pos], ts),
+            ts,
+            n_visitors=train.n_visitors,
+            n_items=train.n_items,
+            params=self.params,
+        )
+        self.normed = row_normalised(self.vectors)
+
+    def batch_scores(self, visitors: np.ndarray, tables: ItemTables, profiles: Profiles) -> np.ndarray:
+        del profiles
+        own = predict(self.vectors, visitors, self.params, self.normed).toarray()
+        # TIFU scores lie in (0, 1]: shifted to >= 1 above the popularity filler, which stays below 1
+        filler = tables.popularity / (tables.popularity.max() + 1.0)
+        return np.where(own > 0, own + 1.0, filler[None, :]).astype(np.float32)
 
 
 class PlainLightFMRanker:

@@ -21,9 +21,11 @@ from models.blend import FEATURE_NAMES, BlendWeights
 from models.errors import InvalidInputError
 from training import evaluate as evaluation
 from training.loaders import PRESETS, LoadSummary, load_mapping, read_events, read_train_test
+from training.model_config import config_document, read_config, to_toml
 from training.pipeline import config_for, rankers_for, split_stages, train_and_publish
 from training.report import write_report
 from training.simulate import SimulationConfig, write_simulation
+from training.stage_model import StageModelConfig
 from training.tables import unknown_name
 from training.terminal import column_blocks
 from training.traffic import TrafficConfig, run_traffic, summary_lines
@@ -87,7 +89,19 @@ def _data_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--epochs", type=click.IntRange(1, 500), default=None, help="LightFM epochs (default 16)."
     )(f)
+    f = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Model configuration TOML (LightFM, event weights, journey rules, blend, candidates, serving),"
+        " applied over the preset's; --epochs wins over it.",
+    )(f)
     return f  # noqa: RET504 - the decorator chain reads best as assignments
+
+
+def _config_name(config_path: str | None) -> str:
+    return Path(config_path).name if config_path else ""
 
 
 def _names(paths: tuple[str, ...]) -> str:
@@ -95,8 +109,11 @@ def _names(paths: tuple[str, ...]) -> str:
     return " + ".join(Path(p).name for p in paths)
 
 
-def _cfg(preset: str | None, seed: int, threads: int, epochs: int | None, **extra: Any) -> Any:
-    cfg = config_for(preset, seed=seed, threads=threads, **extra)
+def _cfg(
+    preset: str | None, seed: int, threads: int, epochs: int | None, config_path: str | None, **extra: Any
+) -> Any:
+    doc = read_config(Path(config_path)) if config_path else None
+    cfg = config_for(preset, doc, config_path or "", seed=seed, threads=threads, **extra)
     if epochs is not None:
         cfg = msgspec.structs.replace(cfg, factors=msgspec.structs.replace(cfg.factors, epochs=epochs))
     return cfg
@@ -178,10 +195,11 @@ def train(
     seed: int,
     threads: int,
     epochs: int | None,
+    config_path: str | None,
     as_json: bool,
 ) -> None:
     """Train the stage-aware model on EVENTS and publish it under OUT (moves OUT/latest)."""
-    cfg = _cfg(preset, seed, threads, epochs)
+    cfg = _cfg(preset, seed, threads, epochs, config_path)
     t0 = time.perf_counter()
     with _progress(not as_json) as say:
         say("loading events")
@@ -192,7 +210,7 @@ def train(
             mapping=load_mapping(mapping) if mapping else None,
         )
         say(f"loaded {log.n_events:,} events, {log.n_visitors:,} visitors, {log.n_items:,} items")
-        path = train_and_publish(log, Path(out_dir), cfg, say)
+        path = train_and_publish(log, Path(out_dir), cfg, say, config_source=_config_name(config_path))
     took = time.perf_counter() - t0
     m = artifact.read_manifest(path)
     info = {"version": m.version, "path": str(path), "seconds": round(took, 2), **m.metrics}
@@ -228,6 +246,14 @@ def train(
     " from features only (AUC, precision@k).",
 )
 @click.option(
+    "--resamples",
+    type=click.IntRange(0, 1_000_000),
+    default=evaluation.RESAMPLES,
+    show_default=True,
+    help="Paired bootstrap resamples of the test visitors (seeded by --seed) for the 95%% intervals;"
+    " 0: none.",
+)
+@click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON."
 )
 @click.option(
@@ -244,10 +270,12 @@ def evaluate(
     seed: int,
     threads: int,
     epochs: int | None,
+    config_path: str | None,
     k: int,
     exclude_seen: bool,
     only: str | None,
     cold_items: float | None,
+    resamples: int,
     json_path: str | None,
     report_path: str | None,
 ) -> None:
@@ -278,7 +306,7 @@ def evaluate(
     cold = None
     if cold_items is not None:
         train_log, cold = evaluation.hold_out_items(train_log, cold_items, seed)
-    cfg = _cfg(preset, seed, threads, epochs, exclude_seen=exclude_seen)
+    cfg = _cfg(preset, seed, threads, epochs, config_path, exclude_seen=exclude_seen)
     with _progress(True) as say:
         rankers = rankers_for(cfg, say)
         if only:
@@ -305,8 +333,12 @@ def evaluate(
             stage_at_end=at_end,
             progress=say,
             cold=cold,
+            resamples=resamples,
+            seed=seed,
         )
-    result = msgspec.structs.replace(result, inputs=inputs)
+    configuration = {"stage_aware": config_document(cfg)}
+    configuration.update({r.name: msgspec.to_builtins(r.params) for r in rankers if hasattr(r, "params")})
+    result = msgspec.structs.replace(result, inputs=inputs, configuration=configuration)
     for name, summary in inputs.items():  # after the work, as in train
         _print_summary(err, summary, "" if name == "events" else f"{name}: ")
     err.print(evaluation.format_table(result, err.width))
@@ -331,6 +363,16 @@ def inspect(model_dir: str, as_json: bool) -> None:
     out.print(f"items {m.n_items:,}  visitors {m.n_visitors:,}")
     out.print(f"data fingerprint {m.data_fingerprint}")
     out.print(blend_table(m.blend, out.width))
+    name = m.metrics.get("config")
+    source = f"trained with --config {name}" if name else "trained without --config"
+    try:
+        cfg = msgspec.convert(m.parameters, StageModelConfig)
+    except msgspec.ValidationError:  # parameters of a format this version does not read: raw
+        out.print(f"\nconfiguration ({source}):", markup=False)
+        out.print(msgspec.json.format(msgspec.json.encode(m.parameters)).decode(), markup=False)
+        return
+    out.print(f"\nconfiguration, in the format --config takes ({source}):", markup=False)
+    out.print(to_toml(config_document(cfg)), markup=False, highlight=False, soft_wrap=True)
 
 
 def blend_table(blend: BlendWeights, width: int) -> Any:

@@ -7,7 +7,11 @@ Protocol (documented in the README):
 - every model ranks the same candidates (known products) and sees only training events;
 - items seen in training are excluded from the lists only with ``exclude_seen``;
 - metrics at k (``models.metrics``); segments ``cold`` (no training events), ``warm`` and each visitor's
-  journey stage at the split time (lowercase stage name).
+  journey stage at the split time (lowercase stage name);
+- intervals: a paired bootstrap over the test visitors (``models.bootstrap``: every model and metric
+  resampled with the same draws, per segment within the segment's visitors) gives each mean a 95% interval
+  and each difference ``stage_aware`` minus a baseline one too; a difference is significant when its
+  interval excludes 0.
 
 Cold items (``--cold-items FRACTION``, the LightFM paper's cold-start protocol): a seeded random share of
 the products with training events is held out of training entirely (every training event on them is
@@ -31,6 +35,7 @@ from rich.console import Group
 from rich.text import Text
 from scipy.stats import rankdata
 
+from models.bootstrap import LEVEL, RESAMPLES, excludes_zero, percentile_interval, resample_means
 from models.dataset import EventLog
 from models.domain import STAGES, EventType
 from models.errors import InvalidInputError
@@ -41,6 +46,33 @@ from models.weights import positive_codes
 from training.loaders import LoadSummary
 from training.stage_model import product_mask
 from training.terminal import column_blocks
+
+REFERENCE = "stage_aware"
+
+
+class Difference(msgspec.Struct, frozen=True):
+    """A difference of means (the reference model minus a baseline, over the same visitors) and its paired
+    bootstrap 95% interval."""
+
+    value: float
+    ci95: tuple[float, float]
+
+
+class Comparison(msgspec.Struct, frozen=True):
+    """The reference minus one baseline: per metric, overall and per segment."""
+
+    overall: dict[str, Difference]
+    segments: dict[str, dict[str, Difference]]
+
+
+class Bootstrap(msgspec.Struct, frozen=True):
+    """How the intervals were drawn: test visitors resampled with replacement ``resamples`` times from
+    ``seed``; percentile intervals at ``level``; differences are ``reference`` minus each baseline."""
+
+    resamples: int
+    seed: int
+    level: float
+    reference: str
 
 
 class ModelResult(msgspec.Struct, frozen=True):
@@ -103,6 +135,9 @@ class EvalResult(msgspec.Struct, frozen=True):
     transitions[a][b]: test visitors in stage a at the split and in stage b at the end of the test window.
     inputs: what was read (``training.loaders.LoadSummary``): "events" for a time split, else "train" and
     "test".
+    differences[baseline]: the reference (``bootstrap.reference``) minus that baseline.
+    configuration: the settings of the run by model (``stage_aware``: the model configuration file's
+    format, ``training.model_config``; a baseline with hyperparameters of its own: those).
     """
 
     dataset: str
@@ -117,6 +152,9 @@ class EvalResult(msgspec.Struct, frozen=True):
     transitions: dict[str, dict[str, int]]
     inputs: dict[str, LoadSummary] = {}
     cold_items: ColdItemsResult | None = None
+    bootstrap: Bootstrap | None = None
+    differences: dict[str, Comparison] = {}
+    configuration: dict[str, Any] = {}
 
 
 def hold_out_items(train: EventLog, fraction: float, seed: int) -> tuple[EventLog, ColdItems]:
@@ -255,6 +293,53 @@ def transitions(
     return {a.value: {b.value: int(counts[a.index, b.index]) for b in STAGES} for a in STAGES}
 
 
+def _interval(lo_hi: np.ndarray) -> tuple[float, float]:
+    return (round(float(lo_hi[0]), 6), round(float(lo_hi[1]), 6))
+
+
+def bootstrap_intervals(
+    per_visitor: dict[str, np.ndarray],
+    groups: dict[str, np.ndarray],
+    *,
+    reference: str,
+    resamples: int,
+    seed: int,
+) -> tuple[dict[str, dict[str, dict[str, tuple[float, float]]]], dict[str, dict[str, dict[str, Difference]]]]:
+    """Paired bootstrap intervals (``models.bootstrap``) of every model's metric means and of ``reference``
+    minus every other model, within each group of visitors.
+
+    per_visitor: model -> float64 [u, len(METRICS)] per-visitor metrics (columns in ``METRICS`` order);
+    groups: group name -> the group's rows (int [m] or bool [u]). Returns (model -> group -> metric ->
+    (lo, hi), baseline -> group -> metric -> ``Difference``); no differences without ``reference``.
+    """
+    names = list(per_visitor)
+    nm = len(METRICS)
+    cis: dict[str, dict[str, dict[str, tuple[float, float]]]] = {n: {} for n in names}
+    diffs: dict[str, dict[str, dict[str, Difference]]] = {n: {} for n in names if n != reference}
+    if reference not in per_visitor:
+        diffs = {}
+    for g, rows in groups.items():
+        table = np.concatenate([per_visitor[n][rows] for n in names], axis=1)
+        means = resample_means(table, resamples, seed)
+        ci = percentile_interval(means)
+        for i, n in enumerate(names):
+            cis[n][g] = {m: _interval(ci[i * nm + j]) for j, m in enumerate(METRICS)}
+        if not diffs:
+            continue
+        r = names.index(reference)
+        ref_means, ref_point = means[:, r * nm : (r + 1) * nm], table[:, r * nm : (r + 1) * nm].mean(axis=0)
+        for i, n in enumerate(names):
+            if n == reference:
+                continue
+            d = ref_means - means[:, i * nm : (i + 1) * nm]
+            point = ref_point - table[:, i * nm : (i + 1) * nm].mean(axis=0)
+            d_ci = percentile_interval(d)
+            diffs[n][g] = {
+                m: Difference(round(float(point[j]), 6), _interval(d_ci[j])) for j, m in enumerate(METRICS)
+            }
+    return cis, diffs
+
+
 def evaluate(
     rankers: Sequence[Ranker],
     train: EventLog,
@@ -270,11 +355,16 @@ def evaluate(
     stage_at_end: np.ndarray,
     progress: Callable[[str], None] | None = None,
     cold: ColdItems | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    reference: str = REFERENCE,
 ) -> EvalResult:
     """Fit each ranker on ``train``, rank for the test visitors at ``now`` and score the lists.
 
     stage_of / stage_at_end: int8[n_visitors] stage index at the split and at the end of the test window.
     cold: the items ``hold_out_items`` took out of ``train``, scored among themselves after fitting.
+    resamples: bootstrap resamples of the test visitors (drawn from ``seed``); 0: no intervals.
+    reference: the model every other is compared with (differences: reference minus the other).
     """
     say = progress or (lambda _m: None)
     visitors, relevant = relevant_targets(train, test, positive)
@@ -285,6 +375,7 @@ def evaluate(
     n_candidates = int((product_mask(train) & known).sum())
     segments = segments_of(train, visitors, stage_of)
     results: dict[str, ModelResult] = {}
+    per_visitor: dict[str, np.ndarray] = {}
     for r in rankers:
         say(f"{r.name}: fitting on {train.n_events:,} events")
         t0 = time.perf_counter()
@@ -294,12 +385,26 @@ def evaluate(
         recs = r.recommend(visitors, now, k, exclude_seen)
         t2 = time.perf_counter()
         values = per_user(recs, relevant)
+        per_visitor[r.name] = np.stack([values[m] for m in METRICS], axis=1)
         results[r.name] = ModelResult(
             overall=summarise(values, recs, np.arange(len(visitors)), n_candidates),
             segments={name: summarise(values, recs, m, n_candidates) for name, m in segments.items()},
             fit_seconds=round(t1 - t0, 2),
             recommend_seconds=round(t2 - t1, 2),
         )
+    boot, differences = None, {}
+    if resamples > 0 and results:
+        say(f"bootstrap: {resamples:,} resamples of {len(visitors):,} test visitors")
+        groups = {"": np.arange(len(visitors)), **segments}
+        cis, diffs = bootstrap_intervals(
+            per_visitor, groups, reference=reference, resamples=resamples, seed=seed
+        )
+        results = {name: _with_intervals(r, cis[name]) for name, r in results.items()}
+        differences = {
+            name: Comparison(overall=d[""], segments={g: v for g, v in d.items() if g})
+            for name, d in diffs.items()
+        }
+        boot = Bootstrap(resamples=resamples, seed=seed, level=LEVEL, reference=reference)
     cold_result = None
     if cold is not None:
         say(f"scoring {len(cold.items):,} held-out items")
@@ -316,6 +421,17 @@ def evaluate(
         candidates=n_candidates,
         transitions=transitions(stage_of, stage_at_end, visitors),
         cold_items=cold_result,
+        bootstrap=boot,
+        differences=differences,
+    )
+
+
+def _with_intervals(r: ModelResult, cis: dict[str, dict[str, tuple[float, float]]]) -> ModelResult:
+    """``r`` with the intervals of its overall figures (group "") and of each segment's."""
+    return msgspec.structs.replace(
+        r,
+        overall=msgspec.structs.replace(r.overall, ci95=cis[""]),
+        segments={s: msgspec.structs.replace(m, ci95=cis[s]) for s, m in r.segments.items()},
     )
 
 
@@ -334,6 +450,12 @@ def format_table(result: EvalResult, width: int = 100) -> Any:
             cells[METRICS.index("ndcg")] = f"[bold]{cells[METRICS.index('ndcg')]}[/]"
         overall[name] = [f"{o.users:,}", *cells, f"{o.coverage:.3f}", f"{r.fit_seconds:.1f}"]
     labels = [[m] for m in ("users", *measures, "coverage", "fit s")]
+    if all(r.overall.ci95 for r in models.values()):  # the interval under the ndcg row
+        at = 2 + METRICS.index("ndcg")
+        labels.insert(at, ["  95% ci"])
+        for name, r in models.items():
+            lo, hi = r.overall.ci95["ndcg"]
+            overall[name].insert(at, f"{lo:.4f}-{hi:.4f}")
     segments = list(next(iter(models.values())).segments)
     visitors = [f"{next(iter(models.values())).segments[s].users:,}" for s in segments]
     by_segment = {name: [f"{r.segments[s].ndcg:.4f}" for s in segments] for name, r in models.items()}
@@ -360,5 +482,54 @@ def format_table(result: EvalResult, width: int = 100) -> Any:
             by_segment,
             width,
         ),
+        *difference_blocks(result, width),
         *parts,
     )
+
+
+def _marked(d: Difference) -> str:
+    """``+0.0123*`` when the interval excludes 0, else ``+0.0123 ``."""
+    return f"{d.value:+.4f}{'*' if excludes_zero(d.ci95) else ' '}"
+
+
+def difference_blocks(result: EvalResult, width: int) -> list[Text | Group]:
+    """The reference minus each baseline: every metric with its interval, then ndcg@k per segment; a
+    ``*`` marks a difference whose interval excludes 0. Empty without intervals."""
+    b, diffs = result.bootstrap, result.differences
+    if b is None or not diffs:
+        return []
+    k = result.k
+    labels: list[list[str]] = []
+    for m in METRICS:
+        labels += [[f"{m}@{k}"], ["  95% ci"]]
+    columns = {
+        name: [
+            cell
+            for m in METRICS
+            for cell in (
+                _marked(c.overall[m]),
+                f"{c.overall[m].ci95[0]:+.4f}..{c.overall[m].ci95[1]:+.4f}",
+            )
+        ]
+        for name, c in diffs.items()
+    }
+    title = (
+        f"{b.reference} minus each baseline; 95% paired bootstrap interval over test visitors"
+        f" ({b.resamples:,} resamples); * the interval excludes 0"
+    )
+    first = next(iter(diffs.values()))
+    segments = list(first.segments)
+    users = {s: result.models[b.reference].segments[s].users for s in segments}
+    by_segment = {name: [_marked(c.segments[s]["ndcg"]) for s in segments] for name, c in diffs.items()}
+    return [
+        Text(""),
+        column_blocks(title, ["metric"], labels, columns, width),
+        Text(""),
+        column_blocks(
+            f"{b.reference} minus each baseline, ndcg@{k} by segment (* the interval excludes 0)",
+            ["segment", "visitors"],
+            [[s, f"{users[s]:,}"] for s in segments],
+            by_segment,
+            width,
+        ),
+    ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +18,37 @@ from training.baselines import (
     ItemKnnRanker,
     PlainLightFMRanker,
     PopularityRanker,
+    TifuKnnRanker,
     TrendingRanker,
 )
+from training.model_config import apply_config
 from training.presets import PRESETS
 from training.stage_model import StageAwareRanker, StageModelConfig, fit_stage_model
 
 
-def config_for(preset: str | None, **overrides: Any) -> StageModelConfig:
-    """The default config for a preset (``training.presets.PRESETS``) with explicit overrides (None values
-    are ignored)."""
+def config_for(
+    preset: str | None, config: Mapping[str, Any] | None = None, config_label: str = "", **overrides: Any
+) -> StageModelConfig:
+    """The config of a preset (``training.presets.PRESETS``), then a model configuration document
+    (``training.model_config``; ``config_label`` names it in errors) over it, then explicit overrides of
+    ``StageModelConfig`` fields (None values are ignored)."""
     known = PRESETS.get(preset or "native", PRESETS["native"])
-    base = dict(known.training)
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return StageModelConfig(**base)
+    cfg = apply_config(StageModelConfig(), known.training, f"preset {known.name}")
+    if config is not None:
+        cfg = apply_config(cfg, config, config_label or "config")
+    return msgspec.structs.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def train_and_publish(
-    log: EventLog, out_dir: Path, cfg: StageModelConfig, progress: Callable[[str], None] | None = None
+    log: EventLog,
+    out_dir: Path,
+    cfg: StageModelConfig,
+    progress: Callable[[str], None] | None = None,
+    *,
+    config_source: str = "",
 ) -> Path:
-    """Fit the stage-aware model on all of ``log``, publish it under ``out_dir``; returns its directory."""
+    """Fit the stage-aware model on all of ``log``, publish it under ``out_dir``; returns its directory.
+    config_source: the configuration file ``cfg`` was read from (its name, in the manifest's metrics)."""
     t0 = time.perf_counter()
     fitted = fit_stage_model(log, cfg, progress)
     fit_s = time.perf_counter() - t0
@@ -65,6 +77,7 @@ def train_and_publish(
             "visitors": log.n_visitors,
             "items": log.n_items,
             "source": log.source,
+            "config": config_source,
         },
     )
 
@@ -78,6 +91,7 @@ def rankers_for(cfg: StageModelConfig, progress: Callable[[str], None] | None = 
         TrendingRanker(cfg.weights, cfg.positive),
         BuyAgainRanker(cfg.weights, cfg.positive),
         ItemKnnRanker(cfg.weights, cfg.positive),
+        TifuKnnRanker(cfg.weights, cfg.positive),
     ]
 
 

@@ -32,7 +32,6 @@ import numpy as np
 from models.domain import CatalogItem, EventType
 from models.errors import DataError
 from models.weights import DEFAULT_POSITIVE
-from training.factorization import FactorParams
 from training.tables import (
     FileRead,
     RawEvents,
@@ -353,8 +352,9 @@ class Preset:
                      mapping)
     directory_files  suffixes (before an optional .gz) of the files it takes from a directory, in name
                      order; empty: the reader reads a directory itself
-    training         ``StageModelConfig`` fields that differ from the defaults: which events are positives,
-                     how to carve the validation set, the factorisation schedule
+    training         the settings that differ from the defaults, as a model configuration file gives them
+                     (``training.model_config``): which events are positives, how to carve the validation
+                     set, the factorisation schedule
     """
 
     name: str
@@ -372,7 +372,7 @@ PRESETS: dict[str, Preset] = {
             "native CSV / JSON Lines events (the default)",
             None,
             (".csv", ".tsv", ".jsonl", ".ndjson", ".json"),
-            {"positive": DEFAULT_POSITIVE},
+            {"positive": sorted(e.value for e in DEFAULT_POSITIVE)},
         ),
         Preset(
             "uci-online-retail",
@@ -380,7 +380,7 @@ PRESETS: dict[str, Preset] = {
             read_uci,
             (),
             # a longer validation window: re-buys of wholesale customers need months to show
-            {"positive": frozenset({EventType.PURCHASE}), "validation_fraction": 0.3},
+            {"positive": ["purchase"], "blend": {"validation_fraction": 0.3}},
         ),
         Preset(
             "movielens-100k",
@@ -392,9 +392,9 @@ PRESETS: dict[str, Preset] = {
             # schedule (measured: with the defaults tuned for the 1M-event benchmark, P@10 fell to 0.92x
             # plain LightFM)
             {
-                "positive": frozenset({EventType.REVIEW}),
-                "validation": "holdout",
-                "factors": FactorParams(epochs=20, max_sampled=30, warm_epochs=10),
+                "positive": ["review"],
+                "blend": {"validation": "holdout"},
+                "lightfm": {"epochs": 20, "max_sampled": 30, "warm_epochs": 10},
             },
         ),
         Preset(
@@ -402,7 +402,7 @@ PRESETS: dict[str, Preset] = {
             "OTTO session JSON Lines (clicks, carts, orders)",
             read_otto,
             (".jsonl", ".ndjson"),
-            {"positive": frozenset({EventType.ADD_TO_CART, EventType.PURCHASE})},
+            {"positive": ["add_to_cart", "purchase"]},
         ),
     )
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 
 import matplotlib as mpl
@@ -15,9 +16,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from models.bootstrap import excludes_zero
 from models.domain import STAGES
 from models.metrics import METRICS
-from training.evaluate import EvalResult
+from training.evaluate import Difference, EvalResult
+from training.model_config import to_toml
 
 
 def _png(fig: Figure) -> str:
@@ -27,17 +30,32 @@ def _png(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _grouped_bars(groups: list[str], series: dict[str, list[float]], title: str, ylabel: str) -> str:
-    """One bar group per entry of ``groups``, one bar per series (model)."""
+def _grouped_bars(
+    groups: list[str],
+    series: dict[str, list[float]],
+    title: str,
+    ylabel: str,
+    intervals: dict[str, list[tuple[float, float] | None]] | None = None,
+) -> str:
+    """One bar group per entry of ``groups``, one bar per series (model); ``intervals`` (per series, per
+    group, (lo, hi) or None) drawn as error bars."""
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 2), 3.8))
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(groups))
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name)
+        spans = (intervals or {}).get(name)
+        err = None
+        if spans is not None and all(sp is not None for sp in spans):
+            v = np.asarray(values)
+            lo = np.array([sp[0] for sp in spans if sp is not None])
+            hi = np.array([sp[1] for sp in spans if sp is not None])
+            err = np.stack([np.maximum(v - lo, 0), np.maximum(hi - v, 0)])
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name, yerr=err, capsize=2)
     ax.set_xticks(x, groups)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8, ncols=min(len(series), 6))
+    # outside the axes, right of them (savefig's tight box keeps it): a legend never covers a bar
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
@@ -58,13 +76,18 @@ def _transition_chart(result: EvalResult) -> str:
     return _png(fig)
 
 
+def _metric_cell(value: float, ci: tuple[float, float] | None) -> str:
+    lo_hi = "" if ci is None else f"<br><small>{ci[0]:.4f}&ndash;{ci[1]:.4f}</small>"
+    return f"<td>{value:.4f}{lo_hi}</td>"
+
+
 def _table(result: EvalResult) -> str:
     k = result.k
     head = "".join(f"<th>{m}@{k}</th>" for m in METRICS)
     rows = []
     for name, r in result.models.items():
         o = r.overall
-        cells = "".join(f"<td>{getattr(o, m):.4f}</td>" for m in METRICS)
+        cells = "".join(_metric_cell(getattr(o, m), o.ci95.get(m)) for m in METRICS)
         rows.append(
             f"<tr><td>{html.escape(name)}</td><td>{o.users:,}</td>{cells}"
             f"<td>{o.coverage:.3f}</td><td>{r.fit_seconds:.1f}</td></tr>"
@@ -76,6 +99,56 @@ def _table(result: EvalResult) -> str:
     )
 
 
+def _diff_cell(d: Difference) -> str:
+    """A difference, bold with a star when its interval excludes 0, with the interval below."""
+    text = f"{d.value:+.4f}"
+    if excludes_zero(d.ci95):
+        text = f'<strong class="sig">{text}&#8202;*</strong>'
+    return f"<td>{text}<br><small>{d.ci95[0]:+.4f}&ndash;{d.ci95[1]:+.4f}</small></td>"
+
+
+def _differences(result: EvalResult) -> str:
+    """The reference minus each baseline, overall per metric and per segment (ndcg), with intervals."""
+    b, diffs = result.bootstrap, result.differences
+    if b is None or not diffs:
+        return ""
+    k = result.k
+    head = "".join(f"<th>{m}@{k}</th>" for m in METRICS)
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>" + "".join(_diff_cell(c.overall[m]) for m in METRICS) + "</tr>"
+        for name, c in diffs.items()
+    )
+    segments = list(next(iter(diffs.values())).segments)
+    ref = result.models[b.reference]
+    seg_head = "".join(f"<th>{html.escape(s)} ({ref.segments[s].users:,})</th>" for s in segments)
+    seg_rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(_diff_cell(c.segments[s]["ndcg"]) for s in segments)
+        + "</tr>"
+        for name, c in diffs.items()
+    )
+    ref_name = html.escape(b.reference)
+    return f"""<h2>Is it real? {ref_name} minus each baseline</h2>
+<p>Differences of means over the same test visitors, with 95% paired bootstrap intervals: the test visitors
+resampled with replacement {b.resamples:,} times (seed {b.seed}), every model scored on the same resamples
+(per segment, within the segment's visitors); percentile intervals. <strong>Bold with *</strong>: the interval
+excludes 0. Each model's own intervals are under its figures above.</p>
+<table><tr><th>baseline</th>{head}</tr>{rows}</table>
+<h3>NDCG@{k} per segment (visitors)</h3>
+<table><tr><th>baseline</th>{seg_head}</tr>{seg_rows}</table>"""
+
+
+def _configuration(result: EvalResult) -> str:
+    """Each model's settings (stage_aware's in the model.toml format, a baseline's own hyperparameters)."""
+    if not result.configuration:
+        return ""
+    parts = []
+    for name, doc in result.configuration.items():
+        text = to_toml(doc) if name == "stage_aware" else json.dumps(doc, indent=2)
+        parts.append(f"<h3>{html.escape(name)}</h3><pre>{html.escape(text)}</pre>")
+    return "<h2>Configuration</h2>" + "".join(parts)
+
+
 def render_report(result: EvalResult) -> str:
     """The report as one HTML string (no external resources)."""
     k = result.k
@@ -83,30 +156,38 @@ def render_report(result: EvalResult) -> str:
     overall = _grouped_bars(
         [f"{m}@{k}" for m in METRICS],
         {n: [getattr(result.models[n].overall, m) for m in METRICS] for n in models},
-        "Overall metrics per model",
+        "Overall metrics per model (whiskers: 95% intervals)",
         "value",
+        {n: [result.models[n].overall.ci95.get(m) for m in METRICS] for n in models},
     )
     segments = list(result.models[models[0]].segments)
     seg_labels = [f"{s}\n({result.models[models[0]].segments[s].users:,})" for s in segments]
     by_segment = _grouped_bars(
         seg_labels,
         {n: [result.models[n].segments[s].ndcg for s in segments] for n in models},
-        f"NDCG@{k} per segment (visitors in the segment)",
+        f"NDCG@{k} per segment (visitors in the segment; whiskers: 95% intervals)",
         f"ndcg@{k}",
+        {n: [result.models[n].segments[s].ci95.get("ndcg") for s in segments] for n in models},
     )
     title = html.escape(f"journeyrec evaluation: {result.dataset}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}
+.sig{{color:#064}}</style></head><body>
 <h1>{title}</h1>
 <p>{html.escape(result.split)}; k = {k}; positives: {html.escape(", ".join(result.positive))};
 exclude seen: {result.exclude_seen}; {result.train_events:,} training and {result.test_events:,} test events;
 {result.candidates:,} candidate items.</p>
 {_table(result)}
+{_differences(result)}
+{_configuration(result)}
 <h2>Per model</h2><img alt="overall metrics" src="{overall}">
 <h2>Per segment</h2><img alt="ndcg per segment" src="{by_segment}">
+<p>Segments: <em>cold</em>, test visitors without any training event; <em>warm</em>, the others;
+{", ".join(f"<em>{s.value}</em>" for s in STAGES)}, the test visitors whose journey stage at the split
+(from their training events, by the model's journey rules) was that stage.</p>
 <h2>Journey</h2><img alt="stage transitions" src="{_transition_chart(result)}">
 </body></html>
 """

@@ -25,9 +25,11 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def models_dir(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models")
+    config = out / "model.toml"  # --epochs wins over the file's epochs
+    config.write_text("[lightfm]\nepochs = 30\nno_components = 24\n\n[candidates]\nneighbours = 50\n")
     args = ["train", "--events", str(shop / "events.csv"), "--catalog", str(shop / "catalog.csv")]
-    assert main([*args, "--out", str(out), "--epochs", "3", "--json"]) == 0
-    return out
+    assert main([*args, "--out", str(out / "m"), "--epochs", "3", "--config", str(config), "--json"]) == 0
+    return out / "m"
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:
@@ -59,6 +61,17 @@ def test_train_publishes_a_verified_version_and_inspect_shows_the_blend(
     stages = {s["stage"] for s in manifest["blend"]["stages"]}
     assert stages == {"awareness", "consideration", "decision", "retention", "advocacy"}
     assert set(manifest["files"]) >= {"arrays.npz", "catalog.json"}
+    # the configuration file: named and applied, stored in the manifest, shown in the file's format
+    assert manifest["metrics"]["config"] == "model.toml"
+    assert manifest["parameters"]["factors"]["no_components"] == 24
+    assert manifest["parameters"]["factors"]["epochs"] == 3
+    assert manifest["parameters"]["neighbours"] == 50
+    assert main(["inspect", str(models_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "configuration, in the format --config takes (trained with --config model.toml):" in shown
+    assert "[lightfm]" in shown
+    assert "no_components = 24" in shown
+    assert "neighbours = 50" in shown
 
 
 def _copy_latest(models_dir: Path, into: Path) -> Path:
@@ -104,6 +117,23 @@ def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None
     argv += ["--split-at", SPLIT, "--k", "5", "--epochs", "3", "--json", str(out), "--report", str(report)]
     assert main(argv) == 0
     result = json.loads(out.read_text())
+    assert result["bootstrap"] == {"resamples": 1000, "seed": 1, "level": 0.95, "reference": "stage_aware"}
+    config = result["configuration"]
+    assert config["stage_aware"]["lightfm"]["epochs"] == 3
+    assert config["tifu_knn"] == {
+        "neighbours": 300,
+        "within_decay": 0.9,
+        "group_decay": 0.7,
+        "alpha": 0.7,
+        "group_size": 7,
+    }
+    assert set(result["differences"]) == set(result["models"]) - {"stage_aware"}
+    for comparison in result["differences"].values():
+        for d in (
+            *comparison["overall"].values(),
+            *(v for s in comparison["segments"].values() for v in s.values()),
+        ):
+            assert d["ci95"][0] <= d["value"] <= d["ci95"][1]
     assert {"dataset", "k", "split", "models"} <= set(result)
     assert result["k"] == 5
     assert set(result["models"]) == {
@@ -113,10 +143,12 @@ def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None
         "trending",
         "buy_again",
         "item_knn",
+        "tifu_knn",
     }
     keys = {"users", "precision", "recall", "ndcg", "hit_rate", "map", "coverage"}
     for model in result["models"].values():
         assert keys <= set(model["overall"])
+        assert set(model["overall"]["ci95"]) == {"precision", "recall", "ndcg", "hit_rate", "map"}
         assert {"cold", "warm"} & set(model["segments"])
         for seg in model["segments"].values():
             assert keys <= set(seg)
@@ -124,7 +156,10 @@ def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None
     ours, pop = result["models"]["stage_aware"]["overall"], result["models"]["popularity"]["overall"]
     # the simulated journeys reward knowing the visitor: even a 3-epoch model must beat the crowd
     assert ours["ndcg"] > pop["ndcg"]
-    assert report.read_text().startswith("<!doctype html>")
+    html = report.read_text()
+    assert html.startswith("<!doctype html>")
+    assert "<h2>Configuration</h2>" in html
+    assert "stage_aware minus each baseline" in html
 
 
 def test_evaluate_cold_items_scores_held_out_items_from_features(

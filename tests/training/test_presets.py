@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import msgspec
 import pytest
 
 from models.domain import EventType
 from models.weights import DEFAULT_POSITIVE
 from training.factorization import FactorParams
+from training.model_config import apply_config, config_document, parse_config, to_toml
 from training.pipeline import config_for
 from training.presets import PRESETS, read_movielens, read_otto, read_uci
 from training.stage_model import StageModelConfig
@@ -31,13 +31,19 @@ def test_every_preset_names_its_reader() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_training_defaults_are_config_fields_and_apply(name: str) -> None:
-    fields = {f.name for f in msgspec.structs.fields(StageModelConfig)}
+def test_training_defaults_are_configurations_and_apply(name: str) -> None:
     training = PRESETS[name].training
-    assert set(training) <= fields
     cfg = config_for(name)
-    for key, value in training.items():
-        assert getattr(cfg, key) == value, key
+    # a preset is a model configuration document: applied over the defaults it gives the preset's config,
+    # and written out in full it gives it back
+    assert apply_config(StageModelConfig(), training, name) == cfg
+    doc = config_document(cfg)
+    for section, value in training.items():
+        if isinstance(value, dict):
+            assert value.items() <= doc[section].items(), section
+        else:
+            assert doc[section] == value, section
+    assert apply_config(StageModelConfig(), parse_config(to_toml(doc), name), name) == cfg
 
 
 def test_config_for_known_answers_and_overrides() -> None:

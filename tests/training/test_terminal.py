@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import msgspec
 import pytest
 from rich.console import Console
 
@@ -12,9 +13,9 @@ from models.blend import FEATURE_NAMES, BlendWeights, StageBlend
 from models.domain import STAGES
 from models.metrics import METRICS, MetricSummary
 from training.cli import blend_table
-from training.evaluate import EvalResult, ModelResult, format_table
+from training.evaluate import Bootstrap, Comparison, Difference, EvalResult, ModelResult, format_table
 
-MODELS = ("stage_aware", "lightfm", "popularity", "trending", "buy_again", "item_knn")
+MODELS = ("stage_aware", "lightfm", "popularity", "trending", "buy_again", "item_knn", "tifu_knn")
 
 
 def _summary(users: int, seed: int) -> MetricSummary:
@@ -78,6 +79,45 @@ def test_at_100_columns_every_model_is_in_one_table(result: EvalResult) -> None:
     lines = _render(format_table(result, 100), 100)
     header = next(line for line in lines if line.startswith("metric"))
     assert header.split() == ["metric", *MODELS]
+
+
+def _with_differences(result: EvalResult) -> EvalResult:
+    """``result`` with intervals: baseline i differs by +0.0i with an interval excluding 0 for odd i."""
+    ci = dict.fromkeys(METRICS, (0.1, 0.2))
+    models = {
+        n: msgspec.structs.replace(r, overall=msgspec.structs.replace(r.overall, ci95=ci))
+        for n, r in result.models.items()
+    }
+
+    def diff(i: int) -> Difference:
+        lo = -0.005 if i % 2 == 0 else 0.001
+        return Difference(round(0.01 * i, 4), (lo, 0.03 * i))
+
+    segments = list(models["stage_aware"].segments)
+    differences = {
+        n: Comparison(
+            overall={m: diff(i) for m in METRICS},
+            segments={s: {m: diff(i) for m in METRICS} for s in segments},
+        )
+        for i, n in enumerate(MODELS)
+        if n != "stage_aware"
+    }
+    boot = Bootstrap(resamples=1000, seed=1, level=0.95, reference="stage_aware")
+    return msgspec.structs.replace(result, models=models, bootstrap=boot, differences=differences)
+
+
+@pytest.mark.parametrize("width", [100, 60])
+def test_differences_fit_the_terminal_whole_and_mark_significance(result: EvalResult, width: int) -> None:
+    lines = _render(format_table(_with_differences(result), width), width)
+    assert max(map(len, lines)) <= width
+    text = "\n".join(lines)
+    assert "…" not in text
+    assert "stage_aware minus each baseline" in text
+    assert "0.1000-0.2000" in text  # each model's ndcg interval
+    # odd baselines' intervals exclude 0 (starred), even ones do not
+    for i in range(1, len(MODELS)):
+        assert (f"+{0.01 * i:.4f}*" in text) == (i % 2 == 1), i
+    assert f"+{0.001:.4f}..+{0.03:.4f}" in text
 
 
 @pytest.mark.parametrize("width", [100, 60])

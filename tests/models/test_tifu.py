@@ -1,0 +1,164 @@
+"""TIFU-KNN against hand-computed figures and a naive pure-Python reference of the paper's definition."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from models.domain import DAY
+from models.tifu import (
+    TIFU_DEFAULTS,
+    TifuParams,
+    basket_keys,
+    nearest_neighbours,
+    predict,
+    row_normalised,
+    user_vectors,
+)
+
+Basket = set[int]
+
+
+def ref_vector(baskets: list[Basket], p: TifuParams, n_items: int) -> list[float]:
+    """The visitor's vector from its baskets (oldest first), one loop per step of the definition."""
+    groups: list[list[Basket]] = []
+    end = len(baskets)
+    while end > 0:
+        groups.insert(0, baskets[max(0, end - p.group_size) : end])
+        end -= p.group_size
+    vec = [0.0] * n_items
+    for gi, group in enumerate(groups):
+        g_weight = p.group_decay ** (len(groups) - 1 - gi) / len(groups)
+        for j, basket in enumerate(group):
+            b_weight = p.within_decay ** (len(group) - 1 - j) / len(group)
+            for item in basket:
+                vec[item] += g_weight * b_weight
+    return vec
+
+
+def ref_predict(vectors: list[list[float]], p: TifuParams) -> list[list[float]]:
+    """alpha * own + (1 - alpha) * mean of the k most cosine-similar others with cosine > 0."""
+
+    def cos(a: list[float], b: list[float]) -> float:
+        na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+        return sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb) if na and nb else 0.0
+
+    out = []
+    for i, own in enumerate(vectors):
+        sims = sorted(
+            ((cos(own, other), j) for j, other in enumerate(vectors) if j != i), key=lambda t: -t[0]
+        )
+        near = [j for c, j in sims[: p.neighbours] if c > 0]
+        mean = [sum(vectors[j][t] for j in near) / len(near) if near else 0.0 for t in range(len(own))]
+        out.append([p.alpha * own[t] + (1 - p.alpha) * mean[t] for t in range(len(own))])
+    return out
+
+
+def vectors_of(visitor_baskets: list[list[Basket]], p: TifuParams, n_items: int) -> np.ndarray:
+    """Dense [visitors, items] from ``user_vectors`` given each visitor's baskets (oldest first)."""
+    vis, item, bkt, ts = [], [], [], []
+    for v, baskets in enumerate(visitor_baskets):
+        for b, basket in enumerate(baskets):
+            for it in sorted(basket):
+                # a later basket may carry a smaller key: the order is by time, not by key
+                vis.append(v), item.append(it), bkt.append(1000 - b), ts.append(float(b * DAY + it))
+    return user_vectors(
+        np.array(vis, np.int32),
+        np.array(item, np.int32),
+        np.array(bkt, np.int64),
+        np.array(ts),
+        n_visitors=len(visitor_baskets),
+        n_items=n_items,
+        params=p,
+    ).toarray()
+
+
+def test_published_defaults() -> None:
+    assert (TIFU_DEFAULTS.neighbours, TIFU_DEFAULTS.within_decay, TIFU_DEFAULTS.group_decay) == (
+        300,
+        0.9,
+        0.7,
+    )
+    assert (TIFU_DEFAULTS.alpha, TIFU_DEFAULTS.group_size) == (0.7, 7)
+
+
+def test_decay_arithmetic_by_hand() -> None:
+    # groups of 2 counted back from the latest: [{0}] (the oldest, partial), [{1}, {0, 2}]
+    p = TifuParams(group_size=2, within_decay=0.5, group_decay=0.25)
+    got = vectors_of([[{0}, {1}, {0, 2}]], p, 3)[0]
+    # latest group: {1} weighs 0.5 / 2, {0, 2} weighs 1 / 2; oldest: {0} weighs 1 / 1 * 0.25; mean of 2
+    np.testing.assert_allclose(got, [(0.5 + 0.25) / 2, 0.25 / 2, 0.5 / 2], rtol=1e-6)
+
+
+def test_an_item_twice_in_a_basket_counts_once() -> None:
+    v = user_vectors(
+        np.array([0, 0, 0]),
+        np.array([1, 1, 0]),
+        np.array([5, 5, 6]),
+        np.array([0.0, 1.0, DAY]),
+        n_visitors=2,
+        n_items=2,
+        params=TifuParams(group_size=3, within_decay=0.5),
+    ).toarray()
+    # basket 5 ({1}) then basket 6 ({0}): one group of 2
+    np.testing.assert_allclose(v, [[1 / 2, 0.5 / 2], [0.0, 0.0]], rtol=1e-6)
+
+
+def test_vectors_match_the_reference() -> None:
+    rng = np.random.default_rng(3)
+    p = TifuParams(group_size=3, within_decay=0.8, group_decay=0.6)
+    n_items = 6
+    visitors = [
+        [set(rng.choice(n_items, rng.integers(1, 4), replace=False).tolist()) for _ in range(n_b)]
+        for n_b in (1, 2, 3, 4, 7, 9, 0)
+    ]
+    got = vectors_of(visitors, p, n_items)
+    want = [ref_vector(b, p, n_items) for b in visitors]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_basket_keys_session_else_day() -> None:
+    keys = basket_keys(np.array([0, 0, 0, 1]), np.array([7, -1, -1, -1]), np.array([0.0, 10.0, 20.0, 10.0]))
+    assert keys[0] == 7
+    assert keys[1] == keys[2] != keys[3]  # one visitor's day is one basket; another visitor's is another
+    assert (keys[1:] < 0).all()
+
+
+def test_neighbour_blend_by_hand() -> None:
+    vectors = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]], np.float32)
+    m = sp.csr_matrix(vectors)
+    p = TifuParams(neighbours=1, alpha=0.7)
+    got = predict(m, np.array([0, 3]), p).toarray()
+    # 0's nearest is 1 (cos 0.71); 3's nearest is 2 (cos 0.71)
+    np.testing.assert_allclose(got[0], 0.7 * vectors[0] + 0.3 * vectors[1], rtol=1e-6)
+    np.testing.assert_allclose(got[1], 0.7 * vectors[3] + 0.3 * vectors[2], rtol=1e-6)
+
+
+def test_no_common_item_is_no_neighbour() -> None:
+    m = sp.csr_matrix(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], np.float32))
+    idx, sim = nearest_neighbours(row_normalised(m), np.array([0, 2]), 2)
+    assert (idx == -1).all()
+    assert (sim == 0).all()
+    np.testing.assert_allclose(predict(m, np.array([0]), TifuParams(alpha=0.4)).toarray(), [[0.4, 0.0]])
+
+
+@pytest.mark.parametrize("budget", [1, 7, 10_000])
+def test_predict_matches_the_reference_in_any_block_size(budget: int) -> None:
+    rng = np.random.default_rng(11)
+    n_visitors, n_items = 25, 8
+    dense = rng.random((n_visitors, n_items)) * (rng.random((n_visitors, n_items)) < 0.6)
+    p = TifuParams(neighbours=4, alpha=0.6)
+    m = sp.csr_matrix(dense.astype(np.float32))
+    unit = row_normalised(m)
+    rows = np.arange(n_visitors)
+    _idx, sim = nearest_neighbours(unit, rows, p.neighbours, block_budget=budget)
+    want_sim = np.sort(np.where(np.eye(n_visitors, dtype=bool), -1, (unit @ unit.T).toarray()), axis=1)
+    # no two cosines tie at the k-th place, so the neighbour sets are defined
+    assert (want_sim[:, -p.neighbours] - want_sim[:, -p.neighbours - 1] > 1e-4).all()
+    np.testing.assert_allclose(sim, np.maximum(want_sim[:, ::-1][:, : p.neighbours], 0), rtol=1e-5)
+    got = predict(m, rows, p, unit).toarray()
+    want = ref_predict(dense.astype(np.float32).tolist(), p)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
