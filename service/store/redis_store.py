@@ -1123,20 +1123,42 @@ class RedisStore(StoreLimits):
             await self._clear(keys=self.visitor_keys(anonymous_id), args=[self.visitor_base(anonymous_id)])
 
     async def read_stream(self, after: str, count: int) -> list[StreamEntry]:
+        """Every shard's entries after ``after``, merged by store entry id (module docstring). Each shard is
+        asked for a share of ``count`` at first, and a shard for more only while the merge needs it: an
+        entry is in the answer once every shard not read to its end has been read beyond it."""
         ms, seq = parse_after(after)
         check_count(count)
         floor = (max(int(time.time() * 1000) - self.visitor_ttl * 1000, 0), 0)
-        calls = []
+        # shard -> the first id to read next; a shard leaves once read to its end
+        starts: dict[int, tuple[int, int]] = {}
         for n in range(STREAM_SHARDS):
             start = max(_shard_start((ms, seq), n), floor)
-            if start[0] > _MAX_U64:
-                continue  # nothing can follow the largest id
-            calls.append(["XRANGE", self.shard_keys(n)[0], format_id(start), "+", "COUNT", str(count)])
-        rows = [
-            (_global_id(sid, n), fields)
-            for n, reply in enumerate(await self._batch("read stream", calls))
-            for sid, fields in reply or ()
-        ]
+            if start[0] <= _MAX_U64:  # else nothing can follow the largest id
+                starts[n] = start
+        rows: list[tuple[tuple[int, int], Any]] = []
+        bound: dict[int, tuple[int, int]] = {}  # open shard -> store id of the last entry read from it
+        page = min(count, max(2 * -(-count // STREAM_SHARDS), 16))
+        want = list(starts)
+        while want:
+            calls = [
+                ["XRANGE", self.shard_keys(n)[0], format_id(starts[n]), "+", "COUNT", str(page)] for n in want
+            ]
+            for n, reply in zip(want, await self._batch("read stream", calls), strict=True):
+                got = [(_global_id(sid, n), fields) for sid, fields in reply or ()]
+                rows += got
+                if len(got) < page:
+                    del starts[n]
+                    bound.pop(n, None)
+                else:
+                    last = _shard_id(got[-1][0])
+                    starts[n] = (last[0], last[1] + 1) if last[1] < _MAX_U64 else (last[0] + 1, 0)
+                    bound[n] = got[-1][0]
+            limit = min(bound.values(), default=None)
+            settled = sum(1 for gid, _ in rows if limit is None or gid <= limit)
+            if settled >= count or limit is None:
+                break
+            want = [n for n, last in bound.items() if last == limit]  # the shards holding the merge back
+            page = min(2 * page, count)
         rows.sort(key=lambda row: row[0])
         return [
             StreamEntry(entry_id=format_id(gid), event=self._decode(_field(fields)))
@@ -1226,6 +1248,11 @@ def _global_id(sid: bytes | str, shard: int) -> tuple[int, int]:
 
 def _shard_seq(global_seq: int) -> int:
     return global_seq // STREAM_SHARDS
+
+
+def _shard_id(gid: tuple[int, int]) -> tuple[int, int]:
+    """A store entry id as its shard's own entry id."""
+    return gid[0], gid[1] // STREAM_SHARDS
 
 
 def _shard_start(after: tuple[int, int], shard: int) -> tuple[int, int]:

@@ -519,6 +519,23 @@ async def test_stream_is_read_in_order_after_an_id(harness: Harness) -> None:
         await store.read_stream("0", 0)
 
 
+async def test_paging_a_stream_most_of_whose_entries_are_one_visitors(harness: Harness) -> None:
+    store = harness.make()
+    busy = [ev("busy", f"b{i}", E.PAGE_VIEW, T0 + i) for i in range(300)]
+    others = [ev(f"o{i}", f"o{i}", E.PAGE_VIEW, T0 + i) for i in range(40)]
+    for start in range(0, 300, 50):  # the others in between
+        await store.append(busy[start : start + 50] + others[start // 10 : start // 10 + 5])
+    everything = await store.read_stream("0", 10_000)
+    assert len(everything) == 330
+    for size in (1, 7, 100, 329):
+        seen, after = [], "0"
+        while page := await store.read_stream(after, size):
+            assert len(page) <= size
+            seen += page
+            after = page[-1].entry_id
+        assert seen == everything
+
+
 async def test_stream_is_capped_at_maxlen(harness: Harness) -> None:
     maxlen = 50
     store = harness.make(stream_maxlen=maxlen)
