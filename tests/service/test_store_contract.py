@@ -747,6 +747,27 @@ async def test_an_append_that_fails_before_its_stream_write_is_completed_by_the_
     assert await stream_events(store) == []
 
 
+async def test_an_erase_between_the_two_steps_of_an_append_leaves_no_entry(harness: Harness) -> None:
+    only_redis(harness)
+    store = harness.make()
+    assert isinstance(store, RedisStore)
+    shard = store.shard_keys(store.shard_of("v"))
+    # the first step ran, the stream write has not yet (here: it failed)
+    await harness.redis.set(shard[0], "in the way")
+    with pytest.raises(StoreUnavailableError):
+        await store.append([ev("v", "a", E.PRODUCT_VIEW, T0, event_id="e1")])
+    await harness.redis.delete(shard[0])
+    pending = await harness.redis.lrange(f"{store.visitor_base('v')}:pending", 0, -1)
+    ref, _, json = pending[0].decode().partition("|")
+    assert await store.erase("v") == 3  # events, ids, sids; no stream entry yet
+    # the stream write of that append arrives after the erase: the erased reference is not added
+    added = await harness.redis.evalsha(
+        store._xadd.sha, 3, *shard, str(store.visitor_ttl), str(store.shard_maxlen), ref, json
+    )
+    assert added == 0
+    assert await stream_events(store) == []
+
+
 async def test_a_stream_write_repeated_after_a_lost_confirmation_stores_each_event_once(
     harness: Harness,
 ) -> None:
