@@ -247,93 +247,83 @@ if KEYS[7] then out[6] = redis.call('SMEMBERS', KEYS[7]) end
 return out
 """
 
-# One visitor's slot. KEYS[1]: the visitor's events key (the script names the visitor's other keys from
-# its base, in the same slot). ARGV: ttl, recent, purchase_log, base, then 7 per event in batch order:
-#       kind, item, ts (Python repr of the float), "+"..event_id or "-", json, channel code
-#       (``service.store.trail.channel_code``), stream reference (module docstring)
-# Returns {accepted, duplicates, user id or false, {ref, json, ref, json, ...}}: a visitor that is an alias
-# stores nothing (its alias's ttl is refreshed; the caller stores the events under the user). The pending
-# entries (oldest first) are every event of the visitor stored but not yet confirmed in its stream shard:
-# this call's and any an earlier, failed call left.
-_APPEND = (
+# Shared Lua of the append scripts: one visitor's events applied to its state. ARGV[1 .. 3] of every append
+# script: ttl, recent, purchase_log. The events are 7 arguments each, from ARGV[first]: kind, item, ts (Python
+# repr of the float), "+"..event_id or "-", json, channel code (``service.store.trail.channel_code``), stream
+# reference (module docstring).
+_APPLY = (
     _TOUCH
     + _TRAIL
     + """
-local ttl, recent, log_cap, base = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local ttl, recent, log_cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local slack_ms = math.min(math.floor(ttl / 100), TOUCH_SLACK_MAX) * 1000
 local now_ms, cutoff = now_and_cutoff(ttl)
-local k = keys_of(base)
--- the pending entries as {ref, json, ref, json, ...}
-local function pending()
-  local out = {}
-  for _, x in ipairs(redis.call('LRANGE', k[12], 0, -1)) do
-    local bar = string.find(x, '|', 1, true)
-    out[#out + 1] = string.sub(x, 1, bar - 1)
-    out[#out + 1] = string.sub(x, bar + 1)
+-- The `count` events from ARGV[first] applied to the visitor of keys k and base "P:{v:H}": deduplicated on
+-- event_id, each stored one's reference put in sids and its stream entry recorded by stored(k, w, ref,
+-- json) (w: the keys written, [index in k] = true, whose ttl is refreshed here). Returns accepted,
+-- duplicates and false, or 0, 0 and the user id of a visitor that is an alias (nothing stored; the
+-- alias's ttl refreshed).
+local function apply(k, base, first, count, stored)
+  local user = redis.call('GET', k[9])
+  if user then
+    redis.call('EXPIRE', k[9], ttl)
+    return 0, 0, user
   end
-  return out
-end
-local user = redis.call('GET', k[9])
-if user then
-  redis.call('EXPIRE', k[9], ttl)
-  return {0, 0, user, pending()}  -- what a failed append left before the link still goes to the stream
-end
--- the keys written ([index in k] = true); trail rows stored; events list and purchase log lengths
-local w, rows, length, nbuys = {}, {}, nil, nil
-local accepted, duplicates = 0, 0
-for i = 5, #ARGV, 7 do
-  local kind, item, ts, eid, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local new = true
-  if string.sub(eid, 1, 1) == '+' then
-    if not w[4] then
-      -- event ids older than the ttl window are forgotten: a retry that late is a new event
-      redis.call('ZREMRANGEBYSCORE', k[4], '-inf', '(' .. cutoff)
-      w[4] = true
-    end
-    new = redis.call('ZADD', k[4], 'NX', now_ms, string.sub(eid, 2)) == 1
-  end
-  if new then
-    local ref = ARGV[i + 6]
-    redis.call('RPUSH', k[5], ref)
-    redis.call('RPUSH', k[12], ref .. '|' .. json)
-    w[12] = true
-    local t = tonumber(ts)
-    if kind == 'add_to_cart' then
-      local old = redis.call('HGET', k[2], item)
-      if not old or tonumber(old) <= t then
-        redis.call('HSET', k[2], item, ts)
-        w[2] = true
+  -- trail rows stored; events list and purchase log lengths
+  local w, rows, length, nbuys = {}, {}, nil, nil
+  local accepted, duplicates = 0, 0
+  for i = first, first + 7 * (count - 1), 7 do
+    local kind, item, ts, eid, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local new = true
+    if string.sub(eid, 1, 1) == '+' then
+      if not w[4] then
+        -- event ids older than the ttl window are forgotten: a retry that late is a new event
+        redis.call('ZREMRANGEBYSCORE', k[4], '-inf', '(' .. cutoff)
+        w[4] = true
       end
-    elseif kind == 'remove_from_cart' or kind == 'purchase' then
-      local old = redis.call('HGET', k[2], item)
-      if old and tonumber(old) <= t then redis.call('HDEL', k[2], item) end
-      if kind == 'purchase' then
-        local last = redis.call('HGET', k[3], item)
-        if not last or tonumber(last) <= t then
-          redis.call('HSET', k[3], item, ts)
-          w[3] = true
+      new = redis.call('ZADD', k[4], 'NX', now_ms, string.sub(eid, 2)) == 1
+    end
+    if new then
+      local ref = ARGV[i + 6]
+      redis.call('RPUSH', k[5], ref)
+      stored(k, w, ref, json)
+      local t = tonumber(ts)
+      if kind == 'add_to_cart' then
+        local old = redis.call('HGET', k[2], item)
+        if not old or tonumber(old) <= t then
+          redis.call('HSET', k[2], item, ts)
+          w[2] = true
         end
+      elseif kind == 'remove_from_cart' or kind == 'purchase' then
+        local old = redis.call('HGET', k[2], item)
+        if old and tonumber(old) <= t then redis.call('HDEL', k[2], item) end
+        if kind == 'purchase' then
+          local last = redis.call('HGET', k[3], item)
+          if not last or tonumber(last) <= t then
+            redis.call('HSET', k[3], item, ts)
+            w[3] = true
+          end
+        end
+      elseif kind == 'cancel' then
+        local last = redis.call('HGET', k[3], item)
+        if last and tonumber(last) <= t then redis.call('HDEL', k[3], item) end
       end
-    elseif kind == 'cancel' then
-      local last = redis.call('HGET', k[3], item)
-      if last and tonumber(last) <= t then redis.call('HDEL', k[3], item) end
+      if not length then
+        -- the first stored event: was the visitor's last full ttl refresh longer than the slack ago?
+        if redis.call('PTTL', k[1]) < ttl * 1000 - slack_ms then w.full = true end
+      end
+      length = redis.call('RPUSH', k[1], json)
+      if kind == 'purchase' or kind == 'cancel' then
+        nbuys = redis.call('RPUSH', k[7], string.sub(kind, 1, 1) .. '|' .. ts .. '|' .. item)
+        w[7] = true
+      end
+      rows[#rows + 1] = struct.pack('<dBB', t, EVENT_CODE[kind], tonumber(ARGV[i + 5]))
+      accepted = accepted + 1
+    else
+      duplicates = duplicates + 1
     end
-    if not length then
-      -- the first stored event: was the visitor's last full ttl refresh longer than the slack ago?
-      if redis.call('PTTL', k[1]) < ttl * 1000 - slack_ms then w.full = true end
-    end
-    length = redis.call('RPUSH', k[1], json)
-    if kind == 'purchase' or kind == 'cancel' then
-      nbuys = redis.call('RPUSH', k[7], string.sub(kind, 1, 1) .. '|' .. ts .. '|' .. item)
-      w[7] = true
-    end
-    rows[#rows + 1] = struct.pack('<dBB', t, EVENT_CODE[kind], tonumber(ARGV[i + 5]))
-    accepted = accepted + 1
-  else
-    duplicates = duplicates + 1
   end
-end
-if length then
+  if not length then return accepted, duplicates, false end
   -- the trail keeps one row per entry of the events list (rebuilt from the list if it does not)
   local n = redis.call('APPEND', k[11], table.concat(rows)) / TRAIL_ROW
   if length > recent then redis.call('LTRIM', k[1], -recent, -1) end
@@ -364,41 +354,129 @@ if length then
       if j ~= 'full' then redis.call('EXPIRE', k[j], ttl) end
     end
   end
+  return accepted, duplicates, false
 end
-return {accepted, duplicates, false, pending()}
 """.replace("TOUCH_SLACK_MAX", str(TOUCH_SLACK_MAX))
 )
 
-# One stream shard's slot. KEYS: the shard's stream, refs, reftimes (module docstring). ARGV: ttl, the
-# shard's maxlen, then reference, json of each pending event. Adds each reference not recorded before (the
-# idempotency of the second step: a retry re-sends what it is not sure of); returns how many it added.
-_XADD = """
-local stream, refs, times = KEYS[1], KEYS[2], KEYS[3]
-local ttl, maxlen = tonumber(ARGV[1]), ARGV[2]
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cutoff = math.max(now_ms - ttl * 1000, 0)
-redis.call('XTRIM', stream, 'MINID', cutoff)
+# Shared Lua of the scripts that write a stream shard: its keys (from the prefix P and the shard n, or from
+# KEYS), an entry added and recorded in refs and reftimes, and the references it may forget.
+_SHARD = """
+local function shard_keys(prefix, n)
+  local b = prefix .. ':{s:' .. n .. '}'
+  return {b .. ':stream', b .. ':refs', b .. ':reftimes'}
+end
+local function to_shard(S, maxlen, ref, json)
+  local sid = redis.call('XADD', S[1], 'MAXLEN', '~', maxlen, '*', 'e', json)
+  redis.call('HSET', S[2], ref, sid)
+  -- the entry's own time (not TIME's, which may be a millisecond behind it): compared with entry ids below
+  redis.call('ZADD', S[3], tonumber(string.match(sid, '^(%d+)')), ref)
+end
+-- forget references older than the ttl cutoff, or than the shard's oldest entry (trimmed by MAXLEN)
+local function forget_refs(S, cutoff)
+  local first = redis.call('XRANGE', S[1], '-', '+', 'COUNT', 1)[1]
+  if first then cutoff = math.max(cutoff, tonumber(string.match(first[1], '^(%d+)'))) end
+  local old = redis.call('ZRANGEBYSCORE', S[3], '-inf', '(' .. cutoff, 'LIMIT', 0, 1000)
+  if #old > 0 then
+    redis.call('HDEL', S[2], unpack(old))
+    redis.call('ZREM', S[3], unpack(old))
+  end
+end
+"""
+
+# A single server: the whole append in one call. KEYS: the events key of each visitor group. ARGV: ttl,
+# recent, purchase_log, the shards' maxlen, the prefix P, then per visitor group (in batch order of first
+# appearance): its base "P:{v:H}", its shard n, its number of events, then its events (7 each, ``_APPLY``), in
+# batch order. Each stored event goes straight into the group's shard (``P:{s:n}:stream``, with its refs and
+# reftimes: the layout of the cluster's steps), in the same atomic step; keys not in KEYS (the visitor's
+# other keys, the shards') are fine on one server, which does not check slots. Every shard written is
+# trimmed first, so a shard that cannot be written fails the call before it writes anything.
+# Returns {accepted, duplicates, {group, user id, ...}}: the events of a group whose visitor is an alias are
+# not stored (nor counted); the caller stores them under the user.
+_APPEND_ALL = (
+    _APPLY
+    + _SHARD
+    + """
+local maxlen, prefix = ARGV[4], ARGV[5]
+local groups, shards = {}, {}
+local i = 6
+while i <= #ARGV do
+  local count = tonumber(ARGV[i + 2])
+  groups[#groups + 1] = {ARGV[i], ARGV[i + 1], i + 3, count}
+  if not shards[ARGV[i + 1]] then
+    local S = shard_keys(prefix, ARGV[i + 1])
+    redis.call('XTRIM', S[1], 'MINID', cutoff)
+    shards[ARGV[i + 1]] = S
+  end
+  i = i + 3 + 7 * count
+end
+local accepted, duplicates, redirected = 0, 0, {}
+for g, group in ipairs(groups) do
+  local S = shards[group[2]]
+  local a, d, user = apply(keys_of(group[1]), group[1], group[3], group[4], function(_, _, ref, json)
+    to_shard(S, maxlen, ref, json)
+  end)
+  accepted, duplicates = accepted + a, duplicates + d
+  if user then
+    redirected[#redirected + 1] = g
+    redirected[#redirected + 1] = user
+  end
+end
+for _, S in pairs(shards) do forget_refs(S, cutoff) end
+return {accepted, duplicates, redirected}
+"""
+)
+
+# A cluster, first step: one visitor's slot. KEYS[1]: the visitor's events key (the script names the
+# visitor's other keys from its base, in the same slot). ARGV: ttl, recent, purchase_log, base, then its
+# events (7 each, ``_APPLY``) in batch order.
+# Returns {accepted, duplicates, user id or false, {ref, json, ref, json, ...}}: a visitor that is an alias
+# stores nothing (its alias's ttl is refreshed; the caller stores the events under the user). The pending
+# entries (oldest first) are every event of the visitor stored but not yet confirmed in its stream shard:
+# this call's and any an earlier, failed call left.
+_APPEND = (
+    _APPLY
+    + """
+local base = ARGV[4]
+local k = keys_of(base)
+local accepted, duplicates, user = apply(k, base, 5, (#ARGV - 4) / 7, function(k, w, ref, json)
+  redis.call('RPUSH', k[12], ref .. '|' .. json)
+  w[12] = true
+end)
+-- the pending entries as {ref, json, ref, json, ...}; what a failed append left before a link still goes
+-- to the stream
+local out = {}
+for _, x in ipairs(redis.call('LRANGE', k[12], 0, -1)) do
+  local bar = string.find(x, '|', 1, true)
+  out[#out + 1] = string.sub(x, 1, bar - 1)
+  out[#out + 1] = string.sub(x, bar + 1)
+end
+return {accepted, duplicates, user, out}
+"""
+)
+
+# A cluster, second step: one stream shard's slot. KEYS: the shard's stream, refs, reftimes (module
+# docstring). ARGV: ttl, the shard's maxlen, then reference, json of each pending event. Adds each reference
+# not recorded before (the idempotency of the second step: a retry re-sends what it is not sure of);
+# returns how many it added.
+_XADD = (
+    _TOUCH
+    + _SHARD
+    + """
+local S, maxlen = {KEYS[1], KEYS[2], KEYS[3]}, ARGV[2]
+local _, cutoff = now_and_cutoff(tonumber(ARGV[1]))
+redis.call('XTRIM', S[1], 'MINID', cutoff)
 local added = 0
 for i = 3, #ARGV, 2 do
-  if redis.call('HSETNX', refs, ARGV[i], '') == 1 then
-    local sid = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', ARGV[i + 1])
-    redis.call('HSET', refs, ARGV[i], sid)
-    -- the entry's own time (not TIME's, which may be a millisecond behind it): compared with entry ids below
-    redis.call('ZADD', times, tonumber(string.match(sid, '^(%d+)')), ARGV[i])
+  if redis.call('HSETNX', S[2], ARGV[i], '') == 1 then
+    to_shard(S, maxlen, ARGV[i], ARGV[i + 1])
     added = added + 1
   end
 end
--- forget references older than the ttl, or than the shard's oldest entry (trimmed by MAXLEN)
-local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-if first then cutoff = math.max(cutoff, tonumber(string.match(first[1], '^(%d+)'))) end
-local old = redis.call('ZRANGEBYSCORE', times, '-inf', '(' .. cutoff, 'LIMIT', 0, 1000)
-if #old > 0 then
-  redis.call('HDEL', refs, unpack(old))
-  redis.call('ZREM', times, unpack(old))
-end
+forget_refs(S, cutoff)
 return added
 """
+)
 
 # One stream shard's slot. KEYS as _XADD. ARGV: references. Deletes their entries and records each
 # reference as erased (""), so that a second step still in flight cannot add it afterwards. Returns the
@@ -748,6 +826,7 @@ class RedisStore(StoreLimits):
         self.cluster = isinstance(client, RedisCluster)
         self.prefix = prefix
         self.shard_maxlen = -(-stream_maxlen // STREAM_SHARDS)
+        self._append_all = client.register_script(_APPEND_ALL)
         self._append = client.register_script(_APPEND)
         self._xadd = client.register_script(_XADD)
         self._unstream_script = client.register_script(_UNSTREAM)
@@ -761,7 +840,7 @@ class RedisStore(StoreLimits):
         self._snapshot = client.register_script(_SNAPSHOT)
         self._clear = client.register_script(_CLEAR)
         self._merge = client.register_script(_MERGE)
-        self._scripts = [self._append, self._xadd, self._unstream_script, self._confirm]
+        self._scripts = [self._append_all, self._append, self._xadd, self._unstream_script, self._confirm]
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(Event).decode
         self._decode_list = msgspec.json.Decoder(list[Event]).decode
@@ -876,59 +955,88 @@ class RedisStore(StoreLimits):
         return total
 
     async def _append_chunk(self, events: Sequence[Event]) -> AppendResult:
-        """The steps of the module docstring: one ``_APPEND`` per visitor (in one round trip), then their
-        pending entries into the stream shards; the events of linked anonymous ids that the first step
-        hands back are stored under their users the same way."""
+        """The events stored (module docstring: one ``_APPEND_ALL`` on a single server, the three steps on a
+        cluster); the events of linked anonymous ids that it hands back are stored under their users the
+        same way."""
         result = AppendResult(0, 0)
         for hop in range(MAX_HOPS + 1):
             groups = _by_visitor(events)
             # one stream reference per event: "<ms>.<16 hex>.<shard>"
             head = f"{int(time.time() * 1000)}."
             tokens = secrets.token_hex(REF_BYTES * len(events))
-            calls, at = [], 0
-            for v, group in groups.items():
-                calls.append(self._append_call(v, group, head, tokens, at))
-                at += len(group)
-            replies = await self._batch("append", calls)
-            users: dict[str, str] = {}
-            pending: dict[str, list[str]] = {}
-            accepted = duplicates = 0
-            for v, reply in zip(groups, replies, strict=True):
-                accepted += reply[0]
-                duplicates += reply[1]
-                if reply[2]:
-                    users[v] = reply[2].decode()
-                if reply[3]:
-                    pending[v] = [x.decode() for x in reply[3]]
-            result = result.plus(AppendResult(accepted, duplicates))
-            await self._to_stream(pending)
+            store = self._store_steps if self.cluster else self._store_all
+            stored, users = await store(groups, head, tokens)
+            result = result.plus(stored)
             if not users:
                 return result
             events = [_readdressed(e, users[e.visitor_id]) for e in events if e.visitor_id in users]
             result = result.plus(AppendResult(0, 0, len(events) if hop == 0 else 0, users))
         raise IdentityConflictError(f"visitor ids linked in a chain longer than {MAX_HOPS}: {sorted(users)}")
 
-    def _append_call(
-        self, visitor_id: str, events: Sequence[Event], head: str, tokens: str, at: int
-    ) -> list[str]:
-        """The ``_APPEND`` command of one visitor's events (layout above the script): all text, which
-        ``service.store.resp`` packs fastest. Event i of the visitor gets the stream reference made of
-        ``head``, token ``at + i`` of ``tokens`` and the visitor's shard; the script keeps those of the
-        events it stores."""
-        base = self.visitor_base(visitor_id)
-        tail = f".{self.shard_of(visitor_id)}"
-        width = 2 * REF_BYTES
-        encode = self._encode
+    async def _store_all(
+        self, groups: dict[str, list[Event]], head: str, tokens: str
+    ) -> tuple[AppendResult, dict[str, str]]:
+        """A single server: every visitor group in one ``_APPEND_ALL`` call (layout above the script).
+        Returns what it stored and the user of each visitor that is an alias (its events not stored)."""
+        keys: list[str] = []
         args = [
-            "EVALSHA",
-            self._append.sha,
-            "1",
-            f"{base}:events",
             str(self.visitor_ttl),
             str(self.recent_events),
             str(self.purchase_log),
-            base,
+            str(self.shard_maxlen),
+            self.prefix,
         ]
+        at = 0
+        for v, group in groups.items():
+            base = self.visitor_base(v)
+            keys.append(f"{base}:events")
+            shard = str(self.shard_of(v))
+            args += [base, shard, str(len(group))]
+            args += self._event_args(group, head, tokens, at, shard)
+            at += len(group)
+        (reply,) = await self._batch("append", [resp.evalsha(self._append_all, keys, args)])
+        # the script numbers the visitor groups in order (of first appearance in the batch)
+        visitors = list(groups)
+        pairs = zip(reply[2][::2], reply[2][1::2], strict=True)
+        users = {visitors[int(g) - 1]: user.decode() for g, user in pairs}
+        return AppendResult(int(reply[0]), int(reply[1])), users
+
+    async def _store_steps(
+        self, groups: dict[str, list[Event]], head: str, tokens: str
+    ) -> tuple[AppendResult, dict[str, str]]:
+        """A cluster: one ``_APPEND`` per visitor (in one round trip), then their pending entries into the
+        stream shards (``_to_stream``). Returns what it stored and the user of each visitor that is an
+        alias (its events not stored)."""
+        ttl, recent, log_cap = str(self.visitor_ttl), str(self.recent_events), str(self.purchase_log)
+        calls, at = [], 0
+        for v, group in groups.items():
+            base = self.visitor_base(v)
+            args = [ttl, recent, log_cap, base]
+            args += self._event_args(group, head, tokens, at, str(self.shard_of(v)))
+            calls.append(resp.evalsha(self._append, [f"{base}:events"], args))
+            at += len(group)
+        replies = await self._batch("append", calls)
+        users: dict[str, str] = {}
+        pending: dict[str, list[str]] = {}
+        accepted = duplicates = 0
+        for v, reply in zip(groups, replies, strict=True):
+            accepted += reply[0]
+            duplicates += reply[1]
+            if reply[2]:
+                users[v] = reply[2].decode()
+            if reply[3]:
+                pending[v] = [x.decode() for x in reply[3]]
+        await self._to_stream(pending)
+        return AppendResult(accepted, duplicates), users
+
+    def _event_args(self, events: Sequence[Event], head: str, tokens: str, at: int, shard: str) -> list[str]:
+        """The 7 script arguments of each of one visitor's events (``_APPLY``): all text, which
+        ``service.store.resp`` packs fastest. Event i gets the stream reference made of ``head``, token
+        ``at + i`` of ``tokens`` and the visitor's shard; the script keeps those of the events it stores."""
+        tail = f".{shard}"
+        width = 2 * REF_BYTES
+        encode = self._encode
+        args: list[str] = []
         for i, e in enumerate(events, at):
             args += [
                 e.event.value,

@@ -713,15 +713,52 @@ async def test_trail_mirrors_the_events_list_through_trim_rebuild_and_merge(harn
     assert rows["ts"].tolist() == sorted(rows["ts"].tolist())
 
 
-# -- the two steps of a Redis append (service.store.redis_store: visitor slot, then stream shard) ----------
+# -- a Redis append (service.store.redis_store): one atomic step on a single server; on a cluster the
+# visitor's slot, then the stream shard's ------------------------------------------------------------------
 
 
-async def test_an_append_that_fails_before_its_stream_write_is_completed_by_the_retry(
+def cluster_store(h: Harness, cluster: bool = True) -> RedisStore:
+    """A store of the harness on a cluster (or, ``cluster=False``, on a single server); skips otherwise."""
+    only_redis(h)
+    store = h.make()
+    assert isinstance(store, RedisStore)
+    if store.cluster != cluster:
+        pytest.skip("Redis Cluster only" if cluster else "a single Redis server only")
+    return store
+
+
+async def test_a_single_server_append_whose_stream_write_fails_stores_nothing(harness: Harness) -> None:
+    store = cluster_store(harness, cluster=False)
+    stream_key = store.shard_keys(store.shard_of("v"))[0]
+    other = next(f"w{i}" for i in range(100) if store.shard_of(f"w{i}") != store.shard_of("v"))
+    first = [
+        ev(other, "x", E.ADD_TO_CART, T0, event_id="e0"),  # a visitor of another shard, first in the batch
+        ev("v", "a", E.ADD_TO_CART, T0, event_id="e1"),
+        ev("v", "b", E.PRODUCT_VIEW, T0 + 1, event_id="e2"),
+    ]
+    # the shard's stream key holds a string: the one step fails (WRONGTYPE) before it writes anything
+    await harness.redis.set(stream_key, "in the way")
+    with pytest.raises(StoreUnavailableError):
+        await store.append(first)
+    assert await all_keys(harness) == [stream_key.encode()]
+    await harness.redis.delete(stream_key)
+    # the retry (same event ids) stores every event once, state and stream together; nothing is pending
+    assert await store.append(first) == AppendResult(accepted=3, duplicates=0)
+    assert (await store.visitor("v")).cart == {"a": T0}
+    assert (await store.visitor(other)).cart == {"x": T0}
+    assert per_visitor(await stream_events(store)) == per_visitor(first)
+    assert not [k for k in await all_keys(harness) if k.endswith(b":pending")]
+    assert await store.append(first) == AppendResult(accepted=0, duplicates=3)
+    assert per_visitor(await stream_events(store)) == per_visitor(first)
+    # an erase finds the entries through the references: events, cart, ids, sids + the two stream entries
+    assert await store.erase("v") == 4 + 2
+    assert await stream_events(store) == first[:1]
+
+
+async def test_a_cluster_append_that_fails_before_its_stream_write_is_completed_by_the_retry(
     harness: Harness,
 ) -> None:
-    only_redis(harness)
-    store = harness.make()
-    assert isinstance(store, RedisStore)
+    store = cluster_store(harness)
     stream_key = store.shard_keys(store.shard_of("v"))[0]
     first = [
         ev("v", "a", E.ADD_TO_CART, T0, event_id="e1"),
@@ -747,10 +784,8 @@ async def test_an_append_that_fails_before_its_stream_write_is_completed_by_the_
     assert await stream_events(store) == []
 
 
-async def test_an_erase_between_the_two_steps_of_an_append_leaves_no_entry(harness: Harness) -> None:
-    only_redis(harness)
-    store = harness.make()
-    assert isinstance(store, RedisStore)
+async def test_an_erase_between_the_steps_of_a_cluster_append_leaves_no_entry(harness: Harness) -> None:
+    store = cluster_store(harness)
     shard = store.shard_keys(store.shard_of("v"))
     # the first step ran, the stream write has not yet (here: it failed)
     await harness.redis.set(shard[0], "in the way")
@@ -768,12 +803,10 @@ async def test_an_erase_between_the_two_steps_of_an_append_leaves_no_entry(harne
     assert await stream_events(store) == []
 
 
-async def test_a_stream_write_repeated_after_a_lost_confirmation_stores_each_event_once(
+async def test_a_cluster_stream_write_repeated_after_a_lost_confirmation_stores_each_event_once(
     harness: Harness,
 ) -> None:
-    only_redis(harness)
-    store = harness.make()
-    assert isinstance(store, RedisStore)
+    store = cluster_store(harness)
     first = [ev("v", "a", E.PRODUCT_VIEW, T0), ev("v", "b", E.PRODUCT_VIEW, T0 + 1)]
     await store.append(first)
     # as if the process died after the stream write and before the pending entries were dropped: they are
