@@ -20,8 +20,9 @@ campaign name). Every visitor key carries the hash tag ``{v:H}``, so a visitor's
                          (``VisitorState.person``: set by a first login's merge)
 - ``P:{v:H}:trail``      string: 10 bytes per entry of ``events``, in the same order: its time, event and
                          channel packed for the stage engine (``service.store.trail``)
-- ``P:{v:H}:pending``    list: ``<reference>|<json>`` of the visitor's stored events not yet confirmed in
-                         its stream shard, oldest first (empty, so absent, between appends)
+- ``P:{v:H}:pending``    list (a cluster's only): ``<reference>|<json>`` of the visitor's stored events
+                         not yet confirmed in its stream shard, oldest first (empty, so absent, between
+                         appends)
 - ``P:{v:H}:sent:C``     set: item ids campaign C already sent to the visitor
 
 The event stream is ``STREAM_SHARDS`` streams, each under its own hash tag ``{s:n}`` (so in one slot with
@@ -31,13 +32,23 @@ its two index keys); a visitor's events go to shard ``crc32(visitor id) % STREAM
 - ``P:{s:n}:refs``       hash: reference -> id of its entry in this shard, or "" once erased
 - ``P:{s:n}:reftimes``   sorted set: reference -> ms of its entry id (or of its erase), to forget old ones
 
-A reference ``<ms>.<16 hex>.<n>`` names one stored event's stream entry before the entry exists: the client
-makes it (its clock's ms, 8 random bytes, the shard); it never holds the visitor id, so the references
-an erase leaves behind say nothing about the visitor.
+A reference ``<ms>.<16 hex>.<n>`` names one stored event's stream entry before the entry exists: the append
+makes it from a head the client draws for each script call (its clock's ms, 6 random bytes), the event's
+number in the call (4 hex digits) and the shard; it never holds the visitor id, so the references an
+erase leaves behind say nothing about the visitor.
 
-Appending: every script call stays in one slot. An append runs, for every visitor of the batch, ``_APPEND``
-in the visitor's slot (all visitors in one round trip, pipelined per master), then ``_XADD`` in each shard
-slot that gets entries (one round trip), then ``_CONFIRM`` in each of those visitors' slots (one round trip):
+Appending on a single server: one ``_APPEND_ALL`` call per chunk of the batch (up to ``APPEND_CHUNK``
+events; normally the whole batch) deduplicates on ``event_id``, applies every visitor's events to its state
+and adds each stored event's entry to the visitor's shard (recording its reference in ``sids``, ``refs``
+and ``reftimes``), all as one atomic step: the key layout is the cluster's, and ``pending`` stays empty.
+The script names keys it does not list in KEYS (the visitor's other keys, the shards'), which one server
+allows.
+
+Appending on a cluster: every script call stays in one slot. An append runs, for every visitor of the
+batch, ``_APPEND`` in the visitor's slot (all visitors in one round trip, pipelined per master), then
+``_XADD`` in each shard slot that gets entries (one round trip), then ``_CONFIRM`` in each of those
+visitors' slots (one round trip). Both scripts apply a visitor's events with the same Lua (``_APPLY``) and
+write a shard with the same Lua (``_SHARD``):
 
 1. ``_APPEND`` deduplicates on ``event_id`` and applies the events to the state as one atomic step; each
    stored event's reference goes into ``sids`` and ``<reference>|<json>`` into ``pending``. It answers
@@ -96,7 +107,8 @@ visitors; a link carries the anonymous id's stream references into the user's ``
 Redis Cluster: a ``redis+cluster://`` URL (``service.store.redis_url``) gives redis-py's asyncio
 ``RedisCluster`` (``GatedCluster``), which follows ``MOVED``/``ASK``; the scripts name keys they do not
 list in KEYS (a visitor's keys from its base, sent sets), always in the slot of a key they do list.
-On one server and on a cluster the code path is the same; only the packing differs (``_batch``).
+On one server and on a cluster the code path is the same but for the append (above: one script call on a
+single server, three steps on a cluster) and the packing of a batch of commands (``_batch``).
 
 Failures: a Redis that cannot be reached or does not answer becomes ``StoreDownError`` naming the cause
 (``StoreFailure``: connection, timeout, error); no free connection in this process's pool within the wait
@@ -157,9 +169,11 @@ log = logging.getLogger("journeyrec.store")
 
 RECENT_PAGE = 500  # stream entries per shard and read of recent_visitors
 STREAM_SHARDS = 16  # stream shards P:{s:0}:stream .. P:{s:15}:stream (module docstring)
-REF_BYTES = 8  # random bytes of a stream reference's token
+REF_BYTES = 6  # random bytes of an append call's stream reference head (module docstring)
 _MAX_U64 = 2**64 - 1
-APPEND_CHUNK = 1000  # events per script call: bounds how long one call holds the Redis server
+# events per script call: bounds how long one call holds the Redis server (at most 16**4: an event's number
+# in the call is 4 hex digits of its stream reference)
+APPEND_CHUNK = 1000
 MAX_CONNECTIONS = 64  # per process unless told; a command needs a connection only for one round trip
 # an append refreshes the ttl of all of a visitor's keys when the last such refresh is older than
 # min(visitor_ttl / 100, TOUCH_SLACK_MAX) seconds (module docstring)
@@ -247,10 +261,10 @@ if KEYS[7] then out[6] = redis.call('SMEMBERS', KEYS[7]) end
 return out
 """
 
-# Shared Lua of the append scripts: one visitor's events applied to its state. ARGV[1 .. 3] of every append
-# script: ttl, recent, purchase_log. The events are 7 arguments each, from ARGV[first]: kind, item, ts (Python
-# repr of the float), "+"..event_id or "-", json, channel code (``service.store.trail.channel_code``), stream
-# reference (module docstring).
+# Shared Lua of the append scripts: one visitor's events applied to its state. ARGV[1 .. 4] of every append
+# script: ttl, recent, purchase_log, the call's reference head "<ms>.<12 hex>" (module docstring). The events
+# are 6 arguments each, from ARGV[first]: kind, item, ts (Python repr of the float), "+"..event_id or "-",
+# json, channel code (``service.store.trail.channel_code``).
 _APPLY = (
     _TOUCH
     + _TRAIL
@@ -258,12 +272,26 @@ _APPLY = (
 local ttl, recent, log_cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local slack_ms = math.min(math.floor(ttl / 100), TOUCH_SLACK_MAX) * 1000
 local now_ms, cutoff = now_and_cutoff(ttl)
--- The `count` events from ARGV[first] applied to the visitor of keys k and base "P:{v:H}": deduplicated on
--- event_id, each stored one's reference put in sids and its stream entry recorded by stored(k, w, ref,
--- json) (w: the keys written, [index in k] = true, whose ttl is refreshed here). Returns accepted,
--- duplicates and false, or 0, 0 and the user id of a visitor that is an alias (nothing stored; the
--- alias's ttl refreshed).
-local function apply(k, base, first, count, stored)
+local ref_head = ARGV[4]
+-- hash h's time of item becomes ts (number t) unless it holds a later one; whether it did
+local function keep_later(h, item, ts, t)
+  local old = redis.call('HGET', h, item)
+  if old and tonumber(old) > t then return false end
+  redis.call('HSET', h, item, ts)
+  return true
+end
+-- hash h's time of item goes when it is t or earlier
+local function drop_until(h, item, t)
+  local old = redis.call('HGET', h, item)
+  if old and tonumber(old) <= t then redis.call('HDEL', h, item) end
+end
+-- The `count` events from ARGV[first] applied to the visitor of keys k and base "P:{v:H}", whose first
+-- event is number `at` of the call and whose stream shard is n: deduplicated on event_id, each stored one's
+-- reference (ref_head, its number as 4 hex digits, n) put in sids and its stream entry recorded by
+-- stored(on, ref, json, w) (w: the keys written, [index in k] = true, whose ttl is refreshed here).
+-- Returns accepted, duplicates and false, or 0, 0 and the user id of a visitor that is an alias (nothing
+-- stored; the alias's ttl refreshed).
+local function apply(k, base, first, count, at, n, stored, on)
   local user = redis.call('GET', k[9])
   if user then
     redis.call('EXPIRE', k[9], ttl)
@@ -272,7 +300,8 @@ local function apply(k, base, first, count, stored)
   -- trail rows stored; events list and purchase log lengths
   local w, rows, length, nbuys = {}, {}, nil, nil
   local accepted, duplicates = 0, 0
-  for i = first, first + 7 * (count - 1), 7 do
+  local ref_tail = '.' .. n
+  for i = first, first + 6 * (count - 1), 6 do
     local kind, item, ts, eid, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     local new = true
     if string.sub(eid, 1, 1) == '+' then
@@ -284,29 +313,17 @@ local function apply(k, base, first, count, stored)
       new = redis.call('ZADD', k[4], 'NX', now_ms, string.sub(eid, 2)) == 1
     end
     if new then
-      local ref = ARGV[i + 6]
+      local ref = ref_head .. string.format('%04x', at + (i - first) / 6) .. ref_tail
       redis.call('RPUSH', k[5], ref)
-      stored(k, w, ref, json)
+      stored(on, ref, json, w)
       local t = tonumber(ts)
       if kind == 'add_to_cart' then
-        local old = redis.call('HGET', k[2], item)
-        if not old or tonumber(old) <= t then
-          redis.call('HSET', k[2], item, ts)
-          w[2] = true
-        end
+        if keep_later(k[2], item, ts, t) then w[2] = true end
       elseif kind == 'remove_from_cart' or kind == 'purchase' then
-        local old = redis.call('HGET', k[2], item)
-        if old and tonumber(old) <= t then redis.call('HDEL', k[2], item) end
-        if kind == 'purchase' then
-          local last = redis.call('HGET', k[3], item)
-          if not last or tonumber(last) <= t then
-            redis.call('HSET', k[3], item, ts)
-            w[3] = true
-          end
-        end
+        drop_until(k[2], item, t)
+        if kind == 'purchase' and keep_later(k[3], item, ts, t) then w[3] = true end
       elseif kind == 'cancel' then
-        local last = redis.call('HGET', k[3], item)
-        if last and tonumber(last) <= t then redis.call('HDEL', k[3], item) end
+        drop_until(k[3], item, t)
       end
       if not length then
         -- the first stored event: was the visitor's last full ttl refresh longer than the slack ago?
@@ -359,77 +376,84 @@ end
 """.replace("TOUCH_SLACK_MAX", str(TOUCH_SLACK_MAX))
 )
 
-# Shared Lua of the scripts that write a stream shard: its keys (from the prefix P and the shard n, or from
-# KEYS), an entry added and recorded in refs and reftimes, and the references it may forget.
+# Shared Lua of the scripts that write a stream shard: a shard opened (its keys given, or made from the
+# prefix P and the shard n), its stream trimmed; entries added; then closed: their references recorded in
+# refs and reftimes (one command each for all of them) and the references it may forget dropped.
 _SHARD = """
-local function shard_keys(prefix, n)
+local function open_shard(stream, refs, times, maxlen, cutoff)
+  redis.call('XTRIM', stream, 'MINID', cutoff)
+  return {stream = stream, refs = refs, times = times, maxlen = maxlen, ids = {}, ms = {}}
+end
+local function shard_at(prefix, n, maxlen, cutoff)
   local b = prefix .. ':{s:' .. n .. '}'
-  return {b .. ':stream', b .. ':refs', b .. ':reftimes'}
+  return open_shard(b .. ':stream', b .. ':refs', b .. ':reftimes', maxlen, cutoff)
 end
-local function to_shard(S, maxlen, ref, json)
-  local sid = redis.call('XADD', S[1], 'MAXLEN', '~', maxlen, '*', 'e', json)
-  redis.call('HSET', S[2], ref, sid)
+local function to_shard(S, ref, json)
+  local sid = redis.call('XADD', S.stream, 'MAXLEN', '~', S.maxlen, '*', 'e', json)
+  local ids, ms = S.ids, S.ms
+  ids[#ids + 1], ids[#ids + 2] = ref, sid
   -- the entry's own time (not TIME's, which may be a millisecond behind it): compared with entry ids below
-  redis.call('ZADD', S[3], tonumber(string.match(sid, '^(%d+)')), ref)
+  ms[#ms + 1], ms[#ms + 2] = string.match(sid, '^(%d+)'), ref
 end
--- forget references older than the ttl cutoff, or than the shard's oldest entry (trimmed by MAXLEN)
-local function forget_refs(S, cutoff)
-  local first = redis.call('XRANGE', S[1], '-', '+', 'COUNT', 1)[1]
+local function close_shard(S, cutoff)
+  for i = 1, #S.ids, 1000 do
+    redis.call('HSET', S.refs, unpack(S.ids, i, math.min(i + 999, #S.ids)))
+    redis.call('ZADD', S.times, unpack(S.ms, i, math.min(i + 999, #S.ms)))
+  end
+  -- forget references older than the ttl cutoff, or than the shard's oldest entry (trimmed by MAXLEN)
+  local first = redis.call('XRANGE', S.stream, '-', '+', 'COUNT', 1)[1]
   if first then cutoff = math.max(cutoff, tonumber(string.match(first[1], '^(%d+)'))) end
-  local old = redis.call('ZRANGEBYSCORE', S[3], '-inf', '(' .. cutoff, 'LIMIT', 0, 1000)
+  local old = redis.call('ZRANGEBYSCORE', S.times, '-inf', '(' .. cutoff, 'LIMIT', 0, 1000)
   if #old > 0 then
-    redis.call('HDEL', S[2], unpack(old))
-    redis.call('ZREM', S[3], unpack(old))
+    redis.call('HDEL', S.refs, unpack(old))
+    redis.call('ZREM', S.times, unpack(old))
   end
 end
 """
 
 # A single server: the whole append in one call. KEYS: the events key of each visitor group. ARGV: ttl,
-# recent, purchase_log, the shards' maxlen, the prefix P, then per visitor group (in batch order of first
-# appearance): its base "P:{v:H}", its shard n, its number of events, then its events (7 each, ``_APPLY``), in
-# batch order. Each stored event goes straight into the group's shard (``P:{s:n}:stream``, with its refs and
-# reftimes: the layout of the cluster's steps), in the same atomic step; keys not in KEYS (the visitor's
-# other keys, the shards') are fine on one server, which does not check slots. Every shard written is
-# trimmed first, so a shard that cannot be written fails the call before it writes anything.
+# recent, purchase_log, reference head (``_APPLY``), the shards' maxlen, the prefix P, then per visitor group
+# (in batch order of first appearance): its base "P:{v:H}", its shard n, its number of events, then its
+# events (6 each, ``_APPLY``), in batch order. Each stored event goes straight into the group's shard
+# (``P:{s:n}:stream``, with its refs and reftimes: the layout of the cluster's steps), in the same atomic
+# step; keys not in KEYS (the visitor's other keys, the shards') are fine on one server, which does not
+# check slots. Every shard written is
+# opened (trimmed) first, so a shard that cannot be written fails the call before it writes anything.
 # Returns {accepted, duplicates, {group, user id, ...}}: the events of a group whose visitor is an alias are
 # not stored (nor counted); the caller stores them under the user.
 _APPEND_ALL = (
     _APPLY
     + _SHARD
     + """
-local maxlen, prefix = ARGV[4], ARGV[5]
+local maxlen, prefix = ARGV[5], ARGV[6]
+-- per group: base, shard, first argument, number of events, number of its first event in the call
 local groups, shards = {}, {}
-local i = 6
+local i, at = 7, 0
 while i <= #ARGV do
-  local count = tonumber(ARGV[i + 2])
-  groups[#groups + 1] = {ARGV[i], ARGV[i + 1], i + 3, count}
-  if not shards[ARGV[i + 1]] then
-    local S = shard_keys(prefix, ARGV[i + 1])
-    redis.call('XTRIM', S[1], 'MINID', cutoff)
-    shards[ARGV[i + 1]] = S
-  end
-  i = i + 3 + 7 * count
+  local n, count = ARGV[i + 1], tonumber(ARGV[i + 2])
+  groups[#groups + 1] = {ARGV[i], n, i + 3, count, at}
+  if not shards[n] then shards[n] = shard_at(prefix, n, maxlen, cutoff) end
+  i, at = i + 3 + 6 * count, at + count
 end
 local accepted, duplicates, redirected = 0, 0, {}
 for g, group in ipairs(groups) do
-  local S = shards[group[2]]
-  local a, d, user = apply(keys_of(group[1]), group[1], group[3], group[4], function(_, _, ref, json)
-    to_shard(S, maxlen, ref, json)
-  end)
+  local a, d, user = apply(keys_of(group[1]), group[1], group[3], group[4], group[5], group[2], to_shard,
+                           shards[group[2]])
   accepted, duplicates = accepted + a, duplicates + d
   if user then
     redirected[#redirected + 1] = g
     redirected[#redirected + 1] = user
   end
 end
-for _, S in pairs(shards) do forget_refs(S, cutoff) end
+for _, S in pairs(shards) do close_shard(S, cutoff) end
 return {accepted, duplicates, redirected}
 """
 )
 
 # A cluster, first step: one visitor's slot. KEYS[1]: the visitor's events key (the script names the
-# visitor's other keys from its base, in the same slot). ARGV: ttl, recent, purchase_log, base, then its
-# events (7 each, ``_APPLY``) in batch order.
+# visitor's other keys from its base, in the same slot). ARGV: ttl, recent, purchase_log, reference head
+# (``_APPLY``), base, shard n, the number of its first event in the call, then its events (6 each,
+# ``_APPLY``) in batch order.
 # Returns {accepted, duplicates, user id or false, {ref, json, ref, json, ...}}: a visitor that is an alias
 # stores nothing (its alias's ttl is refreshed; the caller stores the events under the user). The pending
 # entries (oldest first) are every event of the visitor stored but not yet confirmed in its stream shard:
@@ -437,12 +461,14 @@ return {accepted, duplicates, redirected}
 _APPEND = (
     _APPLY
     + """
-local base = ARGV[4]
+local base = ARGV[5]
 local k = keys_of(base)
-local accepted, duplicates, user = apply(k, base, 5, (#ARGV - 4) / 7, function(k, w, ref, json)
-  redis.call('RPUSH', k[12], ref .. '|' .. json)
+local function to_pending(pending, ref, json, w)
+  redis.call('RPUSH', pending, ref .. '|' .. json)
   w[12] = true
-end)
+end
+local accepted, duplicates, user = apply(k, base, 8, (#ARGV - 7) / 6, tonumber(ARGV[7]), ARGV[6], to_pending,
+                                        k[12])
 -- the pending entries as {ref, json, ref, json, ...}; what a failed append left before a link still goes
 -- to the stream
 local out = {}
@@ -463,17 +489,16 @@ _XADD = (
     _TOUCH
     + _SHARD
     + """
-local S, maxlen = {KEYS[1], KEYS[2], KEYS[3]}, ARGV[2]
 local _, cutoff = now_and_cutoff(tonumber(ARGV[1]))
-redis.call('XTRIM', S[1], 'MINID', cutoff)
+local S = open_shard(KEYS[1], KEYS[2], KEYS[3], ARGV[2], cutoff)
 local added = 0
 for i = 3, #ARGV, 2 do
-  if redis.call('HSETNX', S[2], ARGV[i], '') == 1 then
-    to_shard(S, maxlen, ARGV[i], ARGV[i + 1])
+  if redis.call('HSETNX', S.refs, ARGV[i], '') == 1 then
+    to_shard(S, ARGV[i], ARGV[i + 1])
     added = added + 1
   end
 end
-forget_refs(S, cutoff)
+close_shard(S, cutoff)
 return added
 """
 )
@@ -961,11 +986,10 @@ class RedisStore(StoreLimits):
         result = AppendResult(0, 0)
         for hop in range(MAX_HOPS + 1):
             groups = _by_visitor(events)
-            # one stream reference per event: "<ms>.<16 hex>.<shard>"
-            head = f"{int(time.time() * 1000)}."
-            tokens = secrets.token_hex(REF_BYTES * len(events))
+            # the head of this call's stream references (module docstring)
+            head = f"{int(time.time() * 1000)}.{secrets.token_hex(REF_BYTES)}"
             store = self._store_steps if self.cluster else self._store_all
-            stored, users = await store(groups, head, tokens)
+            stored, users = await store(groups, head)
             result = result.plus(stored)
             if not users:
                 return result
@@ -974,7 +998,7 @@ class RedisStore(StoreLimits):
         raise IdentityConflictError(f"visitor ids linked in a chain longer than {MAX_HOPS}: {sorted(users)}")
 
     async def _store_all(
-        self, groups: dict[str, list[Event]], head: str, tokens: str
+        self, groups: dict[str, list[Event]], head: str
     ) -> tuple[AppendResult, dict[str, str]]:
         """A single server: every visitor group in one ``_APPEND_ALL`` call (layout above the script).
         Returns what it stored and the user of each visitor that is an alias (its events not stored)."""
@@ -983,17 +1007,15 @@ class RedisStore(StoreLimits):
             str(self.visitor_ttl),
             str(self.recent_events),
             str(self.purchase_log),
+            head,
             str(self.shard_maxlen),
             self.prefix,
         ]
-        at = 0
         for v, group in groups.items():
             base = self.visitor_base(v)
             keys.append(f"{base}:events")
-            shard = str(self.shard_of(v))
-            args += [base, shard, str(len(group))]
-            args += self._event_args(group, head, tokens, at, shard)
-            at += len(group)
+            args += [base, str(self.shard_of(v)), str(len(group))]
+            args += self._event_args(group)
         (reply,) = await self._batch("append", [resp.evalsha(self._append_all, keys, args)])
         # the script numbers the visitor groups in order (of first appearance in the batch)
         visitors = list(groups)
@@ -1002,7 +1024,7 @@ class RedisStore(StoreLimits):
         return AppendResult(int(reply[0]), int(reply[1])), users
 
     async def _store_steps(
-        self, groups: dict[str, list[Event]], head: str, tokens: str
+        self, groups: dict[str, list[Event]], head: str
     ) -> tuple[AppendResult, dict[str, str]]:
         """A cluster: one ``_APPEND`` per visitor (in one round trip), then their pending entries into the
         stream shards (``_to_stream``). Returns what it stored and the user of each visitor that is an
@@ -1011,8 +1033,16 @@ class RedisStore(StoreLimits):
         calls, at = [], 0
         for v, group in groups.items():
             base = self.visitor_base(v)
-            args = [ttl, recent, log_cap, base]
-            args += self._event_args(group, head, tokens, at, str(self.shard_of(v)))
+            args = [
+                ttl,
+                recent,
+                log_cap,
+                head,
+                base,
+                str(self.shard_of(v)),
+                str(at),
+                *self._event_args(group),
+            ]
             calls.append(resp.evalsha(self._append, [f"{base}:events"], args))
             at += len(group)
         replies = await self._batch("append", calls)
@@ -1029,15 +1059,12 @@ class RedisStore(StoreLimits):
         await self._to_stream(pending)
         return AppendResult(accepted, duplicates), users
 
-    def _event_args(self, events: Sequence[Event], head: str, tokens: str, at: int, shard: str) -> list[str]:
-        """The 7 script arguments of each of one visitor's events (``_APPLY``): all text, which
-        ``service.store.resp`` packs fastest. Event i gets the stream reference made of ``head``, token
-        ``at + i`` of ``tokens`` and the visitor's shard; the script keeps those of the events it stores."""
-        tail = f".{shard}"
-        width = 2 * REF_BYTES
+    def _event_args(self, events: Sequence[Event]) -> list[str]:
+        """The 6 script arguments of each of one visitor's events (``_APPLY``): all text, which
+        ``service.store.resp`` packs fastest."""
         encode = self._encode
         args: list[str] = []
-        for i, e in enumerate(events, at):
+        for e in events:
             args += [
                 e.event.value,
                 e.item_id,
@@ -1045,7 +1072,6 @@ class RedisStore(StoreLimits):
                 "-" if e.event_id is None else "+" + e.event_id,
                 encode(e).decode(),
                 _CHANNEL_TEXT[e.channel],
-                head + tokens[i * width : (i + 1) * width] + tail,
             ]
         return args
 
