@@ -33,8 +33,8 @@ its two index keys); a visitor's events go to shard ``crc32(visitor id) % STREAM
 - ``P:{s:n}:reftimes``   sorted set: reference -> ms of its entry id (or of its erase), to forget old ones
 
 A reference ``<ms>.<16 hex>.<n>`` names one stored event's stream entry before the entry exists: the append
-makes it from a head the client draws for each script call (its clock's ms, 6 random bytes), the event's
-number in the call (4 hex digits) and the shard; it never holds the visitor id, so the references an
+makes it from a head the client draws for each chunk of an append (its clock's ms, 6 random bytes), the
+event's number in the chunk (4 hex digits) and the shard; it never holds the visitor id, so the references an
 erase leaves behind say nothing about the visitor.
 
 Appending on a single server: one ``_APPEND_ALL`` call per chunk of the batch (up to ``APPEND_CHUNK``
@@ -47,8 +47,8 @@ allows.
 Appending on a cluster: every script call stays in one slot. An append runs, for every visitor of the
 batch, ``_APPEND`` in the visitor's slot (all visitors in one round trip, pipelined per master), then
 ``_XADD`` in each shard slot that gets entries (one round trip), then ``_CONFIRM`` in each of those
-visitors' slots (one round trip). Both scripts apply a visitor's events with the same Lua (``_APPLY``) and
-write a shard with the same Lua (``_SHARD``):
+visitors' slots (one round trip). ``_APPEND`` applies a visitor's events with the Lua ``_APPEND_ALL`` uses
+(``_APPLY``), and ``_XADD`` writes a shard with the Lua ``_APPEND_ALL`` uses (``_SHARD``):
 
 1. ``_APPEND`` deduplicates on ``event_id`` and applies the events to the state as one atomic step; each
    stored event's reference goes into ``sids`` and ``<reference>|<json>`` into ``pending``. It answers
@@ -169,10 +169,10 @@ log = logging.getLogger("journeyrec.store")
 
 RECENT_PAGE = 500  # stream entries per shard and read of recent_visitors
 STREAM_SHARDS = 16  # stream shards P:{s:0}:stream .. P:{s:15}:stream (module docstring)
-REF_BYTES = 6  # random bytes of an append call's stream reference head (module docstring)
+REF_BYTES = 6  # random bytes of the stream reference head of an append's chunk (module docstring)
 _MAX_U64 = 2**64 - 1
 # events per script call: bounds how long one call holds the Redis server (at most 16**4: an event's number
-# in the call is 4 hex digits of its stream reference)
+# in the chunk is 4 hex digits of its stream reference)
 APPEND_CHUNK = 1000
 MAX_CONNECTIONS = 64  # per process unless told; a command needs a connection only for one round trip
 # an append refreshes the ttl of all of a visitor's keys when the last such refresh is older than
@@ -262,7 +262,7 @@ return out
 """
 
 # Shared Lua of the append scripts: one visitor's events applied to its state. ARGV[1 .. 4] of every append
-# script: ttl, recent, purchase_log, the call's reference head "<ms>.<12 hex>" (module docstring). The events
+# script: ttl, recent, purchase_log, the chunk's reference head "<ms>.<12 hex>" (module docstring). The events
 # are 6 arguments each, from ARGV[first]: kind, item, ts (Python repr of the float), "+"..event_id or "-",
 # json, channel code (``service.store.trail.channel_code``).
 _APPLY = (
@@ -286,7 +286,7 @@ local function drop_until(h, item, t)
   if old and tonumber(old) <= t then redis.call('HDEL', h, item) end
 end
 -- The `count` events from ARGV[first] applied to the visitor of keys k and base "P:{v:H}", whose first
--- event is number `at` of the call and whose stream shard is n: deduplicated on event_id, each stored one's
+-- event is number `at` of the chunk and whose stream shard is n: deduplicated on event_id, each stored one's
 -- reference (ref_head, its number as 4 hex digits, n) put in sids and its stream entry recorded by
 -- stored(on, ref, json, w) (w: the keys written, [index in k] = true, whose ttl is refreshed here).
 -- Returns accepted, duplicates and false, or 0, 0 and the user id of a visitor that is an alias (nothing
@@ -452,7 +452,7 @@ return {accepted, duplicates, redirected}
 
 # A cluster, first step: one visitor's slot. KEYS[1]: the visitor's events key (the script names the
 # visitor's other keys from its base, in the same slot). ARGV: ttl, recent, purchase_log, reference head
-# (``_APPLY``), base, shard n, the number of its first event in the call, then its events (6 each,
+# (``_APPLY``), base, shard n, the number of its first event in the chunk, then its events (6 each,
 # ``_APPLY``) in batch order.
 # Returns {accepted, duplicates, user id or false, {ref, json, ref, json, ...}}: a visitor that is an alias
 # stores nothing (its alias's ttl is refreshed; the caller stores the events under the user). The pending
