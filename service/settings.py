@@ -25,6 +25,7 @@ import msgspec
 from models.domain import Stage
 from models.errors import InvalidInputError
 from service.auth import ApiKey, parse_api_keys
+from service.store.redis_url import ClusterUrlError, is_cluster_url, parse_cluster_url
 
 WORKER_SETTINGS_ENV = "JOURNEYREC_SETTINGS_JSON"
 _METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
@@ -101,7 +102,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # the models directory: published versions and the `latest` pointer (`serve` needs one)
     models_dir: str | None = None
-    # redis://, rediss:// or unix:// URL; unset: the embedded in-process store (one process only)
+    # redis://, rediss:// or unix:// URL of one Redis, or redis+cluster:// / rediss+cluster:// with the
+    # cluster's seed nodes (host:port,host:port...; no /N database); unset: the embedded in-process store
+    # (one process only)
     redis_url: str | None = None
     # `KEY:scope+scope;KEY:scope@name` with scopes ingest, read, catalog, admin and keys of 16+ characters
     # (only their sha256 digests are kept; the optional name is what the rules audit records, else keyN, N
@@ -136,7 +139,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     visitor_ttl: Annotated[int, msgspec.Meta(ge=60)] = 90 * _DAY
     # events kept per visitor (the newest)
     recent_events: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
-    # approximate length cap of the event stream that `journeyrec export-events` reads
+    # approximate length cap of the event stream that `journeyrec export-events` reads (on Redis, each of
+    # its 16 shards keeps about a sixteenth of it)
     stream_maxlen: Annotated[int, msgspec.Meta(ge=1000)] = 10_000_000
     # seconds to wait for a Redis reply; a visitor read that times out is asked once more, and a second
     # timeout makes a recommendation fall back (other calls answer 503)
@@ -211,11 +215,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     def __post_init__(self) -> None:
         self.exploration_shares  # noqa: B018 (raises InvalidInputError naming the setting)
-        if self.redis_url is not None and not re.match(r"^(redis|rediss|unix)://", self.redis_url):
-            raise InvalidInputError(
-                f"{flag_name('redis_url')} / {ENV['redis_url']}: {self.redis_url!r} is not a redis://, "
-                "rediss:// or unix:// URL"
-            )
+        if self.redis_url is not None:
+            where = f"{flag_name('redis_url')} / {ENV['redis_url']}"
+            if is_cluster_url(self.redis_url):
+                try:
+                    parse_cluster_url(self.redis_url)
+                except ClusterUrlError as e:
+                    raise InvalidInputError(f"{where}: {e}") from None
+            elif not re.match(r"^(redis|rediss|unix)://", self.redis_url):
+                raise InvalidInputError(
+                    f"{where}: {self.redis_url!r} is not a redis://, rediss://, unix://, redis+cluster:// "
+                    "or rediss+cluster:// URL"
+                )
 
     @property
     def exploration_shares(self) -> dict[Stage, float]:

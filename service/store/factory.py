@@ -29,7 +29,9 @@ def pool_size(settings: Settings) -> int:
 
 
 def redis_store(settings: Settings) -> RedisStore:
-    """The Redis store of ``settings.redis_url`` (which must be set)."""
+    """The Redis store of ``settings.redis_url`` (which must be set): one server, or a Redis Cluster for a
+    ``redis+cluster://`` URL (``pool_size`` commands in flight per worker, as many connections per master
+    at most)."""
     if not settings.redis_url:
         raise ValueError("redis_store needs settings.redis_url")
     return RedisStore.from_url(

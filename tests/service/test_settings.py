@@ -8,6 +8,7 @@ from models.domain import Stage
 from models.errors import InvalidInputError
 from service.auth import Scope
 from service.settings import Settings, load_settings
+from service.store.redis_url import parse_cluster_url
 
 KEY_A = "a" * 20
 KEY_B = "b" * 20
@@ -62,6 +63,15 @@ def test_flags_win_over_environment_and_none_means_not_given() -> None:
         ({"JOURNEYREC_SERVER": "gunicorn"}, "--server / JOURNEYREC_SERVER"),
         ({"JOURNEYREC_INSECURE_NO_AUTH": "maybe"}, "JOURNEYREC_INSECURE_NO_AUTH: 'maybe' is not a boolean"),
         ({"JOURNEYREC_REDIS_URL": "http://x"}, "is not a redis://"),
+        (
+            {"JOURNEYREC_REDIS_URL": "redis+cluster://10.0.0.1:7000,10.0.0.2:7000/2"},
+            "--redis-url / JOURNEYREC_REDIS_URL: a Redis Cluster has a single database: drop /2",
+        ),
+        (
+            {"JOURNEYREC_REDIS_URL": "rediss+cluster://u:secret@h1:70000"},
+            "seed node 'h1:70000' is not host:port",
+        ),
+        ({"JOURNEYREC_REDIS_URL": "redis+cluster://h1:7000?db=2"}, "takes no query string"),
         ({"JOURNEYREC_REDIS_PREFIX": "has space"}, "--redis-prefix / JOURNEYREC_REDIS_PREFIX"),
         ({"JOURNEYREC_MAX_JSON_DEPTH": "1"}, "--max-json-depth / JOURNEYREC_MAX_JSON_DEPTH"),
         (
@@ -167,3 +177,18 @@ def test_metrics_directory_refused_once_the_client_is_loaded(monkeypatch: pytest
     with pytest.raises(InvalidInputError, match="prometheus_client was imported"):
         mod.export_for_workers(two)
     mod.os.environ.pop(mod.WORKER_SETTINGS_ENV, None)
+
+
+def test_a_cluster_url_names_its_seed_nodes() -> None:
+    s = load_settings({"redis_url": "redis+cluster://10.0.0.1:7000, 10.0.0.2:7001,[::1]:7002/"}, environ={})
+    assert s.redis_url is not None
+    parsed = parse_cluster_url(s.redis_url)
+    assert parsed.nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001), ("::1", 7002))
+    assert (parsed.ssl, parsed.username, parsed.password) == (False, None, None)
+    tls = parse_cluster_url("rediss+cluster://app:p%40ss@cache.example:6379")
+    assert (tls.ssl, tls.username, tls.password, tls.nodes) == (
+        True,
+        "app",
+        "p@ss",
+        (("cache.example", 6379),),
+    )

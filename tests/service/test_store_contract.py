@@ -1,8 +1,11 @@
-"""The VisitorStore contract: the same tests run against MemoryStore and RedisStore.
+"""The VisitorStore contract: the same tests run against MemoryStore and RedisStore, the latter on one Redis
+and on a Redis Cluster.
 
-The Redis params need the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``: they fail when
+The ``redis`` params need the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``: they fail when
 JOURNEYREC_TEST_REDIS_URL is set and Redis does not answer, and skip when it is unset and the default does
-not answer). Every test uses its own key prefix and deletes its keys afterwards.
+not answer); the ``cluster`` params the test Redis Cluster likewise (``redis_cluster_url``,
+JOURNEYREC_TEST_REDIS_CLUSTER_URL). Every test uses its own key prefix and deletes its keys afterwards (on
+every master of a cluster).
 """
 
 from __future__ import annotations
@@ -61,7 +64,13 @@ class Harness:
         return self.raw
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.redis),
+    ]
+)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         clock = FakeClock()
@@ -75,8 +84,8 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness("memory", make_memory, advance)
         return
 
-    url: str = request.getfixturevalue("redis_url")
-    raw = aioredis.Redis.from_url(url, socket_timeout=5)
+    url: str = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+    raw: Any = RedisStore.from_url(url, prefix="jrtest-raw", socket_timeout=5, **DEFAULTS).client
     prefix = f"jrtest-{uuid.uuid4().hex[:12]}"
     stores: list[RedisStore] = []
 
@@ -85,14 +94,14 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         stores.append(store)
         return store
 
+    h = Harness("redis", make_redis, asyncio.sleep, raw, prefix)
     try:
-        yield Harness("redis", make_redis, asyncio.sleep, raw, prefix)
+        yield h
     finally:
         for store in stores:
             await store.close()
-        keys = [k async for k in raw.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await raw.delete(*keys)
+        for key in await all_keys(h):
+            await raw.delete(key)
         await raw.aclose()
 
 
@@ -102,6 +111,7 @@ def only_redis(h: Harness) -> None:
 
 
 async def all_keys(h: Harness) -> list[bytes]:
+    """Every key of the test's prefix (a cluster client scans every master)."""
     return [k async for k in h.redis.scan_iter(match=f"{h.prefix}:*", count=1000)]
 
 
@@ -129,6 +139,16 @@ async def dump(r: aioredis.Redis, key: bytes) -> bytes:
 
 async def stream_events(store: VisitorStore) -> list[Event]:
     return [entry.event for entry in await store.read_stream("0", 1_000_000)]
+
+
+def per_visitor(events: list[Event]) -> dict[str, list[Event]]:
+    """Each visitor's events in the order given. The stream keeps each visitor's events in arrival order;
+    across visitors, its order is that of the entry ids (the Redis store's shards: module docstring of
+    ``service.store.redis_store``), which within one millisecond need not be arrival order."""
+    out: dict[str, list[Event]] = {}
+    for e in events:
+        out.setdefault(e.visitor_id, []).append(e)
+    return out
 
 
 # -- state round trip -------------------------------------------------------------------------------------
@@ -256,14 +276,11 @@ async def test_event_ids_make_appends_idempotent(harness: Harness) -> None:
         ("d", "e3"),
         ("c", None),
     ]
-    assert [(e.visitor_id, e.item_id) for e in await stream_events(store)] == [
-        ("v", "a"),
-        ("v", "b"),
-        ("v", "c"),
-        ("v", "d"),
-        ("v", "c"),
-        ("w", "a"),
-    ]
+    stream = per_visitor(await stream_events(store))
+    assert {v: [e.item_id for e in events] for v, events in stream.items()} == {
+        "v": ["a", "b", "c", "d", "c"],
+        "w": ["a"],
+    }
 
 
 async def test_a_duplicate_does_not_change_the_state(harness: Harness) -> None:
@@ -403,12 +420,14 @@ async def test_every_visitor_key_has_a_ttl_and_the_stream_none(harness: Harness)
     store = harness.make(visitor_ttl=1000)
     await _populate(store, "v", "w")
     keys = await all_keys(harness)
-    # v: 8 (trail included) + 2 sent sets; w: no purchases (so no purchase log), 1 sent set; the stream
-    assert len(keys) == 10 + 7 + 1
-    stream_key = f"{harness.prefix}:stream".encode()
+    assert isinstance(store, RedisStore)
+    # the keys of the visitors' stream shards (stream, references and their times): no ttl
+    shard_keys = {k.encode() for v in ("v", "w") for k in store.shard_keys(store.shard_of(v))}
+    # v: 8 (trail included) + 2 sent sets; w: no purchases (so no purchase log), 1 sent set
+    assert len(keys) == 10 + 7 + len(shard_keys)
     for key in keys:
         ttl = await harness.redis.ttl(key)
-        if key == stream_key:
+        if key in shard_keys:
             assert ttl == -1, key
         else:
             assert 990 <= ttl <= 1001, (key, ttl)
@@ -472,29 +491,49 @@ async def test_stream_is_read_in_order_after_an_id(harness: Harness) -> None:
         await store.append(batch)
     expected = [e for batch in batches for e in batch]
     entries = await store.read_stream("0", 100)
-    assert [s.event for s in entries] == expected  # arrival order, across visitors
+    events = [s.event for s in entries]
+    # every event once; each visitor's in arrival order; in entry id order
+    assert sorted(events, key=expected.index) == expected
+    assert per_visitor(events) == per_visitor(expected)
     ids = [s.entry_id for s in entries]
     assert all(re.fullmatch(r"\d+-\d+", i) for i in ids)
     parsed = [tuple(int(p) for p in i.split("-")) for i in ids]
     assert parsed == sorted(parsed)
     assert len(set(parsed)) == len(parsed)
-    assert [s.event for s in await store.read_stream(ids[2], 3)] == expected[3:6]
+    assert await store.read_stream(ids[2], 3) == entries[3:6]
     assert await store.read_stream(ids[-1], 10) == []
     # paging through reaches every entry exactly once
     seen, after = [], "0"
     while page := await store.read_stream(after, 6):
-        seen += [s.event for s in page]
+        seen += page
         after = page[-1].entry_id
-    assert seen == expected
-    # "<ms>" alone means "<ms>-0" (the first id of a new stream ends in -0)
+    assert seen == entries
+    # "<ms>" alone means "<ms>-0"
     ms, seq = ids[0].split("-")
-    assert seq == "0"
-    assert await store.read_stream(ms, 100) == entries[1:]
+    assert await store.read_stream(ms, 100) == await store.read_stream(f"{ms}-0", 100)
+    assert await store.read_stream(ms, 100) == (entries if seq != "0" else entries[1:])
     for bad in ("", "abc", "1-2-3", "-1", "1-"):
         with pytest.raises(InvalidInputError):
             await store.read_stream(bad, 10)
     with pytest.raises(InvalidInputError):
         await store.read_stream("0", 0)
+
+
+async def test_paging_a_stream_most_of_whose_entries_are_one_visitors(harness: Harness) -> None:
+    store = harness.make()
+    busy = [ev("busy", f"b{i}", E.PAGE_VIEW, T0 + i) for i in range(300)]
+    others = [ev(f"o{i}", f"o{i}", E.PAGE_VIEW, T0 + i) for i in range(40)]
+    for start in range(0, 300, 50):  # the others in between
+        await store.append(busy[start : start + 50] + others[start // 10 : start // 10 + 5])
+    everything = await store.read_stream("0", 10_000)
+    assert len(everything) == 330
+    for size in (1, 7, 100, 329):
+        seen, after = [], "0"
+        while page := await store.read_stream(after, size):
+            assert len(page) <= size
+            seen += page
+            after = page[-1].entry_id
+        assert seen == everything
 
 
 async def test_stream_is_capped_at_maxlen(harness: Harness) -> None:
@@ -504,13 +543,22 @@ async def test_stream_is_capped_at_maxlen(harness: Harness) -> None:
     for start in range(0, len(events), 40):
         await store.append(events[start : start + 40])
     kept = await stream_events(store)
-    # Redis trims approximately (whole nodes of stream-node-max-entries entries); the memory store exactly
-    slack = 0
-    if harness.kind == "redis":
+    if harness.kind == "memory":
+        assert kept == events[-maxlen:]  # the newest are kept, in order
+    else:
+        # each of the Redis store's shards keeps its newest ceil(maxlen / shards) entries, approximately
+        # (whole nodes of stream-node-max-entries entries)
+        assert isinstance(store, RedisStore)
         config: dict[Any, Any] = await harness.redis.config_get("stream-node-max-entries")
         slack = int(next(iter(config.values()), 100))
-    assert maxlen <= len(kept) <= maxlen + slack
-    assert kept == events[-len(kept) :]  # the newest are kept, in order
+        by_shard: dict[int, list[Event]] = {}
+        for e in kept:
+            by_shard.setdefault(store.shard_of(e.visitor_id), []).append(e)
+        for shard, shard_kept in by_shard.items():
+            sent = [e for e in events if store.shard_of(e.visitor_id) == shard]
+            assert min(len(sent), store.shard_maxlen) <= len(shard_kept) <= store.shard_maxlen + slack
+            assert shard_kept == sent[-len(shard_kept) :]  # the newest are kept, in order
+        assert len(kept) < len(events)
     # trimming the stream leaves visitor state alone
     assert len((await store.visitor("v0")).events) == len([e for e in events if e.visitor_id == "v0"])
 
@@ -598,10 +646,36 @@ async def test_unreachable_redis_raises_store_unavailable_and_ping_is_false() ->
         await store.close()
 
 
+async def test_an_unreachable_cluster_raises_store_unavailable_and_ping_is_false() -> None:
+    store = RedisStore.from_url(
+        f"redis+cluster://127.0.0.1:{_free_port()}", prefix="jrtest-dead", socket_timeout=0.5, **DEFAULTS
+    )
+    try:
+        assert await store.ping() is False
+        with pytest.raises(StoreUnavailableError):
+            await store.append([ev("v", "i", E.PAGE_VIEW, T0, event_id="x")])
+        with pytest.raises(StoreUnavailableError):
+            await store.visitor("v", "c1")
+        with pytest.raises(StoreUnavailableError):
+            await store.erase("v")
+        with pytest.raises(StoreUnavailableError):
+            await store.read_stream("0", 10)
+    finally:
+        await store.close()
+
+
+async def test_the_store_answers_a_ping(harness: Harness) -> None:
+    assert await harness.make().ping() is True
+
+
 async def test_recent_visitors_are_the_newest_distinct_ones_within_the_scan(harness: Harness) -> None:
     store = harness.make()
     order = ["a", "b", "a", "c", "d", "c", "e"]  # oldest first
-    await store.append([ev(v, "p1", E.PAGE_VIEW, T0 + i) for i, v in enumerate(order)])
+    for i, v in enumerate(order):
+        # one append each, in different milliseconds: entries of one millisecond in different shards of the
+        # Redis store are in shard order (``per_visitor``)
+        await store.append([ev(v, "p1", E.PAGE_VIEW, T0 + i)])
+        await asyncio.sleep(0.002)
     assert await store.recent_visitors(10, 100) == ["e", "c", "d", "a", "b"]
     assert await store.recent_visitors(2, 100) == ["e", "c"]
     assert await store.recent_visitors(10, 3) == ["e", "c", "d"]  # the newest 3 entries only
@@ -637,3 +711,130 @@ async def test_trail_mirrors_the_events_list_through_trim_rebuild_and_merge(harn
     rows = trail.rows(await harness.redis.get(f"{store.visitor_base('v')}:trail"))
     assert [trail.channel_of(int(c)) for c in rows["channel"]][-1] is Channel.AD
     assert rows["ts"].tolist() == sorted(rows["ts"].tolist())
+
+
+# -- a Redis append (service.store.redis_store): one atomic step on a single server; on a cluster the
+# visitor's slot, then the stream shard's ------------------------------------------------------------------
+
+
+def cluster_store(h: Harness, cluster: bool = True) -> RedisStore:
+    """A store of the harness on a cluster (or, ``cluster=False``, on a single server); skips otherwise."""
+    only_redis(h)
+    store = h.make()
+    assert isinstance(store, RedisStore)
+    if store.cluster != cluster:
+        pytest.skip("Redis Cluster only" if cluster else "a single Redis server only")
+    return store
+
+
+async def test_a_single_server_append_whose_stream_write_fails_stores_nothing(harness: Harness) -> None:
+    store = cluster_store(harness, cluster=False)
+    stream_key = store.shard_keys(store.shard_of("v"))[0]
+    other = next(f"w{i}" for i in range(100) if store.shard_of(f"w{i}") != store.shard_of("v"))
+    first = [
+        ev(other, "x", E.ADD_TO_CART, T0, event_id="e0"),  # a visitor of another shard, first in the batch
+        ev("v", "a", E.ADD_TO_CART, T0, event_id="e1"),
+        ev("v", "b", E.PRODUCT_VIEW, T0 + 1, event_id="e2"),
+    ]
+    # the shard's stream key holds a string: the one step fails (WRONGTYPE) before it writes anything
+    await harness.redis.set(stream_key, "in the way")
+    with pytest.raises(StoreUnavailableError):
+        await store.append(first)
+    assert await all_keys(harness) == [stream_key.encode()]
+    await harness.redis.delete(stream_key)
+    # the retry (same event ids) stores every event once, state and stream together; nothing is pending
+    assert await store.append(first) == AppendResult(accepted=3, duplicates=0)
+    assert (await store.visitor("v")).cart == {"a": T0}
+    assert (await store.visitor(other)).cart == {"x": T0}
+    assert per_visitor(await stream_events(store)) == per_visitor(first)
+    assert not [k for k in await all_keys(harness) if k.endswith(b":pending")]
+    assert await store.append(first) == AppendResult(accepted=0, duplicates=3)
+    assert per_visitor(await stream_events(store)) == per_visitor(first)
+    # an erase finds the entries through the references: events, cart, ids, sids + the two stream entries
+    assert await store.erase("v") == 4 + 2
+    assert await stream_events(store) == first[:1]
+
+
+async def test_a_cluster_append_that_fails_before_its_stream_write_is_completed_by_the_retry(
+    harness: Harness,
+) -> None:
+    store = cluster_store(harness)
+    stream_key = store.shard_keys(store.shard_of("v"))[0]
+    first = [
+        ev("v", "a", E.ADD_TO_CART, T0, event_id="e1"),
+        ev("v", "b", E.PRODUCT_VIEW, T0 + 1, event_id="e2"),
+    ]
+    # the shard's stream key holds a string: the visitor's step runs, the stream write fails (WRONGTYPE)
+    await harness.redis.set(stream_key, "in the way")
+    with pytest.raises(StoreUnavailableError):
+        await store.append(first)
+    assert (await store.visitor("v")).cart == {"a": T0}  # the first step ran: the state has the events
+    pending = await harness.redis.lrange(f"{store.visitor_base('v')}:pending", 0, -1)
+    assert len(pending) == 2
+    await harness.redis.delete(stream_key)
+    assert await stream_events(store) == []
+    # the retry (same event ids) finds them stored and writes the pending entries to the stream, once
+    assert await store.append(first) == AppendResult(accepted=0, duplicates=2)
+    assert await stream_events(store) == first
+    assert await harness.redis.exists(f"{store.visitor_base('v')}:pending") == 0
+    assert await store.append(first) == AppendResult(accepted=0, duplicates=2)
+    assert await stream_events(store) == first
+    # an erase finds entries written by a retry: events, cart, ids, sids + the two stream entries
+    assert await store.erase("v") == 4 + 2
+    assert await stream_events(store) == []
+
+
+async def test_an_erase_between_the_steps_of_a_cluster_append_leaves_no_entry(harness: Harness) -> None:
+    store = cluster_store(harness)
+    shard = store.shard_keys(store.shard_of("v"))
+    # the first step ran, the stream write has not yet (here: it failed)
+    await harness.redis.set(shard[0], "in the way")
+    with pytest.raises(StoreUnavailableError):
+        await store.append([ev("v", "a", E.PRODUCT_VIEW, T0, event_id="e1")])
+    await harness.redis.delete(shard[0])
+    pending = await harness.redis.lrange(f"{store.visitor_base('v')}:pending", 0, -1)
+    ref, _, json = pending[0].decode().partition("|")
+    assert await store.erase("v") == 3  # events, ids, sids; no stream entry yet
+    # the stream write of that append arrives after the erase: the erased reference is not added
+    added = await harness.redis.evalsha(
+        store._xadd.sha, 3, *shard, str(store.visitor_ttl), str(store.shard_maxlen), ref, json
+    )
+    assert added == 0
+    assert await stream_events(store) == []
+
+
+async def test_a_cluster_stream_write_repeated_after_a_lost_confirmation_stores_each_event_once(
+    harness: Harness,
+) -> None:
+    store = cluster_store(harness)
+    first = [ev("v", "a", E.PRODUCT_VIEW, T0), ev("v", "b", E.PRODUCT_VIEW, T0 + 1)]
+    await store.append(first)
+    # as if the process died after the stream write and before the pending entries were dropped: they are
+    # pending again (the references and JSON the first step recorded)
+    refs = [r.decode() for r in await harness.redis.lrange(f"{store.visitor_base('v')}:sids", 0, -1)]
+    raw_events = await harness.redis.lrange(f"{store.visitor_base('v')}:events", 0, -1)
+    pending = [f"{ref}|{raw.decode()}" for ref, raw in zip(refs, raw_events, strict=True)]
+    await harness.redis.rpush(f"{store.visitor_base('v')}:pending", *pending)
+    later = ev("v", "c", E.PRODUCT_VIEW, T0 + 2)
+    assert await store.append([later]) == AppendResult(accepted=1, duplicates=0)
+    assert await stream_events(store) == [*first, later]
+    assert await harness.redis.exists(f"{store.visitor_base('v')}:pending") == 0
+
+
+async def test_visitors_over_every_shard_read_back_and_erase_cleanly(harness: Harness) -> None:
+    store = harness.make()
+    visitors = [f"spread-{i}" for i in range(200)]  # all 16 shards, and on a cluster every master
+    if isinstance(store, RedisStore):
+        assert {store.shard_of(v) for v in visitors} == set(range(16))
+    batch = [ev(v, f"{v}-item", E.ADD_TO_CART, T0 + i, event_id=f"{v}-1") for i, v in enumerate(visitors)]
+    assert await store.append(batch) == AppendResult(accepted=200, duplicates=0)
+    assert await store.append(batch) == AppendResult(accepted=0, duplicates=200)
+    for v in visitors:
+        assert (await store.visitor(v)).cart == {f"{v}-item": T0 + visitors.index(v)}
+    assert per_visitor(await stream_events(store)) == per_visitor(batch)
+    assert set(await store.recent_visitors(500, 1000)) == set(visitors)
+    for v in visitors[::2]:
+        assert await store.erase(v) == 4 + 1
+    assert per_visitor(await stream_events(store)) == per_visitor(
+        [e for e in batch if e.visitor_id in visitors[1::2]]
+    )
