@@ -103,8 +103,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # the models directory: published versions and the `latest` pointer (`serve` needs one)
     models_dir: str | None = None
     # redis://, rediss:// or unix:// URL of one Redis, or redis+cluster:// / rediss+cluster:// with the
-    # cluster's seed nodes (host:port,host:port...; no /N database); unset: the embedded in-process store
-    # (one process only)
+    # cluster's seed nodes (host:port,host:port...; no /N database; the visitor store and `export-events`
+    # only: `serve` refuses it); unset: the embedded in-process store (one process only)
     redis_url: str | None = None
     # `KEY:scope+scope;KEY:scope@name` with scopes ingest, read, catalog, admin and keys of 16+ characters
     # (only their sha256 digests are kept; the optional name is what the rules audit records, else keyN, N

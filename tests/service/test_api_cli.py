@@ -36,6 +36,11 @@ KEYS = "cli-key-0123456789abcdef:read"
             "redis://",
         ),
         (["export-events", "--out", "x.jsonl"], {}, "--redis-url"),
+        (
+            ["serve", "--models", "{models}", "--redis-url", "redis+cluster://127.0.0.1:7101,127.0.0.1:7102"],
+            {"JOURNEYREC_API_KEYS": KEYS},
+            "serving on a Redis Cluster is not supported",
+        ),
     ],
 )
 def test_bad_options_one_line_exit_2(
