@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import scipy.sparse as sp
 
 from models.blend import N_FEATURES, BlendWeights
 from models.domain import CatalogItem
-from models.errors import ArtifactError
+from models.errors import ArtifactError, InvalidInputError
 from models.factors import FactorModel
 from models.features import Vocabulary
 from models.journey import JourneyRules
@@ -185,10 +186,42 @@ def publish(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    link_tmp = models_dir / f".latest-{version}"
+    point_latest(models_dir, version)
+    return final
+
+
+def point_latest(models_dir: Path, version: str) -> None:
+    """Point ``models_dir/latest`` at ``version`` atomically: a reader sees the old or the new link, never
+    none (a temporary link renamed over it)."""
+    link_tmp = models_dir / f".latest-{version}-{os.getpid()}"
+    link_tmp.unlink(missing_ok=True)
     os.symlink(version, link_tmp)
     os.replace(link_tmp, models_dir / LATEST)
-    return final
+
+
+def latest_name(models_dir: Path) -> str | None:
+    """The version ``latest`` names, or None when nothing is published."""
+    link = models_dir / LATEST
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def prune(models_dir: Path, keep: int, *, protect: Iterable[str] = (), dry_run: bool = False) -> list[str]:
+    """Remove all but the newest ``keep`` published versions (>= 1), never the one ``latest`` names nor any in
+    ``protect``; returns the removed versions, oldest first (with ``dry_run``: those it would remove). A
+    version is first renamed out of the listing (``.pruned-<version>``), then deleted: a reader never finds
+    it half-deleted under its name. Versions being published (``.tmp-*``) are not listed, so never touched."""
+    if keep < 1:
+        raise InvalidInputError(f"--keep {keep}: keep at least 1 version")
+    versions = list_versions(models_dir)
+    spared = {*protect, *filter(None, [latest_name(models_dir)]), *versions[-keep:]}
+    doomed = [v for v in versions if v not in spared]
+    if dry_run:
+        return doomed
+    for version in doomed:
+        trash = models_dir / f".pruned-{version}"
+        os.replace(models_dir / version, trash)
+        shutil.rmtree(trash)
+    return doomed
 
 
 def resolve_latest(models_dir: Path) -> Path:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from pathlib import Path
 
 import msgspec
 
-from models.artifact import LATEST, MANIFEST, list_versions, resolve_latest
+from models.artifact import LATEST, MANIFEST, list_versions, point_latest, resolve_latest
 from models.blend import stage_agnostic_weights
 from models.errors import ArtifactError, InvalidInputError, NotFoundError
 from models.overlay import EMPTY_OVERLAY, CatalogOverlay
@@ -77,15 +76,6 @@ def fingerprint(directory: Path) -> Fingerprint:
         )
     except OSError:
         return ()
-
-
-def point_latest(models_dir: Path, version: str) -> None:
-    """Point ``models_dir/latest`` at ``version`` atomically: a reader sees the old or the new link, never
-    none (a temporary link renamed over it, as ``models.artifact.publish`` does)."""
-    link_tmp = models_dir / f".latest-activate-{version}-{os.getpid()}"
-    link_tmp.unlink(missing_ok=True)
-    os.symlink(version, link_tmp)
-    os.replace(link_tmp, models_dir / LATEST)
 
 
 class ReloadResult(msgspec.Struct, frozen=True):

@@ -15,6 +15,7 @@ import click
 import msgspec
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from models import artifact
 from models.blend import FEATURE_NAMES, BlendWeights
@@ -387,6 +388,99 @@ def blend_table(blend: BlendWeights, width: int) -> Any:
     return column_blocks(title, [""], labels, columns, width)
 
 
+@click.group("models")
+def models_group() -> None:
+    """Published model versions in a models directory: list them, prune old ones."""
+
+
+class VersionRow(msgspec.Struct, frozen=True):
+    """One published version as ``models list --json`` prints it."""
+
+    version: str
+    latest: bool
+    created_at: str
+    items: int
+    visitors: int
+    trained_until: float
+    fit_seconds: float | None
+    bytes: int
+
+
+def _version_rows(models_dir: Path) -> list[VersionRow]:
+    latest = artifact.latest_name(models_dir)
+    rows = []
+    for v in artifact.list_versions(models_dir):
+        m = artifact.read_manifest(models_dir / v)
+        fit = m.metrics.get("fit_seconds")
+        rows.append(
+            VersionRow(
+                version=v,
+                latest=v == latest,
+                created_at=m.created_at,
+                items=m.n_items,
+                visitors=m.n_visitors,
+                trained_until=m.trained_until,
+                fit_seconds=float(fit) if isinstance(fit, int | float) else None,
+                bytes=sum(f.bytes for f in m.files.values()),
+            )
+        )
+    return rows
+
+
+def _models_dir(path: str) -> Path:
+    models_dir = Path(path)
+    if not models_dir.is_dir():
+        raise InvalidInputError(f"MODELS_DIR {path}: not a directory")
+    if (models_dir / artifact.MANIFEST).is_file():
+        raise InvalidInputError(f"MODELS_DIR {path}: a single model version, not a directory of versions")
+    return models_dir
+
+
+@models_group.command("list")
+@click.argument("models_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
+def models_list(models_dir: str, as_json: bool) -> None:
+    """Published versions, oldest first; `latest` marked (the version every worker follows)."""
+    rows = _version_rows(_models_dir(models_dir))
+    if as_json:
+        click.echo(msgspec.json.encode(rows).decode())
+        return
+    table = Table(title=f"{len(rows)} published versions in {models_dir}", box=None)
+    for col in ("version", "latest", "created", "items", "visitors", "trained until", "size"):
+        table.add_column(col)
+    for r in rows:
+        until = dt.datetime.fromtimestamp(r.trained_until, dt.UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(
+            r.version,
+            "latest" if r.latest else "",
+            r.created_at,
+            f"{r.items:,}",
+            f"{r.visitors:,}",
+            until,
+            f"{r.bytes / 1e6:,.1f} MB",
+        )
+    out.print(table)
+
+
+@models_group.command("prune")
+@click.argument("models_dir", type=click.Path())
+@click.option("--keep", type=int, required=True, help="How many of the newest versions to keep (>= 1).")
+@click.option(
+    "--protect", multiple=True, help="A version never to remove (repeatable), e.g. one a worker serves."
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+def models_prune(models_dir: str, keep: int, protect: tuple[str, ...], dry_run: bool) -> None:
+    """Remove all but the newest --keep versions; never the one `latest` names nor a --protect one."""
+    directory = _models_dir(models_dir)
+    unknown = sorted(set(protect) - set(artifact.list_versions(directory)))
+    if unknown:
+        raise InvalidInputError(f"--protect {unknown[0]}: not a published version in {models_dir}")
+    removed = artifact.prune(directory, keep, protect=protect, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    left = len(artifact.list_versions(directory))
+    click.echo(f"{verb} {len(removed)} version(s){': ' + ', '.join(removed) if removed else ''}; {left} left")
+
+
 def register(group: click.Group) -> None:
-    for cmd in (train, evaluate, simulate, simulate_traffic, inspect):
+    for cmd in (train, evaluate, simulate, simulate_traffic, inspect, models_group):
         group.add_command(cmd)

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from models import artifact
 from models.blend import FEATURE_NAMES, N_FEATURES, BlendWeights, StageBlend
 from models.domain import STAGES, CatalogItem, ItemKind
-from models.errors import ArtifactError
+from models.errors import ArtifactError, InvalidInputError
 from models.factors import FactorModel
 from models.features import Vocabulary
 from models.journey import DEFAULT_RULES
@@ -247,3 +247,21 @@ def test_the_tables_keep_the_category_rebuy_rates_and_read_repeatable_from_the_c
     assert (
         older.tables.rebuy_rate(np.arange(4)).tolist() == older.tables.item_rebuy_rate(np.arange(4)).tolist()
     )
+
+
+def test_prune_keeps_the_newest_latest_and_protected(tmp_path):
+    versions = [_publish(tmp_path, i).name for i in range(5)]  # oldest first; latest = the fifth
+    artifact.point_latest(tmp_path, versions[1])  # rolled back to the second
+    assert artifact.latest_name(tmp_path) == versions[1]
+    (tmp_path / ".tmp-being-published").mkdir()  # a publication in progress is never touched
+    assert artifact.prune(tmp_path, 2, dry_run=True) == [versions[0], versions[2]]
+    assert artifact.list_versions(tmp_path) == versions  # a dry run removes nothing
+    assert artifact.prune(tmp_path, 2, protect=[versions[0]]) == [versions[2]]
+    assert artifact.list_versions(tmp_path) == [versions[0], versions[1], versions[3], versions[4]]
+    assert (tmp_path / ".tmp-being-published").is_dir()
+    assert not any(p.name.startswith(".pruned-") for p in tmp_path.iterdir())
+    assert artifact.load(tmp_path).manifest.version == versions[1]  # latest still loads
+    assert artifact.prune(tmp_path, 1) == [versions[0], versions[3]]
+    assert artifact.list_versions(tmp_path) == [versions[1], versions[4]]
+    with pytest.raises(InvalidInputError, match="--keep 0"):
+        artifact.prune(tmp_path, 0)

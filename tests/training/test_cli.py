@@ -348,3 +348,25 @@ def test_a_semicolon_file_under_a_comma_mapping_gets_a_delimiter_hint(
     mapping.write_text('{"delimiter": ","}')
     argv = ["train", "--events", str(events), "--mapping", str(mapping), "--out", str(tmp_path / "m")]
     _one_line_error(capsys, argv, "e.csv:1: the header looks separated by ';'", '"delimiter": ";"')
+
+
+def test_models_list_and_prune(models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    own = tmp_path / "models"
+    shutil.copytree(models_dir, own, symlinks=True)
+    (version,) = artifact.list_versions(own)
+    capsys.readouterr()
+    assert main(["models", "list", str(own), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["version"] == version
+    assert row["latest"] is True
+    assert row["items"] == 150
+    assert row["bytes"] > 0
+    assert main(["models", "prune", str(own), "--keep", "1"]) == 0
+    assert "removed 0 version(s); 1 left" in capsys.readouterr().out
+    _one_line_error(capsys, ["models", "prune", str(own), "--keep", "0"], "--keep 0")
+    _one_line_error(
+        capsys, ["models", "prune", str(own), "--keep", "1", "--protect", "nope"], "--protect nope"
+    )
+    _one_line_error(capsys, ["models", "list", str(own / version)], "a single model version")
