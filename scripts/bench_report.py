@@ -72,6 +72,9 @@ class ServiceFigures(msgspec.Struct, frozen=True):
     logged_saturation_rps: float | None = None
     experiment_p50_ms: float | None = None
     experiment_saturation_rps: float | None = None
+    # Redis memory under the run's prefix after the ingest, per visitor (events_per_visitor events each)
+    bytes_per_visitor: float | None = None
+    events_per_visitor: int | None = None
 
 
 class TrainRun(msgspec.Struct, frozen=True):

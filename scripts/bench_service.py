@@ -161,6 +161,19 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def memory_of(prefix: str) -> tuple[int, int]:
+    """(bytes, keys) Redis holds under ``prefix``: ``MEMORY USAGE ... SAMPLES 0`` (every element counted) of
+    each key, summed."""
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.memory_usage(k, samples=0)
+    total = sum(int(n or 0) for n in pipe.execute())
+    r.close()
+    return total, len(keys)
+
+
 def clean_prefix(prefix: str) -> int:
     r = redis.Redis.from_url(REDIS_URL)
     n = 0
@@ -589,6 +602,15 @@ def main() -> None:
                 flush=True,
             )
 
+            used, n_keys = memory_of(prefix)
+            res["bytes_per_visitor"] = used / len(warm)
+            print(
+                f"redis memory after ingest: {used / 1e6:,.1f} MB in {n_keys:,} keys = "
+                f"{res['bytes_per_visitor']:,.0f} bytes per visitor ({args.events_per_visitor} events each: "
+                f"{res['bytes_per_visitor'] / args.events_per_visitor:,.0f} bytes per event, journey records "
+                "and rollups included)",
+                flush=True,
+            )
             latency_client, saturation_client = under_load(base, warm, args, root, res, "")
             if not (args.no_experiment and args.no_live):
                 stop_server(proc)
@@ -713,6 +735,8 @@ def main() -> None:
         logged_saturation_rps=res.get("log_rps"),
         experiment_p50_ms=res.get("exp_p50"),
         experiment_saturation_rps=res.get("exp_rps"),
+        bytes_per_visitor=res["bytes_per_visitor"],
+        events_per_visitor=args.events_per_visitor,
     )
     record(figures, args.report)
 

@@ -226,6 +226,19 @@ def bench_table(report: BenchReport) -> str:
                 f"batched ingest over HTTP into Redis ({s.workers} workers)",
                 f"{s.ingest_events_per_s:,.0f} events/s",
             ],
+            *(
+                [
+                    [
+                        f"Redis memory per visitor after that ingest ({s.events_per_visitor} events each)",
+                        (
+                            f"{s.bytes_per_visitor:,.0f} bytes ({s.bytes_per_visitor * 1e6 / 2**30:,.1f} GiB "
+                            f"per million visitors)"
+                        ),
+                    ]
+                ]
+                if s.bytes_per_visitor is not None
+                else []
+            ),
             [
                 f"recommend at {at}, concurrency 1 ({s.latency_client}, {s.workers} workers, Redis)",
                 f"p50 {s.p50_ms:.2f} ms, p99 {s.p99_ms:.2f} ms",
