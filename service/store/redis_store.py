@@ -73,10 +73,12 @@ one ``<ms>-<seq>`` id per entry across shards, unique and ordered like the shard
 (``read_stream(after)``) is still one stream id and ``"<ms>"`` still means ``"<ms>-0"``. Reads ask
 every shard for entries after the cursor and merge them by that id. Each visitor's entries are in arrival
 order (one shard); entries of different shards are in id order, which follows the servers' clocks to the
-millisecond (within one millisecond, shard order). Entries of one shard can be added after a reader has
-passed their id on another shard (a write in flight, clocks of different masters): a consumer that must
-see every event (``export-events --after``) re-reads from a cursor a little older than its last one and
-drops the entry ids it has.
+millisecond (within one millisecond, shard order). Within one millisecond an entry of one shard could be
+added after a reader had passed its id on another shard; on one server a read therefore returns only
+entries of milliseconds the server clock has left (it waits, at most a millisecond, for the one it started
+in to pass): an entry added afterwards gets a later millisecond, so a cursor is never overtaken. On a
+cluster (a write in flight between its steps, clocks of different masters) it can be: a consumer that must
+see every event re-reads from a cursor a little older than its last one and drops the entry ids it has.
 
 Every visitor key expires ``visitor_ttl`` seconds after the visitor's last write (``sids`` and ``linked``:
 one second later, see below), so a visitor expires as a whole; a write refreshes the keys it writes, and
@@ -1262,6 +1264,7 @@ class RedisStore(StoreLimits):
         entry is in the answer once every shard not read to its end has been read beyond it."""
         ms, seq = parse_after(after)
         check_count(count)
+        horizon = None if self.cluster else await self._settled_horizon()
         floor = (max(int(time.time() * 1000) - self.visitor_ttl * 1000, 0), 0)
         # shard -> the first id to read next; a shard leaves once read to its end
         starts: dict[int, tuple[int, int]] = {}
@@ -1293,11 +1296,24 @@ class RedisStore(StoreLimits):
                 break
             want = [n for n, last in bound.items() if last == limit]  # the shards holding the merge back
             page = min(2 * page, count)
+        limit = min(bound.values(), default=None)
+        rows = [
+            r for r in rows if (limit is None or r[0] <= limit) and (horizon is None or r[0][0] < horizon)
+        ]
         rows.sort(key=lambda row: row[0])
         return [
             StreamEntry(entry_id=format_id(gid), event=self._decode(_field(fields)))
             for gid, fields in rows[:count]
         ]
+
+    async def _settled_horizon(self) -> int:
+        """One server: the millisecond below which no stream entry can be added any more (module
+        docstring): the server clock's millisecond when the read starts, once the clock has passed it."""
+        with unavailable("read stream"):
+            start = _ms(await self._r.time())
+            while _ms(await self._r.time()) <= start:
+                await asyncio.sleep(0.0005)
+        return start + 1
 
     async def recent_visitors(self, limit: int, scan: int) -> list[str]:
         """The newest entries of every shard, merged newest first by entry id."""
@@ -1497,6 +1513,11 @@ def _logged(visitor_id: str, raw: bytes) -> Event:
     """One purchase-log entry (``p|<ts>|<item_id>`` or ``c|...``; the item id may hold ``|``) as an event."""
     kind, ts, item = raw.split(b"|", 2)
     return Event(visitor_id=visitor_id, item_id=item.decode(), event=_LOGGED[kind], timestamp=float(ts))
+
+
+def _ms(server_time: tuple[int, int]) -> int:
+    """Milliseconds of a ``TIME`` reply (seconds, microseconds)."""
+    return int(server_time[0]) * 1000 + int(server_time[1]) // 1000
 
 
 def _float_pairs(flat: list[bytes]) -> dict[str, float]:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
@@ -838,3 +839,18 @@ async def test_visitors_over_every_shard_read_back_and_erase_cleanly(harness: Ha
     assert per_visitor(await stream_events(store)) == per_visitor(
         [e for e in batch if e.visitor_id in visitors[1::2]]
     )
+
+
+async def test_a_single_server_read_returns_only_milliseconds_the_clock_has_left(harness: Harness) -> None:
+    """No entry added after a read can sort before one it returned: entries of the current (here: a
+    future) millisecond wait for the next read, older ones are returned, an append before the read too."""
+    store = cluster_store(harness, cluster=False)
+    sec, usec = await harness.redis.time()
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    old, ahead = ev("v", "old", E.PRODUCT_VIEW, T0), ev("v", "ahead", E.PRODUCT_VIEW, T0 + 1)
+    encode = msgspec.json.encode
+    await harness.redis.xadd(store.shard_keys(5)[0], {"e": encode(old)}, id=f"{now_ms - 60_000}-0")
+    await harness.redis.xadd(store.shard_keys(3)[0], {"e": encode(ahead)}, id=f"{now_ms + 60_000}-0")
+    await store.append([ev("w", "stored", E.ADD_TO_CART, T0 + 2)])
+    got = [e.event.item_id for e in await store.read_stream("0", 100)]
+    assert got == ["old", "stored"]
