@@ -336,10 +336,11 @@ def evaluate(
             cold=cold,
             resamples=resamples,
             seed=seed,
+            inputs=inputs,
         )
     configuration = {"stage_aware": config_document(cfg)}
     configuration.update({r.name: msgspec.to_builtins(r.params) for r in rankers if hasattr(r, "params")})
-    result = msgspec.structs.replace(result, inputs=inputs, configuration=configuration)
+    result = msgspec.structs.replace(result, configuration=configuration)
     for name, summary in inputs.items():  # after the work, as in train
         _print_summary(err, summary, "" if name == "events" else f"{name}: ")
     err.print(evaluation.format_table(result, err.width))

@@ -23,6 +23,7 @@ averaged) and precision at k, the relevant items being that visitor's positive t
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,12 +36,14 @@ from rich.console import Group
 from rich.text import Text
 from scipy.stats import rankdata
 
+from models.blend import BlendWeights
 from models.bootstrap import LEVEL, RESAMPLES, excludes_zero, percentile_interval, resample_means
 from models.dataset import EventLog
 from models.domain import STAGES, EventType
 from models.errors import InvalidInputError
 from models.metrics import METRICS, MetricSummary, per_user, summarise
 from models.ranking import Ranker
+from models.request import RecommendedItem
 from models.scoring import top_k
 from models.weights import positive_codes
 from training.loaders import LoadSummary
@@ -129,6 +132,72 @@ class ColdItems:
     removed_train_events: int
 
 
+class SplitSummary(msgspec.Struct, frozen=True):
+    """One side of the split: its first and last event (ISO-8601 UTC dates, "" without events), the
+    distinct visitors and items with events in it, and its events."""
+
+    start: str = ""
+    end: str = ""
+    visitors: int = 0
+    items: int = 0
+    events: int = 0
+
+
+class DataSummary(msgspec.Struct, frozen=True):
+    """What the models were compared on: the training and test parts, the test visitors (those scored),
+    the rows read and the rows the readers' rules filtered, by rule (summed over ``EvalResult.inputs``)."""
+
+    train: SplitSummary = SplitSummary()
+    test: SplitSummary = SplitSummary()
+    test_visitors: int = 0
+    rows: int = 0
+    filtered: dict[str, int] = {}
+
+
+class ExampleItem(msgspec.Struct, frozen=True):
+    """One item of an example list: its id and title, score, source and reason (as the service gives
+    them, ``models.explain``) and whether it is one of the visitor's relevant test items."""
+
+    item_id: str
+    title: str
+    score: float
+    source: str
+    reason: str
+    relevant: bool
+
+
+class ExampleList(msgspec.Struct, frozen=True):
+    """The reference model's list for one test visitor: their stage at the split, their training events,
+    how many relevant test items they have, and the list's first items."""
+
+    visitor_id: str
+    stage: str
+    train_events: int
+    relevant_items: int
+    items: list[ExampleItem]
+
+
+@runtime_checkable
+class ListExplainer(Protocol):
+    """A ranker that can explain its lists and show its fitted blend (the stage-aware model)."""
+
+    name: str
+
+    def explain_lists(
+        self, visitors: np.ndarray, now: float, k: int, exclude_seen: bool
+    ) -> list[list[RecommendedItem]]:
+        """Per visitor (int32 [u]), the top ``k`` with scores, sources and reasons."""
+        ...
+
+    def fitted_blend(self) -> BlendWeights:
+        """The blend weights per stage the fit learned."""
+        ...
+
+
+EXAMPLES_PER_STAGE = 2
+EXAMPLE_ITEMS = 5
+
+
 class EvalResult(msgspec.Struct, frozen=True):
     """What ``journeyrec evaluate --json`` writes.
 
@@ -138,6 +207,10 @@ class EvalResult(msgspec.Struct, frozen=True):
     differences[baseline]: the reference (``bootstrap.reference``) minus that baseline.
     configuration: the settings of the run by model (``stage_aware``: the model configuration file's
     format, ``training.model_config``; a baseline with hyperparameters of its own: those).
+    data: the training and test parts and the rows filtered (``DataSummary``).
+    blend: the reference model's fitted blend weights per stage (None when it was not run).
+    examples[stage]: the reference model's lists for a few test visitors in that stage at the split
+    (``EXAMPLES_PER_STAGE`` drawn with the bootstrap's seed, the first ``EXAMPLE_ITEMS`` items of each).
     """
 
     dataset: str
@@ -155,6 +228,103 @@ class EvalResult(msgspec.Struct, frozen=True):
     bootstrap: Bootstrap | None = None
     differences: dict[str, Comparison] = {}
     configuration: dict[str, Any] = {}
+    data: DataSummary | None = None
+    blend: BlendWeights | None = None
+    examples: dict[str, list[ExampleList]] = {}
+
+
+def _iso_day(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
+
+
+def split_summary(log: EventLog) -> SplitSummary:
+    """``SplitSummary`` of one part of the split."""
+    if log.n_events == 0:
+        return SplitSummary()
+    return SplitSummary(
+        start=_iso_day(float(log.ts.min())),
+        end=_iso_day(float(log.ts.max())),
+        visitors=len(np.unique(log.visitor)),
+        items=len(np.unique(log.item)),
+        events=log.n_events,
+    )
+
+
+def data_summary(
+    train: EventLog, test: EventLog, test_visitors: int, inputs: dict[str, LoadSummary] | None = None
+) -> DataSummary:
+    """The ``DataSummary`` of a run; ``inputs``: what the readers read (their filtered rows are summed)."""
+    filtered: dict[str, int] = {}
+    for s in (inputs or {}).values():
+        for reason, n in s.filtered.items():
+            filtered[reason] = filtered.get(reason, 0) + n
+    return DataSummary(
+        train=split_summary(train),
+        test=split_summary(test),
+        test_visitors=test_visitors,
+        rows=sum(s.rows for s in (inputs or {}).values()),
+        filtered=filtered,
+    )
+
+
+def example_lists(
+    ranker: ListExplainer,
+    train: EventLog,
+    visitors: np.ndarray,
+    relevant: sp.csr_matrix,
+    stage_of: np.ndarray,
+    *,
+    now: float,
+    exclude_seen: bool,
+    seed: int,
+    per_stage: int = EXAMPLES_PER_STAGE,
+    k: int = EXAMPLE_ITEMS,
+) -> dict[str, list[ExampleList]]:
+    """Stage name -> the explained lists of ``per_stage`` test visitors (``visitors`` int32 [u], rows of
+    ``relevant``) in that stage at the split, drawn with ``seed``; stages without test visitors are left
+    out."""
+    rng = np.random.default_rng(seed)
+    st = stage_of[visitors]
+    rows: dict[str, np.ndarray] = {}
+    for s in STAGES:
+        pool = np.flatnonzero(st == s.index)
+        if len(pool):
+            rows[s.value] = np.sort(rng.choice(pool, min(per_stage, len(pool)), replace=False))
+    chosen = np.concatenate(list(rows.values())) if rows else np.zeros(0, np.int64)
+    lists = ranker.explain_lists(visitors[chosen], now, k, exclude_seen)
+    train_events = np.bincount(train.visitor, minlength=train.n_visitors)
+    index = {c.item_id: i for i, c in enumerate(train.catalog)}
+    out: dict[str, list[ExampleList]] = {}
+    at = 0
+    for stage, picked in rows.items():
+        out[stage] = []
+        for row in picked:
+            rel = set(relevant[int(row)].indices.tolist())
+            v = int(visitors[row])
+            items = []
+            for item in lists[at]:
+                i = index[item.item_id]
+                items.append(
+                    ExampleItem(
+                        item_id=item.item_id,
+                        title=train.catalog[i].title or "",
+                        score=round(item.score, 4),
+                        source=item.source.value,
+                        reason=item.reason,
+                        relevant=i in rel,
+                    )
+                )
+            out[stage].append(
+                ExampleList(
+                    visitor_id=train.visitor_ids[v],
+                    stage=stage,
+                    train_events=int(train_events[v]),
+                    relevant_items=len(rel),
+                    items=items,
+                )
+            )
+            at += 1
+    return out
 
 
 def hold_out_items(train: EventLog, fraction: float, seed: int) -> tuple[EventLog, ColdItems]:
@@ -358,13 +528,16 @@ def evaluate(
     resamples: int = RESAMPLES,
     seed: int = 0,
     reference: str = REFERENCE,
+    inputs: dict[str, LoadSummary] | None = None,
 ) -> EvalResult:
     """Fit each ranker on ``train``, rank for the test visitors at ``now`` and score the lists.
 
     stage_of / stage_at_end: int8[n_visitors] stage index at the split and at the end of the test window.
     cold: the items ``hold_out_items`` took out of ``train``, scored among themselves after fitting.
     resamples: bootstrap resamples of the test visitors (drawn from ``seed``); 0: no intervals.
-    reference: the model every other is compared with (differences: reference minus the other).
+    reference: the model every other is compared with (differences: reference minus the other); when it
+    can explain its lists (``ListExplainer``), its fitted blend and example lists per stage are kept.
+    inputs: what the readers read, kept in the result with the rows they filtered in its data summary.
     """
     say = progress or (lambda _m: None)
     visitors, relevant = relevant_targets(train, test, positive)
@@ -405,6 +578,14 @@ def evaluate(
             for name, d in diffs.items()
         }
         boot = Bootstrap(resamples=resamples, seed=seed, level=LEVEL, reference=reference)
+    blend, examples = None, {}
+    explainer = next((r for r in rankers if r.name == reference and isinstance(r, ListExplainer)), None)
+    if explainer is not None:
+        say(f"{reference}: explaining example lists")
+        blend = explainer.fitted_blend()
+        examples = example_lists(
+            explainer, train, visitors, relevant, stage_of, now=now, exclude_seen=exclude_seen, seed=seed
+        )
     cold_result = None
     if cold is not None:
         say(f"scoring {len(cold.items):,} held-out items")
@@ -423,6 +604,10 @@ def evaluate(
         cold_items=cold_result,
         bootstrap=boot,
         differences=differences,
+        inputs=inputs or {},
+        data=data_summary(train, test, len(visitors), inputs),
+        blend=blend,
+        examples=examples,
     )
 
 

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from models.blend import FEATURE_NAMES, BlendWeights
 from models.bootstrap import excludes_zero
 from models.domain import STAGES
 from models.metrics import METRICS
@@ -149,6 +150,111 @@ def _configuration(result: EvalResult) -> str:
     return "<h2>Configuration</h2>" + "".join(parts)
 
 
+def _data(result: EvalResult) -> str:
+    """The data summary: each part's time range, visitors, items and events; the rows the readers read
+    and what their rules filtered, by rule, with each reader's own account."""
+    d = result.data
+    if d is None:
+        return ""
+    parts = "".join(
+        f"<tr><td>{name}</td><td>{html.escape(p.start)}</td><td>{html.escape(p.end)}</td>"
+        f"<td>{p.visitors:,}</td><td>{p.items:,}</td><td>{p.events:,}</td></tr>"
+        for name, p in (("train", d.train), ("test", d.test))
+    )
+    filtered = (
+        "<table><tr><th>rows filtered by rule</th><th>rows</th></tr>"
+        + "".join(f"<tr><td>{html.escape(r)}</td><td>{n:,}</td></tr>" for r, n in d.filtered.items())
+        + "</table>"
+        if d.filtered
+        else "<p>No row was filtered.</p>"
+    )
+    readers = "".join(
+        f"<li>{html.escape(name)}: {html.escape(s.reader)}, {s.rows:,} rows &rarr; {s.events:,} events;"
+        f" {html.escape(s.detail)}</li>"
+        for name, s in result.inputs.items()
+    )
+    return f"""<h2>Data</h2>
+<table><tr><th>part</th><th>first event</th><th>last event</th><th>visitors</th><th>items</th>
+<th>events</th></tr>{parts}</table>
+<p>{d.test_visitors:,} test visitors scored (a positive test event on an item known at training time);
+{d.rows:,} rows read.</p>
+{filtered}
+<ul>{readers}</ul>"""
+
+
+def _blend_chart(blend: BlendWeights) -> str:
+    """The blend weights as a heat map, features by stage, each cell labelled with its weight."""
+    stages = [f"{s.stage}\n({s.fitted_on}, {s.positives:,})" for s in blend.stages]
+    w = np.array([[s.weights.get(f, 0.0) for s in blend.stages] for f in FEATURE_NAMES])
+    fig, ax = plt.subplots(figsize=(1.3 * len(stages) + 3, 0.38 * len(FEATURE_NAMES) + 1.5))
+    span = max(float(np.abs(w).max()), 1e-6)
+    im = ax.imshow(w, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+    ax.set_xticks(range(len(stages)), stages, rotation=30, ha="right")
+    ax.set_yticks(range(len(FEATURE_NAMES)), FEATURE_NAMES)
+    ax.set_title("Fitted blend weights per stage")
+    for i in range(w.shape[0]):
+        for j in range(w.shape[1]):
+            dark = abs(w[i, j]) > 0.6 * span
+            ax.text(j, i, f"{w[i, j]:+.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
+    ax.set_xlabel("stage (fitted on, validation positives)")
+    fig.colorbar(im, ax=ax, fraction=0.05, pad=0.04, label="weight")
+    return _png(fig)
+
+
+def _blend(result: EvalResult) -> str:
+    """The reference model's fitted blend weights per stage: a table and a chart."""
+    b = result.blend
+    if b is None or not b.stages:
+        return ""
+    head = "".join(f"<th>{html.escape(s.stage)}</th>" for s in b.stages)
+    rows = [
+        "<tr><td>positives</td>" + "".join(f"<td>{s.positives:,}</td>" for s in b.stages) + "</tr>",
+        "<tr><td>fitted on</td>"
+        + "".join(f"<td>{html.escape(s.fitted_on)}</td>" for s in b.stages)
+        + "</tr>",
+    ]
+    rows += [
+        f"<tr><td>{html.escape(f)}</td>"
+        + "".join(f"<td>{s.weights.get(f, 0.0):+.3f}</td>" for s in b.stages)
+        + "</tr>"
+        for f in FEATURE_NAMES
+    ]
+    return f"""<h2>Blend weights per stage</h2>
+<p>The weights the stage-aware model fitted on the validation window carved from the training data
+(positives: the validation positives of visitors in that stage; fitted on <em>all</em>: too few of them, the
+stage uses the weights fitted on every stage together). A score is the sum of weight &times; feature.</p>
+<table><tr><th>feature</th>{head}</tr>{"".join(rows)}</table>
+<img alt="blend weights per stage" src="{_blend_chart(b)}">"""
+
+
+def _examples(result: EvalResult) -> str:
+    """A few of the reference model's lists per stage, each item with its source, reason and relevance."""
+    if not result.examples:
+        return ""
+    ref = html.escape(result.bootstrap.reference if result.bootstrap else "stage_aware")
+    parts = []
+    for stage, lists in result.examples.items():
+        parts.append(f"<h3>{html.escape(stage)}</h3>")
+        for e in lists:
+            rows = "".join(
+                f"<tr><td>{i}</td><td>{html.escape(it.item_id)}</td><td>{html.escape(it.title)}</td>"
+                f"<td>{it.score:.3f}</td><td>{html.escape(it.source)}</td><td>{html.escape(it.reason)}</td>"
+                f"<td>{'yes' if it.relevant else ''}</td></tr>"
+                for i, it in enumerate(e.items, 1)
+            )
+            parts.append(
+                f"<p>Visitor <code>{html.escape(e.visitor_id)}</code>: {e.train_events:,} training events,"
+                f" {e.relevant_items:,} relevant test items.</p>"
+                "<table><tr><th>#</th><th>item</th><th>title</th><th>score</th><th>source</th>"
+                f"<th>reason</th><th>relevant</th></tr>{rows}</table>"
+            )
+    return f"""<h2>Example lists per stage</h2>
+<p>{ref}'s first items for a few test visitors per journey stage at the split (drawn with the run's seed),
+explained as the service explains them: the source is the blend feature that added most to the item's
+score. <em>relevant</em>: the visitor had a positive event on the item in the test window.</p>
+{"".join(parts)}"""
+
+
 def render_report(result: EvalResult) -> str:
     """The report as one HTML string (no external resources)."""
     k = result.k
@@ -180,15 +286,19 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}
 <p>{html.escape(result.split)}; k = {k}; positives: {html.escape(", ".join(result.positive))};
 exclude seen: {result.exclude_seen}; {result.train_events:,} training and {result.test_events:,} test events;
 {result.candidates:,} candidate items.</p>
+{_data(result)}
+<h2>Results</h2>
 {_table(result)}
 {_differences(result)}
 {_configuration(result)}
+{_blend(result)}
 <h2>Per model</h2><img alt="overall metrics" src="{overall}">
 <h2>Per segment</h2><img alt="ndcg per segment" src="{by_segment}">
 <p>Segments: <em>cold</em>, test visitors without any training event; <em>warm</em>, the others;
 {", ".join(f"<em>{s.value}</em>" for s in STAGES)}, the test visitors whose journey stage at the split
 (from their training events, by the model's journey rules) was that stage.</p>
 <h2>Journey</h2><img alt="stage transitions" src="{_transition_chart(result)}">
+{_examples(result)}
 </body></html>
 """
 

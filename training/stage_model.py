@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import msgspec
 import numpy as np
 import scipy.sparse as sp
 
-from models.blend import N_FEATURES, BlendWeights, ListSample, feature_arrays, fit_blend, sample_lists
+from models.blend import (
+    FEATURE_SOURCES,
+    N_FEATURES,
+    BlendWeights,
+    ListSample,
+    feature_arrays,
+    fit_blend,
+    sample_lists,
+)
+from models.catalog import CatalogColumns
 from models.dataset import CHANNELS, EventLog
-from models.domain import STAGES, EventType, ItemKind, Stage
+from models.domain import EVENT_TYPES, PURCHASE_LOG_EVENTS, STAGES, Event, EventType, ItemKind, Stage
 from models.errors import EmptyDatasetError
+from models.explain import explain
 from models.features import (
     Vocabulary,
     build_item_vocabulary,
@@ -23,8 +33,10 @@ from models.features import (
     represent_items,
     user_feature_rows,
 )
+from models.history import older_purchases
 from models.journey import DEFAULT_RULES, JourneyRules, stages_at, stages_before_events
 from models.profiles import profiles_from_log
+from models.request import RecommendedItem, VisitorContext
 from models.scoring import StageScorer, top_k
 from models.serving_rules import DEFAULT_SERVING, ServingRules
 from models.sources import ItemTables, fit_item_tables, substitutes_kept_out
@@ -157,6 +169,40 @@ def user_rows_for(
         [STAGES[s] for s in stages],
         [context[v] for v in visitors],
         n_user_features,
+    )
+
+
+def visitor_context(log: EventLog, visitor: int, now: float, recent: int = 100) -> VisitorContext:
+    """A visitor's state at ``now`` as the service would hold it, from their events in ``log`` before
+    ``now``: the latest ``recent`` events, the cart (items added and neither removed nor bought since),
+    each item's latest purchase and the purchase log (purchases and cancels)."""
+    rows = np.flatnonzero((log.visitor == visitor) & (log.ts < now))
+    rows = rows[np.argsort(log.ts[rows], kind="stable")]
+    events = [
+        Event(
+            visitor_id=log.visitor_ids[visitor],
+            item_id=log.catalog[int(log.item[i])].item_id,
+            event=EVENT_TYPES[int(log.event[i])],
+            timestamp=float(log.ts[i]),
+        )
+        for i in rows
+    ]
+    cart: dict[str, float] = {}
+    purchases: dict[str, float] = {}
+    for e in events:
+        if e.event is EventType.ADD_TO_CART:
+            cart[e.item_id] = e.timestamp
+        elif e.event in (EventType.REMOVE_FROM_CART, EventType.PURCHASE):
+            cart.pop(e.item_id, None)
+        if e.event is EventType.PURCHASE:
+            purchases[e.item_id] = e.timestamp
+    return VisitorContext(
+        visitor_id=log.visitor_ids[visitor],
+        events=events[-recent:],
+        cart=cart,
+        purchases=purchases,
+        now=now,
+        purchase_log=[e for e in events if e.event in PURCHASE_LOG_EVENTS],
     )
 
 
@@ -299,7 +345,11 @@ class StageAwareRanker:
         self.train = train
         self.fitted = fit_stage_model(train, self.cfg, self.progress)
 
-    def recommend(self, visitors: np.ndarray, now: float, k: int, exclude_seen: bool) -> np.ndarray:
+    def _scored(
+        self, visitors: np.ndarray, now: float, exclude_seen: bool
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per batch of ``visitors``: (float32 [b, n_items] blended scores, int8 [b, n_items] dominant
+        feature, bool [b, n_items] what may be recommended, int8 [b] stage at ``now``)."""
         if self.fitted is None or self.train is None:
             raise RuntimeError("fit() first")
         log, fm = self.train, self.fitted
@@ -308,14 +358,13 @@ class StageAwareRanker:
         known_v[np.unique(log.visitor)] = True
         allowed = product_mask(log) & fm.scorer.tables.known
         vocab_index = fm.user_vocab.index()
-        out = []
         bs = _batch_size(log.n_items, features=3)
         for lo in range(0, len(visitors), bs):
             vb = visitors[lo : lo + bs]
             prof = profiles_from_log(log, vb, now, self.cfg.weights)
             st = stage_all[vb]
             uf = user_rows_for(vocab_index, len(fm.user_vocab.names), log, vb, st, fm.context, known_v)
-            scores, _ = fm.scorer.score(prof, st, uf)
+            scores, dominant = fm.scorer.score(prof, st, uf)
             # as the service: retention never serves the substitutes of a fresh one-off purchase
             kept_out = substitutes_kept_out(
                 fm.scorer.tables, prof, st == Stage.RETENTION.index, fm.scorer.rules
@@ -323,8 +372,45 @@ class StageAwareRanker:
             ok = np.broadcast_to(allowed, scores.shape) & ~kept_out.toarray()
             if exclude_seen:
                 ok = ok & ~(prof.seen().toarray() > 0)
-            out.append(top_k(scores, k, ok))
+            yield scores, dominant, ok, st
+
+    def recommend(self, visitors: np.ndarray, now: float, k: int, exclude_seen: bool) -> np.ndarray:
+        out = [top_k(scores, k, ok) for scores, _, ok, _ in self._scored(visitors, now, exclude_seen)]
         return np.concatenate(out) if out else np.zeros((0, k), np.int32)
+
+    def fitted_blend(self) -> BlendWeights:
+        """The blend weights per stage that ``fit`` learned."""
+        if self.fitted is None:
+            raise RuntimeError("fit() first")
+        return self.fitted.blend
+
+    def explain_lists(
+        self, visitors: np.ndarray, now: float, k: int, exclude_seen: bool
+    ) -> list[list[RecommendedItem]]:
+        """The top ``k`` of ``recommend`` for each of ``visitors`` (int32 [u]) with each item's score,
+        source (the blend feature that added most to its score) and reason, explained as the service
+        explains a list (``models.explain``) from the visitor's training events up to ``now``."""
+        if self.fitted is None or self.train is None:
+            raise RuntimeError("fit() first")
+        log, fm = self.train, self.fitted
+        catalog = CatalogColumns.build(log.catalog)
+        out: list[list[RecommendedItem]] = []
+        done = 0
+        for scores, dominant, ok, st in self._scored(visitors, now, exclude_seen):
+            top = top_k(scores, k, ok)
+            for r in range(len(top)):
+                idx = top[r][top[r] >= 0].astype(np.int64)
+                sources = [FEATURE_SOURCES[f] for f in dominant[r, idx]]
+                ctx = visitor_context(log, int(visitors[done + r]), now)
+                stage = STAGES[int(st[r])]
+                rows = catalog.event_rows(ctx.events)
+                older = older_purchases(ctx)
+                items = explain(
+                    catalog, fm.scorer.tables, idx, scores[r, idx], sources, ctx, stage, None, rows, older
+                )
+                out.append(items)
+            done += len(top)
+        return out
 
     def score_items(self, visitors: np.ndarray, now: float, items: np.ndarray) -> np.ndarray:
         """float32 [u, c] factor scores of ``items`` (int64 [c]) for ``visitors`` (int32 [u]), the items

@@ -156,9 +156,18 @@ def test_evaluate_writes_the_documented_json(shop: Path, tmp_path: Path) -> None
     ours, pop = result["models"]["stage_aware"]["overall"], result["models"]["popularity"]["overall"]
     # the simulated journeys reward knowing the visitor: even a 3-epoch model must beat the crowd
     assert ours["ndcg"] > pop["ndcg"]
+    data = result["data"]
+    assert data["train"]["end"] < SPLIT <= data["test"]["start"]
+    assert data["rows"] == result["inputs"]["events"]["rows"]
+    assert data["train"]["events"] + data["test"]["events"] == result["inputs"]["events"]["events"]
+    assert [s["stage"] for s in result["blend"]["stages"]] == list(result["transitions"])
+    assert result["examples"]
+    for stage, lists in result["examples"].items():
+        assert all(e["stage"] == stage and 1 <= len(e["items"]) <= 5 for e in lists)
     html = report.read_text()
     assert html.startswith("<!doctype html>")
-    assert "<h2>Configuration</h2>" in html
+    for section in ("Data", "Configuration", "Blend weights per stage", "Example lists per stage"):
+        assert f"<h2>{section}</h2>" in html
     assert "stage_aware minus each baseline" in html
 
 
