@@ -231,6 +231,16 @@ def touchpoint(e: Event) -> TouchpointOut:
     return TouchpointOut(e.event.value, e.item_id, e.timestamp, iso, e.channel.value if e.channel else None)
 
 
+class IdentitiesOut(msgspec.Struct, frozen=True):
+    """The ids linked through logins (``POST /v1/identities``). ``user_id``: the user ``visitor_id`` is
+    linked to (None when it is not a linked anonymous id); ``anonymous_ids``: the anonymous ids linked to
+    ``visitor_id``'s user (``user_id`` when set, else ``visitor_id`` itself), sorted."""
+
+    visitor_id: str
+    user_id: str | None
+    anonymous_ids: list[str]
+
+
 class ErasedOut(msgspec.Struct, frozen=True):
     visitor_id: str
     erased: bool

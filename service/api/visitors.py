@@ -1,4 +1,4 @@
-"""Per-visitor endpoints: recommendations, retargeting, journey, erase (GDPR)."""
+"""Per-visitor endpoints: recommendations, retargeting, journey, linked identities, erase (GDPR)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from service.api.deps import (
 from service.auth import Scope, scopes
 from service.schemas import (
     ErasedOut,
+    IdentitiesOut,
     JourneyOut,
     RecommendationsOut,
     RetargetingOut,
@@ -200,6 +201,21 @@ class VisitorsController(Controller):
             purchases=sorted(state.purchases, key=lambda i: -state.purchases[i]),
             model_version=model.version,
         )
+
+    @get(
+        "/identities",
+        opt=scopes(Scope.READ),
+        summary="The ids linked to a visitor through logins",
+        description=(
+            "`user_id`: the user this id is linked to (null when it is not a linked anonymous id); "
+            "`anonymous_ids`: the anonymous ids linked to that user, or to this id when it is a user "
+            "(empty for a visitor nothing is linked to). Unknown ids answer the empty links, never 404."
+        ),
+    )
+    async def identities(self, svc: NamedDependency[Services], visitor_id: IdPath) -> IdentitiesOut:
+        user = await svc.store.resolve(visitor_id)
+        anonymous = await svc.store.linked(user)
+        return IdentitiesOut(visitor_id, user if user != visitor_id else None, anonymous)
 
     @delete(
         "/",

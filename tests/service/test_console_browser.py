@@ -278,6 +278,11 @@ def test_journey_page(tab: Tab) -> None:
 
 
 def test_visitor_page(tab: Tab, served: Served) -> None:
+    # a login links a fresh cookie to the visitor (a user id): the page lists it
+    anon = f"{served.visitor}-cookie-{uuid.uuid4().hex[:6]}"
+    link = {"anonymous_id": anon, "user_id": served.visitor}
+    r = httpx.post(f"{served.server.base}/v1/identities", json=link, headers={"X-API-Key": INGEST_KEY})
+    assert r.status_code == 200, r.text
     tab.goto("visitor")
     tab.page.get_by_label("Visitor id").fill(served.visitor)
     tab.page.get_by_role("button", name="Look up").click()
@@ -287,12 +292,25 @@ def test_visitor_page(tab: Tab, served: Served) -> None:
     products = tab.page.locator("table:has(caption:text('Products')) tbody tr")
     products.first.wait_for()
     assert products.count() == 10
-    assert "(inferred)" in tab.page.locator("dl.facts").nth(1).inner_text()
+    recs = tab.page.locator("section:has(h3:text-is('Recommendations')) dl.facts")
+    assert "(inferred)" in recs.inner_text()
+    identities = tab.page.locator("section:has(h3:text-is('Linked identities'))")
+    identities.get_by_role("link", name=anon, exact=True).wait_for()
+    linked = served.call("GET", f"/v1/visitors/{served.visitor}/identities")["anonymous_ids"]
+    assert anon in linked
+    assert identities.locator("ul li").count() == len(linked)
     # what the visitor would get at another stage
     tab.page.get_by_label("Stage (preview)").select_option("decision")
     tab.page.get_by_role("button", name="Look up").click()
     tab.page.get_by_text("decision (chosen above)").wait_for()
     tab.shot("visitor")
+    # the cookie's own page: an alias of the user, which links back
+    identities.get_by_role("link", name=anon, exact=True).click()
+    identities.get_by_text(f"{anon} (this id)").wait_for()
+    assert tab.page.evaluate("location.hash") == f"#visitor/{anon}"
+    identities.get_by_role("link", name=served.visitor, exact=True).click()
+    identities.get_by_role("link", name=anon, exact=True).wait_for()
+    assert tab.page.evaluate("location.hash") == f"#visitor/{served.visitor}"
 
 
 def test_what_is_typed_and_answered_stays_text(tab: Tab) -> None:

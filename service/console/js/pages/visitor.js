@@ -1,4 +1,5 @@
-// Visitor explorer: GET /v1/visitors/{id}/journey and /recommendations (any stage or placement), erase (admin).
+// Visitor explorer: GET /v1/visitors/{id}/journey, /identities and /recommendations (any stage or placement),
+// erase (admin).
 import { del, get, query, seg } from "../api.js";
 import { STAGES } from "../charts.js";
 import { append, card, confirmBox, errorMsg, facts, field, fmt, h, msg, replace, select, table } from "../dom.js";
@@ -36,8 +37,36 @@ async function load(out, visitorId, opts) {
   replace(out, msg("info", "Loading…"));
   const journeyBox = h("div");
   const recsBox = h("div");
-  replace(out, h("div", { class: "grid2" }, journeyBox, recsBox), eraseCard(visitorId, out));
-  await Promise.all([journey(journeyBox, visitorId), recommendations(recsBox, visitorId, opts)]);
+  const idsBox = h("div");
+  replace(out, idsBox, h("div", { class: "grid2" }, journeyBox, recsBox), eraseCard(visitorId, out));
+  await Promise.all([identities(idsBox, visitorId), journey(journeyBox, visitorId), recommendations(recsBox, visitorId, opts)]);
+}
+
+// A link that looks `id` up on this page (the hash carries it: #visitor/<id>).
+const visitorLink = (id) => h("a", { href: `#visitor/${encodeURIComponent(id)}`, class: "visitor-link" }, id);
+
+async function identities(box, visitorId) {
+  let ids;
+  try {
+    ids = await get(`/v1/visitors/${seg(visitorId)}/identities`);
+  } catch (err) {
+    replace(box, card("Linked identities", errorMsg(err)));
+    return;
+  }
+  const user = ids.user_id;
+  const others = ids.anonymous_ids.filter((a) => a !== visitorId);
+  const anonymous = ids.anonymous_ids.length
+    ? h("ul", { class: "plain inline-list", "aria-label": "Anonymous ids linked to the user" },
+      ids.anonymous_ids.map((a) => h("li", {}, a === visitorId ? h("strong", {}, `${a} (this id)`) : visitorLink(a))))
+    : h("span", { class: "muted" }, "none");
+  replace(box, card("Linked identities",
+    facts([
+      ["Linked to user", user ? visitorLink(user) : (ids.anonymous_ids.length ? "this id is the user" : "none: not linked to a user")],
+      [user ? "The user's anonymous ids" : "Anonymous ids linked to it", anonymous],
+    ]),
+    h("p", { class: "muted" }, user
+      ? `This anonymous id is an alias: its events and reads are ${user}'s (${others.length ? `${others.length} other id${others.length === 1 ? "" : "s"} too` : "the only one linked"}).`
+      : "Logins (POST /v1/identities) link anonymous ids to a user; reads of a linked id serve the user's state.")));
 }
 
 async function journey(box, visitorId) {
