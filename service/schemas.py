@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from models.domain import Channel, Event, EventType, Source
+from models.domain import Channel, Event, EventType, Source, Stage
 from models.errors import InvalidInputError
 from models.request import RuleEffect
 from models.rules import PLACEMENT_PATTERN, Rule
@@ -210,11 +210,15 @@ class ExportLine(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class TouchpointOut(msgspec.Struct, frozen=True):
+    """One stored event; ``stage``: the stage the visitor was in just after it
+    (``models.journey.stages_after_events``)."""
+
     event: str
     item_id: str
     timestamp: float
     time: str
     channel: str | None
+    stage: str
 
 
 class JourneyOut(msgspec.Struct, frozen=True):
@@ -226,9 +230,10 @@ class JourneyOut(msgspec.Struct, frozen=True):
     model_version: str
 
 
-def touchpoint(e: Event) -> TouchpointOut:
+def touchpoint(e: Event, stage: Stage) -> TouchpointOut:
     iso = dt.datetime.fromtimestamp(e.timestamp, dt.UTC).isoformat(timespec="seconds")
-    return TouchpointOut(e.event.value, e.item_id, e.timestamp, iso, e.channel.value if e.channel else None)
+    channel = e.channel.value if e.channel else None
+    return TouchpointOut(e.event.value, e.item_id, e.timestamp, iso, channel, stage.value)
 
 
 class IdentitiesOut(msgspec.Struct, frozen=True):

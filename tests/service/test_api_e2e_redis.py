@@ -215,6 +215,12 @@ def test_journey_walk_through_every_stage(http: httpx.Client) -> None:
     assert kettle not in [p[0] for p in decision_products]  # in the cart
     retention_products = seen[3][1][0]
     assert kettle not in [p[0] for p in retention_products]  # bought, not repeatable
+    # each touchpoint with the stage just after it (the third product view makes the weight 3)
+    j = http.get(f"/v1/visitors/{visitor}/journey", headers=H_READ).json()
+    after = ["awareness"] * 4 + ["consideration"] * 2 + ["decision"] * 2 + ["retention", "advocacy"]
+    assert [(t["event"], t["stage"]) for t in j["touchpoints"]] == list(
+        zip([e["event"] for _, events in steps for e in events], after, strict=True)
+    )[::-1]
 
 
 def test_erase_leaves_no_key_of_the_visitor(

@@ -289,6 +289,10 @@ def test_visitor_page(tab: Tab, served: Served) -> None:
     touchpoints = tab.page.locator("table:has(caption:text('Touchpoints')) tbody tr")
     touchpoints.first.wait_for()
     assert touchpoints.count() >= 5
+    # each touchpoint with the stage just after it, as the API answers it
+    answer = served.call("GET", f"/v1/visitors/{served.visitor}/journey?limit=50")["touchpoints"]
+    shown = touchpoints.locator("td:last-child").all_inner_texts()
+    assert shown == [t["stage"] for t in answer]
     products = tab.page.locator("table:has(caption:text('Products')) tbody tr")
     products.first.wait_for()
     assert products.count() == 10

@@ -77,16 +77,18 @@ async function journey(box, visitorId) {
     replace(box, card("Journey", errorMsg(err)));
     return;
   }
-  const rows = j.touchpoints.map((t) => [t.time.replace("T", " "), t.event, t.item_id, t.channel || "–"]);
+  const rows = j.touchpoints.map((t) => [t.time.replace("T", " ").replace(/\+00:00$/, ""), t.event, t.item_id, t.channel || "–",
+    h("span", { class: `stage-badge stage-${STAGES.includes(t.stage) ? t.stage : "other"}` }, t.stage)]);
   replace(box, card("Journey",
     facts([["Visitor", j.visitor_id], ["Stage", h("strong", { class: "stage-name" }, j.stage.name)],
       ["Confidence", fmt.pct(j.stage.confidence, 0)], ["Cart", j.cart.length ? j.cart.join(", ") : "empty"],
       ["Purchases", j.purchases.length ? j.purchases.join(", ") : "none"], ["Model", j.model_version]]),
     h("h3", {}, "Signals"),
     j.stage.signals.length ? h("ul", { class: "plain signals" }, j.stage.signals.map((s) => h("li", {}, s))) : h("p", { class: "muted" }, "none"),
-    table("Touchpoints, newest first", [{ label: "Time (UTC)" }, { label: "Event" }, { label: "Item" }, { label: "Channel" }], rows,
-      { empty: "no touchpoint stored for this visitor", limit: true }),
-    h("p", { class: "muted" }, "The stage is the visitor's stage now; the API does not keep the stage at each past touchpoint.")));
+    table("Touchpoints, newest first", [{ label: "Time (UTC)" }, { label: "Event" }, { label: "Item" }, { label: "Channel" },
+      { label: "Stage after" }], rows, { empty: "no touchpoint stored for this visitor", limit: true }),
+    h("p", { class: "muted" }, "Stage after: the stage the visitor was in just after each touchpoint (the stage engine over the "
+      + "touchpoints up to it). The stage above is the stage now, which time alone can change (an abandoned cart expires, a customer lapses).")));
 }
 
 function itemRows(items) {
