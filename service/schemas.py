@@ -12,6 +12,7 @@ from models.domain import Channel, Event, EventType, Source, Stage
 from models.errors import InvalidInputError
 from models.request import RuleEffect
 from models.rules import PLACEMENT_PATTERN, Rule
+from service.store.fleet_base import WorkerBeat
 from service.store.rules_base import AuditEntry
 
 if TYPE_CHECKING:
@@ -305,11 +306,30 @@ class VersionOut(msgspec.Struct, frozen=True, omit_defaults=True):
     error: str | None = None
 
 
+class WorkerOut(msgspec.Struct, frozen=True):
+    """One worker process heard from lately (``service.heartbeat``): ``worker`` ``host:pid``; the model
+    version it serves (None: none loaded); when it started and when it was last seen (POSIX seconds, its
+    own clock) and how many seconds before this answer that was (the answering worker's clock)."""
+
+    worker: str
+    model_version: str | None
+    started: float
+    last_seen: float
+    seen_seconds_ago: float
+
+    @classmethod
+    def of(cls, beat: WorkerBeat, now: float) -> WorkerOut:
+        ago = round(max(now - beat.last_seen, 0.0), 3)
+        return cls(beat.worker, beat.model_version, beat.started, beat.last_seen, ago)
+
+
 class ModelsOut(msgspec.Struct, frozen=True):
     """``last_error``: why the last reload failed (None once a reload succeeds); ``last_refused``: the last
     version this worker refused, kept after later versions load; ``catalog_version``: the version of the
     live catalog this worker serves; ``published``: every version of ``versions`` with its manifest's
-    figures (oldest first)."""
+    figures (oldest first); ``worker``: the worker that answered (``host:pid``); ``workers``: every worker
+    heard from within three heartbeat intervals with the version it serves, by worker id
+    (``workers_error``: why they could not be read, the list then empty)."""
 
     live: ModelInfo | None
     latest: str | None
@@ -318,6 +338,9 @@ class ModelsOut(msgspec.Struct, frozen=True):
     last_refused: Refusal | None = None
     catalog_version: int = 0
     published: list[VersionOut] = msgspec.field(default_factory=list)
+    worker: str = ""
+    workers: list[WorkerOut] = msgspec.field(default_factory=list)
+    workers_error: str | None = None
 
 
 class ReloadOut(msgspec.Struct, frozen=True):

@@ -386,6 +386,12 @@ def test_models_page_rolls_back(tab: Tab, served: Served, two_models: tuple[Path
     tab.goto("models")
     tab.page.locator("table:has(caption:text('Blend weights')) tbody tr").first.wait_for()
     assert tab.page.locator("canvas").count() == 1
+    # both workers, each with the version it serves
+    workers = tab.page.locator("table:has(caption:text('Workers and the version each serves')) tbody tr")
+    assert workers.count() == 2
+    assert [t.split("\t")[1] for t in workers.all_inner_texts()] == [new, new]
+    listed = {w["worker"] for w in served.call("GET", "/v1/models")["workers"]}
+    assert set(workers.locator("th").all_inner_texts()) == listed
     tab.shot("models")
     tab.page.get_by_role("button", name=f"Activate {old}").click()
     tab.page.get_by_role("alertdialog").get_by_role("button", name="Activate").click()
@@ -401,6 +407,15 @@ def test_models_page_rolls_back(tab: Tab, served: Served, two_models: tuple[Path
             break
         time.sleep(0.05)
     assert run == 12
+    # the page says so too: both workers serve the old version, which latest points at
+    for _ in range(100):
+        tab.page.reload()
+        workers.first.wait_for()
+        if [t.split("\t")[1] for t in workers.all_inner_texts()] == [old, old]:
+            break
+        time.sleep(0.1)
+    assert [t.split("\t")[1] for t in workers.all_inner_texts()] == [old, old]
+    assert workers.get_by_text("not latest").count() == 0
 
 
 def test_a_read_only_key_sees_but_cannot_act(tab: Tab, served: Served) -> None:
