@@ -269,6 +269,8 @@ def test_journey_page(tab: Tab) -> None:
     assert int(first.replace(",", "")) > 0  # awareness visitors from the traffic
     assert tab.page.locator("canvas").count() == 2
     assert tab.page.locator("table:has(caption:text('Transitions')) tbody tr").count() >= 1
+    # the page says when its data is on screen (scripts/bench_console.py times pages by it)
+    tab.page.locator('main[aria-busy="false"] .page[data-page="journey"]').wait_for()
     yesterday = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
     tab.page.get_by_label("From (UTC, inclusive)").fill(yesterday)  # the traffic came in the last minutes
     tab.page.get_by_label("Granularity").select_option("hour")
