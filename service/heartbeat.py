@@ -40,7 +40,7 @@ class Heartbeat:
         self.worker = worker_id()
         self.started = clock()
 
-    def now(self) -> WorkerBeat:
+    def current(self) -> WorkerBeat:
         """This worker's beat at this moment."""
         model = self.holder.current
         version = model.version if model is not None else None
@@ -49,7 +49,7 @@ class Heartbeat:
     async def beat(self) -> bool:
         """Write this worker's beat; False (logged) when the store did not take it."""
         try:
-            await self.fleet.beat(self.now())
+            await self.fleet.beat(self.current())
         except StoreUnavailableError as e:
             log.warning("worker heartbeat not written: %s", e)
             return False
