@@ -13,7 +13,8 @@ service runs by default); a draft experiment so that the Experiments page lists 
 1. recommend p50 at concurrency 1 (``wrk -t1 -c1``, ``--duration`` s, rotating over 2,000 of those
    visitors) without and with a headless Chromium (Debian's ``/usr/bin/chromium`` driven by Playwright)
    keeping the console open with the operator's key and moving to the next page every ``--cycle``
-   seconds (Journey, a visitor, Experiments, Catalog & rules, Models, again); alternated ``--rounds``
+   seconds (Journey, a visitor, Experiments, Catalog & rules, Models, again: each page at least once in a
+   run of 10 s); alternated ``--rounds``
    times (without, with, without, with), so a drift of the machine's load weighs on both;
 2. each page's load time: from the start of a navigation to ``/console#<page>`` (a fresh document, the
    key already in the tab) to the page's data rendered (the console sets ``aria-busy="false"`` on its
@@ -138,16 +139,17 @@ def _browser(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
 
 
-def _tab(browser: Any, base: str, errors: list[str]) -> Any:
-    """A tab on the console with the operator's key entered (kept in the tab's sessionStorage)."""
+def _tab(browser: Any, base: str, errors: list[str], first: str = "journey") -> Any:
+    """A tab on the console's page ``first`` with the operator's key entered (kept in the tab's
+    sessionStorage)."""
     page = browser.new_context(viewport={"width": 1366, "height": 768}).new_page()
     page.set_default_timeout(30_000)
     page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    page.goto(f"{base}/console#journey")
+    page.goto(f"{base}/console#{first}")
     page.get_by_label("API key", exact=True).fill(API_KEY)
     page.get_by_label("API key", exact=True).press("Enter")
-    page.wait_for_selector('main[aria-busy="false"] .page[data-page="journey"]')
+    page.wait_for_selector(f'main[aria-busy="false"] .page[data-page="{first}"]')
     return page
 
 
@@ -167,6 +169,7 @@ class ConsoleOpen(threading.Thread):
         self.errors: list[str] = []
         self.api_requests = 0
         self.pages_shown = 0
+        self.shown: set[str] = set()
         self.failure: Exception | None = None
 
     def run(self) -> None:
@@ -176,16 +179,18 @@ class ConsoleOpen(threading.Thread):
             with sync_playwright() as p:
                 browser = _browser(p)
                 try:
-                    page = _tab(browser, self.base, self.errors)
+                    # opened on the last page: the cycle starts with the first one (Journey, the heaviest)
+                    page = _tab(browser, self.base, self.errors, first=PAGES[-1])
                     page.on("request", lambda r: self._count(r.url))
                     self.ready.set()
                     i = 0
                     while not self.stop.is_set():
-                        i += 1
                         name = PAGES[i % len(PAGES)]
+                        i += 1
                         page.evaluate("h => { location.hash = h; }", _hash(name, self.visitor))
                         page.wait_for_selector(f'main[aria-busy="false"] .page[data-page="{name}"]')
                         self.pages_shown += 1
+                        self.shown.add(name)
                         self.stop.wait(self.cycle)
                 finally:
                     browser.close()
@@ -233,8 +238,11 @@ def p50_rounds(
                 console_pages_shown=opened.pages_shown if opened is not None else 0,
             )
             rounds.append(one)
+            if opened is not None and opened.shown != set(PAGES):
+                raise RuntimeError(f"the console showed only {sorted(opened.shown)}: use a shorter --cycle")
             extra = (
-                f"; console showed {one.console_pages_shown} pages, {one.console_api_requests} API calls"
+                f"; console showed {one.console_pages_shown} pages (all five), "
+                f"{one.console_api_requests} API calls"
                 if with_console
                 else ""
             )
@@ -299,7 +307,7 @@ def main() -> None:
     ap.add_argument("--ingest-concurrency", type=int, default=4)
     ap.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
     ap.add_argument("--rounds", type=int, default=2, help="pairs of runs without and with the console")
-    ap.add_argument("--cycle", type=float, default=3.0, help="seconds the console stays on a page")
+    ap.add_argument("--cycle", type=float, default=2.0, help="seconds the console stays on a page")
     ap.add_argument("--loads", type=int, default=5, help="timed loads of each page")
     ap.add_argument("--report", type=Path, default=REPORT)
     args = ap.parse_args()
