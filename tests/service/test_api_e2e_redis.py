@@ -366,11 +366,15 @@ def test_models_lists_every_worker_and_a_stopped_one_leaves(
 
 
 def _worker_pids(server: Server) -> list[str]:
-    """The pids of the server's worker processes (children of the serve process)."""
-    done = subprocess.run(
-        ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True, check=False, timeout=10
-    )
-    return done.stdout.split()
+    """The pids of the server's worker processes (children of the serve process, read from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == server.proc.pid:
+                children.append(stat.parent.name)
+    return children
 
 
 def test_every_worker_follows_a_new_latest(two_workers: tuple[Server, Path]) -> None:
