@@ -5,10 +5,11 @@ quantities (is a cart open and since when, the last purchase, the last review/sh
 consideration activity the recent window holds) that are evaluated *vectorised* for many (visitor, time)
 queries at once: ``stages_at`` (every visitor at one moment, offline) and ``stages_before_events`` (the
 stage each visitor was in just before each of their events, for training) go through ``_state`` /
-``_classify``. ``infer_stage`` (one live visitor, with the human-readable signals) goes through their
-plain-Python twins ``_state_one`` / ``_classify_one``, because numpy on one-element arrays costs more than
-the rules; hypothesis tests check each twin against the vectorised code, so training, evaluation and
-serving cannot drift apart about a stage.
+``_classify``, and so does ``stages_after_events`` (the stage one visitor was in just after each of their
+events, for the journey answer's touchpoints). ``infer_stage`` (one live visitor, with the human-readable
+signals) goes through their plain-Python twins ``_state_one`` / ``_classify_one``, because numpy on
+one-element arrays costs more than the rules; hypothesis tests check each twin against the vectorised
+code, so training, evaluation and serving cannot drift apart about a stage.
 
 Rules, in priority order (thresholds are ``JourneyRules`` fields, documented there):
 
@@ -347,6 +348,29 @@ def stages_before_events(log: EventLog, rules: JourneyRules = DEFAULT_RULES) -> 
     rows = np.arange(log.n_events, dtype=np.int64)
     s = _state(log.visitor, log.ts, log.event, log.visitor, rows, log.ts, rules)
     return _classify(s, rules)
+
+
+def stages_after_events(
+    events: Sequence[Event], rules: JourneyRules = DEFAULT_RULES
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stage one visitor was in just after each of their events, in one vectorised pass.
+
+    The stage after event i is the engine's answer at a moment just after its time, over the events up to
+    and including it in time order (events at the same time: in the order given, so a later one of them
+    is not yet history). With distinct times that is ``infer_stage(events, nextafter(t_i))``.
+    Returns (int8[n] ``Stage.index``, float32[n] confidence), aligned with ``events`` as given (any order).
+    """
+    n = len(events)
+    ts = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=n)
+    codes = np.fromiter((e.event.code for e in events), dtype=np.int8, count=n)
+    order = np.argsort(ts, kind="stable")
+    t, c = ts[order], codes[order]
+    one = np.zeros(n, dtype=np.int64)  # a single visitor
+    rows = np.arange(1, n + 1, dtype=np.int64)  # query i sees the rows [0, i]
+    stage, conf = stages_of_queries(one, t, c, one, rows, np.nextafter(t, np.inf), rules)
+    out_stage, out_conf = np.empty(n, dtype=np.int8), np.empty(n, dtype=np.float32)
+    out_stage[order], out_conf[order] = stage, conf
+    return out_stage, out_conf
 
 
 def _signals(

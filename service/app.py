@@ -4,7 +4,8 @@ Layout: ``/v1/...`` API (API-key scopes per route), ``/health/live`` and ``/heal
 ``/metrics`` (Prometheus, no key: bind it to a private network), OpenAPI at ``/schema``, the operator
 console at ``/console`` (static files, no key; its data comes from ``/v1`` with the operator's key).
 Body limits: the ingest, export and catalog batch routes accept ``settings.max_body_bytes``; everything else
-64 KiB. Every worker follows the live catalog (``service.catalog_follower``).
+64 KiB. Every worker follows the live catalog (``service.catalog_follower``) and writes a heartbeat
+(``service.heartbeat``: which model version it serves, for ``GET /v1/models``).
 Every JSON body's nesting depth is checked before msgspec decodes it.
 """
 
@@ -52,6 +53,7 @@ from service.experiment_runtime import ExperimentFollower, ExperimentRuntime
 from service.experiments_results import StatsProvider
 from service.feedback.serve import build_feedback
 from service.followers import Followers, every
+from service.heartbeat import Heartbeat
 from service.json_guard import decode_json
 from service.model_holder import ModelHolder
 from service.openapi_body import keep_event_components
@@ -64,7 +66,13 @@ from service.settings import Settings, settings_for_worker
 from service.store.base import VisitorStore
 from service.store.catalog_base import CatalogStore
 from service.store.experiments_base import ExperimentStore
-from service.store.factory import build_catalog, build_experiments_store, build_rules_store, build_store
+from service.store.factory import (
+    build_catalog,
+    build_experiments_store,
+    build_fleet,
+    build_rules_store,
+    build_store,
+)
 from service.store.redis_store import RedisStore
 from service.store.redis_url import CLUSTER_SERVING_REFUSED
 from service.store.rules_base import RulesStore
@@ -154,6 +162,7 @@ def create_app(
         ExperimentRuntime(holder, settings.experiments_holdout),
     )
     feedback = build_feedback(settings, the_store)
+    heartbeat = Heartbeat(build_fleet(the_store, settings), holder)
     services = Services(
         settings=settings,
         store=the_store,
@@ -163,6 +172,7 @@ def create_app(
         experiments=experiment_follower,
         feedback=feedback,
         stats=stats if stats is not None else feedback.store,
+        heartbeat=heartbeat,
     )
 
     tracker = build_tracker(the_store, settings, analytics)
@@ -180,7 +190,9 @@ def create_app(
     async def check_latest() -> None:
         """Load ``latest`` if it moved (every worker; POST /v1/models/reload reaches only one)."""
         try:
-            await holder.reload_if_changed()
+            result = await holder.reload_if_changed()
+            if result is not None and result.changed:
+                await heartbeat.beat()  # the fleet sees the new version at once
         except ArtifactError:
             pass  # refused: logged, counted and recorded by the holder; the old model serves
         except OSError as e:
@@ -208,6 +220,12 @@ def create_app(
         followers.start(
             "follow-experiments", every(settings.experiments_poll_seconds, experiment_follower.step)
         )
+        await heartbeat.beat()  # listed with the version it serves before the first request
+
+        async def beat() -> None:
+            await heartbeat.beat()  # a failure is logged; the next interval tries again
+
+        followers.start("heartbeat", every(settings.heartbeat_seconds, beat))
 
     async def close_store() -> None:
         await feedback.close()  # counts the served lists still queued first
@@ -298,7 +316,7 @@ def create_app(
         openapi_config=openapi,
         state=State({"settings": settings}),
         on_startup=[load_model_on_startup, start_followers],
-        on_shutdown=[followers.stop, close_store],
+        on_shutdown=[followers.stop, heartbeat.leave, close_store],
         stores=stores,
         logging_config=LoggingConfig(
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from models.domain import Channel, Event, EventType, Source
+from models.domain import Channel, Event, EventType, Source, Stage
 from models.errors import InvalidInputError
 from models.request import RuleEffect
 from models.rules import PLACEMENT_PATTERN, Rule
+from service.store.fleet_base import WorkerBeat
 from service.store.rules_base import AuditEntry
 
 if TYPE_CHECKING:
@@ -210,11 +211,15 @@ class ExportLine(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class TouchpointOut(msgspec.Struct, frozen=True):
+    """One stored event; ``stage``: the stage the visitor was in just after it
+    (``models.journey.stages_after_events``)."""
+
     event: str
     item_id: str
     timestamp: float
     time: str
     channel: str | None
+    stage: str
 
 
 class JourneyOut(msgspec.Struct, frozen=True):
@@ -226,9 +231,20 @@ class JourneyOut(msgspec.Struct, frozen=True):
     model_version: str
 
 
-def touchpoint(e: Event) -> TouchpointOut:
+def touchpoint(e: Event, stage: Stage) -> TouchpointOut:
     iso = dt.datetime.fromtimestamp(e.timestamp, dt.UTC).isoformat(timespec="seconds")
-    return TouchpointOut(e.event.value, e.item_id, e.timestamp, iso, e.channel.value if e.channel else None)
+    channel = e.channel.value if e.channel else None
+    return TouchpointOut(e.event.value, e.item_id, e.timestamp, iso, channel, stage.value)
+
+
+class IdentitiesOut(msgspec.Struct, frozen=True):
+    """The ids linked through logins (``POST /v1/identities``). ``user_id``: the user ``visitor_id`` is
+    linked to (None when it is not a linked anonymous id); ``anonymous_ids``: the anonymous ids linked to
+    ``visitor_id``'s user (``user_id`` when set, else ``visitor_id`` itself), sorted."""
+
+    visitor_id: str
+    user_id: str | None
+    anonymous_ids: list[str]
 
 
 class ErasedOut(msgspec.Struct, frozen=True):
@@ -290,11 +306,30 @@ class VersionOut(msgspec.Struct, frozen=True, omit_defaults=True):
     error: str | None = None
 
 
+class WorkerOut(msgspec.Struct, frozen=True):
+    """One worker process heard from lately (``service.heartbeat``): ``worker`` ``host:pid``; the model
+    version it serves (None: none loaded); when it started and when it was last seen (POSIX seconds, its
+    own clock) and how many seconds before this answer that was (the answering worker's clock)."""
+
+    worker: str
+    model_version: str | None
+    started: float
+    last_seen: float
+    seen_seconds_ago: float
+
+    @classmethod
+    def of(cls, beat: WorkerBeat, now: float) -> WorkerOut:
+        ago = round(max(now - beat.last_seen, 0.0), 3)
+        return cls(beat.worker, beat.model_version, beat.started, beat.last_seen, ago)
+
+
 class ModelsOut(msgspec.Struct, frozen=True):
     """``last_error``: why the last reload failed (None once a reload succeeds); ``last_refused``: the last
     version this worker refused, kept after later versions load; ``catalog_version``: the version of the
     live catalog this worker serves; ``published``: every version of ``versions`` with its manifest's
-    figures (oldest first)."""
+    figures (oldest first); ``worker``: the worker that answered (``host:pid``); ``workers``: every worker
+    heard from within three heartbeat intervals with the version it serves, by worker id
+    (``workers_error``: why they could not be read, the list then empty)."""
 
     live: ModelInfo | None
     latest: str | None
@@ -303,6 +338,9 @@ class ModelsOut(msgspec.Struct, frozen=True):
     last_refused: Refusal | None = None
     catalog_version: int = 0
     published: list[VersionOut] = msgspec.field(default_factory=list)
+    worker: str = ""
+    workers: list[WorkerOut] = msgspec.field(default_factory=list)
+    workers_error: str | None = None
 
 
 class ReloadOut(msgspec.Struct, frozen=True):

@@ -75,6 +75,7 @@ ENV: dict[str, str] = {
     "attribution_impression_window_seconds": "JOURNEYREC_ATTRIBUTION_IMPRESSION_WINDOW_SECONDS",
     "served_lists_per_visitor": "JOURNEYREC_SERVED_LISTS_PER_VISITOR",
     "log_served_lists": "JOURNEYREC_LOG_SERVED_LISTS",
+    "heartbeat_seconds": "JOURNEYREC_HEARTBEAT_SECONDS",
 }
 FLAGS: dict[str, str] = {"models_dir": "--models"}
 _BOOLS = {
@@ -212,6 +213,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # keep each list answered to a visitor for attribution (off: answers still carry a recommendation_id,
     # but no event can be credited to them)
     log_served_lists: bool = True
+    # every worker writes a heartbeat this often: its id (host:pid), the model version it serves, when it
+    # started and when it was last seen (GET /v1/models lists the workers); a worker not heard from for
+    # three of these is no longer listed
+    heartbeat_seconds: Annotated[float, msgspec.Meta(ge=0.05, le=300)] = 5.0
 
     def __post_init__(self) -> None:
         self.exploration_shares  # noqa: B018 (raises InvalidInputError naming the setting)

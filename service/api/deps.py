@@ -19,6 +19,7 @@ from service.auth import Scope, require_scope
 from service.experiment_runtime import ExperimentFollower
 from service.experiments_results import StatsProvider
 from service.feedback.serve import Feedback, ServedTag
+from service.heartbeat import Heartbeat
 from service.model_holder import ModelHolder
 from service.rules_follower import RulesFollower
 from service.settings import Settings
@@ -44,6 +45,7 @@ class Services:
     experiments: ExperimentFollower  # the experiments store, and this worker's running experiments
     stats: StatsProvider  # the feedback counters experiment results are computed from
     feedback: Feedback  # recommendation ids, the served-list log, attribution counters
+    heartbeat: Heartbeat  # this worker in the fleet store: which version each worker serves
 
 
 def check_mark_sent(connection: ASGIConnection[Any, Any, Any, Any], campaign: str | None, name: str) -> None:

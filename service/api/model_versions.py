@@ -1,9 +1,11 @@
 """``GET /v1/models``, ``POST /v1/models/reload`` and ``POST /v1/models/activate`` (admin): the published
-versions, hot reload of ``latest``, and a roll back (or forward) to a published version."""
+versions and the version each worker serves (``service.heartbeat``), hot reload of ``latest``, and a roll
+back (or forward) to a published version."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import msgspec
@@ -13,10 +15,11 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from models.artifact import read_manifest
-from models.errors import ArtifactError
+from models.errors import ArtifactError, StoreUnavailableError
 from service.api.deps import Services
 from service.auth import Scope, scopes
-from service.schemas import ActivateIn, ModelInfo, ModelsOut, ReloadOut, VersionOut
+from service.heartbeat import Heartbeat
+from service.schemas import ActivateIn, ModelInfo, ModelsOut, ReloadOut, VersionOut, WorkerOut
 
 
 def published(models_dir: Path | None, versions: list[str]) -> list[VersionOut]:
@@ -38,7 +41,17 @@ class ModelsController(Controller):
     path = "/models"
     tags = ["models"]  # noqa: RUF012 (Litestar reads a class attribute)
 
-    @get("/", opt=scopes(Scope.READ, Scope.ADMIN), summary="The live model and the published versions")
+    @get(
+        "/",
+        opt=scopes(Scope.READ, Scope.ADMIN),
+        summary="The live model, the published versions and the version each worker serves",
+        description=(
+            "`live` and the reload state are the answering worker's (`worker`, host:pid); `workers` lists "
+            "every worker heard from within three heartbeats (JOURNEYREC_HEARTBEAT_SECONDS) with the "
+            "version it serves, when it started and when it was last seen (`workers_error` says why the "
+            "list is empty when the store could not be read)."
+        ),
+    )
     async def list_models(self, svc: NamedDependency[Services]) -> ModelsOut:
         holder = svc.holder
         model = holder.current
@@ -48,6 +61,7 @@ class ModelsController(Controller):
             else None
         )
         versions = holder.versions()
+        workers, workers_error = await _workers(svc.heartbeat)
         return ModelsOut(
             live=live,
             latest=holder.latest_name(),
@@ -56,6 +70,9 @@ class ModelsController(Controller):
             last_refused=holder.last_refusal,
             catalog_version=holder.overlay.version,
             published=await asyncio.to_thread(published, holder.models_dir, versions),
+            worker=svc.heartbeat.worker,
+            workers=workers,
+            workers_error=workers_error,
         )
 
     @post(
@@ -67,6 +84,8 @@ class ModelsController(Controller):
     )
     async def reload(self, svc: NamedDependency[Services]) -> ReloadOut:
         result = await svc.holder.reload()  # refused: ArtifactError (422), counted by the holder
+        if result.changed:
+            await svc.heartbeat.beat()  # the fleet sees this worker's new version at once
         return ReloadOut(result.version, result.previous, result.changed)
 
     @post(
@@ -83,4 +102,16 @@ class ModelsController(Controller):
     )
     async def activate(self, svc: NamedDependency[Services], data: JSONBody[ActivateIn]) -> ReloadOut:
         result = await svc.holder.activate(data.version)
+        if result.changed:
+            await svc.heartbeat.beat()
         return ReloadOut(result.version, result.previous, result.changed)
+
+
+async def _workers(heartbeat: Heartbeat) -> tuple[list[WorkerOut], str | None]:
+    """The workers heard from lately, or none and why (the rest of the answer does not need the store)."""
+    try:
+        beats = await heartbeat.fleet.workers()
+    except StoreUnavailableError as e:
+        return [], str(e)
+    now = time.time()
+    return [WorkerOut.of(b, now) for b in beats], None

@@ -1,4 +1,4 @@
-"""Per-visitor endpoints: recommendations, retargeting, journey, erase (GDPR)."""
+"""Per-visitor endpoints: recommendations, retargeting, journey, linked identities, erase (GDPR)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
-from models.domain import Channel, Stage
+from models.domain import STAGES, Channel, Stage
 from models.errors import StoreUnavailableError
+from models.journey import stages_after_events
 from models.referrer import channel_from_referrer
 from models.request import Filters
 from service import experiment_runtime, metrics
@@ -29,6 +30,7 @@ from service.api.deps import (
 from service.auth import Scope, scopes
 from service.schemas import (
     ErasedOut,
+    IdentitiesOut,
     JourneyOut,
     RecommendationsOut,
     RetargetingOut,
@@ -181,7 +183,16 @@ class VisitorsController(Controller):
             tag.variant,
         )
 
-    @get("/journey", opt=scopes(Scope.READ), summary="Journey stage, signals and recent touchpoints")
+    @get(
+        "/journey",
+        opt=scopes(Scope.READ),
+        summary="Journey stage, signals and recent touchpoints",
+        description=(
+            "The visitor's stage now, with its confidence and signals; the most recent stored events, "
+            "newest first, each with `stage`: the stage the visitor was in just after it (the stage engine "
+            "over the events up to it, asked at its time); the cart and the purchases."
+        ),
+    )
     async def journey(
         self,
         svc: NamedDependency[Services],
@@ -191,15 +202,32 @@ class VisitorsController(Controller):
         model = svc.holder.require()
         state = await svc.store.visitor(visitor_id)
         result = model.stage_of(context_of(state))
-        recent = state.events[::-1][:limit]
+        # the stage after each stored event, all in one vectorised pass over the visitor's history
+        after, _ = stages_after_events(state.events, model.rules)
+        newest_first = range(len(state.events) - 1, -1, -1)[:limit]
         return JourneyOut(
             visitor_id=visitor_id,
             stage=StageOut.of(result),
-            touchpoints=[touchpoint(e) for e in recent],
+            touchpoints=[touchpoint(state.events[i], STAGES[after[i]]) for i in newest_first],
             cart=sorted(state.cart, key=lambda i: -state.cart[i]),
             purchases=sorted(state.purchases, key=lambda i: -state.purchases[i]),
             model_version=model.version,
         )
+
+    @get(
+        "/identities",
+        opt=scopes(Scope.READ),
+        summary="The ids linked to a visitor through logins",
+        description=(
+            "`user_id`: the user this id is linked to (null when it is not a linked anonymous id); "
+            "`anonymous_ids`: the anonymous ids linked to that user, or to this id when it is a user "
+            "(empty for a visitor nothing is linked to). Unknown ids answer the empty links, never 404."
+        ),
+    )
+    async def identities(self, svc: NamedDependency[Services], visitor_id: IdPath) -> IdentitiesOut:
+        user = await svc.store.resolve(visitor_id)
+        anonymous = await svc.store.linked(user)
+        return IdentitiesOut(visitor_id, user if user != visitor_id else None, anonymous)
 
     @delete(
         "/",

@@ -8,6 +8,8 @@ from service.store.catalog_base import CatalogStore
 from service.store.experiments_base import ExperimentStore
 from service.store.experiments_memory import MemoryExperimentStore
 from service.store.experiments_redis import RedisExperimentStore
+from service.store.fleet_base import FleetStore, MemoryFleet
+from service.store.fleet_redis import RedisFleet
 from service.store.memory_catalog import MemoryCatalog
 from service.store.memory_store import MemoryStore
 from service.store.redis_catalog import RedisCatalog
@@ -18,8 +20,8 @@ from service.store.rules_redis import RedisRulesStore
 
 #: connections of a worker's Redis pool beyond ``max_concurrency``: for the requests the admission limit
 #: does not count (``/health/ready`` pings the store; the rules and live catalog followers read their
-#: versions)
-UNCOUNTED_CONNECTIONS = 5
+#: versions; the heartbeat writes the worker's beat)
+UNCOUNTED_CONNECTIONS = 6
 
 
 def pool_size(settings: Settings) -> int:
@@ -78,3 +80,16 @@ def build_experiments_store(store: VisitorStore) -> ExperimentStore:
     if isinstance(store, RedisStore):
         return RedisExperimentStore(store.client, prefix=store.prefix)
     return MemoryExperimentStore()
+
+
+#: a worker not heard from for this many heartbeat intervals is no longer listed
+HEARTBEATS_KEPT = 3
+
+
+def build_fleet(store: VisitorStore, settings: Settings) -> FleetStore:
+    """The workers' heartbeats beside ``store``: in the same Redis (on its connection pool), else in this
+    process's memory (its own workers only); a beat is kept ``HEARTBEATS_KEPT`` heartbeat intervals."""
+    ttl = HEARTBEATS_KEPT * settings.heartbeat_seconds
+    if isinstance(store, RedisStore):
+        return RedisFleet(store.client, prefix=store.prefix, ttl=ttl)
+    return MemoryFleet(ttl)

@@ -23,6 +23,7 @@ from models.journey import (
     _state,
     _state_one,
     infer_stage,
+    stages_after_events,
     stages_at,
     stages_before_events,
 )
@@ -66,6 +67,48 @@ def test_a_full_journey_walks_through_every_stage() -> None:
         assert result.signals
     consider = infer_stage(history[:5], 104, category_of=cats)
     assert consider.signals[0] == "3 views in category kettles"
+
+
+def test_the_stage_after_each_touchpoint_of_a_known_history() -> None:
+    t0, d = 1_700_000_000.0, DAY
+    # (event, the stage just after it)  # why
+    history = [
+        (ev("guide", E.CONTENT_VIEW, t0), Stage.AWARENESS),  # no consideration activity
+        (ev("k1", E.PRODUCT_VIEW, t0 + 60), Stage.AWARENESS),  # activity 1 < 3
+        (ev("k2", E.COMPARE, t0 + 120), Stage.CONSIDERATION),  # 1 + 2 = 3
+        (ev("k1", E.ADD_TO_CART, t0 + 180), Stage.DECISION),  # a cart opens
+        (ev("k1", E.REMOVE_FROM_CART, t0 + 240), Stage.CONSIDERATION),  # and empties
+        (ev("k2", E.ADD_TO_CART, t0 + 300), Stage.DECISION),
+        (ev("k2", E.CHECKOUT, t0 + 360), Stage.DECISION),
+        (ev("k2", E.PURCHASE, t0 + 420), Stage.RETENTION),  # the cart closes with the purchase
+        (ev("k2", E.REVIEW, t0 + 480), Stage.ADVOCACY),
+        (ev("k3", E.PRODUCT_VIEW, t0 + 40 * d), Stage.RETENTION),  # the review is 40 days old (> 30)
+        (ev("k4", E.PRODUCT_VIEW, t0 + 40 * d + 60), Stage.RETENTION),  # activity since it 2 < 3
+        (ev("k3", E.WISHLIST, t0 + 40 * d + 120), Stage.CONSIDERATION),  # 4 >= 3: a new journey
+        (ev("k3", E.ADD_TO_CART, t0 + 40 * d + 180), Stage.DECISION),
+        (ev("k4", E.PRODUCT_VIEW, t0 + 45 * d), Stage.CONSIDERATION),  # the cart expired after 72 h
+        (ev("k5", E.PRODUCT_VIEW, t0 + 100 * d), Stage.AWARENESS),  # lapsed; 1 view in 14 days
+    ]
+    events = [e for e, _ in history]
+    expected = [s.index for _, s in history]
+    stage, conf = stages_after_events(events)
+    assert stage.tolist() == expected
+    assert conf.dtype == np.float32
+    assert ((conf > 0) & (conf <= 1)).all()
+    # the answer follows the events as given, in any order
+    order = [14, 3, 0, 9, 7, 1, 12, 5, 2, 8, 13, 4, 11, 6, 10]
+    shuffled, _ = stages_after_events([events[i] for i in order])
+    assert shuffled.tolist() == [expected[i] for i in order]
+    # events at one moment count in the order given: the cart opens, then the purchase closes it
+    same = [ev("a", E.PRODUCT_VIEW, t0), ev("a", E.ADD_TO_CART, t0 + 9), ev("a", E.PURCHASE, t0 + 9)]
+    assert stages_after_events(same)[0].tolist() == [
+        s.index for s in (Stage.AWARENESS, Stage.DECISION, Stage.RETENTION)
+    ]
+    same[1:] = same[2], same[1]  # the purchase, then a new cart
+    assert stages_after_events(same)[0].tolist() == [
+        s.index for s in (Stage.AWARENESS, Stage.RETENTION, Stage.DECISION)
+    ]
+    assert [len(a) for a in stages_after_events([])] == [0, 0]
 
 
 def test_unknown_visitor_is_in_awareness_with_low_confidence() -> None:
@@ -182,6 +225,18 @@ def test_vectorised_engine_agrees_with_the_per_visitor_one(per_visitor, now) -> 
         one = infer_stage([e for e in events if e.visitor_id == vid], t)
         assert before[row] == one.stage.index
         assert np.isclose(before_conf[row], one.confidence, atol=1e-4)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(event_st, max_size=30), st.randoms())
+def test_the_stage_after_each_event_is_the_engine_just_after_it(raw, rnd) -> None:
+    events = _events(raw)  # distinct times
+    rnd.shuffle(events)
+    stage, conf = stages_after_events(events)
+    for i, e in enumerate(events):
+        one = infer_stage(events, float(np.nextafter(e.timestamp, np.inf)))
+        assert stage[i] == one.stage.index
+        assert np.isclose(conf[i], one.confidence, atol=1e-4)
 
 
 @settings(max_examples=60, deadline=None)

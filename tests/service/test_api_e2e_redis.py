@@ -215,6 +215,12 @@ def test_journey_walk_through_every_stage(http: httpx.Client) -> None:
     assert kettle not in [p[0] for p in decision_products]  # in the cart
     retention_products = seen[3][1][0]
     assert kettle not in [p[0] for p in retention_products]  # bought, not repeatable
+    # each touchpoint with the stage just after it (the third product view makes the weight 3)
+    j = http.get(f"/v1/visitors/{visitor}/journey", headers=H_READ).json()
+    after = ["awareness"] * 4 + ["consideration"] * 2 + ["decision"] * 2 + ["retention", "advocacy"]
+    assert [(t["event"], t["stage"]) for t in j["touchpoints"]] == list(
+        zip([e["event"] for _, events in steps for e in events], after, strict=True)
+    )[::-1]
 
 
 def test_erase_leaves_no_key_of_the_visitor(
@@ -324,20 +330,80 @@ def _recommendations_counted(server: Server) -> float:
     return sum(float(x[len(line) :]) for x in text.splitlines() if x.startswith(line))
 
 
+def test_models_lists_every_worker_and_a_stopped_one_leaves(
+    models_dir: Path, redis_client: redis.Redis
+) -> None:
+    own = f"jrtest-{uuid.uuid4().hex[:10]}"  # the module's other servers beat under the module's prefix
+    # beats that outlive the test unless taken away: each worker beats once as it starts
+    server = Server(models_dir, REDIS_URL, own, workers=2, env_extra={"JOURNEYREC_HEARTBEAT_SECONDS": "60"})
+    try:
+        server.wait_live().close()
+        version = resolve_latest(models_dir).name
+        answered: set[str] = set()  # the workers that answered, by their own id
+        listed: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (len(answered) < 2 or len(listed) < 2):
+            body = _fresh_get(server, "/v1/models").json()
+            answered.add(body["worker"])
+            listed = body["workers"]
+            time.sleep(0.05)
+        assert len(answered) == 2, answered
+        assert {w["worker"] for w in listed} == answered
+        assert [w["model_version"] for w in listed] == [version, version]
+        assert all(w["started"] <= w["last_seen"] and w["seen_seconds_ago"] >= 0 for w in listed)
+        hosts = {w.split(":")[0] for w in answered}
+        assert len(hosts) == 1
+        assert {int(w.split(":")[1]) for w in answered} <= {int(p) for p in _worker_pids(server)}
+        fleet = list(redis_client.scan_iter(match=f"{own}:{{fleet}}:*", count=1000))
+        assert len(fleet) == 3  # a beat per worker and the index
+    finally:
+        server.stop()
+        left = list(redis_client.scan_iter(match=f"{own}:*", count=1000))
+        for key in left:
+            redis_client.delete(key)
+    # each worker took its beat away as it stopped
+    assert not [k for k in left if b"{fleet}" in k]
+
+
+def _worker_pids(server: Server) -> list[str]:
+    """The pids of the server's worker processes (children of the serve process, read from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == server.proc.pid:
+                children.append(stat.parent.name)
+    return children
+
+
 def test_every_worker_follows_a_new_latest(two_workers: tuple[Server, Path]) -> None:
     """Publishing a new version reaches both workers without a reload request (a reload request would
     reach only one of them)."""
     server, models = two_workers
     new_version = train_storefront_model(models, seed=21).name
     seen: dict[float, str] = {}  # the workers, told apart by when each loaded its model
+    mine: set[str] = set()  # and their ids (the module's other servers beat under the same prefix)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        live = _fresh_get(server, "/v1/models").json()["live"]
+        body = _fresh_get(server, "/v1/models").json()
+        live = body["live"]
         seen[live["loaded_at"]] = live["version"]
+        mine.add(body["worker"])
         if len({t for t, v in seen.items() if v == new_version}) >= 2:
             break
         time.sleep(0.05)
     assert len({t for t, v in seen.items() if v == new_version}) >= 2, seen
+    assert len(mine) == 2
+    # and the fleet says so: each worker beats as soon as it serves the new version
+    listed: list[Any] = []
+    while time.monotonic() < deadline:
+        workers = _fresh_get(server, "/v1/models").json()["workers"]
+        listed = [w["model_version"] for w in workers if w["worker"] in mine]
+        if listed == [new_version, new_version]:
+            break
+        time.sleep(0.05)
+    assert listed == [new_version, new_version]
 
 
 def test_rate_limit_counts_a_client_across_workers(models_dir: Path, prefix: str) -> None:

@@ -107,3 +107,45 @@ def test_refused_links_answer_409_or_400(client: Client) -> None:
     assert "user_id" in r.json()["detail"]
     r = client.post("/v1/identities", json={"anonymous_id": "a", "user_id": "b"}, headers=H_READ)
     assert r.status_code == 403
+
+
+def _identities(client: Client, visitor: str, headers: dict[str, str] = H_READ) -> Any:
+    r = client.get(f"/v1/visitors/{visitor}/identities", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_linked_identities_read_from_either_side(client: Client) -> None:
+    # nothing linked yet: a stranger and a visitor with history alike
+    _ingest(client, event("anon-i1", KETTLE, "product_view"), event("anon-i2", TEAPOT, "product_view"))
+    assert _identities(client, "anon-i1") == {"visitor_id": "anon-i1", "user_id": None, "anonymous_ids": []}
+    assert _identities(client, "nobody")["anonymous_ids"] == []
+    for anon in ("anon-i2", "anon-i1"):
+        assert _link(client, anon, "user-i").status_code == 200
+    both = ["anon-i1", "anon-i2"]
+    assert _identities(client, "user-i") == {"visitor_id": "user-i", "user_id": None, "anonymous_ids": both}
+    assert _identities(client, "anon-i2") == {
+        "visitor_id": "anon-i2",
+        "user_id": "user-i",
+        "anonymous_ids": both,
+    }
+    # a forced move takes the id to the other user, from both sides
+    assert _link(client, "anon-i2", "user-j", force=True).status_code == 200
+    assert _identities(client, "user-i")["anonymous_ids"] == ["anon-i1"]
+    assert _identities(client, "anon-i2") == {
+        "visitor_id": "anon-i2",
+        "user_id": "user-j",
+        "anonymous_ids": ["anon-i2"],
+    }
+    # the erase of a linked anonymous id removes its link; the user's erase removes the rest
+    assert client.delete("/v1/visitors/anon-i2", headers=H_ADMIN).status_code == 200
+    assert _identities(client, "user-j")["anonymous_ids"] == []
+    assert _identities(client, "anon-i2")["user_id"] is None
+    assert client.delete("/v1/visitors/user-i", headers=H_ADMIN).status_code == 200
+    assert _identities(client, "anon-i1") == {"visitor_id": "anon-i1", "user_id": None, "anonymous_ids": []}
+
+
+def test_linked_identities_need_the_read_scope(client: Client) -> None:
+    assert client.get("/v1/visitors/a/identities", headers=H_ADMIN).status_code == 403
+    assert client.get("/v1/visitors/a/identities").status_code == 401
+    assert _identities(client, "a", H_INGEST)["visitor_id"] == "a"  # ingest+read

@@ -108,3 +108,35 @@ def test_login_carries_the_anonymous_visit_over_and_erase_cascades(
     assert mentions(anon) == []
     assert mentions(bystander)
     assert _journey(http, anon)["touchpoints"] == []
+
+
+def _identities(http: httpx.Client, visitor: str) -> dict[str, Any]:
+    r = http.get(f"/v1/visitors/{visitor}/identities", headers=H_READ)
+    assert r.status_code == 200, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
+def test_linked_identities_over_redis(http: httpx.Client) -> None:
+    run = uuid.uuid4().hex[:8]
+    anons, user, other = [f"cookie-{run}-{i}" for i in (1, 2)], f"user-{run}", f"other-{run}"
+    kettle = product_id("Kettle")
+    _ingest(http, [{"visitor_id": a, "item_id": kettle, "event": "product_view"} for a in anons])
+    assert _identities(http, anons[0]) == {"visitor_id": anons[0], "user_id": None, "anonymous_ids": []}
+    for anon in anons:
+        r = http.post("/v1/identities", json={"anonymous_id": anon, "user_id": user}, headers=H_INGEST)
+        assert r.status_code == 200, r.text
+    assert _identities(http, user) == {"visitor_id": user, "user_id": None, "anonymous_ids": anons}
+    assert _identities(http, anons[1]) == {"visitor_id": anons[1], "user_id": user, "anonymous_ids": anons}
+    moved = {"anonymous_id": anons[1], "user_id": other, "force": True}
+    assert http.post("/v1/identities", json=moved, headers=H_INGEST).status_code == 200
+    assert _identities(http, user)["anonymous_ids"] == anons[:1]
+    assert _identities(http, anons[1]) == {
+        "visitor_id": anons[1],
+        "user_id": other,
+        "anonymous_ids": anons[1:],
+    }
+    for gone in (other, user):
+        assert http.delete(f"/v1/visitors/{gone}", headers=H_ADMIN).status_code == 200
+    for visitor in (*anons, user, other):
+        assert _identities(http, visitor) == {"visitor_id": visitor, "user_id": None, "anonymous_ids": []}

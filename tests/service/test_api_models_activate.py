@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,14 @@ def models(two_versions: tuple[Path, str, str], tmp_path: Path) -> tuple[Path, s
 
 def test_activate_an_older_version_serves_it_and_repoints_latest(models: tuple[Path, str, str]) -> None:
     d, old, new = models
-    with TestClient(make_app(d, None)) as c:  # loads `latest` (the newer version) on startup
+    # a heartbeat interval no test outlasts: the fleet's version moves only with the beat of an activation
+    with TestClient(make_app(d, None, heartbeat_seconds=300)) as c:  # loads `latest` (the newer version)
         assert c.get("/v1/visitors/v/recommendations", headers=H_READ).json()["model_version"] == new
+        body = c.get("/v1/models", headers=H_READ).json()
+        me = f"{socket.gethostname()}:{os.getpid()}"
+        assert body["worker"] == me
+        assert [(w["worker"], w["model_version"]) for w in body["workers"]] == [(me, new)]
+        assert body["workers_error"] is None
         r = c.post("/v1/models/activate", headers=H_ADMIN, json={"version": old})
         assert r.status_code == 200, r.text
         assert r.json() == {"version": old, "previous": new, "changed": True}
@@ -55,6 +62,7 @@ def test_activate_an_older_version_serves_it_and_repoints_latest(models: tuple[P
         assert body["live"]["version"] == old
         assert [p["version"] for p in body["published"]] == sorted([old, new])
         assert all(p["created_at"] and p["n_items"] > 0 for p in body["published"])
+        assert [(w["worker"], w["model_version"]) for w in body["workers"]] == [(me, old)]
         # forward again; activating the live version changes nothing
         assert c.post("/v1/models/activate", headers=H_ADMIN, json={"version": new}).json()["changed"]
         again = c.post("/v1/models/activate", headers=H_ADMIN, json={"version": new}).json()

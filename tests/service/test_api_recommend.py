@@ -225,6 +225,8 @@ def test_journey_and_erase(client: Client) -> None:
     j = client.get("/v1/visitors/v-gdpr/journey?limit=2", headers=H_READ).json()
     assert [t["event"] for t in j["touchpoints"]] == ["add_to_cart", "product_view"]  # newest first
     assert j["touchpoints"][0]["time"] == "2023-11-14T22:16:40+00:00"
+    # the stage just after each: one view is not consideration yet; the cart is decision
+    assert [t["stage"] for t in j["touchpoints"]] == ["decision", "awareness"]
     assert j["stage"]["name"] in STAGE_NAMES
     r = client.delete("/v1/visitors/v-gdpr", headers=H_ADMIN)
     assert r.status_code == 200

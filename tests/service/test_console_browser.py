@@ -269,6 +269,8 @@ def test_journey_page(tab: Tab) -> None:
     assert int(first.replace(",", "")) > 0  # awareness visitors from the traffic
     assert tab.page.locator("canvas").count() == 2
     assert tab.page.locator("table:has(caption:text('Transitions')) tbody tr").count() >= 1
+    # the page says when its data is on screen (scripts/bench_console.py times pages by it)
+    tab.page.locator('main[aria-busy="false"] .page[data-page="journey"]').wait_for()
     yesterday = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
     tab.page.get_by_label("From (UTC, inclusive)").fill(yesterday)  # the traffic came in the last minutes
     tab.page.get_by_label("Granularity").select_option("hour")
@@ -278,21 +280,43 @@ def test_journey_page(tab: Tab) -> None:
 
 
 def test_visitor_page(tab: Tab, served: Served) -> None:
+    # a login links a fresh cookie to the visitor (a user id): the page lists it
+    anon = f"{served.visitor}-cookie-{uuid.uuid4().hex[:6]}"
+    link = {"anonymous_id": anon, "user_id": served.visitor}
+    r = httpx.post(f"{served.server.base}/v1/identities", json=link, headers={"X-API-Key": INGEST_KEY})
+    assert r.status_code == 200, r.text
     tab.goto("visitor")
     tab.page.get_by_label("Visitor id").fill(served.visitor)
     tab.page.get_by_role("button", name="Look up").click()
     touchpoints = tab.page.locator("table:has(caption:text('Touchpoints')) tbody tr")
     touchpoints.first.wait_for()
     assert touchpoints.count() >= 5
+    # each touchpoint with the stage just after it, as the API answers it
+    answer = served.call("GET", f"/v1/visitors/{served.visitor}/journey?limit=50")["touchpoints"]
+    shown = touchpoints.locator("td:last-child").all_inner_texts()
+    assert shown == [t["stage"] for t in answer]
     products = tab.page.locator("table:has(caption:text('Products')) tbody tr")
     products.first.wait_for()
     assert products.count() == 10
-    assert "(inferred)" in tab.page.locator("dl.facts").nth(1).inner_text()
+    recs = tab.page.locator("section:has(h3:text-is('Recommendations')) dl.facts")
+    assert "(inferred)" in recs.inner_text()
+    identities = tab.page.locator("section:has(h3:text-is('Linked identities'))")
+    identities.get_by_role("link", name=anon, exact=True).wait_for()
+    linked = served.call("GET", f"/v1/visitors/{served.visitor}/identities")["anonymous_ids"]
+    assert anon in linked
+    assert identities.locator("ul li").count() == len(linked)
     # what the visitor would get at another stage
     tab.page.get_by_label("Stage (preview)").select_option("decision")
     tab.page.get_by_role("button", name="Look up").click()
     tab.page.get_by_text("decision (chosen above)").wait_for()
     tab.shot("visitor")
+    # the cookie's own page: an alias of the user, which links back
+    identities.get_by_role("link", name=anon, exact=True).click()
+    identities.get_by_text(f"{anon} (this id)").wait_for()
+    assert tab.page.evaluate("location.hash") == f"#visitor/{anon}"
+    identities.get_by_role("link", name=served.visitor, exact=True).click()
+    identities.get_by_role("link", name=anon, exact=True).wait_for()
+    assert tab.page.evaluate("location.hash") == f"#visitor/{served.visitor}"
 
 
 def test_what_is_typed_and_answered_stays_text(tab: Tab) -> None:
@@ -364,6 +388,12 @@ def test_models_page_rolls_back(tab: Tab, served: Served, two_models: tuple[Path
     tab.goto("models")
     tab.page.locator("table:has(caption:text('Blend weights')) tbody tr").first.wait_for()
     assert tab.page.locator("canvas").count() == 1
+    # both workers, each with the version it serves
+    workers = tab.page.locator("table:has(caption:text('Workers and the version each serves')) tbody tr")
+    assert workers.count() == 2
+    assert [t.split("\t")[1] for t in workers.all_inner_texts()] == [new, new]
+    listed = {w["worker"] for w in served.call("GET", "/v1/models")["workers"]}
+    assert set(workers.locator("th").all_inner_texts()) == listed
     tab.shot("models")
     tab.page.get_by_role("button", name=f"Activate {old}").click()
     tab.page.get_by_role("alertdialog").get_by_role("button", name="Activate").click()
@@ -379,6 +409,15 @@ def test_models_page_rolls_back(tab: Tab, served: Served, two_models: tuple[Path
             break
         time.sleep(0.05)
     assert run == 12
+    # the page says so too: both workers serve the old version, which latest points at
+    for _ in range(100):
+        tab.page.reload()
+        workers.first.wait_for()
+        if [t.split("\t")[1] for t in workers.all_inner_texts()] == [old, old]:
+            break
+        time.sleep(0.1)
+    assert [t.split("\t")[1] for t in workers.all_inner_texts()] == [old, old]
+    assert workers.get_by_text("not latest").count() == 0
 
 
 def test_a_read_only_key_sees_but_cannot_act(tab: Tab, served: Served) -> None:

@@ -23,7 +23,21 @@ function pageName() {
   return Object.hasOwn(PAGES, name) ? name : "journey";
 }
 
+// Each route bumps this; only the latest one may say the page is done (an older render can finish later).
+let routed = 0;
+
 async function route() {
+  const mine = ++routed;
+  main.setAttribute("aria-busy", "true");
+  try {
+    await show();
+  } finally {
+    // the page and its data are rendered (assistive technology reads it now; the benchmark waits for it)
+    if (mine === routed) main.setAttribute("aria-busy", "false");
+  }
+}
+
+async function show() {
   const name = pageName();
   for (const a of document.querySelectorAll(".tabs a")) {
     if (a.dataset.page === name) a.setAttribute("aria-current", "page");

@@ -1,4 +1,5 @@
-// Models: GET /v1/models (versions, metrics, live version, blend weights), reload and roll back (admin).
+// Models: GET /v1/models (versions, metrics, live version, the version each worker serves, blend weights),
+// reload and roll back (admin).
 import { get, post } from "../api.js";
 import { chart, chartBox, destroyAll, PALETTE } from "../charts.js";
 import { actionButton, append, card, confirmBox, errorMsg, facts, fmt, h, msg, replace, table } from "../dom.js";
@@ -26,9 +27,26 @@ export async function render(root, notice) {
       ["latest points at", m.latest || "–"], ["Live catalog version", String(m.catalog_version)],
       ["Last error", m.last_error || "none"],
       ["Last refused", m.last_refused ? `${m.last_refused.version}: ${m.last_refused.reason}` : "none"]]),
-    h("p", { class: "muted" }, "Each worker follows latest within its poll interval; this answer comes from one worker."),
+    h("p", { class: "muted" }, `Each worker follows latest within its poll interval; this answer comes from worker ${m.worker || "–"}.`),
     h("div", { class: "actions" }, reload)),
-  versions(root, m, status), blend(live));
+  workers(m), versions(root, m, status), blend(live));
+}
+
+function workers(m) {
+  if (m.workers_error) return card("Workers", h("p", { class: "msg msg-error", role: "alert" }, `Workers unknown: ${m.workers_error}`));
+  const rows = m.workers.map((w) => {
+    const serves = h("span", {}, w.model_version || "no model loaded");
+    const notes = [];
+    if (w.worker === m.worker) notes.push(h("span", { class: "badge" }, "answered this"));
+    if (m.latest && w.model_version !== m.latest) notes.push(h("span", { class: "badge bad" }, "not latest"));
+    else if (w.model_version) notes.push(h("span", { class: "badge good" }, "latest"));
+    return [w.worker, serves, h("span", { class: "actions tight" }, notes), fmt.time(w.started),
+      `${fmt.time(w.last_seen)} (${fmt.num(w.seen_seconds_ago, 1)} s before this answer)`];
+  });
+  return card("Workers",
+    table("Workers and the version each serves", [{ label: "Worker (host:pid)", rowHeader: true }, { label: "Serves" }, { label: "Status" },
+      { label: "Started" }, { label: "Last seen" }], rows, { empty: "no worker heard from lately" }),
+    h("p", { class: "muted" }, "Every worker writes a heartbeat; one not heard from for three heartbeats is left out."));
 }
 
 function metricText(metrics) {

@@ -1,4 +1,5 @@
-// Visitor explorer: GET /v1/visitors/{id}/journey and /recommendations (any stage or placement), erase (admin).
+// Visitor explorer: GET /v1/visitors/{id}/journey, /identities and /recommendations (any stage or placement),
+// erase (admin).
 import { del, get, query, seg } from "../api.js";
 import { STAGES } from "../charts.js";
 import { append, card, confirmBox, errorMsg, facts, field, fmt, h, msg, replace, select, table } from "../dom.js";
@@ -36,8 +37,36 @@ async function load(out, visitorId, opts) {
   replace(out, msg("info", "Loading…"));
   const journeyBox = h("div");
   const recsBox = h("div");
-  replace(out, h("div", { class: "grid2" }, journeyBox, recsBox), eraseCard(visitorId, out));
-  await Promise.all([journey(journeyBox, visitorId), recommendations(recsBox, visitorId, opts)]);
+  const idsBox = h("div");
+  replace(out, idsBox, h("div", { class: "grid2" }, journeyBox, recsBox), eraseCard(visitorId, out));
+  await Promise.all([identities(idsBox, visitorId), journey(journeyBox, visitorId), recommendations(recsBox, visitorId, opts)]);
+}
+
+// A link that looks `id` up on this page (the hash carries it: #visitor/<id>).
+const visitorLink = (id) => h("a", { href: `#visitor/${encodeURIComponent(id)}`, class: "visitor-link" }, id);
+
+async function identities(box, visitorId) {
+  let ids;
+  try {
+    ids = await get(`/v1/visitors/${seg(visitorId)}/identities`);
+  } catch (err) {
+    replace(box, card("Linked identities", errorMsg(err)));
+    return;
+  }
+  const user = ids.user_id;
+  const others = ids.anonymous_ids.filter((a) => a !== visitorId);
+  const anonymous = ids.anonymous_ids.length
+    ? h("ul", { class: "plain inline-list", "aria-label": "Anonymous ids linked to the user" },
+      ids.anonymous_ids.map((a) => h("li", {}, a === visitorId ? h("strong", {}, `${a} (this id)`) : visitorLink(a))))
+    : h("span", { class: "muted" }, "none");
+  replace(box, card("Linked identities",
+    facts([
+      ["Linked to user", user ? visitorLink(user) : (ids.anonymous_ids.length ? "this id is the user" : "none: not linked to a user")],
+      [user ? "The user's anonymous ids" : "Anonymous ids linked to it", anonymous],
+    ]),
+    h("p", { class: "muted" }, user
+      ? `This anonymous id is an alias: its events and reads are ${user}'s (${others.length ? `${others.length} other id${others.length === 1 ? "" : "s"} too` : "the only one linked"}).`
+      : "Logins (POST /v1/identities) link anonymous ids to a user; reads of a linked id serve the user's state.")));
 }
 
 async function journey(box, visitorId) {
@@ -48,16 +77,18 @@ async function journey(box, visitorId) {
     replace(box, card("Journey", errorMsg(err)));
     return;
   }
-  const rows = j.touchpoints.map((t) => [t.time.replace("T", " "), t.event, t.item_id, t.channel || "–"]);
+  const rows = j.touchpoints.map((t) => [t.time.replace("T", " ").replace(/\+00:00$/, ""), t.event, t.item_id, t.channel || "–",
+    h("span", { class: `stage-badge stage-${STAGES.includes(t.stage) ? t.stage : "other"}` }, t.stage)]);
   replace(box, card("Journey",
     facts([["Visitor", j.visitor_id], ["Stage", h("strong", { class: "stage-name" }, j.stage.name)],
       ["Confidence", fmt.pct(j.stage.confidence, 0)], ["Cart", j.cart.length ? j.cart.join(", ") : "empty"],
       ["Purchases", j.purchases.length ? j.purchases.join(", ") : "none"], ["Model", j.model_version]]),
     h("h3", {}, "Signals"),
     j.stage.signals.length ? h("ul", { class: "plain signals" }, j.stage.signals.map((s) => h("li", {}, s))) : h("p", { class: "muted" }, "none"),
-    table("Touchpoints, newest first", [{ label: "Time (UTC)" }, { label: "Event" }, { label: "Item" }, { label: "Channel" }], rows,
-      { empty: "no touchpoint stored for this visitor", limit: true }),
-    h("p", { class: "muted" }, "The stage is the visitor's stage now; the API does not keep the stage at each past touchpoint.")));
+    table("Touchpoints, newest first", [{ label: "Time (UTC)" }, { label: "Event" }, { label: "Item" }, { label: "Channel" },
+      { label: "Stage after" }], rows, { empty: "no touchpoint stored for this visitor", limit: true }),
+    h("p", { class: "muted" }, "Stage after: the stage the visitor was in just after each touchpoint (the stage engine over the "
+      + "touchpoints up to it). The stage above is the stage now, which time alone can change (an abandoned cart expires, a customer lapses).")));
 }
 
 function itemRows(items) {

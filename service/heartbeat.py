@@ -1,0 +1,63 @@
+"""This worker's heartbeat: who it is and which model version it serves, in the fleet store
+(``service.store.fleet_base``), so that ``GET /v1/models`` can say which version each worker serves.
+
+The app beats once at start-up (after the first model load), then every ``heartbeat_seconds`` (a follower,
+``service.followers``), and at once after this worker's model changed (a reload, an activation, or a
+follow of ``latest``); it leaves the fleet when it shuts down. A beat that fails (the store is down) is
+logged and tried again at the next interval: a worker unheard of for the fleet's ``ttl`` drops off the list,
+which is what it should look like from outside.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from models.errors import StoreUnavailableError
+from service.model_holder import ModelHolder
+from service.store.fleet_base import FleetStore, WorkerBeat
+
+log = logging.getLogger("journeyrec.service")
+
+
+def worker_id() -> str:
+    """This process as ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    """The beats of one worker process."""
+
+    def __init__(
+        self, fleet: FleetStore, holder: ModelHolder, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.fleet = fleet
+        self.holder = holder
+        self._clock = clock
+        self.worker = worker_id()
+        self.started = clock()
+
+    def current(self) -> WorkerBeat:
+        """This worker's beat at this moment."""
+        model = self.holder.current
+        version = model.version if model is not None else None
+        return WorkerBeat(self.worker, version, self.started, self._clock())
+
+    async def beat(self) -> bool:
+        """Write this worker's beat; False (logged) when the store did not take it."""
+        try:
+            await self.fleet.beat(self.current())
+        except StoreUnavailableError as e:
+            log.warning("worker heartbeat not written: %s", e)
+            return False
+        return True
+
+    async def leave(self) -> None:
+        """Take this worker off the list (shutdown); a store that is down lets the beat expire instead."""
+        try:
+            await self.fleet.leave(self.worker)
+        except StoreUnavailableError as e:
+            log.info("worker heartbeat not removed (it expires): %s", e)
