@@ -2,8 +2,9 @@
 
 ``journeyrec retrain`` scores the live model on the same held-out days as a candidate fitted on the events
 before them. The live model was fitted on its own log, so its item-indexed arrays are re-indexed to the
-evaluation log's catalog by item id: an item the live model never had gets zero features, is not ``known``
-and so is never recommended by it; visitors are matched by id through the model's user vocabulary (a
+evaluation log's catalog by item id: an item the live model never had is represented from its features
+(no identity feature), as the service represents it, has empty table rows, is not ``known`` and so is never
+recommended in the evaluation; visitors are matched by id through the model's user vocabulary (a
 visitor it never saw gets no identity feature, as in the service).
 """
 
@@ -18,6 +19,7 @@ import scipy.sparse as sp
 from models.artifact import ModelBundle
 from models.dataset import EventLog
 from models.factors import FactorModel
+from models.features import represent_items
 from models.scoring import StageScorer
 from models.sources import ItemTables
 from training.stage_model import FittedStageModel, StageAwareRanker, StageModelConfig, visitor_context_tokens
@@ -54,12 +56,18 @@ def reindexed(bundle: ModelBundle, log: EventLog) -> tuple[FactorModel, ItemTabl
         return None if a is None else take(a, fill)
 
     f = bundle.factors
+    new = np.flatnonzero(~ok)
+    # as the service represents items the model never had: from their features, no identity feature
+    rows = represent_items(f, bundle.item_vocab, bundle.price_edges, [log.catalog[i] for i in new]).features
+    place = sp.csr_matrix(
+        (np.ones(len(new), np.float32), (new, np.arange(len(new)))), shape=(len(idx), len(new))
+    )
     factors = FactorModel(
         user_emb=f.user_emb,
         user_bias=f.user_bias,
         item_emb=f.item_emb,
         item_bias=f.item_bias,
-        item_features=(pick @ f.item_features).tocsr().astype(np.float32),
+        item_features=(pick @ f.item_features + place @ rows.rows).tocsr().astype(np.float32),
     )
     t = bundle.tables
     tables = replace(
