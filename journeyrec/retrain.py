@@ -163,12 +163,15 @@ class Lease:
             name = holder.decode() if isinstance(holder, bytes) else str(holder)
             raise LeaseHeldError(f"another retrain is running (lease {self.key} held by {name})")
 
+    async def renew(self) -> bool:
+        """Extend the lease to ``LEASE_MS`` if this run still holds it; False (and ``lost``) if not."""
+        if not await self.client.eval(_RENEW, 1, self.key, self.token, str(LEASE_MS)):
+            self.lost = True
+        return not self.lost
+
     async def renew_forever(self) -> None:
-        while True:
+        while await self.renew():
             await asyncio.sleep(RENEW_S)
-            if not await self.client.eval(_RENEW, 1, self.key, self.token, str(LEASE_MS)):
-                self.lost = True
-                return
 
     async def release(self) -> None:
         await self.client.eval(_RELEASE, 1, self.key, self.token)

@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 import journeyrec.retrain as rt
 from journeyrec.cli import main
 from models import artifact
 from models.dataset import CHANNELS
 from models.domain import EVENT_TYPES, Event
+from models.errors import InvalidInputError
 from models.overlay import LiveItem
 from service.export import export_events
 from service.settings import Settings, load_settings
@@ -273,3 +275,39 @@ def test_lease_refuses_a_second_run_and_a_failed_run_leaves_no_trace(
         assert raw.get(rt.lease_key(prefix)) is None
     finally:
         raw.close()
+
+
+@pytest.mark.redis
+def test_lease_is_renewed_and_released_only_by_its_holder(redis_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+        key = rt.lease_key(prefix)
+        try:
+            a, b = rt.Lease(client, key), rt.Lease(client, key)
+            await a.acquire()
+            with pytest.raises(rt.LeaseHeldError, match=a.token):
+                await b.acquire()
+            await client.pexpire(key, 5_000)
+            assert await a.renew()
+            assert await client.pttl(key) > 5_000  # extended to LEASE_MS
+            await b.release()  # not its token: the lease stays
+            assert await client.get(key) == a.token.encode()
+            await client.set(key, "someone-else")  # the lease lapsed and was taken
+            assert not await a.renew()
+            assert a.lost
+            await a.release()
+            assert await client.get(key) == b"someone-else"
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_every_takes_durations() -> None:
+    assert rt.parse_every("24h") == 86_400
+    assert rt.parse_every("30m") == 1_800
+    assert rt.parse_every("1d") == 86_400
+    with pytest.raises(InvalidInputError, match="--every 5x"):
+        rt.parse_every("5x")
+    with pytest.raises(InvalidInputError):
+        rt.parse_every("0h")
