@@ -55,6 +55,7 @@ from service.export_catalog import catalog_rows, export_catalog
 from service.settings import ENV, Settings
 from service.store.factory import redis_store
 from service.store.redis_catalog import RedisCatalog
+from service.store.redis_store import unavailable
 from training.evaluate import EvalResult, evaluate, split_at
 from training.loaders import load_events
 from training.pipeline import config_for, split_stages, train_and_publish
@@ -64,6 +65,7 @@ from training.stage_model import StageAwareRanker, StageModelConfig
 LEASE_MS = 60_000  # the lease lapses this long after its holder stops renewing it (killed)
 RENEW_S = LEASE_MS / 3000  # renewed every third of it
 K = 10
+STORE = "retrain store"  # how store failures name it
 DAY = 86_400.0
 
 # delete / extend the lease only while it still holds this run's token
@@ -158,14 +160,18 @@ class Lease:
         self.lost = False
 
     async def acquire(self) -> None:
-        if not await self.client.set(self.key, self.token, nx=True, px=LEASE_MS):
-            holder = await self.client.get(self.key)
-            name = holder.decode() if isinstance(holder, bytes) else str(holder)
+        with unavailable("retrain lease", STORE):
+            taken = await self.client.set(self.key, self.token, nx=True, px=LEASE_MS)
+            holder = None if taken else await self.client.get(self.key)
+        if not taken:
+            name = holder.decode() if isinstance(holder, bytes) else "a run that has just ended; retry"
             raise LeaseHeldError(f"another retrain is running (lease {self.key} held by {name})")
 
     async def renew(self) -> bool:
         """Extend the lease to ``LEASE_MS`` if this run still holds it; False (and ``lost``) if not."""
-        if not await self.client.eval(_RENEW, 1, self.key, self.token, str(LEASE_MS)):
+        with unavailable("retrain lease", STORE):
+            held = await self.client.eval(_RENEW, 1, self.key, self.token, str(LEASE_MS))
+        if not held:
             self.lost = True
         return not self.lost
 
@@ -174,7 +180,8 @@ class Lease:
             await asyncio.sleep(RENEW_S)
 
     async def release(self) -> None:
-        await self.client.eval(_RELEASE, 1, self.key, self.token)
+        with unavailable("retrain lease", STORE):
+            await self.client.eval(_RELEASE, 1, self.key, self.token)
 
 
 def _figure(result: EvalResult, name: str) -> Figure:
@@ -260,7 +267,8 @@ async def _run(
     say: Callable[[str], None],
 ) -> RetrainReport:
     ckey = cursor_key(settings.redis_prefix)
-    raw = await store.client.get(ckey)
+    with unavailable("retrain cursor", STORE):
+        raw = await store.client.get(ckey)
     before = raw.decode() if isinstance(raw, bytes) else (raw or "0")
     if not await store.read_stream(before, 1):
         return RetrainReport(
@@ -339,7 +347,8 @@ async def _run(
         published = path.name
     after = exported.last_entry_id
     if after is not None:
-        await store.client.set(ckey, after)
+        with unavailable("retrain cursor", STORE):
+            await store.client.set(ckey, after)
     return RetrainReport(
         status="published" if publish else "kept",
         reason=reason,

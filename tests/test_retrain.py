@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -275,6 +278,48 @@ def test_lease_refuses_a_second_run_and_a_failed_run_leaves_no_trace(
         assert raw.get(rt.lease_key(prefix)) is None
     finally:
         raw.close()
+
+
+@pytest.mark.redis
+def test_a_second_run_while_one_trains_exits_2_naming_the_holder(
+    shop: Simulation,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    models = tmp_path / "models"
+    s = settings_for(redis_url, prefix, models)
+    ingest(s, events_of(shop, np.ones(len(shop.ts), bool)), shop)
+    training, go = threading.Event(), threading.Event()
+    fit = StageAwareRanker.fit
+
+    def held_fit(self: StageAwareRanker, train: Any) -> None:
+        training.set()
+        assert go.wait(120)  # holds the first run inside its fit until the second has tried
+        fit(self, train)
+
+    monkeypatch.setattr(StageAwareRanker, "fit", held_fit)
+    reports: list[rt.RetrainReport] = []
+    first = threading.Thread(
+        target=lambda: reports.append(
+            asyncio.run(rt.retrain_once(s, rt.RetrainOptions(epochs=3, resamples=100)))
+        )
+    )
+    first.start()
+    try:
+        assert training.wait(120)
+        assert run_cli(s, models, tmp_path / "second.json") == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0, err
+        assert f"{socket.gethostname()}:{os.getpid()}:" in err, err  # the first run's holder
+        assert not (tmp_path / "second.json").exists()
+    finally:
+        go.set()
+        first.join(300)
+    assert [r.status for r in reports] == ["published"]
+    assert artifact.list_versions(models) == [reports[0].published_version]
 
 
 @pytest.mark.redis
