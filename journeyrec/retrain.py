@@ -176,8 +176,11 @@ class Lease:
         return not self.lost
 
     async def renew_forever(self) -> None:
-        while await self.renew():
-            await asyncio.sleep(RENEW_S)
+        try:
+            while await self.renew():
+                await asyncio.sleep(RENEW_S)
+        except JourneyrecError:  # Redis unreachable: the lease cannot be vouched for, so no publishing
+            self.lost = True
 
     async def release(self) -> None:
         with unavailable("retrain lease", STORE):
@@ -277,7 +280,7 @@ async def _run(
             cursor_before=before,
         )
     try:
-        live_bundle = artifact.load(models_dir)
+        live_bundle = await asyncio.to_thread(artifact.load, models_dir)
     except ArtifactError:
         if artifact.list_versions(models_dir) or (models_dir / artifact.LATEST).exists():
             raise  # a broken live model is an operator's problem, not "no model"
@@ -292,7 +295,7 @@ async def _run(
             catalog: Path | None = catalog_path
         else:
             catalog = catalog_path if await _write_live_catalog(settings, catalog_path) else None
-        log = load_events(events_path, catalog=catalog)
+        log = await asyncio.to_thread(load_events, events_path, catalog=catalog)
     say(f"loaded {log.n_events:,} events, {log.n_visitors:,} visitors, {log.n_items:,} items")
     cfg = config_for(opts.preset)
     if opts.epochs is not None:
@@ -311,7 +314,8 @@ async def _run(
             f"no events on both sides of the hold-out start {_iso(at)} (stream {_iso(float(log.ts.min()))}"
             f" .. {_iso(end)}, --holdout-days {opts.holdout_days:g}): nothing to judge the candidate on yet"
         )
-    stage_of, stage_at_end = split_stages(train, log, at, end, cfg)
+    # off the event loop, like every slow step, so that the lease keeps being renewed
+    stage_of, stage_at_end = await asyncio.to_thread(split_stages, train, log, at, end, cfg)
     rankers: list[Any] = [candidate_ranker(cfg, say)]
     if live_bundle is not None:
         rankers.append(PublishedRanker(live_bundle, cfg))
