@@ -18,12 +18,14 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from journeyrec.retrain import retrain_command
     from service.cli import COMMANDS as SERVICE_COMMANDS
     from training.cli import register as register_training
 
     register_training(cli)
     for cmd in SERVICE_COMMANDS:
         cli.add_command(cmd)
+    cli.add_command(retrain_command)
 
 
 def main(argv: list[str] | None = None) -> int:
