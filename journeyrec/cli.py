@@ -18,7 +18,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from journeyrec.retrain import retrain_command
+    from journeyrec.retrain_cli import retrain_command
     from service.cli import COMMANDS as SERVICE_COMMANDS
     from training.cli import register as register_training
 

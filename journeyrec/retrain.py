@@ -49,7 +49,7 @@ from redis.asyncio import Redis
 
 from models import artifact
 from models.errors import ArtifactError, InvalidInputError, JourneyrecError
-from service.cli import OneLineCommand, OneLineError, _opt, _settings
+from service.cli import OneLineError, _settings
 from service.export import export_events
 from service.export_catalog import catalog_rows, export_catalog
 from service.settings import ENV, Settings
@@ -413,24 +413,7 @@ def parse_every(text: str) -> float:
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": DAY}[m.group(2)]
 
 
-@click.command("retrain", cls=OneLineCommand)
-@_opt("--redis-url", "redis_url", "Redis URL holding the event stream and the live catalog.")
-@_opt("--redis-prefix", "redis_prefix", "Key prefix (default journeyrec).")
-@_opt("--models", "models_dir", "Models directory: the live model (`latest`) and where to publish.")
-@click.option(
-    "--holdout-days", default=7.0, show_default=True, help="Most recent days held out for the gate."
-)
-@click.option(
-    "--margin", default=0.005, show_default=True, help="NDCG@10 the candidate may lose and still publish."
-)
-@click.option("--preset", default=None, help="Training preset (as `journeyrec train`).")
-@click.option("--epochs", type=int, default=None, help="LightFM epochs (default: the preset's).")
-@click.option("--resamples", default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
-@click.option("--report", "report_path", default=None, metavar="FILE", help="Write the decision as JSON.")
-@click.option(
-    "--every", default=None, metavar="DURATION", help="Run again every DURATION (24h, 30m); else once."
-)
-def retrain_command(
+def run_command(
     redis_url: str | None,
     redis_prefix: str | None,
     models_dir: str | None,
@@ -442,8 +425,7 @@ def retrain_command(
     report_path: str | None,
     every: str | None,
 ) -> None:
-    """Retrain from the event stream; publish only when the candidate is not worse than the live model
-    on the held-out days (NDCG@10, within --margin). One trainer at a time (a lease in Redis)."""
+    """``journeyrec retrain`` (``journeyrec.retrain_cli``, which imports this module only when it runs)."""
     settings = _settings({"redis_url": redis_url, "redis_prefix": redis_prefix, "models_dir": models_dir})
     opts = RetrainOptions(
         holdout_days=holdout_days, margin=margin, preset=preset, epochs=epochs, resamples=resamples

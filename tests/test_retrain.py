@@ -356,3 +356,18 @@ def test_every_takes_durations() -> None:
         rt.parse_every("5x")
     with pytest.raises(InvalidInputError):
         rt.parse_every("0h")
+
+
+def test_listing_the_commands_does_not_set_up_the_service_metrics() -> None:
+    """``journeyrec serve`` sets prometheus_client up for its workers; the retrain command (which imports
+    the service's stores) must not import it first just by being registered."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom journeyrec.cli import _register\n_register()\n"
+        "assert 'prometheus_client' not in sys.modules, 'prometheus_client imported'\n"
+        "assert 'journeyrec.retrain' not in sys.modules, 'journeyrec.retrain imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
