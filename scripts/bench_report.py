@@ -72,6 +72,10 @@ class ServiceFigures(msgspec.Struct, frozen=True):
     logged_saturation_rps: float | None = None
     experiment_p50_ms: float | None = None
     experiment_saturation_rps: float | None = None
+    # the two servers at once, request by request on one connection each (httpx client): the plain one
+    # (no lists logged, no experiment) and the logging one with the experiment
+    paired_plain_p50_ms: float | None = None
+    paired_both_p50_ms: float | None = None
     # Redis memory under the run's prefix after the ingest, per visitor (events_per_visitor events each)
     bytes_per_visitor: float | None = None
     events_per_visitor: int | None = None

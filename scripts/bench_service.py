@@ -471,6 +471,33 @@ def interleaved(base: str, visitors: list[str], n: int, warmup: int) -> tuple[li
     return out["home"], out["other"]
 
 
+def paired(
+    plain: str, both: str, visitors: list[str], n: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """Milliseconds per GET recommendations on the server ``plain`` (no lists logged; placement ``other``,
+    no experiment) and on ``both`` (lists logged; placement home, the experiment), alternated request by
+    request on one keep-alive connection each: the two configurations under the same machine load, for
+    the same visitors. Returns (plain, both)."""
+    headers = {"X-API-Key": API_KEY}
+    out: dict[str, list[float]] = {"plain": [], "both": []}
+    with (
+        httpx.Client(base_url=plain, headers=headers, timeout=10.0) as c_plain,
+        httpx.Client(base_url=both, headers=headers, timeout=10.0) as c_both,
+    ):
+        runs = (("plain", c_plain, "other"), ("both", c_both, "home"))
+        for i in range(warmup + n):
+            v = visitors[i % len(visitors)]
+            for name, c, placement in runs if i % 2 else runs[::-1]:
+                t0 = time.perf_counter()
+                r = c.get(f"/v1/visitors/{v}/recommendations", params={"k": 10, "placement": placement})
+                dt = time.perf_counter() - t0
+                if r.status_code != 200 or ("experiment" in r.json()) != (name == "both"):
+                    sys.exit(f"recommendations ({name}): HTTP {r.status_code}: {r.text[:300]}")
+                if i >= warmup:
+                    out[name].append(dt * 1000)
+    return out["plain"], out["both"]
+
+
 def stop_experiment(base: str) -> None:
     headers = {"X-API-Key": API_KEY}
     httpx.post(f"{base}/v1/experiments/{EXPERIMENT}/stop", headers=headers, timeout=30).raise_for_status()
@@ -583,6 +610,7 @@ def main() -> None:
         os.environ["JOURNEYREC_LOG_SERVED_LISTS"] = "false"
         proc = start_server(work / "models", port, prefix, server_log)
         res: dict[str, float] = {}
+        plain: subprocess.Popen[bytes] | None = None
         latency_client, saturation_client = "httpx client, one connection", ""
         try:
             ready = wait_ready(base, proc, server_log)
@@ -613,11 +641,14 @@ def main() -> None:
             )
             latency_client, saturation_client = under_load(base, warm, args, root, res, "")
             if not (args.no_experiment and args.no_live):
-                stop_server(proc)
+                # the plain server stays up (idle) for the paired comparison below
+                plain, plain_base = proc, base
                 os.environ["JOURNEYREC_LOG_SERVED_LISTS"] = "true"
-                proc = start_server(work / "models", port, prefix, server_log)
-                wait_ready(base, proc, server_log)
-                print("server restarted on the same data, logging every served list", flush=True)
+                port = free_port()
+                base = f"http://127.0.0.1:{port}"
+                proc = start_server(work / "models", port, prefix, root / "server-logged.log")
+                wait_ready(base, proc, root / "server-logged.log")
+                print(f"a second server on the same data, logging every served list: {base}", flush=True)
                 under_load(base, warm, args, root, res, "log_")
             if not args.no_experiment:
                 # the same server and visitors with an experiment running on every recommendation
@@ -635,6 +666,15 @@ def main() -> None:
                     "connection, lists logged in both): "
                     f"p50 {pct(on, 50):.2f} ms with, {pct(off, 50):.2f} ms without; p99 {pct(on, 99):.2f} / "
                     f"{pct(off, 99):.2f} ms",
+                    flush=True,
+                )
+                a, b = paired(plain_base, base, warm, args.requests, warmup=200)
+                res["paired_plain_p50"], res["paired_exp_p50"] = pct(a, 50), pct(b, 50)
+                print(
+                    "recommend alternating between the plain server (no lists logged, no experiment) and "
+                    f"the logging server with the experiment ({len(a)} pairs, one connection each): p50 "
+                    f"{pct(b, 50):.2f} ms with both, {pct(a, 50):.2f} ms with neither; "
+                    f"p99 {pct(b, 99):.2f} / {pct(a, 99):.2f} ms",
                     flush=True,
                 )
                 stop_experiment(base)
@@ -658,6 +698,8 @@ def main() -> None:
                 )
         finally:
             stop_server(proc)
+            if plain is not None:
+                stop_server(plain)
             removed = clean_prefix(prefix)
             print(f"server stopped; deleted {removed:,} Redis keys under {prefix}:*", flush=True)
 
@@ -689,6 +731,15 @@ def main() -> None:
         rows += versus(res, "exp_", "experiment + lists logged")
         on, off = res["pair_on_p50"], res["pair_off_p50"]
         rows.append(("experiment: p50 alternating (ms)", f"{on:.2f}/{off:.2f}", "<= +10 %", on <= 1.1 * off))
+        both, neither = res["paired_exp_p50"], res["paired_plain_p50"]
+        rows.append(
+            (
+                "both vs neither, alternating (ms)",
+                f"{both:.2f}/{neither:.2f}",
+                "<= +10 %",
+                both <= 1.1 * neither,
+            )
+        )
     if "live_p50" in res:
         rows += [
             *versus(res, "live_", "live", base="log_"),
@@ -735,6 +786,8 @@ def main() -> None:
         logged_saturation_rps=res.get("log_rps"),
         experiment_p50_ms=res.get("exp_p50"),
         experiment_saturation_rps=res.get("exp_rps"),
+        paired_plain_p50_ms=res.get("paired_plain_p50"),
+        paired_both_p50_ms=res.get("paired_exp_p50"),
         bytes_per_visitor=res["bytes_per_visitor"],
         events_per_visitor=args.events_per_visitor,
     )

@@ -271,6 +271,19 @@ def bench_table(report: BenchReport) -> str:
                 [
                     [
                         (
+                            "the two alternated request by request (httpx client, one connection each): "
+                            "lists logged and the experiment vs neither"
+                        ),
+                        f"p50 {s.paired_both_p50_ms:.2f} ms vs {s.paired_plain_p50_ms:.2f} ms",
+                    ]
+                ]
+                if s.paired_both_p50_ms is not None and s.paired_plain_p50_ms is not None
+                else []
+            ),
+            *(
+                [
+                    [
+                        (
                             f"the same (lists logged) with {s.live_items:,} live catalog items (half new, "
                             "half patched) and 20 merchandising rules"
                         ),
