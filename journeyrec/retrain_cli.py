@@ -4,6 +4,8 @@ workers (``prometheus_client`` in multiprocess mode), so listing the commands mu
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from service.cli import OneLineCommand, _opt
@@ -26,31 +28,9 @@ from service.cli import OneLineCommand, _opt
 @click.option(
     "--every", default=None, metavar="DURATION", help="Run again every DURATION (24h, 30m); else once."
 )
-def retrain_command(
-    redis_url: str | None,
-    redis_prefix: str | None,
-    models_dir: str | None,
-    holdout_days: float,
-    margin: float,
-    preset: str | None,
-    epochs: int | None,
-    resamples: int,
-    report_path: str | None,
-    every: str | None,
-) -> None:
+def retrain_command(**options: Any) -> None:
     """Retrain from the event stream; publish only when the candidate is not worse than the live model
     on the held-out days (NDCG@10, within --margin). One trainer at a time (a lease in Redis)."""
     from journeyrec.retrain import run_command
 
-    run_command(
-        redis_url,
-        redis_prefix,
-        models_dir,
-        holdout_days,
-        margin,
-        preset,
-        epochs,
-        resamples,
-        report_path,
-        every,
-    )
+    run_command(**options)

@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import msgspec
@@ -451,51 +452,40 @@ def _label(key: str) -> str:
     )
 
 
-def interleaved(base: str, visitors: list[str], n: int, warmup: int) -> tuple[list[float], list[float]]:
-    """Milliseconds per GET recommendations with the experiment (placement home) and without it (placement
-    ``other``, the same work otherwise), alternated request by request on one keep-alive connection, so a
-    machine whose load drifts weighs on both alike. Returns (with, without)."""
-    headers = {"X-API-Key": API_KEY}
-    out: dict[str, list[float]] = {"home": [], "other": []}
-    with httpx.Client(base_url=base, headers=headers, timeout=10.0) as c:
-        for i in range(warmup + n):
-            v = visitors[i % len(visitors)]
-            for placement in ("home", "other") if i % 2 else ("other", "home"):
-                t0 = time.perf_counter()
-                r = c.get(f"/v1/visitors/{v}/recommendations", params={"k": 10, "placement": placement})
-                dt = time.perf_counter() - t0
-                if r.status_code != 200 or ("experiment" in r.json()) != (placement == "home"):
-                    sys.exit(f"recommendations at {placement}: HTTP {r.status_code}: {r.text[:300]}")
-                if i >= warmup:
-                    out[placement].append(dt * 1000)
-    return out["home"], out["other"]
+class Side(NamedTuple):
+    """One side of an alternated comparison: a server, the placement asked, and whether its answers carry
+    an experiment."""
+
+    base: str
+    placement: str
+    experiment: bool
 
 
-def paired(
-    plain: str, both: str, visitors: list[str], n: int, warmup: int
-) -> tuple[list[float], list[float]]:
-    """Milliseconds per GET recommendations on the server ``plain`` (no lists logged; placement ``other``,
-    no experiment) and on ``both`` (lists logged; placement home, the experiment), alternated request by
-    request on one keep-alive connection each: the two configurations under the same machine load, for
-    the same visitors. Returns (plain, both)."""
+def alternated(sides: tuple[Side, Side], visitors: list[str], n: int, warmup: int) -> tuple[list[float], ...]:
+    """Milliseconds per GET recommendations on each side, alternated request by request (the order swapped
+    every request) for the same visitors, one keep-alive connection per server: a machine whose load
+    drifts weighs on both alike. Returns one list per side."""
     headers = {"X-API-Key": API_KEY}
-    out: dict[str, list[float]] = {"plain": [], "both": []}
-    with (
-        httpx.Client(base_url=plain, headers=headers, timeout=10.0) as c_plain,
-        httpx.Client(base_url=both, headers=headers, timeout=10.0) as c_both,
-    ):
-        runs = (("plain", c_plain, "other"), ("both", c_both, "home"))
+    clients = {s.base: httpx.Client(base_url=s.base, headers=headers, timeout=10.0) for s in sides}
+    out: tuple[list[float], ...] = ([], [])
+    try:
         for i in range(warmup + n):
             v = visitors[i % len(visitors)]
-            for name, c, placement in runs if i % 2 else runs[::-1]:
+            for j in (0, 1) if i % 2 else (1, 0):
+                side = sides[j]
                 t0 = time.perf_counter()
-                r = c.get(f"/v1/visitors/{v}/recommendations", params={"k": 10, "placement": placement})
+                r = clients[side.base].get(
+                    f"/v1/visitors/{v}/recommendations", params={"k": 10, "placement": side.placement}
+                )
                 dt = time.perf_counter() - t0
-                if r.status_code != 200 or ("experiment" in r.json()) != (name == "both"):
-                    sys.exit(f"recommendations ({name}): HTTP {r.status_code}: {r.text[:300]}")
+                if r.status_code != 200 or ("experiment" in r.json()) != side.experiment:
+                    sys.exit(f"recommendations at {side.placement}: HTTP {r.status_code}: {r.text[:300]}")
                 if i >= warmup:
-                    out[name].append(dt * 1000)
-    return out["plain"], out["both"]
+                    out[j].append(dt * 1000)
+    finally:
+        for c in clients.values():
+            c.close()
+    return out
 
 
 def stop_experiment(base: str) -> None:
@@ -659,7 +649,9 @@ def main() -> None:
                     flush=True,
                 )
                 under_load(base, warm, args, root, res, "exp_")
-                on, off = interleaved(base, warm, args.requests, warmup=200)
+                # the experiment (placement home) and not (placement other, the same work otherwise)
+                sides = (Side(base, "home", True), Side(base, "other", False))
+                on, off = alternated(sides, warm, args.requests, warmup=200)
                 res["pair_on_p50"], res["pair_off_p50"] = pct(on, 50), pct(off, 50)
                 print(
                     f"recommend alternating with and without the experiment ({len(on)} pairs, one "
@@ -668,7 +660,9 @@ def main() -> None:
                     f"{pct(off, 99):.2f} ms",
                     flush=True,
                 )
-                a, b = paired(plain_base, base, warm, args.requests, warmup=200)
+                # the plain server (no lists logged, no experiment) and the logging one with the experiment
+                sides = (Side(plain_base, "other", False), Side(base, "home", True))
+                a, b = alternated(sides, warm, args.requests, warmup=200)
                 res["paired_plain_p50"], res["paired_exp_p50"] = pct(a, 50), pct(b, 50)
                 print(
                     "recommend alternating between the plain server (no lists logged, no experiment) and "
