@@ -15,36 +15,18 @@ reader's clock; the members' scores are the writers' clocks, which a deployment 
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from service.store.base import StoreBusyError, StoreDownError
 from service.store.fleet_base import WorkerBeat, check_ttl
-from service.store.redis_store import PoolExhaustedError, _failure
+from service.store.redis_store import unavailable
 
-log = logging.getLogger("journeyrec.store")
-
-
-@contextmanager
-def _unavailable(what: str) -> Iterator[None]:
-    """Redis failures as the store errors the service maps (503), with a message fit for a client."""
-    try:
-        yield
-    except PoolExhaustedError as e:
-        raise StoreBusyError(f"the fleet store is busy ({what}: no free connection); retry later") from e
-    except (RedisError, OSError) as e:
-        log.info("redis %s failed: %s: %s", what, type(e).__name__, e)
-        raise StoreDownError(
-            f"the fleet store is unavailable ({what}: {type(e).__name__}); retry later", _failure(e)
-        ) from e
+STORE = "fleet store"
 
 
 class RedisFleet:
@@ -72,19 +54,19 @@ class RedisFleet:
             pipe.zadd(self.index_key, {beat.worker: beat.last_seen})
             pipe.zremrangebyscore(self.index_key, "-inf", self._clock() - self.ttl)
             pipe.pexpire(self.index_key, ttl_ms)
-            with _unavailable("heartbeat"):
+            with unavailable("heartbeat", STORE):
                 await pipe.execute()
 
     async def leave(self, worker: str) -> None:
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.delete(self.worker_key(worker))
             pipe.zrem(self.index_key, worker)
-            with _unavailable("leave"):
+            with unavailable("leave", STORE):
                 await pipe.execute()
 
     async def workers(self) -> list[WorkerBeat]:
         oldest = self._clock() - self.ttl
-        with _unavailable("read workers"):
+        with unavailable("read workers", STORE):
             members: Any = await self._r.zrangebyscore(self.index_key, f"({oldest}", "+inf")
             ids = sorted(m.decode() for m in members or ())
             if not ids:
