@@ -110,6 +110,43 @@ class Server:
         return err.decode(errors="replace") if err else ""
 
 
+def simulate_traffic(
+    base: str,
+    api_key: str,
+    out: Path,
+    *,
+    visitors: int,
+    concurrency: int,
+    seed: int,
+    items: int,
+    shop_seed: int,
+) -> tuple[str, dict[str, Any]]:
+    """Run ``journeyrec simulate-traffic`` (14 simulated days) against the server at ``base``; returns its
+    stdout and its JSON summary. Fails the test when the command fails."""
+    args = [
+        "--url",
+        base,
+        "--api-key",
+        api_key,
+        "--visitors",
+        str(visitors),
+        "--concurrency",
+        str(concurrency),
+    ]
+    args += ["--seed", str(seed), "--days", "14", "--items", str(items), "--shop-seed", str(shop_seed)]
+    done = subprocess.run(
+        [sys.executable, "-m", "journeyrec.cli", "simulate-traffic", *args, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    summary: dict[str, Any] = json.loads(out.read_text())
+    return done.stdout, summary
+
+
 @pytest.fixture(scope="module")
 def prefix(redis_client: redis.Redis) -> Iterator[str]:
     p = f"jrtest-{uuid.uuid4().hex[:10]}"

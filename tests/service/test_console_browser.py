@@ -20,8 +20,6 @@ import datetime as dt
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,7 +34,7 @@ import redis
 from models.artifact import resolve_latest
 from tests.conftest import REDIS_URL
 from tests.service.api_fixtures import ADMIN_KEY, INGEST_KEY, KEYS_SPEC, READ_KEY
-from tests.service.test_api_e2e_redis import ROOT, Server
+from tests.service.test_api_e2e_redis import ROOT, Server, simulate_traffic
 from training.loaders import read_events
 from training.pipeline import config_for, train_and_publish
 from training.simulate import SimulationConfig, write_simulation
@@ -107,22 +105,6 @@ class Served:
         return r.json()
 
 
-def _traffic(server: Server, out: Path, seed: int) -> dict[str, Any]:
-    args = ["--url", server.base, "--api-key", INGEST_KEY, "--visitors", str(VISITORS), "--concurrency", "4"]
-    args += ["--seed", str(seed), "--days", "14", "--items", str(SHOP.items), "--shop-seed", str(SHOP.seed)]
-    done = subprocess.run(
-        [sys.executable, "-m", "journeyrec.cli", "simulate-traffic", *args, "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    summary: dict[str, Any] = json.loads(out.read_text())
-    return summary
-
-
 @pytest.fixture(scope="module")
 def served(
     two_models: tuple[Path, str, str], redis_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -150,7 +132,16 @@ def served(
             },
         )
         s.call("POST", f"/v1/experiments/{EXPERIMENT}/start")
-        s.summary = _traffic(server, tmp_path_factory.mktemp("traffic") / "summary.json", seed=3)
+        _, s.summary = simulate_traffic(
+            server.base,
+            INGEST_KEY,
+            tmp_path_factory.mktemp("traffic") / "summary.json",
+            visitors=VISITORS,
+            concurrency=4,
+            seed=3,
+            items=SHOP.items,
+            shop_seed=SHOP.seed,
+        )
         # a visitor with a history worth showing, and an item they were shown
         prefix_ids = s.summary["id_prefix"]
         for vid in (f"{prefix_ids}-u{i}" for i in range(VISITORS)):  # users: erase reaches their ids

@@ -6,9 +6,6 @@ Needs the test Redis (the ``redis_url`` fixture); every run uses its own key pre
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +18,7 @@ import redis
 
 from tests.conftest import REDIS_URL
 from tests.service.api_fixtures import H_READ, INGEST_KEY
-from tests.service.test_api_e2e_redis import ROOT, Server
+from tests.service.test_api_e2e_redis import Server, simulate_traffic
 from training.loaders import read_events
 from training.pipeline import config_for, train_and_publish
 from training.simulate import SimulationConfig, write_simulation
@@ -54,28 +51,18 @@ def served(
     try:
         server.wait_live().close()
         out = tmp_path_factory.mktemp("traffic") / "summary.json"
-        args = [
-            "--url",
+        stdout, summary = simulate_traffic(
             server.base,
-            "--api-key",
             INGEST_KEY,
-            "--visitors",
-            str(VISITORS),
-            "--concurrency",
-            "8",
-        ]
-        args += ["--seed", "3", "--days", "14", "--items", str(SHOP.items), "--shop-seed", str(SHOP.seed)]
-        done = subprocess.run(
-            [sys.executable, "-m", "journeyrec.cli", "simulate-traffic", *args, "--out", str(out)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
+            out,
+            visitors=VISITORS,
+            concurrency=8,
+            seed=3,
+            items=SHOP.items,
+            shop_seed=SHOP.seed,
         )
-        assert done.returncode == 0, done.stderr
-        assert "requests/s" in done.stdout
-        yield server, json.loads(out.read_text())
+        assert "requests/s" in stdout
+        yield server, summary
     finally:
         server.stop()
         for key in client.scan_iter(match=f"*{prefix}*", count=1000):
