@@ -141,7 +141,7 @@ async def retarget_logged(
     if mark_sent and campaign is not None and items:
         await svc.store.mark_sent(visitor_id, campaign, [r.item_id for r in items])
     tag = await svc.feedback.served(
-        visitor_id,
+        state.person,  # feedback is kept per person: a login does not split a visitor in two
         stage=model.stage_of(ctx).stage.value,
         placement=placement,
         items=[r.item_id for r in items],

@@ -10,6 +10,7 @@ from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK
 
+from models.domain import Event, EventType
 from models.errors import StoreUnavailableError
 from models.journey import DEFAULT_RULES
 from service import metrics
@@ -20,7 +21,7 @@ from service.feedback.ingest import feed, history_of
 from service.ingest import count_unknown, decode_events
 from service.openapi_body import EventsOperation
 from service.schemas import IngestOut
-from service.store.base import AppendResult
+from service.store.base import AppendResult, VisitorStore
 
 
 class EventsController(Controller):
@@ -65,7 +66,8 @@ class EventsController(Controller):
         except StoreUnavailableError:
             metrics.EVENTS.labels("refused").inc(len(events))
             raise
-        fed = await feed(svc.feedback, events)
+        # feedback is kept per person (``VisitorState.person``): a login does not split a visitor in two
+        fed = await feed(svc.feedback, await _by_person(svc.store, events, history, result))
         metrics.EVENTS.labels("accepted").inc(result.accepted)
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         model = svc.holder.current  # stage transitions, by the live model's journey rules
@@ -81,3 +83,23 @@ class EventsController(Controller):
         return IngestOut(
             result.accepted, result.duplicates + fed.duplicates, unknown, fed.impressions, redirected
         )
+
+
+async def _by_person(
+    store: VisitorStore, events: list[Event], history: list[Event], result: AppendResult
+) -> list[Event]:
+    """``events`` addressed to their persons: those of stored events from ``result``
+    (``AppendResult.person_of``), those of impressions only (never stored) asked of the store; the same list
+    when no person differs from the visitor id."""
+    stored = {e.visitor_id for e in history}
+    unseen = [e.visitor_id for e in events if e.event is EventType.IMPRESSION and e.visitor_id not in stored]
+    asked = await store.persons_of(unseen) if unseen else {}
+    if not (result.aliases or result.persons or asked):
+        return events
+    persons = {v: asked.get(v) or result.person_of(v) for v in {e.visitor_id for e in events}}
+    return [
+        e
+        if persons[e.visitor_id] == e.visitor_id
+        else msgspec.structs.replace(e, visitor_id=persons[e.visitor_id])
+        for e in events
+    ]

@@ -111,7 +111,7 @@ class VisitorsController(Controller):
         )
         metrics.RECOMMENDATIONS.labels("recommendations", str(rec.fallback).lower()).inc()
         tag = await svc.feedback.served(
-            visitor_id if personalized else None,  # a store that is down cannot log it either
+            state.person if personalized else None,  # a store that is down cannot log it either
             stage=rec.stage.stage.value,
             placement=placement,
             items=[r.item_id for r in (*rec.products, *rec.content)],
@@ -242,7 +242,11 @@ class VisitorsController(Controller):
         # go too (the visitor store's erase, last, removes the links themselves)
         await svc.feedback.drain()  # this worker's queued counts first: none lands after the erase
         removed = 0
-        for v in [*await svc.store.linked(visitor_id), visitor_id]:
+        linked = [*await svc.store.linked(visitor_id), visitor_id]
+        for v in linked:
             removed += await journey.store.erase(v) + await svc.feedback.store.erase(v)
+        # the served lists and feedback are kept per person: a user's is its first anonymous visitor's
+        for person in set((await svc.store.persons_of([visitor_id])).values()) - set(linked):
+            removed += await svc.feedback.store.erase(person)
         removed += await svc.store.erase(visitor_id)
         return ErasedOut(visitor_id=visitor_id, erased=True, records_removed=removed)

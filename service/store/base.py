@@ -65,12 +65,15 @@ class StoreLimits:
 class AppendResult(msgspec.Struct, frozen=True):
     """accepted: newly stored events; duplicates: events whose event_id was stored before (skipped);
     redirected: events addressed to an anonymous id linked to a user, stored under (or found a duplicate
-    in) that user's state (counted in accepted or duplicates too); aliases: those anonymous ids -> user."""
+    in) that user's state (counted in accepted or duplicates too); aliases: those anonymous ids -> user;
+    persons: visitor id -> ``VisitorState.person`` of the visitors whose events were stored (or found
+    duplicate) and whose person is not their own id (users after a first login)."""
 
     accepted: int
     duplicates: int
     redirected: int = 0
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
+    persons: dict[str, str] = msgspec.field(default_factory=dict)
 
     def plus(self, other: AppendResult) -> AppendResult:
         return AppendResult(
@@ -78,7 +81,13 @@ class AppendResult(msgspec.Struct, frozen=True):
             self.duplicates + other.duplicates,
             self.redirected + other.redirected,
             {**self.aliases, **other.aliases},
+            {**self.persons, **other.persons},
         )
+
+    def person_of(self, visitor_id: str) -> str:
+        """The person an event addressed to ``visitor_id`` belongs to (its user's after a link)."""
+        stored = self.aliases.get(visitor_id, visitor_id)
+        return self.persons.get(stored, stored)
 
 
 class VisitorState(msgspec.Struct, frozen=True):
@@ -168,6 +177,11 @@ class VisitorStore(Protocol):
 
     async def resolve_many(self, visitor_ids: list[str]) -> dict[str, str]:
         """``resolve`` of many ids in one round trip: id -> user id, for the linked ones only."""
+        ...
+
+    async def persons_of(self, visitor_ids: list[str]) -> dict[str, str]:
+        """The person (``VisitorState.person``) of each id, its user's when it is linked: id -> person,
+        for the ids whose person is not the id itself (at most two round trips)."""
         ...
 
     async def read_stream(self, after: str, count: int) -> list[StreamEntry]:

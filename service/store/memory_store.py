@@ -192,7 +192,12 @@ class MemoryStore(StoreLimits):
             self._visitors.move_to_end(e.visitor_id)
             accepted += 1
         self._trim_stream(now)
-        return AppendResult(accepted, duplicates, redirected, aliases)
+        persons = {
+            vid: v.person
+            for vid in {e.visitor_id for e in events} | set(aliases.values())
+            if (v := self._visitors.get(vid)) is not None and v.person is not None
+        }
+        return AppendResult(accepted, duplicates, redirected, aliases, persons)
 
     async def visitor(self, visitor_id: str, campaign: str | None = None) -> VisitorState:
         now = self._clock()
@@ -260,6 +265,16 @@ class MemoryStore(StoreLimits):
     async def resolve_many(self, visitor_ids: list[str]) -> dict[str, str]:
         self._expire(self._clock())
         return {v: r for v in set(visitor_ids) if (r := self._resolve(v)) != v}
+
+    async def persons_of(self, visitor_ids: list[str]) -> dict[str, str]:
+        self._expire(self._clock())
+        found = {}
+        for v in set(visitor_ids):
+            user = self._visitors.get(self._resolve(v))
+            person = user.person if user is not None and user.person is not None else self._resolve(v)
+            if person != v:
+                found[v] = person
+        return found
 
     async def link(self, anonymous_id: str, user_id: str, *, force: bool = False) -> LinkResult:
         return await identity.link(self, anonymous_id, user_id, force=force)

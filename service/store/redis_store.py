@@ -421,8 +421,9 @@ end
 # step; keys not in KEYS (the visitor's other keys, the shards') are fine on one server, which does not
 # check slots. Every shard written is
 # opened (trimmed) first, so a shard that cannot be written fails the call before it writes anything.
-# Returns {accepted, duplicates, {group, user id, ...}}: the events of a group whose visitor is an alias are
-# not stored (nor counted); the caller stores them under the user.
+# Returns {accepted, duplicates, {group, user id, ...}, {group, person, ...}}: the events of a group whose
+# visitor is an alias are not stored (nor counted); the caller stores them under the user. The persons are
+# those of the groups whose visitor has a ``person`` key (``VisitorState.person``).
 _APPEND_ALL = (
     _APPLY
     + _SHARD
@@ -437,18 +438,24 @@ while i <= #ARGV do
   if not shards[n] then shards[n] = shard_at(prefix, n, maxlen, cutoff) end
   i, at = i + 3 + 6 * count, at + count
 end
-local accepted, duplicates, redirected = 0, 0, {}
+local accepted, duplicates, redirected, persons = 0, 0, {}, {}
 for g, group in ipairs(groups) do
-  local a, d, user = apply(keys_of(group[1]), group[1], group[3], group[4], group[5], group[2], to_shard,
-                           shards[group[2]])
+  local k = keys_of(group[1])
+  local a, d, user = apply(k, group[1], group[3], group[4], group[5], group[2], to_shard, shards[group[2]])
   accepted, duplicates = accepted + a, duplicates + d
   if user then
     redirected[#redirected + 1] = g
     redirected[#redirected + 1] = user
+  else
+    local person = redis.call('GET', k[10])
+    if person then
+      persons[#persons + 1] = g
+      persons[#persons + 1] = person
+    end
   end
 end
 for _, S in pairs(shards) do close_shard(S, cutoff) end
-return {accepted, duplicates, redirected}
+return {accepted, duplicates, redirected, persons}
 """
 )
 
@@ -456,7 +463,8 @@ return {accepted, duplicates, redirected}
 # visitor's other keys from its base, in the same slot). ARGV: ttl, recent, purchase_log, reference head
 # (``_APPLY``), base, shard n, the number of its first event in the chunk, then its events (6 each,
 # ``_APPLY``) in batch order.
-# Returns {accepted, duplicates, user id or false, {ref, json, ref, json, ...}}: a visitor that is an alias
+# Returns {accepted, duplicates, user id or false, {ref, json, ref, json, ...}, person or false}: a visitor
+# that is an alias
 # stores nothing (its alias's ttl is refreshed; the caller stores the events under the user). The pending
 # entries (oldest first) are every event of the visitor stored but not yet confirmed in its stream shard:
 # this call's and any an earlier, failed call left.
@@ -479,7 +487,7 @@ for _, x in ipairs(redis.call('LRANGE', k[12], 0, -1)) do
   out[#out + 1] = string.sub(x, 1, bar - 1)
   out[#out + 1] = string.sub(x, bar + 1)
 end
-return {accepted, duplicates, user, out}
+return {accepted, duplicates, user, out, (not user) and redis.call('GET', k[10])}
 """
 )
 
@@ -1023,7 +1031,10 @@ class RedisStore(StoreLimits):
         visitors = list(groups)
         pairs = zip(reply[2][::2], reply[2][1::2], strict=True)
         users = {visitors[int(g) - 1]: user.decode() for g, user in pairs}
-        return AppendResult(int(reply[0]), int(reply[1])), users
+        persons = {
+            visitors[int(g) - 1]: p.decode() for g, p in zip(reply[3][::2], reply[3][1::2], strict=True)
+        }
+        return AppendResult(int(reply[0]), int(reply[1]), persons=persons), users
 
     async def _store_steps(
         self, groups: dict[str, list[Event]], head: str
@@ -1049,6 +1060,7 @@ class RedisStore(StoreLimits):
             at += len(group)
         replies = await self._batch("append", calls)
         users: dict[str, str] = {}
+        persons: dict[str, str] = {}
         pending: dict[str, list[str]] = {}
         accepted = duplicates = 0
         for v, reply in zip(groups, replies, strict=True):
@@ -1058,8 +1070,10 @@ class RedisStore(StoreLimits):
                 users[v] = reply[2].decode()
             if reply[3]:
                 pending[v] = [x.decode() for x in reply[3]]
+            if reply[4]:
+                persons[v] = reply[4].decode()
         await self._to_stream(pending)
-        return AppendResult(accepted, duplicates), users
+        return AppendResult(accepted, duplicates, persons=persons), users
 
     def _event_args(self, events: Sequence[Event]) -> list[str]:
         """The 6 script arguments of each of one visitor's events (``_APPLY``): all text, which
@@ -1199,6 +1213,28 @@ class RedisStore(StoreLimits):
             with unavailable("resolve"):
                 users: list[bytes | None] = await pipe.execute()
         return {v: u.decode() for v, u in zip(distinct, users, strict=True) if u is not None}
+
+    async def persons_of(self, visitor_ids: list[str]) -> dict[str, str]:
+        distinct = list(dict.fromkeys(visitor_ids))
+        # each id's alias and person (one slot: MGET), then the person of each user an alias names
+        replies = await self._pipelined("persons", [self.visitor_keys(v)[8:10] for v in distinct])
+        users = {v: a.decode() for v, (a, _) in zip(distinct, replies, strict=True) if a is not None}
+        found = {v: p.decode() for v, (a, p) in zip(distinct, replies, strict=True) if a is None and p}
+        named = list(dict.fromkeys(users.values()))
+        replies = await self._pipelined("persons", [self.visitor_keys(u)[8:10] for u in named])
+        person_of_user = {u: p.decode() if p else u for u, (_, p) in zip(named, replies, strict=True)}
+        found.update({v: person_of_user[u] for v, u in users.items()})
+        return {v: p for v, p in found.items() if p != v}
+
+    async def _pipelined(self, what: str, mgets: list[list[str]]) -> list[list[bytes | None]]:
+        """One MGET per key group (each group in one slot), pipelined in one round trip."""
+        if not mgets:
+            return []
+        async with self._r.pipeline(transaction=False) as pipe:
+            for keys in mgets:
+                pipe.execute_command("MGET", *keys)  # the cluster pipeline refuses pipe.mget
+            with unavailable(what):
+                return list(await pipe.execute())
 
     async def link(self, anonymous_id: str, user_id: str, *, force: bool = False) -> LinkResult:
         return await identity.link(self, anonymous_id, user_id, force=force)

@@ -137,3 +137,75 @@ def run(http: Http) -> None:
     mid = totals(http)
     ingest(http, [{**click, "event_id": f"{v1}-click-after-erase"}])
     assert change(mid, totals(http)) == {}
+
+
+def _results_all(http: Http, experiment: str) -> dict[str, dict[str, float]]:
+    """variant -> the experiment's ``all``-stage counts (visitors, lists, impressions, clicks)."""
+    r = http.get(f"/v1/experiments/{experiment}/results", headers=H_READ)
+    assert r.status_code == 200, r.text
+    keys = ("visitors", "lists", "impressions", "clicks")
+    return {c["variant"]: {k: c[k] for k in keys} for c in r.json()["cells"] if c["stage"] == "all"}
+
+
+def _list_of(http: Http, visitor: str, experiment: str) -> tuple[str, list[str]]:
+    """A home list of ``visitor`` that names ``experiment`` (waiting for every worker to run it)."""
+    for _ in range(500):
+        url = f"/v1/visitors/{visitor}/recommendations?k=3&n_content=0&stage=awareness"
+        r = http.get(url, headers=H_READ)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body.get("experiment") == experiment:
+            return body["recommendation_id"], [p["item_id"] for p in body["products"]]
+        time.sleep(0.02)
+    raise AssertionError(f"no worker served experiment {experiment}")
+
+
+def _wait_results(http: Http, experiment: str, expected: dict[str, float]) -> dict[str, dict[str, float]]:
+    for _ in range(500):
+        now = _results_all(http, experiment)
+        if [{k: c[k] for k in expected} for c in now.values()] == [expected]:
+            return now
+        time.sleep(0.02)
+    raise AssertionError(f"results {_results_all(http, experiment)}, expected one variant with {expected}")
+
+
+def run_login(http: Http) -> None:
+    """A visitor served a list, logged in, served another, shown and clicking both (as the anonymous id
+    and as the user): one person in the experiment's results, every impression and click credited; the
+    user's erase forgets both lists."""
+    tag = uuid.uuid4().hex[:8]
+    experiment, anon, user = f"login{tag}", f"anon-{tag}", f"user-{tag}"
+    doc = {
+        "placements": ["home"],
+        "variants": [{"name": "control", "control": True}, {"name": "same", "weight": 1e-6}],
+    }
+    assert http.put(f"/v1/experiments/{experiment}", json=doc, headers=H_ADMIN).status_code == 200
+    assert http.post(f"/v1/experiments/{experiment}/start", headers=H_ADMIN).status_code == 200
+    try:
+        rid1, items1 = _list_of(http, anon, experiment)
+        _wait_results(http, experiment, {"visitors": 1, "lists": 1})
+        ingest(http, [{"visitor_id": anon, "item_id": items1[0], "event": "product_view"}])
+        r = http.post("/v1/identities", json={"anonymous_id": anon, "user_id": user}, headers=H_INGEST)
+        assert r.status_code == 200, r.text
+        rid2, items2 = _list_of(http, user, experiment)
+        _wait_results(http, experiment, {"visitors": 1, "lists": 2})
+
+        def shown(visitor: str, rid: str, items: list[str]) -> list[dict[str, Any]]:
+            return [
+                {"visitor_id": visitor, "item_id": i, "event": "impression", "recommendation_id": rid}
+                for i in items
+            ]
+
+        # impressions alone (never stored): the user's list as the user, the first list as the anonymous id
+        assert ingest(http, shown(user, rid2, items2))["impressions"] == 3
+        assert ingest(http, shown(anon, rid1, items1))["impressions"] == 3
+        click = {"visitor_id": user, "item_id": items2[1], "event": "product_view", "recommendation_id": rid2}
+        ingest(http, [click])
+        after = _wait_results(http, experiment, {"visitors": 1, "lists": 2, "impressions": 6, "clicks": 1})
+        assert len(after) == 1
+
+        assert http.delete(f"/v1/visitors/{user}", headers=H_ADMIN).status_code == 200
+        ingest(http, [{**click, "item_id": items2[2]}])  # the list is gone: not credited
+        assert _results_all(http, experiment) == after
+    finally:
+        http.post(f"/v1/experiments/{experiment}/stop", headers=H_ADMIN)

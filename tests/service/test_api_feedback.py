@@ -64,3 +64,7 @@ def test_summary_checks_its_days(client: Client) -> None:
     assert "'from'" in r.text
     r = client.get("/v1/feedback/summary?from=2025-01-01&to=2025-01-31", headers=H_READ)
     assert r.json() == {"first_day": "2025-01-01", "last_day": "2025-01-31", "rows": [], "totals": []}
+
+
+def test_a_visitor_who_logs_in_is_one_person_in_the_results(client: Client) -> None:
+    feedback_scenario.run_login(client)

@@ -49,3 +49,7 @@ def test_known_events_give_known_counts_over_redis(http: httpx.Client, prefix: s
     counters = [k for k in keys if k.endswith(":c")]
     assert counters
     assert all(":{fb:" in k for k in counters)
+
+
+def test_a_visitor_who_logs_in_is_one_person_over_redis(http: httpx.Client) -> None:
+    feedback_scenario.run_login(http)

@@ -134,7 +134,8 @@ async def test_events_after_the_link_go_to_the_user(harness: Harness) -> None:
             ev("anon", "p-4", E.PAGE_VIEW, T0 + 3),
         ]
     )
-    assert result == AppendResult(3, 0, 2, {"anon": "user"})
+    # a first login: the user keeps the anonymous visitor's person
+    assert result == AppendResult(3, 0, 2, {"anon": "user"}, {"user": "anon"})
     state = await store.visitor("user")
     assert [(e.visitor_id, e.item_id) for e in state.events] == [
         ("user", "p-1"),
@@ -413,3 +414,33 @@ async def test_the_users_linked_set_outlives_the_aliases_it_names(harness: Harne
     alias_ttl = await harness.redis.ttl(store.visitor_keys("anon")[8])
     linked_ttl = await harness.redis.ttl(store.visitor_keys("user")[7])
     assert 0 < alias_ttl <= 1000 < linked_ttl
+
+
+async def test_the_person_of_a_logged_in_visitor_is_its_first_anonymous_visitors(harness: Harness) -> None:
+    """A first login keeps the anonymous visitor's person (``VisitorState.person``): appends report it for
+    the user, ``persons_of`` for the user and its linked ids; other ids are their own person."""
+    store = harness.make()
+    await store.append([ev(v, "p-1", E.PRODUCT_VIEW, T0 + 1) for v in ("anon", "user-2")])
+    await store.link("anon", "user")  # a first login: the user takes the anonymous visitor's person
+    await store.append([ev("anon-2", "p-2", E.PRODUCT_VIEW, T0 + 2)])
+    await store.link("anon-2", "user-2")  # a returning user keeps its own person
+    appended = await store.append(
+        [
+            ev("user", "p-2", E.PRODUCT_VIEW, T0 + 3),
+            ev("anon", "p-3", E.PRODUCT_VIEW, T0 + 4),
+            ev("anon-2", "p-3", E.PRODUCT_VIEW, T0 + 4),
+            ev("other", "p-3", E.PRODUCT_VIEW, T0 + 4),
+        ]
+    )
+    assert appended.aliases == {"anon": "user", "anon-2": "user-2"}
+    assert appended.persons == {"user": "anon"}
+    assert [appended.person_of(v) for v in ("user", "anon", "anon-2", "user-2", "other")] == [
+        "anon",
+        "anon",
+        "user-2",
+        "user-2",
+        "other",
+    ]
+    asked = ["user", "anon", "anon-2", "user-2", "other", "nobody", "user"]
+    assert await store.persons_of(asked) == {"user": "anon", "anon-2": "user-2"}
+    assert await store.persons_of([]) == {}
