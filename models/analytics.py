@@ -20,9 +20,10 @@ The walk depends only on the stored events and the record, so it can be asked ag
 did not change needs no write, and a visitor two requests evaluate at once changes once (the service
 writes records compare-and-set).
 
-Every stage comes from ``models.journey.stages_of_queries``, the engine's vectorised path, in one call for
-the whole request. Time in a stage is ``at`` of the change that left it minus the time it was entered,
-counted in fixed buckets (``DWELL_EDGES``) so a median can be read from counts.
+Every stage comes from ``models.journey.stage_indices_of_queries``, the engine's vectorised path, in one
+call for the whole request; the lexicographic sorts and searches over (visitor, time) run on complex
+numbers (``_pairs``), one pass each. Time in a stage is ``at`` of the change that left it minus the time
+it was entered, counted in fixed buckets (``DWELL_EDGES``) so a median can be read from counts.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import msgspec
 import numpy as np
 
 from models.domain import DAY, HOUR, STAGES, EventType, Stage
-from models.journey import DEFAULT_RULES, JourneyRules, stages_of_queries
+from models.journey import DEFAULT_RULES, JourneyRules, stage_indices_of_queries
 
 MINUTE = 60.0
 #: lower edges (seconds) of the time-in-stage buckets; bucket i is [EDGES[i], EDGES[i + 1]), the last one
@@ -62,6 +63,9 @@ N_BUCKETS = len(DWELL_EDGES)
 _CART = (EventType.ADD_TO_CART.code, EventType.CHECKOUT.code)
 _ADVOCACY = (EventType.REVIEW.code, EventType.SHARE.code, EventType.REFERRAL.code)
 _PURCHASE = EventType.PURCHASE.code
+# bool[code]: whether an event code is one of the kinds (a table look-up, where np.isin sorts)
+_IS_CART = np.isin(np.arange(256), _CART)
+_IS_ADVOCACY = np.isin(np.arange(256), _ADVOCACY)
 
 
 #: what caused a change (``Walk.cause``)
@@ -95,20 +99,26 @@ class Walk(msgspec.Struct, frozen=True):
     since: np.ndarray
 
 
+def _pairs(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
+    """complex128[n]: ``major + minor i``, built part by part (exact: no product is formed, so an infinite
+    ``minor`` stays itself). numpy orders complex numbers by real part, then imaginary part: one sort or
+    binary search over these is a lexicographic one over (major, minor), where ``np.lexsort`` takes one
+    sorting pass per key and no binary search exists."""
+    out = np.empty(len(major), dtype=np.complex128)
+    out.real = major
+    out.imag = minor
+    return out
+
+
+def _lex_order(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
+    """``np.lexsort((minor, major))``: the stable order by (major, minor), ties in input order."""
+    return np.argsort(_pairs(major, minor), kind="stable")
+
+
 def _rows_before(v: np.ndarray, t: np.ndarray, qv: np.ndarray, qt: np.ndarray) -> np.ndarray:
     """int64[q]: for each query, the end (exclusive, global row index) of visitor ``qv``'s rows with
     ``t < qt`` in a log sorted by (v, t)."""
-    n, q = len(v), len(qv)
-    all_v = np.concatenate([v, qv])
-    all_t = np.concatenate([t, qt])
-    # at equal times a query sorts before the row: the row is not before it
-    kind = np.concatenate([np.ones(n, np.int8), np.zeros(q, np.int8)])
-    order = np.lexsort((kind, all_t, all_v))
-    rows_so_far = np.cumsum(order < n)
-    position = np.empty(n + q, dtype=np.int64)
-    position[order] = np.arange(n + q)
-    # a query is not a row: the rows up to its position are exactly the rows before it
-    return rows_so_far[position[n:]].astype(np.int64)
+    return np.searchsorted(_pairs(v, t), _pairs(qv, qt), side="left").astype(np.int64)
 
 
 def _thresholds(t: np.ndarray, c: np.ndarray, rules: JourneyRules) -> tuple[np.ndarray, np.ndarray]:
@@ -116,8 +126,8 @@ def _thresholds(t: np.ndarray, c: np.ndarray, rules: JourneyRules) -> tuple[np.n
     weight = rules.consider_vector()[c] if len(c) else np.zeros(0)
     purchase = c == _PURCHASE
     parts = [
-        (np.isin(c, _CART), rules.cart_ttl_hours * HOUR),
-        (np.isin(c, _ADVOCACY), rules.advocacy_days * DAY),
+        (_IS_CART[c], rules.cart_ttl_hours * HOUR),
+        (_IS_ADVOCACY[c], rules.advocacy_days * DAY),
         (purchase, rules.retention_days * DAY),
         (purchase, rules.retention_grace_days * DAY),
         (weight > 0, rules.consider_window_days * DAY),
@@ -146,9 +156,12 @@ def walk_stages(
     prev_stage = np.asarray(prev_stage, dtype=np.int8)
     # a visitor with no record is replayed from their first stored event
     since0 = np.where(prev_stage >= 0, np.asarray(prev_since, dtype=np.float64), -np.inf)
-    order = np.lexsort((ts, owner))
-    v = np.asarray(owner, dtype=np.int64)[order]
-    t = np.asarray(ts, dtype=np.float64)[order]
+    v, t = np.asarray(owner, dtype=np.int64), np.asarray(ts, dtype=np.float64)
+    # the stores hand the log over grouped by visitor in time order: then it is its own sort
+    step = v[1:] - v[:-1]
+    in_order = bool(np.all((step > 0) | ((step == 0) & (t[1:] >= t[:-1]))))
+    order = np.arange(len(v)) if in_order else _lex_order(v, t)
+    v, t = v[order], t[order]
     c = np.asarray(codes, dtype=np.int8)[order]
     everyone = np.arange(m, dtype=np.int64)
     # the moments the stage may change after the record's: each event, and each threshold it crosses
@@ -159,8 +172,8 @@ def walk_stages(
     inside = (all_t > since0[v[all_rows]]) & (all_t < now)
     cand_row, cand_t, cand_event = all_rows[inside], all_t[inside], is_event[inside]
     cand_v = v[cand_row]
-    if len(cand_v):  # one query per (visitor, moment); an event before a threshold at the same moment
-        o = np.lexsort((-cand_event, cand_t, cand_v))
+    if len(cand_v):  # one query per (visitor, moment); an event (first in all_t) before a threshold
+        o = _lex_order(cand_v, cand_t)
         cand_v, cand_t, cand_row, cand_event = cand_v[o], cand_t[o], cand_row[o], cand_event[o]
         first = np.r_[True, (cand_v[1:] != cand_v[:-1]) | (cand_t[1:] != cand_t[:-1])]
         cand_v, cand_t, cand_row, cand_event = (
@@ -174,8 +187,7 @@ def walk_stages(
     q_time = np.concatenate([np.nextafter(cand_t, np.inf), np.full(m, now)])
     q_v = np.concatenate([cand_v, everyone])
     q_end = _rows_before(v, t, q_v, q_time)
-    stage, _ = stages_of_queries(v, t, c, q_v, q_end, q_time, rules)
-    stage = stage.astype(np.int8)
+    stage = stage_indices_of_queries(v, t, c, q_v, q_end, q_time, rules)
     final = stage[len(cand_v) :]
 
     # the walk: each visitor's recorded stage, then the stage at each moment, then the stage at now
@@ -187,8 +199,7 @@ def walk_stages(
     w_s = np.concatenate([prev_stage, stage[: len(cand_v)], final])
     w_k = np.concatenate([np.full(m, -1, np.int8), cand_event, np.full(m, BY_REQUEST, np.int8)])
     w_r = np.concatenate([np.full(m, -1), np.where(cand_event == 1, order[cand_row], -1), np.full(m, -1)])
-    w_pos = np.concatenate([np.zeros(m, np.int8), np.ones(len(cand_v), np.int8), np.full(m, 2, np.int8)])
-    o = np.lexsort((w_pos, w_t, w_v))
+    o = _lex_order(w_v, w_t)  # at equal (visitor, time): record, moments, now, as concatenated
     w_v, w_t, w_s, w_k, w_r = w_v[o], w_t[o], w_s[o], w_k[o], w_r[o]
     change = np.flatnonzero((w_v[1:] == w_v[:-1]) & (w_s[1:] != w_s[:-1])) + 1
     ch_v, ch_at, source = w_v[change], w_t[change], w_s[change - 1]

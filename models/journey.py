@@ -248,30 +248,44 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.minimum(np.maximum(x, 0.0), 1.0)
 
 
+class _Picker:
+    """The rules' masks over the queries of a ``_State``; ``pick`` takes, per query, the value of the
+    first rule that holds (in priority order), else the default."""
+
+    def __init__(self, s: _State, rules: JourneyRules) -> None:
+        self.deciding = s.cart_open & (s.cart_age <= rules.cart_ttl_hours * HOUR)
+        self.advocate = s.advocacy_age <= rules.advocacy_days * DAY
+        new_journey = (s.consider_new >= rules.consider_threshold) & (
+            s.purchase_age > rules.retention_grace_days * DAY
+        )
+        self.retained = (s.purchase_age <= rules.retention_days * DAY) & ~new_journey
+        self.considering = s.consider >= rules.consider_threshold
+
+    def pick(self, d: ArrayLike, a: ArrayLike, r: ArrayLike, c: ArrayLike, default: ArrayLike) -> np.ndarray:
+        # nested np.where: np.select costs more on the one-visitor path
+        return np.where(
+            self.deciding,
+            d,
+            np.where(self.advocate, a, np.where(self.retained, r, np.where(self.considering, c, default))),
+        )
+
+    def stage(self) -> np.ndarray:
+        """int8[q] ``Stage.index``."""
+        return self.pick(
+            Stage.DECISION.index,
+            Stage.ADVOCACY.index,
+            Stage.RETENTION.index,
+            Stage.CONSIDERATION.index,
+            Stage.AWARENESS.index,
+        ).astype(np.int8)
+
+
 def _classify(s: _State, rules: JourneyRules) -> tuple[np.ndarray, np.ndarray]:
     """(int8[q] ``Stage.index``, float32[q] confidence in [0, 1]) from the rule quantities."""
     ttl = rules.cart_ttl_hours * HOUR
-    deciding = s.cart_open & (s.cart_age <= ttl)
-    advocate = s.advocacy_age <= rules.advocacy_days * DAY
-    new_journey = (s.consider_new >= rules.consider_threshold) & (
-        s.purchase_age > rules.retention_grace_days * DAY
-    )
-    retained = (s.purchase_age <= rules.retention_days * DAY) & ~new_journey
-    considering = s.consider >= rules.consider_threshold
-
-    def pick(d: ArrayLike, a: ArrayLike, r: ArrayLike, c: ArrayLike, default: ArrayLike) -> np.ndarray:
-        # the rules in priority order (nested np.where: np.select costs more on the one-visitor path)
-        return np.where(
-            deciding, d, np.where(advocate, a, np.where(retained, r, np.where(considering, c, default)))
-        )
-
-    stage = pick(
-        Stage.DECISION.index,
-        Stage.ADVOCACY.index,
-        Stage.RETENTION.index,
-        Stage.CONSIDERATION.index,
-        Stage.AWARENESS.index,
-    ).astype(np.int8)
+    picker = _Picker(s, rules)
+    pick = picker.pick
+    stage = picker.stage()
 
     with np.errstate(invalid="ignore"):
         conf_decision = 0.55 + 0.4 * np.exp(-s.cart_age / ttl)
@@ -477,3 +491,16 @@ def stages_of_queries(
     after its time must be left out by ``q_end``, as ``infer_stage`` leaves them out. Returns (int8[q]
     ``Stage.index``, float32[q] confidence)."""
     return _classify(_state(visitor, ts, event, q_visitor, q_end, q_time, rules), rules)
+
+
+def stage_indices_of_queries(
+    visitor: np.ndarray,
+    ts: np.ndarray,
+    event: np.ndarray,
+    q_visitor: np.ndarray,
+    q_end: np.ndarray,
+    q_time: np.ndarray,
+    rules: JourneyRules = DEFAULT_RULES,
+) -> np.ndarray:
+    """``stages_of_queries``'s stages alone (int8[q] ``Stage.index``), without the confidences."""
+    return _Picker(_state(visitor, ts, event, q_visitor, q_end, q_time, rules), rules).stage()

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models import analytics
 from models.analytics import (
     BY_EVENT,
     BY_REQUEST,
@@ -312,3 +313,23 @@ def test_row_rates_sum_to_one_per_non_empty_row(counts: dict[tuple[Stage, Stage]
         row = [rates[k] for k in counts if k[0] == src]
         if sum(n for k, n in counts.items() if k[0] == src):
             assert sum(row) == pytest.approx(1.0)
+
+
+pairs_st = st.lists(
+    st.tuples(st.integers(0, 6), st.sampled_from([-math.inf, 0.0, 1.0, 1.5, 1e9, 1e9 + 1e-6])), max_size=40
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs_st, pairs_st)
+def test_complex_keys_order_and_search_like_lexsort(rows: list, queries: list) -> None:
+    v = np.array([r[0] for r in rows], dtype=np.int64)
+    t = np.array([r[1] for r in rows], dtype=np.float64)
+    assert np.array_equal(analytics._lex_order(v, t), np.lexsort((t, v)))
+    o = np.lexsort((t, v))
+    v, t = v[o], t[o]
+    qv = np.array([q[0] for q in queries], dtype=np.int64)
+    qt = np.array([q[1] for q in queries], dtype=np.float64)
+    # naive: the rows of earlier visitors, and the visitor's own rows at earlier times
+    want = [int(np.sum((v < a) | ((v == a) & (t < b)))) for a, b in zip(qv, qt, strict=True)]
+    assert analytics._rows_before(v, t, qv, qt).tolist() == want
