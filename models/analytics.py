@@ -86,6 +86,8 @@ class Walk(msgspec.Struct, frozen=True):
     row      int64[c]    the index (into the arrays passed in) of the event of a ``BY_EVENT`` change, else -1
     stage    int8[m]     each visitor's stage at ``now``
     since    float64[m]  when each visitor entered it
+    due      float64[m]  when each visitor's stage next changes by time alone, if no event comes first (a
+                         threshold ahead of ``now``; inf: never)
     """
 
     visitor: np.ndarray
@@ -97,6 +99,7 @@ class Walk(msgspec.Struct, frozen=True):
     row: np.ndarray
     stage: np.ndarray
     since: np.ndarray
+    due: np.ndarray
 
 
 def _pairs(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
@@ -184,11 +187,18 @@ def walk_stages(
         )
     # a stage holds at the moment itself (the thresholds are "<=") and an event counts from its own time:
     # each moment is asked just after it, over the events before that
-    q_time = np.concatenate([np.nextafter(cand_t, np.inf), np.full(m, now)])
-    q_v = np.concatenate([cand_v, everyone])
+    # (and the thresholds still ahead, for ``due``)
+    ahead = th_times >= now
+    fut_v, fut_t = v[th_rows[ahead]], th_times[ahead]
+    q_time = np.concatenate([np.nextafter(cand_t, np.inf), np.full(m, now), np.nextafter(fut_t, np.inf)])
+    q_v = np.concatenate([cand_v, everyone, fut_v])
     q_end = _rows_before(v, t, q_v, q_time)
     stage = stage_indices_of_queries(v, t, c, q_v, q_end, q_time, rules)
-    final = stage[len(cand_v) :]
+    final = stage[len(cand_v) : len(cand_v) + m]
+    # the first threshold ahead after which the stage is no longer the one at now
+    due = np.full(m, np.inf)
+    turns = stage[len(cand_v) + m :] != final[fut_v]
+    np.minimum.at(due, fut_v[turns], fut_t[turns])
 
     # the walk: each visitor's recorded stage, then the stage at each moment, then the stage at now
     w_v = np.concatenate([everyone, cand_v, everyone])
@@ -219,6 +229,7 @@ def walk_stages(
         row=w_r[change].astype(np.int64),
         stage=final,
         since=since,
+        due=due,
     )
 
 

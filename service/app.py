@@ -11,6 +11,7 @@ Every JSON body's nesting depth is checked before msgspec decodes it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -31,7 +32,7 @@ from models.serving_rules import Exploration
 from service.admission import admission_middleware
 from service.analytics.factory import build_tracker
 from service.analytics.store_base import AnalyticsStore
-from service.analytics.tracker import JourneyTracker
+from service.analytics.tracker import SWEEP_BATCH, JourneyTracker
 from service.api.analytics import AnalyticsController
 from service.api.catalog import CatalogBatchController, CatalogController
 from service.api.console import console_router
@@ -226,6 +227,17 @@ def create_app(
             await heartbeat.beat()  # a failure is logged; the next interval tries again
 
         followers.start("heartbeat", every(settings.heartbeat_seconds, beat))
+        if settings.journey_analytics and settings.journey_sweep_seconds > 0:
+            followers.start("journey-sweep", every(settings.journey_sweep_seconds, sweep))
+
+    async def sweep() -> None:
+        """Count the stage changes that came due by time (``JourneyTracker.sweep``), a batch at a time
+        until none is left, by the live model's journey rules."""
+        model = holder.current
+        if model is None:
+            return
+        while await tracker.sweep(model.rules) >= SWEEP_BATCH:
+            await asyncio.sleep(0)  # let requests in between batches
 
     async def close_store() -> None:
         await feedback.close()  # counts the served lists still queued first

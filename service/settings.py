@@ -68,6 +68,7 @@ ENV: dict[str, str] = {
     "experiments_poll_seconds": "JOURNEYREC_EXPERIMENTS_POLL_SECONDS",
     "experiments_holdout": "JOURNEYREC_EXPERIMENTS_HOLDOUT",
     "journey_analytics": "JOURNEYREC_JOURNEY_ANALYTICS",
+    "journey_sweep_seconds": "JOURNEYREC_JOURNEY_SWEEP_SECONDS",
     "analytics_hourly_days": "JOURNEYREC_ANALYTICS_HOURLY_DAYS",
     "analytics_daily_days": "JOURNEYREC_ANALYTICS_DAILY_DAYS",
     "analytics_visitor_sets_days": "JOURNEYREC_ANALYTICS_VISITOR_SETS_DAYS",
@@ -194,6 +195,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # count journey-stage transitions at ingest (GET /v1/analytics/journey reads them); false: ingest only
     # stores events
     journey_analytics: bool = True
+    # every worker looks this often for visitors whose stage changed by time alone (an abandoned cart
+    # expiring, a customer lapsing) and counts those changes when they take effect, seen again or not;
+    # 0: counted only when the visitor is next seen
+    journey_sweep_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 60.0
     # days the hourly journey rollups are kept (and the longest range GET /v1/analytics/journey reads by
     # hour)
     analytics_hourly_days: Annotated[int, msgspec.Meta(ge=1, le=3660)] = 14

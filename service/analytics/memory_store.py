@@ -4,6 +4,8 @@ method awaits while it changes state, so each write is atomic with respect to th
 
 from __future__ import annotations
 
+import heapq
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -49,6 +51,7 @@ class MemoryAnalyticsStore:
         self._clock = clock
         self._records: dict[str, tuple[JourneyRecord, float]] = {}  # visitor -> (record, expires at)
         self._rollups: dict[str, _Rollup] = {}  # period id -> rollup
+        self._due: dict[str, float] = {}  # visitor -> due time
 
     def _record(self, visitor_id: str, now: float) -> JourneyRecord | None:
         got = self._records.get(visitor_id)
@@ -102,7 +105,12 @@ class MemoryAnalyticsStore:
             if got is not None and got[1] > now:
                 self._records[visitor_id] = (msgspec.structs.replace(got[0], seen=seen), got[1])
 
-    async def add(self, deltas: Mapping[Period, PeriodDelta]) -> None:
+    async def add(self, deltas: Mapping[Period, PeriodDelta], due: Mapping[str, float] | None = None) -> None:
+        for visitor_id, when in (due or {}).items():
+            if math.isinf(when):
+                self._due.pop(visitor_id, None)
+            else:
+                self._due[visitor_id] = when
         now = self._clock()
         for (granularity, start), delta in deltas.items():
             r = self._rollup(period_id(granularity, start), now)
@@ -114,6 +122,12 @@ class MemoryAnalyticsStore:
                 for name, members in delta.members.items():
                     r.sets.setdefault(name, set()).update(members)
                 r.sets_expire = self.retention.sets_expire(granularity, start)
+
+    async def claim_due(self, now: float, limit: int, hold: float) -> list[str]:
+        ready = heapq.nsmallest(limit, ((t, v) for v, t in self._due.items() if t < now))
+        for _, v in ready:
+            self._due[v] = now + hold
+        return [v for _, v in ready]
 
     async def read(self, granularity: Granularity, starts: Sequence[float]) -> list[PeriodData]:
         now = self._clock()
@@ -131,6 +145,7 @@ class MemoryAnalyticsStore:
         now = self._clock()
         removed = int(self._record(visitor_id, now) is not None)
         self._records.pop(visitor_id, None)
+        removed += int(self._due.pop(visitor_id, None) is not None)
         member = member_of(visitor_id)
         for r in self._rollups.values():
             if r.sets_expire <= now:

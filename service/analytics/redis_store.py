@@ -11,14 +11,17 @@ Keys (``P`` the prefix, ``{v:H}`` the visitor's tag of ``service.store.redis_sto
 - ``P:{jr:I}:n``       hash: the period's counters (``t|from|to|channel`` transitions, ``e|stage|channel``
                        stage entries, ``d|stage|channel|bucket`` time in stage)
 - ``P:{jr:I}:s:<name>`` set: visitor pseudonyms (``store_base.SET_NAMES``)
+- ``P:{jd:n}:due``     sorted set: visitor id -> due time (``store_base``), in shard ``n`` (the visitor's
+                       stream shard, ``RedisStore.shard_of``)
 
 Every script keeps to one slot: the record scripts to the visitor's tag, the rollup script to the period's
-tag ``{jr:I}``. Reads and writes of many visitors or periods go in one round trip
-(``service.store.resp``), never as one script over several slots.
+tag ``{jr:I}``, the claim script to a due shard's ``{jd:n}``. Reads and writes of many visitors or
+periods go in one round trip (``service.store.resp``), never as one script over several slots.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,7 +44,7 @@ from service.analytics.store_base import (
     channel_name,
 )
 from service.store import trail
-from service.store.redis_store import RedisStore, unavailable
+from service.store.redis_store import STREAM_SHARDS, RedisStore, unavailable
 from service.store.resp import Arg, evalsha, round_trip_packed, run
 
 STORE = "journey analytics store"
@@ -83,6 +86,14 @@ end
 return 1
 """.replace("CHUNK", str(CHUNK))
 
+# KEYS: a due shard. ARGV: now, limit, hold until. The members due before now (earliest first, at most
+# limit), their due time moved to hold until.
+_CLAIM = """
+local got = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, v in ipairs(got) do redis.call('ZADD', KEYS[1], ARGV[3], v) end
+return got
+"""
+
 _STAGES = {s.value.encode(): s for s in Stage}
 
 
@@ -121,10 +132,29 @@ class RedisAnalyticsStore:
         self._commit = self._r.register_script(_COMMIT)
         self._add = self._r.register_script(_ADD)
         self._mark = self._r.register_script(_MARK)
-        self._scripts = (self._commit, self._add, self._mark)
+        self._claim = self._r.register_script(_CLAIM)
+        self._scripts = (self._commit, self._add, self._mark, self._claim)
 
     def _period_base(self, pid: str) -> str:
         return f"{self._prefix}:{{jr:{pid}}}"
+
+    def _due_key(self, shard: int) -> str:
+        return f"{self._prefix}:{{jd:{shard}}}:due"
+
+    def _due_commands(self, due: Mapping[str, float]) -> list[list[Arg]]:
+        """One ZADD (finite times) and one ZREM (inf) per due shard written."""
+        add: dict[int, list[Arg]] = {}
+        drop: dict[int, list[Arg]] = {}
+        for visitor_id, when in due.items():
+            shard = self._visitors.shard_of(visitor_id)
+            if math.isinf(when):
+                drop.setdefault(shard, []).append(visitor_id)
+            else:
+                add.setdefault(shard, []).extend((repr(when), visitor_id))
+        return [
+            *(["ZADD", self._due_key(n), *pairs] for n, pairs in add.items()),
+            *(["ZREM", self._due_key(n), *members] for n, members in drop.items()),
+        ]
 
     async def snapshot(self, visitor_ids: Sequence[str]) -> Snapshot:
         # per visitor: the record, then the trail (read after the record: a record that moved in between
@@ -184,10 +214,8 @@ class RedisAnalyticsStore:
         with unavailable("write journey sightings", STORE):
             await run(self._r, commands, self._scripts)
 
-    async def add(self, deltas: Mapping[Period, PeriodDelta]) -> None:
-        if not deltas:
-            return
-        commands = []
+    async def add(self, deltas: Mapping[Period, PeriodDelta], due: Mapping[str, float] | None = None) -> None:
+        commands = self._due_commands(due) if due else []
         for (granularity, start), delta in deltas.items():
             base = self._period_base(period_id(granularity, start))
             keys = [f"{base}:n"]
@@ -203,8 +231,18 @@ class RedisAnalyticsStore:
                     keys.append(f"{base}:s:{name}")
                     args += [str(len(members)), *members]
             commands.append(evalsha(self._add, keys, args))
+        if not commands:
+            return
         with unavailable("write journey rollups", STORE):
             await run(self._r, commands, self._scripts)
+
+    async def claim_due(self, now: float, limit: int, hold: float) -> list[str]:
+        per_shard = -(-limit // STREAM_SHARDS)
+        args: list[Arg] = [repr(now), str(per_shard), repr(now + hold)]
+        commands = [evalsha(self._claim, [self._due_key(n)], args) for n in range(STREAM_SHARDS)]
+        with unavailable("claim due journey walks", STORE):
+            replies = await run(self._r, commands, self._scripts)
+        return [v.decode() for got in replies for v in got]
 
     async def read(self, granularity: Granularity, starts: Sequence[float]) -> list[PeriodData]:
         with unavailable("read journey rollups", STORE):
@@ -231,7 +269,10 @@ class RedisAnalyticsStore:
     async def erase(self, visitor_id: str) -> int:
         member = member_of(visitor_id)
         now = time.time()
-        commands: list[list[Arg]] = [["DEL", f"{self._visitors.visitor_base(visitor_id)}:journey"]]
+        commands: list[list[Arg]] = [
+            ["DEL", f"{self._visitors.visitor_base(visitor_id)}:journey"],
+            ["ZREM", self._due_key(self._visitors.shard_of(visitor_id)), visitor_id],
+        ]
         for g in GRANULARITIES:
             for start in self.retention.sets_alive(g, now):
                 base = self._period_base(period_id(g, start))

@@ -11,6 +11,7 @@ from models.domain import STAGES, Stage
 from models.errors import InvalidInputError
 from service.analytics.periods import LENGTH, Granularity, covering
 from service.analytics.schemas import (
+    ByTimeOut,
     FunnelStepOut,
     GroupOut,
     ImpactOut,
@@ -38,9 +39,11 @@ IMPACT_NOTE = (
 NOTES = [
     "time in stage is read from bucketed counts (fixed bucket edges): medians are interpolated in a bucket",
     (
-        "transitions by time (an abandoned cart expiring, a customer lapsing) are counted when the visitor "
-        "is next seen by ingest, dated when they took effect"
+        "transitions by time (an abandoned cart expiring, a customer lapsing) are counted by each worker's "
+        "sweep (JOURNEYREC_JOURNEY_SWEEP_SECONDS) soon after they take effect, or when the visitor is next "
+        "seen if that comes first, and dated when they took effect"
     ),
+    "by_time (abandoned carts, lapsed customers) counts every visitor: a change by time has no channel",
 ]
 
 
@@ -126,6 +129,7 @@ def build(
 ) -> JourneyAnalyticsOut:
     stage_of = {s.value: s for s in Stage}
     transitions: dict[tuple[Stage, Stage], int] = {}
+    by_time: dict[tuple[Stage, Stage], int] = {}
     dwell: dict[Stage, list[int]] = {s: [0] * N_BUCKETS for s in STAGES}
     first = 0
     union: dict[str, set[str]] = {}
@@ -144,10 +148,25 @@ def build(
         first += sum(entries.values()) - moved
         for (stage, _, bucket), n in _fields(p.counts, "d", channel):
             dwell[stage_of[stage]][int(bucket)] += n
-        series.append(PeriodOut(iso(p.start), visitors, entries, moved))
+        left = {s.value: 0 for s in STAGES}  # changes by time out of each stage
+        for (src, dst), n in _fields(p.counts, "x", None):
+            key = (stage_of[src], stage_of[dst])
+            by_time[key] = by_time.get(key, 0) + n
+            left[src] += n
+        series.append(
+            PeriodOut(
+                iso(p.start),
+                visitors,
+                entries,
+                moved,
+                left[Stage.DECISION.value],
+                left[Stage.RETENTION.value],
+            )
+        )
         for name, members in p.sets.items():
             union.setdefault(name, set()).update(members)
     rates = row_rates(transitions)
+    by_time_rates = row_rates(by_time)
     order = {s: s.index for s in STAGES}
     listed = sorted(transitions, key=lambda k: (order[k[0]], order[k[1]]))
     matrix = {s.value: {t.value: transitions.get((s, t), 0) for t in STAGES} for s in STAGES}
@@ -189,6 +208,17 @@ def build(
         time_in_stage=times,
         funnel=[FunnelStepOut(f.stage, f.visitors, f.drop_off) for f in funnel(seen)],
         recommendation_impact=ImpactOut("descriptive", False, IMPACT_NOTE, impact),
+        by_time=ByTimeOut(
+            abandoned_carts=sum(p.abandoned_carts for p in series),
+            lapsed=sum(p.lapsed for p in series),
+            transitions=[
+                TransitionOut(a, b, n, r)
+                for (a, b), n, r in sorted(
+                    ((k, n, by_time_rates[k]) for k, n in by_time.items()),
+                    key=lambda x: (order[x[0][0]], order[x[0][1]]),
+                )
+            ],
+        ),
         notes=NOTES,
     )
 

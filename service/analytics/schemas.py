@@ -12,12 +12,27 @@ from models.domain import Stage
 class PeriodOut(msgspec.Struct, frozen=True):
     """One hour or day. visitors: distinct visitors seen in each stage (evaluated in it, or leaving it,
     during the period); entries: stage entries (transitions into the stage and first sightings);
-    transitions: transitions counted in the period."""
+    transitions: transitions counted in the period; abandoned_carts, lapsed: as in ``ByTimeOut``, for the
+    period."""
 
     start: str
     visitors: dict[str, int]
     entries: dict[str, int]
     transitions: int
+    abandoned_carts: int = 0
+    lapsed: int = 0
+
+
+class ByTimeOut(msgspec.Struct, frozen=True):
+    """Stage changes by time alone in the range, dated when they took effect, whatever the channel (no
+    event caused them). abandoned_carts: visitors who left decision when their cart expired
+    (``cart_ttl_hours``); lapsed: customers who left retention when its window ended (``retention_days``,
+    or the grace period after a purchase while they browse for something new); transitions: every such
+    change by (from, to), with its share of the changes by time out of ``from``."""
+
+    abandoned_carts: int
+    lapsed: int
+    transitions: list[TransitionOut]
 
 
 class TransitionOut(msgspec.Struct, frozen=True):
@@ -87,4 +102,5 @@ class JourneyAnalyticsOut(msgspec.Struct, frozen=True):
     time_in_stage: list[TimeInStageOut] = msgspec.field(default_factory=list)
     funnel: list[FunnelStepOut] = msgspec.field(default_factory=list)
     recommendation_impact: ImpactOut | None = None
+    by_time: ByTimeOut | None = None
     notes: list[str] = msgspec.field(default_factory=list)

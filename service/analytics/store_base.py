@@ -19,8 +19,12 @@ Semantics
   sets after ``sets_days`` (at most the counters' retention): they hold visitor pseudonyms, and only
   distinct counts need them. A change counted into a period whose sets have expired may count its
   visitor again there.
-- ``erase`` removes the record and the visitor's pseudonym from the visitor sets of every period whose sets
-  may still exist. Counters hold no visitor data and stay.
+- Due times (per visitor): when the visitor's stage next changes by time alone (``models.analytics.Walk``
+  ``due``), set with the rollups (``add``). ``claim_due`` hands out the visitors whose time has come, and
+  moves it ``hold`` seconds on, so a sweep that dies leaves them to the next; the sweep's walk sets the
+  next due time. A visitor whose keys expired is walked once more and leaves the index.
+- ``erase`` removes the record, the due time and the visitor's pseudonym from the visitor sets of every
+  period whose sets may still exist. Counters hold no visitor data and stay.
 """
 
 from __future__ import annotations
@@ -145,8 +149,14 @@ class AnalyticsStore(Protocol):
         """Compare-and-set each record (module docstring); True where it was written."""
         ...
 
-    async def add(self, deltas: Mapping[Period, PeriodDelta]) -> None:
-        """Add counts and set members to the periods' rollups."""
+    async def add(self, deltas: Mapping[Period, PeriodDelta], due: Mapping[str, float] | None = None) -> None:
+        """Add counts and set members to the periods' rollups and set the due time of each visitor of
+        ``due`` (``math.inf``: none), in one round trip."""
+        ...
+
+    async def claim_due(self, now: float, limit: int, hold: float) -> list[str]:
+        """About ``limit`` visitors (at most) whose due time is before ``now``, earliest first; their due
+        time becomes ``now + hold`` (module docstring)."""
         ...
 
     async def mark_seen(self, sightings: Sequence[tuple[str, str]]) -> None:
@@ -159,8 +169,8 @@ class AnalyticsStore(Protocol):
         ...
 
     async def erase(self, visitor_id: str) -> int:
-        """Remove the visitor's record and their pseudonym from the rollup sets; returns how many keys or
-        set memberships were removed."""
+        """Remove the visitor's record, due time and pseudonym from the rollup sets; returns how many keys,
+        index entries or set memberships were removed."""
         ...
 
     async def close(self) -> None: ...

@@ -4,17 +4,19 @@ since their record, and what they add to the rollups.
 Per request (``JourneyTracker.observe``), whatever its size: one round trip reading the records and stored
 events of its visitors, one vectorised stage walk (``models.analytics.walk_stages``) for all of them, one
 round trip writing, compare-and-set, the records of the visitors whose stage changed, one round trip for the
-rollups. A visitor whose record another request changed in between is read and walked again (at most
-``ATTEMPTS`` times), so each transition is counted once.
+rollups and the visitors' due times. A visitor whose record another request changed in between is read
+and walked again (at most ``ATTEMPTS`` times), so each transition is counted once.
 
 What is counted, and when
 - A transition: the stage the model's journey engine gives the visitor changed, replayed event by event
   and threshold by threshold since the recorded change (``models.analytics``). A change an event caused
   is dated at the event's time with the event's channel ("none" when it carries none); several changes in
   one request are each counted. A change by time alone (an abandoned cart expiring after
-  ``cart_ttl_hours``, a customer lapsing after ``retention_days``, ...) is counted when the visitor is
-  next seen by ingest, dated when it took effect, with channel "none": a visitor never seen again keeps
-  the stage they were last seen in. A change found only at the ingest time (events that arrived with
+  ``cart_ttl_hours``, a customer lapsing after ``retention_days``, ...) is counted by the sweep
+  (``sweep``: the visitors whose due time, noted by their last walk, has come) or when the visitor is next
+  seen by ingest, whichever comes first, dated when it took effect, with channel "none", and counted once
+  more as a change by time (``x|from|to``: abandoned carts, lapsed customers). A sweep sees no one: it
+  adds no sighting. A change found only at the ingest time (events that arrived with
   times before the recorded change) is dated then, with the channel of the visitor's newest event in the
   request that has one.
 - A stage entry: every transition into a stage, and a visitor's first sighting (the stage they are first
@@ -35,7 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.analytics import BY_EVENT, BY_REQUEST, dwell_buckets, walk_stages
+from models.analytics import BY_EVENT, BY_REQUEST, BY_TIME, dwell_buckets, walk_stages
 from models.domain import STAGES, Event, EventType
 from models.errors import StoreUnavailableError
 from models.journey import JourneyRules
@@ -56,6 +58,10 @@ from service.analytics.store_base import (
 log = logging.getLogger("journeyrec.service")
 
 ATTEMPTS = 3  # reads of a visitor whose record other requests keep changing, before giving up on it
+SWEEP_BATCH = 512  # visitors one sweep walks at most
+SWEEP_HOLD_S = 300.0  # a claimed visitor comes due again after this, unless the sweep set its next time
+# one stage change of a visitor: (source, target, at, channel, dwell bucket, by time alone)
+_Change = tuple[int, int, float, str, int, bool]
 SKIP_LOG_INTERVAL_S = 10.0  # at most one log line this often about requests skipped by a store outage
 _VIEW = EventType.PRODUCT_VIEW
 _VALUE = [s.value for s in STAGES]
@@ -83,6 +89,7 @@ class _Rollups:
         self._periods: dict[float, list[Period]] = {}
         self._counts: dict[tuple[float, str], int] = {}
         self._members: dict[tuple[float, str], list[str]] = {}
+        self.due: dict[str, float] = {}  # visitor id -> due time (``Walk.due``)
 
     def periods(self, t: float) -> list[Period]:
         """(granularity, start) of the hour and the day holding ``t``."""
@@ -157,16 +164,45 @@ class JourneyTracker:
                     break
             else:
                 log.warning("journey analytics: %d visitors changed by other requests; skipped", len(pending))
-            await self.store.add(rollups.deltas())
+            await self.store.add(rollups.deltas(), rollups.due)
             if rollups.sightings:  # once the sets hold them
                 await self.store.mark_seen(rollups.sightings)
         except StoreUnavailableError as e:
-            self._skipped += 1
-            if time.monotonic() >= self._log_due:  # an outage would otherwise log every request
-                self._log_due = time.monotonic() + SKIP_LOG_INTERVAL_S
-                log.warning("journey analytics skipped %d requests: %s", self._skipped, e)
-                self._skipped = 0
+            self._skip(e)
             return 0
+        return self._counted(rollups)
+
+    async def sweep(self, rules: JourneyRules, now: float | None = None, limit: int = SWEEP_BATCH) -> int:
+        """Walk up to ``limit`` visitors whose stage is due to change by time (``AnalyticsStore.claim_due``)
+        and count the changes, dated when they took effect; returns how many visitors were walked. Never
+        raises for a store outage (logged; the claimed visitors come due again after ``SWEEP_HOLD_S``)."""
+        if not self.enabled:
+            return 0
+        when = time.time() if now is None else now
+        rollups = _Rollups()
+        try:
+            visitors = await self.store.claim_due(when, limit, SWEEP_HOLD_S)
+            pending = visitors
+            for _ in range(ATTEMPTS):
+                pending = await self._attempt(pending, None, rules, when, rollups)
+                if not pending:
+                    break
+            await self.store.add(rollups.deltas(), rollups.due)
+        except StoreUnavailableError as e:
+            self._skip(e)
+            return 0
+        self._counted(rollups)
+        return len(visitors)
+
+    def _skip(self, e: StoreUnavailableError) -> None:
+        self._skipped += 1
+        if time.monotonic() >= self._log_due:  # an outage would otherwise log every request
+            self._log_due = time.monotonic() + SKIP_LOG_INTERVAL_S
+            log.warning("journey analytics skipped %d requests: %s", self._skipped, e)
+            self._skipped = 0
+
+    @staticmethod
+    def _counted(rollups: _Rollups) -> int:
         for (src, dst), n in rollups.transitions.items():
             metrics.STAGE_TRANSITIONS.labels(src, dst).inc(n)
         return sum(rollups.transitions.values())
@@ -174,13 +210,16 @@ class JourneyTracker:
     async def _attempt(
         self,
         visitors: list[str],
-        seen: dict[str, _Request],
+        seen: dict[str, _Request] | None,
         rules: JourneyRules,
         now: float,
         rollups: _Rollups,
     ) -> list[str]:
-        """Walk ``visitors``, commit the records of those whose stage changed and roll up what they add;
-        returns the visitors whose commit lost to another request (to be walked again)."""
+        """Walk ``visitors``, commit the records of those whose stage changed and roll up what they add
+        (``seen``: what the request said of each visitor; None for a sweep, which sees no one); returns the
+        visitors whose commit lost to another request (to be walked again)."""
+        if not visitors:
+            return []
         snap = await self.store.snapshot(visitors)
         m = len(visitors)
         prev_stage = np.full(m, -1, dtype=np.int8)
@@ -192,7 +231,7 @@ class JourneyTracker:
         owner = np.repeat(np.arange(m, dtype=np.int64), snap.counts)
         walk = walk_stages(owner, snap.ts, snap.codes, prev_stage, prev_since, now, rules)
         # each changed visitor's changes as (source, target, at, channel, dwell bucket), in time order
-        changes: dict[int, list[tuple[int, int, float, str, int]]] = {}
+        changes: dict[int, list[_Change]] = {}
         for v, src, dst, at, cause, row, bucket in zip(
             walk.visitor.tolist(),
             walk.source.tolist(),
@@ -205,9 +244,11 @@ class JourneyTracker:
         ):
             if cause == BY_EVENT:
                 channel = snap.channel(row)
+            elif cause == BY_REQUEST and seen is not None:
+                channel = seen[visitors[v]].channel
             else:
-                channel = seen[visitors[v]].channel if cause == BY_REQUEST else NO_CHANNEL
-            changes.setdefault(v, []).append((src, dst, at, channel, bucket))
+                channel = NO_CHANNEL
+            changes.setdefault(v, []).append((src, dst, at, channel, bucket, cause == BY_TIME))
         stage, since = walk.stage.tolist(), walk.since.tolist()
         changed = list(changes)
         won = await self.store.commit(
@@ -215,8 +256,14 @@ class JourneyTracker:
         )
         lost = {i for i, ok in zip(changed, won, strict=True) if not ok}
         hour = start_of(now, "hour")
+        due = walk.due.tolist()
         for i, visitor_id in enumerate(visitors):
             if i in lost:
+                continue
+            rollups.due[visitor_id] = due[i]
+            if seen is None:  # a sweep: changes by time only, no sighting
+                if i in changes:
+                    _changes(changes[i], member_of(visitor_id), rollups)
                 continue
             req = seen[visitor_id]
             rec = snap.records[i]
@@ -237,9 +284,9 @@ class JourneyTracker:
         return [visitors[i] for i in sorted(lost)]
 
 
-def _changes(changes: list[tuple[int, int, float, str, int]], member: str, rollups: _Rollups) -> None:
+def _changes(changes: list[_Change], member: str, rollups: _Rollups) -> None:
     """What one visitor's stage changes add to the rollups (see the module docstring)."""
-    for src, dst, at, ch, bucket in changes:
+    for src, dst, at, ch, bucket, by_time in changes:
         to = _VALUE[dst]
         rollups.count(at, f"e|{to}|{ch}")
         rollups.put(at, _SEEN[dst], member)
@@ -247,6 +294,8 @@ def _changes(changes: list[tuple[int, int, float, str, int]], member: str, rollu
             continue
         frm = _VALUE[src]
         rollups.count(at, f"t|{frm}|{to}|{ch}")
+        if by_time:
+            rollups.count(at, f"x|{frm}|{to}")
         rollups.count(at, f"d|{frm}|{ch}|{bucket}")
         rollups.put(at, _SEEN[src], member)
         if dst > src:

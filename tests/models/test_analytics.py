@@ -92,16 +92,7 @@ def naive(
         since = recorded if stage >= 0 else -math.inf  # a new visitor is replayed from the first event
         moments: dict[float, int] = {}
         for e in events:
-            delays = []
-            if e.event in (E.ADD_TO_CART, E.CHECKOUT):
-                delays.append(rules.cart_ttl_hours * HOUR)
-            if e.event in (E.REVIEW, E.SHARE, E.REFERRAL):
-                delays.append(rules.advocacy_days * DAY)
-            if e.event is E.PURCHASE:
-                delays += [rules.retention_days * DAY, rules.retention_grace_days * DAY]
-            if rules.consider_weights.get(e.event, 0.0) > 0:
-                delays.append(rules.consider_window_days * DAY)
-            for d in delays:
+            for d in _delays(e, rules):
                 if since < e.timestamp + d < now:
                     moments.setdefault(e.timestamp + d, BY_TIME)
         for e in events:
@@ -119,6 +110,35 @@ def naive(
     return changes, finals
 
 
+def naive_due(histories: list[list[Event]], now: float, rules: JourneyRules = DEFAULT_RULES) -> list[float]:
+    """The reference of ``Walk.due``: per visitor, the thresholds ahead of ``now`` in time order, the
+    engine asked just after each; the first whose stage is not the one at ``now`` (inf: none)."""
+    out = []
+    for events in histories:
+        final = infer_stage(events, now, rules).stage.index
+        ahead = sorted(e.timestamp + d for e in events for d in _delays(e, rules) if e.timestamp + d >= now)
+        turn = (
+            m
+            for m in ahead
+            if infer_stage(events, float(np.nextafter(m, np.inf)), rules).stage.index != final
+        )
+        out.append(next(turn, math.inf))
+    return out
+
+
+def _delays(e: Event, rules: JourneyRules) -> list[float]:
+    delays = []
+    if e.event in (E.ADD_TO_CART, E.CHECKOUT):
+        delays.append(rules.cart_ttl_hours * HOUR)
+    if e.event in (E.REVIEW, E.SHARE, E.REFERRAL):
+        delays.append(rules.advocacy_days * DAY)
+    if e.event is E.PURCHASE:
+        delays += [rules.retention_days * DAY, rules.retention_grace_days * DAY]
+    if rules.consider_weights.get(e.event, 0.0) > 0:
+        delays.append(rules.consider_window_days * DAY)
+    return delays
+
+
 # -- known answers -------------------------------------------------------------------------------------
 
 
@@ -130,6 +150,15 @@ def test_an_abandoned_cart_expires_at_the_ttl_and_is_dated_then() -> None:
     expiry = T0 + 60 + 72 * HOUR
     assert changes == [(0, Stage.DECISION.index, Stage.AWARENESS.index, expiry, BY_TIME)]
     assert final == [Stage.AWARENESS.index]
+
+
+def test_the_due_time_is_the_next_change_by_time() -> None:
+    cart = [ev(E.PRODUCT_VIEW, T0), ev(E.ADD_TO_CART, T0 + 60)]
+    bought = [*cart, ev(E.PURCHASE, T0 + 120)]
+    w = walk([cart, bought, []], [(-1, math.nan)] * 3, T0 + HOUR)
+    assert w.stage.tolist() == [Stage.DECISION.index, Stage.RETENTION.index, Stage.AWARENESS.index]
+    # the cart expires after cart_ttl_hours; the customer lapses after retention_days; no events: never
+    assert w.due.tolist() == [T0 + 60 + 72 * HOUR, T0 + 120 + DEFAULT_RULES.retention_days * DAY, math.inf]
 
 
 def test_a_customer_lapses_after_the_retention_window() -> None:
@@ -256,6 +285,13 @@ def test_the_walk_matches_the_naive_reference(visitors: list, now_offset: int) -
     assert got[1] == want[1]
     assert [(*c[:3], c[4]) for c in got[0]] == [(*c[:3], c[4]) for c in want[0]]
     assert [c[3] for c in got[0]] == pytest.approx([c[3] for c in want[0]])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(visitor_st, min_size=1, max_size=5), st.integers(0, 250 * 86_400))
+def test_the_due_time_matches_the_naive_reference(visitors: list, now_offset: int) -> None:
+    histories, prev, now = _case(visitors, now_offset)
+    assert walk(histories, prev, now).due.tolist() == naive_due(histories, now)
 
 
 @settings(max_examples=100, deadline=None)

@@ -8,6 +8,7 @@ key prefix and deletes its keys afterwards.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -163,6 +164,27 @@ async def test_erase_takes_the_visitor_out_of_every_live_set_and_drops_the_recor
     assert await s.erase("gone") == 0
 
 
+async def test_due_visitors_are_claimed_once_until_their_hold_ends(harness: Harness) -> None:
+    s = harness.store
+    t0 = 1_800_000_000.0
+    await s.add({}, {"a": t0 + 10, "b": t0 + 5, "c": math.inf, "d": t0 + 100})
+    assert set(await s.claim_due(t0 + 50, 10, 300.0)) == {"a", "b"}
+    assert await s.claim_due(t0 + 50, 10, 300.0) == []  # held: another sweep does not take them
+    assert set(await s.claim_due(t0 + 200, 10, 300.0)) == {"d"}
+    assert set(await s.claim_due(t0 + 351, 10, 300.0)) == {"a", "b"}  # never rescheduled: due again
+    await s.add({}, {"a": math.inf, "b": t0 + 2_000})  # the sweep's walk sets the next times
+    assert set(await s.claim_due(t0 + 1_000, 10, 300.0)) == {"d"}
+    assert set(await s.claim_due(t0 + 2_001, 10, 300.0)) == {"b", "d"}  # d's hold ended too
+    many = {f"v{i}": t0 + i for i in range(40)}
+    await s.add({}, many)
+    claimed = await s.claim_due(t0 + 100, 8, 60.0)
+    assert 0 < len(claimed) <= 16  # about the limit: at least one per due shard of Redis
+    assert set(claimed) <= set(many)
+    assert await s.erase("v0") == 1  # its due time
+    rest = set(many) - set(claimed) - {"v0"}
+    assert set(await s.claim_due(t0 + 100, 1_000, 60.0)) == rest
+
+
 async def test_redis_keys_keep_to_their_slots_and_expire(harness: Harness) -> None:
     if harness.raw is None:
         pytest.skip("Redis only: key layout and ttls")
@@ -250,6 +272,46 @@ async def test_an_abandoned_cart_is_counted_when_the_visitor_comes_back_dated_at
     assert rec.since == expiry
 
 
+async def test_a_sweep_counts_an_abandoned_cart_of_a_visitor_never_seen_again(harness: Harness) -> None:
+    h = harness
+    tracker = JourneyTracker(h.store)
+    t0 = 1_800_000_000.0
+    await _ingest(h, tracker, [ev("c", E.PRODUCT_VIEW, t0), ev("c", E.ADD_TO_CART, t0 + 1)], t0 + 2)
+    expiry = t0 + 1 + 72 * HOUR
+    assert await tracker.sweep(DEFAULT_RULES, expiry - 1) == 0  # not due yet
+    assert await tracker.sweep(DEFAULT_RULES, expiry + 3 * HOUR) == 1
+    got = (await h.store.read("hour", [start_of(expiry, "hour")]))[0]
+    assert got.counts["t|decision|awareness|none"] == 1
+    assert got.counts["x|decision|awareness"] == 1  # by time alone: an abandoned cart
+    rec = (await h.store.snapshot(["c"])).records[0]
+    assert rec is not None
+    assert (rec.stage, rec.since) == (Stage.AWARENESS, expiry)
+    # nothing more is due (awareness holds by time); a visit later counts nothing twice
+    assert await tracker.sweep(DEFAULT_RULES, expiry + 1_000 * HOUR) == 0
+    back = t0 + 96 * HOUR
+    assert await _ingest(h, tracker, [ev("c", E.PAGE_VIEW, back)], back + 1) == 0
+    got = (await h.store.read("hour", [start_of(expiry, "hour")]))[0]
+    assert got.counts["t|decision|awareness|none"] == 1
+
+
+async def test_a_sweep_counts_a_lapsed_customer_and_only_changes(harness: Harness) -> None:
+    h = harness
+    tracker = JourneyTracker(h.store)
+    t0 = 1_800_000_000.0
+    await _ingest(h, tracker, [ev("r", E.PURCHASE, t0)], t0 + 1)
+    lapse = t0 + DEFAULT_RULES.retention_days * 86_400
+    assert await tracker.sweep(DEFAULT_RULES, lapse + 60) == 1
+    day = (await h.store.read("day", [start_of(lapse, "day")]))[0]
+    assert day.counts == {
+        "t|retention|awareness|none": 1,
+        "x|retention|awareness": 1,
+        "e|awareness|none": 1,
+        "d|retention|none|15": 1,  # 90 days in retention: the [90 days, 180 days) bucket
+    }
+    assert "seen:retention" in day.sets  # left it then; no sighting of the sweep's own
+    assert all(not name.startswith("ch:") for name in day.sets)
+
+
 async def test_a_concurrent_ingest_counts_each_transition_once(harness: Harness) -> None:
     h = harness
     tracker = JourneyTracker(h.store)
@@ -269,9 +331,9 @@ async def test_a_repeated_sighting_is_sent_once_and_a_new_one_again(harness: Har
     sent: list[int] = []
     add = h.store.add
 
-    async def counting_add(deltas: Any) -> None:
+    async def counting_add(deltas: Any, due: Any = None) -> None:
         sent.append(sum(len(m) for d in deltas.values() for m in d.members.values()))
-        await add(deltas)
+        await add(deltas, due)
 
     h.store.add = counting_add  # type: ignore[method-assign]
     await _ingest(h, tracker, [ev("r", E.PAGE_VIEW, t0)], t0 + 1)

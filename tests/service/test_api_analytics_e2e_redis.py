@@ -32,7 +32,10 @@ prefix = e2e.prefix
 
 @pytest.fixture(scope="module")
 def http(models_dir: Path, prefix: str) -> Iterator[httpx.Client]:
-    server = Server(models_dir, REDIS_URL, prefix, workers=2)
+    # a sweep five times a second: a change by time is counted within the test's patience
+    server = Server(
+        models_dir, REDIS_URL, prefix, workers=2, env_extra={"JOURNEYREC_JOURNEY_SWEEP_SECONDS": "0.2"}
+    )
     try:
         client = server.wait_live()
         yield client
@@ -149,3 +152,26 @@ def test_bad_queries_name_the_parameter(http: httpx.Client) -> None:
         r = http.get("/v1/analytics/journey", params=params, headers=H_READ)
         assert r.status_code == 400, (name, r.text)
         assert name in r.text, r.text
+
+
+def test_an_abandoned_cart_is_counted_when_it_expires_without_a_return(http: httpx.Client) -> None:
+    """The cart expires (``cart_ttl_hours`` after the add) seconds after the events are sent; no request
+    about the visitor follows, and the sweep counts it as an abandoned cart, dated at the expiry."""
+    visitor, item = f"sweep-{uuid.uuid4().hex[:8]}", product_id("Kettle")
+    before = _analytics(http)["by_time"]["abandoned_carts"]
+    added = time.time() - 72 * 3_600 + 4.0  # the demo model's cart_ttl_hours: 72
+    _send(
+        http,
+        [
+            {"visitor_id": visitor, "item_id": item, "event": "product_view", "timestamp": added - 60},
+            {"visitor_id": visitor, "item_id": item, "event": "add_to_cart", "timestamp": added},
+        ],
+    )
+    deadline = time.monotonic() + 30
+    while (got := _analytics(http)["by_time"])["abandoned_carts"] == before:
+        assert time.monotonic() < deadline, "the expired cart was never counted"
+        time.sleep(0.2)
+    assert got["abandoned_carts"] == before + 1
+    assert {"from": "decision", "to": "awareness"}.items() <= got["transitions"][0].items()
+    day = next(p for p in _analytics(http)["periods"] if p["abandoned_carts"])
+    assert day["start"][:10] == time.strftime("%Y-%m-%d", time.gmtime(added + 72 * 3_600))
