@@ -248,7 +248,20 @@ def test_a_refused_key_says_so(tab: Tab) -> None:
     tab.page.get_by_text("No data without an API key").wait_for()
 
 
-def test_journey_page(tab: Tab) -> None:
+def test_journey_page(tab: Tab, served: Served) -> None:
+    # a cart added 80 hours ago, expired (72 hours) 8 hours ago: an abandoned cart
+    added = time.time() - 80 * 3_600
+    cart = [("product_view", added - 60), ("add_to_cart", added)]
+    events = [
+        {"visitor_id": "abandoner", "item_id": served.item, "event": kind, "timestamp": t} for kind, t in cart
+    ]
+    r = httpx.post(
+        f"{served.server.base}/v1/events",
+        json={"events": events},
+        headers={"X-API-Key": INGEST_KEY},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
     tab.use_key(OPERATOR_KEY)
     tab.page.get_by_text("key set (…6789)").wait_for()
     # kept for this tab only
@@ -258,8 +271,11 @@ def test_journey_page(tab: Tab) -> None:
     funnel.wait_for()
     first = funnel.locator("tbody tr").first.locator("td").first.inner_text()
     assert int(first.replace(",", "")) > 0  # awareness visitors from the traffic
-    assert tab.page.locator("canvas").count() == 2
+    assert tab.page.locator("canvas").count() == 3
     assert tab.page.locator("table:has(caption:text('Transitions')) tbody tr").count() >= 1
+    by_time = tab.page.locator("table:has(caption:text('Changes by time in the period')) tbody tr")
+    abandoned = by_time.first.locator("td").first.inner_text()
+    assert int(abandoned.replace(",", "")) >= 1
     # the page says when its data is on screen (scripts/bench_console.py times pages by it)
     tab.page.locator('main[aria-busy="false"] .page[data-page="journey"]').wait_for()
     yesterday = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()

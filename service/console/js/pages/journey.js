@@ -1,4 +1,5 @@
-// Journey: GET /v1/analytics/journey — stages over time, funnel, transitions, time in stage, impact.
+// Journey: GET /v1/analytics/journey — abandoned carts and lapsed customers, stages over time, funnel,
+// transitions, time in stage, impact.
 import { get, query } from "../api.js";
 import { chart, chartBox, PALETTE, STAGES } from "../charts.js";
 import { append, card, errorMsg, field, fmt, h, msg, replace, select, table } from "../dom.js";
@@ -46,11 +47,52 @@ async function load(out, params) {
     h("p", {}, `${data.from} to ${data.to} by ${data.granularity}${data.channel ? `, channel ${data.channel}` : ", all channels"}: `,
       `${fmt.num(data.periods.reduce((s, p) => s + p.transitions, 0))} stage transitions, `,
       `${fmt.num(data.first_sightings)} first sightings.`),
-    data.notes.length ? h("ul", { class: "plain" }, data.notes.map((n) => h("li", { class: "muted" }, n))) : null,
-    h("p", { class: "muted" }, "Abandoned carts and lapsing customers are not reported by /v1/analytics/journey; " +
-      "a visitor's cart is on the Visitor explorer page."));
-  append(out, [summary, h("div", { class: "grid2" }, distribution(data), funnel(data)),
+    data.notes.length ? h("ul", { class: "plain" }, data.notes.map((n) => h("li", { class: "muted" }, n))) : null);
+  append(out, [summary, byTime(data), h("div", { class: "grid2" }, distribution(data), funnel(data)),
     h("div", { class: "grid2" }, transitions(data), timeInStage(data)), impact(data)]);
+}
+
+function label(data, p) {
+  return data.granularity === "hour" ? p.start.slice(5, 16).replace("T", " ") : p.start.slice(0, 10);
+}
+
+// The later half of the periods against the earlier half: "+25 % on the earlier half", or why not.
+function trend(periods, key) {
+  const half = Math.floor(periods.length / 2);
+  if (half === 0) return "too few periods for a trend";
+  const sum = (ps) => ps.reduce((s, p) => s + p[key], 0);
+  const early = sum(periods.slice(0, half));
+  const late = sum(periods.slice(periods.length - half));
+  if (early === 0) return late === 0 ? "none in either half of the period" : `${fmt.num(late)} in the later half, none in the earlier`;
+  const change = (late - early) / early;
+  return `${change >= 0 ? "+" : "−"}${fmt.pct(Math.abs(change), 0)} in the later half of the period on the earlier half`;
+}
+
+function byTime(data) {
+  const bt = data.by_time;
+  if (!bt) return card("Abandoned carts and lapsed customers", h("p", { class: "muted" }, "Not reported for this period."));
+  const { box, canvas } = chartBox("Abandoned carts and lapsed customers per period");
+  chart(canvas, {
+    type: "line",
+    data: {
+      labels: data.periods.map((p) => label(data, p)),
+      datasets: [
+        { label: "abandoned carts", data: data.periods.map((p) => p.abandoned_carts), borderColor: PALETTE[2], backgroundColor: PALETTE[2] },
+        { label: "lapsed customers", data: data.periods.map((p) => p.lapsed), borderColor: PALETTE[3], backgroundColor: PALETTE[3] },
+      ],
+    },
+    options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 }, title: { display: true, text: "visitors" } } } },
+  });
+  const rows = [
+    ["Abandoned carts", fmt.num(bt.abandoned_carts), trend(data.periods, "abandoned_carts")],
+    ["Lapsed customers", fmt.num(bt.lapsed), trend(data.periods, "lapsed")],
+  ];
+  return card("Abandoned carts and lapsed customers",
+    h("p", { class: "muted" }, "Visitors who left decision when their cart expired, and customers who left retention when " +
+      "its window ended, counted when it happened whether or not they came back (every channel)."),
+    h("div", { class: "grid2" },
+      table("Changes by time in the period", [{ label: "", rowHeader: true }, { label: "Visitors", num: true }, { label: "Trend" }], rows),
+      box));
 }
 
 function distribution(data) {
@@ -59,7 +101,7 @@ function distribution(data) {
   chart(canvas, {
     type: "bar",
     data: {
-      labels: data.periods.map((p) => (data.granularity === "hour" ? p.start.slice(5, 16).replace("T", " ") : p.start.slice(0, 10))),
+      labels: data.periods.map((p) => label(data, p)),
       datasets: STAGES.map((s, i) => ({ label: s, data: data.periods.map((p) => p.visitors[s] || 0), backgroundColor: PALETTE[i] })),
     },
     options: { scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, title: { display: true, text: "visitors" } } } },
