@@ -88,7 +88,8 @@ def reason_for(
         times = f" {count} times" if count > 1 else ""
         if stage is Stage.RETENTION:
             return f"you bought this{times}{when} — time to restock?"
-        return f"you bought this before{when}"
+        # "you bought this 5 days ago", or "before" when the time is unknown (never both)
+        return f"you bought this{times}{when or ' before'}"
     if source is Source.COMPLEMENT:
         where = anchor_relation or ("in your cart" if stage is Stage.DECISION else "you bought")
         return f"complements the {anchor_title} {where}" if anchor_title else "goes well with your items"

@@ -54,6 +54,11 @@ def test_buy_again_reason_counts_and_dates() -> None:
         "you bought this 4 times 3 days ago — time to restock?"
     )
     assert reason_for(Source.BUY_AGAIN, Stage.AWARENESS) == "you bought this before"
+    assert reason_for(Source.BUY_AGAIN, Stage.AWARENESS, age_s=5 * 86_400) == "you bought this 5 days ago"
+    assert (
+        reason_for(Source.BUY_AGAIN, Stage.DECISION, age_s=3_600, count=2)
+        == "you bought this 2 times 1 h ago"
+    )
 
 
 DATA_END = 1_712_707_200.0  # 2024-04-10T00:00:00Z: the model's data ends with 2024-04-09
