@@ -153,6 +153,17 @@ class JourneyTracker:
                 r.channel, r.channel_ts = e.channel.value, e.timestamp
             if e.event is _VIEW and e.recommendation_id is not None:
                 r.clicked = True
+        return await self._observe(seen, rules, when)
+
+    async def revisit(self, visitor_ids: Sequence[str], rules: JourneyRules, now: float | None = None) -> int:
+        """``observe`` for visitors whose stored events changed without new ones (a login merged an
+        anonymous visit into the user's): seen now, through no channel; returns the transitions counted."""
+        if not self.enabled or not visitor_ids:
+            return 0
+        when = time.time() if now is None else now
+        return await self._observe({v: _Request() for v in visitor_ids}, rules, when)
+
+    async def _observe(self, seen: dict[str, _Request], rules: JourneyRules, when: float) -> int:
         if not seen:
             return 0
         rollups = _Rollups()

@@ -11,6 +11,7 @@ from litestar.status_codes import HTTP_200_OK
 from models.domain import Stage
 from models.journey import StageResult, with_signal
 from models.recommender import Recommender
+from service.analytics.tracker import JourneyTracker
 from service.api.deps import Services, context_of
 from service.auth import Scope, scopes
 from service.schemas import IdentityIn, IdentityOut, StageOut
@@ -37,10 +38,17 @@ class IdentitiesController(Controller):
             "linked anonymous id; 400 when both ids are the same."
         ),
     )
-    async def link(self, svc: NamedDependency[Services], data: JSONBody[IdentityIn]) -> IdentityOut:
+    async def link(
+        self,
+        svc: NamedDependency[Services],
+        journey: NamedDependency[JourneyTracker],
+        data: JSONBody[IdentityIn],
+    ) -> IdentityOut:
         model = svc.holder.require()  # before anything changes: no model, no link (503)
         before = await _stage(svc.store, model, data.user_id)
         result = await svc.store.link(data.anonymous_id, data.user_id, force=data.force)
+        if result.events_carried:  # the merged history may move the user: a transition like any other
+            await journey.revisit([data.user_id], model.rules)
         after = await _stage(svc.store, model, data.user_id)
         return IdentityOut(
             anonymous_id=data.anonymous_id,

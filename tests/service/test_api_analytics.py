@@ -53,6 +53,21 @@ def test_hourly_periods_cover_the_default_day_and_count_the_transition(client: T
     assert any("bucketed" in n for n in body["notes"])
 
 
+def test_a_login_that_carries_a_cart_over_is_a_transition(client: TestClient) -> None:
+    r = client.post("/v1/events", json={"events": [event("user-l", "p1", "product_view")]}, headers=H_INGEST)
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/events", json={"events": [event("anon-l", "p2", "add_to_cart")]}, headers=H_INGEST)
+    assert r.status_code == 200, r.text
+    link = {"anonymous_id": "anon-l", "user_id": "user-l"}
+    r = client.post("/v1/identities", json=link, headers=H_INGEST)
+    assert r.status_code == 200, r.text
+    assert r.json()["stage"]["name"] == "decision"
+    body = client.get("/v1/analytics/journey", headers=H_READ).json()
+    # the anonymous visitor's own first sighting in decision, then the user's move at the login
+    assert body["matrix"]["awareness"]["decision"] == 1
+    assert body["first_sightings"] == 2
+
+
 def test_bad_parameters_are_named(client: TestClient) -> None:
     for query, name in [
         ("granularity=minute", "'granularity'"),
