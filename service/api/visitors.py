@@ -86,6 +86,13 @@ class VisitorsController(Controller):
         ] = None,
         country: Country = None,
         stage: Annotated[Stage | None, Parameter(description="override the inferred stage")] = None,
+        preview: Annotated[
+            bool,
+            Parameter(
+                description="a look at what the visitor would get (the console's), not shown to them: the "
+                "answer is not logged for attribution nor counted in an experiment"
+            ),
+        ] = False,
     ) -> RecommendationsOut:
         check_k(k, svc.settings)
         model = svc.holder.require()  # read once: a concurrent reload cannot change it mid-request
@@ -111,7 +118,8 @@ class VisitorsController(Controller):
         )
         metrics.RECOMMENDATIONS.labels("recommendations", str(rec.fallback).lower()).inc()
         tag = await svc.feedback.served(
-            state.person if personalized else None,  # a store that is down cannot log it either
+            # a store that is down cannot log it either
+            state.person if personalized and not preview else None,
             stage=rec.stage.stage.value,
             placement=placement,
             items=[r.item_id for r in (*rec.products, *rec.content)],

@@ -68,3 +68,17 @@ def test_summary_checks_its_days(client: Client) -> None:
 
 def test_a_visitor_who_logs_in_is_one_person_in_the_results(client: Client) -> None:
     feedback_scenario.run_login(client)
+
+
+def test_a_preview_is_stamped_but_neither_logged_nor_counted(client: Client) -> None:
+    before = feedback_scenario.totals(client)
+    url = "/v1/visitors/pv/recommendations?k=3&n_content=0&stage=awareness"
+    preview = client.get(f"{url}&preview=true", headers=H_READ).json()
+    assert len(preview["recommendation_id"]) == 26
+    shown = client.get(url, headers=H_READ).json()
+    feedback_scenario.wait_for_lists(client, before, {"awareness": 1})  # the list shown only
+    click = {"visitor_id": "pv", "item_id": preview["products"][0]["item_id"], "event": "product_view"}
+    answer = feedback_scenario.ingest(client, [{**click, "recommendation_id": preview["recommendation_id"]}])
+    assert answer["accepted"] == 1
+    assert shown["recommendation_id"] != preview["recommendation_id"]
+    assert feedback_scenario.change(before, feedback_scenario.totals(client))["awareness"]["clicks"] == 0

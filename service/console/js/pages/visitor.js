@@ -102,7 +102,8 @@ const ITEM_COLUMNS = [{ label: "#", num: true }, { label: "Item" }, { label: "Sc
 async function recommendations(box, visitorId, opts) {
   let r;
   try {
-    r = await get(`/v1/visitors/${seg(visitorId)}/recommendations${query(opts)}`);
+    // a preview: not logged as a list shown to the visitor, nor counted in experiments
+    r = await get(`/v1/visitors/${seg(visitorId)}/recommendations${query({ ...opts, preview: "true" })}`);
   } catch (err) {
     replace(box, card("Recommendations", errorMsg(err)));
     return;
