@@ -20,7 +20,7 @@ The walk depends only on the stored events and the record, so it can be asked ag
 did not change needs no write, and a visitor two requests evaluate at once changes once (the service
 writes records compare-and-set).
 
-Every stage comes from ``models.journey.stage_indices_of_queries``, the engine's vectorised path, in one
+Every stage comes from ``models.journey.stages_of_queries``, the engine's vectorised path, in one
 call for the whole request; the lexicographic sorts and searches over (visitor, time) run on complex
 numbers (``_pairs``), one pass each. Time in a stage is ``at`` of the change that left it minus the time
 it was entered, counted in fixed buckets (``DWELL_EDGES``) so a median can be read from counts.
@@ -34,7 +34,7 @@ import msgspec
 import numpy as np
 
 from models.domain import DAY, HOUR, STAGES, EventType, Stage
-from models.journey import DEFAULT_RULES, JourneyRules, stage_indices_of_queries
+from models.journey import DEFAULT_RULES, JourneyRules, stages_of_queries
 
 MINUTE = 60.0
 #: lower edges (seconds) of the time-in-stage buckets; bucket i is [EDGES[i], EDGES[i + 1]), the last one
@@ -193,7 +193,7 @@ def walk_stages(
     q_time = np.concatenate([np.nextafter(cand_t, np.inf), np.full(m, now), np.nextafter(fut_t, np.inf)])
     q_v = np.concatenate([cand_v, everyone, fut_v])
     q_end = _rows_before(v, t, q_v, q_time)
-    stage = stage_indices_of_queries(v, t, c, q_v, q_end, q_time, rules)
+    stage, _ = stages_of_queries(v, t, c, q_v, q_end, q_time, rules, confidence=False)
     final = stage[len(cand_v) : len(cand_v) + m]
     # the first threshold ahead after which the stage is no longer the one at now
     due = np.full(m, np.inf)

@@ -485,22 +485,14 @@ def stages_of_queries(
     q_end: np.ndarray,
     q_time: np.ndarray,
     rules: JourneyRules = DEFAULT_RULES,
+    *,
+    confidence: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The stage of each query over a small event log, in one vectorised pass (journey analytics asks it
     for every visitor of an ingest request at once). Arguments as for ``_state``; a query's rows at or
     after its time must be left out by ``q_end``, as ``infer_stage`` leaves them out. Returns (int8[q]
-    ``Stage.index``, float32[q] confidence)."""
-    return _classify(_state(visitor, ts, event, q_visitor, q_end, q_time, rules), rules)
-
-
-def stage_indices_of_queries(
-    visitor: np.ndarray,
-    ts: np.ndarray,
-    event: np.ndarray,
-    q_visitor: np.ndarray,
-    q_end: np.ndarray,
-    q_time: np.ndarray,
-    rules: JourneyRules = DEFAULT_RULES,
-) -> np.ndarray:
-    """``stages_of_queries``'s stages alone (int8[q] ``Stage.index``), without the confidences."""
-    return _Picker(_state(visitor, ts, event, q_visitor, q_end, q_time, rules), rules).stage()
+    ``Stage.index``, float32[q] confidence; empty when ``confidence`` is false, which skips its maths)."""
+    state = _state(visitor, ts, event, q_visitor, q_end, q_time, rules)
+    if confidence:
+        return _classify(state, rules)
+    return _Picker(state, rules).stage(), np.zeros(0, dtype=np.float32)
