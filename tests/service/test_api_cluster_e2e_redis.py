@@ -5,7 +5,9 @@ Visitors are chosen so that their hash tags ``{v:H}`` fall one in each equal ban
 every master, and in as many slots as there are visitors); each is ingested through one instance and read,
 retargeted and erased through the other, and the event stream is exported with ``journeyrec
 export-events``. ``JOURNEYREC_TEST_CLUSTER_VISITORS`` sets how many (default ``VISITORS``); each test
-prints its figures (``pytest -s``).
+prints its figures (``pytest -s``). Beside them: the feedback scenario with each request to the other
+instance, a login linking visitors on two masters, rules, live catalog and experiment changes reaching all
+four workers, model activation, and the rate limiter counting each client across both instances.
 
 Needs the test Redis Cluster (the ``redis_cluster_url`` fixture, ``tests/conftest.py``: the tests fail when
 JOURNEYREC_TEST_REDIS_CLUSTER_URL is set and the cluster does not answer, and skip when it is unset and the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +35,10 @@ import pytest
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from models.artifact import resolve_latest
-from tests.service.api_fixtures import H_ADMIN, H_INGEST, H_READ, delete_prefix, sync_client
+from models.experiments import assign
+from service.analytics.periods import member_of
+from tests.service import feedback_scenario
+from tests.service.api_fixtures import H_ADMIN, H_CATALOG, H_INGEST, H_READ, delete_prefix, sync_client
 from tests.service.test_api_e2e_redis import ROOT, Server, _dump
 from tests.storefront import product_id, train_storefront_model
 
@@ -196,6 +202,41 @@ def _export(cluster_url: str, prefix: str, out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.read_text().splitlines() if line]
 
 
+class Alternating:
+    """An HTTP client that sends each request to the next instance in turn (``feedback_scenario.Http``)."""
+
+    def __init__(self, servers: tuple[Server, ...]) -> None:
+        self._clients = [httpx.Client(base_url=s.base, timeout=10) for s in servers]
+        self._n = 0
+
+    def _next(self) -> httpx.Client:
+        self._n += 1
+        return self._clients[self._n % len(self._clients)]
+
+    def get(self, url: str, **kw: Any) -> httpx.Response:
+        return self._next().get(url, **kw)
+
+    def post(self, url: str, **kw: Any) -> httpx.Response:
+        return self._next().post(url, **kw)
+
+    def delete(self, url: str, **kw: Any) -> httpx.Response:
+        return self._next().delete(url, **kw)
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+
+
+def test_feedback_counts_lists_and_events_sent_to_either_instance(fleet: tuple[Server, Server]) -> None:
+    """The known feedback scenario, each request to the other instance than the last: lists served by one
+    are credited by events ingested through the other (first in the module: nothing else is counted)."""
+    http = Alternating(fleet)
+    try:
+        feedback_scenario.run(http)
+    finally:
+        http.close()
+
+
 def test_visitors_over_every_slot_band(
     fleet: tuple[Server, Server], cluster_url: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -207,6 +248,7 @@ def test_visitors_over_every_slot_band(
     assert len(set(slots)) == N_VISITORS  # each in a slot of its own
     assert {s * MASTERS // REDIS_CLUSTER_HASH_SLOTS for s in slots} == set(range(MASTERS))
     events = _events(visitors, time.time() - 3600)
+    sighted = _analytics(b)["first_sightings"]
     with httpx.Client(base_url=a.base, timeout=30) as http:
         for start in range(0, len(events), BATCH):
             batch = events[start : start + BATCH]
@@ -216,6 +258,9 @@ def test_visitors_over_every_slot_band(
         # a retry of a batch (the same event ids) stores nothing twice
         r = http.post("/v1/events", json={"events": events[:BATCH]}, headers=H_INGEST)
         assert (r.json()["accepted"], r.json()["duplicates"]) == (0, len(events[:BATCH]))
+
+    # journey analytics: every visitor's first sighting counted once, in its period's rollup
+    assert _analytics(b)["first_sightings"] - sighted == N_VISITORS
 
     wrong = _check_all(b, visitors, _check_visitor)
     right = N_VISITORS - len(wrong)
@@ -246,6 +291,14 @@ def test_visitors_over_every_slot_band(
     print(f"erased {len(erased)} visitors: no key, stream entry or set member of theirs left")
 
 
+def _analytics(server: Server) -> dict[str, Any]:
+    now = time.time()
+    query = {"from": str(now - 2 * 86_400), "to": str(now + 3_600), "granularity": "day"}
+    r = _fresh(server, "GET", "/v1/analytics/journey", params=query, headers=H_READ)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
 def _check_erased(http: httpx.Client, _i: int, v: str) -> list[str]:
     j = http.get(f"/v1/visitors/{v}/journey", headers=H_READ)
     return [] if j.status_code == 200 and j.json()["touchpoints"] == [] else [f"journey {j.text[:200]}"]
@@ -253,7 +306,7 @@ def _check_erased(http: httpx.Client, _i: int, v: str) -> list[str]:
 
 def _mentions(cluster_url: str, prefix: str, visitors: list[str]) -> dict[str, list[bytes]]:
     """The keys that name or hold any of ``visitors``: their own keys (by hash tag), and every key not of a
-    visitor (stream shards, active sets, rollups, ...) whose content holds the id."""
+    visitor (stream shards, active sets, rollup sets, ...) whose content holds the id or its pseudonym."""
     r = sync_client(cluster_url)
     try:
         keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
@@ -267,10 +320,11 @@ def _mentions(cluster_url: str, prefix: str, visitors: list[str]) -> dict[str, l
                     found.setdefault(owner, []).append(k)
             else:
                 shared.append(k)
+        needles = {v: (v.encode(), member_of(v).encode()) for v in visitors}  # the id, its rollup pseudonym
         for k in shared:
             content = _dump(r, k)
-            for v in visitors:
-                if v.encode() in content:
+            for v, (raw, pseudonym) in needles.items():
+                if raw in content or pseudonym in content:
                     found.setdefault(v, []).append(k)
         return found
     finally:
@@ -377,3 +431,96 @@ def test_rate_limit_counts_each_client_across_instances(models: Path, cluster_ur
         for s in servers:
             s.stop()
         delete_prefix(cluster_url, prefix)
+
+
+def test_a_login_links_visitors_on_two_masters_through_either_instance(
+    fleet: tuple[Server, Server], cluster_url: str, prefix: str
+) -> None:
+    a, b = fleet
+    anon, user = spread_visitors(3, prefix, "login")[::2]  # the first and the last third: two masters
+    assert len({_slot(prefix, v) * MASTERS // REDIS_CLUSTER_HASH_SLOTS for v in (anon, user)}) == 2
+    teapot = product_id("Teapot")
+    events = [
+        {"visitor_id": anon, "item_id": KETTLE, "event": "product_view", "timestamp": time.time() - 600},
+        {"visitor_id": anon, "item_id": KETTLE, "event": "add_to_cart", "timestamp": time.time() - 300},
+    ]
+    assert _fresh(a, "POST", "/v1/events", json={"events": events}, headers=H_INGEST).status_code == 200
+    r = _fresh(b, "POST", "/v1/identities", json={"anonymous_id": anon, "user_id": user}, headers=H_INGEST)
+    assert r.status_code == 200, r.text
+    assert (r.json()["linked"], r.json()["events_carried"], r.json()["cart_carried"]) == (True, 2, [KETTLE])
+    # the cookie's later events are the user's, whichever instance takes them or answers
+    event = {"visitor_id": anon, "item_id": teapot, "event": "add_to_cart", "event_id": f"{anon}-t"}
+    assert _fresh(b, "POST", "/v1/events", json=event, headers=H_INGEST).json()["redirected"] == 1
+    for s in (a, b):
+        j = _fresh(s, "GET", f"/v1/visitors/{user}/journey", headers=H_READ).json()
+        assert (j["stage"]["name"], j["cart"]) == ("decision", [teapot, KETTLE])
+        recs = _fresh(s, "GET", f"/v1/visitors/{anon}/recommendations?k=6", headers=H_READ).json()
+        assert not {KETTLE, teapot} & {p["item_id"] for p in recs["products"]}
+    assert _fresh(a, "DELETE", f"/v1/visitors/{user}", headers=H_ADMIN).status_code == 200
+    assert _mentions(cluster_url, prefix, [anon, user]) == {}
+
+
+_RULES_VERSION = re.compile(r'^journeyrec_rules_version\{pid="(\d+)"\} ([0-9.e+]+)$', re.MULTILINE)
+EXPERIMENT = {
+    "placements": ["home"],
+    "salt": "cluster",
+    "variants": [{"name": "aware", "control": True}, {"name": "popular", "strategy": "popular"}],
+}
+
+
+def _every_worker(fleet: tuple[Server, ...], ok: Callable[[dict[str, Any]], bool]) -> None:
+    """``GET /v1/models`` on new connections to every instance until each of the four workers answered
+    ``ok`` (its latest answer); fails after 60 s."""
+    good: set[str] = set()
+    deadline = time.monotonic() + 60
+    while len(good) < 4:
+        assert time.monotonic() < deadline, f"only {good} got there"
+        for s in fleet:
+            body = _fresh(s, "GET", "/v1/models", headers=H_READ).json()
+            (good.add if ok(body) else good.discard)(body["worker"])
+        time.sleep(0.02)
+
+
+def test_rules_catalog_and_experiments_written_through_one_instance_reach_all_four_workers(
+    fleet: tuple[Server, Server],
+) -> None:
+    """Last in the module: it leaves a rule, a sold-out teapot and a running experiment behind."""
+    a, b = fleet
+    teapot = product_id("Teapot")
+    r = _fresh(a, "PATCH", f"/v1/items/{teapot}", json={"in_stock": False}, headers=H_CATALOG)
+    assert r.status_code == 200, r.text
+    catalog = r.json()["catalog_version"]
+    _every_worker(fleet, lambda body: body["catalog_version"] >= catalog)
+    for s in (a, b):
+        similar = _fresh(s, "GET", f"/v1/items/{KETTLE}/similar?k=20", headers=H_READ).json()["items"]
+        assert teapot not in [i["item_id"] for i in similar]
+
+    rule = {"id": "no-garden", "condition": {"categories": ["garden"]}, "action": {"type": "hide"}}
+    r = _fresh(b, "PUT", "/v1/rules", json={"rules": [rule], "version": 0}, headers=H_ADMIN)
+    assert r.status_code == 200, r.text
+    version = r.json()["change"]["version"]
+    served: dict[str, float] = {}
+    deadline = time.monotonic() + 60
+    while not (len(served) == 4 and set(served.values()) == {float(version)}):
+        assert time.monotonic() < deadline, served
+        for s in (a, b):  # each instance's /metrics adds up its own two workers
+            served.update(
+                {pid: float(v) for pid, v in _RULES_VERSION.findall(_fresh(s, "GET", "/metrics").text)}
+            )
+        time.sleep(0.02)
+
+    r = _fresh(a, "PUT", "/v1/experiments/cl", json=EXPERIMENT, headers=H_ADMIN)
+    assert r.status_code == 200, r.text
+    assert _fresh(b, "POST", "/v1/experiments/cl/start", headers=H_ADMIN).status_code == 200
+    people = [f"person-{i}" for i in range(40)]
+    expected = {p: assign("cluster", "cl", p, [("aware", 1.0), ("popular", 1.0)], 1.0, 0.0) for p in people}
+    streak, deadline = 0, time.monotonic() + 60
+    while streak < len(people):  # consecutive answers, both instances in turn, on new connections
+        assert time.monotonic() < deadline, "the experiment did not reach every worker"
+        p = people[streak]
+        body = _fresh(fleet[streak % 2], "GET", f"/v1/visitors/{p}/recommendations", headers=H_READ).json()
+        streak = streak + 1 if body.get("variant") == expected[p] else 0
+        assert body["rules_version"] == version
+        assert not [x for x in body["products"] if x["item_id"].startswith("p-garden-")]
+    assert set(expected.values()) == {"aware", "popular"}
+    print(f"\ncatalog {catalog}, rules {version} and experiment cl served by all 4 workers of both instances")
