@@ -1539,19 +1539,15 @@ def cluster_client(url: str, socket_timeout: float, max_connections: int) -> Gat
     )
 
 
-def client_from_url(url: str, *, socket_timeout: float, max_connections: int | None = None) -> AnyRedis:
+def client_from_url(url: str, *, socket_timeout: float) -> AnyRedis:
     """A client of its own for ``url`` (a store's own, or the rate limiter's): one server's (redis-py's
-    pool: ``max_connections`` at most, unbounded for None) or a cluster's (``cluster_client``: per master,
-    ``MAX_CONNECTIONS`` for None). No automatic retries (module docstring); nothing connects until the
-    first command."""
+    pool) or a cluster's (``cluster_client``, ``MAX_CONNECTIONS`` per master). No automatic retries (module
+    docstring); nothing connects until the first command."""
     if is_cluster_url(url):
-        return cluster_client(url, socket_timeout, max_connections or MAX_CONNECTIONS)
-    client = Redis.from_url(
+        return cluster_client(url, socket_timeout, MAX_CONNECTIONS)
+    return Redis.from_url(
         url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
     )
-    if max_connections is not None:
-        client.connection_pool.max_connections = max_connections
-    return client
 
 
 def _readdressed(e: Event, visitor_id: str) -> Event:
