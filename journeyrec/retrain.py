@@ -45,7 +45,6 @@ from typing import Any
 
 import click
 import msgspec
-from redis.asyncio import Redis
 
 from models import artifact
 from models.errors import ArtifactError, InvalidInputError, JourneyrecError
@@ -55,7 +54,7 @@ from service.export_catalog import catalog_rows, export_catalog
 from service.settings import ENV, Settings
 from service.store.factory import redis_store
 from service.store.redis_catalog import RedisCatalog
-from service.store.redis_store import unavailable
+from service.store.redis_store import AnyRedis, unavailable
 from training.evaluate import EvalResult, evaluate, split_at
 from training.loaders import load_events
 from training.pipeline import config_for, split_stages, train_and_publish
@@ -154,7 +153,7 @@ def _iso(t: float) -> str:
 class Lease:
     """The one-trainer lease (module docstring); ``lost`` turns true when a renewal finds another token."""
 
-    def __init__(self, client: Redis, key: str) -> None:
+    def __init__(self, client: AnyRedis, key: str) -> None:
         self.client, self.key = client, key
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         self.lost = False

@@ -27,7 +27,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import Middleware, ReceiveMessage
 
-from models.errors import ArtifactError, InvalidInputError
+from models.errors import ArtifactError
 from models.serving_rules import Exploration
 from service.admission import admission_middleware
 from service.analytics.factory import build_tracker
@@ -74,8 +74,6 @@ from service.store.factory import (
     build_rules_store,
     build_store,
 )
-from service.store.redis_store import RedisStore
-from service.store.redis_url import CLUSTER_SERVING_REFUSED
 from service.store.rules_base import RulesStore
 
 log = logging.getLogger("journeyrec.service")
@@ -145,11 +143,6 @@ def create_app(
         log.warning("API keys are OFF (--insecure-no-auth): for a local demo only")
     owns_store = store is None
     the_store = store if store is not None else build_store(settings)
-    if isinstance(the_store, RedisStore) and the_store.cluster:
-        # the visitor store runs on a cluster (its contract tests do); the stores beside it (rules, live
-        # catalog, experiments, feedback, journey analytics, the rate limiter) need one server. The cluster
-        # client has opened no connection yet: nothing to close.
-        raise InvalidInputError(CLUSTER_SERVING_REFUSED)
     holder = model_holder if model_holder is not None else ModelHolder(settings.models_path)
     shares = settings.exploration_shares
     if shares:  # a shop's policy: a setting of the app, whichever holder serves

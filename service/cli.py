@@ -20,7 +20,6 @@ from models.errors import InvalidInputError, JourneyrecError
 from service.auth import check_auth_configured
 from service.rules_file import load_rules_file
 from service.settings import ENV, Settings, export_for_workers, load_settings
-from service.store.redis_url import CLUSTER_SERVING_REFUSED, is_cluster_url
 
 APP_FACTORY = "service.app:app_from_environment"
 #: Granian's default listen backlog, of which it gives each worker an equal share of connections
@@ -103,8 +102,6 @@ def check_serve_settings(settings: Settings) -> None:
         raise InvalidInputError(f"--models / {ENV['models_dir']}: {settings.models_dir} is not a directory")
     if settings.rules_file:
         load_rules_file(settings.rules_file)
-    if settings.redis_url and is_cluster_url(settings.redis_url):
-        raise InvalidInputError(CLUSTER_SERVING_REFUSED)
     if settings.workers > 1 and not settings.redis_url:
         raise InvalidInputError(
             f"--workers {settings.workers} needs --redis-url: the embedded store lives in one process"

@@ -104,9 +104,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # the models directory: published versions and the `latest` pointer (`serve` needs one)
     models_dir: str | None = None
-    # redis://, rediss:// or unix:// URL of one Redis, or redis+cluster:// / rediss+cluster:// with the
-    # cluster's seed nodes (host:port,host:port...; no /N database; the visitor store and `export-events`
-    # only: `serve` refuses it); unset: the embedded in-process store (one process only)
+    # redis://, rediss:// or unix:// URL of one Redis, or redis+cluster:// / rediss+cluster:// with a
+    # Redis Cluster's seed nodes (host:port,host:port...; no /N database); unset: the embedded in-process
+    # store (one process only)
     redis_url: str | None = None
     # `KEY:scope+scope;KEY:scope@name` with scopes ingest, read, catalog, admin and keys of 16+ characters
     # (only their sha256 digests are kept; the optional name is what the rules audit records, else keyN, N
@@ -147,8 +147,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # seconds to wait for a Redis reply; a visitor read that times out is asked once more, and a second
     # timeout makes a recommendation fall back (other calls answer 503)
     redis_socket_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
-    # requests per minute per client address; with Redis the counts are shared by all workers (and requests
-    # are let through when Redis does not answer); 0 switches the limiter off
+    # requests per minute per client address; with Redis the counts are shared by all workers (requests
+    # are let through when Redis cannot be reached, refused with 503 when it answers an error); 0 switches
+    # the limiter off
     rate_limit_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 0
     # seconds sent in Retry-After when the store is unavailable
     retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 1

@@ -33,6 +33,8 @@ from service.export import export_events
 from service.settings import Settings, load_settings
 from service.store.factory import redis_store
 from service.store.redis_catalog import RedisCatalog
+from tests.service.api_fixtures import delete_prefix, sync_client
+from tests.service.redis_fixtures import REDIS_KINDS, url_of
 from training.loaders import load_events
 from training.pipeline import config_for, train_and_publish
 from training.simulate import Simulation, SimulationConfig, simulate
@@ -56,6 +58,19 @@ def prefix(redis_url: str) -> Iterator[str]:
         for k in keys:
             raw.delete(k)
     raw.close()
+
+
+@pytest.fixture(params=REDIS_KINDS)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The test Redis's URL, or the test Redis Cluster's."""
+    return url_of(request, request.param)
+
+
+@pytest.fixture
+def store_prefix(store_url: str) -> Iterator[str]:
+    p = f"jrtest-{uuid.uuid4().hex[:12]}"
+    yield p
+    delete_prefix(store_url, p)
 
 
 def settings_for(url: str, prefix: str, models: Path) -> Settings:
@@ -98,7 +113,7 @@ def ingest(settings: Settings, events: list[Event], sim: Simulation | None = Non
 
 
 def cursor(url: str, prefix: str) -> bytes | None:
-    raw = redis.Redis.from_url(url, socket_timeout=5)
+    raw = sync_client(url, timeout=5)
     try:
         value = raw.get(rt.cursor_key(prefix))
         return value if isinstance(value, bytes) or value is None else None
@@ -139,17 +154,16 @@ def run_cli(settings: Settings, models: Path, report: Path, *extra: str) -> int:
     )
 
 
-@pytest.mark.redis
 def test_publish_then_nothing_new_then_refuse_a_worse_candidate(
     shop: Simulation,
-    redis_url: str,
-    prefix: str,
+    store_url: str,
+    store_prefix: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     models = tmp_path / "models"
-    s = settings_for(redis_url, prefix, models)
+    s = settings_for(store_url, store_prefix, models)
     end = float(shop.ts.max())
     first = shop.ts < end - 3 * DAY
     ingest(s, events_of(shop, first), shop)
@@ -168,7 +182,7 @@ def test_publish_then_nothing_new_then_refuse_a_worse_candidate(
     assert lo <= r1["candidate"]["ndcg"] <= hi
     v1 = artifact.latest_name(models)
     assert v1 == r1["published_version"]
-    assert cursor(redis_url, prefix) == r1["cursor_after"].encode()
+    assert cursor(store_url, store_prefix) == r1["cursor_after"].encode()
     assert "retrain: published" in err
     assert "candidate NDCG@10" in err
 
@@ -177,7 +191,7 @@ def test_publish_then_nothing_new_then_refuse_a_worse_candidate(
     r2 = json.loads(report.read_text())
     assert r2["status"] == "nothing_new"
     assert artifact.list_versions(models) == [v1]
-    assert cursor(redis_url, prefix) == r1["cursor_after"].encode()
+    assert cursor(store_url, store_prefix) == r1["cursor_after"].encode()
 
     # new days arrive; the candidate is made worse by shuffling its item ids: refused, latest unchanged
     ingest(s, events_of(shop, ~first))
@@ -199,7 +213,7 @@ def test_publish_then_nothing_new_then_refuse_a_worse_candidate(
     assert artifact.latest_name(models) == v1
     assert artifact.list_versions(models) == [v1]
     assert r3["cursor_after"] != r1["cursor_after"]
-    assert cursor(redis_url, prefix) == r3["cursor_after"].encode()  # the decision was made
+    assert cursor(store_url, store_prefix) == r3["cursor_after"].encode()  # the decision was made
     assert "the live model stays" in err
     assert "live NDCG@10" in err
 
@@ -241,29 +255,28 @@ def test_a_better_candidate_replaces_a_damaged_live_model(
     assert sorted(artifact.list_versions(models)) == sorted([live, r["published_version"]])
 
 
-@pytest.mark.redis
 def test_lease_refuses_a_second_run_and_a_failed_run_leaves_no_trace(
     shop: Simulation,
-    redis_url: str,
-    prefix: str,
+    store_url: str,
+    store_prefix: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     models = tmp_path / "models"
-    s = settings_for(redis_url, prefix, models)
+    s = settings_for(store_url, store_prefix, models)
     ingest(s, events_of(shop, np.ones(len(shop.ts), bool)), shop)
-    raw = redis.Redis.from_url(redis_url, socket_timeout=5)
+    raw = sync_client(store_url, timeout=5)
     try:
         # another trainer holds the lease: exit 2, one line naming it, nothing done
-        raw.set(rt.lease_key(prefix), "other-host:4242:abc", px=60_000)
+        raw.set(rt.lease_key(store_prefix), "other-host:4242:abc", px=60_000)
         assert run_cli(s, models, tmp_path / "r.json") == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0, err
         assert "other-host:4242:abc" in err, err
         assert not models.exists()
-        assert raw.get(rt.cursor_key(prefix)) is None
-        raw.delete(rt.lease_key(prefix))
+        assert raw.get(rt.cursor_key(store_prefix)) is None
+        raw.delete(rt.lease_key(store_prefix))
 
         # killed mid-training (an exception raised inside the fit): no version, no cursor, lease released
         def boom(self: StageAwareRanker, train: Any) -> None:
@@ -274,8 +287,8 @@ def test_lease_refuses_a_second_run_and_a_failed_run_leaves_no_trace(
             asyncio.run(rt.retrain_once(s, rt.RetrainOptions(epochs=3, resamples=100)))
         assert artifact.list_versions(models) == []
         assert not (models / artifact.LATEST).exists()
-        assert raw.get(rt.cursor_key(prefix)) is None
-        assert raw.get(rt.lease_key(prefix)) is None
+        assert raw.get(rt.cursor_key(store_prefix)) is None
+        assert raw.get(rt.lease_key(store_prefix)) is None
     finally:
         raw.close()
 

@@ -16,7 +16,8 @@ Keys (``P`` the prefix, ``{v:H}`` the visitor's tag of ``service.store.redis_sto
 
 Every script keeps to one slot: the record scripts to the visitor's tag, the rollup script to the period's
 tag ``{jr:I}``, the claim script to a due shard's ``{jd:n}``. Reads and writes of many visitors or
-periods go in one round trip (``service.store.resp``), never as one script over several slots.
+periods go in one round trip (``redis_store.run_commands``: packed RESP on one server, one pipelined round
+trip per master on a Redis Cluster), never as one script over several slots.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from redis.asyncio import Redis
@@ -44,8 +45,8 @@ from service.analytics.store_base import (
     channel_name,
 )
 from service.store import trail
-from service.store.redis_store import STREAM_SHARDS, RedisStore, unavailable
-from service.store.resp import Arg, evalsha, round_trip_packed, run
+from service.store.redis_store import STREAM_SHARDS, AnyRedis, RedisStore, run_commands, unavailable
+from service.store.resp import Arg, evalsha, round_trip_packed
 
 STORE = "journey analytics store"
 CHUNK = 1000  # members or fields per SADD / ZADD call inside a script
@@ -126,7 +127,7 @@ class RedisAnalyticsStore:
     def __init__(self, visitors: RedisStore, retention: Retention) -> None:
         self.retention = retention
         self._visitors = visitors
-        self._r: Redis = visitors.client
+        self._r: AnyRedis = visitors.client
         self._prefix = visitors.prefix
         self._ttl = visitors.visitor_ttl
         self._commit = self._r.register_script(_COMMIT)
@@ -162,16 +163,15 @@ class RedisAnalyticsStore:
         # events). Plain commands (the pair need not be atomic; a script per visitor costs more), packed
         # from one template per visitor: hundreds of visitors per request made generic packing the
         # largest cost of the read.
+        # On a cluster the visitors' slots live on several masters: the same commands go through the
+        # cluster client's pipeline (one round trip per master).
         ttl = str(self._ttl)
-        text = "".join([_snapshot_text(self._visitors.visitor_base(v), ttl) for v in visitor_ids])
         with unavailable("read journey records", STORE):
-            if text.isascii():
-                replies = await round_trip_packed(self._r, text.encode(), 3 * len(visitor_ids))
-                for r in replies:
-                    if isinstance(r, ResponseError):
-                        raise r
-            else:  # a prefix beyond ASCII: lengths are bytes, not characters
-                replies = await run(self._r, _snapshot_commands(self._visitors, visitor_ids, ttl), ())
+            if self._visitors.cluster:
+                commands = _snapshot_commands(self._visitors, visitor_ids, ttl)
+                replies = await run_commands(self._r, commands, ())
+            else:
+                replies = await self._snapshot_packed(visitor_ids, ttl)
         records: list[JourneyRecord | None] = []
         for stage, since, n, seen in replies[::3]:
             records.append(
@@ -190,6 +190,17 @@ class RedisAnalyticsStore:
             channel=lambda i: channel_name(trail.channel_of(int(channels[i]))),
         )
 
+    async def _snapshot_packed(self, visitor_ids: Sequence[str], ttl: str) -> list[Any]:
+        """One server: the snapshot commands packed from their template, in one round trip."""
+        text = "".join([_snapshot_text(self._visitors.visitor_base(v), ttl) for v in visitor_ids])
+        if not text.isascii():  # a prefix beyond ASCII: lengths are bytes, not characters
+            return await run_commands(self._r, _snapshot_commands(self._visitors, visitor_ids, ttl), ())
+        replies = await round_trip_packed(cast("Redis", self._r), text.encode(), 3 * len(visitor_ids))
+        for r in replies:
+            if isinstance(r, ResponseError):
+                raise r
+        return replies
+
     async def commit(self, writes: Sequence[RecordWrite]) -> list[bool]:
         if not writes:
             return []
@@ -203,7 +214,7 @@ class RedisAnalyticsStore:
             for w in writes
         ]
         with unavailable("write journey records", STORE):
-            replies = await run(self._r, commands, self._scripts)
+            replies = await run_commands(self._r, commands, self._scripts)
         return [bool(int(r)) for r in replies]
 
     async def mark_seen(self, sightings: Sequence[tuple[str, str]]) -> None:
@@ -212,7 +223,7 @@ class RedisAnalyticsStore:
             for v, seen in sightings
         ]
         with unavailable("write journey sightings", STORE):
-            await run(self._r, commands, self._scripts)
+            await run_commands(self._r, commands, self._scripts)
 
     async def add(self, deltas: Mapping[Period, PeriodDelta], due: Mapping[str, float] | None = None) -> None:
         commands = self._due_commands(due) if due else []
@@ -234,14 +245,14 @@ class RedisAnalyticsStore:
         if not commands:
             return
         with unavailable("write journey rollups", STORE):
-            await run(self._r, commands, self._scripts)
+            await run_commands(self._r, commands, self._scripts)
 
     async def claim_due(self, now: float, limit: int, hold: float) -> list[str]:
         per_shard = -(-limit // STREAM_SHARDS)
         args: list[Arg] = [repr(now), str(per_shard), repr(now + hold)]
         commands = [evalsha(self._claim, [self._due_key(n)], args) for n in range(STREAM_SHARDS)]
         with unavailable("claim due journey walks", STORE):
-            replies = await run(self._r, commands, self._scripts)
+            replies = await run_commands(self._r, commands, self._scripts)
         return [v.decode() for got in replies for v in got]
 
     async def read(self, granularity: Granularity, starts: Sequence[float]) -> list[PeriodData]:
@@ -278,7 +289,7 @@ class RedisAnalyticsStore:
                 base = self._period_base(period_id(g, start))
                 commands += [["SREM", f"{base}:s:{name}", member] for name in SET_NAMES]
         with unavailable("erase journey records", STORE):
-            replies = await run(self._r, commands, ())
+            replies = await run_commands(self._r, commands, ())
         return sum(int(r) for r in replies)
 
     async def close(self) -> None:

@@ -21,23 +21,26 @@ Feeding a batch of events first asks the ``active`` sets which of its visitors h
 credit, and cost no per-visitor call. A stale member only costs a read.
 
 Writes: keeping a served list is four plain commands (``RPUSH``/``LTRIM``/``EXPIRE`` and the visitor's
-``ZADD`` to its ``active`` set) written in one go; on the request path their replies are read after the
-answer has gone (``send_served``). Counting it and
+``ZADD`` to its ``active`` set) written in one go; on the request path, on one server, their replies are
+read after the answer has gone (``send_served``); on a Redis Cluster (the list and the active set may be
+on two masters) they go through the cluster client's pipeline and are read before. Counting it and
 feeding events read the visitor's state (one call per visitor, pipelined), apply ``service.feedback.ledger``
 in Python, and write the state back only if its ``ver`` did not move meanwhile (else read and apply again),
-then add the counter increments, one call per counter key, pipelined. A counter write that fails after
+then add the counter increments, one call per counter key, pipelined (on a cluster, one round trip per
+master). A counter write that fails after
 its visitor write loses those increments (counted in ``journeyrec_feedback_write_failures_total``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -59,7 +62,7 @@ from service.feedback.store_base import (
     sum_counters,
 )
 from service.store import resp
-from service.store.redis_store import unavailable
+from service.store.redis_store import AnyRedis, run_commands, unavailable
 
 MAX_ATTEMPTS = 20  # optimistic writes of one visitor's state before giving up (others kept writing it)
 
@@ -122,10 +125,17 @@ def _hex(text: str) -> str:
     return text.encode("utf-8").hex()
 
 
+def _done() -> Awaitable[None]:
+    """The confirmation of commands whose replies were read already."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
+
+
 class RedisFeedbackStore(FeedbackLimits):
     def __init__(
         self,
-        client: Redis,
+        client: AnyRedis,
         *,
         prefix: str,
         windows: Windows,
@@ -173,6 +183,8 @@ class RedisFeedbackStore(FeedbackLimits):
         by_shard: dict[int, dict[str, int]] = defaultdict(dict)
         for v in active:
             by_shard[shard_of(v)][v] = now_ms
+        if isinstance(self._r, RedisCluster):
+            return await self._cluster_pipeline(calls, by_shard, now_ms if prune else None)
         for attempt in range(2):
             async with self._r.pipeline(transaction=False) as pipe:
                 for script, keys, args in calls:
@@ -191,6 +203,22 @@ class RedisFeedbackStore(FeedbackLimits):
             for script in {c[0] for c in calls}:
                 await self._r.script_load(script.script)
         raise AssertionError("unreachable")
+
+    async def _cluster_pipeline(
+        self,
+        calls: Sequence[tuple[AsyncScript, list[str], Sequence[str | bytes]]],
+        by_shard: dict[int, dict[str, int]],
+        now_ms: int | None,
+    ) -> list[Any]:
+        """``_pipeline`` on a cluster: the same commands through the cluster client's pipeline (one round
+        trip per master; redis-py's refuses ``evalsha`` there, so the commands go as they are sent)."""
+        commands: list[list[resp.Arg]] = [resp.evalsha(script, keys, args) for script, keys, args in calls]
+        for shard, members in by_shard.items():
+            key = self.active_key(shard)
+            commands.append(["ZADD", key, *(x for v, ms in members.items() for x in (str(ms), v))])
+            if now_ms is not None:
+                commands.append(["ZREMRANGEBYSCORE", key, "-inf", f"({now_ms - self.visitor_ttl * 1000}"])
+        return await run_commands(self._r, commands, list({c[0] for c in calls}))
 
     async def _active(self, visitor_ids: list[str]) -> set[str]:
         """The visitors that have feedback state (a superset: a member may have expired since)."""
@@ -308,9 +336,16 @@ class RedisFeedbackStore(FeedbackLimits):
 
     async def send_served(self, visitor_id: str, served: ServedList) -> Awaitable[None]:
         # on the request path: written before the answer goes out, its replies read in the background
-        # (``service.feedback.serve``), so the answer does not wait a round trip for them
+        # (``service.feedback.serve``), so the answer does not wait a round trip for them. A cluster
+        # client cannot leave replies unread (the list's key and the active set may live on two masters):
+        # there the commands run, replies read, before this returns.
+        commands = self._served_commands(visitor_id, served)
+        if isinstance(self._r, RedisCluster):
+            with unavailable("log served list", "feedback store"):
+                await run_commands(self._r, commands, ())
+            return _done()
         with unavailable("log served list", "feedback store"):
-            sent = await resp.send(self._r, self._served_commands(visitor_id, served))
+            sent = await resp.send(self._r, commands)
         return self._confirm(sent)
 
     async def _confirm(self, sent: resp.Sent) -> None:

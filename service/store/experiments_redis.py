@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
-
 from models.experiments import Experiment
 from service.store.experiments_base import ExperimentWriter, decode_all
-from service.store.rules_redis import _unavailable
+from service.store.redis_store import AnyRedis, unavailable
+
+STORE = "experiments store"
 
 # KEYS: docs, version. ARGV: id, the stored JSON the change was computed from ("" for none), the new
 # JSON ("" to delete). Returns 1 when it wrote, 0 when the stored document had moved.
@@ -38,7 +38,7 @@ return 1
 class RedisExperimentStore(ExperimentWriter):
     """ExperimentStore on Redis (keys above); shares the visitor store's client and connection pool."""
 
-    def __init__(self, client: Redis, *, prefix: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: AnyRedis, *, prefix: str, clock: Callable[[], float] = time.time) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"redis key prefix {prefix!r} must be non-empty and without braces")
         super().__init__(clock=clock)
@@ -48,23 +48,23 @@ class RedisExperimentStore(ExperimentWriter):
         self._cas_script = client.register_script(_CAS)
 
     async def version(self) -> int:
-        with _unavailable("read the experiments version"):
+        with unavailable("read the experiments version", STORE):
             raw: Any = await self._r.get(self.version_key)
         return int(raw) if raw is not None else 0
 
     async def list(self) -> list[Experiment]:
-        with _unavailable("read the experiments"):
+        with unavailable("read the experiments", STORE):
             raws: Any = await self._r.hvals(self.docs_key)
         return decode_all(list(raws))
 
     async def _raw(self, experiment_id: str) -> bytes | None:
-        with _unavailable("read an experiment"):
+        with unavailable("read an experiment", STORE):
             raw: Any = await self._r.hget(self.docs_key, experiment_id)
         return None if raw is None else bytes(raw)
 
     async def _cas(self, experiment_id: str, old: bytes | None, new: bytes | None) -> bool:
         args: list[str | bytes] = [experiment_id, old or b"", new or b""]
-        with _unavailable("write an experiment"):
+        with unavailable("write an experiment", STORE):
             done = await self._cas_script(keys=[self.docs_key, self.version_key], args=args)
         return bool(int(done))
 

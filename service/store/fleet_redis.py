@@ -21,10 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 
 from service.store.fleet_base import WorkerBeat, check_ttl
-from service.store.redis_store import unavailable
+from service.store.redis_store import AnyRedis, unavailable
 
 STORE = "fleet store"
 
@@ -33,7 +32,7 @@ class RedisFleet:
     """FleetStore on Redis (keys above); shares the visitor store's client and connection pool."""
 
     def __init__(
-        self, client: Redis, *, prefix: str, ttl: float, clock: Callable[[], float] = time.time
+        self, client: AnyRedis, *, prefix: str, ttl: float, clock: Callable[[], float] = time.time
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"redis key prefix {prefix!r} must be non-empty and without braces")

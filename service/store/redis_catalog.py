@@ -20,12 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from models.overlay import CatalogOverlay, LiveItem
 from service.store.catalog_base import PutAnswer, PutResult, WriteOutcome, check_based_on
-from service.store.redis_store import unavailable
+from service.store.redis_store import AnyRedis, client_from_url, unavailable
 
 log = logging.getLogger("journeyrec.store")
 
@@ -81,7 +80,7 @@ def _base(based_on: Sequence[float | None] | None, i: int) -> str:
 class RedisCatalog:
     """CatalogStore on Redis (see the module docstring for the key layout)."""
 
-    def __init__(self, client: Redis, *, prefix: str, owns_client: bool = False) -> None:
+    def __init__(self, client: AnyRedis, *, prefix: str, owns_client: bool = False) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"redis key prefix {prefix!r} must be non-empty and without braces")
         self._r = client
@@ -95,8 +94,9 @@ class RedisCatalog:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str, socket_timeout: float) -> RedisCatalog:
-        """A store on a client of its own (closed by ``close``)."""
-        client = Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+        """A store on a client of its own (closed by ``close``): one server's, or a Redis Cluster's for a
+        ``redis+cluster://`` URL."""
+        client = client_from_url(url, socket_timeout=socket_timeout)
         return cls(client, prefix=prefix, owns_client=True)
 
     async def put(

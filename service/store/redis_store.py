@@ -110,7 +110,10 @@ Redis Cluster: a ``redis+cluster://`` URL (``service.store.redis_url``) gives re
 ``RedisCluster`` (``GatedCluster``), which follows ``MOVED``/``ASK``; the scripts name keys they do not
 list in KEYS (a visitor's keys from its base, sent sets), always in the slot of a key they do list.
 On one server and on a cluster the code path is the same but for the append (above: one script call on a
-single server, three steps on a cluster) and the packing of a batch of commands (``_batch``).
+single server, three steps on a cluster) and the packing of a batch of commands (``run_commands``: packed
+RESP on one pooled connection, or the cluster client's pipeline, one round trip per master). The stores
+beside this one (rules, live catalog, experiments, fleet, feedback, journey analytics) share its client
+(``client``, typed ``AnyRedis``) and keep each script and MULTI inside one slot likewise.
 
 Failures: a Redis that cannot be reached or does not answer becomes ``StoreDownError`` naming the cause
 (``StoreFailure``: connection, timeout, error); no free connection in this process's pool within the wait
@@ -134,7 +137,7 @@ from typing import Any, cast
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -168,6 +171,9 @@ from service.store.memory_store import check_count, format_id, parse_after
 from service.store.redis_url import is_cluster_url, parse_cluster_url
 
 log = logging.getLogger("journeyrec.store")
+
+#: a client of one Redis server or of a Redis Cluster: every store takes either (module docstring)
+AnyRedis = Redis | RedisCluster
 
 RECENT_PAGE = 500  # stream entries per shard and read of recent_visitors
 STREAM_SHARDS = 16  # stream shards P:{s:0}:stream .. P:{s:15}:stream (module docstring)
@@ -828,7 +834,7 @@ def unavailable(what: str, store: str = "visitor store") -> Iterator[None]:
             f"the {store} is busy ({what}: no free connection in this worker); retry later"
         ) from e
     except (RedisError, RedisClusterException, OSError) as e:
-        metrics.STORE_ERRORS.inc()  # the one place store failures (visitors, catalog) are counted
+        metrics.STORE_ERRORS.inc()  # the one place store failures (every Redis store) are counted
         # info, not warning: the caller reports the failure (HTTP handlers log a warning; the CLI one line)
         log.info("redis %s failed: %s: %s", what, type(e).__name__, e)
         raise StoreDownError(
@@ -922,10 +928,11 @@ class RedisStore(StoreLimits):
         return cls(Redis.from_pool(pool), prefix=prefix, **limits)
 
     @property
-    def client(self) -> Redis:
-        """The Redis client (its connection pool is shared with the rules and live catalog stores). On a
-        cluster URL it is a ``RedisCluster``, which the stores beside this one do not handle yet."""
-        return cast("Redis", self._r)
+    def client(self) -> AnyRedis:
+        """The Redis client, shared with the stores beside this one (rules, live catalog, experiments,
+        fleet, feedback, journey analytics): a ``Redis`` on one server's pool, or on a cluster URL a
+        ``GatedCluster``."""
+        return self._r
 
     @property
     def max_connections(self) -> int:
@@ -961,9 +968,7 @@ class RedisStore(StoreLimits):
         """Each command's reply, in one round trip per server; raises the first error (as
         ``StoreUnavailableError``). Commands are ``evalsha`` of this store's scripts or plain reads."""
         with unavailable(what):
-            if isinstance(self._r, RedisCluster):
-                return await _cluster_batch(self._r, commands, self._scripts)
-            return await resp.run(self._r, commands, self._scripts)
+            return await run_commands(self._r, commands, self._scripts)
 
     # -- VisitorStore -------------------------------------------------------------------------------------
 
@@ -1455,6 +1460,17 @@ def _field(fields: Any) -> bytes:
     return cast("bytes", fields[fields.index(b"e") + 1])
 
 
+async def run_commands(
+    client: AnyRedis, commands: Sequence[Sequence[resp.Arg]], scripts: Sequence[AsyncScript]
+) -> list[Any]:
+    """Each command's reply, in one round trip per server; raises the first error reply. Commands refused
+    because a script of ``scripts`` was not loaded run again once it is. One server: ``resp.run`` (packed
+    here, on a pooled connection); a cluster: ``_cluster_batch``."""
+    if isinstance(client, RedisCluster):
+        return await _cluster_batch(client, commands, scripts)
+    return await resp.run(client, commands, scripts)
+
+
 async def _cluster_batch(
     client: RedisCluster, commands: Sequence[Sequence[resp.Arg]], scripts: Sequence[AsyncScript]
 ) -> list[Any]:
@@ -1466,9 +1482,6 @@ async def _cluster_batch(
         pipe = client.pipeline(transaction=False)
         for cmd in cmds:
             pipe.execute_command(*cmd)
-        if isinstance(client, GatedCluster):
-            async with client.gate():
-                return list(await pipe.execute(raise_on_error=False))
         return list(await pipe.execute(raise_on_error=False))
 
     if not commands:
@@ -1521,7 +1534,28 @@ class GatedCluster(RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with self.gate():
+            # a no-op once the client knows the slots; before that, redis-py (8.1) routes commands that
+            # start together to the wrong masters, and the MOVED replies make it drop connections in use
+            await self.initialize()
             return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        """A pipeline whose ``execute`` holds one place (a MULTI with ``transaction``: its keys must share
+        one slot)."""
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused by redis-py
+        return GatedPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py makes its own
+
+
+class GatedPipeline(ClusterPipeline):
+    """redis-py's cluster pipeline of a ``GatedCluster``: ``execute`` waits for one of its places."""
+
+    cluster_client: GatedCluster
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        async with self.cluster_client.gate():
+            await self.cluster_client.initialize()  # as GatedCluster.execute_command
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 def cluster_client(url: str, socket_timeout: float, max_connections: int) -> GatedCluster:
@@ -1538,6 +1572,17 @@ def cluster_client(url: str, socket_timeout: float, max_connections: int) -> Gat
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
+    )
+
+
+def client_from_url(url: str, *, socket_timeout: float) -> AnyRedis:
+    """A client of its own for ``url`` (a store's own, or the rate limiter's): one server's (redis-py's
+    pool) or a cluster's (``cluster_client``, ``MAX_CONNECTIONS`` per master). No automatic retries (module
+    docstring); nothing connects until the first command."""
+    if is_cluster_url(url):
+        return cluster_client(url, socket_timeout, MAX_CONNECTIONS)
+    return Redis.from_url(
+        url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
     )
 
 

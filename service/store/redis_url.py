@@ -65,11 +65,3 @@ def parse_cluster_url(url: str) -> ClusterUrl:
     return ClusterUrl(
         nodes=tuple(nodes), ssl=scheme.lower() == "rediss+cluster", username=username, password=password
     )
-
-
-#: why ``journeyrec serve`` refuses a cluster URL: the visitor store runs on a cluster, the stores beside it
-#: (rules, live catalog, experiments, feedback, journey analytics, the rate limiter) need one server
-CLUSTER_SERVING_REFUSED = (
-    "JOURNEYREC_REDIS_URL: serving on a Redis Cluster is not supported: only the visitor store runs on one; "
-    "give a single-server redis:// URL"
-)

@@ -13,22 +13,17 @@ and trims the audit entry, atomically. Neither key expires.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from models.rules import RuleSet
-from service.store.base import StoreBusyError, StoreDownError
-from service.store.redis_store import PoolExhaustedError, _failure
+from service.store.redis_store import AnyRedis, unavailable
 from service.store.rules_base import AUDIT_CAP, AuditEntry, RulesWriter, UnreadableRulesError
 
-log = logging.getLogger("journeyrec.store")
+STORE = "rules store"
 
 # KEYS: current, audit. ARGV: the version replaced, the new rule set's JSON, the audit entry's JSON, cap.
 # Returns the stored version it found (the version replaced when it wrote).
@@ -42,26 +37,13 @@ return found
 """
 
 
-@contextmanager
-def _unavailable(what: str) -> Iterator[None]:
-    """Redis failures as the store errors the service maps (503), with a message fit for a client."""
-    try:
-        yield
-    except PoolExhaustedError as e:
-        raise StoreBusyError(f"the rules store is busy ({what}: no free connection); retry later") from e
-    except (RedisError, OSError) as e:
-        log.info("redis %s failed: %s: %s", what, type(e).__name__, e)
-        raise StoreDownError(
-            f"the rules store is unavailable ({what}: {type(e).__name__}); retry later", _failure(e)
-        ) from e
-
-
 class RedisRulesStore(RulesWriter):
-    """RulesStore on Redis (keys above); shares the visitor store's client and connection pool."""
+    """RulesStore on Redis or a Redis Cluster (keys above); shares the visitor store's client and
+    connection pool."""
 
     def __init__(
         self,
-        client: Redis,
+        client: AnyRedis,
         *,
         prefix: str,
         audit_cap: int = AUDIT_CAP,
@@ -78,12 +60,12 @@ class RedisRulesStore(RulesWriter):
         self._decode_entry = msgspec.json.Decoder(AuditEntry).decode
 
     async def version(self) -> int:
-        with _unavailable("read the rules version"):
+        with unavailable("read the rules version", STORE):
             raw: Any = await self._r.hget(self.current_key, "version")
         return int(raw) if raw is not None else 0
 
     async def current(self) -> RuleSet:
-        with _unavailable("read the rules"):
+        with unavailable("read the rules", STORE):
             version, raw = await self._r.hmget(self.current_key, ["version", "ruleset"])
         if raw is None:
             return RuleSet(version=0)
@@ -103,14 +85,14 @@ class RedisRulesStore(RulesWriter):
             msgspec.json.encode(entry),
             str(self.audit_cap),
         ]
-        with _unavailable("write the rules"):
+        with unavailable("write the rules", STORE):
             found = await self._put(keys=keys, args=args)
         return int(found)
 
     async def audit(self, limit: int) -> list[AuditEntry]:
         if limit < 1:
             return []
-        with _unavailable("read the rules audit"):
+        with unavailable("read the rules audit", STORE):
             rows: Any = await self._r.lrange(self.audit_key, 0, limit - 1)
         return [self._decode_entry(r) for r in rows]
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from litestar import Litestar
+from redis.cluster import ClusterNode, RedisCluster
 
 from models.domain import Event
 from models.errors import StoreUnavailableError
@@ -21,6 +22,7 @@ from service.model_holder import ModelHolder
 from service.settings import Settings, load_settings
 from service.store.base import AppendResult, StreamEntry, VisitorState
 from service.store.memory_store import MemoryStore
+from service.store.redis_url import is_cluster_url, parse_cluster_url
 
 INGEST_KEY = "ingest-read-key-0123456789"
 READ_KEY = "read-only-key-0123456789"
@@ -134,9 +136,18 @@ class LogRecords(logging.Handler):
         self.records.append(record)
 
 
+def sync_client(redis_url: str, timeout: float = 2) -> Any:
+    """A blocking client of the Redis at ``redis_url``: one server's, or a Redis Cluster's (which scans and
+    deletes on every master) for a ``redis+cluster://`` URL."""
+    if not is_cluster_url(redis_url):
+        return redis.Redis.from_url(redis_url, socket_timeout=timeout)
+    nodes = [ClusterNode(host, port) for host, port in parse_cluster_url(redis_url).nodes]
+    return RedisCluster(startup_nodes=nodes, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 def delete_prefix(redis_url: str, prefix: str) -> None:
     """Delete every key under ``prefix:`` (a test's own keys) from the Redis at ``redis_url``."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=2)
+    client = sync_client(redis_url)
     try:
         for key in client.scan_iter(match=f"{prefix}:*", count=1000):
             client.delete(key)

@@ -1,8 +1,9 @@
 """The AnalyticsStore contract: the same tests run against MemoryAnalyticsStore and RedisAnalyticsStore,
 and the tracker over each of them counts the same transitions for a known event sequence.
 
-The Redis params need the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``); each uses its own
-key prefix and deletes its keys afterwards.
+The Redis params run on the test Redis and on the test Redis Cluster (the ``redis_url`` and
+``redis_cluster_url`` fixtures, ``tests/conftest.py``, through ``tests.service.redis_fixtures``); each
+uses its own key prefix and deletes its keys afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from models.domain import HOUR, Channel, Event, EventType, Stage
 from models.journey import DEFAULT_RULES
@@ -34,6 +34,7 @@ from service.analytics.tracker import JourneyTracker
 from service.store.base import VisitorStore
 from service.store.memory_store import MemoryStore
 from service.store.redis_store import RedisStore
+from tests.service.redis_fixtures import STORE_KINDS, delete_prefix, raw_client, url_of
 
 E = EventType
 RETENTION = Retention(hourly_days=14, daily_days=400, sets_days=35)
@@ -45,28 +46,26 @@ class Harness:
     kind: str
     visitors: VisitorStore
     store: AnalyticsStore
-    raw: aioredis.Redis | None = None
+    raw: Any = None
     prefix: str = ""
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=STORE_KINDS)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         visitors = MemoryStore(visitor_ttl=TTL, recent_events=200, stream_maxlen=10_000)
         yield Harness("memory", visitors, MemoryAnalyticsStore(visitors, RETENTION, visitor_ttl=TTL))
         return
-    url: str = request.getfixturevalue("redis_url")
+    url = url_of(request, request.param)
     prefix = f"jrtest-{uuid.uuid4().hex[:12]}"
     rs = RedisStore.from_url(
         url, prefix=prefix, visitor_ttl=TTL, recent_events=200, stream_maxlen=10_000, socket_timeout=5
     )
-    raw = aioredis.Redis.from_url(url, socket_timeout=5)
+    raw: Any = raw_client(url)
     try:
         yield Harness("redis", rs, RedisAnalyticsStore(rs, RETENTION), raw, prefix)
     finally:
-        keys = [k async for k in raw.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await raw.delete(*keys)
+        await delete_prefix(raw, prefix)
         await raw.aclose()
         await rs.close()
 

@@ -37,9 +37,15 @@ KEYS = "cli-key-0123456789abcdef:read"
         ),
         (["export-events", "--out", "x.jsonl"], {}, "--redis-url"),
         (
-            ["serve", "--models", "{models}", "--redis-url", "redis+cluster://127.0.0.1:7101,127.0.0.1:7102"],
+            [
+                "serve",
+                "--models",
+                "{models}",
+                "--redis-url",
+                "redis+cluster://127.0.0.1:7101,127.0.0.1:7102/3",
+            ],
             {"JOURNEYREC_API_KEYS": KEYS},
-            "serving on a Redis Cluster is not supported",
+            "a Redis Cluster has a single database: drop /3",
         ),
     ],
 )

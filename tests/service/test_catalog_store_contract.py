@@ -1,7 +1,8 @@
 """The CatalogStore contract: the same tests run against MemoryCatalog and RedisCatalog.
 
-The Redis params need the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``). Every test uses its
-own key prefix and deletes its keys afterwards.
+The Redis params run on the test Redis and on the test Redis Cluster (the ``redis_url`` and
+``redis_cluster_url`` fixtures, ``tests/conftest.py``, through ``tests.service.redis_fixtures``). Every
+test uses its own key prefix and deletes its keys afterwards.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from models.domain import CatalogItem, ItemKind, Stage
 from models.overlay import LiveItem
@@ -21,6 +21,7 @@ from service.store import redis_catalog
 from service.store.catalog_base import CatalogStore, WriteOutcome
 from service.store.memory_catalog import MemoryCatalog
 from service.store.redis_catalog import RedisCatalog
+from tests.service.redis_fixtures import STORE_KINDS, delete_prefix, raw_client, url_of
 
 T0 = 1_735_689_600.0
 W = WriteOutcome
@@ -36,17 +37,17 @@ def live(item_id: str, t: float, **fields: Any) -> LiveItem:
 class Harness:
     kind: str
     make: Callable[[], CatalogStore]
-    raw: aioredis.Redis | None = None
+    raw: Any = None
     prefix: str = ""
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=STORE_KINDS)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         yield Harness("memory", MemoryCatalog)
         return
-    url: str = request.getfixturevalue("redis_url")
-    raw = aioredis.Redis.from_url(url, socket_timeout=5)
+    url = url_of(request, request.param)
+    raw: Any = raw_client(url)
     prefix = f"jrtest-{uuid.uuid4().hex[:12]}"
     stores: list[RedisCatalog] = []
 
@@ -60,9 +61,7 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     finally:
         for store in stores:
             await store.close()
-        keys = [k async for k in raw.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await raw.delete(*keys)
+        await delete_prefix(raw, prefix)
         await raw.aclose()
 
 

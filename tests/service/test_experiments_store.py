@@ -1,7 +1,8 @@
 """The ExperimentStore contract: the same tests run against MemoryExperimentStore and RedisExperimentStore.
 
-The Redis params need the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``); each uses its own
-key prefix and deletes its keys afterwards.
+The Redis params run on the test Redis and on the test Redis Cluster (the ``redis_url`` and
+``redis_cluster_url`` fixtures, ``tests/conftest.py``, through ``tests.service.redis_fixtures``); each
+uses its own key prefix and deletes its keys afterwards.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import pytest
-import redis.asyncio as aioredis
 
 from models.errors import NotFoundError
 from models.experiments import Experiment
@@ -21,6 +22,7 @@ from service.errors import ConflictError
 from service.store.experiments_base import ExperimentStore
 from service.store.experiments_memory import MemoryExperimentStore
 from service.store.experiments_redis import RedisExperimentStore
+from tests.service.redis_fixtures import STORE_KINDS, delete_prefix, raw_client, url_of
 
 
 class Clock:
@@ -45,24 +47,22 @@ def doc(experiment_id: str = "e1", **kw: object) -> Experiment:
 @dataclass
 class Harness:
     make: Callable[[], ExperimentStore]
-    raw: aioredis.Redis | None = None
+    raw: Any = None
     prefix: str = ""
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=STORE_KINDS)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         yield Harness(lambda: MemoryExperimentStore(clock=Clock()))
         return
-    url: str = request.getfixturevalue("redis_url")
-    raw = aioredis.Redis.from_url(url, socket_timeout=5)
+    url = url_of(request, request.param)
+    raw: Any = raw_client(url)
     prefix = f"jrtest-{uuid.uuid4().hex[:12]}"
     try:
         yield Harness(lambda: RedisExperimentStore(raw, prefix=prefix, clock=Clock()), raw, prefix)
     finally:
-        keys = [k async for k in raw.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await raw.delete(*keys)
+        await delete_prefix(raw, prefix)
         await raw.aclose()
 
 

@@ -1,7 +1,9 @@
 """The FeedbackStore contract: the same tests run against the memory and the Redis feedback store.
 
-The Redis params need the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``). Every test uses its
-own key prefix and deletes its keys afterwards. Both stores take a fake clock, so time is moved, not waited.
+The Redis params run on the test Redis and on the test Redis Cluster (the ``redis_url`` and
+``redis_cluster_url`` fixtures, ``tests/conftest.py``, through ``tests.service.redis_fixtures``). Every
+test uses its own key prefix and deletes its keys afterwards. Both stores take a fake clock, so time is
+moved, not waited.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from models.attribution import ServedList, Windows
 from models.domain import Event, EventType
@@ -20,6 +21,7 @@ from service.feedback import ids
 from service.feedback.memory import MemoryFeedbackStore
 from service.feedback.redis_store import RedisFeedbackStore
 from service.feedback.store_base import SUMMARY, DailyCell, FeedbackStore, VariantStageStats
+from tests.service.redis_fixtures import REDIS_KINDS, STORE_KINDS, delete_prefix, raw_client, url_of
 
 E = EventType
 T0 = 1_735_689_600.0 + 3600  # 2025-01-01T01:00:00Z
@@ -38,21 +40,20 @@ class FakeClock:
 Make = Callable[..., FeedbackStore]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=STORE_KINDS)
 async def make(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Make, FakeClock]]:
     clock = FakeClock()
     defaults: dict[str, Any] = {"windows": WINDOWS, "cap": 50, "visitor_ttl": 90 * 86_400, "clock": clock}
     if request.param == "memory":
         yield (lambda **kw: MemoryFeedbackStore(**{**defaults, **kw})), clock
         return
-    url: str = request.getfixturevalue("redis_url")
-    raw = aioredis.Redis.from_url(url, socket_timeout=5)
+    url = url_of(request, request.param)
+    raw: Any = raw_client(url)
     prefix = f"jrtest-{uuid.uuid4().hex[:12]}"
     try:
         yield (lambda **kw: RedisFeedbackStore(raw, prefix=prefix, **{**defaults, **kw})), clock
     finally:
-        async for key in raw.scan_iter(match=f"{prefix}:*", count=1000):
-            await raw.delete(key)
+        await delete_prefix(raw, prefix)
         await raw.aclose()
 
 
@@ -323,8 +324,8 @@ async def test_an_event_before_its_list_is_counted_creates_the_exposure_once(
     assert cell.sums["impressions"] == 1
 
 
-@pytest.mark.redis
-async def test_redis_and_memory_agree_on_random_traffic(redis_url: str) -> None:
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+async def test_redis_and_memory_agree_on_random_traffic(request: pytest.FixtureRequest, kind: str) -> None:
     clock = FakeClock()
     common: dict[str, Any] = {
         "windows": Windows(click=50.0, impression=20.0),
@@ -332,7 +333,7 @@ async def test_redis_and_memory_agree_on_random_traffic(redis_url: str) -> None:
         "visitor_ttl": 3600,
         "clock": clock,
     }
-    raw = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    raw: Any = raw_client(url_of(request, kind))
     prefix = f"jrtest-{uuid.uuid4().hex[:12]}"
     stores: list[FeedbackStore] = [
         MemoryFeedbackStore(**common),
@@ -378,8 +379,7 @@ async def test_redis_and_memory_agree_on_random_traffic(redis_url: str) -> None:
         for visitor in visitors:
             assert await stores[1].served(visitor) == await stores[0].served(visitor)
     finally:
-        async for key in raw.scan_iter(match=f"{prefix}:*", count=1000):
-            await raw.delete(key)
+        await delete_prefix(raw, prefix)
         await raw.aclose()
 
 

@@ -1,8 +1,9 @@
 """The fleet store contract (``service.store.fleet_base``): the same tests run against MemoryFleet and
 RedisFleet, on a clock the test moves. And the heartbeat of one worker (``service.heartbeat``).
 
-The Redis params need the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``); each uses its own
-key prefix and deletes its keys afterwards.
+The Redis params run on the test Redis and on the test Redis Cluster (the ``redis_url`` and
+``redis_cluster_url`` fixtures, ``tests/conftest.py``, through ``tests.service.redis_fixtures``); each
+uses its own key prefix and deletes its keys afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,6 +25,7 @@ from service.heartbeat import Heartbeat, worker_id
 from service.model_holder import ModelHolder
 from service.store.fleet_base import FleetStore, MemoryFleet, WorkerBeat
 from service.store.fleet_redis import RedisFleet
+from tests.service.redis_fixtures import STORE_KINDS, delete_prefix, raw_client, url_of
 
 TTL = 15.0
 
@@ -39,26 +42,24 @@ class Clock:
 class Harness:
     kind: str
     make: Callable[[Clock], FleetStore]
-    raw: aioredis.Redis | None = None
+    raw: Any = None
     prefix: str = ""
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=STORE_KINDS)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         yield Harness("memory", lambda clock: MemoryFleet(TTL, clock=clock))
         return
-    url: str = request.getfixturevalue("redis_url")
-    raw = aioredis.Redis.from_url(url, socket_timeout=5)
+    url = url_of(request, request.param)
+    raw: Any = raw_client(url)
     prefix = f"jrtest-{uuid.uuid4().hex[:12]}"
     try:
         yield Harness(
             "redis", lambda clock: RedisFleet(raw, prefix=prefix, ttl=TTL, clock=clock), raw, prefix
         )
     finally:
-        keys = [k async for k in raw.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await raw.delete(*keys)
+        await delete_prefix(raw, prefix)
         await raw.aclose()
 
 

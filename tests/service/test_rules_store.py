@@ -1,7 +1,8 @@
 """The RulesStore contract: the same tests run against MemoryRulesStore and RedisRulesStore.
 
-The Redis params need the test Redis (the ``redis_url`` fixture, ``tests/conftest.py``); each uses its own
-key prefix and deletes its keys afterwards.
+The Redis params run on the test Redis and on the test Redis Cluster (the ``redis_url`` and
+``redis_cluster_url`` fixtures, ``tests/conftest.py``, through ``tests.service.redis_fixtures``); each
+uses its own key prefix and deletes its keys afterwards.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from models.rules import Boost, Hide, ItemCondition, Pin, Rule, RuleSet
 from service.store.rules_base import AuditEntry, RulesConflictError, RulesStore, UnreadableRulesError
 from service.store.rules_memory import MemoryRulesStore
 from service.store.rules_redis import RedisRulesStore
+from tests.service.redis_fixtures import STORE_KINDS, delete_prefix, raw_client, url_of
 
 KITCHEN = ItemCondition(categories=("kitchen",))
 BOOST = Rule(id="kitchen-up", action=Boost(factor=2.0), condition=KITCHEN)
@@ -39,26 +41,24 @@ class Clock:
 class Harness:
     kind: str
     make: Callable[..., RulesStore]
-    raw: aioredis.Redis | None = None
+    raw: Any = None
     prefix: str = ""
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=STORE_KINDS)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         yield Harness("memory", lambda **kw: MemoryRulesStore(clock=Clock(), **kw))
         return
-    url: str = request.getfixturevalue("redis_url")
-    raw = aioredis.Redis.from_url(url, socket_timeout=5)
+    url = url_of(request, request.param)
+    raw: Any = raw_client(url)
     prefix = f"jrtest-{uuid.uuid4().hex[:12]}"
     try:
         yield Harness(
             "redis", lambda **kw: RedisRulesStore(raw, prefix=prefix, clock=Clock(), **kw), raw, prefix
         )
     finally:
-        keys = [k async for k in raw.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await raw.delete(*keys)
+        await delete_prefix(raw, prefix)
         await raw.aclose()
 
 
