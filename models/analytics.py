@@ -87,7 +87,7 @@ class Walk(msgspec.Struct, frozen=True):
     stage    int8[m]     each visitor's stage at ``now``
     since    float64[m]  when each visitor entered it
     due      float64[m]  when each visitor's stage next changes by time alone, if no event comes first (a
-                         threshold ahead of ``now``; inf: never)
+                         threshold ahead of ``now``; inf: never), or a lower bound of it (``exact_due``)
     """
 
     visitor: np.ndarray
@@ -148,8 +148,13 @@ def walk_stages(
     prev_since: np.ndarray,
     now: float,
     rules: JourneyRules = DEFAULT_RULES,
+    *,
+    exact_due: bool = True,
 ) -> Walk:
     """The stage changes of ``m`` visitors from their recorded stage to ``now`` (module docstring).
+
+    ``exact_due``: ``Walk.due`` is the next change by time; false: a lower bound of it, the first
+    threshold ahead, which costs no stage evaluation (a walk at that time finds the exact one).
 
     owner int[n]: the visitor index (0..m-1) of each stored event; ts float64[n]; codes int[n]
     (``EventType.code``), in any order. prev_stage int[m] (``Stage.index``, -1: no record), prev_since
@@ -190,15 +195,18 @@ def walk_stages(
     # (and the thresholds still ahead, for ``due``)
     ahead = th_times >= now
     fut_v, fut_t = v[th_rows[ahead]], th_times[ahead]
+    due = np.full(m, np.inf)
+    if not exact_due:
+        np.minimum.at(due, fut_v, fut_t)
+        fut_v, fut_t = fut_v[:0], fut_t[:0]
     q_time = np.concatenate([np.nextafter(cand_t, np.inf), np.full(m, now), np.nextafter(fut_t, np.inf)])
     q_v = np.concatenate([cand_v, everyone, fut_v])
     q_end = _rows_before(v, t, q_v, q_time)
     stage, _ = stages_of_queries(v, t, c, q_v, q_end, q_time, rules, confidence=False)
     final = stage[len(cand_v) : len(cand_v) + m]
-    # the first threshold ahead after which the stage is no longer the one at now
-    due = np.full(m, np.inf)
-    turns = stage[len(cand_v) + m :] != final[fut_v]
-    np.minimum.at(due, fut_v[turns], fut_t[turns])
+    if exact_due:  # the first threshold ahead after which the stage is no longer the one at now
+        turns = stage[len(cand_v) + m :] != final[fut_v]
+        np.minimum.at(due, fut_v[turns], fut_t[turns])
 
     # the walk: each visitor's recorded stage, then the stage at each moment, then the stage at now
     w_v = np.concatenate([everyone, cand_v, everyone])

@@ -19,10 +19,11 @@ Semantics
   sets after ``sets_days`` (at most the counters' retention): they hold visitor pseudonyms, and only
   distinct counts need them. A change counted into a period whose sets have expired may count its
   visitor again there.
-- Due times (per visitor): when the visitor's stage next changes by time alone (``models.analytics.Walk``
-  ``due``), set with the rollups (``add``). ``claim_due`` hands out the visitors whose time has come, and
-  moves it ``hold`` seconds on, so a sweep that dies leaves them to the next; the sweep's walk sets the
-  next due time. A visitor whose keys expired is walked once more and leaves the index.
+- Due times (per visitor): when the visitor's stage may next change by time alone
+  (``models.analytics.Walk`` ``due``: a lower bound after an ingest, exact after a sweep), set with the
+  rollups (``add``). ``claim_due`` hands out the visitors whose time has come, and moves it ``hold``
+  seconds on, so a sweep that dies leaves them to the next; the sweep's walk sets the next due time. A
+  visitor whose keys expired is walked once more and leaves the index.
 - ``erase`` removes the record, the due time and the visitor's pseudonym from the visitor sets of every
   period whose sets may still exist. Counters hold no visitor data and stay.
 """

@@ -240,7 +240,11 @@ class JourneyTracker:
             if rec is not None:
                 prev_stage[i], prev_since[i], versions[i] = rec.stage.index, rec.since, rec.version
         owner = np.repeat(np.arange(m, dtype=np.int64), snap.counts)
-        walk = walk_stages(owner, snap.ts, snap.codes, prev_stage, prev_since, now, rules)
+        # a request's walk notes a lower bound of the next change by time (no stage evaluation ahead); the
+        # sweep that walks the visitor then finds the exact time
+        walk = walk_stages(
+            owner, snap.ts, snap.codes, prev_stage, prev_since, now, rules, exact_due=seen is None
+        )
         # each changed visitor's changes as (source, target, at, channel, dwell bucket), in time order
         changes: dict[int, list[_Change]] = {}
         for v, src, dst, at, cause, row, bucket in zip(
