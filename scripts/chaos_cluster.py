@@ -191,7 +191,11 @@ def through_service(
     finally:
         outcomes = load.stop()
     whole = tally(outcomes)
-    check(whole["answers"]["bad"] + whole["answers"]["no_answer"] == 0, f"bad answers: {whole}", failures)
+    check(
+        whole["answers"]["bad"] + whole["answers"]["no_answer"] == 0,
+        f"bad answers or none: {whole['answers']}, e.g. {whole['bad_examples'][:1]}",
+        failures,
+    )
     check(missing_others == 0, f"{missing_others} acknowledged events missing on the other masters", failures)
     acked = acknowledged(outcomes)
     retried = retry_batches(service.base, API_KEY, unacknowledged(outcomes))
@@ -377,7 +381,11 @@ async def through_store(url: str, nodes: list[RedisServer], pace: Pace) -> dict[
     outcomes = load.outcomes
     try:
         whole = tally(outcomes)
-        check(whole["answers"]["bad"] == 0, f"errors other than StoreUnavailableError: {whole}", failures)
+        check(
+            whole["answers"]["bad"] == 0,
+            f"{whole['answers']['bad']} errors not StoreUnavailableError, e.g. {whole['bad_examples'][:1]}",
+            failures,
+        )
         check(
             missing_others == 0,
             f"{missing_others} acknowledged events missing on the other masters",
@@ -409,6 +417,7 @@ async def through_store(url: str, nodes: list[RedisServer], pace: Pace) -> dict[
         "operations": whole["requests"],
         "answers": whole["answers"],
         "errors_seen": whole["bad_examples"],
+        "errors_after_restart": sum(1 for o in outcomes if o.answer is Answer.BAD and o.ended >= restarted),
         "during_outage": _by_master(outcomes, owner, victim.port, killed, restarted),
         "acknowledged_on_other_masters_checked_while_down": len(on_others),
         "missing_on_other_masters_while_down": missing_others,

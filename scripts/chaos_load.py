@@ -166,7 +166,7 @@ class Load:
             ended = time.monotonic()
             return Outcome(op, started, ended, Answer.NO_ANSWER, None, type(e).__name__, sent, visitor)
         answer = classify(op, r.status_code, r.headers, r.content)
-        detail = r.text[:200] if answer is Answer.BAD else ""
+        detail = r.text[:200] if answer in (Answer.BAD, Answer.BUSY) else ""
         return Outcome(op, started, time.monotonic(), answer, r.status_code, detail, sent, visitor)
 
 
