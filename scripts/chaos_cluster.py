@@ -147,9 +147,12 @@ def _by_master(
     """Answers between ``since`` and ``until``, for visitors on the killed master and on the others."""
     during = [o for o in outcomes if o.started >= since and o.ended <= until]
     on_victim = [owner(visitor_slot(o.visitor)) == victim for o in during]
+    mine = tally(o for o, v in zip(during, on_victim, strict=True) if v)
+    others = tally(o for o, v in zip(during, on_victim, strict=True) if not v)
     return {
-        "killed_masters_visitors": tally(o for o, v in zip(during, on_victim, strict=True) if v)["answers"],
-        "other_visitors": tally(o for o, v in zip(during, on_victim, strict=True) if not v)["answers"],
+        "killed_masters_visitors": mine["answers"],
+        "other_visitors": others["answers"],
+        "other_visitors_by_op": others["by_op"],
     }
 
 
