@@ -372,13 +372,16 @@ def publications(s: Stack, pace: Pace) -> dict[str, Any]:
 
 
 def _gone(pid: int) -> bool:
-    """Whether process ``pid`` has no open file left (its sockets are closed). Not its state: a worker has
-    several threads, and its main thread shows as a zombie while another one, still exiting, holds the
-    sockets open (a request sent meanwhile reaches the dying worker)."""
+    """Whether process ``pid`` has closed its sockets: every thread of it has exited (its main thread is a
+    zombie or reaped). Its main thread's state alone is not enough: a worker has several threads, which
+    share its open files, and the sockets close only when the last of them exits; a request sent before
+    that reaches the dying worker."""
     try:
-        return not os.listdir(f"/proc/{pid}/fd")
-    except OSError:
+        threads = os.listdir(f"/proc/{pid}/task")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True
+    return threads in ([], [str(pid)]) and state in ("Z", "X")
 
 
 def worker_kill(s: Stack, pace: Pace) -> dict[str, Any]:
