@@ -11,7 +11,7 @@ DEMO := demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test lint typecheck check run demo-model bench eval ab readme readme-example console-shots clean
+.PHONY: install test lint typecheck check run demo-model bench eval ab chaos readme readme-example console-shots clean
 
 # One install at a time: `make run` and `make test` started together both find the stamp missing, and two
 # pips writing one venv break each other. flock(1) serialises the recipe; whoever waited finds the stamp
@@ -86,6 +86,13 @@ bench: $(STAMP)
 # db 14, started and stopped by the script: per-stage results with intervals, reports/ab-sim.json.
 ab: $(STAMP)
 	$(BIN)/python -m scripts.ab_sim --serve --visitors 20000
+
+# Faults under load on loopback (scripts/chaos.py): its own redis-server with AOF (and its own 3-master
+# cluster), a 2-worker server; kill -9 of Redis, of a worker and of a cluster master, 10 model
+# publications of which 4 are damaged. Prints the figures, writes reports/chaos.json, exits 1 when a check
+# fails. Needs redis-server and redis-cli (Debian's redis-server package).
+chaos: $(STAMP)
+	$(BIN)/python -m scripts.chaos
 
 # The operator console's browser tests (Playwright driving Debian's /usr/bin/chromium; `apt-get install
 # chromium` when it is missing), which walk every page against a real server over Redis and save a

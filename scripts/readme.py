@@ -12,10 +12,11 @@ A region is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:N
   ``Settings`` struct, its field constraints and the comment above each field);
 - ``bench``: the latest ``make bench`` figures and machine (``reports/bench.json``);
 - ``eval``: the latest ``make eval`` figures (``reports/*.json`` from ``journeyrec evaluate --json``);
+- ``chaos``: the latest ``make chaos`` figures (``reports/chaos.json``; a ``--quick`` run is not shown);
 - ``example``: an event body and the recommendation answer a real call gave (``--examples MODELS_DIR``).
 
-``bench``, ``eval`` and ``example`` depend on local runs: a region whose source is absent (``reports/`` is
-git-ignored) is kept as it is, and ``--check`` compares only ``routes`` and ``settings``.
+``bench``, ``eval``, ``chaos`` and ``example`` depend on local runs: a region whose source is absent
+(``reports/`` is git-ignored) is kept as it is, and ``--check`` compares only ``routes`` and ``settings``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from training.evaluate import EvalResult
 README = Path("README.md")
 REPORTS = Path("reports")
 CHECKED = ("routes", "settings")
+CHAOS_JSON = "chaos.json"  # scripts.chaos's report
 _IGNORED_COMMENTS = ("noqa", "type:", "fmt:", "pragma")
 
 
@@ -349,7 +351,7 @@ def eval_results(reports: Path) -> list[tuple[Path, EvalResult]]:
     """Every ``journeyrec evaluate --json`` file in ``reports`` (other JSON files are skipped)."""
     out: list[tuple[Path, EvalResult]] = []
     for path in sorted(reports.glob("*.json")):
-        if path.name == BENCH_JSON.name:
+        if path.name in (BENCH_JSON.name, CHAOS_JSON):
             continue
         try:
             out.append((path, msgspec.json.decode(path.read_bytes(), type=EvalResult)))
@@ -481,6 +483,122 @@ def _eval(reports: Path) -> str | None:
     return eval_table(results) if results else None
 
 
+def _n(x: Any) -> str:
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def chaos_table(report: dict[str, Any]) -> str:
+    """The ``make chaos`` figures (``scripts.chaos``'s report) as a table, one row per scenario run."""
+    sc: dict[str, dict[str, Any]] = report.get("scenarios", {})
+    rows: list[list[str]] = []
+    if "redis_kill" in sc and "lost" in sc["redis_kill"]:
+        r = sc["redis_kill"]
+        o = r["during_outage"]
+        rows.append(
+            [
+                "`kill -9` of Redis (AOF, `appendfsync always`) under mixed load, restarted from its AOF",
+                (
+                    f"down {r['redis_down_s']} s: {_n(o['requests'])} answers meanwhile, {_n(o['busy'])} 503 "
+                    f"Retry-After + {_n(o['fallback'])} flagged fallbacks, {_n(o['bad'] + o['no_answer'])} "
+                    f"other; {_n(r['acknowledged_events'])} events acknowledged, {_n(r['lost'])} lost, "
+                    f"{_n(r['stored_twice'])} stored twice (after {_n(r['unacknowledged_events_retried'])} "
+                    f"unacknowledged ones were retried); AOF loaded in {r['aof_load_s']} s, first "
+                    f"acknowledged ingest {r['first_ack_after_redis_back_s']} s after"
+                ),
+            ]
+        )
+    if "worker_kill" in sc and "lost_after_kill" in sc["worker_kill"]:
+        r = sc["worker_kill"]
+        rows.append(
+            [
+                "`kill -9` of 1 of 2 workers under mixed load (`JOURNEYREC_RESPAWN_WORKERS`)",
+                (
+                    f"{_n(r['requests'])} requests: {_n(r['failed_in_flight_at_kill'])} in flight at the "
+                    f"kill unanswered, {_n(r['lost_after_kill'])} lost after it, "
+                    f"{_n(r.get('busy_after_kill', 0))} 503 Retry-After; a new worker after "
+                    f"{r['replaced_after_s']} s, serving after {r['new_worker_beating_after_s']} s"
+                ),
+            ]
+        )
+    if "publications" in sc and "failed_requests" in sc["publications"]:
+        r = sc["publications"]
+        damage = ", ".join(d.replace("_", " ") for d in r["refusals_logged"])
+        rows.append(
+            [
+                f"{r['publications']} model publications under load, {r['damaged']} damaged ({damage})",
+                (
+                    f"{_n(r['requests'])} requests, {_n(r['failed_requests'])} failed; "
+                    f"{r['workers_serving_last_good']} of 2 workers on the last good version (heartbeats "
+                    f"{r['heartbeats_on_last_good_s_after_last_publication']} s after the last publication), "
+                    "each damaged version refused by every worker"
+                ),
+            ]
+        )
+    if "replaced_on_damaged_latest" in sc and "replacement_serves" in sc["replaced_on_damaged_latest"]:
+        r = sc["replaced_on_damaged_latest"]
+        codes = ", ".join(f"{n} × {c}" for c, n in r["recommendations_on_new_connections"].items())
+        rows.append(
+            [
+                "then a worker replaced while `latest` names the damaged version (not checked)",
+                f"the new worker serves {r['replacement_serves'] or 'no model'}; 20 recommendations: {codes}",
+            ]
+        )
+    if "cluster_master_kill" in sc and "lost" in sc["cluster_master_kill"]:
+        r = sc["cluster_master_kill"]
+        how = "through the visitor store (`serve` refuses a cluster URL)" if r["through"] == "store" else ""
+        on = r["during_outage"]
+        rows.append(
+            [
+                f"`kill -9` of 1 of 3 Redis Cluster masters under load {how}".strip(),
+                (
+                    f"down {r['master_down_s']} s: its visitors {_n(on['killed_masters_visitors']['busy'])} "
+                    f"unavailable, the others {_n(on['other_visitors']['ok'])} ok + "
+                    f"{_n(on['other_visitors']['busy'])} unavailable{_by_op(on)}; "
+                    f"{_n(r['acknowledged_on_other_masters_checked_while_down'])} acknowledged events on the "
+                    "other masters checked while it was down, "
+                    f"{_n(r['missing_on_other_masters_while_down'])} missing; "
+                    f"{_n(r['acknowledged_events'])} acknowledged in all, {_n(r['lost'])} lost, "
+                    f"{_n(r['stored_twice'])} stored twice; errors other than unavailable: "
+                    f"{_n(r['answers']['bad'])}"
+                    + (
+                        f" ({_n(r['errors_after_restart'])} once it was back)"
+                        if "errors_after_restart" in r
+                        else ""
+                    )
+                ),
+            ]
+        )
+    failed = [f"{name}: {'; '.join(r['failures'])}" for name, r in sc.items() if r.get("failures")]
+    head = f"`make chaos` ({report.get('date', '')[:10]}), {'all checks held' if not failed else 'FAILED'}:"
+    lines = [head, "", _table(["fault", "what happened"], rows)]
+    if failed:
+        lines += ["", *(f"- failed: {_cell(f[:300])}" for f in failed)]
+    return "\n".join(lines)
+
+
+def _by_op(outage: dict[str, Any]) -> str:
+    """The other masters' visitors' answers by operation, when the report has them."""
+    by_op = outage.get("other_visitors_by_op")
+    if not by_op:
+        return ""
+    parts = [
+        f"{op}: {_n(c.get('ok', 0))} ok, {_n(c.get('busy', 0))} unavailable" for op, c in by_op.items() if c
+    ]
+    return f" ({'; '.join(parts)})"
+
+
+def _chaos(reports: Path) -> str | None:
+    path = reports / CHAOS_JSON
+    if not path.is_file():
+        return None
+    try:
+        report = msgspec.json.decode(path.read_bytes())
+        return None if report.get("quick", True) else chaos_table(report)
+    except (msgspec.MsgspecError, KeyError, TypeError, AttributeError) as e:
+        print(f"readme: skipping {path}: not a chaos report ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
+
+
 # -- main ------------------------------------------------------------------------------------------------
 
 
@@ -494,6 +612,7 @@ def generate(
         "settings": settings_table,
         "bench": lambda: _bench(reports),
         "eval": lambda: _eval(reports),
+        "chaos": lambda: _chaos(reports),
         "example": lambda: example(examples) if examples is not None else None,
     }
     for name, make in makers.items():

@@ -138,6 +138,8 @@ def run_server(settings: Settings) -> None:
         interface=Interfaces.ASGI,
         factory=True,
         log_level=LogLevels(settings.log_level),
+        # a worker killed (OOM killer, kill -9) is replaced instead of stopping every worker
+        respawn_failed_workers=settings.respawn_workers,
         # connections accepted per worker: above what the admission gate holds, so that excess requests
         # get a 503 from the gate instead of waiting unseen in the listen backlog
         backpressure=granian_backpressure(settings),

@@ -41,6 +41,7 @@ ENV: dict[str, str] = {
     "port": "JOURNEYREC_PORT",
     "workers": "JOURNEYREC_WORKERS",
     "server": "JOURNEYREC_SERVER",
+    "respawn_workers": "JOURNEYREC_RESPAWN_WORKERS",
     "log_level": "JOURNEYREC_LOG_LEVEL",
     "max_body_bytes": "JOURNEYREC_MAX_BODY_BYTES",
     "max_batch": "JOURNEYREC_MAX_BATCH",
@@ -122,6 +123,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     # the ASGI server that runs the workers
     server: Literal["granian", "uvicorn"] = "granian"
+    # start a new worker process when one dies (Granian stops the whole server instead when this is off,
+    # and also when a replaced worker dies again within 5.5 s; Uvicorn with 2+ workers always replaces one)
+    respawn_workers: bool = True
     # the least severe log records written
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # largest body of POST /v1/events, POST /v1/retargeting/export and POST /v1/items, in bytes (other
@@ -275,7 +279,7 @@ def _env_value(field: str, raw: str) -> Any:
     name = ENV[field]
     if field == "api_keys":
         return parse_api_keys(raw, source=name)
-    if field in ("insecure_no_auth", "journey_analytics", "log_served_lists"):
+    if field in ("insecure_no_auth", "journey_analytics", "log_served_lists", "respawn_workers"):
         value = _BOOLS.get(raw.strip().lower())
         if value is None:
             raise InvalidInputError(f"{name}: {raw!r} is not a boolean (use 1/0, true/false, yes/no)")

@@ -268,3 +268,54 @@ def test_readme_example_is_a_real_answer(readme_text: str, tmp_path: Path) -> No
     assert out["stage"]["name"] == "decision"  # the event put an item in the cart two minutes ago
     assert out["products"]
     assert not out["fallback"]
+
+
+_CHAOS_REGION = "<!-- generated:chaos -->\nold\n<!-- /generated:chaos -->\n"
+
+
+def _chaos_report(*, quick: bool) -> dict[str, object]:
+    answers = {"ok": 90, "fallback": 4, "busy": 6, "bad": 0, "no_answer": 0}
+    return {
+        "date": "2026-11-30T10:00:00+00:00",
+        "quick": quick,
+        "ok": True,
+        "scenarios": {
+            "redis_kill": {
+                "redis_down_s": 5.0,
+                "aof_load_s": 0.16,
+                "first_ack_after_redis_back_s": 0.05,
+                "during_outage": {"requests": 10, **answers, "ok": 0},
+                "acknowledged_events": 1198,
+                "lost": 0,
+                "stored_twice": 0,
+                "unacknowledged_events_retried": 1366,
+                "failures": [],
+            },
+            "worker_kill": {
+                "requests": 1316,
+                "failed_in_flight_at_kill": 5,
+                "lost_after_kill": 0,
+                "busy_after_kill": 0,
+                "replaced_after_s": 0.09,
+                "new_worker_beating_after_s": 2.07,
+                "failures": ["one check did not hold"],
+            },
+        },
+    }
+
+
+def test_chaos_table_comes_from_the_chaos_report(tmp_path: Path) -> None:
+    (tmp_path / "chaos.json").write_text(json.dumps(_chaos_report(quick=False)))
+    text = readme.generate(_CHAOS_REGION, reports=tmp_path, only=("chaos", "eval"))
+    body = readme.region(text, "chaos")
+    assert body.startswith("`make chaos` (2026-11-30), FAILED:")
+    assert "10 answers meanwhile, 6 503 Retry-After + 4 flagged fallbacks, 0 other" in body
+    assert "1,198 events acknowledged, 0 lost, 0 stored twice" in body
+    assert "1,316 requests: 5 in flight at the kill unanswered, 0 lost after it" in body
+    assert "- failed: worker_kill: one check did not hold" in body
+
+
+def test_a_quick_chaos_report_is_not_shown(tmp_path: Path) -> None:
+    (tmp_path / "chaos.json").write_text(json.dumps(_chaos_report(quick=True)))
+    assert readme.generate(_CHAOS_REGION, reports=tmp_path, only=("chaos",)) == _CHAOS_REGION
+    assert readme.eval_results(tmp_path) == []  # not read as an evaluation either

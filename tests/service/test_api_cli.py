@@ -86,6 +86,24 @@ def test_granian_gets_the_read_timeout_and_room_above_the_admission_gate(
     assert seen["served"]
     assert seen["http1_settings"].header_read_timeout == 2500  # Granian counts milliseconds
     assert seen["backpressure"] > 32 + 100
+    assert seen["respawn_failed_workers"] is True  # the default: a dead worker is replaced
+
+
+def test_granian_respawn_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import granian
+
+    seen: dict[str, Any] = {}
+
+    class Recorder:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            seen.update(kwargs)
+
+        def serve(self) -> None:
+            pass
+
+    monkeypatch.setattr(granian, "Granian", Recorder)
+    run_server(load_settings({}, environ={"JOURNEYREC_RESPAWN_WORKERS": "off"}))
+    assert seen["respawn_failed_workers"] is False
 
 
 _PARENT_IMPORTS = """
