@@ -539,13 +539,16 @@ def chaos_table(report: dict[str, Any]) -> str:
         codes = ", ".join(f"{n} × {c}" for c, n in r["recommendations_on_new_connections"].items())
         rows.append(
             [
-                "then a worker replaced while `latest` names the damaged version (not checked)",
-                f"the new worker serves {r['replacement_serves'] or 'no model'}; 20 recommendations: {codes}",
+                "then a worker replaced while `latest` names the damaged version",
+                (
+                    f"the new worker serves {r['replacement_serves'] or 'no model'} (the other worker "
+                    f"{', '.join(r.get('other_worker_serves', [])) or '-'}); 20 recommendations: {codes}"
+                ),
             ]
         )
     if "cluster_master_kill" in sc and "lost" in sc["cluster_master_kill"]:
         r = sc["cluster_master_kill"]
-        how = "through the visitor store (`serve` refuses a cluster URL)" if r["through"] == "store" else ""
+        how = "through the visitor store (`serve` refused a cluster URL)" if r["through"] == "store" else ""
         on = r["during_outage"]
         rows.append(
             [

@@ -178,8 +178,10 @@ def create_app(
         try:
             await holder.reload()
         except ArtifactError:
-            # serve anyway (the holder logged why): /health/ready says 503 until a model is reloaded
-            log.warning("serving without a model until one is published and POST /v1/models/reload")
+            # latest is refused (the holder logged why): serve what the rest of the fleet serves, else
+            # nothing (/health/ready says 503) until a good version is published
+            if await heartbeat.join_fleet() is None:
+                log.warning("serving without a model until one is published and POST /v1/models/reload")
 
     async def check_latest() -> None:
         """Load ``latest`` if it moved (every worker; POST /v1/models/reload reaches only one)."""

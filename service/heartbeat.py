@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from models.errors import StoreUnavailableError
+from models.errors import ArtifactError, NotFoundError, StoreUnavailableError
 from service.model_holder import ModelHolder
 from service.store.fleet_base import FleetStore, WorkerBeat
 
@@ -61,3 +61,29 @@ class Heartbeat:
             await self.fleet.leave(self.worker)
         except StoreUnavailableError as e:
             log.info("worker heartbeat not removed (it expires): %s", e)
+
+    async def join_fleet(self) -> str | None:
+        """When this worker has no model (``latest`` was refused at start-up), load the version the other
+        workers serve (the one most of them serve, the most recently seen on a tie) without moving
+        ``latest``; returns it, or None when there is none to join or it did not load (logged)."""
+        if self.holder.current is not None:
+            return None
+        try:
+            beats = await self.fleet.workers()
+        except StoreUnavailableError as e:
+            log.warning("no model, and the fleet's versions could not be read: %s", e)
+            return None
+        served: dict[str, tuple[int, float]] = {}
+        for b in beats:
+            if b.worker != self.worker and b.model_version is not None:
+                n, seen = served.get(b.model_version, (0, 0.0))
+                served[b.model_version] = (n + 1, max(seen, b.last_seen))
+        if not served:
+            return None
+        version = max(served, key=lambda v: served[v])
+        try:
+            await self.holder.adopt(version)
+        except (ArtifactError, NotFoundError) as e:
+            log.warning("no model, and the fleet's version %s did not load here: %s", version, e)
+            return None
+        return version

@@ -198,7 +198,7 @@ class ModelHolder:
                 seen = await asyncio.to_thread(fingerprint, target)
                 model = await self._prepare(target)
             except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
-                reason = str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
+                reason = _reason(e)
                 self._refuse(target, seen, reason, unexpected=not isinstance(e, ArtifactError))
                 kept = f"; still serving {previous.version}" if previous is not None else ""
                 raise ArtifactError(f"reload refused: {reason}{kept}") from None
@@ -233,7 +233,7 @@ class ModelHolder:
                 try:
                     model = await self._prepare(target)
                 except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
-                    reason = str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
+                    reason = _reason(e)
                     raise InvalidInputError(
                         f"model version {version!r} failed verification and was not activated: {reason}"
                     ) from None
@@ -242,6 +242,32 @@ class ModelHolder:
                 self._swap(model, target)
             old = previous.version if previous is not None else None
             log.info("model %s activated: %s now points at it (previous: %s)", model.version, LATEST, old)
+            metrics.count_reload(model.version != old, self.loaded_at)
+            return ReloadResult(model.version, old, model.version != old, str(target))
+
+    async def adopt(self, version: str) -> ReloadResult:
+        """Serve the published ``version`` without moving ``latest`` (a worker that starts while ``latest``
+        is refused joins the version the rest of the fleet serves; it still follows ``latest`` when that
+        is repaired). Raises NotFoundError when ``version`` is not published, ArtifactError when it does
+        not load or no models directory is set."""
+        if self.models_dir is None:
+            raise ArtifactError("no models directory configured (--models / JOURNEYREC_MODELS)")
+        models_dir = self.models_dir
+        if version not in await asyncio.to_thread(list_versions, models_dir):
+            raise NotFoundError(f"model version {version!r} is not published")
+        async with self._lock:
+            previous = self._current
+            target = (models_dir / version).resolve()
+            try:
+                model = await self._prepare(target)
+            except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
+                reason = _reason(e)
+                raise ArtifactError(f"model version {version!r} failed verification: {reason}") from None
+            self._swap(model, target)
+            old = previous.version if previous is not None else None
+            log.info(
+                "model %s loaded from %s, as the other workers serve it (latest refused)", version, target
+            )
             metrics.count_reload(model.version != old, self.loaded_at)
             return ReloadResult(model.version, old, model.version != old, str(target))
 
@@ -335,7 +361,7 @@ class ModelHolder:
             try:
                 model = self._loader(self.models_dir / version)
             except Exception as e:  # noqa: BLE001 (any failure while reading a version refuses it)
-                reason = str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
+                reason = _reason(e)
                 raise ArtifactError(f"model version {version!r}: {reason}") from None
         if blend == STAGE_AWARE:
             return model
@@ -371,3 +397,8 @@ class ModelHolder:
         ):
             return None  # still the artifact that was refused
         return await self.reload()
+
+
+def _reason(e: Exception) -> str:
+    """Why a version was refused: an ArtifactError's message, else the unexpected error's type and text."""
+    return str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"

@@ -133,6 +133,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, cast
 
 import msgspec
@@ -822,6 +823,27 @@ def _failure(e: BaseException) -> StoreFailure:
     return StoreFailure.ERROR
 
 
+def _raised_in_redis_io(e: BaseException) -> bool:
+    """Whether ``e`` came out of redis-py's connection I/O: raised in redis-py's own code or in asyncio's
+    transport under it. Writing on a connection the peer (a master that went away and came back) has
+    closed can raise TypeError or AttributeError there instead of ConnectionError (redis/redis-py#4287):
+    a failed connection like any other. Raised in any other code, it is a bug and stays one."""
+    packages: list[tuple[str, ...]] = []
+    tb = e.__traceback__
+    while tb is not None:
+        packages.append(Path(tb.tb_frame.f_code.co_filename).parts[-3:-1])
+        tb = tb.tb_next
+    return (
+        bool(packages)
+        and any(_REDIS_IO in p for p in packages)
+        and (_REDIS_IO in packages[-1] or _ASYNCIO in packages[-1])
+    )
+
+
+_REDIS_IO = "redis"  # redis-py's package directory
+_ASYNCIO = "asyncio"  # the standard library's (and redis.asyncio's) directory
+
+
 @contextmanager
 def unavailable(what: str, store: str = "visitor store") -> Iterator[None]:
     """Redis failures -> ``StoreBusyError`` (no free pool connection) or ``StoreDownError`` (with its cause),
@@ -833,7 +855,9 @@ def unavailable(what: str, store: str = "visitor store") -> Iterator[None]:
         raise StoreBusyError(
             f"the {store} is busy ({what}: no free connection in this worker); retry later"
         ) from e
-    except (RedisError, RedisClusterException, OSError) as e:
+    except (RedisError, RedisClusterException, OSError, AttributeError, TypeError) as e:
+        if isinstance(e, AttributeError | TypeError) and not _raised_in_redis_io(e):
+            raise  # a bug of ours, not a failed connection
         metrics.STORE_ERRORS.inc()  # the one place store failures (every Redis store) are counted
         # info, not warning: the caller reports the failure (HTTP handlers log a warning; the CLI one line)
         log.info("redis %s failed: %s: %s", what, type(e).__name__, e)

@@ -15,7 +15,9 @@ from models.artifact import ARRAYS, LATEST, resolve_latest
 from models.errors import ArtifactError
 from models.recommender import Recommender
 from service.app import create_app
+from service.heartbeat import Heartbeat
 from service.model_holder import ModelHolder, ReloadResult
+from service.store.fleet_base import MemoryFleet, WorkerBeat
 from tests.artifact_faults import corrupt_inside_npz
 from tests.service.api_fixtures import H_ADMIN, H_READ, LogRecords, api_settings, make_app, memory_store
 from tests.storefront import train_storefront_model
@@ -291,3 +293,33 @@ async def test_the_latest_follower_is_restarted_when_it_fails(
             await asyncio.sleep(0.02)
         assert holder.require().version == good.name
         assert any("follow-latest failed" in r.getMessage() for r in service_log.records)
+
+
+async def test_a_worker_started_on_a_refused_latest_joins_the_fleets_version(own_models: Path) -> None:
+    """The other workers serve the last good version; ``latest`` is damaged when this one starts: it
+    serves the fleet's version, leaves ``latest`` where it is, and still follows it once repaired."""
+    good = resolve_latest(own_models).name
+    bad = _corrupt_copy(own_models)
+    fleet = MemoryFleet(60.0)
+    await fleet.beat(WorkerBeat("host:1", good, 0.0, time.time()))
+    await fleet.beat(WorkerBeat("host:2", None, 0.0, time.time()))  # one without a model: not a vote
+    holder = ModelHolder(own_models)
+    with pytest.raises(ArtifactError):
+        await holder.reload()
+    heartbeat = Heartbeat(fleet, holder)
+    assert await heartbeat.join_fleet() == good
+    assert holder.current is not None
+    assert holder.current.version == good
+    assert resolve_latest(own_models).name == bad  # not moved
+    assert await heartbeat.join_fleet() is None  # it has a model now
+    _point_latest(own_models, good)
+    assert (await holder.reload()).version == good
+
+
+async def test_no_fleet_version_leaves_the_worker_without_a_model(own_models: Path) -> None:
+    _corrupt_copy(own_models)
+    holder = ModelHolder(own_models)
+    with pytest.raises(ArtifactError):
+        await holder.reload()
+    assert await Heartbeat(MemoryFleet(60.0), holder).join_fleet() is None
+    assert holder.current is None
