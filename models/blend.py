@@ -22,6 +22,7 @@ from models.profiles import Profiles
 from models.serving_rules import ServingRules
 from models.sources import (
     ItemTables,
+    basket_neighbour_matrix,
     complement_matrix,
     recency,
     row_max_normalise_sparse,
@@ -53,6 +54,11 @@ FEATURES: tuple[tuple[str, Source], ...] = (
     # another kettle down right after a kettle is fitted; that it never pushes it up is the one thing
     # assumed (``NON_POSITIVE``): on a small validation window the sign of a rare feature is noise
     ("substitute", Source.SIMILAR),
+    # TIFU-KNN's personal item frequency (``Profiles.basket_frequency``: the visitor's purchase days as
+    # baskets, recent ones weighing more) and its neighbour part (``sources.basket_neighbour_matrix``:
+    # what the most similar training visitors buy), each relative to the visitor's top item
+    ("basket_frequency", Source.BUY_AGAIN),
+    ("basket_neighbours", Source.PERSONALIZED),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f for f, _ in FEATURES)
 FEATURE_SOURCES: tuple[Source, ...] = tuple(s for _, s in FEATURES)
@@ -91,17 +97,19 @@ IN_CART, COMPLEMENT, SIMILAR = _COLUMN["in_cart"], _COLUMN["complement"], _COLUM
 POPULARITY, TRENDING, POPULARITY_NEW = _COLUMN["popularity"], _COLUMN["trending"], _COLUMN["popularity_new"]
 LIGHTFM_NEW, BOUGHT_DECAYED = _COLUMN["lightfm_new"], _COLUMN["bought_decayed"]
 SUBSTITUTE = _COLUMN["substitute"]
+BASKET_FREQUENCY, BASKET_NEIGHBOURS = _COLUMN["basket_frequency"], _COLUMN["basket_neighbours"]
 #: features whose fitted weight is kept at or below 0 in every stage
 NON_POSITIVE: frozenset[str] = frozenset({"substitute"})
 NON_POSITIVE_COLUMNS: frozenset[int] = frozenset(_COLUMN[f] for f in NON_POSITIVE)
 
 
 def sparse_features(
-    tables: ItemTables, profiles: Profiles, rules: ServingRules
+    tables: ItemTables, profiles: Profiles, rules: ServingRules, own_rows: np.ndarray | None = None
 ) -> list[tuple[int, sp.csr_matrix]]:
     """(feature column, csr float32 [u, n_items]) for every feature that is zero outside the visitor's own
-    items (cheap as sparse rows); none at all when no visitor has touched an item (they would be empty).
-    ``rules`` gives the recency windows."""
+    items or few neighbours (cheap as sparse rows); none at all when no visitor has touched an item (they
+    would be empty). ``rules`` gives the recency windows; ``own_rows`` (int64 [u], -1: none) each
+    visitor's row in ``tables.visitor_baskets``, which is never their own neighbour."""
     if profiles.touch_age.nnz == 0 and profiles.cart.nnz == 0:
         return []
     counts = sp.csr_matrix(profiles.purchases, dtype=np.float32)
@@ -125,6 +133,11 @@ def sparse_features(
         (SIMILAR, row_max_normalise_sparse(similar_matrix(tables, profiles, rules.similar_recency_days))),
         (BOUGHT_DECAYED, row_max_normalise_sparse(profiles.purchase_decay)),
         (SUBSTITUTE, substitute_matrix(tables, profiles, rules.substitute_recency_days)),
+        (BASKET_FREQUENCY, row_max_normalise_sparse(profiles.basket_frequency)),
+        (
+            BASKET_NEIGHBOURS,
+            row_max_normalise_sparse(basket_neighbour_matrix(tables, profiles, rules, own_rows)),
+        ),
     ]
 
 
@@ -144,12 +157,16 @@ def is_new(profiles: Profiles) -> np.ndarray:
 
 
 def feature_arrays(
-    tables: ItemTables, profiles: Profiles, lightfm: np.ndarray | None, rules: ServingRules
+    tables: ItemTables,
+    profiles: Profiles,
+    lightfm: np.ndarray | None,
+    rules: ServingRules,
+    own_rows: np.ndarray | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (feature column, float32 [u, n_items]) one feature at a time, to keep memory at O(u * n_items).
 
     ``lightfm`` is float32 [u, n_items] raw factor scores or None (then that feature is 0); ``rules`` gives
-    the sparse features' recency windows.
+    the sparse features' recency windows; ``own_rows`` as ``sparse_features``.
     """
     u, n = profiles.n_visitors, tables.n_items
     # visitors with no history at all: their factor score comes from stage and context only, so it gets
@@ -157,7 +174,7 @@ def feature_arrays(
     new = is_new(profiles)[:, None]
     factor = zscore_rows(lightfm) if lightfm is not None else np.zeros((u, n), np.float32)
     yield LIGHTFM, np.where(new, 0.0, factor).astype(np.float32)
-    for j, m in sparse_features(tables, profiles, rules):
+    for j, m in sparse_features(tables, profiles, rules, own_rows):
         yield j, m.toarray()
     pop, tr = crowd_scores(tables)
     yield POPULARITY, np.broadcast_to(pop, (u, n))

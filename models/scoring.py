@@ -138,11 +138,13 @@ class StageScorer:
         stages: np.ndarray,
         user_features: sp.csr_matrix,
         extra_repr: np.ndarray | None = None,
+        own_rows: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Blended scores for ``u`` visitors.
 
         stages int8 [u] Stage.index; user_features csr [u, n_user_features]; extra_repr float32 [u, d] added
-        to the user representation (e.g. the mean embedding of items viewed in the live session).
+        to the user representation (e.g. the mean embedding of items viewed in the live session); own_rows
+        int64 [u] each visitor's row among the model's visitors (-1: none; ``blend.sparse_features``).
         Returns (float32 [u, n_items] score, int8 [u, n_items] index of the dominant feature).
         """
         rep = self.factors.user_representations(user_features)
@@ -151,7 +153,10 @@ class StageScorer:
         fs = self.factor_scores(rep)
         w = self.blend_weights[stages.astype(np.int64)]
         return blend(
-            w, feature_arrays(self.tables, profiles, fs, self.rules), profiles.n_visitors, self.n_items
+            w,
+            feature_arrays(self.tables, profiles, fs, self.rules, own_rows),
+            profiles.n_visitors,
+            self.n_items,
         )
 
     def raw_scores(self, user_repr: np.ndarray, user_row: UserRow) -> np.ndarray:  # noqa: ARG002
