@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from models.blend import (
     FEATURE_SOURCES,
     N_FEATURES,
+    SPARSE_COLUMNS,
     BlendWeights,
     ListSample,
     feature_arrays,
@@ -335,7 +336,9 @@ def _fit_blend(
         ok &= ~substitutes_kept_out(tables, prof, st == Stage.RETENTION.index, cfg.serving).toarray()
         rel = relevant[lo : lo + bs].multiply(ok).tocsr()
         rel.eliminate_zeros()
-        part = sample_lists(feats, rel, ok, rng)
+        # the visitor's own candidates: negatives are drawn from them and from the rest separately
+        personal = (feats[:, :, list(SPARSE_COLUMNS)] != 0).any(axis=2)
+        part = sample_lists(feats, rel, ok, rng, personal=personal)
         parts.append(part)
         stages.append(st[part.row[part.owner]])  # the stage of the visitor behind each positive
     return fit_blend(ListSample.concat(parts), np.concatenate(stages).astype(np.int8))
