@@ -109,6 +109,9 @@ class StageScorer:
         # standard deviation of one visitor's factor scores over all items then cost O(d^2), not two passes
         a = np.hstack([self.item_repr, self.item_bias[:, None]]).astype(np.float64)
         self.moments = (a.mean(axis=0), a.T @ a / max(len(a), 1))
+        # the basket-neighbours pool by item, built here (model load, off the request path), not on the
+        # first request that needs it
+        _ = self.tables.visitor_basket_index
 
     @property
     def n_items(self) -> int:
