@@ -174,10 +174,14 @@ class Lease:
             self.lost = True
         return not self.lost
 
-    async def renew_forever(self) -> None:
+    async def renew_forever(self, stop: asyncio.Event) -> None:
+        """Renew every ``RENEW_S`` until ``stop`` is set (or the lease is lost). A flag, not a task
+        cancellation, ends it: a cancellation that lands inside the Redis client's command can be taken
+        by it, and the loop would then renew for ever while the run waits for it to end."""
         try:
-            while await self.renew():
-                await asyncio.sleep(RENEW_S)
+            while not stop.is_set() and await self.renew():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RENEW_S)
         except JourneyrecError:  # Redis unreachable: the lease cannot be vouched for, so no publishing
             self.lost = True
 
@@ -248,13 +252,13 @@ async def retrain_once(
     lease = Lease(client, lease_key(settings.redis_prefix))
     try:
         await lease.acquire()
-        renewer = asyncio.create_task(lease.renew_forever())
+        stop = asyncio.Event()
+        renewer = asyncio.create_task(lease.renew_forever(stop))
         try:
             return await _run(settings, opts, models_dir, store, lease, say)
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            stop.set()  # the renewer ends at once, or after the renewal it is sending
+            await renewer
             await lease.release()
     finally:
         await store.close()
