@@ -31,9 +31,7 @@ journey reads.
 5. ``cluster_master_kill`` (``scripts.chaos_cluster``): a 3-master Redis Cluster of the script's own (AOF
    on, partial coverage), visitors over all slots, ``kill -9`` of one master under load, the events
    acknowledged for visitors on the other masters checked while it is down, the master restarted from its
-   AOF and its visitors checked. Run through ``journeyrec serve`` when it accepts a cluster URL; when it
-   refuses one, the scenario prints so and runs the same faults against the visitor store
-   (``service.store.redis_store.RedisStore``) directly.
+   AOF and its visitors checked, all through ``journeyrec serve`` on the cluster.
 
 ``--quick`` (the test suite's run, ``tests/test_chaos.py``) makes each phase shorter with fewer clients and
 leaves 4 and 5 out; ``--only NAME`` runs the scenarios named. Figures are counts and seconds measured on

@@ -548,11 +548,10 @@ def chaos_table(report: dict[str, Any]) -> str:
         )
     if "cluster_master_kill" in sc and "lost" in sc["cluster_master_kill"]:
         r = sc["cluster_master_kill"]
-        how = "through the visitor store (`serve` refused a cluster URL)" if r["through"] == "store" else ""
         on = r["during_outage"]
         rows.append(
             [
-                f"`kill -9` of 1 of 3 Redis Cluster masters under load {how}".strip(),
+                "`kill -9` of 1 of 3 Redis Cluster masters under load",
                 (
                     f"down {r['master_down_s']} s: its visitors {_n(on['killed_masters_visitors']['busy'])} "
                     f"unavailable, the others {_n(on['other_visitors']['ok'])} ok + "
