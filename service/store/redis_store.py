@@ -824,10 +824,11 @@ def _failure(e: BaseException) -> StoreFailure:
 
 
 def _raised_in_redis_io(e: BaseException) -> bool:
-    """Whether ``e`` came out of redis-py's connection I/O: raised in redis-py's own code or in asyncio's
-    transport under it. Writing on a connection the peer (a master that went away and came back) has
-    closed can raise TypeError or AttributeError there instead of ConnectionError (redis/redis-py#4287):
-    a failed connection like any other. Raised in any other code, it is a bug and stays one."""
+    """Whether ``e`` came out of redis-py's connection I/O: raised in redis-py's own code or in the event
+    loop's transport under it. Writing on a connection the peer (a master that went away and came back)
+    has closed raises there what the transport happens to raise (TypeError or AttributeError from asyncio's,
+    redis/redis-py#4287; RuntimeError "the handler is closed" from uvloop's) instead of ConnectionError: a
+    failed connection like any other. Raised in any other code, it is a bug and stays one."""
     packages: list[tuple[str, ...]] = []
     tb = e.__traceback__
     while tb is not None:
@@ -836,12 +837,12 @@ def _raised_in_redis_io(e: BaseException) -> bool:
     return (
         bool(packages)
         and any(_REDIS_IO in p for p in packages)
-        and (_REDIS_IO in packages[-1] or _ASYNCIO in packages[-1])
+        and any(name in packages[-1] for name in (_REDIS_IO, *_TRANSPORTS))
     )
 
 
 _REDIS_IO = "redis"  # redis-py's package directory
-_ASYNCIO = "asyncio"  # the standard library's (and redis.asyncio's) directory
+_TRANSPORTS = ("asyncio", "uvloop")  # the event loops' directories (asyncio: redis.asyncio's too)
 
 
 @contextmanager
@@ -855,8 +856,8 @@ def unavailable(what: str, store: str = "visitor store") -> Iterator[None]:
         raise StoreBusyError(
             f"the {store} is busy ({what}: no free connection in this worker); retry later"
         ) from e
-    except (RedisError, RedisClusterException, OSError, AttributeError, TypeError) as e:
-        if isinstance(e, AttributeError | TypeError) and not _raised_in_redis_io(e):
+    except Exception as e:
+        if not isinstance(e, RedisError | RedisClusterException | OSError) and not _raised_in_redis_io(e):
             raise  # a bug of ours, not a failed connection
         metrics.STORE_ERRORS.inc()  # the one place store failures (every Redis store) are counted
         # info, not warning: the caller reports the failure (HTTP handlers log a warning; the CLI one line)

@@ -1,8 +1,11 @@
-"""Which exceptions ``service.store.redis_store.unavailable`` turns into a store outage: redis-py's, and an
-AttributeError or TypeError raised inside redis-py's own code (its cluster client on a connection another
-task closed, redis/redis-py#4287); never one raised by ours."""
+"""Which exceptions ``service.store.redis_store.unavailable`` turns into a store outage: redis-py's, and
+any raised in redis-py's connection code or the event loop's transport under it (a connection the peer
+closed, redis/redis-py#4287: TypeError or AttributeError from asyncio, RuntimeError from uvloop); never
+one raised by ours."""
 
 from __future__ import annotations
+
+import builtins
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -16,7 +19,7 @@ def _raise_in(filename: str, exc: str) -> None:
     exec(compile(f"raise {exc}('x')", filename, "exec"))
 
 
-@pytest.mark.parametrize("exc", ["AttributeError", "TypeError"])
+@pytest.mark.parametrize("exc", ["AttributeError", "TypeError", "RuntimeError"])
 def test_a_fault_inside_redis_py_is_a_store_outage(exc: str) -> None:
     with pytest.raises(StoreDownError, match=f"unavailable \\(append: {exc}\\)"), unavailable("append"):
         _raise_in("/venv/lib/python3.11/site-packages/redis/asyncio/connection.py", exc)
@@ -35,14 +38,27 @@ def test_a_fault_of_asyncio_under_redis_py_is_a_store_outage() -> None:
         exec(code)
 
 
+def test_a_closed_uvloop_handle_under_redis_py_is_a_store_outage() -> None:
+    """uvloop's "unable to perform operation on <TCPTransport closed=True ...>; the handler is closed"."""
+    redis_py = "/venv/lib/python3.11/site-packages/redis/asyncio/connection.py"
+    transport = "uvloop/handles/handle.pyx"
+    code = compile(
+        f"exec(compile(\"raise RuntimeError('the handler is closed')\", {transport!r}, 'exec'))",
+        redis_py,
+        "exec",
+    )
+    with pytest.raises(StoreDownError, match="RuntimeError"), unavailable("append"):
+        exec(code)
+
+
 def test_asyncio_alone_is_not_redis_py() -> None:
     with pytest.raises(TypeError), unavailable("append"):
         _raise_in("/usr/lib/python3.11/asyncio/selector_events.py", "TypeError")
 
 
-@pytest.mark.parametrize("exc", ["AttributeError", "TypeError"])
+@pytest.mark.parametrize("exc", ["AttributeError", "TypeError", "RuntimeError", "ValueError"])
 def test_a_fault_of_ours_is_not_hidden(exc: str) -> None:
-    with pytest.raises(AttributeError if exc == "AttributeError" else TypeError), unavailable("append"):
+    with pytest.raises(getattr(builtins, exc)), unavailable("append"):
         _raise_in("/repo/service/store/redis_store.py", exc)
 
 
