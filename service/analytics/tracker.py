@@ -167,14 +167,8 @@ class JourneyTracker:
         if not seen:
             return 0
         rollups = _Rollups()
-        pending = list(seen)
         try:
-            for _ in range(ATTEMPTS):
-                pending = await self._attempt(pending, seen, rules, when, rollups)
-                if not pending:
-                    break
-            else:
-                log.warning("journey analytics: %d visitors changed by other requests; skipped", len(pending))
+            await self._walk(list(seen), seen, rules, when, rollups)
             await self.store.add(rollups.deltas(), rollups.due)
             if rollups.sightings:  # once the sets hold them
                 await self.store.mark_seen(rollups.sightings)
@@ -193,11 +187,7 @@ class JourneyTracker:
         rollups = _Rollups()
         try:
             visitors = await self.store.claim_due(when, limit, SWEEP_HOLD_S)
-            pending = visitors
-            for _ in range(ATTEMPTS):
-                pending = await self._attempt(pending, None, rules, when, rollups)
-                if not pending:
-                    break
+            await self._walk(visitors, None, rules, when, rollups)
             await self.store.add(rollups.deltas(), rollups.due)
         except StoreUnavailableError as e:
             self._skip(e)
@@ -217,6 +207,23 @@ class JourneyTracker:
         for (src, dst), n in rollups.transitions.items():
             metrics.STAGE_TRANSITIONS.labels(src, dst).inc(n)
         return sum(rollups.transitions.values())
+
+    async def _walk(
+        self,
+        visitors: list[str],
+        seen: dict[str, _Request] | None,
+        rules: JourneyRules,
+        now: float,
+        rollups: _Rollups,
+    ) -> None:
+        """``_attempt`` until no visitor's commit loses to another request (at most ``ATTEMPTS`` times; the
+        visitors still losing then are skipped, and said so)."""
+        pending = visitors
+        for _ in range(ATTEMPTS):
+            pending = await self._attempt(pending, seen, rules, now, rollups)
+            if not pending:
+                return
+        log.warning("journey analytics: %d visitors changed by other requests; skipped", len(pending))
 
     async def _attempt(
         self,
