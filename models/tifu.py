@@ -99,6 +99,22 @@ def user_vectors(
     return sp.csr_matrix(out, dtype=np.float32)
 
 
+def day_basket_vectors(
+    visitor: np.ndarray,
+    item: np.ndarray,
+    ts: np.ndarray,
+    *,
+    n_visitors: int,
+    n_items: int,
+    params: TifuParams = TIFU_DEFAULTS,
+) -> sp.csr_matrix:
+    """``user_vectors`` with each visitor's calendar days (UTC) as the baskets: what the request path can
+    rebuild from a visitor's purchases alone (events carry no invoice there). Aligned purchases: visitor
+    int [n], item int [n], ts float64 [n]; csr float32 [n_visitors, n_items]."""
+    day = np.floor(np.asarray(ts, np.float64) / DAY).astype(np.int64)
+    return user_vectors(visitor, item, day, ts, n_visitors=n_visitors, n_items=n_items, params=params)
+
+
 def row_normalised(u: sp.csr_matrix) -> sp.csr_matrix:
     """csr float32: ``u`` with every non-empty row scaled to unit L2 norm (cosine by dot products)."""
     norms = np.sqrt(np.asarray(u.multiply(u).sum(axis=1)).ravel())
@@ -110,36 +126,71 @@ def nearest_neighbours(
     normed: sp.csr_matrix, rows: np.ndarray, k: int, *, block_budget: int = _BLOCK_BUDGET
 ) -> tuple[np.ndarray, np.ndarray]:
     """(int64 [r, k] neighbour rows, float32 [r, k] their cosine) of each of ``rows`` (int [r]) among all
-    rows of ``normed`` (``row_normalised``), a row never its own neighbour. Exact: brute force in blocks
-    of rows (sparse products, ``argpartition``), each block at most ``block_budget`` similarities. Where
-    fewer than k rows share anything with it, the rest are -1 with cosine 0. Ties at the k-th cosine are
-    broken by ``argpartition``'s order."""
-    n = normed.shape[0]
-    k_eff = max(0, min(k, n - 1))
-    idx_out = np.full((len(rows), k), -1, np.int64)
-    sim_out = np.zeros((len(rows), k), np.float32)
-    if k_eff == 0 or len(rows) == 0:
+    rows of ``normed`` (``row_normalised``), a row never its own neighbour: ``nearest_in_pool`` with the
+    rows as their own queries."""
+    rows = np.asarray(rows, np.int64)
+    return nearest_in_pool(normed.tocsc(), normed[rows], rows, k, block_budget=block_budget)
+
+
+def nearest_in_pool(
+    pool_by_item: sp.csc_matrix,
+    queries: sp.csr_matrix,
+    exclude: np.ndarray,
+    k: int,
+    *,
+    block_budget: int = _BLOCK_BUDGET,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 [q, k] pool rows, float32 [q, k] their cosine): the ``k`` rows of the pool (``pool_by_item``:
+    csc [n_pool, n_items] of unit rows, ``row_normalised``) most cosine-similar to each row of ``queries``
+    (csr [q, n_items] of unit rows), never the pool row ``exclude`` names (int64 [q]; -1: none), e.g. the
+    visitor asking. Exact: brute force in blocks of queries (a sparse product, ``argpartition``), each
+    block at most ``block_budget`` similarities. Where fewer than k pool rows share anything with a query,
+    the rest are -1 with cosine 0. Ties at the k-th cosine are broken by ``argpartition``'s order."""
+    n = pool_by_item.shape[0]
+    q_n = queries.shape[0]
+    k_eff = max(0, min(k, n))
+    idx_out = np.full((q_n, k), -1, np.int64)
+    sim_out = np.zeros((q_n, k), np.float32)
+    if k_eff == 0 or q_n == 0:
         return idx_out, sim_out
+    exclude = np.asarray(exclude, np.int64)
     step = max(1, block_budget // max(n, 1))
-    by_item = normed.tocsc()
-    for lo in range(0, len(rows), step):
-        q = np.asarray(rows[lo : lo + step], np.int64)
-        block = normed[q]
+    for lo in range(0, q_n, step):
+        block = queries[lo : lo + step]
+        b = block.shape[0]
         # similarities as sparse [n, items of the block] x dense [items of the block, b]: popular items
         # make the product all but dense, which a sparse x sparse product builds slowly
         cols = np.unique(block.indices)
         dense = block[:, cols].toarray()
-        s = np.ascontiguousarray((by_item[:, cols] @ dense.T).T, dtype=np.float32)
-        s[np.arange(len(q)), q] = -np.inf
+        s = np.ascontiguousarray((pool_by_item[:, cols] @ dense.T).T, dtype=np.float32).reshape(b, n)
+        ex = exclude[lo : lo + b]
+        own = (ex >= 0) & (ex < n)
+        s[np.flatnonzero(own), ex[own]] = -np.inf
         # the k largest: partitioned at n - k (measured several times faster than at k - 1 of -s)
-        part = np.argpartition(s, n - k_eff, axis=1)[:, n - k_eff :]  # k_eff < n: self is excluded
+        part = (
+            np.argpartition(s, n - k_eff, axis=1)[:, n - k_eff :]
+            if k_eff < n
+            else np.tile(np.arange(n), (b, 1))
+        )
         vals = np.take_along_axis(s, part, axis=1)
         order = np.argsort(-vals, axis=1, kind="stable")
         part, vals = np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
         found = vals > 0
-        idx_out[lo : lo + len(q), :k_eff] = np.where(found, part, -1)
-        sim_out[lo : lo + len(q), :k_eff] = np.where(found, vals, 0.0)
+        idx_out[lo : lo + b, :k_eff] = np.where(found, part, -1)
+        sim_out[lo : lo + b, :k_eff] = np.where(found, vals, 0.0)
     return idx_out, sim_out
+
+
+def neighbour_mean(pool: sp.csr_matrix, idx: np.ndarray) -> sp.csr_matrix:
+    """csr float32 [q, n_items]: per row of ``idx`` (int64 [q, k] rows of ``pool``, -1: none, as
+    ``nearest_in_pool`` gives them), the mean of those rows of ``pool`` (csr [n_pool, n_items]); an empty
+    row where none was found."""
+    found = idx >= 0
+    count = found.sum(axis=1)
+    r = np.repeat(np.arange(len(idx)), count)
+    w = np.repeat(1.0 / np.maximum(count, 1), count)
+    mean_of = sp.csr_matrix((w, (r, idx[found])), shape=(len(idx), pool.shape[0]), dtype=np.float32)
+    return sp.csr_matrix(mean_of @ pool, dtype=np.float32)
 
 
 def predict(
@@ -154,10 +205,7 @@ def predict(
     rows = np.asarray(rows, np.int64)
     unit = row_normalised(vectors) if normed is None else normed
     idx, _ = nearest_neighbours(unit, rows, params.neighbours)
-    found = idx >= 0
-    count = found.sum(axis=1)
-    r = np.repeat(np.arange(len(rows)), count)
-    w = np.repeat(1.0 / np.maximum(count, 1), count)
-    mean_of = sp.csr_matrix((w, (r, idx[found])), shape=(len(rows), vectors.shape[0]), dtype=np.float32)
     own = vectors[rows]
-    return sp.csr_matrix(params.alpha * own + (1.0 - params.alpha) * (mean_of @ vectors), dtype=np.float32)
+    return sp.csr_matrix(
+        params.alpha * own + (1.0 - params.alpha) * neighbour_mean(vectors, idx), dtype=np.float32
+    )
