@@ -515,7 +515,10 @@ def run(quick: bool, only: list[str]) -> dict[str, Any]:
                 for name, scenario in SCENARIOS.items():
                     if name in only:
                         say(f"-- {name}")
+                        seen = len(s.service.log_text())
                         results[name] = attempt(functools.partial(scenario, s, pace))
+                        if results[name].get("failures"):  # what the server said meanwhile
+                            results[name]["server_log"] = log_lines(s.service.log_text()[seen:])
                         show(name, results[name])
         if CLUSTER in only:
             say(f"-- {CLUSTER}")
@@ -524,6 +527,13 @@ def run(quick: bool, only: list[str]) -> dict[str, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return results
+
+
+def log_lines(text: str, keep: int = 12) -> list[str]:
+    """The server's warnings and errors in ``text`` (its last ``keep`` lines): why a failed scenario's
+    answers were what they were, with the figures."""
+    said = [line for line in text.splitlines() if "WARNING" in line or "ERROR" in line or "Traceback" in line]
+    return said[-keep:]
 
 
 def attempt(scenario: Callable[[], dict[str, Any]]) -> dict[str, Any]:

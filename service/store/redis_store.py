@@ -145,6 +145,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from models.domain import Event, EventType
 from models.errors import StoreUnavailableError
@@ -792,6 +793,13 @@ def _hex(text: str) -> str:
     return text.encode("utf-8").hex()
 
 
+#: A pool hands out an idle connection only after checking that the server has not closed it (a restart
+#: closes them all), and reconnects it if it has: redis-py skips that check while maintenance notifications
+#: are on, which its default (``"auto"``) turns on, and the first command on each such connection fails.
+#: Those notifications come from managed Redis offerings, not from a self-hosted server.
+NO_MAINT_NOTIFICATIONS = MaintNotificationsConfig(enabled=False)
+
+
 class PoolExhaustedError(RedisConnectionError):
     """Every connection of the pool stayed in use for the pool's wait limit (Redis itself may be fine)."""
 
@@ -949,6 +957,7 @@ class RedisStore(StoreLimits):
             socket_connect_timeout=socket_timeout,
             # no automatic retries: see the module docstring
             retry=Retry(NoBackoff(), 0),
+            maint_notifications_config=NO_MAINT_NOTIFICATIONS,
         )
         return cls(Redis.from_pool(pool), prefix=prefix, **limits)
 
@@ -1607,7 +1616,11 @@ def client_from_url(url: str, *, socket_timeout: float) -> AnyRedis:
     if is_cluster_url(url):
         return cluster_client(url, socket_timeout, MAX_CONNECTIONS)
     return Redis.from_url(
-        url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+        maint_notifications_config=NO_MAINT_NOTIFICATIONS,
     )
 
 
