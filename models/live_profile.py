@@ -31,9 +31,10 @@ from models.blend import (
 )
 from models.domain import DAY, EventType
 from models.profiles import PURCHASE_DECAY_DAYS
+from models.ranges import concat_ranges
 from models.serving_rules import ServingRules
-from models.sources import ItemTables, bought_once, concat_ranges, substitute_weights
-from models.tifu import TIFU_DEFAULTS, TifuParams, day_basket_vectors, nearest_in_pool, row_normalised
+from models.sources import ItemTables, bought_once, substitute_weights
+from models.tifu import TIFU_DEFAULTS, TifuParams, day_basket_vector, nearest_one
 
 _PURCHASE = EventType.PURCHASE.code
 _CANCEL = EventType.CANCEL.code
@@ -97,13 +98,9 @@ def _basket_frequency(
     item among them) from the visitor's aligned events (items, codes, ts [n])."""
     bought = codes == _PURCHASE
     out = np.zeros(len(rows), np.float32)
-    if not bought.any():
-        return out
-    it = items[bought].astype(np.int64)
-    vec = day_basket_vectors(
-        np.zeros(len(it), np.int64), it, ts[bought], n_visitors=1, n_items=int(it.max()) + 1, params=params
-    )
-    out[np.searchsorted(rows, vec.indices)] = vec.data
+    if bought.any():
+        idx, vals = day_basket_vector(items[bought], ts[bought], params)
+        out[np.searchsorted(rows, idx)] = vals
     return out
 
 
@@ -278,21 +275,18 @@ class LiveProfile:
         self, tables: ItemTables, rules: ServingRules, own_row: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """``sources.basket_neighbour_matrix`` for this visitor: (item rows int64 sorted, values float32):
-        one sparse product with the pool's columns of the visitor's basket items, one partial sort, one
-        gather of the neighbours' rows."""
+        the neighbours by ``tifu.nearest_one`` (the pool's entries in the visitor's basket items, summed
+        per pool row), then one gather of their rows."""
         held = self.basket_frequency > 0
         if tables.visitor_baskets is None or not held.any():
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        own = sp.csr_matrix(
-            (self.basket_frequency[held], self.items[held], np.array([0, int(held.sum())])),
-            shape=(1, tables.n_items),
-            dtype=np.float32,
+        near = nearest_one(
+            tables.visitor_basket_index,
+            self.items[held],
+            self.basket_frequency[held],
+            own_row,
+            rules.basket_neighbours,
         )
-        query = row_normalised(own)  # as the batch path normalises it: the same cosines to the bit
-        idx, _ = nearest_in_pool(
-            tables.visitor_basket_index, query, np.array([own_row], np.int64), rules.basket_neighbours
-        )
-        near = idx[0][idx[0] >= 0]
         if len(near) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         return gather_rows(tables.visitor_baskets, near, np.full(len(near), 1.0 / len(near)))

@@ -34,13 +34,6 @@ def top_n_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
     return out
 
 
-def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """int64 [sum(counts)]: the indices start, start + 1, ... of every range (starts, counts int [r]) in
-    order, without a Python loop (e.g. the entries of some rows of a csr matrix)."""
-    total = int(counts.sum())
-    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
-
-
 def row_max_normalise(a: np.ndarray) -> np.ndarray:
     """Scale every row of float32 [u, n] into [0, 1] by its maximum (rows of zeros stay zero)."""
     mx = a.max(axis=1, keepdims=True)

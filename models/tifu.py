@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.domain import DAY
+from models.ranges import concat_ranges
 
 
 class TifuParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,8 +42,9 @@ class TifuParams(msgspec.Struct, frozen=True, kw_only=True):
 
 TIFU_DEFAULTS = TifuParams()
 
-#: dense float32 cells one block of the neighbour search may hold ([rows, visitors] similarities)
-_BLOCK_BUDGET = 30_000_000
+#: similarities one block of the neighbour search may hold ([rows, visitors]; with the float64 product and
+#: the masks of the top-k choice about 24 bytes each)
+_BLOCK_BUDGET = 10_000_000
 
 
 def basket_keys(visitor: np.ndarray, session: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -115,11 +117,52 @@ def day_basket_vectors(
     return user_vectors(visitor, item, day, ts, n_visitors=n_visitors, n_items=n_items, params=params)
 
 
+def day_basket_vector(
+    items: np.ndarray, ts: np.ndarray, params: TifuParams = TIFU_DEFAULTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """``day_basket_vectors`` of one visitor, the request path's form: (item rows int64 [p] sorted, values
+    float32 [p]) from their aligned purchases (items int [n], ts float64 [n]), in a few numpy calls over
+    the visitor's own purchases (no sparse matrix). The same float64 weights as the batch form."""
+    if len(items) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    it = np.asarray(items, np.int64)
+    days, basket = np.unique(np.floor(np.asarray(ts, np.float64) / DAY).astype(np.int64), return_inverse=True)
+    n_b = len(days)
+    after = n_b - 1 - np.arange(n_b)  # baskets after each (0 = the latest), oldest first
+    group, within = after // params.group_size, after % params.group_size
+    n_groups = -(-n_b // params.group_size)
+    in_group = np.where(group == n_groups - 1, n_b - params.group_size * (n_groups - 1), params.group_size)
+    weight = params.within_decay**within / in_group * params.group_decay**group / n_groups
+    # an item twice in one basket counts once: distinct (basket, item) cells, by basket then item
+    width = int(it.max()) + 1
+    cells = np.unique(basket.ravel().astype(np.int64) * width + it)
+    rows, inv = np.unique(cells % width, return_inverse=True)
+    summed = np.bincount(inv.ravel(), weights=weight[cells // width], minlength=len(rows))
+    return rows, summed.astype(np.float32)
+
+
+def unit_values(data: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """float32 [nnz]: the values ``data`` (float [nnz]) of the rows ``indptr`` (int [r + 1], csr-style)
+    delimits, each row scaled to unit L2 norm (an all-zero row stays zero). One computation for the batch
+    (``row_normalised``) and the request path (``nearest_one``): float64 sums in the same order, so that
+    both give the same float32 values to the bit."""
+    v = np.asarray(data, np.float64)
+    bounds = np.asarray(indptr, np.int64)
+    counts = bounds[1:] - bounds[:-1]
+    if len(v) == 0:
+        return np.zeros(0, np.float32)
+    starts = bounds[:-1][counts > 0]
+    sq = np.zeros(len(counts))
+    sq[counts > 0] = np.add.reduceat(v * v, starts)
+    norm = np.repeat(np.sqrt(sq), counts)
+    return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0).astype(np.float32)
+
+
 def row_normalised(u: sp.csr_matrix) -> sp.csr_matrix:
     """csr float32: ``u`` with every non-empty row scaled to unit L2 norm (cosine by dot products)."""
-    norms = np.sqrt(np.asarray(u.multiply(u).sum(axis=1)).ravel())
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ u, dtype=np.float32)
+    c = sp.csr_matrix(u, dtype=np.float32)
+    c.sum_duplicates()
+    return sp.csr_matrix((unit_values(c.data, c.indptr), c.indices, c.indptr), shape=c.shape)
 
 
 def nearest_neighbours(
@@ -159,26 +202,72 @@ def nearest_in_pool(
         block = queries[lo : lo + step]
         b = block.shape[0]
         # similarities as sparse [n, items of the block] x dense [items of the block, b]: popular items
-        # make the product all but dense, which a sparse x sparse product builds slowly
+        # make the product all but dense, which a sparse x sparse product builds slowly. float64 sums
+        # column by column, in the order ``nearest_one`` sums them: the same cosines to the bit.
         cols = np.unique(block.indices)
-        dense = block[:, cols].toarray()
-        s = np.ascontiguousarray((pool_by_item[:, cols] @ dense.T).T, dtype=np.float32).reshape(b, n)
+        dense = block[:, cols].toarray().astype(np.float64)
+        pool = sp.csc_matrix(pool_by_item[:, cols], dtype=np.float64)
+        s = np.ascontiguousarray((pool @ dense.T).T, dtype=np.float32).reshape(b, n)
         ex = exclude[lo : lo + b]
         own = (ex >= 0) & (ex < n)
-        s[np.flatnonzero(own), ex[own]] = -np.inf
-        # the k largest: partitioned at n - k (measured several times faster than at k - 1 of -s)
-        part = (
-            np.argpartition(s, n - k_eff, axis=1)[:, n - k_eff :]
-            if k_eff < n
-            else np.tile(np.arange(n), (b, 1))
-        )
-        vals = np.take_along_axis(s, part, axis=1)
-        order = np.argsort(-vals, axis=1, kind="stable")
-        part, vals = np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
-        found = vals > 0
-        idx_out[lo : lo + b, :k_eff] = np.where(found, part, -1)
-        sim_out[lo : lo + b, :k_eff] = np.where(found, vals, 0.0)
+        s[np.flatnonzero(own), ex[own]] = 0.0
+        r, c = np.nonzero(top_mask(s, k_eff))
+        _place(r, c, s[r, c], idx_out[lo : lo + b], sim_out[lo : lo + b])
     return idx_out, sim_out
+
+
+def top_mask(s: np.ndarray, k: int) -> np.ndarray:
+    """bool [b, n]: each row's ``k`` largest positive values of ``s`` (float32 [b, n]); of values tied at
+    the k-th, those in the lowest columns. The rule ``nearest_in_pool`` and ``nearest_one`` share, so that
+    a tie picks the same neighbours on the batch and the request path."""
+    n = s.shape[1]
+    if k >= n:
+        return s > 0
+    # the k-th largest: partitioned at n - k (measured several times faster than at k - 1 of -s)
+    kth = np.partition(s, n - k, axis=1)[:, n - k : n - k + 1]
+    above, tied = s > kth, s == kth
+    room = k - above.sum(axis=1, keepdims=True)
+    return (above | (tied & (np.cumsum(tied, axis=1) <= room))) & (s > 0)
+
+
+def _place(r: np.ndarray, c: np.ndarray, v: np.ndarray, idx_out: np.ndarray, sim_out: np.ndarray) -> None:
+    """Write the kept (row r, column c, cosine v) of a block into ``idx_out`` / ``sim_out`` [b, k], each
+    row's most similar first (ties: the lower column first)."""
+    order = np.lexsort((c, -v, r))
+    r, c, v = r[order], c[order], v[order]
+    start = np.searchsorted(r, np.arange(idx_out.shape[0]))
+    slot = np.arange(len(r)) - start[r]
+    idx_out[r, slot] = c
+    sim_out[r, slot] = v
+
+
+def nearest_one(
+    pool_by_item: sp.csc_matrix, items: np.ndarray, values: np.ndarray, exclude: int, k: int
+) -> np.ndarray:
+    """int64 [<= k]: ``nearest_in_pool`` for one query given as its sorted distinct columns ``items``
+    (int64 [m]) and their values (float [m], made unit here as ``row_normalised`` does), most similar
+    first; the request path's form. No sparse product: the pool's entries in the query's columns summed
+    per pool row, and a partial sort of the rows that share a column only."""
+    n = pool_by_item.shape[0]
+    if len(items) == 0 or n == 0 or k <= 0:
+        return np.zeros(0, np.int64)
+    unit = unit_values(values, np.array([0, len(values)]))
+    starts = pool_by_item.indptr[items]
+    counts = pool_by_item.indptr[items + 1] - starts
+    at = concat_ranges(starts, counts)
+    rows = pool_by_item.indices[at]
+    sums = np.bincount(
+        rows,
+        weights=pool_by_item.data[at].astype(np.float64) * np.repeat(unit.astype(np.float64), counts),
+        minlength=n,
+    ).astype(np.float32)
+    if 0 <= exclude < n:
+        sums[exclude] = 0.0
+    shared = np.flatnonzero(sums > 0)
+    s = sums[shared][None, :]
+    _, c = np.nonzero(top_mask(s, k))
+    v = s[0, c]
+    return shared[c[np.lexsort((c, -v))]].astype(np.int64)
 
 
 def neighbour_mean(pool: sp.csr_matrix, idx: np.ndarray) -> sp.csr_matrix:

@@ -13,12 +13,16 @@ from models.tifu import (
     TIFU_DEFAULTS,
     TifuParams,
     basket_keys,
+    day_basket_vector,
     day_basket_vectors,
     nearest_in_pool,
     nearest_neighbours,
+    nearest_one,
     neighbour_mean,
     predict,
     row_normalised,
+    top_mask,
+    unit_values,
     user_vectors,
 )
 
@@ -234,3 +238,58 @@ def test_day_baskets_are_the_visitors_calendar_days() -> None:
     ).toarray()
     want = [ref_vector([{0, 1}, {1}], p, 3), ref_vector([{2}], p, 3)]
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_ties_at_the_kth_value_keep_the_lowest_columns() -> None:
+    s = np.array([[0.5, 0.9, 0.5, 0.0, 0.5], [0.0, 0.0, 0.0, 0.2, 0.0]], np.float32)
+    assert top_mask(s, 2).tolist() == [
+        [True, True, False, False, False],
+        [False, False, False, True, False],  # a zero is never kept
+    ]
+    assert top_mask(s, 9).tolist() == (s > 0).tolist()
+
+
+def test_unit_values_scale_each_row_and_keep_empty_rows() -> None:
+    got = unit_values(np.array([3.0, 4.0, 2.0, 0.0]), np.array([0, 2, 2, 4]))
+    np.testing.assert_allclose(got, [0.6, 0.8, 1.0, 0.0], rtol=1e-7)
+    assert got.dtype == np.float32
+
+
+def _pool_with_ties(rng: np.random.Generator, n_pool: int, n_items: int) -> np.ndarray:
+    """Random rows, a third of them copies of others (so that cosines tie exactly)."""
+    pool = (rng.random((n_pool, n_items)) * (rng.random((n_pool, n_items)) < 0.3)).astype(np.float32)
+    copies = rng.choice(n_pool, n_pool // 3, replace=False)
+    pool[copies] = pool[rng.integers(0, n_pool, len(copies))]
+    return pool
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_the_request_path_search_picks_what_the_batch_search_picks(seed: int) -> None:
+    """``nearest_one`` (one visitor, no sparse product) gives ``nearest_in_pool``'s rows in its order, ties
+    included: the neighbours a visitor is served with are those their evaluation counted."""
+    rng = np.random.default_rng(seed)
+    n_pool, n_items, k = 40, 12, int(rng.integers(1, 8))
+    pool = row_normalised(sp.csr_matrix(_pool_with_ties(rng, n_pool, n_items))).tocsc()
+    queries = sp.csr_matrix(_pool_with_ties(rng, 10, n_items) * 3.0)
+    exclude = rng.integers(-1, n_pool, 10)
+    idx, _ = nearest_in_pool(
+        pool, row_normalised(queries), exclude, k, block_budget=int(rng.integers(1, 500))
+    )
+    for q in range(10):
+        row = queries[q]
+        got = nearest_one(pool, row.indices.astype(np.int64), row.data, int(exclude[q]), k)
+        assert got.tolist() == [int(j) for j in idx[q] if j >= 0]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_one_visitors_day_baskets_are_the_batch_row(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    items = rng.integers(0, 15, n)
+    ts = np.sort(rng.uniform(0, 40 * DAY, n))
+    p = TifuParams(group_size=int(rng.integers(1, 5)), within_decay=0.8, group_decay=0.6)
+    want = day_basket_vectors(np.zeros(n, np.int64), items, ts, n_visitors=1, n_items=15, params=p)
+    idx, vals = day_basket_vector(items, ts, p)
+    assert idx.tolist() == want.indices.tolist()
+    np.testing.assert_allclose(vals, want.data, rtol=1e-6)
+    assert day_basket_vector(np.zeros(0, np.int64), np.zeros(0), p)[0].size == 0
