@@ -22,6 +22,8 @@ distance among a training subset of users.
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 import numpy as np
 import scipy.sparse as sp
@@ -121,24 +123,23 @@ def day_basket_vector(
     items: np.ndarray, ts: np.ndarray, params: TifuParams = TIFU_DEFAULTS
 ) -> tuple[np.ndarray, np.ndarray]:
     """``day_basket_vectors`` of one visitor, the request path's form: (item rows int64 [p] sorted, values
-    float32 [p]) from their aligned purchases (items int [n], ts float64 [n]), in a few numpy calls over
-    the visitor's own purchases (no sparse matrix). The same float64 weights as the batch form."""
-    if len(items) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    it = np.asarray(items, np.int64)
-    days, basket = np.unique(np.floor(np.asarray(ts, np.float64) / DAY).astype(np.int64), return_inverse=True)
-    n_b = len(days)
-    after = n_b - 1 - np.arange(n_b)  # baskets after each (0 = the latest), oldest first
-    group, within = after // params.group_size, after % params.group_size
-    n_groups = -(-n_b // params.group_size)
-    in_group = np.where(group == n_groups - 1, n_b - params.group_size * (n_groups - 1), params.group_size)
-    weight = params.within_decay**within / in_group * params.group_decay**group / n_groups
-    # an item twice in one basket counts once: distinct (basket, item) cells, by basket then item
-    width = int(it.max()) + 1
-    cells = np.unique(basket.ravel().astype(np.int64) * width + it)
-    rows, inv = np.unique(cells % width, return_inverse=True)
-    summed = np.bincount(inv.ravel(), weights=weight[cells // width], minlength=len(rows))
-    return rows, summed.astype(np.float32)
+    float32 [p]) from their aligned purchases (items int [n], ts float64 [n]). One pass of plain Python
+    over the visitor's purchases (a handful: a numpy call costs more than the loop body), with the batch
+    form's float64 weights, summed in the same order (oldest basket first)."""
+    days: dict[int, set[int]] = {}
+    for item, t in zip(np.asarray(items).tolist(), np.asarray(ts, np.float64).tolist(), strict=True):
+        days.setdefault(math.floor(t / DAY), set()).add(int(item))
+    m, n_b = params.group_size, len(days)
+    n_groups = -(-n_b // m)
+    summed: dict[int, float] = {}
+    for i, day in enumerate(sorted(days)):
+        group, within = divmod(n_b - 1 - i, m)  # baskets after this one (0 = the latest), by group
+        in_group = n_b - m * (n_groups - 1) if group == n_groups - 1 else m
+        weight = params.within_decay**within / in_group * params.group_decay**group / n_groups
+        for item in days[day]:
+            summed[item] = summed.get(item, 0.0) + weight
+    rows = sorted(summed)
+    return np.array(rows, np.int64), np.array([summed[r] for r in rows], np.float32)
 
 
 def unit_values(data: np.ndarray, indptr: np.ndarray) -> np.ndarray:
@@ -251,23 +252,30 @@ def nearest_one(
     n = pool_by_item.shape[0]
     if len(items) == 0 or n == 0 or k <= 0:
         return np.zeros(0, np.int64)
-    unit = unit_values(values, np.array([0, len(values)]))
+    # ``unit_values`` of one row, without its bookkeeping for many: the same reduction, so the same bits
+    v = np.asarray(values, np.float64)
+    norm = math.sqrt(float(np.add.reduceat(v * v, _FIRST)[0]))
+    if norm == 0:
+        return np.zeros(0, np.int64)
+    unit = (v / norm).astype(np.float32).astype(np.float64)
     starts = pool_by_item.indptr[items]
     counts = pool_by_item.indptr[items + 1] - starts
     at = concat_ranges(starts, counts)
     rows = pool_by_item.indices[at]
-    sums = np.bincount(
-        rows,
-        weights=pool_by_item.data[at].astype(np.float64) * np.repeat(unit.astype(np.float64), counts),
-        minlength=n,
-    ).astype(np.float32)
+    weights = pool_by_item.data[at].astype(np.float64) * np.repeat(unit, counts)
+    sums = np.bincount(rows, weights=weights, minlength=n).astype(np.float32)
     if 0 <= exclude < n:
         sums[exclude] = 0.0
     shared = np.flatnonzero(sums > 0)
-    s = sums[shared][None, :]
-    _, c = np.nonzero(top_mask(s, k))
-    v = s[0, c]
-    return shared[c[np.lexsort((c, -v))]].astype(np.int64)
+    s = sums[shared]
+    if len(shared) > k:  # else every row sharing an item is a neighbour
+        keep = np.flatnonzero(top_mask(s[None, :], k)[0])
+        shared, s = shared[keep], s[keep]
+    return shared[np.lexsort((shared, -s))].astype(np.int64)
+
+
+#: the one segment of a one-row ``np.add.reduceat``
+_FIRST = np.zeros(1, np.intp)
 
 
 def neighbour_mean(pool: sp.csr_matrix, idx: np.ndarray) -> sp.csr_matrix:
