@@ -107,11 +107,14 @@ def _arrays(
         "blend_weights": blend_weights,
         "price_edges": price_edges,
     }
-    for name, m in (
+    sparse = [
         ("item_features", factors.item_features),
         ("complements", tables.complements),
         ("similar", tables.similar),
-    ):
+    ]
+    if tables.visitor_baskets is not None:
+        sparse.append(("visitor_baskets", tables.visitor_baskets))
+    for name, m in sparse:
         c = m.tocsr()
         out[f"{name}.data"] = c.data.astype(np.float32)
         out[f"{name}.indices"] = c.indices.astype(np.int32)
@@ -333,6 +336,8 @@ def _assemble(
         "complements.shape": [n_items, n_items],
         "similar.shape": [n_items, n_items],
     }
+    if "visitor_baskets.shape" in a:  # a row per visitor of the model, in the vocabulary's order
+        checks["visitor_baskets.shape"] = [manifest.n_visitors, n_items]
     for k, want in checks.items():
         got = a[k].tolist() if k.endswith(".shape") else list(a[k].shape)
         if got != want:
@@ -351,6 +356,8 @@ def _assemble(
         as_of=manifest.trained_until,
         category_repeat=a.get("category_repeat"),  # a model published before it: the items' own rates
         repeatable=repeatable_flags(catalog),
+        # a model published before the basket-neighbours source: that source stays empty
+        visitor_baskets=_csr(a, "visitor_baskets") if "visitor_baskets.shape" in a else None,
     )
     blend_weights = a["blend_weights"]
     if blend_weights.shape[1] != N_FEATURES:  # fitted before a feature existed: that feature weighs 0

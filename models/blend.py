@@ -22,6 +22,7 @@ from models.profiles import Profiles
 from models.serving_rules import ServingRules
 from models.sources import (
     ItemTables,
+    basket_neighbour_matrix,
     complement_matrix,
     recency,
     row_max_normalise_sparse,
@@ -53,6 +54,11 @@ FEATURES: tuple[tuple[str, Source], ...] = (
     # another kettle down right after a kettle is fitted; that it never pushes it up is the one thing
     # assumed (``NON_POSITIVE``): on a small validation window the sign of a rare feature is noise
     ("substitute", Source.SIMILAR),
+    # TIFU-KNN's personal item frequency (``Profiles.basket_frequency``: the visitor's purchase days as
+    # baskets, recent ones weighing more) and its neighbour part (``sources.basket_neighbour_matrix``:
+    # what the most similar training visitors buy), each relative to the visitor's top item
+    ("basket_frequency", Source.BUY_AGAIN),
+    ("basket_neighbours", Source.PERSONALIZED),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f for f, _ in FEATURES)
 FEATURE_SOURCES: tuple[Source, ...] = tuple(s for _, s in FEATURES)
@@ -91,17 +97,34 @@ IN_CART, COMPLEMENT, SIMILAR = _COLUMN["in_cart"], _COLUMN["complement"], _COLUM
 POPULARITY, TRENDING, POPULARITY_NEW = _COLUMN["popularity"], _COLUMN["trending"], _COLUMN["popularity_new"]
 LIGHTFM_NEW, BOUGHT_DECAYED = _COLUMN["lightfm_new"], _COLUMN["bought_decayed"]
 SUBSTITUTE = _COLUMN["substitute"]
+BASKET_FREQUENCY, BASKET_NEIGHBOURS = _COLUMN["basket_frequency"], _COLUMN["basket_neighbours"]
+#: the features ``sparse_features`` gives: zero outside the visitor's own candidates
+SPARSE_COLUMNS: tuple[int, ...] = (
+    BOUGHT_COUNT,
+    BOUGHT_RECENCY,
+    REPEAT,
+    TOUCH_RECENCY,
+    INTEREST,
+    IN_CART,
+    COMPLEMENT,
+    SIMILAR,
+    BOUGHT_DECAYED,
+    SUBSTITUTE,
+    BASKET_FREQUENCY,
+    BASKET_NEIGHBOURS,
+)
 #: features whose fitted weight is kept at or below 0 in every stage
 NON_POSITIVE: frozenset[str] = frozenset({"substitute"})
 NON_POSITIVE_COLUMNS: frozenset[int] = frozenset(_COLUMN[f] for f in NON_POSITIVE)
 
 
 def sparse_features(
-    tables: ItemTables, profiles: Profiles, rules: ServingRules
+    tables: ItemTables, profiles: Profiles, rules: ServingRules, own_rows: np.ndarray | None = None
 ) -> list[tuple[int, sp.csr_matrix]]:
     """(feature column, csr float32 [u, n_items]) for every feature that is zero outside the visitor's own
-    items (cheap as sparse rows); none at all when no visitor has touched an item (they would be empty).
-    ``rules`` gives the recency windows."""
+    items or few neighbours (cheap as sparse rows); none at all when no visitor has touched an item (they
+    would be empty). ``rules`` gives the recency windows; ``own_rows`` (int64 [u], -1: none) each
+    visitor's row in ``tables.visitor_baskets``, which is never their own neighbour."""
     if profiles.touch_age.nnz == 0 and profiles.cart.nnz == 0:
         return []
     counts = sp.csr_matrix(profiles.purchases, dtype=np.float32)
@@ -125,6 +148,11 @@ def sparse_features(
         (SIMILAR, row_max_normalise_sparse(similar_matrix(tables, profiles, rules.similar_recency_days))),
         (BOUGHT_DECAYED, row_max_normalise_sparse(profiles.purchase_decay)),
         (SUBSTITUTE, substitute_matrix(tables, profiles, rules.substitute_recency_days)),
+        (BASKET_FREQUENCY, row_max_normalise_sparse(profiles.basket_frequency)),
+        (
+            BASKET_NEIGHBOURS,
+            row_max_normalise_sparse(basket_neighbour_matrix(tables, profiles, rules, own_rows)),
+        ),
     ]
 
 
@@ -144,12 +172,16 @@ def is_new(profiles: Profiles) -> np.ndarray:
 
 
 def feature_arrays(
-    tables: ItemTables, profiles: Profiles, lightfm: np.ndarray | None, rules: ServingRules
+    tables: ItemTables,
+    profiles: Profiles,
+    lightfm: np.ndarray | None,
+    rules: ServingRules,
+    own_rows: np.ndarray | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (feature column, float32 [u, n_items]) one feature at a time, to keep memory at O(u * n_items).
 
     ``lightfm`` is float32 [u, n_items] raw factor scores or None (then that feature is 0); ``rules`` gives
-    the sparse features' recency windows.
+    the sparse features' recency windows; ``own_rows`` as ``sparse_features``.
     """
     u, n = profiles.n_visitors, tables.n_items
     # visitors with no history at all: their factor score comes from stage and context only, so it gets
@@ -157,7 +189,7 @@ def feature_arrays(
     new = is_new(profiles)[:, None]
     factor = zscore_rows(lightfm) if lightfm is not None else np.zeros((u, n), np.float32)
     yield LIGHTFM, np.where(new, 0.0, factor).astype(np.float32)
-    for j, m in sparse_features(tables, profiles, rules):
+    for j, m in sparse_features(tables, profiles, rules, own_rows):
         yield j, m.toarray()
     pop, tr = crowd_scores(tables)
     yield POPULARITY, np.broadcast_to(pop, (u, n))
@@ -192,29 +224,41 @@ class ListSample(msgspec.Struct, frozen=True):
 
     pos        float32 [P, n_features]      features of each (visitor, relevant item)
     owner      int64 [P]                    row of ``neg`` the positive belongs to
-    neg        float32 [V, m, n_features]   features of m items sampled uniformly from the visitor's
-                                            allowed, non-relevant items
+    neg        float32 [V, m, n_features]   features of m items sampled from the visitor's allowed,
+                                            non-relevant items
     row        int64 [V]                    the visitor's row in the batch it was sampled from
+    neg_logw   float32 [V, m] or None       log of how many of the visitor's non-relevant items each
+                                            negative stands for (-inf: padding); None: 0 for every one
     """
 
     pos: np.ndarray
     owner: np.ndarray
     neg: np.ndarray
     row: np.ndarray
+    neg_logw: np.ndarray | None = None
+
+    def log_weights(self) -> np.ndarray:
+        """float32 [V, m]: ``neg_logw``, zeros when it is None."""
+        if self.neg_logw is None:
+            return np.zeros(self.neg.shape[:2], np.float32)
+        return self.neg_logw
 
     def subset(self, keep: np.ndarray) -> ListSample:
         """Only the positives where ``keep`` (bool [P]) is True (negatives re-indexed)."""
         rows, owner = np.unique(self.owner[keep], return_inverse=True)
-        return ListSample(self.pos[keep], owner.astype(np.int64), self.neg[rows], self.row[rows])
+        logw = None if self.neg_logw is None else self.neg_logw[rows]
+        return ListSample(self.pos[keep], owner.astype(np.int64), self.neg[rows], self.row[rows], logw)
 
     @staticmethod
     def concat(parts: list[ListSample]) -> ListSample:
         offsets = np.cumsum([0, *(len(p.neg) for p in parts[:-1])])
+        weighted = any(p.neg_logw is not None for p in parts)
         return ListSample(
             np.concatenate([p.pos for p in parts]),
             np.concatenate([p.owner + o for p, o in zip(parts, offsets, strict=True)]),
             np.concatenate([p.neg for p in parts]),
             np.concatenate([p.row for p in parts]),
+            np.concatenate([p.log_weights() for p in parts]) if weighted else None,
         )
 
 
@@ -224,67 +268,144 @@ def sample_lists(
     allowed: np.ndarray,
     rng: np.random.Generator,
     negatives: int = 200,
+    personal: np.ndarray | None = None,
 ) -> ListSample:
-    """Positives and uniformly sampled negatives of one batch of visitors.
+    """Positives and sampled negatives of one batch of visitors.
 
     features  float32 [u, n_items, n_features]
     relevant  csr [u, n_items] (only allowed items)
     allowed   bool [u, n_items]: items that may be shown (negatives come only from these)
-    Visitors without a positive or without an allowed negative are skipped. Uniform negatives keep the
-    softmax normaliser unbiased (hard negatives bias it: the fit then learns that whatever put an item
-    near the top, popularity or a past purchase, is bad).
+    personal  bool [u, n_items] or None: the visitor's own candidates (items some sparse feature gives a
+              value); None: negatives uniform over every allowed item, each standing for one
+    Visitors without a positive or without an allowed negative are skipped.
+
+    With ``personal``, the negatives are a stratified sample: up to half of them from the visitor's own
+    candidates (all of them when they are that few), the rest uniform over the other allowed items, each
+    weighted (``neg_logw``) by how many items of its stratum it stands for. The softmax normaliser is
+    then an unbiased estimate of the sum over *every* non-relevant item, as without strata, but it sees
+    the items that compete with a positive for the top of the list (the visitor's other purchases, their
+    neighbours' items) instead of mostly items no feature scores: the fit learns to order the visitor's
+    own candidates, which is what the top of a list is made of. Unweighted hard negatives would bias it
+    (the fit then learns that whatever put an item near the top is bad).
     """
-    u, n, f = features.shape
+    u, _, f = features.shape
     pos_rows: list[np.ndarray] = []
     owners: list[np.ndarray] = []
     negs: list[np.ndarray] = []
+    logws: list[np.ndarray] = []
     rows: list[int] = []
     for r in range(u):
         pos = relevant.indices[relevant.indptr[r] : relevant.indptr[r + 1]]
         if len(pos) == 0:
             continue
-        cand = rng.integers(0, n, size=2 * negatives)
-        cand = cand[allowed[r, cand] & ~np.isin(cand, pos)][:negatives]
-        if len(cand) < negatives:
-            pool = np.flatnonzero(allowed[r])
-            pool = pool[~np.isin(pool, pos)]
-            if len(pool) == 0:
+        if personal is None:
+            cand = _uniform_negatives(allowed[r], pos, negatives, rng)
+            if cand is None:
                 continue
-            cand = rng.choice(pool, size=negatives, replace=len(pool) < negatives)
+            logw = np.zeros(negatives, np.float32)
+        else:
+            picked = _stratified_negatives(allowed[r], personal[r], pos, negatives, rng)
+            if picked is None:
+                continue
+            cand, logw = picked
         pos_rows.append(features[r, pos])
         owners.append(np.full(len(pos), len(negs), dtype=np.int64))
         negs.append(features[r, cand])
+        logws.append(logw)
         rows.append(r)
     if not negs:
         empty = np.zeros(0, np.int64)
-        return ListSample(np.zeros((0, f), np.float32), empty, np.zeros((0, negatives, f), np.float32), empty)
+        return ListSample(
+            np.zeros((0, f), np.float32),
+            empty,
+            np.zeros((0, negatives, f), np.float32),
+            empty,
+            None if personal is None else np.zeros((0, negatives), np.float32),
+        )
     return ListSample(
-        np.concatenate(pos_rows), np.concatenate(owners), np.stack(negs), np.array(rows, dtype=np.int64)
+        np.concatenate(pos_rows),
+        np.concatenate(owners),
+        np.stack(negs),
+        np.array(rows, dtype=np.int64),
+        None if personal is None else np.stack(logws),
     )
 
 
+def _uniform_negatives(
+    allowed: np.ndarray, pos: np.ndarray, negatives: int, rng: np.random.Generator
+) -> np.ndarray | None:
+    """int [negatives] items drawn uniformly from ``allowed`` (bool [n]) minus ``pos``; None: none left."""
+    n = len(allowed)
+    cand = rng.integers(0, n, size=2 * negatives)
+    cand = cand[allowed[cand] & ~np.isin(cand, pos)][:negatives]
+    if len(cand) < negatives:
+        pool = np.flatnonzero(allowed)
+        pool = pool[~np.isin(pool, pos)]
+        if len(pool) == 0:
+            return None
+        cand = rng.choice(pool, size=negatives, replace=len(pool) < negatives)
+    return cand
+
+
+def _stratified_negatives(
+    allowed: np.ndarray, personal: np.ndarray, pos: np.ndarray, negatives: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int [negatives] items, float32 [negatives] log weights) of ``sample_lists``' stratified sample from
+    ``allowed`` minus ``pos`` (bool [n], int [p]); -inf weights pad when fewer items exist; None: none."""
+    ok = allowed.copy()
+    ok[pos] = False
+    own, rest = np.flatnonzero(ok & personal), np.flatnonzero(ok & ~personal)
+    if len(own) + len(rest) == 0:
+        return None
+    half = negatives // 2
+    n_own = min(len(own), half if len(rest) else negatives)
+    n_rest = negatives - n_own if len(rest) else 0
+    take_own = own if n_own == len(own) else rng.choice(own, n_own, replace=False)
+    take_rest = rng.choice(rest, n_rest, replace=len(rest) < n_rest) if n_rest else np.zeros(0, np.int64)
+    items = np.concatenate([take_own, take_rest]).astype(np.int64)
+    logw = np.concatenate(
+        [
+            np.full(len(take_own), np.log(len(own) / len(take_own)) if len(take_own) else 0.0, np.float32),
+            np.full(
+                len(take_rest), np.log(len(rest) / len(take_rest)) if len(take_rest) else 0.0, np.float32
+            ),
+        ]
+    )
+    pad = negatives - len(items)
+    if pad:
+        items = np.concatenate([items, np.zeros(pad, np.int64)])
+        logw = np.concatenate([logw, np.full(pad, -np.inf, np.float32)])
+    return items, logw
+
+
 def _softmax_fit(lists: ListSample, l2: float) -> np.ndarray:
-    """Weights minimising the mean over positives of -log softmax(positive | positive + its negatives)
+    """Weights minimising the mean over visitors of the mean over their positives of
+    -log softmax(positive | positive + its negatives), each negative counted ``neg_logw`` times,
     + l2/2 |w|^2 (a sampled listwise loss: it rewards putting positives at the very top), with the
     weights of ``NON_POSITIVE`` features bounded above by 0."""
     pos = lists.pos.astype(np.float64)
     neg = lists.neg.astype(np.float64)
+    logw = lists.log_weights().astype(np.float64)
     owner = lists.owner
-    n_pos = len(pos)
+    # every visitor weighs the same, however many positives they have (as the metrics average over
+    # visitors): otherwise a few wholesalers with hundreds of new items each decide the blend
+    per_visitor = np.bincount(owner, minlength=len(neg)).astype(np.float64)
+    pw = 1.0 / per_visitor[owner]
+    pw /= pw.sum()
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
         sp_ = pos @ w  # [P]
-        sn = (neg @ w)[owner]  # [P, m]
+        sn = (neg @ w + logw)[owner]  # [P, m]: each negative counts for the items it stands for
         top = np.maximum(sp_, sn.max(axis=1))
         ep = np.exp(sp_ - top)
         en = np.exp(sn - top[:, None])
         z = ep + en.sum(axis=1)
-        val = float(np.mean(np.log(z) + top - sp_) + 0.5 * l2 * w @ w)
-        a_pos = ep / z - 1.0  # d loss / d s_pos
-        a_neg = en / z[:, None]  # d loss / d s_neg
+        val = float(pw @ (np.log(z) + top - sp_) + 0.5 * l2 * w @ w)
+        a_pos = (ep / z - 1.0) * pw  # d loss / d s_pos
+        a_neg = en / z[:, None] * pw[:, None]  # d loss / d s_neg
         per_row = np.zeros((len(neg), neg.shape[1]))
         np.add.at(per_row, owner, a_neg)
-        grad = (a_pos @ pos + np.einsum("vm,vmf->f", per_row, neg)) / n_pos + l2 * w
+        grad = a_pos @ pos + np.einsum("vm,vmf->f", per_row, neg) + l2 * w
         return val, grad
 
     bounds = [(None, 0.0) if f in NON_POSITIVE else (None, None) for f in FEATURE_NAMES]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from models.sources import concat_ranges
+from models.ranges import concat_ranges
 
 _KMEANS_SAMPLE = 25_000
 _KMEANS_ITERATIONS = 12

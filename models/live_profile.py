@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.blend import (
+    BASKET_FREQUENCY,
+    BASKET_NEIGHBOURS,
     BOUGHT_COUNT,
     BOUGHT_DECAYED,
     BOUGHT_RECENCY,
@@ -29,8 +31,10 @@ from models.blend import (
 )
 from models.domain import DAY, EventType
 from models.profiles import PURCHASE_DECAY_DAYS
+from models.ranges import concat_ranges
 from models.serving_rules import ServingRules
-from models.sources import ItemTables, bought_once, concat_ranges, substitute_weights
+from models.sources import ItemTables, bought_once, substitute_weights
+from models.tifu import TIFU_DEFAULTS, TifuParams, day_basket_vector, nearest_one
 
 _PURCHASE = EventType.PURCHASE.code
 _CANCEL = EventType.CANCEL.code
@@ -87,6 +91,19 @@ def best_anchors(m: sp.csr_matrix, anchors: np.ndarray, targets: np.ndarray) -> 
     return np.where(np.isfinite(vals[best, np.arange(len(targets))]), anchor, -1).astype(np.int64)
 
 
+def _basket_frequency(
+    rows: np.ndarray, items: np.ndarray, codes: np.ndarray, ts: np.ndarray, params: TifuParams
+) -> np.ndarray:
+    """float32 [m]: ``Profiles.basket_frequency`` of each of ``rows`` (int64 [m] sorted, every purchased
+    item among them) from the visitor's aligned events (items, codes, ts [n])."""
+    bought = codes == _PURCHASE
+    out = np.zeros(len(rows), np.float32)
+    if bought.any():
+        idx, vals = day_basket_vector(items[bought], ts[bought], params)
+        out[np.searchsorted(rows, idx)] = vals
+    return out
+
+
 def max_normalised(idx: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scale non-negative ``vals`` to a maximum of 1 (``row_max_normalise_sparse`` for one row)."""
     if len(vals) == 0:
@@ -105,6 +122,7 @@ class LiveProfile:
     purchase_age    float32 [m] days since the last purchase + 1e-3 (0: never bought)
     cart            float32 [m] 1 where the item is in the cart
     purchase_decay  float32 [m] sum of exp(-age / PURCHASE_DECAY_DAYS) over the item's purchases
+    basket_frequency float32 [m] the ``Profiles.basket_frequency`` of the item
     """
 
     items: np.ndarray
@@ -114,6 +132,7 @@ class LiveProfile:
     purchase_age: np.ndarray
     cart: np.ndarray
     purchase_decay: np.ndarray
+    basket_frequency: np.ndarray
 
     @property
     def is_new(self) -> bool:
@@ -122,12 +141,19 @@ class LiveProfile:
 
     @classmethod
     def from_arrays(
-        cls, items: np.ndarray, codes: np.ndarray, ts: np.ndarray, now: float, weights: np.ndarray
+        cls,
+        items: np.ndarray,
+        codes: np.ndarray,
+        ts: np.ndarray,
+        now: float,
+        weights: np.ndarray,
+        baskets: TifuParams = TIFU_DEFAULTS,
     ) -> LiveProfile:
         """From aligned event arrays (items int64 [n] catalog rows, codes int8 [n], ts float64 [n]) with
         every event at or before ``now``; the cart is derived from the events as ``Profiles`` does.
         weights: float [n_event_types] the weight of each event code (``EventWeights.vector()``, which the
-        caller computes once per model, not per visitor).
+        caller computes once per model, not per visitor); baskets: the decays of ``basket_frequency``
+        (``ServingRules.basket_params``).
 
         One pass of plain Python over the visitor's events (a few dozen): on arrays that small, each numpy
         call costs more than the loop body.
@@ -162,14 +188,16 @@ class LiveProfile:
         table = np.array([acc[i] for i in keys], dtype=np.float64).reshape(len(keys), 6)
         f32 = np.float32
         last, last_p = table[:, 1], table[:, 3]
+        rows = np.array(keys, dtype=np.int64)
         return cls(
-            np.array(keys, dtype=np.int64),
+            rows,
             np.maximum(table[:, 0], 0).astype(f32),
             np.where(np.isfinite(last), (now - last) / DAY + 1e-3, 0.0).astype(f32),
             np.maximum(table[:, 2], 0).astype(f32),
             np.where(np.isfinite(last_p), (now - last_p) / DAY + 1e-3, 0.0).astype(f32),
             table[:, 5].astype(f32),
             table[:, 4].astype(f32),
+            _basket_frequency(rows, items, codes, ts, baskets),
         )
 
     def with_cart(self, cart_items: np.ndarray) -> LiveProfile:
@@ -196,11 +224,15 @@ class LiveProfile:
             spread(self.purchase_age),
             cart,
             spread(self.purchase_decay),
+            spread(self.basket_frequency),
         )
 
-    def features(self, tables: ItemTables, rules: ServingRules, substitutes: bool = True) -> list[Entry]:
+    def features(
+        self, tables: ItemTables, rules: ServingRules, substitutes: bool = True, own_row: int = -1
+    ) -> list[Entry]:
         """The visitor's sparse blend features, as ``blend.sparse_features`` computes them for a one-row
-        ``Profiles`` with the same ``rules``; none at all for a visitor with no touched item and an empty
+        ``Profiles`` with the same ``rules`` (and ``own_rows`` [own_row]: the visitor's row in
+        ``tables.visitor_baskets``, -1: none); none at all for a visitor with no touched item and an empty
         cart. ``substitutes=False`` leaves out the substitute feature (a whole category per recent
         purchase): the request path takes it for its candidate rows only (``substitutes_at``)."""
         if self.is_new and not self.cart.any():
@@ -220,6 +252,7 @@ class LiveProfile:
         rec = np.exp(-self.touch_age[interested] / rules.similar_recency_days)
         sim = gather_rows(tables.similar, it[interested], np.log1p(self.interest[interested] * rec))
         decayed = self.purchase_decay > 0
+        in_baskets = self.basket_frequency > 0
         sub = self._substitutes(tables, rules) if substitutes else None
         f32 = np.float32
         bought_days, touch_days = rules.bought_recency_days, rules.touch_recency_days
@@ -234,7 +267,29 @@ class LiveProfile:
             (SIMILAR, *max_normalised(*sim)),
             (BOUGHT_DECAYED, *max_normalised(it[decayed], self.purchase_decay[decayed])),
             *([] if sub is None else [(SUBSTITUTE, *sub)]),
+            (BASKET_FREQUENCY, *max_normalised(it[in_baskets], self.basket_frequency[in_baskets])),
+            (BASKET_NEIGHBOURS, *max_normalised(*self._basket_neighbours(tables, rules, own_row))),
         ]
+
+    def _basket_neighbours(
+        self, tables: ItemTables, rules: ServingRules, own_row: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``sources.basket_neighbour_matrix`` for this visitor: (item rows int64 sorted, values float32):
+        the neighbours by ``tifu.nearest_one`` (the pool's entries in the visitor's basket items, summed
+        per pool row), then one gather of their rows."""
+        held = self.basket_frequency > 0
+        if tables.visitor_baskets is None or not held.any():
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        near = nearest_one(
+            tables.visitor_basket_index,
+            self.items[held],
+            self.basket_frequency[held],
+            own_row,
+            rules.basket_neighbours,
+        )
+        if len(near) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return gather_rows(tables.visitor_baskets, near, np.full(len(near), 1.0 / len(near)))
 
     def substitutes_at(self, tables: ItemTables, rules: ServingRules, rows: np.ndarray) -> Entry | None:
         """The substitute feature (``features``' entry) at ``rows`` only (int64 [c] sorted catalog rows, a

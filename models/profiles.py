@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from models.dataset import EventLog
 from models.domain import DAY, Event, EventType
+from models.tifu import TIFU_DEFAULTS, TifuParams, day_basket_vectors
 from models.weights import EventWeights
 
 PURCHASE_DECAY_DAYS = 90.0
@@ -33,6 +34,9 @@ class Profiles:
     purchase_age   days since the last purchase of the item (+1e-3)
     cart           1 where the item is in the cart now (last cart event was add_to_cart, no purchase since)
     purchase_decay sum over the item's purchases of exp(-age / PURCHASE_DECAY_DAYS): frequency that fades
+    basket_frequency  TIFU-KNN's personal vector over the visitor's purchase days as baskets, latest
+                   first (``tifu.day_basket_vectors``; decays from the ``TifuParams`` the profile was built
+                   with): how often the item was in the visitor's recent baskets
     """
 
     interest: sp.csr_matrix
@@ -41,6 +45,7 @@ class Profiles:
     purchase_age: sp.csr_matrix
     cart: sp.csr_matrix
     purchase_decay: sp.csr_matrix
+    basket_frequency: sp.csr_matrix
 
     @property
     def n_visitors(self) -> int:
@@ -83,9 +88,11 @@ def profiles_from_arrays(
     n_items: int,
     now: float,
     weights: EventWeights,
+    baskets: TifuParams = TIFU_DEFAULTS,
 ) -> Profiles:
     """Build profiles from aligned event arrays (rows int[n] in [0, n_rows), items int[n], events int8[n],
-    ts float64[n]). Events at or after ``now`` must already be removed."""
+    ts float64[n]). Events at or after ``now`` must already be removed. ``baskets``: the decays of
+    ``basket_frequency`` (``ServingRules.basket_params``)."""
     shape = (n_rows, n_items)
     w = weights.of(events)
     interest = _csr(rows, items, w, shape)
@@ -113,10 +120,19 @@ def profiles_from_arrays(
     cart = _csr(rows[cm][lastc][in_cart], items[cm][lastc][in_cart], np.ones(int(in_cart.sum())), shape)
     decay = np.exp(-(now - ts[is_p]) / (PURCHASE_DECAY_DAYS * DAY))
     purchase_decay = _csr(rows[is_p], items[is_p], decay, shape)
-    return Profiles(interest, touch_age, purchases, purchase_age, cart, purchase_decay)
+    basket_frequency = day_basket_vectors(
+        rows[is_p], items[is_p], ts[is_p], n_visitors=n_rows, n_items=n_items, params=baskets
+    )
+    return Profiles(interest, touch_age, purchases, purchase_age, cart, purchase_decay, basket_frequency)
 
 
-def profiles_from_log(log: EventLog, visitors: np.ndarray, now: float, weights: EventWeights) -> Profiles:
+def profiles_from_log(
+    log: EventLog,
+    visitors: np.ndarray,
+    now: float,
+    weights: EventWeights,
+    baskets: TifuParams = TIFU_DEFAULTS,
+) -> Profiles:
     """Profiles of ``visitors`` (int32[u] indices into ``log.visitor_ids``) from their events before ``now``.
 
     Row i of every matrix belongs to ``visitors[i]``.
@@ -133,6 +149,7 @@ def profiles_from_log(log: EventLog, visitors: np.ndarray, now: float, weights: 
         n_items=log.n_items,
         now=now,
         weights=weights,
+        baskets=baskets,
     )
 
 
@@ -142,6 +159,7 @@ def profile_from_events(
     n_items: int,
     now: float,
     weights: EventWeights,
+    baskets: TifuParams = TIFU_DEFAULTS,
 ) -> Profiles:
     """A one-row profile from one visitor's live events; events on unknown items are ignored here
     (they still count for the journey stage)."""
@@ -159,4 +177,5 @@ def profile_from_events(
         n_items=n_items,
         now=now,
         weights=weights,
+        baskets=baskets,
     )

@@ -357,11 +357,16 @@ class Recommender:
         # stage
         stage = self.stage_of(ctx, event_rows)
         # profile: the visitor's sparse features, representation and the page's anchor items
-        live = LiveProfile.from_arrays(items, codes, ts, ctx.now, self._event_weights)
+        live = LiveProfile.from_arrays(
+            items, codes, ts, ctx.now, self._event_weights, self.serving.basket_params
+        )
         live = live.with_cart(c.rows_of(list(ctx.cart)))
         # without the substitute feature: a whole category per recent one-off purchase, taken for the
-        # rows that are scored once they are known (``LiveProfile.substitutes_at``)
-        features = live.features(sc.tables, self.serving, substitutes=False)
+        # rows that are scored once they are known (``LiveProfile.substitutes_at``); the visitor's own
+        # row of the basket-neighbours pool (the vocabulary lists the model's visitors first, in the
+        # pool's order) is never their neighbour
+        own_row = self.user_index.get(f"visitor:{ctx.visitor_id}", -1)
+        features = live.features(sc.tables, self.serving, substitutes=False, own_row=own_row)
         uf, rep = self._visitor(ctx, stage.stage, items)
         anchors = page_anchors(c, ctx)
         page = page_entries(sc.tables, ctx, anchors)

@@ -109,6 +109,9 @@ class StageScorer:
         # standard deviation of one visitor's factor scores over all items then cost O(d^2), not two passes
         a = np.hstack([self.item_repr, self.item_bias[:, None]]).astype(np.float64)
         self.moments = (a.mean(axis=0), a.T @ a / max(len(a), 1))
+        # the basket-neighbours pool by item, built here (model load, off the request path), not on the
+        # first request that needs it
+        _ = self.tables.visitor_basket_index
 
     @property
     def n_items(self) -> int:
@@ -138,11 +141,13 @@ class StageScorer:
         stages: np.ndarray,
         user_features: sp.csr_matrix,
         extra_repr: np.ndarray | None = None,
+        own_rows: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Blended scores for ``u`` visitors.
 
         stages int8 [u] Stage.index; user_features csr [u, n_user_features]; extra_repr float32 [u, d] added
-        to the user representation (e.g. the mean embedding of items viewed in the live session).
+        to the user representation (e.g. the mean embedding of items viewed in the live session); own_rows
+        int64 [u] each visitor's row among the model's visitors (-1: none; ``blend.sparse_features``).
         Returns (float32 [u, n_items] score, int8 [u, n_items] index of the dominant feature).
         """
         rep = self.factors.user_representations(user_features)
@@ -151,7 +156,10 @@ class StageScorer:
         fs = self.factor_scores(rep)
         w = self.blend_weights[stages.astype(np.int64)]
         return blend(
-            w, feature_arrays(self.tables, profiles, fs, self.rules), profiles.n_visitors, self.n_items
+            w,
+            feature_arrays(self.tables, profiles, fs, self.rules, own_rows),
+            profiles.n_visitors,
+            self.n_items,
         )
 
     def raw_scores(self, user_repr: np.ndarray, user_row: UserRow) -> np.ndarray:  # noqa: ARG002

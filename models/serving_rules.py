@@ -12,6 +12,7 @@ import math
 import msgspec
 
 from models.domain import Stage
+from models.tifu import TifuParams
 
 
 class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,6 +29,12 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
     substitute_cutoff            retention never serves an item whose substitute value reaches this: another
                                  kettle within about two days of a kettle whose buyers rarely buy another
                                  (0.5; the value is at most 1; training and evaluation apply it too)
+    basket_group_size            the basket-frequency source (``models.tifu``, TIFU-KNN's personal vector
+    basket_within_decay          over the visitor's purchase days, the latest first): days per group (7),
+    basket_group_decay           decay per later day within a group (0.9) and per later group (0.7); the
+                                 defaults are TIFU-KNN's published ones
+    basket_neighbours            the basket-neighbours source: the mean basket-frequency vector of this
+                                 many most cosine-similar training visitors (300, TIFU-KNN's default)
 
     Request path:
     context_weight               weight of the page's anchors (product on screen, cart) added to the
@@ -56,6 +63,10 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
     similar_recency_days: float = 30.0
     substitute_recency_days: float = 3.0
     substitute_cutoff: float = 0.5
+    basket_group_size: int = 7
+    basket_within_decay: float = 0.9
+    basket_group_decay: float = 0.7
+    basket_neighbours: int = 300
     context_weight: float = 1.0
     anchor_threshold: float = 0.2
     recent_for_cold: int = 10
@@ -83,8 +94,24 @@ class ServingRules(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(
                 f"ServingRules.substitute_cutoff must be in (0, 1], got {self.substitute_cutoff}"
             )
+        for name in ("basket_within_decay", "basket_group_decay"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"ServingRules.{name} must be in (0, 1], got {getattr(self, name)}")
+        for name in ("basket_group_size", "basket_neighbours"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServingRules.{name} must be >= 1, got {getattr(self, name)}")
         if self.recent_for_cold < 1:
             raise ValueError(f"ServingRules.recent_for_cold must be >= 1, got {self.recent_for_cold}")
+
+    @property
+    def basket_params(self) -> TifuParams:
+        """The basket sources' settings as ``TifuParams`` (alpha unused: the blend weighs the two)."""
+        return TifuParams(
+            neighbours=self.basket_neighbours,
+            within_decay=self.basket_within_decay,
+            group_decay=self.basket_group_decay,
+            group_size=self.basket_group_size,
+        )
 
 
 DEFAULT_SERVING = ServingRules()

@@ -17,6 +17,7 @@ from models.dataset import EventLog
 from models.domain import CatalogItem, EventType
 from models.profiles import DAY, Profiles
 from models.serving_rules import DEFAULT_SERVING, ServingRules
+from models.tifu import nearest_in_pool, neighbour_mean, row_normalised
 from models.weights import EventWeights, positive_codes
 
 
@@ -31,13 +32,6 @@ def top_n_per_row(m: sp.csr_matrix, n: int) -> sp.csr_matrix:
     out = sp.csr_matrix((m.data[keep], (rows[keep], m.indices[keep])), shape=m.shape, dtype=np.float32)
     out.sort_indices()
     return out
-
-
-def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """int64 [sum(counts)]: the indices start, start + 1, ... of every range (starts, counts int [r]) in
-    order, without a Python loop (e.g. the entries of some rows of a csr matrix)."""
-    total = int(counts.sum())
-    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
 
 
 def row_max_normalise(a: np.ndarray) -> np.ndarray:
@@ -99,6 +93,10 @@ class ItemTables:
                   restocks in many designs: most); None: not counted (a model fitted before it)
     repeatable    bool [n_items] the catalog says the item is bought again and again
                   (``CatalogItem.repeatable``, from the catalog as ``category``); None: not known
+    visitor_baskets  csr float32 [n_visitors, n_items]: every training visitor's ``basket_frequency``
+                  (``Profiles``) at ``as_of``, rows in the order of the model's visitors (the user
+                  vocabulary's ``visitor:`` features), the pool the basket-neighbours source searches;
+                  None: not kept (that source is then empty)
     """
 
     popularity: np.ndarray
@@ -111,6 +109,7 @@ class ItemTables:
     as_of: float | None = None
     category_repeat: np.ndarray | None = None
     repeatable: np.ndarray | None = None
+    visitor_baskets: sp.csr_matrix | None = None
 
     @property
     def n_items(self) -> int:
@@ -162,7 +161,21 @@ class ItemTables:
             repeatable=None
             if self.repeatable is None
             else np.concatenate([self.repeatable, np.zeros(m, bool)]),
+            visitor_baskets=None
+            if self.visitor_baskets is None
+            else sp.csr_matrix(
+                (self.visitor_baskets.data, self.visitor_baskets.indices, self.visitor_baskets.indptr),
+                shape=(self.visitor_baskets.shape[0], self.n_items + m),
+            ),
         )
+
+    @cached_property
+    def visitor_basket_index(self) -> sp.csc_matrix:
+        """csc float32 [n_visitors, n_items]: ``visitor_baskets`` with unit rows, by item (the neighbour
+        search's similarities are products with its columns); empty without ``visitor_baskets``."""
+        if self.visitor_baskets is None:
+            return sp.csc_matrix((0, self.n_items), dtype=np.float32)
+        return sp.csc_matrix(row_normalised(self.visitor_baskets), dtype=np.float32)
 
     @cached_property
     def category_members(self) -> sp.csr_matrix:
@@ -335,6 +348,24 @@ def substitutes_kept_out(
     out = sp.csr_matrix(sub >= np.float32(rules.substitute_cutoff), dtype=bool)
     out.eliminate_zeros()
     return out
+
+
+def basket_neighbour_matrix(
+    tables: ItemTables, profiles: Profiles, rules: ServingRules, own_rows: np.ndarray | None = None
+) -> sp.csr_matrix:
+    """csr float32 [u, n_items]: the mean ``basket_frequency`` of the ``rules.basket_neighbours`` training
+    visitors (``tables.visitor_baskets``) most cosine-similar to each visitor's own (TIFU-KNN's neighbour
+    part), never the visitor's own training row (``own_rows`` int64 [u], -1: none); empty rows for a
+    visitor with no purchase or no neighbour sharing an item, and without ``visitor_baskets``."""
+    u = profiles.n_visitors
+    own = profiles.basket_frequency
+    if tables.visitor_baskets is None or own.nnz == 0:
+        return sp.csr_matrix((u, tables.n_items), dtype=np.float32)
+    exclude = np.full(u, -1, np.int64) if own_rows is None else np.asarray(own_rows, np.int64)
+    idx, _ = nearest_in_pool(
+        tables.visitor_basket_index, row_normalised(own), exclude, rules.basket_neighbours
+    )
+    return neighbour_mean(tables.visitor_baskets, idx)
 
 
 def similar_scores(

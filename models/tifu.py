@@ -22,11 +22,14 @@ distance among a training subset of users.
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 import numpy as np
 import scipy.sparse as sp
 
 from models.domain import DAY
+from models.ranges import concat_ranges
 
 
 class TifuParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,8 +44,9 @@ class TifuParams(msgspec.Struct, frozen=True, kw_only=True):
 
 TIFU_DEFAULTS = TifuParams()
 
-#: dense float32 cells one block of the neighbour search may hold ([rows, visitors] similarities)
-_BLOCK_BUDGET = 30_000_000
+#: similarities one block of the neighbour search may hold ([rows, visitors]; with the float64 product and
+#: the masks of the top-k choice about 24 bytes each)
+_BLOCK_BUDGET = 10_000_000
 
 
 def basket_keys(visitor: np.ndarray, session: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -99,47 +103,191 @@ def user_vectors(
     return sp.csr_matrix(out, dtype=np.float32)
 
 
+def day_basket_vectors(
+    visitor: np.ndarray,
+    item: np.ndarray,
+    ts: np.ndarray,
+    *,
+    n_visitors: int,
+    n_items: int,
+    params: TifuParams = TIFU_DEFAULTS,
+) -> sp.csr_matrix:
+    """``user_vectors`` with each visitor's calendar days (UTC) as the baskets: what the request path can
+    rebuild from a visitor's purchases alone (events carry no invoice there). Aligned purchases: visitor
+    int [n], item int [n], ts float64 [n]; csr float32 [n_visitors, n_items]."""
+    day = np.floor(np.asarray(ts, np.float64) / DAY).astype(np.int64)
+    return user_vectors(visitor, item, day, ts, n_visitors=n_visitors, n_items=n_items, params=params)
+
+
+def day_basket_vector(
+    items: np.ndarray, ts: np.ndarray, params: TifuParams = TIFU_DEFAULTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """``day_basket_vectors`` of one visitor, the request path's form: (item rows int64 [p] sorted, values
+    float32 [p]) from their aligned purchases (items int [n], ts float64 [n]). One pass of plain Python
+    over the visitor's purchases (a handful: a numpy call costs more than the loop body), with the batch
+    form's float64 weights, summed in the same order (oldest basket first)."""
+    days: dict[int, set[int]] = {}
+    for item, t in zip(np.asarray(items).tolist(), np.asarray(ts, np.float64).tolist(), strict=True):
+        days.setdefault(math.floor(t / DAY), set()).add(int(item))
+    m, n_b = params.group_size, len(days)
+    n_groups = -(-n_b // m)
+    summed: dict[int, float] = {}
+    for i, day in enumerate(sorted(days)):
+        group, within = divmod(n_b - 1 - i, m)  # baskets after this one (0 = the latest), by group
+        in_group = n_b - m * (n_groups - 1) if group == n_groups - 1 else m
+        weight = params.within_decay**within / in_group * params.group_decay**group / n_groups
+        for item in days[day]:
+            summed[item] = summed.get(item, 0.0) + weight
+    rows = sorted(summed)
+    return np.array(rows, np.int64), np.array([summed[r] for r in rows], np.float32)
+
+
+def unit_values(data: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """float32 [nnz]: the values ``data`` (float [nnz]) of the rows ``indptr`` (int [r + 1], csr-style)
+    delimits, each row scaled to unit L2 norm (an all-zero row stays zero). One computation for the batch
+    (``row_normalised``) and the request path (``nearest_one``): float64 sums in the same order, so that
+    both give the same float32 values to the bit."""
+    v = np.asarray(data, np.float64)
+    bounds = np.asarray(indptr, np.int64)
+    counts = bounds[1:] - bounds[:-1]
+    if len(v) == 0:
+        return np.zeros(0, np.float32)
+    starts = bounds[:-1][counts > 0]
+    sq = np.zeros(len(counts))
+    sq[counts > 0] = np.add.reduceat(v * v, starts)
+    norm = np.repeat(np.sqrt(sq), counts)
+    return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0).astype(np.float32)
+
+
 def row_normalised(u: sp.csr_matrix) -> sp.csr_matrix:
     """csr float32: ``u`` with every non-empty row scaled to unit L2 norm (cosine by dot products)."""
-    norms = np.sqrt(np.asarray(u.multiply(u).sum(axis=1)).ravel())
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    return sp.csr_matrix(sp.diags(inv.astype(np.float32)) @ u, dtype=np.float32)
+    c = sp.csr_matrix(u, dtype=np.float32)
+    c.sum_duplicates()
+    return sp.csr_matrix((unit_values(c.data, c.indptr), c.indices, c.indptr), shape=c.shape)
 
 
 def nearest_neighbours(
     normed: sp.csr_matrix, rows: np.ndarray, k: int, *, block_budget: int = _BLOCK_BUDGET
 ) -> tuple[np.ndarray, np.ndarray]:
     """(int64 [r, k] neighbour rows, float32 [r, k] their cosine) of each of ``rows`` (int [r]) among all
-    rows of ``normed`` (``row_normalised``), a row never its own neighbour. Exact: brute force in blocks
-    of rows (sparse products, ``argpartition``), each block at most ``block_budget`` similarities. Where
-    fewer than k rows share anything with it, the rest are -1 with cosine 0. Ties at the k-th cosine are
-    broken by ``argpartition``'s order."""
-    n = normed.shape[0]
-    k_eff = max(0, min(k, n - 1))
-    idx_out = np.full((len(rows), k), -1, np.int64)
-    sim_out = np.zeros((len(rows), k), np.float32)
-    if k_eff == 0 or len(rows) == 0:
+    rows of ``normed`` (``row_normalised``), a row never its own neighbour: ``nearest_in_pool`` with the
+    rows as their own queries."""
+    rows = np.asarray(rows, np.int64)
+    return nearest_in_pool(normed.tocsc(), normed[rows], rows, k, block_budget=block_budget)
+
+
+def nearest_in_pool(
+    pool_by_item: sp.csc_matrix,
+    queries: sp.csr_matrix,
+    exclude: np.ndarray,
+    k: int,
+    *,
+    block_budget: int = _BLOCK_BUDGET,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 [q, k] pool rows, float32 [q, k] their cosine): the ``k`` rows of the pool (``pool_by_item``:
+    csc [n_pool, n_items] of unit rows, ``row_normalised``) most cosine-similar to each row of ``queries``
+    (csr [q, n_items] of unit rows), never the pool row ``exclude`` names (int64 [q]; -1: none), e.g. the
+    visitor asking. Exact: brute force in blocks of queries (a sparse product, ``argpartition``), each
+    block at most ``block_budget`` similarities. Where fewer than k pool rows share anything with a query,
+    the rest are -1 with cosine 0. Ties at the k-th cosine are broken by ``argpartition``'s order."""
+    n = pool_by_item.shape[0]
+    q_n = queries.shape[0]
+    k_eff = max(0, min(k, n))
+    idx_out = np.full((q_n, k), -1, np.int64)
+    sim_out = np.zeros((q_n, k), np.float32)
+    if k_eff == 0 or q_n == 0:
         return idx_out, sim_out
+    exclude = np.asarray(exclude, np.int64)
     step = max(1, block_budget // max(n, 1))
-    by_item = normed.tocsc()
-    for lo in range(0, len(rows), step):
-        q = np.asarray(rows[lo : lo + step], np.int64)
-        block = normed[q]
+    for lo in range(0, q_n, step):
+        block = queries[lo : lo + step]
+        b = block.shape[0]
         # similarities as sparse [n, items of the block] x dense [items of the block, b]: popular items
-        # make the product all but dense, which a sparse x sparse product builds slowly
+        # make the product all but dense, which a sparse x sparse product builds slowly. float64 sums
+        # column by column, in the order ``nearest_one`` sums them: the same cosines to the bit.
         cols = np.unique(block.indices)
-        dense = block[:, cols].toarray()
-        s = np.ascontiguousarray((by_item[:, cols] @ dense.T).T, dtype=np.float32)
-        s[np.arange(len(q)), q] = -np.inf
-        # the k largest: partitioned at n - k (measured several times faster than at k - 1 of -s)
-        part = np.argpartition(s, n - k_eff, axis=1)[:, n - k_eff :]  # k_eff < n: self is excluded
-        vals = np.take_along_axis(s, part, axis=1)
-        order = np.argsort(-vals, axis=1, kind="stable")
-        part, vals = np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
-        found = vals > 0
-        idx_out[lo : lo + len(q), :k_eff] = np.where(found, part, -1)
-        sim_out[lo : lo + len(q), :k_eff] = np.where(found, vals, 0.0)
+        dense = block[:, cols].toarray().astype(np.float64)
+        pool = sp.csc_matrix(pool_by_item[:, cols], dtype=np.float64)
+        s = np.ascontiguousarray((pool @ dense.T).T, dtype=np.float32).reshape(b, n)
+        ex = exclude[lo : lo + b]
+        own = (ex >= 0) & (ex < n)
+        s[np.flatnonzero(own), ex[own]] = 0.0
+        r, c = np.nonzero(top_mask(s, k_eff))
+        _place(r, c, s[r, c], idx_out[lo : lo + b], sim_out[lo : lo + b])
     return idx_out, sim_out
+
+
+def top_mask(s: np.ndarray, k: int) -> np.ndarray:
+    """bool [b, n]: each row's ``k`` largest positive values of ``s`` (float32 [b, n]); of values tied at
+    the k-th, those in the lowest columns. The rule ``nearest_in_pool`` and ``nearest_one`` share, so that
+    a tie picks the same neighbours on the batch and the request path."""
+    n = s.shape[1]
+    if k >= n:
+        return s > 0
+    # the k-th largest: partitioned at n - k (measured several times faster than at k - 1 of -s)
+    kth = np.partition(s, n - k, axis=1)[:, n - k : n - k + 1]
+    above, tied = s > kth, s == kth
+    room = k - above.sum(axis=1, keepdims=True)
+    return (above | (tied & (np.cumsum(tied, axis=1) <= room))) & (s > 0)
+
+
+def _place(r: np.ndarray, c: np.ndarray, v: np.ndarray, idx_out: np.ndarray, sim_out: np.ndarray) -> None:
+    """Write the kept (row r, column c, cosine v) of a block into ``idx_out`` / ``sim_out`` [b, k], each
+    row's most similar first (ties: the lower column first)."""
+    order = np.lexsort((c, -v, r))
+    r, c, v = r[order], c[order], v[order]
+    start = np.searchsorted(r, np.arange(idx_out.shape[0]))
+    slot = np.arange(len(r)) - start[r]
+    idx_out[r, slot] = c
+    sim_out[r, slot] = v
+
+
+def nearest_one(
+    pool_by_item: sp.csc_matrix, items: np.ndarray, values: np.ndarray, exclude: int, k: int
+) -> np.ndarray:
+    """int64 [<= k]: ``nearest_in_pool`` for one query given as its sorted distinct columns ``items``
+    (int64 [m]) and their values (float [m], made unit here as ``row_normalised`` does), most similar
+    first; the request path's form. No sparse product: the pool's entries in the query's columns summed
+    per pool row, and a partial sort of the rows that share a column only."""
+    n = pool_by_item.shape[0]
+    if len(items) == 0 or n == 0 or k <= 0:
+        return np.zeros(0, np.int64)
+    # ``unit_values`` of one row, without its bookkeeping for many: the same reduction, so the same bits
+    v = np.asarray(values, np.float64)
+    norm = math.sqrt(float(np.add.reduceat(v * v, _FIRST)[0]))
+    if norm == 0:
+        return np.zeros(0, np.int64)
+    unit = (v / norm).astype(np.float32).astype(np.float64)
+    starts = pool_by_item.indptr[items]
+    counts = pool_by_item.indptr[items + 1] - starts
+    at = concat_ranges(starts, counts)
+    rows = pool_by_item.indices[at]
+    weights = pool_by_item.data[at].astype(np.float64) * np.repeat(unit, counts)
+    sums = np.bincount(rows, weights=weights, minlength=n).astype(np.float32)
+    if 0 <= exclude < n:
+        sums[exclude] = 0.0
+    shared = np.flatnonzero(sums > 0)
+    s = sums[shared]
+    if len(shared) > k:  # else every row sharing an item is a neighbour
+        keep = np.flatnonzero(top_mask(s[None, :], k)[0])
+        shared, s = shared[keep], s[keep]
+    return shared[np.lexsort((shared, -s))].astype(np.int64)
+
+
+#: the one segment of a one-row ``np.add.reduceat``
+_FIRST = np.zeros(1, np.intp)
+
+
+def neighbour_mean(pool: sp.csr_matrix, idx: np.ndarray) -> sp.csr_matrix:
+    """csr float32 [q, n_items]: per row of ``idx`` (int64 [q, k] rows of ``pool``, -1: none, as
+    ``nearest_in_pool`` gives them), the mean of those rows of ``pool`` (csr [n_pool, n_items]); an empty
+    row where none was found."""
+    found = idx >= 0
+    count = found.sum(axis=1)
+    r = np.repeat(np.arange(len(idx)), count)
+    w = np.repeat(1.0 / np.maximum(count, 1), count)
+    mean_of = sp.csr_matrix((w, (r, idx[found])), shape=(len(idx), pool.shape[0]), dtype=np.float32)
+    return sp.csr_matrix(mean_of @ pool, dtype=np.float32)
 
 
 def predict(
@@ -154,10 +302,7 @@ def predict(
     rows = np.asarray(rows, np.int64)
     unit = row_normalised(vectors) if normed is None else normed
     idx, _ = nearest_neighbours(unit, rows, params.neighbours)
-    found = idx >= 0
-    count = found.sum(axis=1)
-    r = np.repeat(np.arange(len(rows)), count)
-    w = np.repeat(1.0 / np.maximum(count, 1), count)
-    mean_of = sp.csr_matrix((w, (r, idx[found])), shape=(len(rows), vectors.shape[0]), dtype=np.float32)
     own = vectors[rows]
-    return sp.csr_matrix(params.alpha * own + (1.0 - params.alpha) * (mean_of @ vectors), dtype=np.float32)
+    return sp.csr_matrix(
+        params.alpha * own + (1.0 - params.alpha) * neighbour_mean(vectors, idx), dtype=np.float32
+    )

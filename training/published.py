@@ -80,6 +80,10 @@ def reindexed(bundle: ModelBundle, log: EventLog) -> tuple[FactorModel, ItemTabl
         known=take(t.known, False),
         category=take_opt(t.category, -1),
         repeatable=take_opt(t.repeatable, False),
+        # the pool keeps the model's visitors as its rows (``PublishedRanker.pool_rows`` finds them)
+        visitor_baskets=None
+        if t.visitor_baskets is None
+        else (t.visitor_baskets @ pick.T).tocsr().astype(np.float32),
     )
     return factors, tables
 
@@ -92,6 +96,7 @@ class PublishedRanker(StageAwareRanker):
         super().__init__(config_of(bundle, cfg))
         self.bundle = bundle
         self.name = name
+        self._pool_row = np.zeros(0, np.int64)
 
     def fit(self, train: EventLog) -> None:
         b = self.bundle
@@ -107,3 +112,12 @@ class PublishedRanker(StageAwareRanker):
             trained_until=b.manifest.trained_until,
             context=visitor_context_tokens(train),
         )
+        # each of the log's visitors' row in the model's basket pool: the model's visitors come first in
+        # its user vocabulary, in the pool's order (-1: a visitor the model never saw)
+        index = b.user_vocab.index()
+        n_pool = b.manifest.n_visitors
+        rows = np.array([index.get(f"visitor:{v}", -1) for v in train.visitor_ids], np.int64)
+        self._pool_row = np.where(rows < n_pool, rows, -1)
+
+    def pool_rows(self, visitors: np.ndarray) -> np.ndarray:
+        return self._pool_row[np.asarray(visitors, np.int64)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
 import numpy as np
@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from models.blend import (
     FEATURE_SOURCES,
     N_FEATURES,
+    SPARSE_COLUMNS,
     BlendWeights,
     ListSample,
     feature_arrays,
@@ -241,12 +242,16 @@ def fit_stage_model(
     pre, val, at = _validation_split(log, cfg, rng)
     say(f"factorisation on {pre.n_events:,} events before the validation window")
     f.train(pre, cfg.factors.epochs)
-    tables = fit_item_tables(pre, at, cfg.weights, cfg.positive, neighbours=cfg.neighbours)
+    tables = _with_baskets(
+        fit_item_tables(pre, at, cfg.weights, cfg.positive, neighbours=cfg.neighbours), pre, at, cfg
+    )
     blend_w = _fit_blend(f, pre, val, at, tables, cfg, rng, say)
     say(f"warm start over all {log.n_events:,} events")
     f.train(log, cfg.factors.warm_epochs)
     end = float(log.ts.max()) + 1.0
-    tables = fit_item_tables(log, end, cfg.weights, cfg.positive, neighbours=cfg.neighbours)
+    tables = _with_baskets(
+        fit_item_tables(log, end, cfg.weights, cfg.positive, neighbours=cfg.neighbours), log, end, cfg
+    )
     return FittedStageModel(
         scorer=f.scorer(tables, blend_w.matrix()),
         item_vocab=f.item_vocab,
@@ -257,6 +262,13 @@ def fit_stage_model(
         trained_until=end,
         context=f.context,
     )
+
+
+def _with_baskets(tables: ItemTables, log: EventLog, now: float, cfg: StageModelConfig) -> ItemTables:
+    """``tables`` with every visitor's ``basket_frequency`` at ``now`` (from ``log``'s purchases before it)
+    as the basket-neighbours pool, rows by visitor index (the user vocabulary's order)."""
+    pool = profiles_from_log(log, np.arange(log.n_visitors), now, cfg.weights, cfg.serving.basket_params)
+    return replace(tables, visitor_baskets=pool.basket_frequency)
 
 
 def _fit_blend(
@@ -310,12 +322,12 @@ def _fit_blend(
     bs = _batch_size(log.n_items)
     for lo in range(0, len(visitors), bs):
         vb = visitors[lo : lo + bs]
-        prof = profiles_from_log(pre, vb, at, cfg.weights)
+        prof = profiles_from_log(pre, vb, at, cfg.weights, cfg.serving.basket_params)
         st = stage_all[vb]
         uf = user_rows_for(f.user_index, len(f.user_vocab.names), log, vb, st, f.context, known_v)
         fs = scorer.factor_scores(scorer.factors.user_representations(uf))
         feats = np.zeros((len(vb), log.n_items, N_FEATURES), np.float32)
-        for j, x in feature_arrays(tables, prof, fs, cfg.serving):
+        for j, x in feature_arrays(tables, prof, fs, cfg.serving, vb.astype(np.int64)):
             feats[:, :, j] = x
         ok = np.broadcast_to(allowed, (len(vb), log.n_items)).copy()
         if cfg.exclude_seen:
@@ -324,7 +336,9 @@ def _fit_blend(
         ok &= ~substitutes_kept_out(tables, prof, st == Stage.RETENTION.index, cfg.serving).toarray()
         rel = relevant[lo : lo + bs].multiply(ok).tocsr()
         rel.eliminate_zeros()
-        part = sample_lists(feats, rel, ok, rng)
+        # the visitor's own candidates: negatives are drawn from them and from the rest separately
+        personal = (feats[:, :, list(SPARSE_COLUMNS)] != 0).any(axis=2)
+        part = sample_lists(feats, rel, ok, rng, personal=personal)
         parts.append(part)
         stages.append(st[part.row[part.owner]])  # the stage of the visitor behind each positive
     return fit_blend(ListSample.concat(parts), np.concatenate(stages).astype(np.int8))
@@ -361,10 +375,10 @@ class StageAwareRanker:
         bs = _batch_size(log.n_items, features=3)
         for lo in range(0, len(visitors), bs):
             vb = visitors[lo : lo + bs]
-            prof = profiles_from_log(log, vb, now, self.cfg.weights)
+            prof = profiles_from_log(log, vb, now, self.cfg.weights, self.cfg.serving.basket_params)
             st = stage_all[vb]
             uf = user_rows_for(vocab_index, len(fm.user_vocab.names), log, vb, st, fm.context, known_v)
-            scores, dominant = fm.scorer.score(prof, st, uf)
+            scores, dominant = fm.scorer.score(prof, st, uf, own_rows=self.pool_rows(vb))
             # as the service: retention never serves the substitutes of a fresh one-off purchase
             kept_out = substitutes_kept_out(
                 fm.scorer.tables, prof, st == Stage.RETENTION.index, fm.scorer.rules
@@ -373,6 +387,12 @@ class StageAwareRanker:
             if exclude_seen:
                 ok = ok & ~(prof.seen().toarray() > 0)
             yield scores, dominant, ok, st
+
+    def pool_rows(self, visitors: np.ndarray) -> np.ndarray:
+        """int64 [u]: each of ``visitors``' (int [u] indices of the training log) row in the model's basket
+        pool (``ItemTables.visitor_baskets``), never their own neighbour: the pool's rows are the training
+        log's visitors."""
+        return np.asarray(visitors, np.int64)
 
     def recommend(self, visitors: np.ndarray, now: float, k: int, exclude_seen: bool) -> np.ndarray:
         out = [top_k(scores, k, ok) for scores, _, ok, _ in self._scored(visitors, now, exclude_seen)]

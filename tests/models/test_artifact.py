@@ -25,6 +25,7 @@ def _publish(
     serving: ServingRules = DEFAULT_SERVING,
     catalog: list[CatalogItem] | None = None,
     category_repeat: np.ndarray | None = None,
+    visitor_baskets: sp.csr_matrix | None = None,
 ) -> Path:
     rng = np.random.default_rng(seed)
     n_items, n_if, n_uf, d = 4, 6, 5, 3
@@ -49,6 +50,7 @@ def _publish(
         similar=sp.random(n_items, n_items, density=0.5, format="csr", dtype=np.float32, random_state=2),
         known=np.ones(n_items, bool),
         category_repeat=category_repeat,
+        visitor_baskets=visitor_baskets,
     )
     blend = BlendWeights([StageBlend(s.value, dict.fromkeys(FEATURE_NAMES, 0.5), 10, "all") for s in STAGES])
     return artifact.publish(
@@ -247,6 +249,21 @@ def test_the_tables_keep_the_category_rebuy_rates_and_read_repeatable_from_the_c
     assert (
         older.tables.rebuy_rate(np.arange(4)).tolist() == older.tables.item_rebuy_rate(np.arange(4)).tolist()
     )
+
+
+def test_the_basket_pool_travels_with_the_model(tmp_path):
+    pool = sp.random(7, 4, density=0.4, format="csr", dtype=np.float32, random_state=5)
+    b = artifact.load(_publish(tmp_path, visitor_baskets=pool))
+    assert b.tables.visitor_baskets is not None
+    np.testing.assert_array_equal(b.tables.visitor_baskets.toarray(), pool.toarray())
+    # a model published before the basket-neighbours source loads without a pool (the source is empty)
+    assert artifact.load(_publish(tmp_path / "older")).tables.visitor_baskets is None
+
+
+def test_a_basket_pool_not_one_row_per_visitor_is_refused(tmp_path):
+    pool = sp.random(5, 4, density=0.4, format="csr", dtype=np.float32, random_state=5)
+    with pytest.raises(ArtifactError, match=r"visitor_baskets\.shape"):
+        artifact.load(_publish(tmp_path, visitor_baskets=pool))
 
 
 def test_prune_keeps_the_newest_latest_and_protected(tmp_path):

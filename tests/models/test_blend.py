@@ -105,3 +105,49 @@ def test_sample_lists_uses_only_allowed_negatives_and_relevant_positives():
             assert j
             assert j[0] < 20
             assert j[0] not in own  # never one of this visitor's relevant items
+
+
+def test_stratified_negatives_stand_for_every_non_relevant_item():
+    """Each stratum's negatives, weighted, count its items exactly once in total; a visitor with few own
+    candidates has all of them, each standing for itself."""
+    rng = np.random.default_rng(2)
+    u, n = 4, 60
+    feats = rng.random((u, n, N_FEATURES)).astype(np.float32)
+    relevant = sp.csr_matrix(([1, 1, 1, 1], ([0, 1, 2, 3], [3, 40, 5, 6])), shape=(u, n))
+    allowed = np.ones((u, n), bool)
+    allowed[:, 50:] = False
+    personal = np.zeros((u, n), bool)
+    personal[0, :30] = True  # many own candidates: sampled
+    personal[1, [1, 2, 3]] = True  # few: all of them
+    personal[2, :] = True  # nothing else left: every negative is an own candidate
+    lists = sample_lists(feats, relevant, allowed, rng, negatives=16, personal=personal)
+    assert lists.neg_logw is not None
+    assert lists.row.tolist() == [0, 1, 2, 3]
+    for v, r in enumerate(lists.row):
+        ok = allowed[r].copy()
+        ok[relevant.indices[relevant.indptr[r] : relevant.indptr[r + 1]]] = False
+        items = [int(np.flatnonzero((feats[r] == neg).all(axis=1))[0]) for neg in lists.neg[v]]
+        w = np.exp(lists.neg_logw[v].astype(np.float64))
+        real = np.isfinite(lists.neg_logw[v])
+        assert all(ok[i] for i, keep in zip(items, real, strict=True) if keep)
+        own = np.array([personal[r, i] for i in items])
+        assert np.isclose(w[real & own].sum(), (ok & personal[r]).sum())
+        assert np.isclose(w[real & ~own].sum(), (ok & ~personal[r]).sum())
+    # visitor 1's three own candidates are all there, each for itself
+    items_1 = [int(np.flatnonzero((feats[1] == neg).all(axis=1))[0]) for neg in lists.neg[1]]
+    assert {1, 2, 3} <= set(items_1)
+    assert np.allclose(lists.neg_logw[1][[items_1.index(i) for i in (1, 2, 3)]], 0.0)
+
+
+def test_every_visitor_weighs_the_same_however_many_positives():
+    """A visitor whose positives are all alike counts once: repeating one of their positives ten times
+    leaves the fit as it was (a fit over positives would follow the repeated one)."""
+    rng = np.random.default_rng(4)
+    lists = _lists(rng, 60, key=2, m=12)
+    many = ListSample(
+        np.concatenate([lists.pos, np.repeat(lists.pos[:1], 10, axis=0)]),
+        np.concatenate([lists.owner, np.zeros(10, np.int64)]),
+        lists.neg,
+        lists.row,
+    )
+    np.testing.assert_allclose(_softmax_fit(many, 1e-3), _softmax_fit(lists, 1e-3), atol=1e-4)

@@ -35,6 +35,8 @@ def _tables(seed: int) -> ItemTables:
         category=rng.integers(-1, 5, N).astype(np.int32),
         category_repeat=rng.random(4).astype(np.float32),
         repeatable=rng.random(N) < 0.2,
+        # the training visitors' basket vectors the basket-neighbours source searches
+        visitor_baskets=sp.random(12, N, density=0.2, random_state=seed + 2, dtype=np.float32).tocsr(),
     )
 
 
@@ -66,20 +68,30 @@ windows = st.sampled_from(
             similar_recency_days=2.0,
             substitute_recency_days=20.0,
             substitute_cutoff=0.3,
+            basket_group_size=2,
+            basket_within_decay=0.6,
+            basket_group_decay=0.5,
+            basket_neighbours=3,
         ),
     ]
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(event_rows, st.integers(0, 3), st.lists(st.integers(0, N - 1), max_size=4), windows)
-def test_features_match_the_batch_profile(rows, seed, cart, rules) -> None:
+@given(
+    event_rows,
+    st.integers(0, 3),
+    st.lists(st.integers(0, N - 1), max_size=4),
+    windows,
+    st.integers(-1, 11),
+)
+def test_features_match_the_batch_profile(rows, seed, cart, rules, own_row) -> None:
     now = 30 * DAY
     events = [Event(visitor_id="v", item_id=str(i), event=e, timestamp=t) for i, e, t in rows]
     events = sorted(events, key=lambda e: e.timestamp)
     tables = _tables(seed)
     weights = EventWeights()
-    prof = profile_from_events(events, {str(i): i for i in range(N)}, N, now, weights)
+    prof = profile_from_events(events, {str(i): i for i in range(N)}, N, now, weights, rules.basket_params)
     cart_ids = np.unique(np.array(cart, np.int64))
     prof_cart = sp.csr_matrix(
         (np.ones(len(cart_ids), np.float32), (np.zeros(len(cart_ids), int), cart_ids)), shape=(1, N)
@@ -91,17 +103,18 @@ def test_features_match_the_batch_profile(rows, seed, cart, rules) -> None:
         np.array([e.timestamp for e in kept], np.float64),
         now,
         weights.vector(),
+        rules.basket_params,
     )
     # without the store's cart, the cart derived from events must match the batch one
     assert np.array_equal(_dense(live.items, live.cart), prof.cart.toarray()[0])
-    for name in ("interest", "touch_age", "purchases", "purchase_age", "purchase_decay"):
+    for name in ("interest", "touch_age", "purchases", "purchase_age", "purchase_decay", "basket_frequency"):
         assert np.allclose(_dense(live.items, getattr(live, name)), getattr(prof, name).toarray()[0]), name
 
     # then with the store's cart replacing it, as the recommender does
     prof = replace(prof, cart=prof_cart)
     live = live.with_cart(cart_ids)
-    want = {j: m.toarray()[0] for j, m in sparse_features(tables, prof, rules)}
-    got = {j: _dense(idx, vals) for j, idx, vals in live.features(tables, rules)}
+    want = {j: m.toarray()[0] for j, m in sparse_features(tables, prof, rules, np.array([own_row]))}
+    got = {j: _dense(idx, vals) for j, idx, vals in live.features(tables, rules, own_row=own_row)}
     assert want.keys() == got.keys()
     for j, dense in want.items():
         assert np.allclose(got[j], dense, atol=1e-6), j

@@ -59,10 +59,13 @@ def _scorer(rng: np.random.Generator, n: int = 40, d: int = 6) -> StageScorer:
         complements=sp.random(n, n, density=0.1, random_state=2, dtype=np.float32).tocsr(),
         similar=sp.random(n, n, density=0.1, random_state=3, dtype=np.float32).tocsr(),
         known=np.ones(n, bool),
+        visitor_baskets=sp.random(15, n, density=0.15, random_state=4, dtype=np.float32).tocsr(),
     )
     weights = rng.normal(size=(len(STAGES), N_FEATURES)).astype(np.float32)
     # windows other than the defaults: the batch and the one-visitor paths must both read the scorer's
-    rules = ServingRules(bought_recency_days=4.0, touch_recency_days=1.5, similar_recency_days=3.0)
+    rules = ServingRules(
+        bought_recency_days=4.0, touch_recency_days=1.5, similar_recency_days=3.0, basket_neighbours=4
+    )
     return StageScorer(factors, tables, weights, rules)
 
 
@@ -91,11 +94,11 @@ def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
     )
     uf = sp.random(1, 12, density=0.5, random_state=seed, dtype=np.float32).tocsr()
     stage = int(rng.integers(0, len(STAGES)))
-    batch, which = scorer.score(prof, np.array([stage], np.int8), uf)
+    own_row = seed - 1  # the visitor's own row of the basket pool (-1: not a training visitor)
+    batch, which = scorer.score(prof, np.array([stage], np.int8), uf, own_rows=np.array([own_row]))
     rep = scorer.visitor_repr((uf.indices.astype(np.int64), uf.data))
-    one = scorer.score_items(
-        None, rep, (uf.indices, uf.data), stage, live.features(scorer.tables, scorer.rules), live.is_new
-    )
+    features = live.features(scorer.tables, scorer.rules, own_row=own_row)
+    one = scorer.score_items(None, rep, (uf.indices, uf.data), stage, features, live.is_new)
     assert np.allclose(one.score, batch[0], atol=1e-4)
     items = np.argsort(-one.score)[:10]
     contrib_ok = one.dominant_feature(items)
@@ -106,9 +109,7 @@ def test_one_visitor_fast_path_matches_the_batch_path(seed: int) -> None:
     )
     # a subset of the items gets exactly the scores the full pass gives them
     subset = np.sort(rng.choice(40, 13, replace=False)).astype(np.int64)
-    part = scorer.score_items(
-        subset, rep, (uf.indices, uf.data), stage, live.features(scorer.tables, scorer.rules), live.is_new
-    )
+    part = scorer.score_items(subset, rep, (uf.indices, uf.data), stage, features, live.is_new)
     assert np.allclose(part.score, one.score[subset], atol=1e-5)
     assert np.array_equal(part.dominant_feature(np.arange(13)), one.dominant_feature(subset))
 

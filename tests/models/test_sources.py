@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import scipy.sparse as sp
 from hypothesis import given, settings
@@ -5,10 +7,12 @@ from hypothesis import strategies as st
 
 from models.dataset import EventLog
 from models.domain import DAY, CatalogItem, EventType
-from models.profiles import profiles_from_log
-from models.serving_rules import ServingRules
+from models.profiles import profiles_from_arrays, profiles_from_log
+from models.serving_rules import DEFAULT_SERVING, ServingRules
 from models.sources import (
+    ItemTables,
     basket_cooccurrence,
+    basket_neighbour_matrix,
     buy_again_scores,
     cosine_item_similarity,
     fit_item_tables,
@@ -174,3 +178,59 @@ def test_substitutes_kept_out_are_fresh_one_off_alikes_for_retention_visitors_on
     assert substitutes_kept_out(t, prof, np.array([False]), rules).nnz == 0
     fading = ServingRules(substitute_cutoff=0.8)  # above k2's value: nothing is kept out
     assert substitutes_kept_out(t, prof, np.array([True]), fading).nnz == 0
+
+
+def _naive_neighbour_mean(pool: np.ndarray, own: np.ndarray, exclude: int, k: int) -> np.ndarray:
+    """TIFU-KNN's neighbour part, one visitor, plain loops: the mean pool row of the k pool rows (not
+    ``exclude``) with the highest positive cosine to ``own``."""
+    sims = []
+    for j, row in enumerate(pool):
+        denom = float(np.sqrt(row @ row) * np.sqrt(own @ own))
+        if j != exclude and denom > 0 and float(row @ own) > 0:
+            sims.append((float(row @ own) / denom, j))
+    near = [j for _, j in sorted(sims, key=lambda t: -t[0])[:k]]
+    return pool[near].mean(axis=0) if near else np.zeros(pool.shape[1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 12), st.integers(1, 6))
+def test_basket_neighbours_match_a_naive_search(seed: int, k: int, n_visitors: int) -> None:
+    """Visitors buy on a few days; the pool holds other (training) visitors' basket vectors, and each
+    visitor's own training row, which is never their neighbour."""
+    rng = np.random.default_rng(seed)
+    n_items, n_pool = 7, 10
+    pool = rng.random((n_pool, n_items)) * (rng.random((n_pool, n_items)) < 0.5)
+    pool[np.arange(n_pool), rng.integers(0, n_items, n_pool)] += 0.1 + rng.random(n_pool)
+    n_events = int(rng.integers(0, 12))
+    visitor = rng.integers(0, n_visitors, n_events)
+    item = rng.integers(0, n_items, n_events)
+    ts = rng.integers(0, 9, n_events) * DAY + rng.integers(0, 80_000, n_events)
+    prof = profiles_from_arrays(
+        visitor,
+        item,
+        np.full(n_events, P, np.int8),
+        ts.astype(np.float64),
+        n_rows=n_visitors,
+        n_items=n_items,
+        now=10 * DAY,
+        weights=EventWeights(),
+    )
+    tables = ItemTables(
+        popularity=np.ones(n_items, np.float32),
+        trending=np.zeros(n_items, np.float32),
+        repeat_rate=np.zeros(n_items, np.float32),
+        complements=sp.csr_matrix((n_items, n_items), dtype=np.float32),
+        similar=sp.csr_matrix((n_items, n_items), dtype=np.float32),
+        known=np.ones(n_items, bool),
+        visitor_baskets=sp.csr_matrix(pool.astype(np.float32)),
+    )
+    own_rows = rng.integers(-1, n_pool, n_visitors)
+    got = basket_neighbour_matrix(tables, prof, ServingRules(basket_neighbours=k), own_rows).toarray()
+    own = prof.basket_frequency.toarray()
+    for v in range(n_visitors):
+        want = _naive_neighbour_mean(pool.astype(np.float32), own[v], int(own_rows[v]), k)
+        np.testing.assert_allclose(got[v], want, rtol=1e-5, atol=1e-6)
+    # without a pool the source is empty
+    none = basket_neighbour_matrix(replace(tables, visitor_baskets=None), prof, DEFAULT_SERVING)
+    assert none.shape == (n_visitors, n_items)
+    assert none.nnz == 0

@@ -13,9 +13,16 @@ from models.tifu import (
     TIFU_DEFAULTS,
     TifuParams,
     basket_keys,
+    day_basket_vector,
+    day_basket_vectors,
+    nearest_in_pool,
     nearest_neighbours,
+    nearest_one,
+    neighbour_mean,
     predict,
     row_normalised,
+    top_mask,
+    unit_values,
     user_vectors,
 )
 
@@ -162,3 +169,127 @@ def test_predict_matches_the_reference_in_any_block_size(budget: int) -> None:
     got = predict(m, rows, p, unit).toarray()
     want = ref_predict(dense.astype(np.float32).tolist(), p)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def ref_nearest(pool: np.ndarray, query: np.ndarray, exclude: int, k: int) -> list[int]:
+    """The pool rows with a positive cosine to ``query``, most similar first, never ``exclude``, at most k."""
+
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        na, nb = math.sqrt(float(a @ a)), math.sqrt(float(b @ b))
+        return float(a @ b) / (na * nb) if na and nb else 0.0
+
+    sims = sorted(((cos(query, row), j) for j, row in enumerate(pool) if j != exclude), key=lambda t: -t[0])
+    return [j for c, j in sims[:k] if c > 0]
+
+
+@pytest.mark.parametrize("budget", [1, 9, 10_000])
+@pytest.mark.parametrize("seed", range(3))
+def test_nearest_in_pool_matches_a_naive_search(budget: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_pool, n_items, k = 20, 9, 4
+    pool = (rng.random((n_pool, n_items)) * (rng.random((n_pool, n_items)) < 0.4)).astype(np.float32)
+    # two items at least in every row: no two rows are parallel, so no two cosines tie
+    pool[np.arange(n_pool), rng.integers(0, n_items, n_pool)] = rng.random(n_pool) + 0.1
+    pool[np.arange(n_pool), rng.integers(0, n_items, n_pool)] = rng.random(n_pool) + 0.1
+    queries = (rng.random((6, n_items)) * (rng.random((6, n_items)) < 0.4)).astype(np.float32)
+    queries[5] = 0.0  # a visitor with no basket has no neighbour
+    exclude = np.array([3, -1, 0, 19, -1, 2], np.int64)
+    idx, sim = nearest_in_pool(
+        row_normalised(sp.csr_matrix(pool)).tocsc(),
+        row_normalised(sp.csr_matrix(queries)),
+        exclude,
+        k,
+        block_budget=budget,
+    )
+    for q in range(len(queries)):
+        want = ref_nearest(pool, queries[q], int(exclude[q]), k)
+        got = [int(j) for j in idx[q] if j >= 0]
+        assert got == want
+        assert (idx[q, len(want) :] == -1).all()
+        assert (sim[q, len(want) :] == 0).all()
+        assert (np.diff(sim[q, : len(want)]) <= 1e-7).all()  # most similar first
+
+
+def test_a_larger_k_than_the_pool_takes_every_row_sharing_an_item() -> None:
+    pool = sp.csr_matrix(np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], np.float32))
+    query = row_normalised(sp.csr_matrix(np.array([[1.0, 0.0]], np.float32)))
+    idx, sim = nearest_in_pool(row_normalised(pool).tocsc(), query, np.array([0]), 5)
+    # row 0 is the visitor's own; row 2 shares nothing
+    assert idx.tolist() == [[1, -1, -1, -1, -1]]
+    np.testing.assert_allclose(sim[0, 0], 1 / math.sqrt(2), rtol=1e-6)
+
+
+def test_neighbour_mean_by_hand() -> None:
+    pool = sp.csr_matrix(np.array([[1.0, 0.0, 2.0], [0.0, 4.0, 0.0], [3.0, 0.0, 0.0]], np.float32))
+    got = neighbour_mean(pool, np.array([[0, 2, -1], [-1, -1, -1], [1, -1, -1]], np.int64)).toarray()
+    np.testing.assert_allclose(got, [[2.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+
+
+def test_day_baskets_are_the_visitors_calendar_days() -> None:
+    # visitor 0 buys item 0 and item 1 on day 2 (two invoices), item 1 on day 5; visitor 1 item 2 on day 2
+    p = TifuParams(group_size=7, within_decay=0.5)
+    got = day_basket_vectors(
+        np.array([0, 0, 0, 1]),
+        np.array([0, 1, 1, 2]),
+        np.array([2 * DAY + 10, 2 * DAY + 50_000, 5 * DAY, 2 * DAY]),
+        n_visitors=2,
+        n_items=3,
+        params=p,
+    ).toarray()
+    want = [ref_vector([{0, 1}, {1}], p, 3), ref_vector([{2}], p, 3)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_ties_at_the_kth_value_keep_the_lowest_columns() -> None:
+    s = np.array([[0.5, 0.9, 0.5, 0.0, 0.5], [0.0, 0.0, 0.0, 0.2, 0.0]], np.float32)
+    assert top_mask(s, 2).tolist() == [
+        [True, True, False, False, False],
+        [False, False, False, True, False],  # a zero is never kept
+    ]
+    assert top_mask(s, 9).tolist() == (s > 0).tolist()
+
+
+def test_unit_values_scale_each_row_and_keep_empty_rows() -> None:
+    got = unit_values(np.array([3.0, 4.0, 2.0, 0.0]), np.array([0, 2, 2, 4]))
+    np.testing.assert_allclose(got, [0.6, 0.8, 1.0, 0.0], rtol=1e-7)
+    assert got.dtype == np.float32
+
+
+def _pool_with_ties(rng: np.random.Generator, n_pool: int, n_items: int) -> np.ndarray:
+    """Random rows, a third of them copies of others (so that cosines tie exactly)."""
+    pool = (rng.random((n_pool, n_items)) * (rng.random((n_pool, n_items)) < 0.3)).astype(np.float32)
+    copies = rng.choice(n_pool, n_pool // 3, replace=False)
+    pool[copies] = pool[rng.integers(0, n_pool, len(copies))]
+    return pool
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_the_request_path_search_picks_what_the_batch_search_picks(seed: int) -> None:
+    """``nearest_one`` (one visitor, no sparse product) gives ``nearest_in_pool``'s rows in its order, ties
+    included: the neighbours a visitor is served with are those their evaluation counted."""
+    rng = np.random.default_rng(seed)
+    n_pool, n_items, k = 40, 12, int(rng.integers(1, 8))
+    pool = row_normalised(sp.csr_matrix(_pool_with_ties(rng, n_pool, n_items))).tocsc()
+    queries = sp.csr_matrix(_pool_with_ties(rng, 10, n_items) * 3.0)
+    exclude = rng.integers(-1, n_pool, 10)
+    idx, _ = nearest_in_pool(
+        pool, row_normalised(queries), exclude, k, block_budget=int(rng.integers(1, 500))
+    )
+    for q in range(10):
+        row = queries[q]
+        got = nearest_one(pool, row.indices.astype(np.int64), row.data, int(exclude[q]), k)
+        assert got.tolist() == [int(j) for j in idx[q] if j >= 0]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_one_visitors_day_baskets_are_the_batch_row(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    items = rng.integers(0, 15, n)
+    ts = np.sort(rng.uniform(0, 40 * DAY, n))
+    p = TifuParams(group_size=int(rng.integers(1, 5)), within_decay=0.8, group_decay=0.6)
+    want = day_basket_vectors(np.zeros(n, np.int64), items, ts, n_visitors=1, n_items=15, params=p)
+    idx, vals = day_basket_vector(items, ts, p)
+    assert idx.tolist() == want.indices.tolist()
+    np.testing.assert_allclose(vals, want.data, rtol=1e-6)
+    assert day_basket_vector(np.zeros(0, np.int64), np.zeros(0), p)[0].size == 0

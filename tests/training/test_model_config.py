@@ -95,6 +95,14 @@ def test_config_applies_over_the_preset_and_overrides_over_both() -> None:
         ('[blend]\nvalidation = "random"\n', ["m.toml: blend.validation:", "unknown validation 'random'"]),
         ("[blend]\nvalidation_fraction = 1.5\n", ["blend.validation_fraction: expected a number between"]),
         ("[candidates]\nneighbours = 0\n", ["m.toml: candidates.neighbours: expected an integer >= 1"]),
+        (
+            "[serving]\nbasket_neighbours = 0\n",
+            ["m.toml: serving: ServingRules.basket_neighbours must be >= 1"],
+        ),
+        (
+            "[serving]\nbasket_group_decay = 1.5\n",
+            ["m.toml: serving: ServingRules.basket_group_decay must be in"],
+        ),
         ("lightfm = 3\n", ["m.toml: lightfm: expected a table, got int"]),
         ("[lightfm\n", ["m.toml: not valid TOML"]),
     ],

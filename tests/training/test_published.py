@@ -56,3 +56,25 @@ def test_published_model_ranks_as_fitted_and_by_item_id(models_dir: Path) -> Non
     top = with_new.recommend(visitors, now, K, exclude_seen=False)
     assert (top >= 0).all()
     assert log.n_items not in top
+
+
+def test_published_model_finds_each_visitors_own_basket_row_by_id(models_dir: Path) -> None:
+    """The basket-neighbours source excludes each visitor's own pool row, which a published model finds by
+    visitor id in any log's id space: the same visitors numbered in reverse, or one the model never saw."""
+    log = simulate_storefront(seed=7)  # the log tests/conftest.py's model was fitted on
+    cfg = config_for(None, seed=7, threads=1)
+    visitors = np.arange(log.n_visitors, dtype=np.int32)
+    published = PublishedRanker(artifact.load(models_dir), cfg)
+    published.fit(log)
+    assert published.pool_rows(visitors).tolist() == visitors.tolist()
+    new_pos = np.arange(log.n_visitors + 1)[::-1]
+    reverse = replace(
+        log,
+        visitor_ids=["stranger", *log.visitor_ids[::-1]],
+        visitor_features=[[], *log.visitor_features[::-1]],
+        visitor=new_pos[log.visitor].astype(log.visitor.dtype),
+    )
+    moved = PublishedRanker(artifact.load(models_dir), cfg)
+    moved.fit(reverse)
+    assert moved.pool_rows(new_pos[:-1]).tolist() == visitors.tolist()
+    assert moved.pool_rows(np.array([0])).tolist() == [-1]

@@ -6,15 +6,27 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from models.blend import COMPLEMENT, INTEREST, LIGHTFM, SIMILAR, TOUCH_RECENCY
+from models.blend import (
+    BASKET_FREQUENCY,
+    BASKET_NEIGHBOURS,
+    COMPLEMENT,
+    INTEREST,
+    LIGHTFM,
+    SIMILAR,
+    TOUCH_RECENCY,
+    sparse_features,
+)
 from models.domain import EventType, Stage
+from models.history import event_arrays, older_purchases
 from models.journey import stages_at
+from models.live_profile import LiveProfile
 from models.profiles import profiles_from_log
+from models.recommender import Recommender
 from models.scoring import StageScorer, top_k
 from models.sources import substitutes_kept_out
 from tests.storefront import simulate_storefront
 from training.pipeline import config_for
-from training.stage_model import StageAwareRanker, product_mask, user_rows_for
+from training.stage_model import StageAwareRanker, product_mask, user_rows_for, visitor_context
 
 K = 10
 
@@ -57,3 +69,36 @@ def test_retention_lists_leave_out_the_substitutes_of_a_fresh_one_off_purchase()
     scores, _ = fm.scorer.score(prof, stage[visitors], uf)
     plain = top_k(scores, K, product_mask(log) & fm.scorer.tables.known)
     assert kept_out[np.repeat(visitors, K), plain.ravel()].any()
+
+
+def test_the_served_basket_sources_are_the_evaluated_ones(recommender: Recommender) -> None:
+    """The model's basket pool holds every training visitor's basket vector in the vocabulary's order,
+    and the request path (a visitor's live events, their pool row found by their id) gives the basket
+    features the offline evaluation scores (``StageAwareRanker``: profiles from the log, pool row = the
+    visitor's index), the visitor never their own neighbour."""
+    log = simulate_storefront(seed=7)  # the log ``recommender`` was trained on (tests.storefront)
+    tables, serving = recommender.scorer.tables, recommender.serving
+    now = recommender.manifest.trained_until
+    weights = recommender.manifest.weights
+    every = np.arange(log.n_visitors, dtype=np.int32)
+    batch = profiles_from_log(log, every, now, weights, serving.basket_params)
+    assert tables.visitor_baskets is not None
+    assert np.allclose(tables.visitor_baskets.toarray(), batch.basket_frequency.toarray())
+    buyers = np.unique(log.visitor[log.event == EventType.PURCHASE.code])[:25]
+    assert len(buyers) > 5
+    for v in buyers:
+        ctx = visitor_context(log, int(v), now)
+        items, codes, ts = event_arrays(
+            ctx, recommender.event_rows(ctx.events), older_purchases(ctx), recommender.catalog.index
+        )
+        live = LiveProfile.from_arrays(items, codes, ts, now, weights.vector(), serving.basket_params)
+        own_row = recommender.user_index[f"visitor:{ctx.visitor_id}"]
+        assert own_row == v
+        got = {j: (idx, vals) for j, idx, vals in live.features(tables, serving, own_row=own_row)}
+        one = profiles_from_log(log, np.array([v], np.int32), now, weights, serving.basket_params)
+        want = dict(sparse_features(tables, one, serving, np.array([v])))
+        for j in (BASKET_FREQUENCY, BASKET_NEIGHBOURS):
+            dense = np.zeros(log.n_items, np.float32)
+            dense[got[j][0]] = got[j][1]
+            assert np.allclose(dense, want[j].toarray()[0], atol=1e-6)
+        assert got[BASKET_FREQUENCY][0].size  # every buyer has baskets
