@@ -24,6 +24,10 @@ from service.store.factory import redis_store
 from service.store.redis_store import RedisStore
 
 PAGE_SIZE = 10_000  # stream entries per XRANGE call
+#: seconds a reply may take to start arriving: a page of up to PAGE_SIZE entries from every shard is one
+#: round trip, which a busy server (or a background save's fork) can hold back longer than the request
+#: path's ``redis_socket_timeout`` (0.5 s), and a slow page is not an outage of an offline export
+EXPORT_SOCKET_TIMEOUT = 30.0
 
 
 class ExportSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,7 +89,7 @@ async def export_events(
     if not settings.redis_url:
         raise InvalidInputError("exporting the event stream needs a Redis URL (--redis-url)")
     out = out_file(out)
-    store = redis_store(settings)
+    store = export_store(settings)
     encoder = msgspec.json.Encoder()
     written, last = 0, None
     try:
@@ -113,6 +117,12 @@ async def export_events(
     finally:
         await store.close()
     return ExportSummary(events=written, last_entry_id=last, path=str(out))
+
+
+def export_store(settings: Settings) -> RedisStore:
+    """The store an export reads the stream with: ``settings``' Redis, waiting up to
+    ``EXPORT_SOCKET_TIMEOUT`` for a reply (or the configured timeout, if longer)."""
+    return redis_store(settings, socket_timeout=max(settings.redis_socket_timeout, EXPORT_SOCKET_TIMEOUT))
 
 
 async def _page(store: RedisStore, after: str, count: int, url: str) -> list[StreamEntry]:

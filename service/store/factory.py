@@ -30,10 +30,11 @@ def pool_size(settings: Settings) -> int:
     return settings.max_concurrency + UNCOUNTED_CONNECTIONS
 
 
-def redis_store(settings: Settings) -> RedisStore:
+def redis_store(settings: Settings, *, socket_timeout: float | None = None) -> RedisStore:
     """The Redis store of ``settings.redis_url`` (which must be set): one server, or a Redis Cluster for a
     ``redis+cluster://`` URL (``pool_size`` commands in flight per worker, as many connections per master
-    at most)."""
+    at most). ``socket_timeout``: instead of ``settings.redis_socket_timeout`` (the request path's), for
+    an offline command whose replies are large (``service.export``)."""
     if not settings.redis_url:
         raise ValueError("redis_store needs settings.redis_url")
     return RedisStore.from_url(
@@ -42,7 +43,7 @@ def redis_store(settings: Settings) -> RedisStore:
         visitor_ttl=settings.visitor_ttl,
         recent_events=settings.recent_events,
         stream_maxlen=settings.stream_maxlen,
-        socket_timeout=settings.redis_socket_timeout,
+        socket_timeout=settings.redis_socket_timeout if socket_timeout is None else socket_timeout,
         max_connections=pool_size(settings),
     )
 

@@ -15,12 +15,13 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from models.domain import Channel, Event, EventType
 from models.errors import InvalidInputError, StoreUnavailableError
-from service.export import ExportSummary, export_events
+from service.export import EXPORT_SOCKET_TIMEOUT, ExportSummary, export_events, export_store
 from service.settings import Settings, load_settings
 from service.store.redis_store import RedisStore
 from tests.conftest import REDIS_URL
@@ -195,3 +196,19 @@ async def test_export_reads_every_shard_of_a_cluster(redis_cluster_url: str, tmp
         for key in keys:
             await raw.delete(key)
         await store.close()
+
+
+async def test_an_export_waits_longer_for_a_reply_than_a_request_does(prefix: str) -> None:
+    """A page of the stream is one large reply: the request path's 0.5 s socket timeout made a retrain's
+    export fail on a busy server; the export waits up to EXPORT_SOCKET_TIMEOUT (or longer, if set)."""
+    settings = settings_for(prefix)
+    assert settings.redis_socket_timeout < EXPORT_SOCKET_TIMEOUT
+    for s, want in (
+        (settings, EXPORT_SOCKET_TIMEOUT),
+        (msgspec.structs.replace(settings, redis_socket_timeout=45.0), 45.0),
+    ):
+        store = export_store(s)
+        try:
+            assert store.client.connection_pool.connection_kwargs["socket_timeout"] == want
+        finally:
+            await store.close()
