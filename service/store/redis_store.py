@@ -139,6 +139,7 @@ from typing import Any, cast
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -1533,6 +1534,48 @@ async def _cluster_batch(
     return replies
 
 
+class _ClosedAware:
+    """A connection that counts as disconnected once the server has closed it (its reader at end of
+    file, or its transport closing), so that the next command connects anew. The cluster client reuses a
+    free connection without the check the single-server pool makes (``NO_MAINT_NOTIFICATIONS``): without
+    this, the first command on each pooled connection of a master that restarted fails."""
+
+    _reader: asyncio.StreamReader | None
+    _writer: asyncio.StreamWriter | None
+
+    @property
+    def is_connected(self) -> bool:
+        reader, writer = self._reader, self._writer
+        if reader is None or writer is None:
+            return False
+        return not (reader.at_eof() or writer.transport.is_closing())
+
+    def _let_go(self) -> None:
+        """Close a connection the server closed (redis-py's own ``disconnect`` skips one that is not
+        ``is_connected``)."""
+        if self._writer is not None and not self.is_connected:
+            self._writer.close()
+            self._reader = self._writer = None
+
+    async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        self._let_go()
+        await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        self._let_go()
+        await super().disconnect(*args, **kwargs)  # type: ignore[misc]
+
+
+class _CheckedConnection(_ClosedAware, Connection):
+    pass
+
+
+class _CheckedSSLConnection(_ClosedAware, SSLConnection):
+    pass
+
+
+_CHECKED: dict[type, type] = {Connection: _CheckedConnection, SSLConnection: _CheckedSSLConnection}
+
 _HOLDING_PLACE: ContextVar[bool] = ContextVar("journeyrec_cluster_place", default=False)
 
 
@@ -1544,6 +1587,12 @@ class GatedCluster(RedisCluster):
 
     def __init__(self, *, wait: float, max_connections: int, **kwargs: Any) -> None:
         super().__init__(max_connections=max_connections, **kwargs)
+        # every node, those found later too, makes connections that notice a server closed them
+        checked = _CHECKED.get(self.nodes_manager.connection_kwargs.get("connection_class", Connection))
+        if checked is not None:
+            self.nodes_manager.connection_kwargs["connection_class"] = checked
+            for node in self.nodes_manager.startup_nodes.values():
+                node.connection_class = checked
         self.places = max_connections
         self._places = asyncio.Semaphore(max_connections)
         self._wait = wait

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from models.domain import Event, EventType
-from scripts.chaos_procs import RedisServer, free_port
+from scripts.chaos_procs import RedisServer, create_cluster, free_port, wait_cluster_ok
 from service.store.redis_store import RedisStore, client_from_url
 
 pytestmark = pytest.mark.redis
@@ -81,3 +81,41 @@ def test_a_stores_own_client_reads_on_the_first_command_after_a_restart(server: 
             await client.aclose()
 
     assert asyncio.run(run()) == [b"x"] * (POOLED + 2)
+
+
+def test_a_cluster_client_reads_on_the_first_command_after_a_master_restarts(tmp_path: Path) -> None:
+    """A 3-master cluster of its own; the master holding the key restarts (no replica, no failover)."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        if os.environ.get("JOURNEYREC_TEST_REDIS_URL"):
+            pytest.fail("redis-server / redis-cli not found, and JOURNEYREC_TEST_REDIS_URL is set (CI)")
+        pytest.skip("redis-server / redis-cli not found")
+    nodes = [RedisServer(free_port(bus=True), tmp_path / f"n{i}", cluster=True) for i in range(3)]
+    try:
+        for n in nodes:
+            n.start()
+        create_cluster(nodes)
+
+        async def run() -> list[bytes | None]:
+            client = client_from_url(
+                "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes), socket_timeout=2
+            )
+            try:
+                await client.set("restart:k", "x")
+                node = client.get_node_from_key("restart:k")  # the master holding the key
+                assert node is not None
+                await asyncio.gather(*(client.get("restart:k") for _ in range(POOLED)))
+                master = next(n for n in nodes if n.port == node.port)
+                await asyncio.to_thread(_restart_in, master, nodes)
+                return [await client.get("restart:k") for _ in range(POOLED + 2)]
+            finally:
+                await client.aclose()
+
+        assert asyncio.run(run()) == [b"x"] * (POOLED + 2)
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def _restart_in(server: RedisServer, cluster: list[RedisServer]) -> None:
+    _restart(server)
+    wait_cluster_ok(cluster)
