@@ -187,9 +187,9 @@ def nearest_in_pool(
     """(int64 [q, k] pool rows, float32 [q, k] their cosine): the ``k`` rows of the pool (``pool_by_item``:
     csc [n_pool, n_items] of unit rows, ``row_normalised``) most cosine-similar to each row of ``queries``
     (csr [q, n_items] of unit rows), never the pool row ``exclude`` names (int64 [q]; -1: none), e.g. the
-    visitor asking. Exact: brute force in blocks of queries (a sparse product, ``argpartition``), each
-    block at most ``block_budget`` similarities. Where fewer than k pool rows share anything with a query,
-    the rest are -1 with cosine 0. Ties at the k-th cosine are broken by ``argpartition``'s order."""
+    visitor asking. Exact: brute force in blocks of queries (a sparse product, ``top_mask``), each block
+    at most ``block_budget`` similarities. Where fewer than k pool rows share anything with a query, the
+    rest are -1 with cosine 0. Of cosines tied at the k-th, the lower pool rows are kept (``top_mask``)."""
     n = pool_by_item.shape[0]
     q_n = queries.shape[0]
     k_eff = max(0, min(k, n))

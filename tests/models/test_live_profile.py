@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.blend import SUBSTITUTE, sparse_features
+from models.blend import SPARSE_COLUMNS, SUBSTITUTE, sparse_features
 from models.domain import DAY, EVENT_TYPES, Event, EventType
 from models.live_profile import LiveProfile, best_anchors, gather_rows
 from models.profiles import profile_from_events
@@ -214,3 +214,15 @@ def test_substitutes_are_the_rest_of_a_fresh_one_off_purchases_category() -> Non
     assert substitutes([(0, now - 9 * DAY)], now).max() < 0.05  # weeks later the kettle no longer rules
     # a tea bought again and again makes no other tea a substitute
     assert substitutes([(5, now - 3600)], now).max() == 0.0
+
+
+def test_sparse_columns_name_every_feature_sparse_features_gives() -> None:
+    """``SPARSE_COLUMNS`` (which negatives training draws from a visitor's own candidates) lists the
+    columns ``sparse_features`` computes, in its order."""
+    events = [
+        Event(visitor_id="v", item_id="3", event=EventType.PURCHASE, timestamp=DAY),
+        Event(visitor_id="v", item_id="5", event=EventType.PRODUCT_VIEW, timestamp=2 * DAY),
+    ]
+    prof = profile_from_events(events, {str(i): i for i in range(N)}, N, 3 * DAY, EventWeights())
+    got = [j for j, _ in sparse_features(_tables(0), prof, DEFAULT_SERVING)]
+    assert got == list(SPARSE_COLUMNS)
