@@ -3,13 +3,15 @@
 
 The app beats once at start-up (after the first model load), then every ``heartbeat_seconds`` (a follower,
 ``service.followers``), and at once after this worker's model changed (a reload, an activation, or a
-follow of ``latest``); it leaves the fleet when it shuts down. A beat that fails (the store is down) is
-logged and tried again at the next interval: a worker unheard of for the fleet's ``ttl`` drops off the list,
-which is what it should look like from outside.
+follow of ``latest``); it leaves the fleet when it shuts down, trying ``LEAVE_ATTEMPTS`` times (a busy
+store may time one out). A beat that fails (the store is down) is logged and tried again at the next
+interval: a worker unheard of for the fleet's ``ttl`` drops off the list, which is what it should look like
+from outside.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -21,6 +23,10 @@ from service.model_holder import ModelHolder
 from service.store.fleet_base import FleetStore, WorkerBeat
 
 log = logging.getLogger("journeyrec.service")
+
+#: tries to leave the fleet at shutdown, ``LEAVE_BACKOFF_S`` apart, then twice that, ...
+LEAVE_ATTEMPTS = 3
+LEAVE_BACKOFF_S = 0.1
 
 
 def worker_id() -> str:
@@ -56,11 +62,25 @@ class Heartbeat:
         return True
 
     async def leave(self) -> None:
-        """Take this worker off the list (shutdown); a store that is down lets the beat expire instead."""
-        try:
-            await self.fleet.leave(self.worker)
-        except StoreUnavailableError as e:
-            log.info("worker heartbeat not removed (it expires): %s", e)
+        """Take this worker off the list (shutdown), trying ``LEAVE_ATTEMPTS`` times; when the store never
+        takes it, the beat expires after the fleet's ``ttl`` instead (logged)."""
+        delay = LEAVE_BACKOFF_S
+        for attempt in range(1, LEAVE_ATTEMPTS + 1):
+            try:
+                await self.fleet.leave(self.worker)
+            except StoreUnavailableError as e:
+                if attempt == LEAVE_ATTEMPTS:
+                    log.warning(
+                        "worker heartbeat not removed after %d attempts; it is listed for up to %g s: %s",
+                        attempt,
+                        self.fleet.ttl,
+                        e,
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay *= 2
+            else:
+                return
 
     async def join_fleet(self) -> str | None:
         """When this worker has no model (``latest`` was refused at start-up), load the version the other

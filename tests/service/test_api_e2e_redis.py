@@ -98,7 +98,7 @@ class Server:
         raise AssertionError("server did not come up")
 
     def stop(self) -> str:
-        """Stop the server; returns what it wrote to stderr."""
+        """Stop the server; returns what it wrote to stderr (and whether it had to be killed)."""
         self.proc.terminate()
         try:
             _out, err = self.proc.communicate(timeout=15)
@@ -107,6 +107,7 @@ class Server:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             _out, err = self.proc.communicate(timeout=15)
+            err = (err or b"") + b"\n[the server did not stop within 15 s of SIGTERM: killed]\n"
         return err.decode(errors="replace") if err else ""
 
 
@@ -394,12 +395,12 @@ def test_models_lists_every_worker_and_a_stopped_one_leaves(
         fleet = list(redis_client.scan_iter(match=f"{own}:{{fleet}}:*", count=1000))
         assert len(fleet) == 3  # a beat per worker and the index
     finally:
-        server.stop()
+        err = server.stop()
         left = list(redis_client.scan_iter(match=f"{own}:*", count=1000))
         for key in left:
             redis_client.delete(key)
     # each worker took its beat away as it stopped
-    assert not [k for k in left if b"{fleet}" in k]
+    assert not [k for k in left if b"{fleet}" in k], err
 
 
 def _worker_pids(server: Server) -> list[str]:

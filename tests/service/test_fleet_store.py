@@ -21,10 +21,12 @@ import redis.asyncio as aioredis
 
 from models.errors import StoreUnavailableError
 from models.recommender import Recommender
-from service.heartbeat import Heartbeat, worker_id
+from service.heartbeat import LEAVE_ATTEMPTS, Heartbeat, worker_id
 from service.model_holder import ModelHolder
+from service.store.base import StoreBusyError
 from service.store.fleet_base import FleetStore, MemoryFleet, WorkerBeat
 from service.store.fleet_redis import RedisFleet
+from tests.service.api_fixtures import LogRecords
 from tests.service.redis_fixtures import STORE_KINDS, delete_prefix, raw_client, url_of
 
 TTL = 15.0
@@ -149,3 +151,42 @@ async def test_the_heartbeat_says_who_this_worker_is_and_what_it_serves(
     assert await fleet.workers() == [beat(heartbeat.worker, recommender.version, started, clock.now)]
     await heartbeat.leave()
     assert await fleet.workers() == []
+
+
+class FlakyLeave(MemoryFleet):
+    """A fleet whose first ``failures`` leaves time out (a busy store)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(TTL)
+        self.failures = failures
+        self.leaves = 0
+
+    async def leave(self, worker: str) -> None:
+        self.leaves += 1
+        if self.leaves <= self.failures:
+            raise StoreBusyError(f"leave {self.leaves} timed out")
+        await super().leave(worker)
+
+
+async def test_a_worker_leaving_tries_again_when_the_store_is_busy(service_log: LogRecords) -> None:
+    holder = ModelHolder(None)
+    fleet = FlakyLeave(failures=LEAVE_ATTEMPTS - 1)
+    heartbeat = Heartbeat(fleet, holder)
+    await heartbeat.beat()
+    await heartbeat.leave()
+    assert fleet.leaves == LEAVE_ATTEMPTS
+    assert await fleet.workers() == []
+    assert not [r for r in service_log.records if "not removed" in r.getMessage()]
+
+    fleet = FlakyLeave(failures=LEAVE_ATTEMPTS)
+    heartbeat = Heartbeat(fleet, holder)
+    await heartbeat.beat()
+    await heartbeat.leave()  # gives up: the beat expires instead
+    assert fleet.leaves == LEAVE_ATTEMPTS
+    assert [b.worker for b in await fleet.workers()] == [heartbeat.worker]
+    warned = [r.getMessage() for r in service_log.records if "not removed" in r.getMessage()]
+    expected = (
+        f"worker heartbeat not removed after {LEAVE_ATTEMPTS} attempts; it is listed for up to 15 s: "
+        f"leave {LEAVE_ATTEMPTS} timed out"
+    )
+    assert warned == [expected]

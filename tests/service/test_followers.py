@@ -78,3 +78,45 @@ async def test_a_finished_follower_is_not_restarted() -> None:
     assert calls == [1]
     assert followers.restarts["once"] == 0
     await followers.stop()
+
+
+async def test_a_follower_that_turns_its_cancellation_into_an_error_is_not_restarted() -> None:
+    """A step interrupted by ``stop`` may raise an error instead of CancelledError (a client library's
+    timeout racing the cancellation): the follower has stopped all the same."""
+    followers = Followers(backoff_s=0.001, max_backoff_s=0.01)
+    started = asyncio.Event()
+
+    async def step() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise TimeoutError("the reply timed out") from None
+
+    followers.start("swallower", step)
+    await asyncio.wait_for(started.wait(), timeout=30)
+    await asyncio.wait_for(followers.stop(), timeout=30)
+    assert followers.restarts["swallower"] == 0
+    assert not followers.running("swallower")
+
+
+async def test_stop_goes_on_without_a_follower_that_will_not_stop(service_log: LogRecords) -> None:
+    followers = Followers(backoff_s=0.001, max_backoff_s=0.01, stop_timeout_s=0.05)
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # ignores every cancellation
+
+    followers.start("stubborn", stubborn)
+    await asyncio.wait_for(started.wait(), timeout=30)
+    await asyncio.wait_for(followers.stop(), timeout=30)
+    warned = [r.getMessage() for r in service_log.records if "did not stop" in r.getMessage()]
+    assert warned == ["background task journeyrec-stubborn did not stop within 0.05 s; going on without it"]
+    release.set()  # let it end, so that the loop closes cleanly
+    await asyncio.sleep(0)
