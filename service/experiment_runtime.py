@@ -43,7 +43,6 @@ from models.recommender import Recommender
 from models.request import Filters, Recommendations, RecommendedItem, VisitorContext
 from models.rules import CompiledRules, RuleSet
 from service.model_holder import STAGE_AWARE, ModelHolder
-from service.store.base import StoreBusyError, VisitorStore
 from service.store.experiments_base import ExperimentStore
 
 log = logging.getLogger("journeyrec.service")
@@ -146,20 +145,6 @@ class ExperimentRuntime:
         if key in self._broken:
             return None
         return await self._try(*picked)
-
-    async def serve_visitor(self, placement: str, visitor_id: str, store: VisitorStore) -> Served | None:
-        """``serve`` for a request that reads no visitor state otherwise (similar items, complements):
-        the state is read for its person only when an experiment runs on ``placement``; a store that is
-        down gives the visitor id (a busy one raises, as everywhere)."""
-        if not self.runs_on(placement):
-            return None
-        try:
-            person = (await store.visitor(visitor_id)).person
-        except StoreBusyError:
-            raise
-        except StoreUnavailableError:
-            person = visitor_id
-        return await self.serve(placement, person)
 
     async def served(self, experiment: Experiment, variant: Variant) -> Served:
         """What serves ``variant``; raises ArtifactError when its model version cannot be loaded."""

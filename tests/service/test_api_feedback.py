@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from tests.service import feedback_scenario
-from tests.service.api_fixtures import H_INGEST, H_READ
+from tests.service.api_fixtures import H_INGEST, H_READ, event
 from tests.storefront import product_id
 
 Client = TestClient[Litestar]
@@ -82,3 +83,34 @@ def test_a_preview_is_stamped_but_neither_logged_nor_counted(client: Client) -> 
     assert answer["accepted"] == 1
     assert shown["recommendation_id"] != preview["recommendation_id"]
     assert feedback_scenario.change(before, feedback_scenario.totals(client))["awareness"]["clicks"] == 0
+
+
+def test_an_item_list_asked_for_a_visitor_is_logged_under_their_stage(client: Client) -> None:
+    """Similar items and complements asked with a ``visitor_id`` are kept like a page's list, under the
+    visitor's stage at that moment, so a click carrying their id is credited; without a visitor they are
+    stamped only."""
+    kettle = product_id("Kettle")
+    visitor = f"il-{uuid.uuid4().hex[:8]}"
+    feedback_scenario.ingest(client, [event(visitor, kettle, "add_to_cart")])
+    stage = client.get(f"/v1/visitors/{visitor}/recommendations?preview=true", headers=H_READ).json()[
+        "stage"
+    ]["name"]
+    before = feedback_scenario.totals(client)
+    similar = client.get(f"/v1/items/{kettle}/similar?k=3&visitor_id={visitor}", headers=H_READ).json()
+    url = f"/v1/items/complements?item_id={kettle}&k=3&visitor_id={visitor}"
+    complements = client.get(url, headers=H_READ).json()
+    anonymous = client.get(f"/v1/items/{kettle}/similar?k=3", headers=H_READ).json()
+    feedback_scenario.wait_for_lists(client, before, {stage: 2})
+    clicks = [
+        event(
+            visitor,
+            answer["items"][0]["item_id"],
+            "product_view",
+            recommendation_id=answer["recommendation_id"],
+        )
+        for answer in (similar, complements, anonymous)
+    ]
+    assert feedback_scenario.ingest(client, clicks)["accepted"] == 3
+    counted = feedback_scenario.change(before, feedback_scenario.totals(client))
+    # the anonymous list was never kept: its click is unattributed
+    assert {s: (c["lists"], c["clicks"]) for s, c in counted.items()} == {stage: (2, 2)}

@@ -1,9 +1,12 @@
 """Assignment hashes the visitor's person (``VisitorState.person``): a visitor keeps their variant after
 logging in, asked as the anonymous id or as the user id, on every placement; a store that is down hashes
-the request's visitor id; similar items and complements read the visitor only when an experiment runs."""
+the request's visitor id; similar items and complements read the visitor only to log the list for
+attribution or when an experiment runs."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +14,24 @@ import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
+from prometheus_client import REGISTRY
 
-from models.experiments import assign, assign_experiment
+from models.experiments import assign
 from models.recommender import Recommender
-from service.experiment_runtime import ExperimentFollower, ExperimentRuntime
+from service.app import create_app
 from service.model_holder import ModelHolder
 from service.store.base import VisitorState
 from service.store.experiments_memory import MemoryExperimentStore
 from tests.service import test_api_experiments as api
-from tests.service.api_fixtures import H_ADMIN, H_INGEST, H_READ, SwitchableStore, event, memory_store
-from tests.service.test_experiments_store import doc
+from tests.service.api_fixtures import (
+    H_ADMIN,
+    H_INGEST,
+    H_READ,
+    SwitchableStore,
+    api_settings,
+    event,
+    memory_store,
+)
 from tests.storefront import product_id
 
 # the fixtures of the experiments API tests
@@ -106,36 +117,45 @@ class CountingStore(SwitchableStore):
         return await super().visitor(visitor_id, campaign)
 
 
-@pytest.fixture
-async def runtime(published: Path, recommender: Recommender) -> ExperimentRuntime:
-    store = MemoryExperimentStore()
-    follower = ExperimentFollower(store, ExperimentRuntime(ModelHolder.with_model(recommender, published)))
-    await store.put(doc("ab", placements=["similar"]))
-    await store.start("ab")
-    await follower.step()
-    return follower.runtime
+def _failed_served_writes() -> float:
+    return REGISTRY.get_sample_value("journeyrec_feedback_write_failures_total", {"what": "served"}) or 0.0
 
 
-async def test_item_lists_read_the_visitor_only_when_an_experiment_runs(runtime: ExperimentRuntime) -> None:
+@pytest.mark.parametrize("logged", [True, False], ids=["lists-logged", "lists-not-logged"])
+def test_item_lists_read_the_visitor_only_to_log_the_list_or_assign_a_variant(
+    published: Path, recommender: Recommender, logged: bool
+) -> None:
     visitors = CountingStore(memory_store())
-    await visitors.inner.link("anon", "user")
-    experiment = runtime.running[0]
-    served = await runtime.serve_visitor("similar", "user", visitors)
-    assert served is not None
-    assert served.variant == assign_experiment(experiment, "anon")
-    assert visitors.reads == 1
-    assert await runtime.serve_visitor("complements", "user", visitors) is None
-    assert visitors.reads == 1  # no experiment there: no read
-
-
-async def test_a_store_that_is_down_hashes_the_request_id(runtime: ExperimentRuntime) -> None:
-    visitors = CountingStore(memory_store())
+    app = create_app(
+        api_settings(models_dir=str(published), log_served_lists=logged),
+        store=visitors,
+        model_holder=ModelHolder.with_model(copy.copy(recommender), published),
+        experiments=MemoryExperimentStore(),
+    )
     people = api._people(200)
-    experiment = runtime.running[0]
-    anon = next(p for p in people if assign_experiment(experiment, p) == "b")
-    user = next(p for p in people if assign_experiment(experiment, p) == "control")
-    await visitors.inner.link(anon, user)
-    visitors.down = True
-    served = await runtime.serve_visitor("similar", user, visitors)
-    assert served is not None
-    assert served.variant == "control"
+    anon = next(p for p in people if _variant(p) == "popular")
+    user = next(f"user-{p}" for p in people if _variant(f"user-{p}") == "control")
+    similar, complements = f"/v1/items/{KETTLE}/similar", f"/v1/items/complements?item_id={KETTLE}"
+    asyncio.run(visitors.inner.link(anon, user))  # the anonymous visitor logged in as ``user``
+    with TestClient(app) as c:
+
+        def reads_of(url: str) -> tuple[int, str | None]:
+            before = visitors.reads
+            r = c.get(url, headers=H_READ)
+            assert r.status_code == 200, r.text
+            return visitors.reads - before, r.json().get("variant")
+
+        assert reads_of(similar) == (0, None)  # no visitor: nothing to read
+        assert reads_of(f"{similar}?visitor_id={user}") == (int(logged), None)
+        body = api.body(placements=["similar"])
+        assert c.put("/v1/experiments/ab", json=body, headers=H_ADMIN).is_success
+        assert c.post("/v1/experiments/ab/start", headers=H_ADMIN).is_success
+        # the experiment hashes the person: the anonymous visitor who logged in as ``user``
+        assert reads_of(f"{similar}?visitor_id={user}") == (1, "popular")
+        assert reads_of(f"{complements}&visitor_id={user}") == (int(logged), None)  # no experiment there
+        # a store that is down: the list is served, its variant hashed from the request's visitor id, and
+        # a list that should have been logged is counted as not logged
+        visitors.down = True
+        failed = _failed_served_writes()
+        assert reads_of(f"{similar}?visitor_id={user}") == (1, "control")
+        assert _failed_served_writes() == failed + int(logged)
