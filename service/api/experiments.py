@@ -7,7 +7,10 @@ document and the assignment are ``models.experiments``; what a variant overrides
 stored: a ``model_version`` must be a published version this service loads and verifies (a refused one is
 a 400 naming the variant and the reason), a ``rules_version`` 0 (no rules) or the stored rule set's
 version, which the experiment then keeps. The service-wide holdout is a setting
-(``JOURNEYREC_EXPERIMENTS_HOLDOUT``), each experiment's own holdout a field of it.
+(``JOURNEYREC_EXPERIMENTS_HOLDOUT``), each experiment's own holdout a field of it. Deleting one that ran
+drops its results and retires its id in the feedback store (``FeedbackStore.retire_experiment``) for as
+long as events can still credit the lists it served: a new experiment of that id would otherwise count
+them, so putting one is a 409 until then.
 
 ``GET /v1/experiments/{id}/results``: per variant and stage, from the feedback counters
 (``service.experiments_results``; the statistics are documented in ``models.experiments``).
@@ -15,6 +18,7 @@ version, which the experiment then keeps. The service-wide holdout is a setting
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable
 from typing import Annotated
 
@@ -37,6 +41,7 @@ from models.experiments import (
 from models.rules import RuleSet
 from service.api.deps import Services
 from service.auth import Scope, scopes
+from service.errors import ConflictError
 from service.experiments_results import experiment_results
 from service.model_holder import STAGE_AWARE
 
@@ -61,8 +66,12 @@ class ExperimentsOut(msgspec.Struct, frozen=True):
 
 
 class DeletedOut(msgspec.Struct, frozen=True):
+    """``id_free_at``: when the id can name a new experiment (POSIX seconds; None: at once, for one that
+    never ran)."""
+
     id: SafeId
     deleted: bool
+    id_free_at: float | None = None
 
 
 async def _checked(svc: Services, experiment: Experiment) -> Experiment:
@@ -93,6 +102,10 @@ async def _followed(svc: Services, change: Awaitable[Experiment]) -> Experiment:
     out = await change
     await svc.experiments.changed()
     return out
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
 
 
 class ExperimentsController(Controller):
@@ -128,6 +141,13 @@ class ExperimentsController(Controller):
             )
         except msgspec.ValidationError as e:
             raise InvalidInputError(f"body: {e}") from None
+        until = await svc.feedback.store.retired_until(experiment_id)
+        if until is not None:
+            raise ConflictError(
+                f"experiment {experiment_id!r} was deleted after it ran; events crediting the lists it "
+                f"served may arrive until {_iso(until)}, so its id names no new experiment before then: "
+                "choose another id"
+            )
         return await _followed(svc, svc.experiments.store.put(await _checked(svc, experiment)))
 
     @post(
@@ -156,13 +176,24 @@ class ExperimentsController(Controller):
         status_code=HTTP_200_OK,
         opt=scopes(Scope.ADMIN),
         summary="Delete a draft or stopped experiment",
+        description=(
+            "Its results go with it. The id of an experiment that ran names no new experiment for "
+            "JOURNEYREC_ATTRIBUTION_CLICK_WINDOW_SECONDS (or the impression window, if longer): events "
+            "crediting the lists it served may arrive until then, and count nowhere (id_free_at says when)."
+        ),
     )
     async def delete_experiment(
         self, svc: NamedDependency[Services], experiment_id: ExperimentId
     ) -> DeletedOut:
+        experiment = await svc.experiments.store.get(experiment_id)
+        if experiment.state == "running":
+            raise ConflictError(f"experiment {experiment_id!r} is running: stop it first")
+        free_at = None
+        if experiment.started_at is not None:  # it served lists: retire its counters first
+            free_at = await svc.feedback.store.retire_experiment(experiment_id)
         await svc.experiments.store.delete(experiment_id)
         await svc.experiments.changed()
-        return DeletedOut(experiment_id, deleted=True)
+        return DeletedOut(experiment_id, deleted=True, id_free_at=free_at)
 
     @get(
         "/{experiment_id:str}/results",

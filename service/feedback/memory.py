@@ -2,7 +2,8 @@
 
 Per visitor: the kept served lists (at most ``cap``, each for ``windows.retention`` seconds), the exposures
 (forgotten ``visitor_ttl`` seconds after the visitor's last feedback write) and the event ids seen within
-the retention (deduplication). Counters never expire.
+the retention (deduplication). Counters never expire; those of a deleted experiment are dropped, and its
+id counts nothing for the retention after (``retire_experiment``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class MemoryFeedbackStore(FeedbackLimits):
         self._written: dict[str, float] = {}  # visitor -> last write (exposures expire after visitor_ttl)
         self._seen: dict[str, dict[str, float]] = {}  # visitor -> event id -> when it was counted
         self._counters: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._retired: dict[str, float] = {}  # experiment -> until when it counts nothing
 
     def _load(self, visitor_id: str, now: float) -> ledger.VisitorFeedback:
         state = self._state.get(visitor_id)
@@ -82,6 +84,8 @@ class MemoryFeedbackStore(FeedbackLimits):
 
     async def add(self, deltas: Deltas) -> None:
         for (experiment, _shard), names in deltas.by_key.items():
+            if await self.retired_until(experiment) is not None:
+                continue
             mine = self._counters[experiment]
             for name, amount in names.items():
                 mine[name] += amount
@@ -118,6 +122,19 @@ class MemoryFeedbackStore(FeedbackLimits):
 
     async def experiment_stats(self, experiment: str) -> tuple[list[VariantStageStats], list[DailyCell]]:
         return stats_of(self._counters.get(experiment, {}))
+
+    async def retire_experiment(self, experiment: str) -> float:
+        until = self.clock() + self.windows.retention
+        self._counters.pop(experiment, None)
+        self._retired[experiment] = until
+        return until
+
+    async def retired_until(self, experiment: str) -> float | None:
+        until = self._retired.get(experiment)
+        if until is not None and until <= self.clock():
+            del self._retired[experiment]
+            return None
+        return until
 
     async def erase(self, visitor_id: str) -> int:
         state = self._state.pop(visitor_id, None)

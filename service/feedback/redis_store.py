@@ -10,7 +10,9 @@ hex of an experiment id, ``N`` the visitor's counter shard, ``store_base.shard_o
                       value); expires ``visitor_ttl`` seconds after the last feedback write
 - ``P:{v:H}:fbids``   sorted set: event ids counted -> ms they were counted (deduplication), pruned after
                       ``retention``; expires with it
-- ``P:{fb:X:N}:c``    hash: counter name -> total (``store_base``), no expiry
+- ``P:{fb:X:N}:c``    hash: counter name -> total (``store_base``), no expiry; once the experiment is
+                      deleted, only ``store_base.RETIRED`` -> ms until which it counts nothing,
+                      expiring after that long
 - ``P:{fbv:N}:active`` sorted set: visitor ids of shard N that have feedback state -> ms of their last
                       feedback write; members older than ``visitor_ttl`` are pruned on writes
 
@@ -49,6 +51,7 @@ from models.domain import Event, EventType
 from service.feedback import ledger
 from service.feedback.memory import FeedbackLimits
 from service.feedback.store_base import (
+    RETIRED,
     SEP,
     SHARDS,
     SUMMARY,
@@ -109,9 +112,23 @@ end
 return 1
 """
 
-# KEYS: one counter key. ARGV: name/amount pairs.
+# KEYS: counter key. ARGV: the RETIRED field, now_ms, then name/amount pairs. A retired experiment counts
+# nothing until its mark's time; then the mark goes and counting starts afresh
 _ADD = """
-for i = 1, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local retired = redis.call('HGET', KEYS[1], ARGV[1])
+if retired then
+  if tonumber(retired) > tonumber(ARGV[2]) then return 0 end
+  redis.call('DEL', KEYS[1])
+end
+for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: counter key. ARGV: the RETIRED field, ms until which the experiment counts nothing, the ms left
+_RETIRE = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
@@ -150,6 +167,7 @@ class RedisFeedbackStore(FeedbackLimits):
         self._read_exposures = client.register_script(_READ_EXPOSURES)
         self._write = client.register_script(_WRITE)
         self._add = client.register_script(_ADD)
+        self._retire = client.register_script(_RETIRE)
         self._encode = msgspec.json.Encoder().encode
         self._decode_list = msgspec.json.Decoder(list[ServedList]).decode
         self._decode_touches = msgspec.json.Decoder(_Touches).decode
@@ -385,12 +403,13 @@ class RedisFeedbackStore(FeedbackLimits):
         if not deltas:
             return
         calls: list[tuple[AsyncScript, list[str], list[str | bytes]]] = []
+        now_ms = str(int(self.clock() * 1000))
         for (experiment, shard), names in deltas.by_key.items():
             args: list[str | bytes] = [
                 x for name, amount in names.items() if amount for x in (name, repr(amount))
             ]
             if args:
-                calls.append((self._add, [self.counter_key(experiment, shard)], args))
+                calls.append((self._add, [self.counter_key(experiment, shard)], [RETIRED, now_ms, *args]))
         with unavailable("add feedback counters", "feedback store"):
             await self._pipeline(calls)
 
@@ -464,6 +483,24 @@ class RedisFeedbackStore(FeedbackLimits):
                     pipe.hgetall(self.counter_key(experiment, shard))
                 parts: Sequence[dict[bytes, bytes]] = await pipe.execute()
         return stats_of(sum_counters({k.decode(): float(v) for k, v in p.items()} for p in parts))
+
+    async def retire_experiment(self, experiment: str) -> float:
+        ttl_ms = int(self.windows.retention * 1000)
+        until_ms = int(self.clock() * 1000) + ttl_ms
+        args: list[str | bytes] = [RETIRED, str(until_ms), str(ttl_ms)]
+        keys = [self.counter_key(experiment, shard) for shard in range(SHARDS)]
+        with unavailable("retire an experiment's counters", "feedback store"):
+            await self._pipeline([(self._retire, [key], args) for key in keys])
+        return until_ms / 1000
+
+    async def retired_until(self, experiment: str) -> float | None:
+        with unavailable("read an experiment's counters", "feedback store"):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for shard in range(SHARDS):
+                    pipe.hget(self.counter_key(experiment, shard), RETIRED)
+                marks: Sequence[bytes | None] = await pipe.execute()
+        until = max((int(m) for m in marks if m is not None), default=None)
+        return None if until is None or until <= self.clock() * 1000 else until / 1000
 
     async def erase(self, visitor_id: str) -> int:
         with unavailable("erase feedback", "feedback store"):

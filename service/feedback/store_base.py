@@ -56,6 +56,8 @@ EVENT_INDICATOR = {
 #: Redis key (slot) takes every write
 SHARDS = 8
 SEP = "\x1f"  # between the parts of a counter name; ids never hold control characters
+#: the field of a retired experiment's counter keys: until when (ms) it counts nothing (not a counter)
+RETIRED = SEP.join(("retired", "until"))
 
 
 class FeedbackResult(msgspec.Struct, frozen=True):
@@ -101,6 +103,17 @@ class FeedbackStore(Protocol):
 
     async def experiment_stats(self, experiment: str) -> tuple[list[VariantStageStats], list[DailyCell]]:
         """The counters of one experiment (``"-"``: the summary, daily cells only), sorted."""
+        ...
+
+    async def retire_experiment(self, experiment: str) -> float:
+        """Drop the counters of a deleted experiment and count nothing more under its id for
+        ``windows.retention`` seconds: events crediting the lists it served can arrive for as long as those
+        lists are kept, and must not count for a new experiment of the same id. Returns until when (POSIX
+        seconds). Raises StoreUnavailableError."""
+        ...
+
+    async def retired_until(self, experiment: str) -> float | None:
+        """Until when (POSIX seconds) the id of a deleted experiment counts nothing (None: it does not)."""
         ...
 
     async def erase(self, visitor_id: str) -> int:

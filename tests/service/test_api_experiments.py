@@ -8,6 +8,7 @@ import copy
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,12 @@ def test_crud_and_scopes(client: TestClient[Litestar]) -> None:
     assert client.put(f"{PREFIX}/e1", json=body(), headers=H_ADMIN).status_code == 409
     assert client.delete(f"{PREFIX}/e1", headers=H_ADMIN).status_code == 409
     assert client.post(f"{PREFIX}/e1/stop", headers=H_ADMIN).json()["state"] == "stopped"
-    assert client.delete(f"{PREFIX}/e1", headers=H_ADMIN).json() == {"id": "e1", "deleted": True}
+    deleted = client.delete(f"{PREFIX}/e1", headers=H_ADMIN).json()
+    assert deleted == {
+        "id": "e1",
+        "deleted": True,
+        "id_free_at": pytest.approx(time.time() + 7 * 86_400, abs=60),
+    }
     assert client.get(f"{PREFIX}/", headers=H_ADMIN).json()["experiments"] == []
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from tests.service import feedback_scenario
-from tests.service.api_fixtures import H_INGEST, H_READ, event
+from tests.service.api_fixtures import H_ADMIN, H_INGEST, H_READ, event
 from tests.storefront import product_id
 
 Client = TestClient[Litestar]
@@ -114,3 +115,37 @@ def test_an_item_list_asked_for_a_visitor_is_logged_under_their_stage(client: Cl
     counted = feedback_scenario.change(before, feedback_scenario.totals(client))
     # the anonymous list was never kept: its click is unattributed
     assert {s: (c["lists"], c["clicks"]) for s, c in counted.items()} == {stage: (2, 2)}
+
+
+def test_a_deleted_experiment_takes_its_results_and_its_id_stays_retired(client: Client) -> None:
+    """Recreating a deleted experiment under its id would count its lists' late clicks as the new one's."""
+    doc = {"placements": ["home"], "variants": [{"name": "control", "control": True}, {"name": "b"}]}
+    tag = uuid.uuid4().hex[:8]
+    ran, draft = f"ran{tag}", f"draft{tag}"
+    for experiment in (ran, draft):
+        assert client.put(f"/v1/experiments/{experiment}", json=doc, headers=H_ADMIN).status_code == 200
+    assert client.post(f"/v1/experiments/{ran}/start", headers=H_ADMIN).status_code == 200
+    rid, items = feedback_scenario._list_of(client, f"v-{tag}", ran)
+    feedback_scenario._wait_results(client, ran, {"lists": 1})
+    r = client.delete(f"/v1/experiments/{ran}", headers=H_ADMIN)
+    assert r.status_code == 409
+    assert "running: stop it first" in r.text
+    assert client.post(f"/v1/experiments/{ran}/stop", headers=H_ADMIN).status_code == 200
+    r = client.delete(f"/v1/experiments/{ran}", headers=H_ADMIN)
+    assert r.status_code == 200, r.text
+    free_at = r.json()["id_free_at"]
+    assert free_at > time.time() + 6 * 86_400  # the 7-day click window
+    assert client.get(f"/v1/experiments/{ran}/results", headers=H_READ).status_code == 404
+    r = client.put(f"/v1/experiments/{ran}", json=doc, headers=H_ADMIN)
+    assert r.status_code == 409
+    assert f"experiment '{ran}' was deleted after it ran" in r.text
+    assert "choose another id" in r.text
+    # a late click on its list is still the list's, and counted in the summary only
+    before = feedback_scenario.totals(client)
+    click = event(f"v-{tag}", items[0], "product_view", recommendation_id=rid)
+    assert feedback_scenario.ingest(client, [click])["accepted"] == 1
+    assert feedback_scenario.change(before, feedback_scenario.totals(client))["awareness"]["clicks"] == 1
+    # a draft never served a list: its id is free at once
+    r = client.delete(f"/v1/experiments/{draft}", headers=H_ADMIN)
+    assert r.json() == {"id": draft, "deleted": True, "id_free_at": None}
+    assert client.put(f"/v1/experiments/{draft}", json=doc, headers=H_ADMIN).status_code == 200

@@ -170,6 +170,39 @@ async def test_erase_forgets_served_lists_and_state(make: tuple[Make, FakeClock]
     assert r.outcomes == {("product_view", "direct"): 1}
 
 
+async def test_a_retired_experiment_loses_its_counts_and_counts_nothing_until_its_lists_expire(
+    make: tuple[Make, FakeClock],
+) -> None:
+    factory, clock = make
+    store = factory()
+    await serve(store, "v", served("L1", ["a"], "awareness", clock.now, "e1", "A"))
+    await serve(store, "w", served("L2", ["a"], "awareness", clock.now, "e2", "A"))
+    summary_before = await store.experiment_stats(SUMMARY)
+    assert await store.retired_until("e1") is None
+    until = await store.retire_experiment("e1")
+    assert until == clock.now + WINDOWS.retention
+    assert await store.retired_until("e1") == until
+    assert await store.experiment_stats("e1") == ([], [])
+    # a click on the deleted experiment's list is still the list's (direct), but counts nowhere
+    clock.now += 60
+    r = await store.record_events([ev("v", E.PRODUCT_VIEW, "a", clock.now, "L1", event_id="c1")])
+    assert r.outcomes == {("product_view", "direct"): 1}
+    assert await store.experiment_stats("e1") == ([], [])
+    # nor does a list served under it (one counted after the delete)
+    await serve(store, "v", served("L3", ["a"], "awareness", clock.now, "e1", "A"))
+    assert await store.experiment_stats("e1") == ([], [])
+    # the other experiment and the summary count as before
+    await store.record_events([ev("w", E.PRODUCT_VIEW, "a", clock.now, "L2", event_id="c2")])
+    assert stats_by_cell((await store.experiment_stats("e2"))[0])[("A", "all")].sums["clicks"] == 1
+    summary_after = await store.experiment_stats(SUMMARY)
+    assert summary_after != summary_before  # the summary counts every list and click
+    # once its lists can no longer be credited, the id counts afresh
+    clock.now = until
+    assert await store.retired_until("e1") is None
+    await serve(store, "x", served("L4", ["a"], "awareness", clock.now, "e1", "A"))
+    assert stats_by_cell((await store.experiment_stats("e1"))[0])[("A", "all")].sums["lists"] == 1
+
+
 # -- the known answer ---------------------------------------------------------------------------------------
 
 
