@@ -7,7 +7,7 @@ from typing import Annotated
 
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 
 from service.analytics.report import check_query, journey_report
 from service.analytics.schemas import JourneyAnalyticsOut
@@ -31,7 +31,9 @@ class AnalyticsController(Controller):
             "-> retention -> advocacy with the drop-off at each step, and the stage-advance rate of "
             "visitors who clicked a recommendation vs those who did not (descriptive, not causal). "
             "`channel` keeps the transitions of events through that channel and the visitors who came "
-            "through it. Transitions by time are counted when the visitor is next seen by ingest."
+            "through it. Transitions by time alone (an abandoned cart expiring, a customer lapsing) are "
+            "counted when they take effect, by a sweep every JOURNEYREC_JOURNEY_SWEEP_SECONDS, or at the "
+            "visitor's next event if that comes first."
         ),
     )
     async def journey(
@@ -40,15 +42,15 @@ class AnalyticsController(Controller):
         journey: NamedDependency[JourneyTracker],
         start: Annotated[
             str | None,
-            Parameter(
-                query="from",
+            QueryParameter(
+                name="from",
                 max_length=64,
                 description="ISO-8601 (no offset: UTC) or POSIX seconds; default: `to` minus 1 day (hour) "
                 "or 7 days (day)",
             ),
         ] = None,
         end: Annotated[
-            str | None, Parameter(query="to", max_length=64, description="exclusive; default: now")
+            str | None, QueryParameter(name="to", max_length=64, description="exclusive; default: now")
         ] = None,
         granularity: Annotated[str, Parameter(max_length=16, description="hour or day")] = "day",
         channel: Annotated[
