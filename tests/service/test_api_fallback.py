@@ -25,6 +25,7 @@ from service.store.factory import redis_store
 from service.store.redis_store import AdmissionPool, RedisStore
 from tests.conftest import REDIS_URL
 from tests.service.api_fixtures import H_READ, api_settings, make_app
+from tests.service.redis_fixtures import delete_prefix, raw_client
 from tests.service.test_api_e2e_redis import _free_port
 
 pytestmark = pytest.mark.redis
@@ -41,6 +42,15 @@ def _store(url: str, *, connections: int = 2, timeout: float = 0.2) -> tuple[Red
         stream_maxlen=s.stream_maxlen,
     )
     return store, pool
+
+
+async def _forget(url: str, store: RedisStore) -> None:
+    """Delete what a test wrote under its store's own prefix (the served list of an answer)."""
+    raw = raw_client(url)
+    try:
+        await delete_prefix(raw, store.prefix)
+    finally:
+        await raw.aclose()
 
 
 def _fallbacks() -> dict[str, float]:
@@ -74,6 +84,7 @@ async def test_a_busy_pool_is_503_never_a_fallback(
         assert r.json()["fallback"] is False
     finally:
         await store.close()
+        await _forget(redis_url, store)
 
 
 async def test_a_stopped_redis_falls_back_counted_as_connection(
@@ -152,6 +163,7 @@ async def test_a_read_that_times_out_once_is_asked_again_not_a_fallback(
         r = await _recommend(models_dir, recommender, store)
     finally:
         await store.close()
+        await _forget(redis_url, store)
     assert r.status_code == 200, r.text
     assert r.json()["fallback"] is False
     assert calls == 2
