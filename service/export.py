@@ -8,7 +8,6 @@ not at all: it is written to a temporary file next to ``out`` and renamed over i
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import msgspec
 
 from models.domain import Event
 from models.errors import InvalidInputError, StoreUnavailableError
+from service.schemas import iso_utc
 from service.settings import Settings
 from service.store.base import StreamEntry
 from service.store.factory import redis_store
@@ -49,7 +49,7 @@ class ExportSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 def event_line(e: Event) -> dict[str, Any]:
     """One event in the native JSON Lines format (unset optional fields left out)."""
-    stamp = dt.datetime.fromtimestamp(e.timestamp, tz=dt.UTC).isoformat().replace("+00:00", "Z")
+    stamp = iso_utc(e.timestamp)
     line: dict[str, Any] = {
         "visitor_id": e.visitor_id,
         "item_id": e.item_id,

@@ -17,7 +17,6 @@ renamed over it).
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import os
 import tempfile
@@ -30,6 +29,7 @@ from models.domain import CatalogItem
 from models.errors import InvalidInputError, StoreUnavailableError
 from models.overlay import CatalogOverlay, LiveItem
 from service.export import out_file, safe_url
+from service.schemas import iso_utc
 from service.settings import Settings
 from service.store.redis_catalog import RedisCatalog
 
@@ -62,7 +62,7 @@ class CatalogExportSummary(msgspec.Struct, frozen=True, kw_only=True):
 def _time(t: float | None) -> str:
     if t is None:
         return ""
-    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat().replace("+00:00", "Z")
+    return iso_utc(t)
 
 
 def _row(item: CatalogItem, live: LiveItem | None) -> list[str]:

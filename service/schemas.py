@@ -47,6 +47,11 @@ class EventBatchIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     events: Annotated[list[EventIn], msgspec.Meta(min_length=1)]
 
 
+def iso_utc(t: float) -> str:
+    """POSIX seconds as ISO-8601 UTC with ``Z`` (the inverse of ``parse_timestamp``'s string form)."""
+    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def parse_timestamp(value: float | str | None, now: float, where: str) -> float:
     """POSIX seconds (UTC) from POSIX seconds, an ISO-8601 string with a UTC offset, or None (= now)."""
     if value is None:

@@ -30,6 +30,7 @@ from service.analytics.store_base import (
     AnalyticsStore,
     PeriodData,
 )
+from service.schemas import iso_utc
 
 DEFAULT_SPAN: dict[Granularity, float] = {"hour": 86_400.0, "day": 7 * 86_400.0}
 IMPACT_NOTE = (
@@ -68,10 +69,6 @@ def parse_time(raw: str, name: str) -> float:
     return (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
 
 
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
 def check_query(
     start: str | None,
     end: str | None,
@@ -91,7 +88,7 @@ def check_query(
     to = parse_time(end, "to") if end is not None else now
     frm = parse_time(start, "from") if start is not None else to - DEFAULT_SPAN[g]
     if frm >= to:
-        raise InvalidInputError(f"query parameter 'from': {iso(frm)} is not before 'to' ({iso(to)})")
+        raise InvalidInputError(f"query parameter 'from': {iso_utc(frm)} is not before 'to' ({iso_utc(to)})")
     n = len(covering(frm, to, g))
     limit = int(max_days[g] * 86_400.0 / LENGTH[g])
     if n > limit:
@@ -155,7 +152,7 @@ def build(
             left[src] += n
         series.append(
             PeriodOut(
-                iso(p.start),
+                iso_utc(p.start),
                 visitors,
                 entries,
                 moved,
@@ -197,8 +194,8 @@ def build(
             )
         )
     return JourneyAnalyticsOut(
-        from_=iso(frm),
-        to=iso(to),
+        from_=iso_utc(frm),
+        to=iso_utc(to),
         granularity=granularity,
         channel=channel,
         periods=series,

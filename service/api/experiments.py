@@ -18,7 +18,6 @@ them, so putting one is a 409 until then.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Awaitable
 from typing import Annotated
 
@@ -44,6 +43,7 @@ from service.auth import Scope, scopes
 from service.errors import ConflictError
 from service.experiments_results import experiment_results
 from service.model_holder import STAGE_AWARE
+from service.schemas import iso_utc
 
 ExperimentId = Annotated[str, Parameter(pattern=ID_PATTERN, description="experiment id")]
 
@@ -104,10 +104,6 @@ async def _followed(svc: Services, change: Awaitable[Experiment]) -> Experiment:
     return out
 
 
-def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
-
-
 class ExperimentsController(Controller):
     path = "/experiments"
     tags = ["experiments"]  # noqa: RUF012 (Litestar reads a class attribute)
@@ -145,7 +141,7 @@ class ExperimentsController(Controller):
         if until is not None:
             raise ConflictError(
                 f"experiment {experiment_id!r} was deleted after it ran; events crediting the lists it "
-                f"served may arrive until {_iso(until)}, so its id names no new experiment before then: "
+                f"served may arrive until {iso_utc(until)}, so its id names no new experiment before then: "
                 "choose another id"
             )
         return await _followed(svc, svc.experiments.store.put(await _checked(svc, experiment)))
