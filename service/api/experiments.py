@@ -44,6 +44,7 @@ from service.errors import ConflictError
 from service.experiments_results import experiment_results
 from service.model_holder import STAGE_AWARE
 from service.schemas import iso_utc
+from service.store.experiments_base import check_deletable
 
 ExperimentId = Annotated[str, Parameter(pattern=ID_PATTERN, description="experiment id")]
 
@@ -182,8 +183,7 @@ class ExperimentsController(Controller):
         self, svc: NamedDependency[Services], experiment_id: ExperimentId
     ) -> DeletedOut:
         experiment = await svc.experiments.store.get(experiment_id)
-        if experiment.state == "running":
-            raise ConflictError(f"experiment {experiment_id!r} is running: stop it first")
+        check_deletable(experiment)  # before its results go: the store checks again as it deletes
         free_at = None
         if experiment.started_at is not None:  # it served lists: retire its counters first
             free_at = await svc.feedback.store.retire_experiment(experiment_id)

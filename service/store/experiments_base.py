@@ -131,9 +131,7 @@ class ExperimentWriter:
 
     async def delete(self, experiment_id: str) -> None:
         def delete(old: Experiment | None) -> None:
-            old = _existing(experiment_id, old)
-            if old.state == "running":
-                raise ConflictError(f"experiment {experiment_id!r} is running: stop it first")
+            check_deletable(_existing(experiment_id, old))
 
         await self._change(experiment_id, delete)
 
@@ -144,6 +142,12 @@ class ExperimentWriter:
         if out is None:  # a change that returns a document never deletes: unreachable
             raise NotFoundError(f"no experiment {experiment_id!r}")
         return out
+
+
+def check_deletable(experiment: Experiment) -> None:
+    """Raise ConflictError unless ``experiment`` may be deleted (a draft or a stopped one)."""
+    if experiment.state == "running":
+        raise ConflictError(f"experiment {experiment.id!r} is running: stop it first")
 
 
 def _existing(experiment_id: str, old: Experiment | None) -> Experiment:
