@@ -14,7 +14,6 @@ import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
-from prometheus_client import REGISTRY
 
 from models.experiments import assign
 from models.recommender import Recommender
@@ -32,6 +31,7 @@ from tests.service.api_fixtures import (
     event,
     memory_store,
 )
+from tests.service.test_feedback_serve import failures
 from tests.storefront import product_id
 
 # the fixtures of the experiments API tests
@@ -117,10 +117,6 @@ class CountingStore(SwitchableStore):
         return await super().visitor(visitor_id, campaign)
 
 
-def _failed_served_writes() -> float:
-    return REGISTRY.get_sample_value("journeyrec_feedback_write_failures_total", {"what": "served"}) or 0.0
-
-
 @pytest.mark.parametrize("logged", [True, False], ids=["lists-logged", "lists-not-logged"])
 def test_item_lists_read_the_visitor_only_to_log_the_list_or_assign_a_variant(
     published: Path, recommender: Recommender, logged: bool
@@ -156,6 +152,6 @@ def test_item_lists_read_the_visitor_only_to_log_the_list_or_assign_a_variant(
         # a store that is down: the list is served, its variant hashed from the request's visitor id, and
         # a list that should have been logged is counted as not logged
         visitors.down = True
-        failed = _failed_served_writes()
+        failed = failures("served")
         assert reads_of(f"{similar}?visitor_id={user}") == (1, "control")
-        assert _failed_served_writes() == failed + int(logged)
+        assert failures("served") == failed + int(logged)
